@@ -1,0 +1,536 @@
+//! One activation: the task that brings an actor to life and runs its turns.
+//!
+//! # Life of an activation
+//!
+//! 1. **Wait** for a previous activation of the same actor to finish stopping, if any.
+//! 2. **Load** (under the replay permit that bounds concurrent replays): the latest snapshot if
+//!    it decodes — an unreadable snapshot is logged and ignored, never trusted — then every
+//!    commit after it, applied in order. A damaged or undecodable record fails the activation
+//!    with [`AskError::ActivationFailed`]; it never yields a state built on a hole.
+//! 3. **Serve** turns one at a time from the bounded mailbox (see
+//!    [`Behavior`](super::Behavior) for what a turn is).
+//! 4. **Stop** on passivation: close the mailbox, serve what is already queued, snapshot if
+//!    events were stored since the last snapshot, and signal completion.
+//!
+//! # When a turn goes wrong
+//!
+//! - The handler panics: the caller gets [`AskError::HandlerPanicked`], nothing is stored, and
+//!   the activation reloads its state from the store before the next turn.
+//! - The append meets a [`VersionConflict`](crate::store::StoreError::VersionConflict): another
+//!   writer got there first, so this activation's state is stale. It discards it, reloads from
+//!   the store, and answers [`AskError::VersionConflict`] (safe to retry). It never applies an
+//!   event that was not stored.
+//! - The append's outcome is unknown: the caller gets [`AskError::OutcomeUnknown`] with the
+//!   command id, and the activation reloads before its next turn; a retry with the same id is
+//!   answered from the stored commit.
+//!
+//! # Idempotency
+//!
+//! Each commit stores the command id and the encoded reply. The activation keeps the last
+//! `dedup_window` of them (rebuilt on replay, carried in snapshots): a command whose id is among
+//! them is answered with the stored reply and not handled again.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::actor_ref::{ActorRef, with_decode_host};
+use super::context::Ctx;
+use super::contract::Behavior;
+use super::host::{Host, Stats, wait_done};
+use crate::errors::AskError;
+use crate::names::ActorKey;
+use crate::store::{NewCommit, Snapshot, StoreError};
+use crate::wire::{CommandId, CommitRecord, EventData, codec, event_type_name, now_ms};
+
+/// What travels through a mailbox.
+pub(crate) enum Msg<A: Behavior> {
+    /// A command (boxed: keeps mailbox slots small).
+    Command(Box<Envelope<A>>),
+    /// Stop after the queued commands.
+    Passivate,
+}
+
+/// The reply channel of an ask.
+pub(crate) type ReplyTx<A> = oneshot::Sender<
+    Result<<A as super::EventSourcedActor>::Reply, AskError<<A as super::EventSourcedActor>::Error>>,
+>;
+
+/// A command with its metadata and, for an ask, where to reply.
+pub(crate) struct Envelope<A: Behavior> {
+    pub cmd: A::Command,
+    pub meta: CallMeta,
+    pub reply: Option<ReplyTx<A>>,
+}
+
+/// Metadata of one command.
+#[derive(Clone, Debug)]
+pub(crate) struct CallMeta {
+    pub command_id: CommandId,
+    pub correlation_id: CommandId,
+    pub causation_id: Option<CommandId>,
+    pub deadline: Instant,
+    /// The actors waiting on this command, outermost first (for cycle detection).
+    pub chain: Vec<ActorKey>,
+}
+
+/// A remembered commit: its command id and the encoded reply.
+#[derive(Clone, Serialize, Deserialize)]
+struct Recent {
+    command_id: CommandId,
+    #[serde(with = "serde_bytes", default)]
+    reply: Option<Vec<u8>>,
+}
+
+/// The snapshot payload: state plus the dedup window, so idempotency survives snapshots.
+#[derive(Serialize)]
+struct SnapshotOut<'a, A> {
+    format: u16,
+    state: &'a A,
+    recent: &'a VecDeque<Recent>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn<A> {
+    format: u16,
+    state: A,
+    #[serde(default)]
+    recent: VecDeque<Recent>,
+}
+
+/// Runs one activation to completion.
+pub(crate) async fn run<A: Behavior>(
+    host: Arc<Host>,
+    key: ActorKey,
+    mut rx: mpsc::Receiver<Msg<A>>,
+    done: watch::Sender<()>,
+    predecessor: Option<watch::Receiver<()>>,
+    generation: u64,
+) {
+    let span = tracing::debug_span!("actor", namespace = %key.namespace, kind = A::KIND, id = %key.id);
+    async move {
+        if let Some(previous) = predecessor {
+            wait_done(previous).await;
+        }
+        let loaded = {
+            let _permit = host.replays.acquire().await;
+            Activation::<A>::load(&host, key.clone()).await
+        };
+        let mut act = match loaded {
+            Ok(act) => act,
+            Err(reason) => {
+                Stats::bump(&host.stats.activation_failures);
+                tracing::warn!(%reason, "activation failed");
+                host.forget(A::KIND, &key.id, generation);
+                rx.close();
+                while let Some(msg) = rx.recv().await {
+                    if let Msg::Command(env) = msg
+                        && let Some(reply) = env.reply
+                    {
+                        let _ = reply.send(Err(AskError::ActivationFailed {
+                            actor: key.clone(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+                drop(done);
+                return;
+            }
+        };
+        Stats::bump(&host.stats.activations);
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Command(env) => act.turn(*env).await,
+                Msg::Passivate => {
+                    rx.close();
+                    while let Some(msg) = rx.recv().await {
+                        if let Msg::Command(env) = msg {
+                            act.turn(*env).await;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if host.config.snapshot_on_passivation && act.version > act.snapshot_version {
+            act.save_snapshot_now().await;
+        }
+        Stats::bump(&host.stats.passivations);
+        host.forget(A::KIND, &key.id, generation);
+        drop(done);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Activation<A: Behavior> {
+    host: Arc<Host>,
+    me: ActorRef<A>,
+    state: A,
+    version: u64,
+    snapshot_version: u64,
+    recent: VecDeque<Recent>,
+    /// The in-memory state may be behind the store: reload before the next turn.
+    stale: bool,
+}
+
+impl<A: Behavior> Activation<A> {
+    fn key(&self) -> &ActorKey {
+        self.me.key()
+    }
+
+    async fn load(host: &Arc<Host>, key: ActorKey) -> Result<Self, String> {
+        let mut act = Activation {
+            host: Arc::clone(host),
+            me: ActorRef::bound(key, Arc::clone(host)),
+            state: A::default(),
+            version: 0,
+            snapshot_version: 0,
+            recent: VecDeque::new(),
+            stale: false,
+        };
+        act.reload().await?;
+        Ok(act)
+    }
+
+    /// Rebuilds state from the store: snapshot (if readable) plus the tail of events.
+    async fn reload(&mut self) -> Result<(), String> {
+        let key = self.key().clone();
+        let host = Arc::clone(&self.host);
+        self.state = A::default();
+        self.version = 0;
+        self.snapshot_version = 0;
+        self.recent.clear();
+        match host.snapshots.latest(&key).await {
+            Ok(Some(snapshot)) => {
+                let decoded = with_decode_host(&host, || {
+                    codec::decode::<SnapshotIn<A>>("snapshot", &snapshot.payload)
+                });
+                match decoded {
+                    Ok(s) if s.format <= 1 => {
+                        self.state = s.state;
+                        self.recent = s.recent;
+                        self.version = snapshot.version;
+                        self.snapshot_version = snapshot.version;
+                    }
+                    Ok(s) => self.snapshot_unusable(&format!("unknown format {}", s.format)),
+                    Err(e) => self.snapshot_unusable(&e.to_string()),
+                }
+            }
+            Ok(None) => {}
+            Err(StoreError::Corrupt { reason, .. }) => self.snapshot_unusable(&reason),
+            Err(e) => return Err(format!("cannot read snapshot: {e}")),
+        }
+        let report = host
+            .events
+            .read_with_errors(&key, self.version + 1)
+            .await
+            .map_err(|e| format!("cannot read events: {e}"))?;
+        if !report.corrupt.is_empty() {
+            let positions: Vec<String> = report
+                .corrupt
+                .iter()
+                .map(|c| format!("{} ({})", c.position, c.reason))
+                .collect();
+            return Err(format!(
+                "{} damaged record(s) at position(s) {}; {} clean commit(s) kept in the store",
+                report.corrupt.len(),
+                positions.join(", "),
+                report.commits.len()
+            ));
+        }
+        for commit in report.commits {
+            self.replay_commit(commit)?;
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    fn snapshot_unusable(&mut self, reason: &str) {
+        Stats::bump(&self.host.stats.snapshot_fallbacks);
+        tracing::warn!(actor = %self.key(), %reason, "snapshot unreadable; replaying the full history");
+        self.state = A::default();
+        self.recent.clear();
+        self.version = 0;
+        self.snapshot_version = 0;
+    }
+
+    fn replay_commit(&mut self, commit: CommitRecord) -> Result<(), String> {
+        if commit.last_version() <= self.version {
+            return Ok(());
+        }
+        if commit.first_version != self.version + 1 {
+            return Err(format!(
+                "gap in history: expected version {}, found a commit starting at {}",
+                self.version + 1,
+                commit.first_version
+            ));
+        }
+        let host = Arc::clone(&self.host);
+        for (i, data) in commit.events.iter().enumerate() {
+            let version = commit.first_version + i as u64;
+            let event: A::Event =
+                with_decode_host(&host, || codec::decode("event payload", &data.payload)).map_err(
+                    |e| format!("event {version} ({}) does not decode: {e}", data.event_type),
+                )?;
+            let state = &mut self.state;
+            std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event)))
+                .map_err(|p| format!("apply panicked on event {version}: {}", panic_text(&*p)))?;
+            Stats::bump(&host.stats.replayed_events);
+        }
+        self.version = commit.last_version();
+        self.remember(commit.command_id, commit.reply);
+        Ok(())
+    }
+
+    fn remember(&mut self, command_id: CommandId, reply: Option<Vec<u8>>) {
+        let window = self.host.config.dedup_window;
+        if window == 0 {
+            return;
+        }
+        while self.recent.len() >= window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Recent { command_id, reply });
+    }
+
+    async fn turn(&mut self, env: Envelope<A>) {
+        let Envelope { cmd, meta, reply } = env;
+        if reply.as_ref().is_some_and(|r| r.is_closed()) {
+            // The asker gave up (deadline): skip, so an overloaded actor sheds stale work.
+            Stats::bump(&self.host.stats.abandoned);
+            return;
+        }
+        let result = self.decide(cmd, &meta).await;
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    async fn decide(
+        &mut self,
+        cmd: A::Command,
+        meta: &CallMeta,
+    ) -> Result<A::Reply, AskError<A::Error>> {
+        if self.stale {
+            self.reload()
+                .await
+                .map_err(|reason| AskError::ActivationFailed {
+                    actor: self.key().clone(),
+                    reason,
+                })?;
+        }
+        if let Some(reply) = self.remembered_reply(meta.command_id) {
+            Stats::bump(&self.host.stats.deduplicated);
+            return reply;
+        }
+        let mut ctx = Ctx::new(self.me.clone(), self.version, meta.clone(), &self.host);
+        let outcome = {
+            let fut = Box::pin(A::handle(&self.state, cmd, &mut ctx));
+            CatchUnwind(fut).await
+        };
+        let effect = match outcome {
+            Err(panic) => {
+                Stats::bump(&self.host.stats.handler_panics);
+                let message = panic_text(&*panic);
+                tracing::error!(actor = %self.key(), %message, "handler panicked; reloading state from the store");
+                self.stale = true;
+                let _ = self.reload().await;
+                return Err(AskError::HandlerPanicked {
+                    actor: self.key().clone(),
+                    message,
+                });
+            }
+            Ok(Err(rejection)) => return Err(AskError::Rejected(rejection)),
+            Ok(Ok(effect)) => effect,
+        };
+        if effect.events.is_empty() {
+            return Ok(effect.reply);
+        }
+        self.persist(effect.events, effect.reply, meta).await
+    }
+
+    fn remembered_reply(&self, id: CommandId) -> Option<Result<A::Reply, AskError<A::Error>>> {
+        let recent = self.recent.iter().rev().find(|r| r.command_id == id)?;
+        Some(match &recent.reply {
+            Some(bytes) => with_decode_host(&self.host, || codec::decode("reply", bytes))
+                .map_err(AskError::Codec),
+            None => Err(AskError::Codec(codec::CodecError {
+                what: "reply",
+                reason: "the original reply was not stored".into(),
+            })),
+        })
+    }
+
+    async fn persist(
+        &mut self,
+        events: Vec<A::Event>,
+        reply: A::Reply,
+        meta: &CallMeta,
+    ) -> Result<A::Reply, AskError<A::Error>> {
+        let mut data = Vec::with_capacity(events.len());
+        for event in &events {
+            data.push(EventData {
+                event_type: event_type_name(event).to_owned(),
+                payload: codec::encode("event", event)?,
+            });
+        }
+        let reply_bytes = codec::encode("reply", &reply)?;
+        let commit = NewCommit {
+            command_id: meta.command_id,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+            timestamp_ms: now_ms(),
+            events: data,
+            reply: Some(reply_bytes.clone()),
+        };
+        let appended = {
+            let span = tracing::debug_span!("append", version = self.version, events = events.len());
+            self.host
+                .events
+                .append(self.key(), self.version, commit)
+                .instrument(span)
+                .await
+        };
+        match appended {
+            Ok(a) if a.deduplicated => {
+                // The store already holds this command: our state was behind. Reload and answer
+                // with the reply stored then.
+                Stats::bump(&self.host.stats.deduplicated);
+                self.reload()
+                    .await
+                    .map_err(|reason| AskError::ActivationFailed {
+                        actor: self.key().clone(),
+                        reason,
+                    })?;
+                self.remembered_reply(meta.command_id)
+                    .unwrap_or_else(|| Ok(reply))
+            }
+            Ok(a) => {
+                Stats::bump(&self.host.stats.commits);
+                let state = &mut self.state;
+                let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    for event in &events {
+                        state.apply(event);
+                    }
+                }));
+                if let Err(panic) = applied {
+                    // Stored but not folded: the state is unusable until reloaded.
+                    tracing::error!(actor = %self.key(), message = %panic_text(&*panic), "apply panicked after commit");
+                    self.stale = true;
+                    return Ok(reply);
+                }
+                self.version = a.last_version;
+                self.remember(meta.command_id, Some(reply_bytes));
+                self.maybe_snapshot();
+                Ok(reply)
+            }
+            Err(err @ StoreError::VersionConflict { .. }) => {
+                Stats::bump(&self.host.stats.conflicts);
+                tracing::warn!(actor = %self.key(), error = %err, "stale activation; reloading from the store");
+                self.stale = true;
+                let _ = self.reload().await;
+                Err(AskError::from_store(err, meta.command_id))
+            }
+            Err(err) => {
+                if !err.nothing_written() {
+                    self.stale = true;
+                }
+                Err(AskError::from_store(err, meta.command_id))
+            }
+        }
+    }
+
+    fn encode_snapshot(&self) -> Option<Snapshot> {
+        let out = SnapshotOut {
+            format: 1,
+            state: &self.state,
+            recent: &self.recent,
+        };
+        match codec::encode("snapshot", &out) {
+            Ok(payload) => Some(Snapshot {
+                version: self.version,
+                payload,
+                timestamp_ms: now_ms(),
+            }),
+            Err(e) => {
+                tracing::warn!(actor = %self.key(), error = %e, "cannot encode snapshot");
+                None
+            }
+        }
+    }
+
+    /// Snapshot policy: every `snapshot_every` events, written in the background.
+    fn maybe_snapshot(&mut self) {
+        let Some(every) = self
+            .host
+            .kinds
+            .get(A::KIND)
+            .and_then(|k| k.snapshot_every)
+        else {
+            return;
+        };
+        if every == 0 || self.version - self.snapshot_version < every {
+            return;
+        }
+        let Some(snapshot) = self.encode_snapshot() else {
+            return;
+        };
+        self.snapshot_version = self.version;
+        let host = Arc::clone(&self.host);
+        let key = self.key().clone();
+        tokio::spawn(async move {
+            save_snapshot(&host, &key, snapshot).await;
+        });
+    }
+
+    async fn save_snapshot_now(&mut self) {
+        if let Some(snapshot) = self.encode_snapshot() {
+            self.snapshot_version = self.version;
+            save_snapshot(&self.host, self.me.key(), snapshot).await;
+        }
+    }
+}
+
+async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapshot) {
+    let version = snapshot.version;
+    match host.snapshots.save(key, snapshot).await {
+        Ok(()) => Stats::bump(&host.stats.snapshots_saved),
+        Err(e) => tracing::warn!(actor = %key, version, error = %e, "snapshot not saved"),
+    }
+}
+
+/// Polls a future, turning a panic into an `Err` with the panic payload.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

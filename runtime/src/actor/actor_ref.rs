@@ -1,0 +1,341 @@
+//! [`ActorRef`]: a typed, serializable handle to an actor.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::activation::{CallMeta, Envelope, Msg};
+use super::contract::Behavior;
+use super::host::Host;
+use crate::errors::{AskError, TellError};
+use crate::names::{ActorId, ActorKey, Kind, Namespace};
+use crate::wire::CommandId;
+
+/// A handle to the actor `A` with a given id: namespace, kind and id, nothing node-specific.
+///
+/// Cheap to clone, `Send + Sync`, and serializable: put it inside a command or an event, and the
+/// receiving side can call the actor with it. A ref made by a runtime ([`Runtime::actor`], or
+/// [`Ctx::actor`](super::Ctx::actor) in a handler) is *bound* to that runtime. A ref decoded by
+/// the runtime (from a stored event, a snapshot) is bound to it as well. A ref decoded anywhere
+/// else binds on first use to the one runtime of the process serving its namespace, or can be
+/// bound explicitly with [`Runtime::bind`].
+///
+/// [`Runtime::actor`]: crate::Runtime::actor
+/// [`Runtime::bind`]: crate::Runtime::bind
+pub struct ActorRef<A: Behavior> {
+    key: ActorKey,
+    host: Option<Arc<Host>>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+/// Options of one ask: command id, timeout, correlation.
+#[derive(Debug, Clone, Default)]
+pub struct AskOptions {
+    /// The command id; a fresh random id when `None`. Reuse the id of a failed ask to retry it
+    /// without risk of applying it twice.
+    pub command_id: Option<CommandId>,
+    /// The deadline of this ask; the runtime's `ask_timeout` when `None`.
+    pub timeout: Option<Duration>,
+    /// The correlation id; the command id when `None`.
+    pub correlation_id: Option<CommandId>,
+}
+
+impl AskOptions {
+    /// Ask with this command id (for retries).
+    pub fn command_id(mut self, id: CommandId) -> Self {
+        self.command_id = Some(id);
+        self
+    }
+
+    /// Ask with this timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Ask with this correlation id.
+    pub fn correlation_id(mut self, id: CommandId) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+}
+
+impl<A: Behavior> ActorRef<A> {
+    pub(crate) fn bound(key: ActorKey, host: Arc<Host>) -> Self {
+        ActorRef {
+            key,
+            host: Some(host),
+            _actor: PhantomData,
+        }
+    }
+
+    /// An unbound ref (binds on first use; see the type docs).
+    pub fn new(namespace: Namespace, id: ActorId) -> Result<Self, crate::names::NameError> {
+        Ok(ActorRef {
+            key: ActorKey::new(namespace, Kind::new(A::KIND)?, id),
+            host: None,
+            _actor: PhantomData,
+        })
+    }
+
+    /// The actor's full key.
+    pub fn key(&self) -> &ActorKey {
+        &self.key
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> &ActorId {
+        &self.key.id
+    }
+
+    /// The actor's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.key.namespace
+    }
+
+    /// Whether the ref is bound to a runtime already.
+    pub fn is_bound(&self) -> bool {
+        self.host.is_some()
+    }
+
+    pub(crate) fn with_host(&self, host: Arc<Host>) -> Self {
+        ActorRef::bound(self.key.clone(), host)
+    }
+
+    fn resolve(&self) -> Result<Arc<Host>, String> {
+        match &self.host {
+            Some(h) => Ok(Arc::clone(h)),
+            None => Host::find(&self.key.namespace),
+        }
+    }
+
+    /// Sends `cmd` and waits for the reply, with a fresh command id and the default timeout.
+    pub async fn ask(&self, cmd: A::Command) -> Result<A::Reply, AskError<A::Error>> {
+        self.ask_with(cmd, AskOptions::default()).await
+    }
+
+    /// Sends `cmd` with `options` (command id for retries, timeout) and waits for the reply.
+    pub async fn ask_with(
+        &self,
+        cmd: A::Command,
+        options: AskOptions,
+    ) -> Result<A::Reply, AskError<A::Error>> {
+        let host = self.resolve().map_err(|reason| AskError::Unbound {
+            actor: self.key.clone(),
+            reason,
+        })?;
+        let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
+        let command_id = options.command_id.unwrap_or_else(CommandId::random);
+        let meta = CallMeta {
+            command_id,
+            correlation_id: options.correlation_id.unwrap_or(command_id),
+            causation_id: None,
+            deadline: Instant::now() + timeout,
+            chain: Vec::new(),
+        };
+        ask_on::<A>(&host, &self.key, cmd, meta).await
+    }
+
+    /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
+    /// when it cannot be queued (full mailbox, unknown kind, shutdown).
+    pub fn tell(&self, cmd: A::Command) -> Result<(), TellError> {
+        let host = self.resolve().map_err(|reason| TellError::Unbound {
+            actor: self.key.clone(),
+            reason,
+        })?;
+        tell_on::<A>(&host, &self.key, cmd, None)
+    }
+}
+
+/// The ask path shared by refs and handlers.
+pub(crate) async fn ask_on<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    cmd: A::Command,
+    meta: CallMeta,
+) -> Result<A::Reply, AskError<A::Error>> {
+    check_target::<A, A::Error>(host, key)?;
+    let command_id = meta.command_id;
+    let deadline = meta.deadline;
+    let started = Instant::now();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let msg = Msg::Command(Box::new(Envelope {
+        cmd,
+        meta,
+        reply: Some(reply_tx),
+    }));
+    match tokio::time::timeout_at(deadline, host.deliver::<A>(&key.id, msg)).await {
+        Err(_) => {
+            return Err(AskError::Timeout {
+                after: deadline.saturating_duration_since(started),
+            });
+        }
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
+    }
+    match tokio::time::timeout_at(deadline, reply_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(AskError::OutcomeUnknown {
+            command_id,
+            reason: "the actor stopped before replying".into(),
+        }),
+        Err(_) => Err(AskError::OutcomeUnknown {
+            command_id,
+            reason: format!(
+                "no reply within {:?}",
+                deadline.saturating_duration_since(started)
+            ),
+        }),
+    }
+}
+
+/// The tell path shared by refs and handlers.
+pub(crate) fn tell_on<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    cmd: A::Command,
+    meta: Option<CallMeta>,
+) -> Result<(), TellError> {
+    check_target::<A, std::convert::Infallible>(host, key).map_err(|e| match e {
+        AskError::UnknownKind { kind } => TellError::UnknownKind { kind },
+        other => TellError::Unbound {
+            actor: key.clone(),
+            reason: other.to_string(),
+        },
+    })?;
+    let meta = meta.unwrap_or_else(|| {
+        let command_id = CommandId::random();
+        CallMeta {
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            deadline: Instant::now() + host.config.ask_timeout,
+            chain: Vec::new(),
+        }
+    });
+    host.deliver_now::<A>(
+        key,
+        Msg::Command(Box::new(Envelope {
+            cmd,
+            meta,
+            reply: None,
+        })),
+    )
+}
+
+fn check_target<A: Behavior, E>(host: &Host, key: &ActorKey) -> Result<(), AskError<E>> {
+    if host.kind_of::<A>().is_none() {
+        return Err(AskError::UnknownKind {
+            kind: A::KIND.to_owned(),
+        });
+    }
+    if key.namespace != host.namespace {
+        return Err(AskError::Unbound {
+            actor: key.clone(),
+            reason: format!(
+                "this runtime serves namespace {}, not {}",
+                host.namespace, key.namespace
+            ),
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The runtime decoding right now: refs decoded inside bind to it.
+    static DECODE_HOST: RefCell<Option<Arc<Host>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a decode) with `host` as the runtime that decoded refs bind to.
+pub(crate) fn with_decode_host<T>(host: &Arc<Host>, f: impl FnOnce() -> T) -> T {
+    let previous = DECODE_HOST.with(|h| h.replace(Some(Arc::clone(host))));
+    let out = f();
+    DECODE_HOST.with(|h| *h.borrow_mut() = previous);
+    out
+}
+
+impl<A: Behavior> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            key: self.key.clone(),
+            host: self.host.clone(),
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A: Behavior> PartialEq for ActorRef<A> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<A: Behavior> Eq for ActorRef<A> {}
+
+impl<A: Behavior> Hash for ActorRef<A> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl<A: Behavior> fmt::Debug for ActorRef<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorRef({})", self.key)
+    }
+}
+
+impl<A: Behavior> fmt::Display for ActorRef<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.key, f)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "ActorRef")]
+struct RefRepr {
+    namespace: Namespace,
+    kind: Kind,
+    id: ActorId,
+}
+
+impl<A: Behavior> Serialize for ActorRef<A> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RefRepr {
+            namespace: self.key.namespace.clone(),
+            kind: self.key.kind.clone(),
+            id: self.key.id.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, A: Behavior> Deserialize<'de> for ActorRef<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let repr = RefRepr::deserialize(d)?;
+        if repr.kind.as_str() != A::KIND {
+            return Err(serde::de::Error::custom(format!(
+                "actor ref of kind {:?} where kind {:?} was expected",
+                repr.kind.as_str(),
+                A::KIND
+            )));
+        }
+        let host = DECODE_HOST.with(|h| {
+            h.borrow()
+                .as_ref()
+                .filter(|h| h.namespace == repr.namespace)
+                .cloned()
+        });
+        Ok(ActorRef {
+            key: ActorKey::new(repr.namespace, repr.kind, repr.id),
+            host,
+            _actor: PhantomData,
+        })
+    }
+}

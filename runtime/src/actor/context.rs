@@ -1,0 +1,132 @@
+//! [`Ctx`]: what a handler can see and do besides reading its state.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::activation::CallMeta;
+use super::actor_ref::{ActorRef, ask_on, tell_on};
+use super::contract::Behavior;
+use super::host::Host;
+use crate::errors::{AskError, TellError};
+use crate::names::{ActorId, ActorKey};
+use crate::runtime::RefError;
+use crate::wire::CommandId;
+
+/// The context of one turn: who the actor is, which command it handles, and how to reach other
+/// actors.
+///
+/// Asks made through the context are *children* of the current command:
+///
+/// - their command ids are derived deterministically from it ([`CommandId::derive`]), so when
+///   the current command is retried after a failure, its children carry the same ids and are
+///   deduplicated by their actors — a saga retried end to end applies each step once;
+/// - they inherit the current deadline and correlation id;
+/// - they carry the chain of waiting actors, so an ask that would wait on an actor already
+///   waiting on this chain fails at once with [`AskError::CallCycle`] instead of deadlocking.
+pub struct Ctx<A: Behavior> {
+    me: ActorRef<A>,
+    version: u64,
+    meta: CallMeta,
+    host: Arc<Host>,
+    children: u64,
+}
+
+impl<A: Behavior> Ctx<A> {
+    pub(crate) fn new(me: ActorRef<A>, version: u64, meta: CallMeta, host: &Arc<Host>) -> Self {
+        Ctx {
+            me,
+            version,
+            meta,
+            host: Arc::clone(host),
+            children: 0,
+        }
+    }
+
+    /// A ref to this actor.
+    pub fn myself(&self) -> &ActorRef<A> {
+        &self.me
+    }
+
+    /// This actor's id.
+    pub fn id(&self) -> &ActorId {
+        self.me.id()
+    }
+
+    /// The version the actor's state is at (the number of events applied).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The id of the command being handled.
+    pub fn command_id(&self) -> CommandId {
+        self.meta.command_id
+    }
+
+    /// The correlation id of the chain this command belongs to.
+    pub fn correlation_id(&self) -> CommandId {
+        self.meta.correlation_id
+    }
+
+    /// When the caller stops waiting.
+    pub fn deadline(&self) -> Instant {
+        self.meta.deadline
+    }
+
+    /// A ref to actor `id` of kind `B`, bound to this runtime.
+    pub fn actor<B: Behavior>(&self, id: impl AsRef<str>) -> Result<ActorRef<B>, RefError> {
+        crate::runtime::make_ref(&self.host, id.as_ref())
+    }
+
+    fn child_meta(&mut self, target: &ActorKey) -> Result<CallMeta, String> {
+        let me = self.me.key();
+        if target == me || self.meta.chain.contains(target) {
+            let mut names: Vec<String> = self.meta.chain.iter().map(|k| k.to_string()).collect();
+            names.push(me.to_string());
+            names.push(target.to_string());
+            return Err(names.join(" -> "));
+        }
+        let n = self.children;
+        self.children += 1;
+        let mut chain = self.meta.chain.clone();
+        chain.push(me.clone());
+        Ok(CallMeta {
+            command_id: self.meta.command_id.derive(n),
+            correlation_id: self.meta.correlation_id,
+            causation_id: Some(self.meta.command_id),
+            deadline: self.meta.deadline,
+            chain,
+        })
+    }
+
+    /// Asks another actor and waits for its reply (see the type docs for ids and cycles).
+    pub async fn ask<B: Behavior>(
+        &mut self,
+        target: &ActorRef<B>,
+        cmd: B::Command,
+    ) -> Result<B::Reply, AskError<B::Error>> {
+        let meta = self
+            .child_meta(target.key())
+            .map_err(|chain| AskError::CallCycle { chain })?;
+        ask_on::<B>(&self.host, target.key(), cmd, meta).await
+    }
+
+    /// Tells another actor (fire-and-forget, at most once), as a child of this command.
+    pub fn tell<B: Behavior>(
+        &mut self,
+        target: &ActorRef<B>,
+        cmd: B::Command,
+    ) -> Result<(), TellError> {
+        // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
+        let n = self.children;
+        self.children += 1;
+        let meta = CallMeta {
+            command_id: self.meta.command_id.derive(n),
+            correlation_id: self.meta.correlation_id,
+            causation_id: Some(self.meta.command_id),
+            deadline: Instant::now() + self.host.config.ask_timeout,
+            chain: Vec::new(),
+        };
+        tell_on::<B>(&self.host, target.key(), cmd, Some(meta))
+    }
+}

@@ -1,0 +1,484 @@
+//! The host: what one runtime shares between its actors — stores, settings, the resident
+//! registry — and the local delivery path of every ask and tell.
+//!
+//! # The resident registry
+//!
+//! Resident actors are kept in one LRU map from `(kind, id)` to the actor's mailbox. Delivery
+//! looks the actor up, activating it on a miss, and queues the command in its mailbox. The map
+//! is bounded by `max_resident`: inserting past the bound passivates the least recently used
+//! actor; an idle sweeper passivates actors unused for `idle_passivation`.
+//!
+//! Passivation is ordered so an actor never runs twice at once: the old activation is removed
+//! from the map and asked to stop; it finishes its queued commands, closes its mailbox (late
+//! senders see it closed and come back to the map), snapshots, and signals that it is done. A
+//! new activation of the same actor waits for that signal before it reads the store.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::activation::{self, Msg};
+use super::contract::Behavior;
+use crate::config::RuntimeConfig;
+use crate::errors::{AskError, TellError};
+use crate::names::{ActorId, ActorKey, Kind, Namespace};
+use crate::routing::{Owner, Placement, shard_of};
+use crate::store::{EventStore, SnapshotStore};
+
+/// Per-kind settings, fixed at registration.
+pub(crate) struct KindInfo {
+    pub kind: Kind,
+    pub snapshot_every: Option<u64>,
+}
+
+/// The shared core of a runtime.
+pub(crate) struct Host {
+    pub namespace: Namespace,
+    pub config: RuntimeConfig,
+    pub events: Arc<dyn EventStore>,
+    pub snapshots: Arc<dyn SnapshotStore>,
+    pub kinds: HashMap<&'static str, KindInfo>,
+    pub placement: Arc<dyn Placement>,
+    pub replays: Semaphore,
+    pub stats: Stats,
+    pub registry: Mutex<Registry>,
+    pub shutting_down: AtomicBool,
+    pub tokio: tokio::runtime::Handle,
+    /// Coarse clock (milliseconds since start) for idle tracking, advanced by the sweeper.
+    pub clock_ms: AtomicU64,
+}
+
+/// Counters, readable through `Runtime::stats`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub activations: AtomicU64,
+    pub activation_failures: AtomicU64,
+    pub passivations: AtomicU64,
+    pub replayed_events: AtomicU64,
+    pub commits: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub deduplicated: AtomicU64,
+    pub snapshots_saved: AtomicU64,
+    pub snapshot_fallbacks: AtomicU64,
+    pub handler_panics: AtomicU64,
+    pub abandoned: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RegKey {
+    kind: &'static str,
+    id: ActorId,
+}
+
+struct Entry {
+    /// `mpsc::Sender<Msg<A>>` for the actor's type `A`.
+    sender: Box<dyn Any + Send + Sync>,
+    /// Asks the activation behind `sender` to passivate.
+    passivate: fn(&(dyn Any + Send + Sync)),
+    /// Closes (the sender is dropped) when the activation has fully stopped.
+    done: watch::Receiver<()>,
+    generation: u64,
+    last_used_ms: u64,
+}
+
+pub(crate) struct Registry {
+    resident: LruCache<RegKey, Entry>,
+    /// Activations asked to stop that have not finished yet.
+    stopping: HashMap<RegKey, (u64, watch::Receiver<()>)>,
+    next_generation: u64,
+}
+
+impl Registry {
+    fn new() -> Self {
+        Registry {
+            resident: LruCache::unbounded(),
+            stopping: HashMap::new(),
+            next_generation: 1,
+        }
+    }
+
+    fn evict(&mut self, key: RegKey, entry: Entry) {
+        (entry.passivate)(&*entry.sender);
+        self.stopping.insert(key, (entry.generation, entry.done));
+    }
+}
+
+fn passivate_fn<A: Behavior>(sender: &(dyn Any + Send + Sync)) {
+    if let Some(tx) = sender.downcast_ref::<mpsc::Sender<Msg<A>>>() {
+        match tx.try_send(Msg::Passivate) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Busy actor: queue the request behind its work, without blocking the caller.
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Msg::Passivate).await;
+                });
+            }
+        }
+    }
+}
+
+/// Outcome of the non-blocking part of delivery.
+enum TryDeliver<A: Behavior> {
+    Sent,
+    /// The mailbox is full: wait for room on this sender.
+    Full(mpsc::Sender<Msg<A>>, Msg<A>),
+}
+
+/// Every live host of this process, for binding refs that arrive without one.
+static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
+
+impl Host {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        namespace: Namespace,
+        config: RuntimeConfig,
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        kinds: HashMap<&'static str, KindInfo>,
+        placement: Arc<dyn Placement>,
+        tokio: tokio::runtime::Handle,
+    ) -> Arc<Host> {
+        let host = Arc::new(Host {
+            namespace,
+            replays: Semaphore::new(config.max_concurrent_replays),
+            config,
+            events,
+            snapshots,
+            kinds,
+            placement,
+            stats: Stats::default(),
+            registry: Mutex::new(Registry::new()),
+            shutting_down: AtomicBool::new(false),
+            tokio,
+            clock_ms: AtomicU64::new(0),
+        });
+        let mut hosts = HOSTS.lock();
+        hosts.retain(|h| h.strong_count() > 0);
+        hosts.push(Arc::downgrade(&host));
+        drop(hosts);
+        if let Some(idle) = host.config.idle_passivation {
+            let tick = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+            host.tokio.spawn(sweep(Arc::downgrade(&host), idle, tick));
+        }
+        host
+    }
+
+    /// The single live host serving `namespace` in this process, if there is exactly one.
+    pub fn find(namespace: &Namespace) -> Result<Arc<Host>, String> {
+        let hosts = HOSTS.lock();
+        let mut found = hosts
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|h| &h.namespace == namespace && !h.shutting_down.load(Ordering::Acquire));
+        match (found.next(), found.next()) {
+            (Some(h), None) => Ok(h),
+            (None, _) => Err(format!("no runtime serves namespace {namespace} in this process")),
+            (Some(_), Some(_)) => Err(format!(
+                "several runtimes serve namespace {namespace}; bind the ref with Runtime::bind"
+            )),
+        }
+    }
+
+    pub fn unregister(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        HOSTS
+            .lock()
+            .retain(|h| h.strong_count() > 0 && !Weak::ptr_eq(h, &me));
+    }
+
+    pub fn kind_of<A: Behavior>(&self) -> Option<&Kind> {
+        self.kinds.get(A::KIND).map(|k| &k.kind)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
+    /// Checks ownership (the routing seam): `Ok` when the actor is served here.
+    fn check_local<E>(&self, kind: &str, id: &ActorId) -> Result<(), AskError<E>> {
+        if self.placement.single_node() {
+            return Ok(());
+        }
+        let shard = shard_of(
+            self.namespace.as_str(),
+            kind,
+            id.as_str(),
+            self.config.shard_count,
+        );
+        match self.placement.owner(shard) {
+            Owner::Local => Ok(()),
+            Owner::Remote(node) => Err(AskError::Unavailable(format!(
+                "shard {shard} is owned by node {node}; remote delivery is not available here"
+            ))),
+            Owner::Unassigned => Err(AskError::Unavailable(format!(
+                "shard {shard} has no owner right now"
+            ))),
+        }
+    }
+
+    /// Queues `msg` for actor `id` of kind `A` without waiting, activating it if needed.
+    fn try_deliver<A: Behavior>(
+        self: &Arc<Self>,
+        id: &ActorId,
+        mut msg: Msg<A>,
+    ) -> Result<TryDeliver<A>, Msg<A>> {
+        let key = RegKey {
+            kind: A::KIND,
+            id: id.clone(),
+        };
+        let now = self.now_ms();
+        let mut reg = self.registry.lock();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(msg);
+        }
+        // At most two rounds: a closed mailbox found in the map is replaced once.
+        for _ in 0..2 {
+            if let Some(entry) = reg.resident.get_mut(&key) {
+                entry.last_used_ms = now;
+                let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>() else {
+                    return Err(msg);
+                };
+                match tx.try_send(msg) {
+                    Ok(()) => return Ok(TryDeliver::Sent),
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        return Ok(TryDeliver::Full(tx.clone(), m));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(m)) => {
+                        // The activation ended without leaving the map (it failed): replace it.
+                        msg = m;
+                        reg.resident.pop(&key);
+                        continue;
+                    }
+                }
+            }
+            let tx = self.spawn_activation::<A>(&mut reg, key.clone(), id.clone(), now);
+            match tx.try_send(msg) {
+                Ok(()) => return Ok(TryDeliver::Sent),
+                Err(mpsc::error::TrySendError::Full(m)) => return Ok(TryDeliver::Full(tx, m)),
+                Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+            }
+        }
+        Err(msg)
+    }
+
+    fn spawn_activation<A: Behavior>(
+        self: &Arc<Self>,
+        reg: &mut Registry,
+        key: RegKey,
+        id: ActorId,
+        now: u64,
+    ) -> mpsc::Sender<Msg<A>> {
+        let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
+        let (done_tx, done_rx) = watch::channel(());
+        let generation = reg.next_generation;
+        reg.next_generation += 1;
+        let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
+        reg.resident.put(
+            key,
+            Entry {
+                sender: Box::new(tx.clone()),
+                passivate: passivate_fn::<A>,
+                done: done_rx,
+                generation,
+                last_used_ms: now,
+            },
+        );
+        while reg.resident.len() > self.config.max_resident {
+            match reg.resident.pop_lru() {
+                Some((k, e)) => reg.evict(k, e),
+                None => break,
+            }
+        }
+        let kind = self
+            .kinds
+            .get(A::KIND)
+            .map(|k| k.kind.clone())
+            .unwrap_or_else(|| unreachable_kind(A::KIND));
+        let actor = ActorKey::new(self.namespace.clone(), kind, id);
+        self.tokio.spawn(activation::run::<A>(
+            Arc::clone(self),
+            actor,
+            rx,
+            done_tx,
+            predecessor,
+            generation,
+        ));
+        tx
+    }
+
+    /// Delivers `msg`, waiting for mailbox room if needed. The caller bounds the wait.
+    pub async fn deliver<A: Behavior>(
+        self: &Arc<Self>,
+        id: &ActorId,
+        msg: Msg<A>,
+    ) -> Result<(), AskError<A::Error>> {
+        self.check_local(A::KIND, id)?;
+        let mut msg = msg;
+        loop {
+            match self.try_deliver::<A>(id, msg) {
+                Ok(TryDeliver::Sent) => return Ok(()),
+                Ok(TryDeliver::Full(tx, m)) => match tx.send(m).await {
+                    Ok(()) => return Ok(()),
+                    // Closed while we waited (passivated): go back to the map.
+                    Err(mpsc::error::SendError(m)) => msg = m,
+                },
+                Err(_) => {
+                    return Err(if self.shutting_down.load(Ordering::Acquire) {
+                        AskError::Shutdown
+                    } else {
+                        AskError::Unavailable("the actor's mailbox keeps closing".into())
+                    });
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Queues `msg` if there is room now; never waits.
+    pub fn deliver_now<A: Behavior>(
+        self: &Arc<Self>,
+        actor: &ActorKey,
+        msg: Msg<A>,
+    ) -> Result<(), TellError> {
+        if let Err(e) = self.check_local::<std::convert::Infallible>(A::KIND, &actor.id) {
+            return Err(TellError::Unbound {
+                actor: actor.clone(),
+                reason: e.to_string(),
+            });
+        }
+        match self.try_deliver::<A>(&actor.id, msg) {
+            Ok(TryDeliver::Sent) => Ok(()),
+            Ok(TryDeliver::Full(..)) => Err(TellError::MailboxFull {
+                actor: actor.clone(),
+            }),
+            Err(_) => Err(TellError::Shutdown),
+        }
+    }
+
+    /// Called by an activation as it ends: forget it in the map, so the next message activates
+    /// the actor afresh.
+    pub fn forget(&self, kind: &'static str, id: &ActorId, generation: u64) {
+        let key = RegKey {
+            kind,
+            id: id.clone(),
+        };
+        let mut reg = self.registry.lock();
+        if reg
+            .resident
+            .peek(&key)
+            .is_some_and(|e| e.generation == generation)
+        {
+            reg.resident.pop(&key);
+        }
+        if reg
+            .stopping
+            .get(&key)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            reg.stopping.remove(&key);
+        }
+    }
+
+    /// Passivates one actor and waits until it has stopped. `false` if it was not resident.
+    pub async fn passivate(&self, kind: &'static str, id: &ActorId) -> bool {
+        let key = RegKey {
+            kind,
+            id: id.clone(),
+        };
+        let done = {
+            let mut reg = self.registry.lock();
+            match reg.resident.pop(&key) {
+                Some(entry) => {
+                    let done = entry.done.clone();
+                    reg.evict(key, entry);
+                    done
+                }
+                None => return false,
+            }
+        };
+        wait_done(done).await;
+        true
+    }
+
+    /// Passivates every resident actor and waits (up to `timeout`) for all to stop.
+    pub async fn passivate_all(&self, timeout: Duration) -> bool {
+        let waits: Vec<watch::Receiver<()>> = {
+            let mut reg = self.registry.lock();
+            while let Some((k, e)) = reg.resident.pop_lru() {
+                reg.evict(k, e);
+            }
+            reg.stopping.values().map(|(_, d)| d.clone()).collect()
+        };
+        let all = async {
+            for done in waits {
+                wait_done(done).await;
+            }
+        };
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// Number of resident actors.
+    pub fn resident(&self) -> usize {
+        self.registry.lock().resident.len()
+    }
+
+    /// Whether `id` of `kind` is resident.
+    pub fn is_resident(&self, kind: &'static str, id: &ActorId) -> bool {
+        let key = RegKey {
+            kind,
+            id: id.clone(),
+        };
+        self.registry.lock().resident.contains(&key)
+    }
+}
+
+fn unreachable_kind(kind: &str) -> Kind {
+    // Delivery checks registration before it gets here; keep a valid value regardless.
+    Kind::new(kind).unwrap_or_else(|_| Kind::new("unknown").expect("'unknown' is a valid kind"))
+}
+
+/// Waits until the activation behind `done` has stopped (its sender is dropped).
+pub(crate) async fn wait_done(mut done: watch::Receiver<()>) {
+    while done.changed().await.is_ok() {}
+}
+
+/// Passivates actors idle for `idle`; advances the coarse clock.
+async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
+    let started = tokio::time::Instant::now();
+    let idle_ms = idle.as_millis() as u64;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(host) = host.upgrade() else { return };
+        if host.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        let now = started.elapsed().as_millis() as u64;
+        host.clock_ms.store(now, Ordering::Relaxed);
+        let mut reg = host.registry.lock();
+        while reg
+            .resident
+            .peek_lru()
+            .is_some_and(|(_, e)| now.saturating_sub(e.last_used_ms) >= idle_ms)
+        {
+            if let Some((k, e)) = reg.resident.pop_lru() {
+                reg.evict(k, e);
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Actors: the contract users implement, the handles they call through, and the machinery that
+//! activates, runs and passivates them.
+//!
+//! - [`EventSourcedActor`] and [`Behavior`]: the contract — state, command/event/reply types, a
+//!   deciding `handle` and a pure `apply`. `#[derive(EventSourcedActor)]` writes the first.
+//! - [`Effect`]: what a handler returns — events to persist and the reply.
+//! - [`ActorRef`]: a typed, serializable handle; `ask` waits for a reply, `tell` does not.
+//! - [`Ctx`]: the handler's view of its turn, and how it asks other actors.
+//!
+//! Actors are *virtual*: they always exist, conceptually. The first message to an actor
+//! activates it by replaying its snapshot and events; idle actors are passivated and come back
+//! on the next message with identical state. Calls between actors of one node never touch the
+//! network. This module never talks to NATS or the cluster; it asks
+//! [`routing`](crate::routing) who owns a shard.
+
+mod activation;
+mod actor_ref;
+mod context;
+mod contract;
+pub(crate) mod host;
+
+pub use actor_ref::{ActorRef, AskOptions};
+pub use context::Ctx;
+pub use contract::{Behavior, Effect, EventSourcedActor, Persist};

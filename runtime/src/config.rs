@@ -1,0 +1,194 @@
+//! Configuration: every timeout and bound, with its default, in one place.
+//!
+//! | setting | default | environment (binaries) |
+//! |---|---|---|
+//! | [`ask_timeout`](RuntimeConfig::ask_timeout) | 5 s ([`defaults::ASK_TIMEOUT`]) | `AETHER_ASK_TIMEOUT_MS` |
+//! | [`idle_passivation`](RuntimeConfig::idle_passivation) | 10 min | `AETHER_IDLE_PASSIVATION_MS` (0 = never) |
+//! | [`max_resident`](RuntimeConfig::max_resident) | 100 000 actors | `AETHER_MAX_RESIDENT` |
+//! | [`mailbox_capacity`](RuntimeConfig::mailbox_capacity) | 1 024 commands | `AETHER_MAILBOX_CAPACITY` |
+//! | [`dedup_window`](RuntimeConfig::dedup_window) | 64 commands per actor | `AETHER_DEDUP_WINDOW` |
+//! | [`max_concurrent_replays`](RuntimeConfig::max_concurrent_replays) | 32 | `AETHER_MAX_CONCURRENT_REPLAYS` |
+//! | [`shard_count`](RuntimeConfig::shard_count) | 1 024 | `AETHER_SHARD_COUNT` |
+//! | [`max_commit_bytes`](RuntimeConfig::max_commit_bytes) | 1 MiB | `AETHER_MAX_COMMIT_BYTES` |
+//! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
+//! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
+//! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
+//!
+//! Resident actors cost memory that the allocator does not hand back to the operating system,
+//! so residency is bounded: past [`max_resident`](RuntimeConfig::max_resident) the least
+//! recently used actors are passivated first.
+
+use std::time::Duration;
+
+/// The defaults, named so code and docs can point at them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// How long an ask waits for its reply.
+    pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// How long an actor may sit idle before it is passivated.
+    pub const IDLE_PASSIVATION: Duration = Duration::from_secs(600);
+    /// Most actors resident on one node.
+    pub const MAX_RESIDENT: usize = 100_000;
+    /// Most commands queued for one actor.
+    pub const MAILBOX_CAPACITY: usize = 1024;
+    /// Recent command ids (with replies) remembered per actor for deduplication.
+    pub const DEDUP_WINDOW: usize = 64;
+    /// Most activations replaying from the store at once.
+    pub const MAX_CONCURRENT_REPLAYS: usize = 32;
+    /// Shards per namespace. Fixed for the life of a namespace.
+    pub const SHARD_COUNT: u32 = 1024;
+    /// Largest encoded commit.
+    pub const MAX_COMMIT_BYTES: usize = crate::store::DEFAULT_MAX_COMMIT_BYTES;
+    /// How long a graceful shutdown waits for actors to passivate.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Directory under which the embedded store keeps one folder per namespace.
+    pub const DATA_DIR: &str = "aether-data";
+}
+
+/// Runtime settings. Build with [`RuntimeConfig::default`] and the builder methods of
+/// `Runtime::builder()`, or read from the environment with [`RuntimeConfig::from_env`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// How long an ask waits for its reply, end to end.
+    pub ask_timeout: Duration,
+    /// Passivate actors idle for this long; `None` keeps them until evicted or shut down.
+    pub idle_passivation: Option<Duration>,
+    /// Most resident actors; beyond it the least recently used are passivated.
+    pub max_resident: usize,
+    /// Most commands queued per actor; senders wait (ask) or fail (tell) when full.
+    pub mailbox_capacity: usize,
+    /// Recent command ids remembered per actor: a retry within this window is answered with the
+    /// original reply instead of being applied again.
+    pub dedup_window: usize,
+    /// Most activations loading from the store at once (protects the store during failover).
+    pub max_concurrent_replays: usize,
+    /// Shards per namespace.
+    pub shard_count: u32,
+    /// Largest encoded commit accepted.
+    pub max_commit_bytes: usize,
+    /// Snapshot an actor on passivation when it stored events since its last snapshot.
+    pub snapshot_on_passivation: bool,
+    /// How long shutdown waits for actors to finish and passivate.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            ask_timeout: defaults::ASK_TIMEOUT,
+            idle_passivation: Some(defaults::IDLE_PASSIVATION),
+            max_resident: defaults::MAX_RESIDENT,
+            mailbox_capacity: defaults::MAILBOX_CAPACITY,
+            dedup_window: defaults::DEDUP_WINDOW,
+            max_concurrent_replays: defaults::MAX_CONCURRENT_REPLAYS,
+            shard_count: defaults::SHARD_COUNT,
+            max_commit_bytes: defaults::MAX_COMMIT_BYTES,
+            snapshot_on_passivation: true,
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// An environment variable held a value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {name}={value:?} is not a valid {expected}")]
+pub struct ConfigError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+impl RuntimeConfig {
+    /// The defaults, overridden by the `AETHER_*` variables of the [module table](self).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        RuntimeConfig::default().with_overrides(|name| std::env::var(name).ok())
+    }
+
+    /// Applies overrides read through `lookup` (an environment, a map in tests).
+    pub fn with_overrides(
+        mut self,
+        lookup: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        fn num<T: std::str::FromStr>(
+            lookup: &impl Fn(&'static str) -> Option<String>,
+            name: &'static str,
+        ) -> Result<Option<T>, ConfigError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError {
+                    name,
+                    value,
+                    expected: "non-negative integer",
+                }),
+            }
+        }
+        let ms = |v: u64| Duration::from_millis(v);
+        if let Some(v) = num::<u64>(&lookup, "AETHER_ASK_TIMEOUT_MS")? {
+            self.ask_timeout = ms(v);
+        }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_IDLE_PASSIVATION_MS")? {
+            self.idle_passivation = (v > 0).then(|| ms(v));
+        }
+        if let Some(v) = num(&lookup, "AETHER_MAX_RESIDENT")? {
+            self.max_resident = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_MAILBOX_CAPACITY")? {
+            self.mailbox_capacity = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_DEDUP_WINDOW")? {
+            self.dedup_window = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_MAX_CONCURRENT_REPLAYS")? {
+            self.max_concurrent_replays = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_SHARD_COUNT")? {
+            self.shard_count = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_MAX_COMMIT_BYTES")? {
+            self.max_commit_bytes = v;
+        }
+        if let Some(v) = num::<u8>(&lookup, "AETHER_SNAPSHOT_ON_PASSIVATION")? {
+            self.snapshot_on_passivation = v != 0;
+        }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_SHUTDOWN_TIMEOUT_MS")? {
+            self.shutdown_timeout = ms(v);
+        }
+        Ok(self)
+    }
+
+    /// Clamps settings that must be at least 1.
+    pub(crate) fn normalized(mut self) -> Self {
+        self.max_resident = self.max_resident.max(1);
+        self.mailbox_capacity = self.mailbox_capacity.max(1);
+        self.max_concurrent_replays = self.max_concurrent_replays.max(1);
+        self.shard_count = self.shard_count.max(1);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_reject() {
+        let cfg = RuntimeConfig::default()
+            .with_overrides(|n| match n {
+                "AETHER_ASK_TIMEOUT_MS" => Some("250".into()),
+                "AETHER_IDLE_PASSIVATION_MS" => Some("0".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(cfg.ask_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.idle_passivation, None);
+        let err = RuntimeConfig::default()
+            .with_overrides(|n| (n == "AETHER_MAX_RESIDENT").then(|| "lots".into()))
+            .unwrap_err();
+        assert_eq!(err.name, "AETHER_MAX_RESIDENT");
+        assert!(err.to_string().contains("not a valid"));
+    }
+}

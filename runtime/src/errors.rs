@@ -1,0 +1,257 @@
+//! Errors of the actor operations: ask, tell, start.
+//!
+//! Each operation family has its own type; store and name errors live with
+//! [their](crate::store::StoreError) [modules](crate::names::NameError). Every ask error answers
+//! the question a caller has to decide on — *may I retry, and how?* — through
+//! [`AskError::retry_safety`]:
+//!
+//! | error | was the command applied? | retry |
+//! |---|---|---|
+//! | [`Rejected`](AskError::Rejected) | no, the actor said no | pointless until something changes |
+//! | [`VersionConflict`](AskError::VersionConflict) | no | safe |
+//! | [`Timeout`](AskError::Timeout) | no, it never reached the actor | safe |
+//! | [`OutcomeUnknown`](AskError::OutcomeUnknown) | maybe | only with the same command id |
+//! | [`Unavailable`](AskError::Unavailable) | no | safe, after a pause |
+//! | [`ActivationFailed`](AskError::ActivationFailed) | no | safe if the cause was transient |
+//! | the others | no | pointless: fix the input or the code |
+
+use std::time::Duration;
+
+use crate::names::{ActorKey, NameError};
+use crate::store::StoreError;
+use crate::wire::{CodecError, CommandId};
+
+/// How a caller may retry after an [`AskError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySafety {
+    /// Nothing was applied; retrying (with any command id) cannot duplicate.
+    Safe,
+    /// The command may have been applied; retry only with the same command id, which the actor
+    /// deduplicates and answers with the original reply.
+    SameCommandId,
+    /// Nothing was applied, and the same command will fail the same way.
+    Pointless,
+}
+
+/// Why an ask did not produce a reply. `E` is the actor's own error type.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError<E> {
+    /// The actor rejected the command (its handler returned an error). Nothing was stored.
+    #[error("rejected: {0}")]
+    Rejected(E),
+    /// Another activation of the actor wrote first, twice in a row. Nothing was stored.
+    #[error("version conflict on {actor}: expected version {expected}, actual {actual}")]
+    VersionConflict {
+        /// The actor.
+        actor: ActorKey,
+        /// The version this activation was at.
+        expected: u64,
+        /// The version found in the store.
+        actual: u64,
+    },
+    /// The deadline passed before the command reached the actor. Nothing was applied.
+    #[error("timed out after {after:?} before the command reached the actor")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The command reached the actor but no reply came before the deadline (or the connection
+    /// was lost). It may or may not have been applied: retry with `command_id`.
+    #[error("outcome unknown for command {command_id}: {reason}")]
+    OutcomeUnknown {
+        /// The command's id; reuse it to retry safely.
+        command_id: CommandId,
+        /// What happened.
+        reason: String,
+    },
+    /// The store (or, in a cluster, NATS) cannot be reached. Nothing was applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A command, event or reply could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    /// A name in the request is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The actor's kind is not registered with the runtime that received the command.
+    #[error("actor kind {kind:?} is not registered in this runtime")]
+    UnknownKind {
+        /// The kind asked for.
+        kind: String,
+    },
+    /// The actor's handler panicked. Nothing was stored; the actor reloaded its state.
+    #[error("handler of {actor} panicked: {message}")]
+    HandlerPanicked {
+        /// The actor.
+        actor: ActorKey,
+        /// The panic message.
+        message: String,
+    },
+    /// The actor could not be brought to life (its history is damaged or unreadable).
+    #[error("activation of {actor} failed: {reason}")]
+    ActivationFailed {
+        /// The actor.
+        actor: ActorKey,
+        /// Why.
+        reason: String,
+    },
+    /// The ask would wait on an actor that is already waiting on this chain: a deadlock.
+    #[error("call cycle: {chain} would wait on itself")]
+    CallCycle {
+        /// The chain of actors, `a -> b -> a`.
+        chain: String,
+    },
+    /// The commit is larger than the store accepts. Nothing was stored.
+    #[error("commit of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The `ActorRef` belongs to no runtime in this process (or to several); bind it with
+    /// `Runtime::bind`.
+    #[error("actor ref {actor} is not bound to a runtime: {reason}")]
+    Unbound {
+        /// The actor.
+        actor: ActorKey,
+        /// Why no runtime could be chosen.
+        reason: String,
+    },
+    /// The runtime is shutting down.
+    #[error("runtime is shut down")]
+    Shutdown,
+}
+
+impl<E> AskError<E> {
+    /// How the caller may retry. See the [module table](self).
+    pub fn retry_safety(&self) -> RetrySafety {
+        match self {
+            AskError::VersionConflict { .. }
+            | AskError::Timeout { .. }
+            | AskError::Unavailable(_)
+            | AskError::ActivationFailed { .. } => RetrySafety::Safe,
+            AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
+            AskError::Rejected(_)
+            | AskError::Codec(_)
+            | AskError::InvalidName(_)
+            | AskError::UnknownKind { .. }
+            | AskError::HandlerPanicked { .. }
+            | AskError::CallCycle { .. }
+            | AskError::TooLarge { .. }
+            | AskError::Unbound { .. }
+            | AskError::Shutdown => RetrySafety::Pointless,
+        }
+    }
+
+    /// The actor's own error, if this is a rejection.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            AskError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Maps the actor error type (used when one actor forwards another's failure).
+    pub fn map_rejection<F>(self, f: impl FnOnce(E) -> F) -> AskError<F> {
+        match self {
+            AskError::Rejected(e) => AskError::Rejected(f(e)),
+            AskError::VersionConflict {
+                actor,
+                expected,
+                actual,
+            } => AskError::VersionConflict {
+                actor,
+                expected,
+                actual,
+            },
+            AskError::Timeout { after } => AskError::Timeout { after },
+            AskError::OutcomeUnknown { command_id, reason } => {
+                AskError::OutcomeUnknown { command_id, reason }
+            }
+            AskError::Unavailable(s) => AskError::Unavailable(s),
+            AskError::Codec(e) => AskError::Codec(e),
+            AskError::InvalidName(e) => AskError::InvalidName(e),
+            AskError::UnknownKind { kind } => AskError::UnknownKind { kind },
+            AskError::HandlerPanicked { actor, message } => {
+                AskError::HandlerPanicked { actor, message }
+            }
+            AskError::ActivationFailed { actor, reason } => {
+                AskError::ActivationFailed { actor, reason }
+            }
+            AskError::CallCycle { chain } => AskError::CallCycle { chain },
+            AskError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
+            AskError::Unbound { actor, reason } => AskError::Unbound { actor, reason },
+            AskError::Shutdown => AskError::Shutdown,
+        }
+    }
+
+    /// Converts a store error met while persisting command `command_id`.
+    pub(crate) fn from_store(err: StoreError, command_id: CommandId) -> Self {
+        match err {
+            StoreError::VersionConflict {
+                actor,
+                expected,
+                actual,
+            } => AskError::VersionConflict {
+                actor,
+                expected,
+                actual,
+            },
+            StoreError::Unavailable(s) => AskError::Unavailable(s),
+            StoreError::Closed => AskError::Shutdown,
+            StoreError::OutcomeUnknown(reason) => AskError::OutcomeUnknown { command_id, reason },
+            StoreError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
+            StoreError::Codec(e) => AskError::Codec(e),
+            other @ (StoreError::Corrupt { .. }
+            | StoreError::WrongNamespace { .. }
+            | StoreError::InvalidCommit(_)) => AskError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Why a tell was not queued. A tell is fire-and-forget: once queued, its outcome is not
+/// reported (at-most-once).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TellError {
+    /// The actor's mailbox is full; the command was dropped.
+    #[error("mailbox of {actor} is full")]
+    MailboxFull {
+        /// The actor.
+        actor: ActorKey,
+    },
+    /// The actor's kind is not registered with this runtime.
+    #[error("actor kind {kind:?} is not registered in this runtime")]
+    UnknownKind {
+        /// The kind.
+        kind: String,
+    },
+    /// The ref belongs to no runtime in this process.
+    #[error("actor ref {actor} is not bound to a runtime: {reason}")]
+    Unbound {
+        /// The actor.
+        actor: ActorKey,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime is shutting down.
+    #[error("runtime is shut down")]
+    Shutdown,
+}
+
+/// Why a runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A name (namespace, kind) is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// Two registered actor types share a kind, or no namespace was set.
+    #[error("invalid setup: {0}")]
+    Setup(String),
+    /// The configuration from the environment does not parse.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}

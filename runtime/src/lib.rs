@@ -1,0 +1,52 @@
+//! The Aether runtime: virtual, event-sourced actors.
+//!
+//! Users normally depend on the facade crate `aether`, which re-exports this crate together
+//! with `#[derive(EventSourcedActor)]`. The rooms of this crate:
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`actor`] | the actor contract ([`Behavior`], [`Effect`]), handles ([`ActorRef`]), turns, activation and passivation |
+//! | [`store`] | the [`EventStore`](store::EventStore) / [`SnapshotStore`](store::SnapshotStore) contracts and their backends |
+//! | [`routing`] | shard hashing and "who owns this shard" |
+//! | [`wire`] | envelopes and the codec: what is stored and sent |
+//! | [`names`] | namespaces, kinds, actor ids and their encoding |
+//! | [`config`] | every timeout and bound, with defaults |
+//! | [`errors`] | errors of ask, tell and start |
+//! | [`runtime`](mod@runtime) | [`Runtime`] and its builder |
+//!
+//! # The path of a command
+//!
+//! `ActorRef::ask` → the shard owner (this node, on a single node) → the actor's mailbox,
+//! activating it on first use by loading its snapshot and replaying its events → `handle`
+//! decides events and a reply → the events are appended as one commit at the actor's version
+//! (a conflict means a stale activation, which reloads) → `apply` folds them → the reply.
+
+#![warn(missing_docs)]
+
+pub mod actor;
+pub mod config;
+pub mod errors;
+pub mod names;
+pub mod routing;
+pub mod runtime;
+pub mod store;
+pub mod wire;
+
+pub use actor::{ActorRef, AskOptions, Behavior, Ctx, Effect, EventSourcedActor, Persist};
+pub use config::RuntimeConfig;
+pub use errors::{AskError, RetrySafety, StartError, TellError};
+pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
+pub use runtime::{RefError, Runtime, RuntimeBuilder, RuntimeStats};
+pub use store::StoreError;
+pub use wire::{CommandId, EventEnvelope};
+
+/// Items used by code that `#[derive(EventSourcedActor)]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    /// Compile-time check that an actor state has the traits the runtime needs.
+    pub const fn assert_state<T>()
+    where
+        T: Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+    }
+}

@@ -1,0 +1,13 @@
+//! Routing: which shard an actor is in, and who serves that shard.
+//!
+//! Every actor belongs to one of `S` shards of its namespace ([`shard_of`]); the shard, not the
+//! actor, is the unit of placement. The actor layer asks one question of this module —
+//! [`Placement::owner`] — and delivers locally when the answer is [`Owner::Local`]. On a single
+//! node every shard is local ([`LocalPlacement`]); the cluster supplies a placement read from
+//! the leader's shard map, and remote delivery, behind the same question.
+
+mod placement;
+mod shard;
+
+pub use placement::{LocalPlacement, Owner, Placement};
+pub use shard::shard_of;

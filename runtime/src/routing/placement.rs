@@ -1,0 +1,37 @@
+//! Placement: who serves a shard.
+
+/// Where a shard is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node: deliver in memory, never through the network.
+    Local,
+    /// Another node, by id.
+    Remote(String),
+    /// Nobody right now (a shard moving between nodes): retry until the deadline.
+    Unassigned,
+}
+
+/// Answers "who owns this shard". The single seam between routing and the actor layer.
+pub trait Placement: Send + Sync + 'static {
+    /// The owner of `shard`.
+    fn owner(&self, shard: u32) -> Owner;
+
+    /// `true` when every shard is always local (lets delivery skip the shard hash).
+    fn single_node(&self) -> bool {
+        false
+    }
+}
+
+/// The placement of a single node: every shard is local.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalPlacement;
+
+impl Placement for LocalPlacement {
+    fn owner(&self, _shard: u32) -> Owner {
+        Owner::Local
+    }
+
+    fn single_node(&self) -> bool {
+        true
+    }
+}

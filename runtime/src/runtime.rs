@@ -1,0 +1,427 @@
+//! [`Runtime`]: one node's actor system for one namespace, and its [builder](RuntimeBuilder).
+//!
+//! ```ignore
+//! let rt = Runtime::builder()
+//!     .namespace("bank")?
+//!     .register::<Account>()
+//!     .start()                     // embedded durable store in ./aether-data/bank
+//!     .await?;
+//! let alice = rt.actor::<Account>("alice")?;
+//! alice.ask(AccountCmd::Deposit(100)).await?;
+//! rt.shutdown().await?;            // passivate (snapshot) everything, sync the store
+//! ```
+//!
+//! A runtime serves exactly one namespace; a process may run several runtimes side by side.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::actor::host::{Host, KindInfo};
+use crate::actor::{ActorRef, Behavior};
+use crate::config::{RuntimeConfig, defaults};
+use crate::errors::StartError;
+use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
+use crate::routing::{LocalPlacement, Placement};
+use crate::store::{
+    EmbeddedOptions, EmbeddedStore, EventStore, MemoryStore, SnapshotStore, StoreError,
+};
+
+/// Why a ref could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The id is invalid (empty, or longer than the limit).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The actor type is not registered with this runtime.
+    #[error("actor kind {kind:?} is not registered in this runtime")]
+    UnknownKind {
+        /// The kind.
+        kind: String,
+    },
+}
+
+pub(crate) fn make_ref<A: Behavior>(host: &Arc<Host>, id: &str) -> Result<ActorRef<A>, RefError> {
+    let kind = host.kind_of::<A>().ok_or_else(|| RefError::UnknownKind {
+        kind: A::KIND.to_owned(),
+    })?;
+    let key = ActorKey::new(host.namespace.clone(), kind.clone(), ActorId::new(id)?);
+    Ok(ActorRef::bound(key, Arc::clone(host)))
+}
+
+/// A point-in-time copy of a runtime's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Actors brought to life (including reactivations).
+    pub activations: u64,
+    /// Activations that failed to load (damaged history, store unavailable).
+    pub activation_failures: u64,
+    /// Actors passivated (idle, evicted, or at shutdown).
+    pub passivations: u64,
+    /// Events applied during replays.
+    pub replayed_events: u64,
+    /// Commits written by turns.
+    pub commits: u64,
+    /// Appends refused with a version conflict (a stale activation).
+    pub conflicts: u64,
+    /// Commands answered from a stored reply instead of being applied again.
+    pub deduplicated: u64,
+    /// Snapshots written.
+    pub snapshots_saved: u64,
+    /// Snapshots that could not be read (full replay instead).
+    pub snapshot_fallbacks: u64,
+    /// Handler panics.
+    pub handler_panics: u64,
+    /// Commands skipped because their asker had already given up.
+    pub abandoned: u64,
+    /// Actors resident right now.
+    pub resident: u64,
+}
+
+enum StoreChoice {
+    Embedded {
+        base: Option<PathBuf>,
+        options: EmbeddedOptions,
+    },
+    Memory,
+    Custom(Arc<dyn EventStore>, Arc<dyn SnapshotStore>),
+}
+
+/// Registration of one actor type.
+struct Registration {
+    kind: &'static str,
+    snapshot_every: Option<u64>,
+}
+
+/// Builds a [`Runtime`]. Start from [`Runtime::builder`].
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct RuntimeBuilder {
+    namespace: Option<Namespace>,
+    registrations: Vec<Registration>,
+    config: RuntimeConfig,
+    store: StoreChoice,
+    placement: Arc<dyn Placement>,
+}
+
+impl RuntimeBuilder {
+    /// Sets the namespace (`[A-Za-z0-9_-]`, 1–64 characters). Required.
+    pub fn namespace(mut self, namespace: impl AsRef<str>) -> Result<Self, NameError> {
+        self.namespace = Some(Namespace::new(namespace)?);
+        Ok(self)
+    }
+
+    /// Registers an actor type. Its snapshot policy comes from `#[actor(snapshot_every = N)]`.
+    pub fn register<A: Behavior>(mut self) -> Self {
+        self.registrations.push(Registration {
+            kind: A::KIND,
+            snapshot_every: A::SNAPSHOT_EVERY,
+        });
+        self
+    }
+
+    /// Registers an actor type with its own snapshot interval (overrides the attribute).
+    pub fn register_with_snapshots<A: Behavior>(mut self, every: Option<u64>) -> Self {
+        self.registrations.push(Registration {
+            kind: A::KIND,
+            snapshot_every: every,
+        });
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Applies the `AETHER_*` environment variables (see [`crate::config`]).
+    pub fn config_from_env(mut self) -> Result<Self, StartError> {
+        self.config = self
+            .config
+            .with_overrides(|name| std::env::var(name).ok())?;
+        if let StoreChoice::Embedded { base, .. } = &mut self.store
+            && base.is_none()
+            && let Ok(dir) = std::env::var("AETHER_DATA_DIR")
+        {
+            *base = Some(PathBuf::from(dir));
+        }
+        Ok(self)
+    }
+
+    /// How long an ask waits for its reply.
+    pub fn ask_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ask_timeout = timeout;
+        self
+    }
+
+    /// Passivate actors idle this long (`None`: never for idleness).
+    pub fn idle_passivation(mut self, idle: Option<Duration>) -> Self {
+        self.config.idle_passivation = idle;
+        self
+    }
+
+    /// Most resident actors; the least recently used are passivated beyond it.
+    pub fn max_resident(mut self, max: usize) -> Self {
+        self.config.max_resident = max;
+        self
+    }
+
+    /// Most commands queued per actor.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.config.mailbox_capacity = capacity;
+        self
+    }
+
+    /// Recent command ids remembered per actor for deduplication.
+    pub fn dedup_window(mut self, window: usize) -> Self {
+        self.config.dedup_window = window;
+        self
+    }
+
+    /// Snapshot on passivation when events were stored since the last snapshot.
+    pub fn snapshot_on_passivation(mut self, on: bool) -> Self {
+        self.config.snapshot_on_passivation = on;
+        self
+    }
+
+    /// Keeps the embedded store under `base/<namespace>` instead of `./aether-data/<namespace>`.
+    pub fn data_dir(mut self, base: impl Into<PathBuf>) -> Self {
+        self.store = StoreChoice::Embedded {
+            base: Some(base.into()),
+            options: EmbeddedOptions::default(),
+        };
+        self
+    }
+
+    /// Sets options of the embedded store.
+    pub fn embedded_options(mut self, options: EmbeddedOptions) -> Self {
+        if let StoreChoice::Embedded { options: o, .. } = &mut self.store {
+            *o = options;
+        } else {
+            self.store = StoreChoice::Embedded {
+                base: None,
+                options,
+            };
+        }
+        self
+    }
+
+    /// Keeps everything in memory: nothing survives the process. For tests and demos.
+    pub fn memory_store(mut self) -> Self {
+        self.store = StoreChoice::Memory;
+        self
+    }
+
+    /// Uses the given stores (they must serve the runtime's namespace).
+    pub fn store(
+        mut self,
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+    ) -> Self {
+        self.store = StoreChoice::Custom(events, snapshots);
+        self
+    }
+
+    /// Sets who owns which shard (the cluster supplies one; single nodes own all).
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Opens the store and starts the runtime. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        let namespace = self
+            .namespace
+            .ok_or_else(|| StartError::Setup("no namespace set: call .namespace(...)".into()))?;
+        let mut kinds = HashMap::new();
+        for reg in self.registrations {
+            let kind = Kind::new(reg.kind)?;
+            if kinds
+                .insert(
+                    reg.kind,
+                    KindInfo {
+                        kind,
+                        snapshot_every: reg.snapshot_every,
+                    },
+                )
+                .is_some()
+            {
+                return Err(StartError::Setup(format!(
+                    "kind {:?} is registered twice",
+                    reg.kind
+                )));
+            }
+        }
+        let config = self.config.normalized();
+        let mut data_dir = None;
+        let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match self.store
+        {
+            StoreChoice::Memory => {
+                let store = MemoryStore::with_limit(namespace.clone(), config.max_commit_bytes);
+                (Arc::new(store.clone()), Arc::new(store))
+            }
+            StoreChoice::Custom(events, snapshots) => {
+                if events.namespace() != &namespace {
+                    return Err(StartError::Setup(format!(
+                        "the event store serves namespace {}, the runtime {namespace}",
+                        events.namespace()
+                    )));
+                }
+                (events, snapshots)
+            }
+            StoreChoice::Embedded { base, mut options } => {
+                let dir = base
+                    .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR))
+                    .join(namespace.as_str());
+                options.max_commit_bytes = config.max_commit_bytes;
+                let ns = namespace.clone();
+                let open_dir = dir.clone();
+                let store = tokio::task::spawn_blocking(move || {
+                    EmbeddedStore::open_with(open_dir, ns, options)
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+                data_dir = Some(dir);
+                let store = Arc::new(store);
+                (store.clone(), store)
+            }
+        };
+        let host = Host::new(
+            namespace,
+            config,
+            events,
+            snapshots,
+            kinds,
+            self.placement,
+            tokio::runtime::Handle::current(),
+        );
+        tracing::info!(namespace = %host.namespace, data_dir = ?data_dir, "runtime started");
+        Ok(Runtime { host, data_dir })
+    }
+}
+
+/// One node's actor system for one namespace. See the [module docs](self).
+pub struct Runtime {
+    host: Arc<Host>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// Starts building a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            namespace: None,
+            registrations: Vec::new(),
+            config: RuntimeConfig::default(),
+            store: StoreChoice::Embedded {
+                base: None,
+                options: EmbeddedOptions::default(),
+            },
+            placement: Arc::new(LocalPlacement),
+        }
+    }
+
+    /// The namespace this runtime serves.
+    pub fn namespace(&self) -> &Namespace {
+        &self.host.namespace
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.host.config
+    }
+
+    /// The embedded store's directory, when the runtime uses one.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// A handle to actor `id` of type `A`. Fails for an invalid id or an unregistered type.
+    pub fn actor<A: Behavior>(&self, id: impl AsRef<str>) -> Result<ActorRef<A>, RefError> {
+        make_ref(&self.host, id.as_ref())
+    }
+
+    /// Binds a ref (for example one decoded outside the runtime) to this runtime.
+    pub fn bind<A: Behavior>(&self, actor: &ActorRef<A>) -> ActorRef<A> {
+        actor.with_host(Arc::clone(&self.host))
+    }
+
+    /// The event store (to read an actor's history, for example).
+    pub fn event_store(&self) -> Arc<dyn EventStore> {
+        Arc::clone(&self.host.events)
+    }
+
+    /// The snapshot store.
+    pub fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        Arc::clone(&self.host.snapshots)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let s = &self.host.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        RuntimeStats {
+            activations: get(&s.activations),
+            activation_failures: get(&s.activation_failures),
+            passivations: get(&s.passivations),
+            replayed_events: get(&s.replayed_events),
+            commits: get(&s.commits),
+            conflicts: get(&s.conflicts),
+            deduplicated: get(&s.deduplicated),
+            snapshots_saved: get(&s.snapshots_saved),
+            snapshot_fallbacks: get(&s.snapshot_fallbacks),
+            handler_panics: get(&s.handler_panics),
+            abandoned: get(&s.abandoned),
+            resident: self.host.resident() as u64,
+        }
+    }
+
+    /// Number of resident (activated) actors.
+    pub fn resident_count(&self) -> usize {
+        self.host.resident()
+    }
+
+    /// Whether the actor is resident right now.
+    pub fn is_resident<A: Behavior>(&self, actor: &ActorRef<A>) -> bool {
+        self.host.is_resident(A::KIND, actor.id())
+    }
+
+    /// Passivates one actor now and waits until it has stopped (snapshot included). Returns
+    /// `false` if it was not resident.
+    pub async fn passivate<A: Behavior>(&self, actor: &ActorRef<A>) -> bool {
+        self.host.passivate(A::KIND, actor.id()).await
+    }
+
+    /// Passivates every resident actor and waits for them (up to the shutdown timeout).
+    pub async fn passivate_all(&self) -> bool {
+        self.host
+            .passivate_all(self.host.config.shutdown_timeout)
+            .await
+    }
+
+    /// Stops accepting commands, passivates every actor (serving what is queued, snapshotting),
+    /// and closes the store. Asks after this fail with `Shutdown`.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.host.shutting_down.store(true, Ordering::Release);
+        let drained = self
+            .host
+            .passivate_all(self.host.config.shutdown_timeout)
+            .await;
+        if !drained {
+            tracing::warn!("shutdown timed out waiting for actors to passivate");
+        }
+        self.host.unregister();
+        self.host.events.close().await
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("namespace", &self.host.namespace)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}

@@ -1,0 +1,610 @@
+//! [`EmbeddedStore`]: durable events and snapshots in a directory on local disk.
+//!
+//! The default store of `Runtime::builder().start()`. It needs no server and survives `kill -9`:
+//! an append is acknowledged only after its commit is synced to disk (`fdatasync`), and a commit
+//! is one atomic batch, so after a crash every acknowledged commit is there and no commit is
+//! half there.
+//!
+//! # Engine
+//!
+//! The engine is [fjall](https://docs.rs/fjall), a log-structured key-value store: a write is a
+//! journal append, which is what an event log wants. Measured on this project's 2-core machine
+//! (200-byte records): raw `write + fdatasync` 4.0–4.6k/s; fjall 5.6k single-record commits/s
+//! and 92k records/s at 64 records per synced batch; redb 2.9k commits/s and 27k records/s at
+//! 64 per commit. fjall truncates a torn journal tail on recovery and checksums its batches.
+//!
+//! # Group commit
+//!
+//! One writer thread owns all writes. It takes every append that is waiting, checks each against
+//! the stream's latest version, writes the accepted ones as **one** batch and syncs once, then
+//! answers all of them. With many actors writing at once, many commits share one sync, so
+//! throughput grows with concurrency instead of stopping at the disk's sync rate.
+//!
+//! # Layout
+//!
+//! - keyspace `events`: key `<stream token> 0x00 <last version, u64 big-endian>` → the encoded
+//!   [`CommitRecord`](crate::wire::CommitRecord). Keying a commit by its *last* version makes
+//!   "the commit holding version v" the first key ≥ v.
+//! - keyspace `snapshots`: key `<stream token>` → the encoded snapshot record.
+//!
+//! The stream token is `<namespace>.<kind>.<encoded id>` (see [`crate::names`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::{
+    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
+    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot, encode_commit,
+    encode_snapshot, snapshot_version,
+};
+use crate::names::{ActorKey, Namespace};
+use crate::wire::CommandId;
+
+/// Settings of an [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Largest encoded commit accepted, in bytes. Default
+    /// [`DEFAULT_MAX_COMMIT_BYTES`](super::DEFAULT_MAX_COMMIT_BYTES).
+    pub max_commit_bytes: usize,
+    /// Block cache of the engine, in bytes. Default 32 MiB.
+    pub cache_bytes: u64,
+    /// Most operations written in one synced batch. Default 512.
+    pub max_batch: usize,
+    /// Most stream heads (latest versions) kept in memory by the writer. Default 100 000.
+    pub head_cache_entries: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            max_commit_bytes: super::DEFAULT_MAX_COMMIT_BYTES,
+            cache_bytes: 32 * 1024 * 1024,
+            max_batch: 512,
+            head_cache_entries: 100_000,
+        }
+    }
+}
+
+/// A durable store in a local directory. See the [module docs](self).
+pub struct EmbeddedStore {
+    namespace: Namespace,
+    path: PathBuf,
+    options: EmbeddedOptions,
+    events: Keyspace,
+    snapshots: Keyspace,
+    writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+enum Target {
+    Events,
+    Snapshots,
+}
+
+enum WriteOp {
+    Append {
+        prefix: Vec<u8>,
+        actor: ActorKey,
+        expected: u64,
+        last_version: u64,
+        command_id: CommandId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    Snapshot {
+        key: Vec<u8>,
+        version: u64,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Raw {
+        target: Target,
+        key: Vec<u8>,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+fn stream_prefix(actor: &ActorKey) -> Vec<u8> {
+    let mut prefix = actor.stream_token().into_bytes();
+    prefix.push(0);
+    prefix
+}
+
+fn event_key(prefix: &[u8], version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn key_version(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+fn engine_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {e}"))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` for `namespace`, with default options.
+    ///
+    /// Blocking: recovery after a crash reads the journal. Call it from `spawn_blocking` or
+    /// before the async runtime starts. A directory can be open in one process at a time.
+    pub fn open(dir: impl AsRef<Path>, namespace: Namespace) -> Result<Self, StoreError> {
+        EmbeddedStore::open_with(dir, namespace, EmbeddedOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` with `options`.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        namespace: Namespace,
+        options: EmbeddedOptions,
+    ) -> Result<Self, StoreError> {
+        let path = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
+        let db = Database::builder(&path)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let events = db
+            .keyspace("events", KeyspaceCreateOptions::default)
+            .map_err(engine_error)?;
+        let snapshots = db
+            .keyspace("snapshots", KeyspaceCreateOptions::default)
+            .map_err(engine_error)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db,
+            events: events.clone(),
+            snapshots: snapshots.clone(),
+            heads: HashMap::new(),
+            max_batch: options.max_batch.max(1),
+            head_cache_entries: options.head_cache_entries.max(1),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("aether-store-{namespace}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            namespace,
+            path,
+            options,
+            events,
+            snapshots,
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        match &*self.writer.lock() {
+            Some(tx) => tx.send(op).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    fn is_closed(&self) -> bool {
+        self.writer.lock().is_none()
+    }
+
+    /// Stops the writer thread after the queued writes and syncs everything. Idempotent.
+    fn shutdown(&self) {
+        drop(self.writer.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn latest_in(events: &Keyspace, prefix: &[u8]) -> Result<u64, StoreError> {
+    match events.prefix(prefix).next_back() {
+        None => Ok(0),
+        Some(guard) => {
+            let key = guard.key().map_err(engine_error)?;
+            key_version(&key).ok_or_else(|| engine_error("malformed event key"))
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    async fn append(
+        &self,
+        actor: &ActorKey,
+        expected_version: u64,
+        commit: NewCommit,
+    ) -> Result<Appended, StoreError> {
+        let command_id = commit.command_id;
+        let (record, bytes) = encode_commit(
+            &self.namespace,
+            actor,
+            expected_version,
+            commit,
+            self.options.max_commit_bytes,
+        )?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Append {
+            prefix: stream_prefix(actor),
+            actor: actor.clone(),
+            expected: expected_version,
+            last_version: record.last_version(),
+            command_id,
+            bytes,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+    }
+
+    async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let events = self.events.clone();
+        let prefix = stream_prefix(actor);
+        Self::blocking(move || latest_in(&events, &prefix)).await
+    }
+
+    async fn read_with_errors(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+    ) -> Result<ReadReport, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let events = self.events.clone();
+        let actor = actor.clone();
+        Self::blocking(move || {
+            let prefix = stream_prefix(&actor);
+            let start = event_key(&prefix, from_version);
+            let end = event_key(&prefix, u64::MAX);
+            let mut report = ReadReport {
+                from_version,
+                ..ReadReport::default()
+            };
+            for guard in events.range(start..=end) {
+                let (key, value) = guard.into_inner().map_err(engine_error)?;
+                let position =
+                    key_version(&key).ok_or_else(|| engine_error("malformed event key"))?;
+                match decode_commit(&actor, position, &value) {
+                    Ok(record) => report.commits.push(record),
+                    Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.shutdown();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for EmbeddedStore {
+    async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let version = snapshot.version;
+        let bytes = encode_snapshot(actor, snapshot)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Snapshot {
+            key: actor.stream_token().into_bytes(),
+            version,
+            bytes,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+    }
+
+    async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        let snapshots = self.snapshots.clone();
+        let actor = actor.clone();
+        Self::blocking(move || {
+            let bytes = snapshots
+                .get(actor.stream_token())
+                .map_err(engine_error)?;
+            bytes.map(|b| decode_snapshot(&actor, &b)).transpose()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FaultInjection for EmbeddedStore {
+    async fn inject_raw_commit(
+        &self,
+        actor: &ActorKey,
+        position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Raw {
+            target: Target::Events,
+            key: event_key(&stream_prefix(actor), position),
+            bytes,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn inject_raw_snapshot(
+        &self,
+        actor: &ActorKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Raw {
+            target: Target::Snapshots,
+            key: actor.stream_token().into_bytes(),
+            bytes,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The single writer: validates, batches, syncs, answers.
+struct Writer {
+    db: Database,
+    events: Keyspace,
+    snapshots: Keyspace,
+    /// Latest version per stream prefix, as of the last successful batch.
+    heads: HashMap<Vec<u8>, u64>,
+    max_batch: usize,
+    head_cache_entries: usize,
+}
+
+/// An answer to send once the batch is durable.
+enum Pending {
+    Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            while ops.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(ops);
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "embedded store: final sync failed");
+        }
+    }
+
+    fn head(&mut self, prefix: &[u8]) -> Result<u64, StoreError> {
+        if let Some(v) = self.heads.get(prefix) {
+            return Ok(*v);
+        }
+        let v = latest_in(&self.events, prefix)?;
+        if self.heads.len() >= self.head_cache_entries {
+            self.heads.clear();
+        }
+        self.heads.insert(prefix.to_vec(), v);
+        Ok(v)
+    }
+
+    /// When an append finds the stream past `expected`: a retry of the commit right after
+    /// `expected` is deduplicated, anything else is a conflict.
+    fn conflict_or_duplicate(
+        &self,
+        actor: &ActorKey,
+        prefix: &[u8],
+        expected: u64,
+        actual: u64,
+        command_id: CommandId,
+    ) -> Result<Appended, StoreError> {
+        let start = event_key(prefix, expected + 1);
+        let end = event_key(prefix, u64::MAX);
+        if let Some(Ok((key, value))) = self
+            .events
+            .range(start..=end)
+            .next()
+            .map(|g| g.into_inner())
+            && let Some(position) = key_version(&key)
+            && let Ok(existing) = decode_commit(actor, position, &value)
+            && existing.first_version == expected + 1
+            && existing.command_id == command_id
+        {
+            return Ok(Appended {
+                first_version: existing.first_version,
+                last_version: existing.last_version(),
+                deduplicated: true,
+            });
+        }
+        Err(StoreError::VersionConflict {
+            actor: actor.clone(),
+            expected,
+            actual,
+        })
+    }
+
+    fn write_batch(&mut self, ops: Vec<WriteOp>) {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut pending = Vec::with_capacity(ops.len());
+        // Heads and snapshot versions as they will be once this batch lands.
+        let mut staged_heads: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut staged_snapshots: HashMap<Vec<u8>, u64> = HashMap::new();
+        for op in ops {
+            match op {
+                WriteOp::Append {
+                    prefix,
+                    actor,
+                    expected,
+                    last_version,
+                    command_id,
+                    bytes,
+                    reply,
+                } => {
+                    let actual = match staged_heads.get(&prefix) {
+                        Some(v) => Ok(*v),
+                        None => self.head(&prefix),
+                    };
+                    match actual {
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        Ok(actual) if actual != expected => {
+                            let result = if staged_heads.contains_key(&prefix) {
+                                // The competing commit is in this very batch, not yet readable.
+                                Err(StoreError::VersionConflict {
+                                    actor,
+                                    expected,
+                                    actual,
+                                })
+                            } else {
+                                self.conflict_or_duplicate(
+                                    &actor, &prefix, expected, actual, command_id,
+                                )
+                            };
+                            let _ = reply.send(result);
+                        }
+                        Ok(_) => {
+                            batch.insert(&self.events, event_key(&prefix, last_version), bytes);
+                            staged_heads.insert(prefix, last_version);
+                            pending.push(Pending::Append(
+                                reply,
+                                Appended {
+                                    first_version: expected + 1,
+                                    last_version,
+                                    deduplicated: false,
+                                },
+                            ));
+                        }
+                    }
+                }
+                WriteOp::Snapshot {
+                    key,
+                    version,
+                    bytes,
+                    reply,
+                } => {
+                    let stored = match staged_snapshots.get(&key) {
+                        Some(v) => Some(*v),
+                        None => self
+                            .snapshots
+                            .get(&key)
+                            .ok()
+                            .flatten()
+                            .and_then(|b| snapshot_version(&b)),
+                    };
+                    if stored.is_some_and(|s| s >= version) {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        batch.insert(&self.snapshots, key.clone(), bytes);
+                        staged_snapshots.insert(key, version);
+                        pending.push(Pending::Unit(reply));
+                    }
+                }
+                WriteOp::Raw {
+                    target,
+                    key,
+                    bytes,
+                    reply,
+                } => {
+                    let keyspace = match target {
+                        Target::Events => {
+                            // The head may move: forget what we knew about every stream.
+                            self.heads.clear();
+                            &self.events
+                        }
+                        Target::Snapshots => &self.snapshots,
+                    };
+                    batch.insert(keyspace, key, bytes);
+                    pending.push(Pending::Unit(reply));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        match batch.commit() {
+            Ok(()) => {
+                for (prefix, v) in staged_heads {
+                    if self.heads.len() >= self.head_cache_entries {
+                        self.heads.clear();
+                    }
+                    self.heads.insert(prefix, v);
+                }
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, appended) => {
+                            let _ = reply.send(Ok(appended));
+                        }
+                        Pending::Unit(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: batch commit failed");
+                self.heads.clear();
+                let reason = format!("embedded store commit failed: {e}");
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, _) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                        Pending::Unit(reply) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! [`MemoryStore`]: both store contracts in process memory, for tests.
+//!
+//! Records are kept encoded, exactly as a durable store keeps them, so decoding, damage
+//! reporting and size limits behave as they do on disk. Nothing survives the process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{
+    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
+    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot, encode_commit,
+    encode_snapshot, snapshot_version,
+};
+use crate::names::{ActorKey, Namespace};
+
+/// One stream: `(last version, encoded record)` in version order.
+type Stream = Vec<(u64, Vec<u8>)>;
+
+/// An in-memory event and snapshot store. Cheap to clone; clones share the data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: Namespace,
+    max_commit_bytes: usize,
+    streams: Mutex<HashMap<ActorKey, Stream>>,
+    snapshots: Mutex<HashMap<ActorKey, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// An empty store for `namespace`.
+    pub fn new(namespace: Namespace) -> Self {
+        MemoryStore::with_limit(namespace, super::DEFAULT_MAX_COMMIT_BYTES)
+    }
+
+    /// An empty store that accepts commits up to `max_commit_bytes`.
+    pub fn with_limit(namespace: Namespace, max_commit_bytes: usize) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                namespace,
+                max_commit_bytes,
+                streams: Mutex::new(HashMap::new()),
+                snapshots: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+fn head(stream: Option<&Stream>) -> u64 {
+    stream.and_then(|s| s.last()).map_or(0, |(v, _)| *v)
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    async fn append(
+        &self,
+        actor: &ActorKey,
+        expected_version: u64,
+        commit: NewCommit,
+    ) -> Result<Appended, StoreError> {
+        let command_id = commit.command_id;
+        let (record, bytes) = encode_commit(
+            &self.inner.namespace,
+            actor,
+            expected_version,
+            commit,
+            self.inner.max_commit_bytes,
+        )?;
+        let mut streams = self.inner.streams.lock();
+        let actual = head(streams.get(actor));
+        if actual != expected_version {
+            // A retry of the commit right after `expected_version` is not a conflict.
+            if let Some(stream) = streams.get(actor) {
+                let at = stream.partition_point(|(v, _)| *v <= expected_version);
+                if let Some((last, stored)) = stream.get(at)
+                    && let Ok(existing) = decode_commit(actor, *last, stored)
+                    && existing.first_version == expected_version + 1
+                    && existing.command_id == command_id
+                {
+                    return Ok(Appended {
+                        first_version: existing.first_version,
+                        last_version: existing.last_version(),
+                        deduplicated: true,
+                    });
+                }
+            }
+            return Err(StoreError::VersionConflict {
+                actor: actor.clone(),
+                expected: expected_version,
+                actual,
+            });
+        }
+        let last_version = record.last_version();
+        streams
+            .entry(actor.clone())
+            .or_default()
+            .push((last_version, bytes));
+        Ok(Appended {
+            first_version: record.first_version,
+            last_version,
+            deduplicated: false,
+        })
+    }
+
+    async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        Ok(head(self.inner.streams.lock().get(actor)))
+    }
+
+    async fn read_with_errors(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+    ) -> Result<ReadReport, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let records: Vec<(u64, Vec<u8>)> = {
+            let streams = self.inner.streams.lock();
+            match streams.get(actor) {
+                Some(stream) => {
+                    let at = stream.partition_point(|(v, _)| *v < from_version);
+                    stream[at..].to_vec()
+                }
+                None => Vec::new(),
+            }
+        };
+        let mut report = ReadReport {
+            from_version,
+            ..ReadReport::default()
+        };
+        for (position, bytes) in records {
+            match decode_commit(actor, position, &bytes) {
+                Ok(record) => report.commits.push(record),
+                Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryStore {
+    async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let version = snapshot.version;
+        let bytes = encode_snapshot(actor, snapshot)?;
+        let mut snapshots = self.inner.snapshots.lock();
+        let newer_stored = snapshots
+            .get(actor)
+            .and_then(|b| snapshot_version(b))
+            .is_some_and(|stored| stored >= version);
+        if !newer_stored {
+            snapshots.insert(actor.clone(), bytes);
+        }
+        Ok(())
+    }
+
+    async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let bytes = self.inner.snapshots.lock().get(actor).cloned();
+        bytes.map(|b| decode_snapshot(actor, &b)).transpose()
+    }
+}
+
+#[async_trait]
+impl FaultInjection for MemoryStore {
+    async fn inject_raw_commit(
+        &self,
+        actor: &ActorKey,
+        position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let mut streams = self.inner.streams.lock();
+        let stream = streams.entry(actor.clone()).or_default();
+        match stream.binary_search_by_key(&position, |(v, _)| *v) {
+            Ok(i) => stream[i].1 = bytes,
+            Err(i) => stream.insert(i, (position, bytes)),
+        }
+        Ok(())
+    }
+
+    async fn inject_raw_snapshot(
+        &self,
+        actor: &ActorKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        self.inner.snapshots.lock().insert(actor.clone(), bytes);
+        Ok(())
+    }
+}

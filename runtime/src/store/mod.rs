@@ -1,0 +1,397 @@
+//! Stores: where events and snapshots live.
+//!
+//! Two contracts, each a trait the runtime uses and every backend implements:
+//!
+//! - [`EventStore`]: an append-only stream of commits per actor. [`EventStore::append`] takes the
+//!   version the caller believes is current and fails fast with
+//!   [`StoreError::VersionConflict`] when it is not — optimistic concurrency, no locks held
+//!   between reads and writes. Versions are 1, 2, 3, … per actor with no gap and no repeat; one
+//!   command's events form one commit, stored atomically.
+//! - [`SnapshotStore`]: the latest snapshot of an actor's state, an optional shortcut for replay.
+//!
+//! # Backends
+//!
+//! | backend | durable | use |
+//! |---|---|---|
+//! | [`MemoryStore`] | no | tests, examples that need no disk |
+//! | [`EmbeddedStore`] | yes, fsync'd, group-committed | the default of `Runtime::builder().start()` |
+//!
+//! All backends pass one conformance suite (`tests/store_conformance.rs`).
+//!
+//! # Reading damaged history
+//!
+//! [`EventStore::read_with_errors`] returns every record that decodes and, separately, the
+//! position and reason of every record that does not: clean data is never dropped because a
+//! neighbour is damaged. [`EventStore::read`] is the strict form that fails on any damage.
+//!
+//! # Idempotent appends
+//!
+//! A commit carries the [`CommandId`] of its command. When an append finds the stream already
+//! past `expected_version` and the commit right after `expected_version` has the same command id,
+//! the append is a retry of a commit that landed: it succeeds with
+//! [`Appended::deduplicated`] set and writes nothing. This resolves the "unknown outcome" of a
+//! lost acknowledgement without ever writing a command twice.
+
+use async_trait::async_trait;
+
+use crate::names::{ActorKey, Namespace};
+use crate::wire::{CodecError, CommandId, CommitRecord, EventData, EventEnvelope};
+
+mod embedded;
+mod memory;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use memory::MemoryStore;
+
+/// Default upper bound of one encoded commit, in bytes (1 MiB, the default NATS max payload).
+pub const DEFAULT_MAX_COMMIT_BYTES: usize = 1024 * 1024;
+
+/// The events of one command, ready to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommit {
+    /// The command's id: the idempotency key of the append.
+    pub command_id: CommandId,
+    /// The root command of the chain this command belongs to.
+    pub correlation_id: CommandId,
+    /// The command that caused this one, if any.
+    pub causation_id: Option<CommandId>,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The events, in order. Must not be empty.
+    pub events: Vec<EventData>,
+    /// The encoded reply to keep with the commit (returned again to a retried command).
+    pub reply: Option<Vec<u8>>,
+}
+
+impl NewCommit {
+    /// A commit of `events` for command `command_id`, correlated with itself, stamped now.
+    pub fn new(command_id: CommandId, events: Vec<EventData>) -> Self {
+        NewCommit {
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            timestamp_ms: crate::wire::now_ms(),
+            events,
+            reply: None,
+        }
+    }
+
+    /// Builds the stored record for `actor` at `expected_version + 1`.
+    pub fn into_record(self, actor: &ActorKey, expected_version: u64) -> CommitRecord {
+        CommitRecord {
+            format: crate::wire::COMMIT_FORMAT,
+            actor: actor.clone(),
+            first_version: expected_version + 1,
+            command_id: self.command_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            timestamp_ms: self.timestamp_ms,
+            events: self.events,
+            reply: self.reply,
+        }
+    }
+}
+
+/// A successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Version of the commit's first event.
+    pub first_version: u64,
+    /// Version of the commit's last event: the stream's new latest version.
+    pub last_version: u64,
+    /// `true` when this was a retry of a commit that had already landed (nothing was written).
+    pub deduplicated: bool,
+}
+
+/// A record that could not be decoded, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRecord {
+    /// The record's position in the stream: the last version it was stored under.
+    pub position: u64,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// What [`EventStore::read_with_errors`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadReport {
+    /// Every commit that decoded, in version order. The first may start before the requested
+    /// version when the requested version falls inside it.
+    pub commits: Vec<CommitRecord>,
+    /// Every record that did not decode, in stream order.
+    pub corrupt: Vec<CorruptRecord>,
+    /// The version the read started from.
+    pub from_version: u64,
+}
+
+impl ReadReport {
+    /// The clean events at or after `from_version`, flattened out of their commits.
+    pub fn events(&self) -> Vec<EventEnvelope> {
+        self.commits
+            .iter()
+            .flat_map(|c| c.envelopes())
+            .filter(|e| e.version >= self.from_version)
+            .collect()
+    }
+
+    /// `true` when no record was damaged.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty()
+    }
+}
+
+/// A saved snapshot of an actor's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The version of the last event folded into the state.
+    pub version: u64,
+    /// The encoded state (opaque to the store).
+    pub payload: Vec<u8>,
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+/// Errors of store operations. Each variant says whether anything was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at `expected`: someone else appended first. Nothing was written.
+    #[error("version conflict on {actor}: expected version {expected}, actual {actual}")]
+    VersionConflict {
+        /// The actor whose stream was appended to.
+        actor: ActorKey,
+        /// The version the caller expected.
+        expected: u64,
+        /// The stream's actual latest version.
+        actual: u64,
+    },
+    /// The store cannot be reached or refused the operation. Nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write was sent but its result is unknown: it may or may not be stored. Retrying
+    /// with the same command id is safe.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A record could not be decoded.
+    #[error("corrupt record in {actor} at position {position}: {reason}")]
+    Corrupt {
+        /// The actor whose stream holds the record.
+        actor: ActorKey,
+        /// The record's position (see [`CorruptRecord::position`]).
+        position: u64,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// The commit is larger than the store accepts. Nothing was written.
+    #[error("commit of {size} bytes is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size of the commit.
+        size: usize,
+        /// The store's limit.
+        limit: usize,
+    },
+    /// The actor belongs to another namespace than the store. Nothing was read or written.
+    #[error("actor {actor} is not in this store's namespace {store}")]
+    WrongNamespace {
+        /// The namespace the store serves.
+        store: Namespace,
+        /// The actor that was asked for.
+        actor: ActorKey,
+    },
+    /// The commit is malformed (for example it holds no events). Nothing was written.
+    #[error("invalid commit: {0}")]
+    InvalidCommit(String),
+    /// Something could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The store was closed.
+    #[error("store closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// `true` when the error guarantees nothing was written.
+    pub fn nothing_written(&self) -> bool {
+        !matches!(self, StoreError::OutcomeUnknown(_))
+    }
+}
+
+/// The event store contract. See the [module docs](self).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// The namespace this store serves; every actor passed in must belong to it.
+    fn namespace(&self) -> &Namespace;
+
+    /// Appends one commit at `expected_version + 1`.
+    ///
+    /// Fails with [`StoreError::VersionConflict`] when the stream's latest version is not
+    /// `expected_version`, unless the commit is a retry of the one stored right after
+    /// `expected_version` (same command id): then it succeeds with `deduplicated` set.
+    async fn append(
+        &self,
+        actor: &ActorKey,
+        expected_version: u64,
+        commit: NewCommit,
+    ) -> Result<Appended, StoreError>;
+
+    /// The actor's latest version; 0 for an actor with no events.
+    async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError>;
+
+    /// Every commit holding a version ≥ `from_version`, in order, plus every damaged record.
+    async fn read_with_errors(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+    ) -> Result<ReadReport, StoreError>;
+
+    /// The events from `from_version` on, in order. Fails on the first damaged record.
+    async fn read(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let report = self.read_with_errors(actor, from_version).await?;
+        if let Some(bad) = report.corrupt.first() {
+            return Err(StoreError::Corrupt {
+                actor: actor.clone(),
+                position: bad.position,
+                reason: bad.reason.clone(),
+            });
+        }
+        Ok(report.events())
+    }
+
+    /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The snapshot store contract: the latest snapshot per actor.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Saves `snapshot` unless a snapshot at the same or a later version is already stored.
+    async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// The latest snapshot, if any. A snapshot that cannot be read is
+    /// [`StoreError::Corrupt`]; callers fall back to a full replay.
+    async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError>;
+}
+
+/// Writes raw bytes where a record would be: how tests inject damage into a store.
+///
+/// Every backend implements it so the conformance suite can check that damaged records are
+/// reported and clean ones kept. Never needed in production code.
+#[async_trait]
+pub trait FaultInjection: Send + Sync {
+    /// Stores `bytes` as the commit record at `position` (the last version it would cover).
+    async fn inject_raw_commit(
+        &self,
+        actor: &ActorKey,
+        position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Stores `bytes` as the actor's snapshot record.
+    async fn inject_raw_snapshot(&self, actor: &ActorKey, bytes: Vec<u8>)
+    -> Result<(), StoreError>;
+}
+
+/// The stored form of a snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotRecord {
+    format: u16,
+    actor: ActorKey,
+    version: u64,
+    timestamp_ms: u64,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+/// Checks that `actor` belongs to `namespace`.
+fn check_namespace(namespace: &Namespace, actor: &ActorKey) -> Result<(), StoreError> {
+    if &actor.namespace == namespace {
+        Ok(())
+    } else {
+        Err(StoreError::WrongNamespace {
+            store: namespace.clone(),
+            actor: actor.clone(),
+        })
+    }
+}
+
+/// Validates and encodes a commit: namespace, non-empty, within `max_bytes`.
+fn encode_commit(
+    namespace: &Namespace,
+    actor: &ActorKey,
+    expected_version: u64,
+    commit: NewCommit,
+    max_bytes: usize,
+) -> Result<(CommitRecord, Vec<u8>), StoreError> {
+    check_namespace(namespace, actor)?;
+    if commit.events.is_empty() {
+        return Err(StoreError::InvalidCommit("a commit must hold at least one event".into()));
+    }
+    let record = commit.into_record(actor, expected_version);
+    let bytes = record.encode()?;
+    if bytes.len() > max_bytes {
+        return Err(StoreError::TooLarge {
+            size: bytes.len(),
+            limit: max_bytes,
+        });
+    }
+    Ok((record, bytes))
+}
+
+/// Decodes a stored commit and checks that it belongs to `actor` and ends at `position`.
+fn decode_commit(actor: &ActorKey, position: u64, bytes: &[u8]) -> Result<CommitRecord, String> {
+    let record = CommitRecord::decode(bytes).map_err(|e| e.to_string())?;
+    if &record.actor != actor {
+        return Err(format!("record belongs to {}, not {actor}", record.actor));
+    }
+    if record.last_version() != position {
+        return Err(format!(
+            "record covers versions {}..={} but is stored at {position}",
+            record.first_version,
+            record.last_version()
+        ));
+    }
+    Ok(record)
+}
+
+fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, StoreError> {
+    Ok(crate::wire::codec::encode(
+        "snapshot record",
+        &SnapshotRecord {
+            format: 1,
+            actor: actor.clone(),
+            version: snapshot.version,
+            timestamp_ms: snapshot.timestamp_ms,
+            payload: snapshot.payload,
+        },
+    )?)
+}
+
+fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        actor: actor.clone(),
+        position: 0,
+        reason,
+    };
+    let record: SnapshotRecord = crate::wire::codec::decode("snapshot record", bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if &record.actor != actor {
+        return Err(corrupt(format!("snapshot belongs to {}", record.actor)));
+    }
+    Ok(Snapshot {
+        version: record.version,
+        payload: record.payload,
+        timestamp_ms: record.timestamp_ms,
+    })
+}
+
+/// The snapshot version stored in `bytes`, if they decode (used to keep only the latest).
+fn snapshot_version(bytes: &[u8]) -> Option<u64> {
+    crate::wire::codec::decode::<SnapshotRecord>("snapshot record", bytes)
+        .ok()
+        .map(|r| r.version)
+}

@@ -1,0 +1,16 @@
+//! The wire: how commits, events and ids are encoded, in storage and (later) between nodes.
+//!
+//! Everything that leaves a process is MessagePack with field names ([`codec`]): one
+//! [`CommitRecord`] per command, holding its events as [`EventData`] (type name + payload), the
+//! [`CommandId`] that makes retries idempotent, and the reply given to the command. This module
+//! is a leaf: it depends on the [name types](crate::names) and nothing else of the runtime.
+
+pub mod codec;
+mod command_id;
+mod envelope;
+mod event_type;
+
+pub use codec::CodecError;
+pub use command_id::CommandId;
+pub use envelope::{COMMIT_FORMAT, CommitRecord, EventData, EventEnvelope, now_ms};
+pub use event_type::event_type_name;
