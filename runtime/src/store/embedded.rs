@@ -77,10 +77,17 @@ pub struct EmbeddedStore {
     namespace: Namespace,
     path: PathBuf,
     options: EmbeddedOptions,
-    events: Keyspace,
-    snapshots: Keyspace,
+    /// The engine's handles; taken on close so the directory lock is released even while
+    /// references to the store remain.
+    handles: parking_lot::RwLock<Option<Handles>>,
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+struct Handles {
+    events: Keyspace,
+    snapshots: Keyspace,
 }
 
 enum Target {
@@ -180,8 +187,7 @@ impl EmbeddedStore {
             namespace,
             path,
             options,
-            events,
-            snapshots,
+            handles: parking_lot::RwLock::new(Some(Handles { events, snapshots })),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -207,8 +213,8 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
-    fn is_closed(&self) -> bool {
-        self.writer.lock().is_none()
+    fn handles(&self) -> Result<Handles, StoreError> {
+        self.handles.read().clone().ok_or(StoreError::Closed)
     }
 
     /// Stops the writer thread after the queued writes and syncs everything. Idempotent.
@@ -217,6 +223,7 @@ impl EmbeddedStore {
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
+        drop(self.handles.write().take());
     }
 }
 
@@ -273,10 +280,7 @@ impl EventStore for EmbeddedStore {
 
     async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
         check_namespace(&self.namespace, actor)?;
-        if self.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        let events = self.events.clone();
+        let events = self.handles()?.events;
         let prefix = stream_prefix(actor);
         Self::blocking(move || latest_in(&events, &prefix)).await
     }
@@ -287,10 +291,7 @@ impl EventStore for EmbeddedStore {
         from_version: u64,
     ) -> Result<ReadReport, StoreError> {
         check_namespace(&self.namespace, actor)?;
-        if self.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        let events = self.events.clone();
+        let events = self.handles()?.events;
         let actor = actor.clone();
         Self::blocking(move || {
             let prefix = stream_prefix(&actor);
@@ -340,10 +341,7 @@ impl SnapshotStore for EmbeddedStore {
 
     async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
         check_namespace(&self.namespace, actor)?;
-        if self.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        let snapshots = self.snapshots.clone();
+        let snapshots = self.handles()?.snapshots;
         let actor = actor.clone();
         Self::blocking(move || {
             let bytes = snapshots

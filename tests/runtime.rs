@@ -1,0 +1,535 @@
+//! The runtime on one node: activation, passivation, residency, snapshots, failures,
+//! idempotency, actor-to-actor calls, fencing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether::prelude::*;
+use aether::store::{EventStore, FaultInjection, MemoryStore, SnapshotStore};
+use aether::{RetrySafety, Runtime};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn first_message_activates_by_replaying_history() {
+    let store = MemoryStore::new(ns("activation"));
+    let rt1 = Runtime::builder()
+        .namespace("activation")
+        .unwrap()
+        .register::<Counter>()
+        .store(Arc::new(store.clone()), Arc::new(store.clone()))
+        .snapshot_on_passivation(false)
+        .start()
+        .await
+        .unwrap();
+    let c = rt1.actor::<Counter>("c").unwrap();
+    for n in 1..=10 {
+        c.ask(CounterCmd::Add(n)).await.unwrap();
+    }
+    rt1.shutdown().await.unwrap();
+
+    // A new runtime on the same store knows nothing until the first message, then replays.
+    let rt2 = Runtime::builder()
+        .namespace("activation")
+        .unwrap()
+        .register::<Counter>()
+        .store(Arc::new(store.clone()), Arc::new(store))
+        .start()
+        .await
+        .unwrap();
+    let c = rt2.actor::<Counter>("c").unwrap();
+    assert!(!rt2.is_resident(&c));
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 55);
+    assert!(rt2.is_resident(&c));
+    let stats = rt2.stats();
+    assert_eq!(stats.activations, 1);
+    assert_eq!(stats.replayed_events, 10);
+    rt2.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn passivation_and_reactivation_give_identical_state() {
+    let rt = memory_runtime("reactivate").await;
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b").unwrap();
+    a.ask(CounterCmd::AddMany(vec![3, 4, 5])).await.unwrap();
+    a.ask(CounterCmd::Befriend(b.clone())).await.unwrap();
+    a.ask(CounterCmd::Add(7)).await.unwrap();
+    let before = a.ask(CounterCmd::Digest).await.unwrap();
+
+    assert!(rt.passivate(&a).await);
+    assert!(!rt.is_resident(&a));
+    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), before, "after snapshot restore");
+
+    let events = rt.event_store().read(a.key(), 1).await.unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(rt.stats().activations, 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn full_replay_and_snapshot_restore_agree() {
+    let store = MemoryStore::new(ns("agree"));
+    let build = |snapshots: bool| {
+        Runtime::builder()
+            .namespace("agree")
+            .unwrap()
+            .register::<Counter>()
+            .store(Arc::new(store.clone()), Arc::new(store.clone()))
+            .snapshot_on_passivation(snapshots)
+            .start()
+    };
+    let rt = build(true).await.unwrap();
+    let a = rt.actor::<Counter>("a").unwrap();
+    for n in 0..20 {
+        a.ask(CounterCmd::AddMany(vec![n, n * 2])).await.unwrap();
+    }
+    let live = a.ask(CounterCmd::Digest).await.unwrap();
+    rt.shutdown().await.unwrap(); // writes a snapshot at version 40
+    assert_eq!(
+        store.latest(a.key()).await.unwrap().map(|s| s.version),
+        Some(40)
+    );
+
+    let rt = build(false).await.unwrap();
+    let a = rt.actor::<Counter>("a").unwrap();
+    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), live, "snapshot restore");
+    assert_eq!(rt.stats().replayed_events, 0);
+    rt.shutdown().await.unwrap();
+
+    // Damage the snapshot: the runtime falls back to a full replay, loudly, with equal state.
+    store
+        .inject_raw_snapshot(a.key(), b"not a snapshot".to_vec())
+        .await
+        .unwrap();
+    let rt = build(false).await.unwrap();
+    let a = rt.actor::<Counter>("a").unwrap();
+    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), live, "full replay");
+    let stats = rt.stats();
+    assert_eq!(stats.snapshot_fallbacks, 1);
+    assert_eq!(stats.replayed_events, 40);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn resident_cap_passivates_least_recently_used() {
+    let rt = Runtime::builder()
+        .namespace("lru")
+        .unwrap()
+        .register::<Counter>()
+        .memory_store()
+        .max_resident(3)
+        .start()
+        .await
+        .unwrap();
+    let refs: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| rt.actor::<Counter>(*id).unwrap())
+        .collect();
+    for (i, r) in refs[..3].iter().enumerate() {
+        r.ask(CounterCmd::Add(i as u64 + 1)).await.unwrap();
+    }
+    refs[0].ask(CounterCmd::Get).await.unwrap(); // a is now the most recently used
+    refs[3].ask(CounterCmd::Add(4)).await.unwrap(); // d comes in: b must go
+    assert!(rt.is_resident(&refs[0]));
+    assert!(!rt.is_resident(&refs[1]), "b was least recently used");
+    assert!(rt.is_resident(&refs[2]));
+    assert!(rt.is_resident(&refs[3]));
+    assert_eq!(rt.resident_count(), 3);
+    poll_until(WAIT, "b to finish passivating", || async {
+        rt.stats().passivations == 1
+    })
+    .await;
+    // b comes back with its state.
+    assert_eq!(refs[1].ask(CounterCmd::Get).await.unwrap(), 2);
+    assert_eq!(rt.resident_count(), 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_actors_are_passivated() {
+    let rt = Runtime::builder()
+        .namespace("idle")
+        .unwrap()
+        .register::<Counter>()
+        .memory_store()
+        .idle_passivation(Some(Duration::from_millis(100)))
+        .start()
+        .await
+        .unwrap();
+    let c = rt.actor::<Counter>("sleepy").unwrap();
+    c.ask(CounterCmd::Add(9)).await.unwrap();
+    assert!(rt.is_resident(&c));
+    poll_until(WAIT, "idle passivation", || async {
+        rt.resident_count() == 0 && rt.stats().passivations == 1
+    })
+    .await;
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 9);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_policy_writes_every_n_events() {
+    let rt = memory_runtime("policy").await;
+    let t = rt.actor::<Tally>("t").unwrap();
+    for n in 1..=25 {
+        t.ask(CounterCmd::Add(n)).await.unwrap();
+    }
+    let snapshots = rt.snapshot_store();
+    poll_until(WAIT, "the snapshot at version 20", || async {
+        snapshots
+            .latest(t.key())
+            .await
+            .unwrap()
+            .is_some_and(|s| s.version == 20)
+    })
+    .await;
+    assert_eq!(rt.stats().snapshots_saved, 2); // versions 10 and 20
+    // Passivation snapshots the 5 events since.
+    rt.passivate(&t).await;
+    assert_eq!(snapshots.latest(t.key()).await.unwrap().unwrap().version, 25);
+    let replayed = rt.stats().replayed_events;
+    assert_eq!(t.ask(CounterCmd::Get).await.unwrap(), 325);
+    assert_eq!(rt.stats().replayed_events, replayed, "restored from snapshot alone");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn handler_panic_does_not_corrupt_state() {
+    let rt = memory_runtime("panic").await;
+    let c = rt.actor::<Counter>("p").unwrap();
+    c.ask(CounterCmd::Add(5)).await.unwrap();
+    let before = c.ask(CounterCmd::Digest).await.unwrap();
+    match c.ask(CounterCmd::Panic).await {
+        Err(AskError::HandlerPanicked { message, .. }) => {
+            assert!(message.contains("panicked on purpose"), "{message}")
+        }
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    assert_eq!(c.ask(CounterCmd::Digest).await.unwrap(), before);
+    assert_eq!(c.ask(CounterCmd::Add(1)).await.unwrap(), 6);
+    let stats = rt.stats();
+    assert_eq!(stats.handler_panics, 1);
+    assert_eq!(stats.activations, 1, "the activation reloaded in place");
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rejection_stores_nothing() {
+    let rt = memory_runtime("reject").await;
+    let c = rt.actor::<Counter>("r").unwrap();
+    let err = c.ask(CounterCmd::Refuse).await.unwrap_err();
+    assert_eq!(err.rejection(), Some(&CounterError::Refused));
+    assert_eq!(err.retry_safety(), RetrySafety::Pointless);
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 0);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn retried_command_id_is_applied_once() {
+    let rt = memory_runtime("dedup").await;
+    let c = rt.actor::<Counter>("d").unwrap();
+    let id = CommandId::random();
+    let opts = AskOptions::default().command_id(id);
+    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    c.ask(CounterCmd::Add(1)).await.unwrap();
+    // Same id again: the original reply (5), not a second application.
+    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 6);
+    // Still recognised after passivation (snapshot carries the window) ...
+    rt.passivate(&c).await;
+    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 6);
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 2);
+    assert_eq!(rt.stats().deduplicated, 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dedup_window_is_rebuilt_by_replay_without_snapshot() {
+    let store = MemoryStore::new(ns("dedup-replay"));
+    let build = || {
+        Runtime::builder()
+            .namespace("dedup-replay")
+            .unwrap()
+            .register::<Counter>()
+            .store(Arc::new(store.clone()), Arc::new(store.clone()))
+            .snapshot_on_passivation(false)
+            .start()
+    };
+    let id = CommandId::random();
+    let rt = build().await.unwrap();
+    let c = rt.actor::<Counter>("d").unwrap();
+    let opts = AskOptions::default().command_id(id);
+    c.ask_with(CounterCmd::Add(3), opts.clone()).await.unwrap();
+    rt.shutdown().await.unwrap();
+    let rt = build().await.unwrap();
+    let c = rt.actor::<Counter>("d").unwrap();
+    assert_eq!(c.ask_with(CounterCmd::Add(3), opts).await.unwrap(), 3);
+    assert_eq!(store.latest_version(c.key()).await.unwrap(), 1);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_outcome_is_resolved_by_retrying_the_same_id() {
+    let rt = memory_runtime("unknown").await;
+    let c = rt.actor::<Counter>("u").unwrap();
+    let slow = CounterCmd::SlowAdd { n: 4, millis: 300 };
+    let err = c
+        .ask_with(
+            slow.clone(),
+            AskOptions::default().timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    let AskError::OutcomeUnknown { command_id, .. } = err else {
+        panic!("expected OutcomeUnknown, got {err:?}");
+    };
+    assert_eq!(
+        AskError::<CounterError>::OutcomeUnknown {
+            command_id,
+            reason: String::new()
+        }
+        .retry_safety(),
+        RetrySafety::SameCommandId
+    );
+    // Retry with the same id (waiting long enough this time): applied once in total.
+    let reply = c
+        .ask_with(slow, AskOptions::default().command_id(command_id))
+        .await;
+    // The first delivery was skipped (its asker had gone) or applied; either way exactly once.
+    assert_eq!(reply.unwrap(), 4);
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 4);
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 1);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_actor_asks_another_in_memory() {
+    let rt = memory_runtime("saga").await;
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b").unwrap();
+    let via = CounterCmd::AddVia {
+        target: b.clone(),
+        n: 10,
+    };
+    assert_eq!(a.ask(via).await.unwrap(), 10);
+    assert_eq!(b.ask(CounterCmd::Get).await.unwrap(), 10);
+    // The child command is recorded as caused by the parent.
+    let parent = rt.event_store().read(a.key(), 1).await.unwrap();
+    let child = rt.event_store().read(b.key(), 1).await.unwrap();
+    assert_eq!(child[0].causation_id, Some(parent[0].command_id));
+    assert_eq!(child[0].correlation_id, parent[0].correlation_id);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn call_cycles_fail_fast_instead_of_deadlocking() {
+    let rt = memory_runtime("cycle").await;
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b").unwrap();
+    // Self-cycle.
+    a.ask(CounterCmd::Befriend(a.clone())).await.unwrap();
+    let started = std::time::Instant::now();
+    match a.ask(CounterCmd::AskFriend).await {
+        Err(AskError::Rejected(CounterError::Downstream(msg))) => {
+            assert!(msg.contains("call cycle"), "{msg}")
+        }
+        other => panic!("expected a call-cycle error, got {other:?}"),
+    }
+    // Two-actor cycle: a -> b -> a.
+    a.ask(CounterCmd::Befriend(b.clone())).await.unwrap();
+    b.ask(CounterCmd::Befriend(a.clone())).await.unwrap();
+    match a.ask(CounterCmd::Relay).await {
+        Err(AskError::Rejected(CounterError::Downstream(msg))) => {
+            assert!(msg.contains("call cycle"), "{msg}");
+            assert!(msg.contains("cycle/counter/a -> cycle/counter/b -> cycle/counter/a"), "{msg}");
+        }
+        other => panic!("expected a call-cycle error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "failed fast");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn refs_round_trip_through_serde_and_events() {
+    let rt = memory_runtime("refs").await;
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b.with spaces/é").unwrap();
+    b.ask(CounterCmd::Add(42)).await.unwrap();
+
+    let bytes = rmp_serde::to_vec_named(&b).unwrap();
+    let decoded: ActorRef<Counter> = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(decoded, b);
+    assert!(!decoded.is_bound());
+    // Unbound, it finds the one runtime of the process serving its namespace.
+    assert_eq!(decoded.ask(CounterCmd::Get).await.unwrap(), 42);
+
+    // A ref stored in an event comes back bound after a replay.
+    a.ask(CounterCmd::Befriend(b.clone())).await.unwrap();
+    rt.passivate(&a).await;
+    assert_eq!(a.ask(CounterCmd::AskFriend).await.unwrap(), 42);
+
+    // A ref of another kind does not decode as a Counter ref.
+    let tally = rt.actor::<Tally>("t").unwrap();
+    let err = rmp_serde::from_slice::<ActorRef<Counter>>(&rmp_serde::to_vec_named(&tally).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("kind"), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_activation_loses_the_race_and_reloads() {
+    // Two runtimes over one store: both activate the same actor. The store write is the fence.
+    let store = MemoryStore::new(ns("fence"));
+    let build = || {
+        Runtime::builder()
+            .namespace("fence")
+            .unwrap()
+            .register::<Counter>()
+            .store(Arc::new(store.clone()), Arc::new(store.clone()))
+            .start()
+    };
+    let (rt1, rt2) = (build().await.unwrap(), build().await.unwrap());
+    let c1 = rt1.actor::<Counter>("x").unwrap();
+    let c2 = rt2.actor::<Counter>("x").unwrap();
+    assert_eq!(c1.ask(CounterCmd::Get).await.unwrap(), 0);
+    assert_eq!(c2.ask(CounterCmd::Get).await.unwrap(), 0);
+    assert_eq!(c1.ask(CounterCmd::Add(1)).await.unwrap(), 1);
+    // rt2's activation is at version 0 and loses.
+    let err = c2.ask(CounterCmd::Add(10)).await.unwrap_err();
+    match &err {
+        AskError::VersionConflict {
+            expected, actual, ..
+        } => assert_eq!((*expected, *actual), (0, 1)),
+        other => panic!("expected VersionConflict, got {other:?}"),
+    }
+    assert_eq!(err.retry_safety(), RetrySafety::Safe);
+    assert_eq!(rt2.stats().conflicts, 1);
+    // It reloaded: the retry applies on top of the winner's event.
+    assert_eq!(c2.ask(CounterCmd::Add(10)).await.unwrap(), 11);
+    let versions: Vec<u64> = store
+        .read(c1.key(), 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    rt1.shutdown().await.unwrap();
+    rt2.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tell_is_fire_and_forget_and_bounded() {
+    let rt = Runtime::builder()
+        .namespace("tell")
+        .unwrap()
+        .register::<Counter>()
+        .memory_store()
+        .mailbox_capacity(2)
+        .start()
+        .await
+        .unwrap();
+    let c = rt.actor::<Counter>("t").unwrap();
+    c.tell(CounterCmd::Add(3)).unwrap();
+    poll_until(WAIT, "the told command to apply", || async {
+        c.ask(CounterCmd::Get).await.unwrap() == 3
+    })
+    .await;
+    // Keep the actor busy, then overfill its mailbox of 2.
+    let busy = c.clone();
+    let slow = tokio::spawn(async move {
+        busy.ask(CounterCmd::SlowAdd { n: 0, millis: 300 }).await
+    });
+    poll_until(WAIT, "the slow command to start", || async {
+        // The mailbox drains the slow command once the turn starts.
+        c.tell(CounterCmd::Add(0)).is_ok()
+    })
+    .await;
+    let results: Vec<_> = (0..5).map(|_| c.tell(CounterCmd::Add(1))).collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(aether::TellError::MailboxFull { .. }))),
+        "{results:?}"
+    );
+    slow.await.unwrap().unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_work() {
+    let rt = memory_runtime("shutdown").await;
+    let c = rt.actor::<Counter>("s").unwrap();
+    c.ask(CounterCmd::Add(1)).await.unwrap();
+    rt.shutdown().await.unwrap();
+    assert!(matches!(
+        c.ask(CounterCmd::Get).await,
+        Err(AskError::Shutdown)
+    ));
+    assert!(matches!(
+        c.tell(CounterCmd::Get),
+        Err(aether::TellError::Shutdown)
+    ));
+}
+
+#[tokio::test]
+async fn embedded_runtime_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = || {
+        Runtime::builder()
+            .namespace("restart")
+            .unwrap()
+            .register::<Counter>()
+            .data_dir(dir.path())
+            .start()
+    };
+    let rt = build().await.unwrap();
+    assert_eq!(rt.data_dir(), Some(dir.path().join("restart").as_path()));
+    let c = rt.actor::<Counter>("c").unwrap();
+    for n in 1..=5 {
+        c.ask(CounterCmd::Add(n)).await.unwrap();
+    }
+    let digest = c.ask(CounterCmd::Digest).await.unwrap();
+    rt.shutdown().await.unwrap();
+    let rt = build().await.unwrap();
+    let c = rt.actor::<Counter>("c").unwrap();
+    assert_eq!(c.ask(CounterCmd::Digest).await.unwrap(), digest);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_asks_keep_versions_gapless() {
+    let rt = memory_runtime("concurrent").await;
+    let mut tasks = Vec::new();
+    for w in 0..32u64 {
+        let c = rt.actor::<Counter>(format!("acct-{}", w % 4)).unwrap();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                c.ask(CounterCmd::Add(1)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..4 {
+        let c = rt.actor::<Counter>(format!("acct-{i}")).unwrap();
+        assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 200);
+        let versions: Vec<u64> = rt
+            .event_store()
+            .read(c.key(), 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, (1..=200).collect::<Vec<_>>());
+    }
+    rt.shutdown().await.unwrap();
+}
