@@ -145,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     if let Some(dir) = rt.data_dir() {
-        println!("data directory: {} (delete it to start over)", dir.display());
+        println!(
+            "data directory: {} (delete it to start over)",
+            dir.display()
+        );
     }
 
     let alice = rt.actor::<Account>("alice")?;
@@ -157,7 +160,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     for (account, owner) in [(&alice, "Alice"), (&bob, "Bob")] {
-        match account.ask(AccountCmd::Open { owner: owner.into() }).await {
+        match account
+            .ask(AccountCmd::Open {
+                owner: owner.into(),
+            })
+            .await
+        {
             Ok(_) => println!("opened {}", account.id()),
             Err(AskError::Rejected(AccountError::AlreadyOpen)) => {
                 println!("{} is already open (from an earlier run)", account.id())
@@ -166,8 +174,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!("alice deposits 100 -> {}", alice.ask(AccountCmd::Deposit(100)).await?);
-    println!("bob deposits 50    -> {}", bob.ask(AccountCmd::Deposit(50)).await?);
+    println!(
+        "alice deposits 100 -> {}",
+        alice.ask(AccountCmd::Deposit(100)).await?
+    );
+    println!(
+        "bob deposits 50    -> {}",
+        bob.ask(AccountCmd::Deposit(50)).await?
+    );
     let transfer = AccountCmd::Transfer {
         to: bob.clone(),
         amount: 30,

@@ -154,7 +154,10 @@ fn embedded_store_keeps_every_acknowledged_commit_across_sigkill() {
         // Let it commit for a while, then kill it at a random moment.
         let deadline = Instant::now() + Duration::from_secs(20);
         while lines.lock().expect("lines").len() < 5 {
-            assert!(Instant::now() < deadline, "round {round}: child made no progress");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: child made no progress"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(rng.u64(0..150)));

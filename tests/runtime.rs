@@ -62,7 +62,11 @@ async fn passivation_and_reactivation_give_identical_state() {
 
     assert!(rt.passivate(&a).await);
     assert!(!rt.is_resident(&a));
-    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), before, "after snapshot restore");
+    assert_eq!(
+        a.ask(CounterCmd::Digest).await.unwrap(),
+        before,
+        "after snapshot restore"
+    );
 
     let events = rt.event_store().read(a.key(), 1).await.unwrap();
     assert_eq!(events.len(), 5);
@@ -96,7 +100,11 @@ async fn full_replay_and_snapshot_restore_agree() {
 
     let rt = build(false).await.unwrap();
     let a = rt.actor::<Counter>("a").unwrap();
-    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), live, "snapshot restore");
+    assert_eq!(
+        a.ask(CounterCmd::Digest).await.unwrap(),
+        live,
+        "snapshot restore"
+    );
     assert_eq!(rt.stats().replayed_events, 0);
     rt.shutdown().await.unwrap();
 
@@ -107,7 +115,11 @@ async fn full_replay_and_snapshot_restore_agree() {
         .unwrap();
     let rt = build(false).await.unwrap();
     let a = rt.actor::<Counter>("a").unwrap();
-    assert_eq!(a.ask(CounterCmd::Digest).await.unwrap(), live, "full replay");
+    assert_eq!(
+        a.ask(CounterCmd::Digest).await.unwrap(),
+        live,
+        "full replay"
+    );
     let stats = rt.stats();
     assert_eq!(stats.snapshot_fallbacks, 1);
     assert_eq!(stats.replayed_events, 40);
@@ -190,10 +202,17 @@ async fn snapshot_policy_writes_every_n_events() {
     assert_eq!(rt.stats().snapshots_saved, 2); // versions 10 and 20
     // Passivation snapshots the 5 events since.
     rt.passivate(&t).await;
-    assert_eq!(snapshots.latest(t.key()).await.unwrap().unwrap().version, 25);
+    assert_eq!(
+        snapshots.latest(t.key()).await.unwrap().unwrap().version,
+        25
+    );
     let replayed = rt.stats().replayed_events;
     assert_eq!(t.ask(CounterCmd::Get).await.unwrap(), 325);
-    assert_eq!(rt.stats().replayed_events, replayed, "restored from snapshot alone");
+    assert_eq!(
+        rt.stats().replayed_events,
+        replayed,
+        "restored from snapshot alone"
+    );
     rt.shutdown().await.unwrap();
 }
 
@@ -235,14 +254,23 @@ async fn retried_command_id_is_applied_once() {
     let c = rt.actor::<Counter>("d").unwrap();
     let id = CommandId::random();
     let opts = AskOptions::default().command_id(id);
-    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    assert_eq!(
+        c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(),
+        5
+    );
     c.ask(CounterCmd::Add(1)).await.unwrap();
     // Same id again: the original reply (5), not a second application.
-    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    assert_eq!(
+        c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(),
+        5
+    );
     assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 6);
     // Still recognised after passivation (snapshot carries the window) ...
     rt.passivate(&c).await;
-    assert_eq!(c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(), 5);
+    assert_eq!(
+        c.ask_with(CounterCmd::Add(5), opts.clone()).await.unwrap(),
+        5
+    );
     assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 6);
     assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 2);
     assert_eq!(rt.stats().deduplicated, 2);
@@ -347,7 +375,10 @@ async fn call_cycles_fail_fast_instead_of_deadlocking() {
     match a.ask(CounterCmd::Relay).await {
         Err(AskError::Rejected(CounterError::Downstream(msg))) => {
             assert!(msg.contains("call cycle"), "{msg}");
-            assert!(msg.contains("cycle/counter/a -> cycle/counter/b -> cycle/counter/a"), "{msg}");
+            assert!(
+                msg.contains("cycle/counter/a -> cycle/counter/b -> cycle/counter/a"),
+                "{msg}"
+            );
         }
         other => panic!("expected a call-cycle error, got {other:?}"),
     }
@@ -443,9 +474,8 @@ async fn tell_is_fire_and_forget_and_bounded() {
     .await;
     // Keep the actor busy, then overfill its mailbox of 2.
     let busy = c.clone();
-    let slow = tokio::spawn(async move {
-        busy.ask(CounterCmd::SlowAdd { n: 0, millis: 300 }).await
-    });
+    let slow =
+        tokio::spawn(async move { busy.ask(CounterCmd::SlowAdd { n: 0, millis: 300 }).await });
     poll_until(WAIT, "the slow command to start", || async {
         // The mailbox drains the slow command once the turn starts.
         c.tell(CounterCmd::Add(0)).is_ok()

@@ -59,7 +59,11 @@ async fn embedded_data_survives_reopen() {
     assert_eq!(store.latest(&a).await.unwrap().unwrap().version, 2);
     // The reopened store continues the stream where it was.
     assert_eq!(
-        store.append(&a, 3, commit_of(&[4])).await.unwrap().last_version,
+        store
+            .append(&a, 3, commit_of(&[4]))
+            .await
+            .unwrap()
+            .last_version,
         4
     );
 }

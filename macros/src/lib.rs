@@ -133,7 +133,7 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
             )),
         }
     })?;
-    Ok((args, attr.span()))
+    Ok((args, attr.path().span()))
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
@@ -176,13 +176,11 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         None => quote!(::core::option::Option::None),
     };
     let ident = &input.ident;
-    let state_check = quote_spanned! {ident.span()=>
-        const _: () = ::aether::__private::assert_state::<#ident>();
-    };
+    // The supertraits of `EventSourcedActor` (Default, Serialize, ...) are checked on this impl;
+    // spanning it at the type's name makes a missing trait point there.
+    let trait_path = quote_spanned!(ident.span()=> ::aether::EventSourcedActor);
     Ok(quote! {
-        #state_check
-
-        impl ::aether::EventSourcedActor for #ident {
+        impl #trait_path for #ident {
             const KIND: &'static str = #kind;
             const SNAPSHOT_EVERY: ::core::option::Option<u64> = #snapshot_every;
             type Command = #command;

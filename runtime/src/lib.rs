@@ -39,14 +39,3 @@ pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
 pub use runtime::{RefError, Runtime, RuntimeBuilder, RuntimeStats};
 pub use store::StoreError;
 pub use wire::{CommandId, EventEnvelope};
-
-/// Items used by code that `#[derive(EventSourcedActor)]` generates. Not a public API.
-#[doc(hidden)]
-pub mod __private {
-    /// Compile-time check that an actor state has the traits the runtime needs.
-    pub const fn assert_state<T>()
-    where
-        T: Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    {
-    }
-}

@@ -202,7 +202,11 @@ impl ActorId {
     pub fn new(value: impl AsRef<str>) -> Result<Self, NameError> {
         let value = value.as_ref();
         if value.is_empty() {
-            return Err(NameError::new(NameKind::ActorId, value, "must not be empty"));
+            return Err(NameError::new(
+                NameKind::ActorId,
+                value,
+                "must not be empty",
+            ));
         }
         if value.len() > MAX_ACTOR_ID_BYTES {
             return Err(NameError::new(
@@ -246,7 +250,9 @@ impl ActorId {
                     .map(|(h, l)| h << 4 | l)
                     .ok_or_else(|| bad("'=' must be followed by two upper-case hex digits"))?;
                 if is_safe_byte(value) {
-                    return Err(bad("a safe character is escaped (not a canonical encoding)"));
+                    return Err(bad(
+                        "a safe character is escaped (not a canonical encoding)",
+                    ));
                 }
                 out.push(value);
                 i += 3;
@@ -385,7 +391,10 @@ mod tests {
         let long = Namespace::new("a".repeat(65)).unwrap_err();
         assert!(long.to_string().contains("longer than 64"), "{long}");
         let empty = Namespace::new("").unwrap_err();
-        assert_eq!(empty.to_string(), "invalid namespace \"\": must not be empty");
+        assert_eq!(
+            empty.to_string(),
+            "invalid namespace \"\": must not be empty"
+        );
         for bad in ["a.b", "a b", "a*", "a>", "ä", "a/b"] {
             let e = Namespace::new(bad).unwrap_err();
             assert_eq!(e.what, NameKind::Namespace);
@@ -404,7 +413,10 @@ mod tests {
         assert!(ActorId::new("x").is_ok());
         assert!(ActorId::new("x".repeat(MAX_ACTOR_ID_BYTES)).is_ok());
         let e = ActorId::new("x".repeat(MAX_ACTOR_ID_BYTES + 1)).unwrap_err();
-        assert!(e.to_string().contains("longer than the limit of 256"), "{e}");
+        assert!(
+            e.to_string().contains("longer than the limit of 256"),
+            "{e}"
+        );
         assert!(e.value.ends_with("..."));
         assert!(ActorId::new("").is_err());
     }

@@ -215,11 +215,7 @@ impl RuntimeBuilder {
     }
 
     /// Uses the given stores (they must serve the runtime's namespace).
-    pub fn store(
-        mut self,
-        events: Arc<dyn EventStore>,
-        snapshots: Arc<dyn SnapshotStore>,
-    ) -> Self {
+    pub fn store(mut self, events: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
         self.store = StoreChoice::Custom(events, snapshots);
         self
     }
@@ -256,8 +252,7 @@ impl RuntimeBuilder {
         }
         let config = self.config.normalized();
         let mut data_dir = None;
-        let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match self.store
-        {
+        let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match self.store {
             StoreChoice::Memory => {
                 let store = MemoryStore::with_limit(namespace.clone(), config.max_commit_bytes);
                 (Arc::new(store.clone()), Arc::new(store))

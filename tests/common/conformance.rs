@@ -7,9 +7,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use aether::store::{
-    EventStore, FaultInjection, NewCommit, Snapshot, SnapshotStore, StoreError,
-};
+use aether::store::{EventStore, FaultInjection, NewCommit, Snapshot, SnapshotStore, StoreError};
 use aether::wire::EventData;
 use aether::{ActorKey, CommandId};
 
@@ -90,7 +88,7 @@ pub async fn versions_are_monotonic_and_gapless<S: TestStore>(f: Fixture<S>) {
     let events = s.read(&a, 1).await.unwrap();
     let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=12).collect::<Vec<_>>());
-    assert!(events.iter().all(|e| &e.actor == &a));
+    assert!(events.iter().all(|e| e.actor == a));
 }
 
 pub async fn history_is_append_only<S: TestStore>(f: Fixture<S>) {
@@ -171,7 +169,10 @@ pub async fn multi_event_commit_is_atomic<S: TestStore>(f: Fixture<S>) {
     let report = s.read_with_errors(&a, 2).await.unwrap();
     assert_eq!(report.commits.len(), 1, "one command, one commit");
     let events = report.events();
-    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     assert!(events.iter().all(|e| e.command_id == id));
     // A commit that would interleave with it is refused as a whole.
     assert!(matches!(
@@ -194,10 +195,18 @@ pub async fn read_with_errors_keeps_clean_data<S: TestStore>(f: Fixture<S>) {
     s.append(&a, 3, commit_of(&[4, 5])).await.unwrap();
 
     let report = s.read_with_errors(&a, 1).await.unwrap();
-    assert_eq!(values_of(&report.events()), vec![1, 2, 4, 5], "clean data kept");
+    assert_eq!(
+        values_of(&report.events()),
+        vec![1, 2, 4, 5],
+        "clean data kept"
+    );
     assert_eq!(report.corrupt.len(), 1);
     assert_eq!(report.corrupt[0].position, 3);
-    assert!(report.corrupt[0].reason.contains("commit record"), "{:?}", report.corrupt[0]);
+    assert!(
+        report.corrupt[0].reason.contains("commit record"),
+        "{:?}",
+        report.corrupt[0]
+    );
     assert!(!report.is_clean());
 
     match s.read(&a, 1).await {
@@ -243,7 +252,10 @@ pub async fn snapshots_keep_the_latest<S: TestStore>(f: Fixture<S>) {
     assert_eq!(s.latest(&a).await.unwrap().unwrap().payload, b"five");
     s.save(&a, snap(3, b"three")).await.unwrap();
     let latest = s.latest(&a).await.unwrap().unwrap();
-    assert_eq!((latest.version, latest.payload.as_slice()), (5, &b"five"[..]));
+    assert_eq!(
+        (latest.version, latest.payload.as_slice()),
+        (5, &b"five"[..])
+    );
     s.save(&a, snap(9, b"nine")).await.unwrap();
     assert_eq!(s.latest(&a).await.unwrap().unwrap().version, 9);
     assert!(s.latest(&actor("other")).await.unwrap().is_none());
@@ -252,8 +264,13 @@ pub async fn snapshots_keep_the_latest<S: TestStore>(f: Fixture<S>) {
 pub async fn corrupt_snapshot_is_reported<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
     let a = actor("snap-damaged");
-    s.inject_raw_snapshot(&a, b"\x00garbage".to_vec()).await.unwrap();
-    assert!(matches!(s.latest(&a).await, Err(StoreError::Corrupt { .. })));
+    s.inject_raw_snapshot(&a, b"\x00garbage".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.latest(&a).await,
+        Err(StoreError::Corrupt { .. })
+    ));
     // A good snapshot replaces it.
     s.save(&a, snap(1, b"ok")).await.unwrap();
     assert_eq!(s.latest(&a).await.unwrap().unwrap().payload, b"ok");
@@ -264,12 +281,18 @@ pub async fn snapshot_plus_tail_equals_full_replay<S: TestStore>(f: Fixture<S>) 
     let a = actor("fold");
     // The "state" is (sum, count, weighted sum): order-sensitive, so a wrong tail shows.
     fn fold(state: (u64, u64, u64), values: &[u64]) -> (u64, u64, u64) {
-        values.iter().fold(state, |(sum, n, w), v| (sum + v, n + 1, w + v * (n + 1)))
+        values
+            .iter()
+            .fold(state, |(sum, n, w), v| (sum + v, n + 1, w + v * (n + 1)))
     }
     let mut version = 0;
     for i in 0..30u64 {
         let values = vec![i, i * 3 % 7];
-        version = s.append(&a, version, commit_of(&values)).await.unwrap().last_version;
+        version = s
+            .append(&a, version, commit_of(&values))
+            .await
+            .unwrap()
+            .last_version;
         if version == 20 {
             let state = fold((0, 0, 0), &values_of(&s.read(&a, 1).await.unwrap()));
             s.save(&a, snap(version, &rmp_serde::to_vec(&state).unwrap()))
@@ -315,7 +338,11 @@ pub async fn bad_commits_are_rejected<S: TestStore>(f: Fixture<S>) {
         s.latest_version(&foreign).await,
         Err(StoreError::WrongNamespace { .. })
     ));
-    assert_eq!(s.latest_version(&a).await.unwrap(), 0, "nothing was written");
+    assert_eq!(
+        s.latest_version(&a).await.unwrap(),
+        0,
+        "nothing was written"
+    );
 }
 
 pub async fn streams_are_isolated<S: TestStore>(f: Fixture<S>) {
@@ -323,10 +350,14 @@ pub async fn streams_are_isolated<S: TestStore>(f: Fixture<S>) {
     // Ids that share prefixes or differ only by characters the encoding escapes.
     let ids = ["a", "ab", "a.b", "a b", "a=2Eb", "é", "a\u{0}b"];
     for (i, id) in ids.iter().enumerate() {
-        s.append(&actor(id), 0, commit_of(&[i as u64])).await.unwrap();
+        s.append(&actor(id), 0, commit_of(&[i as u64]))
+            .await
+            .unwrap();
     }
     let other_kind = key("conf", "other", "a");
-    s.append(&other_kind, 0, commit_of(&[100, 101])).await.unwrap();
+    s.append(&other_kind, 0, commit_of(&[100, 101]))
+        .await
+        .unwrap();
     for (i, id) in ids.iter().enumerate() {
         let events = s.read(&actor(id), 1).await.unwrap();
         assert_eq!(values_of(&events), vec![i as u64], "stream of {id:?}");

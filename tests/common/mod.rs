@@ -124,8 +124,10 @@ impl Behavior for Counter {
             CounterCmd::Add(n) => Ok(Effect::persist(CounterEvent::Added(n)).reply(self.total + n)),
             CounterCmd::AddMany(values) => {
                 let sum: u64 = values.iter().sum();
-                Ok(Effect::persist_all(values.into_iter().map(CounterEvent::Added))
-                    .reply(self.total + sum))
+                Ok(
+                    Effect::persist_all(values.into_iter().map(CounterEvent::Added))
+                        .reply(self.total + sum),
+                )
             }
             CounterCmd::Get => Ok(Effect::reply(self.total)),
             CounterCmd::Refuse => Err(CounterError::Refused),

@@ -62,7 +62,10 @@ pub(crate) enum Msg<A: Behavior> {
 
 /// The reply channel of an ask.
 pub(crate) type ReplyTx<A> = oneshot::Sender<
-    Result<<A as super::EventSourcedActor>::Reply, AskError<<A as super::EventSourcedActor>::Error>>,
+    Result<
+        <A as super::EventSourcedActor>::Reply,
+        AskError<<A as super::EventSourcedActor>::Error>,
+    >,
 >;
 
 /// A command with its metadata and, for an ask, where to reply.
@@ -116,7 +119,8 @@ pub(crate) async fn run<A: Behavior>(
     predecessor: Option<watch::Receiver<()>>,
     generation: u64,
 ) {
-    let span = tracing::debug_span!("actor", namespace = %key.namespace, kind = A::KIND, id = %key.id);
+    let span =
+        tracing::debug_span!("actor", namespace = %key.namespace, kind = A::KIND, id = %key.id);
     async move {
         if let Some(previous) = predecessor {
             wait_done(previous).await;
@@ -394,7 +398,8 @@ impl<A: Behavior> Activation<A> {
             reply: Some(reply_bytes.clone()),
         };
         let appended = {
-            let span = tracing::debug_span!("append", version = self.version, events = events.len());
+            let span =
+                tracing::debug_span!("append", version = self.version, events = events.len());
             self.host
                 .events
                 .append(self.key(), self.version, commit)
@@ -471,12 +476,7 @@ impl<A: Behavior> Activation<A> {
 
     /// Snapshot policy: every `snapshot_every` events, written in the background.
     fn maybe_snapshot(&mut self) {
-        let Some(every) = self
-            .host
-            .kinds
-            .get(A::KIND)
-            .and_then(|k| k.snapshot_every)
-        else {
+        let Some(every) = self.host.kinds.get(A::KIND).and_then(|k| k.snapshot_every) else {
             return;
         };
         if every == 0 || self.version - self.snapshot_version < every {

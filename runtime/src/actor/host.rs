@@ -186,7 +186,9 @@ impl Host {
             .filter(|h| &h.namespace == namespace && !h.shutting_down.load(Ordering::Acquire));
         match (found.next(), found.next()) {
             (Some(h), None) => Ok(h),
-            (None, _) => Err(format!("no runtime serves namespace {namespace} in this process")),
+            (None, _) => Err(format!(
+                "no runtime serves namespace {namespace} in this process"
+            )),
             (Some(_), Some(_)) => Err(format!(
                 "several runtimes serve namespace {namespace}; bind the ref with Runtime::bind"
             )),

@@ -37,11 +37,17 @@ mod tests {
     #[test]
     fn known_values_are_stable() {
         // Pinned so other-language clients can check their implementation (docs/wire.md).
-        assert_eq!(shard_of("bank", "account", "alice", 1024), shard_of("bank", "account", "alice", 1024));
+        assert_eq!(
+            shard_of("bank", "account", "alice", 1024),
+            shard_of("bank", "account", "alice", 1024)
+        );
         let a = shard_of("bank", "account", "alice", 1024);
         let b = shard_of("bank", "account", "bob", 1024);
         assert!(a < 1024 && b < 1024);
-        assert_ne!(shard_of("bank", "accountalice", "", 1 << 31), shard_of("bank", "account", "alice", 1 << 31));
+        assert_ne!(
+            shard_of("bank", "accountalice", "", 1 << 31),
+            shard_of("bank", "account", "alice", 1 << 31)
+        );
     }
 
     #[test]

@@ -344,9 +344,7 @@ impl SnapshotStore for EmbeddedStore {
         let snapshots = self.handles()?.snapshots;
         let actor = actor.clone();
         Self::blocking(move || {
-            let bytes = snapshots
-                .get(actor.stream_token())
-                .map_err(engine_error)?;
+            let bytes = snapshots.get(actor.stream_token()).map_err(engine_error)?;
             bytes.map(|b| decode_snapshot(&actor, &b)).transpose()
         })
         .await

@@ -329,7 +329,9 @@ fn encode_commit(
 ) -> Result<(CommitRecord, Vec<u8>), StoreError> {
     check_namespace(namespace, actor)?;
     if commit.events.is_empty() {
-        return Err(StoreError::InvalidCommit("a commit must hold at least one event".into()));
+        return Err(StoreError::InvalidCommit(
+            "a commit must hold at least one event".into(),
+        ));
     }
     let record = commit.into_record(actor, expected_version);
     let bytes = record.encode()?;
@@ -377,8 +379,8 @@ fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreErro
         position: 0,
         reason,
     };
-    let record: SnapshotRecord = crate::wire::codec::decode("snapshot record", bytes)
-        .map_err(|e| corrupt(e.to_string()))?;
+    let record: SnapshotRecord =
+        crate::wire::codec::decode("snapshot record", bytes).map_err(|e| corrupt(e.to_string()))?;
     if &record.actor != actor {
         return Err(corrupt(format!("snapshot belongs to {}", record.actor)));
     }

@@ -128,7 +128,11 @@ impl ser::Serializer for NameProbe {
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Found> {
         Err(Found("event"))
     }
-    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self::SerializeStruct, Found> {
+    fn serialize_struct(
+        self,
+        name: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, Found> {
         Err(Found(name))
     }
     fn serialize_struct_variant(

@@ -1,0 +1,14 @@
+use aether::prelude::*;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Cmd { Ping }
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Ev { Pinged }
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum Err { #[error("no")] No }
+
+#[derive(Debug, Serialize, Deserialize, EventSourcedActor)]
+#[actor(kind = "account", command = Cmd, event = Ev, reply = u64, error = Err)]
+pub struct NoDefault { n: u64 }
+
+fn main() {}
