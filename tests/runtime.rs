@@ -563,3 +563,65 @@ async fn many_concurrent_asks_keep_versions_gapless() {
     }
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn queued_ask_times_out_by_its_deadline_without_running() {
+    let rt = memory_runtime("deadline-queue").await;
+    let c = rt.actor::<Counter>("q").unwrap();
+    let busy = c.clone();
+    let slow =
+        tokio::spawn(async move { busy.ask(CounterCmd::SlowAdd { n: 1, millis: 600 }).await });
+    // Resident means the slow command is in the mailbox (queued under the same lock): the next
+    // command is behind it.
+    poll_until(WAIT, "the slow command to be queued", || async {
+        rt.is_resident(&c)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = c
+        .ask_with(
+            CounterCmd::Add(2),
+            AskOptions::default().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    match err {
+        AskError::Timeout { after } => assert_eq!(after, Duration::from_millis(100)),
+        other => panic!("a command that never started must time out cleanly, got {other:?}"),
+    }
+    assert!(
+        waited < Duration::from_millis(450),
+        "answered at its deadline, waited {waited:?}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        c.ask(CounterCmd::Get).await.unwrap(),
+        1,
+        "the timed-out command never ran"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn running_turn_is_cancelled_at_its_deadline() {
+    let rt = memory_runtime("deadline-turn").await;
+    let c = rt.actor::<Counter>("t").unwrap();
+    let started = std::time::Instant::now();
+    let err = c
+        .ask_with(
+            CounterCmd::SlowAdd {
+                n: 5,
+                millis: 5_000,
+            },
+            AskOptions::default().timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AskError::OutcomeUnknown { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The actor is free again at once, and the cancelled command stored nothing.
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 0);
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 0);
+    rt.shutdown().await.unwrap();
+}

@@ -82,6 +82,8 @@ pub(crate) struct CallMeta {
     pub correlation_id: CommandId,
     pub causation_id: Option<CommandId>,
     pub deadline: Instant,
+    /// The whole time the asker allowed (for error messages).
+    pub timeout: std::time::Duration,
     /// The actors waiting on this command, outermost first (for cycle detection).
     pub chain: Vec<ActorKey>,
 }
@@ -114,20 +116,26 @@ struct SnapshotIn<A> {
 pub(crate) async fn run<A: Behavior>(
     host: Arc<Host>,
     key: ActorKey,
-    mut rx: mpsc::Receiver<Msg<A>>,
+    rx: mpsc::Receiver<Msg<A>>,
     done: watch::Sender<()>,
     predecessor: Option<watch::Receiver<()>>,
     generation: u64,
 ) {
-    let span =
-        tracing::debug_span!("actor", namespace = %key.namespace, kind = A::KIND, id = %key.id);
-    async move {
+    {
+        let mut inbox = Inbox::new(rx, host.config.mailbox_capacity);
         if let Some(previous) = predecessor {
-            wait_done(previous).await;
+            inbox.supervise(wait_done(previous), None).await;
         }
-        let loaded = {
+        let load = async {
             let _permit = host.replays.acquire().await;
-            Activation::<A>::load(&host, key.clone()).await
+            let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
+            Activation::<A>::load(&host, key.clone())
+                .instrument(span)
+                .await
+        };
+        let loaded = match inbox.supervise(load, None).await {
+            Some(loaded) => loaded,
+            None => Err("activation was cancelled".to_owned()),
         };
         let mut act = match loaded {
             Ok(act) => act,
@@ -135,33 +143,54 @@ pub(crate) async fn run<A: Behavior>(
                 Stats::bump(&host.stats.activation_failures);
                 tracing::warn!(%reason, "activation failed");
                 host.forget(A::KIND, &key.id, generation);
-                rx.close();
-                while let Some(msg) = rx.recv().await {
-                    if let Msg::Command(env) = msg
-                        && let Some(reply) = env.reply
-                    {
-                        let _ = reply.send(Err(AskError::ActivationFailed {
-                            actor: key.clone(),
-                            reason: reason.clone(),
-                        }));
-                    }
-                }
+                inbox
+                    .fail_all(|| AskError::ActivationFailed {
+                        actor: key.clone(),
+                        reason: reason.clone(),
+                    })
+                    .await;
                 drop(done);
                 return;
             }
         };
         Stats::bump(&host.stats.activations);
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Msg::Command(env) => act.turn(*env).await,
-                Msg::Passivate => {
-                    rx.close();
-                    while let Some(msg) = rx.recv().await {
-                        if let Msg::Command(env) = msg {
-                            act.turn(*env).await;
-                        }
+        while let Some((env, waited)) = inbox.next().await {
+            let Envelope {
+                cmd,
+                meta,
+                mut reply,
+            } = *env;
+            if let Some(tx) = &reply {
+                if tx.is_closed() {
+                    // The asker is gone: skip, so an overloaded actor sheds stale work.
+                    Stats::bump(&host.stats.abandoned);
+                    continue;
+                }
+                if waited && Instant::now() >= meta.deadline {
+                    Stats::bump(&host.stats.abandoned);
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(Err(AskError::Timeout {
+                            after: meta.timeout,
+                        }));
                     }
-                    break;
+                    continue;
+                }
+            }
+            let current = Current {
+                deadline: meta.deadline,
+                command_id: meta.command_id,
+                reply: &mut reply,
+            };
+            match inbox.supervise(act.decide(cmd, &meta), Some(current)).await {
+                Some(result) => {
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(result);
+                    }
+                }
+                None => {
+                    // Cancelled at its deadline, possibly in the middle of an append.
+                    Stats::bump(&host.stats.abandoned);
+                    act.stale = true;
                 }
             }
         }
@@ -172,8 +201,161 @@ pub(crate) async fn run<A: Behavior>(
         host.forget(A::KIND, &key.id, generation);
         drop(done);
     }
-    .instrument(span)
-    .await
+}
+
+/// The command being handled, as the watchdog sees it.
+struct Current<'a, A: Behavior> {
+    deadline: Instant,
+    command_id: CommandId,
+    reply: &'a mut Option<ReplyTx<A>>,
+}
+
+/// The mailbox plus commands taken out of it early, while the actor was busy.
+///
+/// # Deadlines without a timer per ask
+///
+/// An asker does not arm a timer of its own. Instead the activation guarantees an answer by
+/// each command's deadline: a command taken from the mailbox after its deadline is answered
+/// [`AskError::Timeout`] (never started); while a turn (or the load) is in progress, the
+/// activation keeps receiving into a bounded local queue and arms **one** timer for the earliest
+/// deadline — queued commands that expire get `Timeout`, and a turn still running at its own
+/// deadline is cancelled and answered [`AskError::OutcomeUnknown`]. A turn that completes
+/// without waiting (a query, an append to a ready store) never touches a timer at all.
+struct Inbox<A: Behavior> {
+    rx: mpsc::Receiver<Msg<A>>,
+    queue: VecDeque<Box<Envelope<A>>>,
+    capacity: usize,
+    /// Passivation was asked for: the mailbox is closed, queued commands are still served.
+    closing: bool,
+    /// The channel is closed and empty.
+    drained: bool,
+}
+
+impl<A: Behavior> Inbox<A> {
+    fn new(rx: mpsc::Receiver<Msg<A>>, capacity: usize) -> Self {
+        Inbox {
+            rx,
+            queue: VecDeque::new(),
+            capacity,
+            closing: false,
+            drained: false,
+        }
+    }
+
+    /// Takes in one message from the channel.
+    fn accept(&mut self, msg: Option<Msg<A>>) {
+        match msg {
+            Some(Msg::Command(env)) => self.queue.push_back(env),
+            Some(Msg::Passivate) => {
+                self.closing = true;
+                self.rx.close();
+            }
+            None => self.drained = true,
+        }
+    }
+
+    /// The next command to handle, and whether it may have waited (so its deadline must be
+    /// checked); `None` once passivation has served everything. A command that arrives while
+    /// the actor is idle has not waited, which spares a clock read on the fast path.
+    async fn next(&mut self) -> Option<(Box<Envelope<A>>, bool)> {
+        loop {
+            if let Some(env) = self.queue.pop_front() {
+                return Some((env, true));
+            }
+            if self.drained {
+                return None;
+            }
+            match self.rx.try_recv() {
+                Ok(msg) => self.accept(Some(msg)),
+                Err(mpsc::error::TryRecvError::Disconnected) => self.accept(None),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let msg = self.rx.recv().await;
+                    if let Some(Msg::Command(env)) = msg {
+                        return Some((env, false));
+                    }
+                    self.accept(msg);
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while keeping every deadline (see the type docs). `None` when `work` was
+    /// cancelled because `current`'s deadline passed.
+    async fn supervise<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        mut current: Option<Current<'_, A>>,
+    ) -> Option<T> {
+        let mut work = std::pin::pin!(work);
+        // Fast path: most turns finish without waiting, and need no timer.
+        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+        {
+            return Some(v);
+        }
+        let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(3600));
+        let mut sleep = std::pin::pin!(sleep);
+        loop {
+            let earliest = self
+                .queue
+                .iter()
+                .filter(|e| e.reply.is_some())
+                .map(|e| e.meta.deadline)
+                .chain(current.as_ref().map(|c| c.deadline))
+                .min();
+            if let Some(at) = earliest
+                && sleep.deadline() != at
+            {
+                sleep.as_mut().reset(at);
+            }
+            let room = !self.drained && self.queue.len() < self.capacity;
+            tokio::select! {
+                biased;
+                v = work.as_mut() => return Some(v),
+                msg = self.rx.recv(), if room => self.accept(msg),
+                () = sleep.as_mut(), if earliest.is_some() => {
+                    let now = Instant::now();
+                    self.expire_queued(now);
+                    if let Some(c) = current.as_mut()
+                        && c.deadline <= now
+                    {
+                        if let Some(tx) = c.reply.take() {
+                            let _ = tx.send(Err(AskError::OutcomeUnknown {
+                                command_id: c.command_id,
+                                reason: "the deadline passed while the command was being handled"
+                                    .into(),
+                            }));
+                        }
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `Timeout` to queued asks whose deadline has passed.
+    fn expire_queued(&mut self, now: Instant) {
+        self.queue.retain_mut(|env| {
+            if env.reply.is_none() || env.meta.deadline > now {
+                return true;
+            }
+            if let Some(tx) = env.reply.take() {
+                let _ = tx.send(Err(AskError::Timeout {
+                    after: env.meta.timeout,
+                }));
+            }
+            false
+        });
+    }
+
+    /// Closes the mailbox and answers every waiting ask with `err()`.
+    async fn fail_all(&mut self, err: impl Fn() -> AskError<A::Error>) {
+        self.rx.close();
+        while let Some((env, _)) = self.next().await {
+            if let Some(tx) = env.reply {
+                let _ = tx.send(Err(err()));
+            }
+        }
+    }
 }
 
 struct Activation<A: Behavior> {
@@ -305,19 +487,6 @@ impl<A: Behavior> Activation<A> {
             self.recent.pop_front();
         }
         self.recent.push_back(Recent { command_id, reply });
-    }
-
-    async fn turn(&mut self, env: Envelope<A>) {
-        let Envelope { cmd, meta, reply } = env;
-        if reply.as_ref().is_some_and(|r| r.is_closed()) {
-            // The asker gave up (deadline): skip, so an overloaded actor sheds stale work.
-            Stats::bump(&self.host.stats.abandoned);
-            return;
-        }
-        let result = self.decide(cmd, &meta).await;
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
     }
 
     async fn decide(

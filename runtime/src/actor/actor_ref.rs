@@ -138,6 +138,7 @@ impl<A: Behavior> ActorRef<A> {
             correlation_id: options.correlation_id.unwrap_or(command_id),
             causation_id: None,
             deadline: Instant::now() + timeout,
+            timeout,
             chain: Vec::new(),
         };
         ask_on::<A>(&host, &self.key, cmd, meta).await
@@ -163,35 +164,26 @@ pub(crate) async fn ask_on<A: Behavior>(
 ) -> Result<A::Reply, AskError<A::Error>> {
     check_target::<A, A::Error>(host, key)?;
     let command_id = meta.command_id;
-    let deadline = meta.deadline;
-    let started = Instant::now();
+    let (deadline, timeout) = (meta.deadline, meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
     let msg = Msg::Command(Box::new(Envelope {
         cmd,
         meta,
         reply: Some(reply_tx),
     }));
+    // Delivery only waits (and only arms a timer) when the mailbox is full.
     match tokio::time::timeout_at(deadline, host.deliver::<A>(&key.id, msg)).await {
-        Err(_) => {
-            return Err(AskError::Timeout {
-                after: deadline.saturating_duration_since(started),
-            });
-        }
+        Err(_) => return Err(AskError::Timeout { after: timeout }),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(())) => {}
     }
-    match tokio::time::timeout_at(deadline, reply_rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(AskError::OutcomeUnknown {
-            command_id,
-            reason: "the actor stopped before replying".into(),
-        }),
+    // No timer here: the activation answers every queued command by its deadline (see the
+    // activation module), and a stopped activation drops the sender, which ends this wait.
+    match reply_rx.await {
+        Ok(result) => result,
         Err(_) => Err(AskError::OutcomeUnknown {
             command_id,
-            reason: format!(
-                "no reply within {:?}",
-                deadline.saturating_duration_since(started)
-            ),
+            reason: "the actor stopped before replying".into(),
         }),
     }
 }
@@ -217,6 +209,7 @@ pub(crate) fn tell_on<A: Behavior>(
             correlation_id: command_id,
             causation_id: None,
             deadline: Instant::now() + host.config.ask_timeout,
+            timeout: host.config.ask_timeout,
             chain: Vec::new(),
         }
     });

