@@ -19,15 +19,14 @@ async fn raw(concurrency: usize) -> f64 {
         refs.push(r);
     }
     let refs = std::sync::Arc::new(refs);
-    let ops = throughput(concurrency, measure_time(), move |w| {
+    throughput(concurrency, measure_time(), move |w| {
         let refs = refs.clone();
         async move {
             let v = ractor::call!(refs[w], RawMsg::Get).expect("call");
             std::hint::black_box(v);
         }
     })
-    .await;
-    ops
+    .await
 }
 
 async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
