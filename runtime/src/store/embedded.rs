@@ -387,6 +387,9 @@ impl FaultInjection for EmbeddedStore {
     }
 }
 
+/// Longest wait for the rest of a batch (see [`Writer::run`]); well under one sync (~200 µs).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// The single writer: validates, batches, syncs, answers.
 struct Writer {
     db: Database,
@@ -406,14 +409,31 @@ enum Pending {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        // Writers that were answered together tend to come back together. When fewer ops are
+        // waiting than the last batch held, linger briefly for the rest, so batches do not
+        // alternate between a few early arrivals and everyone else. A lone writer (last batch
+        // of 1) never lingers.
+        let mut last_batch = 1usize;
         while let Ok(first) = rx.recv() {
             let mut ops = vec![first];
+            let linger_until = std::time::Instant::now() + LINGER;
             while ops.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
-                    Err(_) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = std::time::Instant::now();
+                        if ops.len() >= last_batch || now >= linger_until {
+                            break;
+                        }
+                        match rx.recv_timeout(linger_until - now) {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
+                    }
                 }
             }
+            last_batch = ops.len();
             self.write_batch(ops);
         }
         if let Err(e) = self.db.persist(PersistMode::SyncAll) {
