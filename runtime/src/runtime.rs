@@ -13,7 +13,6 @@
 //!
 //! A runtime serves exactly one namespace; a process may run several runtimes side by side.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -231,24 +230,20 @@ impl RuntimeBuilder {
         let namespace = self
             .namespace
             .ok_or_else(|| StartError::Setup("no namespace set: call .namespace(...)".into()))?;
-        let mut kinds = HashMap::new();
+        let mut kinds: Vec<KindInfo> = Vec::new();
         for reg in self.registrations {
             let kind = Kind::new(reg.kind)?;
-            if kinds
-                .insert(
-                    reg.kind,
-                    KindInfo {
-                        kind,
-                        snapshot_every: reg.snapshot_every,
-                    },
-                )
-                .is_some()
-            {
+            if kinds.iter().any(|k| k.name == reg.kind) {
                 return Err(StartError::Setup(format!(
                     "kind {:?} is registered twice",
                     reg.kind
                 )));
             }
+            kinds.push(KindInfo {
+                name: reg.kind,
+                kind,
+                snapshot_every: reg.snapshot_every,
+            });
         }
         let config = self.config.normalized();
         let mut data_dir = None;

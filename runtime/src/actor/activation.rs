@@ -88,6 +88,14 @@ pub(crate) struct CallMeta {
     pub chain: Vec<ActorKey>,
 }
 
+/// The ids a commit is stored with.
+#[derive(Clone, Copy)]
+struct CommitIds {
+    command_id: CommandId,
+    correlation_id: CommandId,
+    causation_id: Option<CommandId>,
+}
+
 /// A remembered commit: its command id and the encoded reply.
 #[derive(Clone, Serialize, Deserialize)]
 struct Recent {
@@ -181,7 +189,7 @@ pub(crate) async fn run<A: Behavior>(
                 command_id: meta.command_id,
                 reply: &mut reply,
             };
-            match inbox.supervise(act.decide(cmd, &meta), Some(current)).await {
+            match inbox.supervise(act.decide(cmd, meta), Some(current)).await {
                 Some(result) => {
                     if let Some(tx) = reply.take() {
                         let _ = tx.send(result);
@@ -360,7 +368,8 @@ impl<A: Behavior> Inbox<A> {
 
 struct Activation<A: Behavior> {
     host: Arc<Host>,
-    me: ActorRef<A>,
+    /// The handler's context, reused turn after turn (no clones on the hot path).
+    ctx: Ctx<A>,
     state: A,
     version: u64,
     snapshot_version: u64,
@@ -371,13 +380,13 @@ struct Activation<A: Behavior> {
 
 impl<A: Behavior> Activation<A> {
     fn key(&self) -> &ActorKey {
-        self.me.key()
+        self.ctx.myself().key()
     }
 
     async fn load(host: &Arc<Host>, key: ActorKey) -> Result<Self, String> {
         let mut act = Activation {
             host: Arc::clone(host),
-            me: ActorRef::bound(key, Arc::clone(host)),
+            ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), host),
             state: A::default(),
             version: 0,
             snapshot_version: 0,
@@ -492,8 +501,13 @@ impl<A: Behavior> Activation<A> {
     async fn decide(
         &mut self,
         cmd: A::Command,
-        meta: &CallMeta,
+        meta: CallMeta,
     ) -> Result<A::Reply, AskError<A::Error>> {
+        let ids = CommitIds {
+            command_id: meta.command_id,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+        };
         if self.stale {
             self.reload()
                 .await
@@ -502,13 +516,13 @@ impl<A: Behavior> Activation<A> {
                     reason,
                 })?;
         }
-        if let Some(reply) = self.remembered_reply(meta.command_id) {
+        if let Some(reply) = self.remembered_reply(ids.command_id) {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        let mut ctx = Ctx::new(self.me.clone(), self.version, meta.clone(), &self.host);
+        self.ctx.begin(self.version, meta);
         let outcome = {
-            let fut = Box::pin(A::handle(&self.state, cmd, &mut ctx));
+            let fut = Box::pin(A::handle(&self.state, cmd, &mut self.ctx));
             CatchUnwind(fut).await
         };
         let effect = match outcome {
@@ -529,7 +543,7 @@ impl<A: Behavior> Activation<A> {
         if effect.events.is_empty() {
             return Ok(effect.reply);
         }
-        self.persist(effect.events, effect.reply, meta).await
+        self.persist(effect.events, effect.reply, ids).await
     }
 
     fn remembered_reply(&self, id: CommandId) -> Option<Result<A::Reply, AskError<A::Error>>> {
@@ -548,7 +562,7 @@ impl<A: Behavior> Activation<A> {
         &mut self,
         events: Vec<A::Event>,
         reply: A::Reply,
-        meta: &CallMeta,
+        meta: CommitIds,
     ) -> Result<A::Reply, AskError<A::Error>> {
         let mut data = Vec::with_capacity(events.len());
         for event in &events {
@@ -645,7 +659,7 @@ impl<A: Behavior> Activation<A> {
 
     /// Snapshot policy: every `snapshot_every` events, written in the background.
     fn maybe_snapshot(&mut self) {
-        let Some(every) = self.host.kinds.get(A::KIND).and_then(|k| k.snapshot_every) else {
+        let Some(every) = self.host.kind_info(A::KIND).and_then(|k| k.snapshot_every) else {
             return;
         };
         if every == 0 || self.version - self.snapshot_version < every {
@@ -665,7 +679,7 @@ impl<A: Behavior> Activation<A> {
     async fn save_snapshot_now(&mut self) {
         if let Some(snapshot) = self.encode_snapshot() {
             self.snapshot_version = self.version;
-            save_snapshot(&self.host, self.me.key(), snapshot).await;
+            save_snapshot(&self.host, self.ctx.myself().key(), snapshot).await;
         }
     }
 }

@@ -2,9 +2,11 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -109,10 +111,11 @@ impl<A: Behavior> ActorRef<A> {
         ActorRef::bound(self.key.clone(), host)
     }
 
-    fn resolve(&self) -> Result<Arc<Host>, String> {
+    /// Runs `f` with this ref's runtime (bound, or found by namespace) without cloning it.
+    fn on_host<T>(&self, f: impl FnOnce(&Arc<Host>) -> T) -> Result<T, String> {
         match &self.host {
-            Some(h) => Ok(Arc::clone(h)),
-            None => Host::find(&self.key.namespace),
+            Some(h) => Ok(f(h)),
+            None => Host::find(&self.key.namespace).map(|h| f(&h)),
         }
     }
 
@@ -127,10 +130,17 @@ impl<A: Behavior> ActorRef<A> {
         cmd: A::Command,
         options: AskOptions,
     ) -> Result<A::Reply, AskError<A::Error>> {
-        let host = self.resolve().map_err(|reason| AskError::Unbound {
-            actor: self.key.clone(),
-            reason,
-        })?;
+        let found;
+        let host = match &self.host {
+            Some(h) => h,
+            None => {
+                found = Host::find(&self.key.namespace).map_err(|reason| AskError::Unbound {
+                    actor: self.key.clone(),
+                    reason,
+                })?;
+                &found
+            }
+        };
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
         let command_id = options.command_id.unwrap_or_else(CommandId::random);
         let meta = CallMeta {
@@ -141,17 +151,17 @@ impl<A: Behavior> ActorRef<A> {
             timeout,
             chain: Vec::new(),
         };
-        ask_on::<A>(&host, &self.key, cmd, meta).await
+        ask_on::<A>(host, &self.key, cmd, meta).await
     }
 
     /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
     /// when it cannot be queued (full mailbox, unknown kind, shutdown).
     pub fn tell(&self, cmd: A::Command) -> Result<(), TellError> {
-        let host = self.resolve().map_err(|reason| TellError::Unbound {
-            actor: self.key.clone(),
-            reason,
-        })?;
-        tell_on::<A>(&host, &self.key, cmd, None)
+        self.on_host(|host| tell_on::<A>(host, &self.key, cmd, None))
+            .map_err(|reason| TellError::Unbound {
+                actor: self.key.clone(),
+                reason,
+            })?
     }
 }
 
@@ -171,12 +181,16 @@ pub(crate) async fn ask_on<A: Behavior>(
         meta,
         reply: Some(reply_tx),
     }));
-    // Delivery only waits (and only arms a timer) when the mailbox is full.
-    match tokio::time::timeout_at(deadline, host.deliver::<A>(&key.id, msg)).await {
-        Err(_) => return Err(AskError::Timeout { after: timeout }),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(())) => {}
-    }
+    // Delivery only waits (and only then needs a timer) when the mailbox is full.
+    let mut delivery = std::pin::pin!(host.deliver::<A>(&key.id, msg));
+    let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
+        Poll::Ready(result) => result,
+        Poll::Pending => match tokio::time::timeout_at(deadline, delivery).await {
+            Err(_) => return Err(AskError::Timeout { after: timeout }),
+            Ok(result) => result,
+        },
+    };
+    delivered?;
     // No timer here: the activation answers every queued command by its deadline (see the
     // activation module), and a stopped activation drops the sender, which ends this wait.
     match reply_rx.await {

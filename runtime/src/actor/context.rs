@@ -33,14 +33,29 @@ pub struct Ctx<A: Behavior> {
 }
 
 impl<A: Behavior> Ctx<A> {
-    pub(crate) fn new(me: ActorRef<A>, version: u64, meta: CallMeta, host: &Arc<Host>) -> Self {
+    pub(crate) fn new(me: ActorRef<A>, host: &Arc<Host>) -> Self {
+        let command_id = CommandId::from_u128(0);
         Ctx {
             me,
-            version,
-            meta,
+            version: 0,
+            meta: CallMeta {
+                command_id,
+                correlation_id: command_id,
+                causation_id: None,
+                deadline: Instant::now(),
+                timeout: std::time::Duration::ZERO,
+                chain: Vec::new(),
+            },
             host: Arc::clone(host),
             children: 0,
         }
+    }
+
+    /// Prepares the context for the next turn.
+    pub(crate) fn begin(&mut self, version: u64, meta: CallMeta) {
+        self.version = version;
+        self.meta = meta;
+        self.children = 0;
     }
 
     /// A ref to this actor.

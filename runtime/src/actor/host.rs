@@ -34,6 +34,7 @@ use crate::store::{EventStore, SnapshotStore};
 
 /// Per-kind settings, fixed at registration.
 pub(crate) struct KindInfo {
+    pub name: &'static str,
     pub kind: Kind,
     pub snapshot_every: Option<u64>,
 }
@@ -44,11 +45,14 @@ pub(crate) struct Host {
     pub config: RuntimeConfig,
     pub events: Arc<dyn EventStore>,
     pub snapshots: Arc<dyn SnapshotStore>,
-    pub kinds: HashMap<&'static str, KindInfo>,
+    /// Registered kinds. Few, so a list: cheaper to search than to hash a key.
+    pub kinds: Vec<KindInfo>,
     pub placement: Arc<dyn Placement>,
     pub replays: Semaphore,
     pub stats: Stats,
-    pub registry: Mutex<Registry>,
+    /// The resident registry, in shards (one when `max_resident` is small, so LRU is exact).
+    registry: Box<[Mutex<Registry>]>,
+    next_generation: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tokio: tokio::runtime::Handle,
     /// Coarse clock (milliseconds since start) for idle tracking, advanced by the sweeper.
@@ -77,10 +81,62 @@ impl Stats {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RegKey {
     kind: &'static str,
     id: ActorId,
+}
+
+/// A borrowed view of a [`RegKey`], so lookups need no `ActorId` clone (an atomic
+/// increment and decrement on a counter shared with the actor, on the hottest path).
+trait KeyView {
+    fn kind(&self) -> &str;
+    fn id(&self) -> &str;
+}
+
+impl KeyView for RegKey {
+    fn kind(&self) -> &str {
+        self.kind
+    }
+    fn id(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+impl KeyView for (&'static str, &str) {
+    fn kind(&self) -> &str {
+        self.0
+    }
+    fn id(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for RegKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyView + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind().hash(state);
+        self.id().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.id() == other.id()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl std::hash::Hash for RegKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyView).hash(state);
+    }
 }
 
 struct Entry {
@@ -94,19 +150,25 @@ struct Entry {
     last_used_ms: u64,
 }
 
+/// Registries of at least this capacity are split into [`REGISTRY_SHARDS`] shards, each an LRU
+/// of its own: less contention on the ask path, at the price of LRU order being kept per shard
+/// rather than globally (immaterial at that size; exact below it).
+const SHARDED_FROM: usize = 4096;
+const REGISTRY_SHARDS: usize = 16;
+
 pub(crate) struct Registry {
     resident: LruCache<RegKey, Entry>,
+    capacity: usize,
     /// Activations asked to stop that have not finished yet.
     stopping: HashMap<RegKey, (u64, watch::Receiver<()>)>,
-    next_generation: u64,
 }
 
 impl Registry {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Registry {
             resident: LruCache::unbounded(),
+            capacity: capacity.max(1),
             stopping: HashMap::new(),
-            next_generation: 1,
         }
     }
 
@@ -148,10 +210,16 @@ impl Host {
         config: RuntimeConfig,
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
-        kinds: HashMap<&'static str, KindInfo>,
+        kinds: Vec<KindInfo>,
         placement: Arc<dyn Placement>,
         tokio: tokio::runtime::Handle,
     ) -> Arc<Host> {
+        let shards = if config.max_resident >= SHARDED_FROM {
+            REGISTRY_SHARDS
+        } else {
+            1
+        };
+        let per_shard = config.max_resident.div_ceil(shards);
         let host = Arc::new(Host {
             namespace,
             replays: Semaphore::new(config.max_concurrent_replays),
@@ -161,7 +229,10 @@ impl Host {
             kinds,
             placement,
             stats: Stats::default(),
-            registry: Mutex::new(Registry::new()),
+            registry: (0..shards)
+                .map(|_| Mutex::new(Registry::new(per_shard)))
+                .collect(),
+            next_generation: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             tokio,
             clock_ms: AtomicU64::new(0),
@@ -203,7 +274,26 @@ impl Host {
     }
 
     pub fn kind_of<A: Behavior>(&self) -> Option<&Kind> {
-        self.kinds.get(A::KIND).map(|k| &k.kind)
+        self.kind_info(A::KIND).map(|k| &k.kind)
+    }
+
+    /// The registry shard of an actor.
+    fn shard(&self, kind: &str, id: &ActorId) -> &Mutex<Registry> {
+        if self.registry.len() == 1 {
+            return &self.registry[0];
+        }
+        let mut h: u32 = 0x811c_9dc5;
+        for b in kind.bytes().chain(id.as_str().bytes()) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        &self.registry[h as usize % self.registry.len()]
+    }
+
+    /// The registration of `kind` (pointer comparison first: kinds are `'static` strings).
+    pub fn kind_info(&self, kind: &'static str) -> Option<&KindInfo> {
+        self.kinds
+            .iter()
+            .find(|k| std::ptr::eq(k.name, kind) || k.name == kind)
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -238,18 +328,16 @@ impl Host {
         id: &ActorId,
         mut msg: Msg<A>,
     ) -> Result<TryDeliver<A>, Msg<A>> {
-        let key = RegKey {
-            kind: A::KIND,
-            id: id.clone(),
-        };
+        let view = (A::KIND, id.as_str());
+        let key: &dyn KeyView = &view;
         let now = self.now_ms();
-        let mut reg = self.registry.lock();
+        let mut reg = self.shard(A::KIND, id).lock();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(msg);
         }
         // At most two rounds: a closed mailbox found in the map is replaced once.
         for _ in 0..2 {
-            if let Some(entry) = reg.resident.get_mut(&key) {
+            if let Some(entry) = reg.resident.get_mut(key) {
                 entry.last_used_ms = now;
                 let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>() else {
                     return Err(msg);
@@ -262,12 +350,16 @@ impl Host {
                     Err(mpsc::error::TrySendError::Closed(m)) => {
                         // The activation ended without leaving the map (it failed): replace it.
                         msg = m;
-                        reg.resident.pop(&key);
+                        reg.resident.pop(key);
                         continue;
                     }
                 }
             }
-            let tx = self.spawn_activation::<A>(&mut reg, key.clone(), id.clone(), now);
+            let owned = RegKey {
+                kind: A::KIND,
+                id: id.clone(),
+            };
+            let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
             match tx.try_send(msg) {
                 Ok(()) => return Ok(TryDeliver::Sent),
                 Err(mpsc::error::TrySendError::Full(m)) => return Ok(TryDeliver::Full(tx, m)),
@@ -286,8 +378,7 @@ impl Host {
     ) -> mpsc::Sender<Msg<A>> {
         let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
         let (done_tx, done_rx) = watch::channel(());
-        let generation = reg.next_generation;
-        reg.next_generation += 1;
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
         reg.resident.put(
             key,
@@ -299,15 +390,14 @@ impl Host {
                 last_used_ms: now,
             },
         );
-        while reg.resident.len() > self.config.max_resident {
+        while reg.resident.len() > reg.capacity {
             match reg.resident.pop_lru() {
                 Some((k, e)) => reg.evict(k, e),
                 None => break,
             }
         }
         let kind = self
-            .kinds
-            .get(A::KIND)
+            .kind_info(A::KIND)
             .map(|k| k.kind.clone())
             .unwrap_or_else(|| unreachable_kind(A::KIND));
         let actor = ActorKey::new(self.namespace.clone(), kind, id);
@@ -378,7 +468,7 @@ impl Host {
             kind,
             id: id.clone(),
         };
-        let mut reg = self.registry.lock();
+        let mut reg = self.shard(kind, id).lock();
         if reg
             .resident
             .peek(&key)
@@ -402,7 +492,7 @@ impl Host {
             id: id.clone(),
         };
         let done = {
-            let mut reg = self.registry.lock();
+            let mut reg = self.shard(kind, id).lock();
             match reg.resident.pop(&key) {
                 Some(entry) => {
                     let done = entry.done.clone();
@@ -418,13 +508,14 @@ impl Host {
 
     /// Passivates every resident actor and waits (up to `timeout`) for all to stop.
     pub async fn passivate_all(&self, timeout: Duration) -> bool {
-        let waits: Vec<watch::Receiver<()>> = {
-            let mut reg = self.registry.lock();
+        let mut waits: Vec<watch::Receiver<()>> = Vec::new();
+        for shard in self.registry.iter() {
+            let mut reg = shard.lock();
             while let Some((k, e)) = reg.resident.pop_lru() {
                 reg.evict(k, e);
             }
-            reg.stopping.values().map(|(_, d)| d.clone()).collect()
-        };
+            waits.extend(reg.stopping.values().map(|(_, d)| d.clone()));
+        }
         let all = async {
             for done in waits {
                 wait_done(done).await;
@@ -435,7 +526,7 @@ impl Host {
 
     /// Number of resident actors.
     pub fn resident(&self) -> usize {
-        self.registry.lock().resident.len()
+        self.registry.iter().map(|r| r.lock().resident.len()).sum()
     }
 
     /// Whether `id` of `kind` is resident.
@@ -444,7 +535,7 @@ impl Host {
             kind,
             id: id.clone(),
         };
-        self.registry.lock().resident.contains(&key)
+        self.shard(kind, id).lock().resident.contains(&key)
     }
 }
 
@@ -472,14 +563,16 @@ async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
         }
         let now = started.elapsed().as_millis() as u64;
         host.clock_ms.store(now, Ordering::Relaxed);
-        let mut reg = host.registry.lock();
-        while reg
-            .resident
-            .peek_lru()
-            .is_some_and(|(_, e)| now.saturating_sub(e.last_used_ms) >= idle_ms)
-        {
-            if let Some((k, e)) = reg.resident.pop_lru() {
-                reg.evict(k, e);
+        for shard in host.registry.iter() {
+            let mut reg = shard.lock();
+            while reg
+                .resident
+                .peek_lru()
+                .is_some_and(|(_, e)| now.saturating_sub(e.last_used_ms) >= idle_ms)
+            {
+                if let Some((k, e)) = reg.resident.pop_lru() {
+                    reg.evict(k, e);
+                }
             }
         }
     }
