@@ -8,6 +8,9 @@
 //! rejected overdraft and prints balances. The data lives in `./aether-data/bank` (or under
 //! `$AETHER_DATA_DIR`): run the example again and it continues from the balances of the last
 //! run. Delete the directory to start over.
+//!
+//! With `AETHER_NATS_URL=nats://127.0.0.1:4222` the same program keeps its events in JetStream
+//! on that server (stream `bank_events`) instead.
 
 use aether::prelude::*;
 

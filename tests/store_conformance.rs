@@ -14,6 +14,7 @@ mod memory {
     conformance_suite!(|namespace: &'static str| async move {
         Fixture {
             store: Arc::new(MemoryStore::new(ns(namespace))),
+            namespace,
             guard: Box::new(()),
         }
     });
@@ -27,6 +28,7 @@ mod embedded {
         let store = EmbeddedStore::open(dir.path(), ns(namespace)).expect("store opens");
         Fixture {
             store: Arc::new(store),
+            namespace,
             guard: Box::new(dir),
         }
     });

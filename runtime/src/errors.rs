@@ -203,8 +203,10 @@ impl<E> AskError<E> {
             StoreError::OutcomeUnknown(reason) => AskError::OutcomeUnknown { command_id, reason },
             StoreError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
             StoreError::Codec(e) => AskError::Codec(e),
+            StoreError::InvalidName(e) => AskError::InvalidName(e),
             other @ (StoreError::Corrupt { .. }
             | StoreError::WrongNamespace { .. }
+            | StoreError::ServerTooOld { .. }
             | StoreError::InvalidCommit(_)) => AskError::Unavailable(other.to_string()),
         }
     }

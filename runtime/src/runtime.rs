@@ -25,7 +25,8 @@ use crate::errors::StartError;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
 use crate::routing::{LocalPlacement, Placement};
 use crate::store::{
-    EmbeddedOptions, EmbeddedStore, EventStore, MemoryStore, SnapshotStore, StoreError,
+    EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
+    SnapshotStore, StoreError,
 };
 
 /// Why a ref could not be made.
@@ -85,6 +86,10 @@ enum StoreChoice {
         options: EmbeddedOptions,
     },
     Memory,
+    JetStream {
+        urls: String,
+        options: JetStreamOptions,
+    },
     Custom(Arc<dyn EventStore>, Arc<dyn SnapshotStore>),
 }
 
@@ -135,11 +140,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Applies the `AETHER_*` environment variables (see [`crate::config`]).
+    /// Applies the `AETHER_*` environment variables (see [`crate::config`]). With
+    /// `AETHER_NATS_URL` set, the runtime stores events in JetStream there instead of on disk.
     pub fn config_from_env(mut self) -> Result<Self, StartError> {
         self.config = self
             .config
             .with_overrides(|name| std::env::var(name).ok())?;
+        if let Ok(urls) = std::env::var("AETHER_NATS_URL")
+            && !urls.trim().is_empty()
+        {
+            self.store = StoreChoice::JetStream {
+                urls,
+                options: JetStreamOptions::default(),
+            };
+        }
         if let StoreChoice::Embedded { base, .. } = &mut self.store
             && base.is_none()
             && let Ok(dir) = std::env::var("AETHER_DATA_DIR")
@@ -207,6 +221,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Stores events and snapshots in NATS JetStream at `urls` (comma-separated), in stream
+    /// `<namespace>_events` and bucket `<namespace>_snapshots`. Needs nats-server 2.11+.
+    pub fn jetstream(self, urls: impl Into<String>) -> Self {
+        self.jetstream_with(urls, JetStreamOptions::default())
+    }
+
+    /// Like [`RuntimeBuilder::jetstream`], with options (replicas, retention, ...).
+    pub fn jetstream_with(mut self, urls: impl Into<String>, options: JetStreamOptions) -> Self {
+        self.store = StoreChoice::JetStream {
+            urls: urls.into(),
+            options,
+        };
+        self
+    }
+
     /// Keeps everything in memory: nothing survives the process. For tests and demos.
     pub fn memory_store(mut self) -> Self {
         self.store = StoreChoice::Memory;
@@ -247,12 +276,21 @@ impl RuntimeBuilder {
         }
         let config = self.config.normalized();
         let mut data_dir = None;
+        let mut location = String::from("memory");
         let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match self.store {
             StoreChoice::Memory => {
                 let store = MemoryStore::with_limit(namespace.clone(), config.max_commit_bytes);
                 (Arc::new(store.clone()), Arc::new(store))
             }
+            StoreChoice::JetStream { urls, mut options } => {
+                options.max_commit_bytes = config.max_commit_bytes;
+                let store =
+                    Arc::new(JetStreamStore::connect(&urls, namespace.as_str(), options).await?);
+                location = format!("JetStream at {urls}, stream {}", store.stream_name());
+                (store.clone(), store)
+            }
             StoreChoice::Custom(events, snapshots) => {
+                location = "custom store".into();
                 if events.namespace() != &namespace {
                     return Err(StartError::Setup(format!(
                         "the event store serves namespace {}, the runtime {namespace}",
@@ -273,6 +311,7 @@ impl RuntimeBuilder {
                 })
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+                location = format!("embedded store in {}", dir.display());
                 data_dir = Some(dir);
                 let store = Arc::new(store);
                 (store.clone(), store)
@@ -287,8 +326,12 @@ impl RuntimeBuilder {
             self.placement,
             tokio::runtime::Handle::current(),
         );
-        tracing::info!(namespace = %host.namespace, data_dir = ?data_dir, "runtime started");
-        Ok(Runtime { host, data_dir })
+        tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
+        Ok(Runtime {
+            host,
+            data_dir,
+            location,
+        })
     }
 }
 
@@ -296,6 +339,7 @@ impl RuntimeBuilder {
 pub struct Runtime {
     host: Arc<Host>,
     data_dir: Option<PathBuf>,
+    location: String,
 }
 
 impl Runtime {
@@ -321,6 +365,11 @@ impl Runtime {
     /// The configuration in effect.
     pub fn config(&self) -> &RuntimeConfig {
         &self.host.config
+    }
+
+    /// Where events are stored, for people: `embedded store in ...`, `JetStream at ...`.
+    pub fn store_location(&self) -> &str {
+        &self.location
     }
 
     /// The embedded store's directory, when the runtime uses one.

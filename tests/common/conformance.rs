@@ -20,6 +20,8 @@ impl<T: EventStore + SnapshotStore + FaultInjection> TestStore for T {}
 /// A store under test, plus whatever must live as long as it (a temp dir, a server).
 pub struct Fixture<S: TestStore> {
     pub store: Arc<S>,
+    /// The store's namespace: every case addresses its actors in it.
+    pub namespace: &'static str,
     pub guard: Box<dyn Any + Send>,
 }
 
@@ -49,7 +51,7 @@ macro_rules! conformance_case {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
             let make = $make;
-            $crate::common::conformance::$case(make("conf").await).await;
+            $crate::common::conformance::$case(make(stringify!($case)).await).await;
         }
     };
 }
@@ -61,20 +63,20 @@ fn values_of(events: &[aether::EventEnvelope]) -> Vec<u64> {
         .collect()
 }
 
-fn actor(id: &str) -> ActorKey {
-    key("conf", "counter", id)
+fn actor<S: TestStore>(f: &Fixture<S>, id: &str) -> ActorKey {
+    key(f.namespace, "counter", id)
 }
 
 pub async fn latest_version_is_zero_for_unknown_actor<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    assert_eq!(s.latest_version(&actor("nobody")).await.unwrap(), 0);
-    assert!(s.read(&actor("nobody"), 1).await.unwrap().is_empty());
-    assert!(s.latest(&actor("nobody")).await.unwrap().is_none());
+    assert_eq!(s.latest_version(&actor(&f, "nobody")).await.unwrap(), 0);
+    assert!(s.read(&actor(&f, "nobody"), 1).await.unwrap().is_empty());
+    assert!(s.latest(&actor(&f, "nobody")).await.unwrap().is_none());
 }
 
 pub async fn versions_are_monotonic_and_gapless<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("gapless");
+    let a = actor(&f, "gapless");
     let mut expected = 0;
     for (i, n) in [1usize, 3, 1, 2, 5].into_iter().enumerate() {
         let values: Vec<u64> = (0..n as u64).map(|j| (i as u64) * 100 + j).collect();
@@ -93,7 +95,7 @@ pub async fn versions_are_monotonic_and_gapless<S: TestStore>(f: Fixture<S>) {
 
 pub async fn history_is_append_only<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("append-only");
+    let a = actor(&f, "append-only");
     s.append(&a, 0, commit_of(&[1])).await.unwrap();
     s.append(&a, 1, commit_of(&[2])).await.unwrap();
     s.append(&a, 2, commit_of(&[3])).await.unwrap();
@@ -115,7 +117,7 @@ pub async fn history_is_append_only<S: TestStore>(f: Fixture<S>) {
 }
 
 pub async fn concurrent_appends_one_wins<S: TestStore>(f: Fixture<S>) {
-    let a = actor("race");
+    let a = actor(&f, "race");
     let mut version = 0;
     for round in 0..20u64 {
         let (s1, s2) = (Arc::clone(&f.store), Arc::clone(&f.store));
@@ -146,7 +148,7 @@ pub async fn concurrent_appends_one_wins<S: TestStore>(f: Fixture<S>) {
 
 pub async fn read_from_a_version<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("from");
+    let a = actor(&f, "from");
     s.append(&a, 0, commit_of(&[10, 20])).await.unwrap();
     s.append(&a, 2, commit_of(&[30, 40, 50])).await.unwrap();
     s.append(&a, 5, commit_of(&[60])).await.unwrap();
@@ -161,7 +163,7 @@ pub async fn read_from_a_version<S: TestStore>(f: Fixture<S>) {
 
 pub async fn multi_event_commit_is_atomic<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("atomic");
+    let a = actor(&f, "atomic");
     let commit = commit_of(&[1, 2, 3]);
     let id = commit.command_id;
     let appended = s.append(&a, 0, commit).await.unwrap();
@@ -184,7 +186,7 @@ pub async fn multi_event_commit_is_atomic<S: TestStore>(f: Fixture<S>) {
 
 pub async fn read_with_errors_keeps_clean_data<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("damaged");
+    let a = actor(&f, "damaged");
     s.append(&a, 0, commit_of(&[1])).await.unwrap();
     s.append(&a, 1, commit_of(&[2])).await.unwrap();
     s.inject_raw_commit(&a, 3, b"\xc1 not a record".to_vec())
@@ -221,7 +223,7 @@ pub async fn read_with_errors_keeps_clean_data<S: TestStore>(f: Fixture<S>) {
 
 pub async fn retried_commit_is_deduplicated<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("retry");
+    let a = actor(&f, "retry");
     let commit = commit_of(&[7, 8]);
     let first = s.append(&a, 0, commit.clone()).await.unwrap();
     assert!(!first.deduplicated);
@@ -247,7 +249,7 @@ fn snap(version: u64, payload: &[u8]) -> Snapshot {
 
 pub async fn snapshots_keep_the_latest<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("snap");
+    let a = actor(&f, "snap");
     s.save(&a, snap(5, b"five")).await.unwrap();
     assert_eq!(s.latest(&a).await.unwrap().unwrap().payload, b"five");
     s.save(&a, snap(3, b"three")).await.unwrap();
@@ -258,12 +260,12 @@ pub async fn snapshots_keep_the_latest<S: TestStore>(f: Fixture<S>) {
     );
     s.save(&a, snap(9, b"nine")).await.unwrap();
     assert_eq!(s.latest(&a).await.unwrap().unwrap().version, 9);
-    assert!(s.latest(&actor("other")).await.unwrap().is_none());
+    assert!(s.latest(&actor(&f, "other")).await.unwrap().is_none());
 }
 
 pub async fn corrupt_snapshot_is_reported<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("snap-damaged");
+    let a = actor(&f, "snap-damaged");
     s.inject_raw_snapshot(&a, b"\x00garbage".to_vec())
         .await
         .unwrap();
@@ -278,7 +280,7 @@ pub async fn corrupt_snapshot_is_reported<S: TestStore>(f: Fixture<S>) {
 
 pub async fn snapshot_plus_tail_equals_full_replay<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("fold");
+    let a = actor(&f, "fold");
     // The "state" is (sum, count, weighted sum): order-sensitive, so a wrong tail shows.
     fn fold(state: (u64, u64, u64), values: &[u64]) -> (u64, u64, u64) {
         values
@@ -310,7 +312,7 @@ pub async fn snapshot_plus_tail_equals_full_replay<S: TestStore>(f: Fixture<S>) 
 
 pub async fn bad_commits_are_rejected<S: TestStore>(f: Fixture<S>) {
     let s = &f.store;
-    let a = actor("bad");
+    let a = actor(&f, "bad");
     let empty = NewCommit::new(CommandId::random(), Vec::new());
     assert!(matches!(
         s.append(&a, 0, empty).await,
@@ -350,18 +352,18 @@ pub async fn streams_are_isolated<S: TestStore>(f: Fixture<S>) {
     // Ids that share prefixes or differ only by characters the encoding escapes.
     let ids = ["a", "ab", "a.b", "a b", "a=2Eb", "é", "a\u{0}b"];
     for (i, id) in ids.iter().enumerate() {
-        s.append(&actor(id), 0, commit_of(&[i as u64]))
+        s.append(&actor(&f, id), 0, commit_of(&[i as u64]))
             .await
             .unwrap();
     }
-    let other_kind = key("conf", "other", "a");
+    let other_kind = key(f.namespace, "other", "a");
     s.append(&other_kind, 0, commit_of(&[100, 101]))
         .await
         .unwrap();
     for (i, id) in ids.iter().enumerate() {
-        let events = s.read(&actor(id), 1).await.unwrap();
+        let events = s.read(&actor(&f, id), 1).await.unwrap();
         assert_eq!(values_of(&events), vec![i as u64], "stream of {id:?}");
-        assert_eq!(s.latest_version(&actor(id)).await.unwrap(), 1);
+        assert_eq!(s.latest_version(&actor(&f, id)).await.unwrap(), 1);
     }
     assert_eq!(s.latest_version(&other_kind).await.unwrap(), 2);
 }

@@ -143,20 +143,15 @@ pub(crate) async fn run<A: Behavior>(
         };
         let loaded = match inbox.supervise(load, None).await {
             Some(loaded) => loaded,
-            None => Err("activation was cancelled".to_owned()),
+            None => Err(LoadError::Failed("activation was cancelled".to_owned())),
         };
         let mut act = match loaded {
             Ok(act) => act,
-            Err(reason) => {
+            Err(error) => {
                 Stats::bump(&host.stats.activation_failures);
-                tracing::warn!(%reason, "activation failed");
+                tracing::warn!(%error, "activation failed");
                 host.forget(A::KIND, &key.id, generation);
-                inbox
-                    .fail_all(|| AskError::ActivationFailed {
-                        actor: key.clone(),
-                        reason: reason.clone(),
-                    })
-                    .await;
+                inbox.fail_all(|| error.to_ask(&key)).await;
                 drop(done);
                 return;
             }
@@ -208,6 +203,44 @@ pub(crate) async fn run<A: Behavior>(
         Stats::bump(&host.stats.passivations);
         host.forget(A::KIND, &key.id, generation);
         drop(done);
+    }
+}
+
+/// Why an actor could not be loaded.
+#[derive(Debug, Clone)]
+enum LoadError {
+    /// The store could not be reached: transient, reported as `Unavailable`.
+    Unavailable(String),
+    /// The history is damaged or does not decode: reported as `ActivationFailed`.
+    Failed(String),
+}
+
+impl LoadError {
+    fn from_store(what: &str, e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) | StoreError::Closed => {
+                LoadError::Unavailable(format!("{what}: {e}"))
+            }
+            other => LoadError::Failed(format!("{what}: {other}")),
+        }
+    }
+
+    fn to_ask<E>(&self, actor: &ActorKey) -> AskError<E> {
+        match self {
+            LoadError::Unavailable(reason) => AskError::Unavailable(reason.clone()),
+            LoadError::Failed(reason) => AskError::ActivationFailed {
+                actor: actor.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unavailable(r) | LoadError::Failed(r) => f.write_str(r),
+        }
     }
 }
 
@@ -383,7 +416,7 @@ impl<A: Behavior> Activation<A> {
         self.ctx.myself().key()
     }
 
-    async fn load(host: &Arc<Host>, key: ActorKey) -> Result<Self, String> {
+    async fn load(host: &Arc<Host>, key: ActorKey) -> Result<Self, LoadError> {
         let mut act = Activation {
             host: Arc::clone(host),
             ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), host),
@@ -398,7 +431,7 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// Rebuilds state from the store: snapshot (if readable) plus the tail of events.
-    async fn reload(&mut self) -> Result<(), String> {
+    async fn reload(&mut self) -> Result<(), LoadError> {
         let key = self.key().clone();
         let host = Arc::clone(&self.host);
         self.state = A::default();
@@ -423,28 +456,28 @@ impl<A: Behavior> Activation<A> {
             }
             Ok(None) => {}
             Err(StoreError::Corrupt { reason, .. }) => self.snapshot_unusable(&reason),
-            Err(e) => return Err(format!("cannot read snapshot: {e}")),
+            Err(e) => return Err(LoadError::from_store("cannot read snapshot", e)),
         }
         let report = host
             .events
             .read_with_errors(&key, self.version + 1)
             .await
-            .map_err(|e| format!("cannot read events: {e}"))?;
+            .map_err(|e| LoadError::from_store("cannot read events", e))?;
         if !report.corrupt.is_empty() {
             let positions: Vec<String> = report
                 .corrupt
                 .iter()
                 .map(|c| format!("{} ({})", c.position, c.reason))
                 .collect();
-            return Err(format!(
+            return Err(LoadError::Failed(format!(
                 "{} damaged record(s) at position(s) {}; {} clean commit(s) kept in the store",
                 report.corrupt.len(),
                 positions.join(", "),
                 report.commits.len()
-            ));
+            )));
         }
         for commit in report.commits {
-            self.replay_commit(commit)?;
+            self.replay_commit(commit).map_err(LoadError::Failed)?;
         }
         self.stale = false;
         Ok(())
@@ -509,12 +542,7 @@ impl<A: Behavior> Activation<A> {
             causation_id: meta.causation_id,
         };
         if self.stale {
-            self.reload()
-                .await
-                .map_err(|reason| AskError::ActivationFailed {
-                    actor: self.key().clone(),
-                    reason,
-                })?;
+            self.reload().await.map_err(|e| e.to_ask(self.key()))?;
         }
         if let Some(reply) = self.remembered_reply(ids.command_id) {
             Stats::bump(&self.host.stats.deduplicated);
@@ -594,12 +622,7 @@ impl<A: Behavior> Activation<A> {
                 // The store already holds this command: our state was behind. Reload and answer
                 // with the reply stored then.
                 Stats::bump(&self.host.stats.deduplicated);
-                self.reload()
-                    .await
-                    .map_err(|reason| AskError::ActivationFailed {
-                        actor: self.key().clone(),
-                        reason,
-                    })?;
+                self.reload().await.map_err(|e| e.to_ask(self.key()))?;
                 self.remembered_reply(meta.command_id)
                     .unwrap_or_else(|| Ok(reply))
             }

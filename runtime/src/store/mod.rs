@@ -38,9 +38,11 @@ use crate::names::{ActorKey, Namespace};
 use crate::wire::{CodecError, CommandId, CommitRecord, EventData, EventEnvelope};
 
 mod embedded;
+mod jetstream;
 mod memory;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use jetstream::{JetStreamOptions, JetStreamStore, MIN_SERVER_VERSION, ReplayMode};
 pub use memory::MemoryStore;
 
 /// Default upper bound of one encoded commit, in bytes (1 MiB, the default NATS max payload).
@@ -206,6 +208,17 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// A name given to the store is invalid. Nothing was contacted.
+    #[error(transparent)]
+    InvalidName(#[from] crate::names::NameError),
+    /// The server is older than the store supports.
+    #[error("nats-server {found} is too old: Aether needs {required} or newer")]
+    ServerTooOld {
+        /// The version the server reported.
+        found: String,
+        /// The minimum version.
+        required: String,
+    },
 }
 
 impl StoreError {
@@ -305,6 +318,10 @@ struct SnapshotRecord {
     timestamp_ms: u64,
     #[serde(with = "serde_bytes")]
     payload: Vec<u8>,
+    /// Where the snapshot's last event sits in the backend (a stream sequence), when known:
+    /// lets a replay start there instead of at the beginning.
+    #[serde(default)]
+    position: Option<u64>,
 }
 
 /// Checks that `actor` belongs to `namespace`.
@@ -361,6 +378,14 @@ fn decode_commit(actor: &ActorKey, position: u64, bytes: &[u8]) -> Result<Commit
 }
 
 fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, StoreError> {
+    encode_snapshot_at(actor, snapshot, None)
+}
+
+fn encode_snapshot_at(
+    actor: &ActorKey,
+    snapshot: Snapshot,
+    position: Option<u64>,
+) -> Result<Vec<u8>, StoreError> {
     Ok(crate::wire::codec::encode(
         "snapshot record",
         &SnapshotRecord {
@@ -369,11 +394,19 @@ fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, Stor
             version: snapshot.version,
             timestamp_ms: snapshot.timestamp_ms,
             payload: snapshot.payload,
+            position,
         },
     )?)
 }
 
 fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreError> {
+    decode_snapshot_at(actor, bytes).map(|(s, _)| s)
+}
+
+fn decode_snapshot_at(
+    actor: &ActorKey,
+    bytes: &[u8],
+) -> Result<(Snapshot, Option<u64>), StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         actor: actor.clone(),
         position: 0,
@@ -384,11 +417,14 @@ fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreErro
     if &record.actor != actor {
         return Err(corrupt(format!("snapshot belongs to {}", record.actor)));
     }
-    Ok(Snapshot {
-        version: record.version,
-        payload: record.payload,
-        timestamp_ms: record.timestamp_ms,
-    })
+    Ok((
+        Snapshot {
+            version: record.version,
+            payload: record.payload,
+            timestamp_ms: record.timestamp_ms,
+        },
+        record.position,
+    ))
 }
 
 /// The snapshot version stored in `bytes`, if they decode (used to keep only the latest).

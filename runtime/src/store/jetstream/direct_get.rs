@@ -1,0 +1,156 @@
+//! Reading one subject of a stream in order: batched direct get, and its fallback.
+//!
+//! **Batched direct get** (nats-server 2.11+, ADR-31): one request to
+//! `$JS.API.DIRECT.GET.<stream>` with `{"seq": S, "next_by_subj": subject, "batch": N}` is
+//! answered by up to N messages on the reply inbox, each carrying `Nats-Sequence` and
+//! `Nats-Num-Pending` headers, and ends with an empty `204 EOB` status message (`404` when
+//! nothing matches). While the last message reports pending messages, the next request starts
+//! after it. async-nats has no helper for this; it is a few dozen lines here.
+//!
+//! Direct gets may be answered by any replica, and a follower can lag behind the leader. The
+//! caller therefore first asks the leader for the subject's last sequence and checks that the
+//! batch reached it; if a lagging replica stays behind, it falls back.
+//!
+//! **Fallback**: one message-get request per message, answered by the stream leader (always
+//! current). Used when the server answers a batch request without `Nats-Num-Pending` (it
+//! ignored `batch`), when replicas keep lagging, or when configured
+//! ([`ReplayMode::OneByOne`](super::ReplayMode)).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind, Stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// One message read back from the stream.
+pub(crate) struct RawMsg {
+    pub seq: u64,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Why a read failed.
+pub(crate) enum ReadFailure {
+    /// The server ignored `batch`: use the fallback.
+    BatchUnsupported,
+    /// The server did not answer, or answered with an error.
+    Failed(String),
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
+/// Every message on `subject` from sequence `start`, in order, by batched direct get.
+pub(crate) async fn batched(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    start: u64,
+    batch: usize,
+    timeout: Duration,
+) -> Result<Vec<RawMsg>, ReadFailure> {
+    let api = format!("$JS.API.DIRECT.GET.{stream}");
+    let mut out = Vec::new();
+    let mut seq = start.max(1);
+    loop {
+        let inbox = client.new_inbox();
+        let mut sub = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| ReadFailure::Failed(format!("subscribe: {e}")))?;
+        let request = serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": batch });
+        client
+            .publish_with_reply(api.clone(), inbox, Bytes::from(request.to_string()))
+            .await
+            .map_err(|e| ReadFailure::Failed(format!("request: {e}")))?;
+        let mut pending_after_last = 0u64;
+        let mut got = 0usize;
+        loop {
+            let msg = match tokio::time::timeout(timeout, sub.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(ReadFailure::Failed("subscription closed".into())),
+                Err(_) => {
+                    return Err(ReadFailure::Failed(format!(
+                        "no answer to direct get within {timeout:?}"
+                    )));
+                }
+            };
+            if let Some(status) = msg.status {
+                match status.as_u16() {
+                    204 => break,
+                    404 => {
+                        pending_after_last = 0;
+                        break;
+                    }
+                    503 => return Err(ReadFailure::Failed("no responders".into())),
+                    code => {
+                        return Err(ReadFailure::Failed(format!(
+                            "direct get answered {code} {}",
+                            msg.description.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            let headers = msg.headers.unwrap_or_default();
+            let Some(pending) = header_u64(&headers, "Nats-Num-Pending") else {
+                return Err(ReadFailure::BatchUnsupported);
+            };
+            let msg_seq = header_u64(&headers, "Nats-Sequence").ok_or_else(|| {
+                ReadFailure::Failed("direct get answer without Nats-Sequence".into())
+            })?;
+            pending_after_last = pending;
+            seq = msg_seq + 1;
+            got += 1;
+            out.push(RawMsg {
+                seq: msg_seq,
+                headers,
+                payload: msg.payload,
+            });
+        }
+        let _ = sub.unsubscribe().await;
+        if pending_after_last == 0 || got == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Every message on `subject` from sequence `start` up to `until`, one request each to the
+/// stream leader (the fallback: slow, but always up to date).
+pub(crate) async fn one_by_one(
+    stream: &Stream,
+    subject: &str,
+    start: u64,
+    until: u64,
+) -> Result<Vec<RawMsg>, ReadFailure> {
+    let mut out = Vec::new();
+    let mut seq = start.max(1);
+    while seq <= until {
+        let got = stream
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(subject.to_owned())
+            .send()
+            .await;
+        match got {
+            Ok(msg) => {
+                seq = msg.sequence + 1;
+                out.push(RawMsg {
+                    seq: msg.sequence,
+                    headers: msg.headers,
+                    payload: msg.payload,
+                });
+            }
+            Err(e) if is_no_message(&e) => return Ok(out),
+            Err(e) => return Err(ReadFailure::Failed(format!("message get: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a message-get error means "there is no such message".
+pub(crate) fn is_no_message(e: &LastRawMessageError) -> bool {
+    matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound)
+        || e.to_string().contains("no message found")
+}

@@ -1,0 +1,757 @@
+//! [`JetStreamStore`]: events and snapshots in NATS JetStream, for clusters.
+//!
+//! # Layout
+//!
+//! | what | where |
+//! |---|---|
+//! | events | stream `<ns>_events`, subjects `<ns>.events.<kind>.<encoded-id>`, one message per commit |
+//! | snapshots | KV bucket `<ns>_snapshots`, key `<kind>.<encoded-id>` |
+//!
+//! Every message carries the commit's versions in headers (`Aether-First-Version`,
+//! `Aether-Version` = last version) and `Nats-Msg-Id: <stream token>:<command id>`. The namespace
+//! prefixes every stream, subject and bucket name, so two namespaces never share storage.
+//!
+//! # Optimistic concurrency
+//!
+//! An append publishes with `Nats-Expected-Last-Subject-Sequence` set to the stream sequence of
+//! the actor's current last commit (0 for a new actor), so the server refuses it if anything
+//! was appended in between. The store keeps the last known `(version, sequence)` per actor to
+//! make that one round trip; when it does not know, it reads the subject's last message first.
+//!
+//! # Unknown outcomes
+//!
+//! If an append's acknowledgement is lost and the append is retried, the server (2.15 checks
+//! the sequence before the msg-id deduplication) refuses the retry with "wrong last sequence".
+//! The store then reads the subject's last message: if its `Nats-Msg-Id` is the retry's, the
+//! commit had landed and the append succeeds as deduplicated — never written twice, never
+//! reported as a conflict. (JetStream recognises a retry of the actor's *latest* commit; the
+//! runtime's own dedup window covers older ones.)
+//!
+//! # Replay
+//!
+//! A replay reads one subject from a start sequence by batched direct get (see `direct_get`),
+//! falling back to one direct get per message on servers that ignore `batch`. Snapshots record
+//! the stream sequence of their last event, so a replay after a snapshot starts there.
+//!
+//! # Availability
+//!
+//! While the client is disconnected (the server is down, the client reconnecting), every
+//! operation fails at once with [`StoreError::Unavailable`] — nothing was sent, so nothing can
+//! have been applied — and works again once the connection is back, without a restart.
+//!
+//! # Retention
+//!
+//! With [`JetStreamOptions::retention`] set to `Some(keep)`, saving a snapshot at version `v`
+//! purges the actor's commits that end at or before `v - keep`. The actor then loads from its
+//! snapshot; a full replay from version 1 is no longer possible. Off by default.
+
+mod direct_get;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::connection::State;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use self::direct_get::{RawMsg, ReadFailure};
+use super::{
+    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
+    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot_at, encode_commit,
+    encode_snapshot_at, snapshot_version,
+};
+use crate::names::{ActorKey, Namespace};
+use crate::wire::CommandId;
+
+/// The oldest nats-server the store works with: 2.9 ignores batched direct get and its KV API
+/// does not decode with the current client.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+
+const VERSION_HEADER: &str = "Aether-Version";
+const FIRST_VERSION_HEADER: &str = "Aether-First-Version";
+const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+const EXPECTED_SEQ_HEADER: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// How replays read a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplayMode {
+    /// Batched direct get, falling back to one-by-one when the server ignores `batch`.
+    #[default]
+    Batched,
+    /// One direct get per message (slow; for servers without batched get, and for tests).
+    OneByOne,
+}
+
+/// Settings of a [`JetStreamStore`].
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Replicas of the stream and the KV bucket (1 for one server, 3 for a 3-server cluster).
+    pub replicas: usize,
+    /// Largest encoded commit accepted.
+    pub max_commit_bytes: usize,
+    /// Timeout of each request to the server.
+    pub request_timeout: Duration,
+    /// How long the server remembers message ids for deduplication.
+    pub duplicate_window: Duration,
+    /// Purge commits covered by a snapshot, keeping this many events before it (`None`: keep
+    /// everything).
+    pub retention: Option<u64>,
+    /// How replays read.
+    pub replay: ReplayMode,
+    /// Messages per batched direct get request.
+    pub batch_size: usize,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            replicas: 1,
+            max_commit_bytes: super::DEFAULT_MAX_COMMIT_BYTES,
+            request_timeout: Duration::from_secs(3),
+            duplicate_window: Duration::from_secs(120),
+            retention: None,
+            replay: ReplayMode::Batched,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// What the store knows about an actor's position in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    version: u64,
+    seq: u64,
+}
+
+/// Events and snapshots in JetStream. See the [module docs](self).
+pub struct JetStreamStore {
+    namespace: Namespace,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    stream: stream::Stream,
+    stream_name: String,
+    snapshots: kv::Store,
+    options: JetStreamOptions,
+    /// Last known commit per subject (the head), for the expected-sequence check.
+    heads: Mutex<HashMap<String, Position>>,
+    /// Positions of snapshots per subject, for starting replays after them.
+    snapshot_positions: Mutex<HashMap<String, Position>>,
+}
+
+const POSITION_CACHE_ENTRIES: usize = 100_000;
+
+fn remember(map: &Mutex<HashMap<String, Position>>, subject: &str, position: Position) {
+    let mut map = map.lock();
+    if map.len() >= POSITION_CACHE_ENTRIES && !map.contains_key(subject) {
+        map.clear();
+    }
+    map.insert(subject.to_owned(), position);
+}
+
+/// Parses `major.minor.patch` (ignoring any suffix) and checks it against the minimum.
+pub(crate) fn check_server_version(found: &str) -> Result<(), StoreError> {
+    let mut parts = found
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let version = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    if version >= MIN_SERVER_VERSION {
+        Ok(())
+    } else {
+        let (a, b, c) = MIN_SERVER_VERSION;
+        Err(StoreError::ServerTooOld {
+            found: found.to_owned(),
+            required: format!("{a}.{b}.{c}"),
+        })
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The last message of a subject, as far as the store cares.
+struct Last {
+    position: Position,
+    first_version: Option<u64>,
+    msg_id: Option<String>,
+}
+
+impl JetStreamStore {
+    /// Connects to `urls` (comma-separated) and opens (creating if needed) the stream and bucket
+    /// of `namespace`. The namespace is validated before anything is contacted.
+    pub async fn connect(
+        urls: &str,
+        namespace: &str,
+        options: JetStreamOptions,
+    ) -> Result<Self, StoreError> {
+        let namespace = Namespace::new(namespace)?;
+        let servers: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("aether-{namespace}"))
+            .connection_timeout(options.request_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .connect(servers.as_slice())
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {urls}"), e))?;
+        JetStreamStore::with_client(client, namespace, options).await
+    }
+
+    /// Opens the store on an existing connection.
+    pub async fn with_client(
+        client: async_nats::Client,
+        namespace: Namespace,
+        options: JetStreamOptions,
+    ) -> Result<Self, StoreError> {
+        check_server_version(&client.server_info().version)?;
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .build(client.clone());
+        let stream_name = format!("{namespace}_events");
+        let config = stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{namespace}.events.>")],
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas.max(1),
+            allow_direct: true,
+            duplicate_window: options.duplicate_window,
+            max_message_size: i32::try_from(options.max_commit_bytes + 4096).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        let stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| unavailable(&format!("cannot open stream {stream_name}"), e))?;
+        let bucket = format!("{namespace}_snapshots");
+        let snapshots = match js.get_key_value(bucket.clone()).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: options.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&format!("cannot open bucket {bucket}"), e))?,
+        };
+        Ok(JetStreamStore {
+            namespace,
+            client,
+            js,
+            stream,
+            stream_name,
+            snapshots,
+            options,
+            heads: Mutex::new(HashMap::new()),
+            snapshot_positions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The stream holding this namespace's events (`<ns>_events`).
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+
+    /// The KV bucket holding this namespace's snapshots (`<ns>_snapshots`).
+    pub fn snapshot_bucket(&self) -> String {
+        format!("{}_snapshots", self.namespace)
+    }
+
+    /// The connection (shared with the cluster layer, later).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The subject of an actor's commits.
+    pub fn subject(&self, actor: &ActorKey) -> String {
+        format!(
+            "{}.events.{}.{}",
+            actor.namespace,
+            actor.kind,
+            actor.id.encoded()
+        )
+    }
+
+    fn snapshot_key(actor: &ActorKey) -> String {
+        format!("{}.{}", actor.kind, actor.id.encoded())
+    }
+
+    fn msg_id(actor: &ActorKey, command_id: CommandId) -> String {
+        format!("{}:{command_id}", actor.stream_token())
+    }
+
+    fn ensure_connected(&self) -> Result<(), StoreError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(StoreError::Unavailable(format!(
+                "not connected to NATS ({state:?}); nothing was sent"
+            ))),
+        }
+    }
+
+    /// The subject's last message, read from the stream leader (a replica could lag).
+    async fn fetch_last(&self, subject: &str) -> Result<Option<Last>, StoreError> {
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => {
+                let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_owned());
+                let version = header(VERSION_HEADER)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        StoreError::Unavailable(format!(
+                            "message {} on {subject} has no {VERSION_HEADER} header",
+                            msg.sequence
+                        ))
+                    })?;
+                let position = Position {
+                    version,
+                    seq: msg.sequence,
+                };
+                remember(&self.heads, subject, position);
+                Ok(Some(Last {
+                    position,
+                    first_version: header(FIRST_VERSION_HEADER).and_then(|v| v.parse().ok()),
+                    msg_id: header(MSG_ID_HEADER),
+                }))
+            }
+            Err(e) if direct_get::is_no_message(&e) => Ok(None),
+            Err(e) => Err(unavailable("cannot read the last commit", e)),
+        }
+    }
+
+    /// The answer when the stream is not at `expected`: a retry of the latest commit is a
+    /// success, anything else a conflict.
+    fn conflict_or_duplicate(
+        actor: &ActorKey,
+        expected: u64,
+        last: Option<&Last>,
+        msg_id: &str,
+    ) -> Result<Appended, StoreError> {
+        if let Some(last) = last
+            && last.msg_id.as_deref() == Some(msg_id)
+            && last.first_version == Some(expected + 1)
+        {
+            return Ok(Appended {
+                first_version: expected + 1,
+                last_version: last.position.version,
+                deduplicated: true,
+            });
+        }
+        Err(StoreError::VersionConflict {
+            actor: actor.clone(),
+            expected,
+            actual: last.map_or(0, |l| l.position.version),
+        })
+    }
+
+    /// Every message of `subject` from sequence `start` through `until` (the leader's last
+    /// sequence for the subject, read just before).
+    async fn read_subject(
+        &self,
+        subject: &str,
+        start: u64,
+        until: u64,
+    ) -> Result<Vec<RawMsg>, StoreError> {
+        if start > until {
+            return Ok(Vec::new());
+        }
+        let failed =
+            |reason: String| StoreError::Unavailable(format!("replay of {subject}: {reason}"));
+        if self.options.replay == ReplayMode::Batched {
+            // A replica may lag behind the leader: retry briefly until it has caught up.
+            for attempt in 0..10 {
+                match direct_get::batched(
+                    &self.client,
+                    &self.stream_name,
+                    subject,
+                    start,
+                    self.options.batch_size.max(1),
+                    self.options.request_timeout,
+                )
+                .await
+                {
+                    Ok(msgs) if msgs.last().is_some_and(|m| m.seq >= until) => return Ok(msgs),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5 << attempt.min(4))).await,
+                    Err(ReadFailure::Failed(reason)) => return Err(failed(reason)),
+                    Err(ReadFailure::BatchUnsupported) => {
+                        tracing::warn!(%subject, "server ignores batched direct get; reading one by one");
+                        break;
+                    }
+                }
+            }
+        }
+        direct_get::one_by_one(&self.stream, subject, start, until)
+            .await
+            .map_err(|f| {
+                failed(match f {
+                    ReadFailure::Failed(reason) => reason,
+                    ReadFailure::BatchUnsupported => "unexpected answer".to_owned(),
+                })
+            })
+    }
+
+    /// Purges the actor's commits that end at or before `upto`.
+    async fn purge_covered(&self, subject: &str, upto: u64) -> Result<(), StoreError> {
+        let Some(head) = self.fetch_last(subject).await? else {
+            return Ok(());
+        };
+        let msgs = self.read_subject(subject, 1, head.position.seq).await?;
+        // Keep every commit ending after `upto`, and always the latest one: it carries the
+        // actor's current version, which the next append is checked against.
+        let keep_from = msgs
+            .iter()
+            .find(|m| {
+                m.headers
+                    .get(VERSION_HEADER)
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .is_some_and(|v| v > upto)
+            })
+            .or(msgs.last());
+        let Some(first_kept) = keep_from else {
+            return Ok(());
+        };
+        self.stream
+            .purge()
+            .filter(subject)
+            .sequence(first_kept.seq)
+            .await
+            .map_err(|e| unavailable("retention purge failed", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventStore for JetStreamStore {
+    fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    async fn append(
+        &self,
+        actor: &ActorKey,
+        expected_version: u64,
+        commit: NewCommit,
+    ) -> Result<Appended, StoreError> {
+        let command_id = commit.command_id;
+        let (record, bytes) = encode_commit(
+            &self.namespace,
+            actor,
+            expected_version,
+            commit,
+            self.options.max_commit_bytes,
+        )?;
+        self.ensure_connected()?;
+        let subject = self.subject(actor);
+        let msg_id = Self::msg_id(actor, command_id);
+        let expected_seq = if expected_version == 0 {
+            0
+        } else {
+            let cached = self.heads.lock().get(&subject).copied();
+            match cached {
+                Some(p) if p.version == expected_version => p.seq,
+                _ => {
+                    let last = self.fetch_last(&subject).await?;
+                    match &last {
+                        Some(l) if l.position.version == expected_version => l.position.seq,
+                        _ => {
+                            return Self::conflict_or_duplicate(
+                                actor,
+                                expected_version,
+                                last.as_ref(),
+                                &msg_id,
+                            );
+                        }
+                    }
+                }
+            }
+        };
+        let last_version = record.last_version();
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, msg_id.as_str());
+        headers.insert(EXPECTED_SEQ_HEADER, expected_seq.to_string().as_str());
+        headers.insert(VERSION_HEADER, last_version.to_string().as_str());
+        headers.insert(
+            FIRST_VERSION_HEADER,
+            record.first_version.to_string().as_str(),
+        );
+        let size = bytes.len();
+        let sent = self
+            .js
+            .publish_with_headers(subject.clone(), headers, Bytes::from(bytes))
+            .await;
+        let result = match sent {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ack) => {
+                remember(
+                    &self.heads,
+                    &subject,
+                    Position {
+                        version: last_version,
+                        seq: ack.sequence,
+                    },
+                );
+                Ok(Appended {
+                    first_version: record.first_version,
+                    last_version,
+                    deduplicated: ack.duplicate,
+                })
+            }
+            Err(e) => match e.kind() {
+                // A clustered stream reports the same refusal as error 10164, which the
+                // client does not classify; recognise it by its text.
+                kind if kind == PublishErrorKind::WrongLastSequence
+                    || e.to_string().contains("wrong last sequence") =>
+                {
+                    self.heads.lock().remove(&subject);
+                    let last = self.fetch_last(&subject).await?;
+                    Self::conflict_or_duplicate(actor, expected_version, last.as_ref(), &msg_id)
+                }
+                PublishErrorKind::StreamNotFound => Err(unavailable("stream not found", e)),
+                PublishErrorKind::MaxPayloadExceeded => Err(StoreError::TooLarge {
+                    size,
+                    limit: self.client.server_info().max_payload,
+                }),
+                _ => {
+                    // Sent (or maybe sent) without an answer: the commit may have landed.
+                    self.heads.lock().remove(&subject);
+                    Err(StoreError::OutcomeUnknown(format!(
+                        "publish to {subject}: {e}"
+                    )))
+                }
+            },
+        }
+    }
+
+    async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        Ok(self
+            .fetch_last(&self.subject(actor))
+            .await?
+            .map_or(0, |l| l.position.version))
+    }
+
+    async fn read_with_errors(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+    ) -> Result<ReadReport, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        let subject = self.subject(actor);
+        let mut report = ReadReport {
+            from_version,
+            ..ReadReport::default()
+        };
+        let Some(head) = self.fetch_last(&subject).await? else {
+            return Ok(report);
+        };
+        // Start after the best known position below `from_version`.
+        let hints = [
+            self.heads.lock().get(&subject).copied(),
+            self.snapshot_positions.lock().get(&subject).copied(),
+        ];
+        let start = hints
+            .iter()
+            .flatten()
+            .filter(|p| p.version < from_version)
+            .map(|p| p.seq + 1)
+            .max()
+            .unwrap_or(1);
+        let msgs = self
+            .read_subject(&subject, start, head.position.seq)
+            .await?;
+        for msg in msgs {
+            let header_version = msg
+                .headers
+                .get(VERSION_HEADER)
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            let Some(position) = header_version else {
+                report.corrupt.push(CorruptRecord {
+                    position: msg.seq,
+                    reason: format!("message {} has no {VERSION_HEADER} header", msg.seq),
+                });
+                continue;
+            };
+            if position < from_version {
+                continue;
+            }
+            match decode_commit(actor, position, &msg.payload) {
+                Ok(record) => {
+                    remember(
+                        &self.heads,
+                        &subject,
+                        Position {
+                            version: record.last_version(),
+                            seq: msg.seq,
+                        },
+                    );
+                    report.commits.push(record);
+                }
+                Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for JetStreamStore {
+    async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        let subject = self.subject(actor);
+        let version = snapshot.version;
+        let position = self
+            .heads
+            .lock()
+            .get(&subject)
+            .filter(|p| p.version == version)
+            .map(|p| p.seq);
+        let bytes = Bytes::from(encode_snapshot_at(actor, snapshot, position)?);
+        let key = Self::snapshot_key(actor);
+        // Compare-and-set: never replace a newer snapshot (several writers may race).
+        for _ in 0..5 {
+            let entry = self
+                .snapshots
+                .entry(key.clone())
+                .await
+                .map_err(|e| unavailable("cannot read snapshot", e))?;
+            let live = entry.filter(|e| e.operation == kv::Operation::Put);
+            let written = match &live {
+                Some(e) if snapshot_version(&e.value).is_some_and(|v| v >= version) => {
+                    return Ok(());
+                }
+                Some(e) => self
+                    .snapshots
+                    .update(key.clone(), bytes.clone(), e.revision)
+                    .await
+                    .is_ok(),
+                // Lost a race if this fails: the next round sees the other writer's entry.
+                None => self
+                    .snapshots
+                    .create(key.clone(), bytes.clone())
+                    .await
+                    .is_ok(),
+            };
+            if written {
+                if let Some(seq) = position {
+                    remember(
+                        &self.snapshot_positions,
+                        &subject,
+                        Position { version, seq },
+                    );
+                }
+                if let Some(keep) = self.options.retention {
+                    let upto = version.saturating_sub(keep);
+                    if upto > 0 {
+                        self.purge_covered(&subject, upto).await?;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "snapshot of {actor} kept losing a race with other writers"
+        )))
+    }
+
+    async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        let entry = self
+            .snapshots
+            .entry(Self::snapshot_key(actor))
+            .await
+            .map_err(|e| unavailable("cannot read snapshot", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let (snapshot, position) = decode_snapshot_at(actor, &entry.value)?;
+        if let Some(seq) = position {
+            remember(
+                &self.snapshot_positions,
+                &self.subject(actor),
+                Position {
+                    version: snapshot.version,
+                    seq,
+                },
+            );
+        }
+        Ok(Some(snapshot))
+    }
+}
+
+#[async_trait]
+impl FaultInjection for JetStreamStore {
+    async fn inject_raw_commit(
+        &self,
+        actor: &ActorKey,
+        position: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let subject = self.subject(actor);
+        let mut headers = HeaderMap::new();
+        headers.insert(VERSION_HEADER, position.to_string().as_str());
+        self.js
+            .publish_with_headers(subject.clone(), headers, Bytes::from(bytes))
+            .await
+            .map_err(|e| unavailable("inject", e))?
+            .await
+            .map_err(|e| unavailable("inject", e))?;
+        self.heads.lock().remove(&subject);
+        Ok(())
+    }
+
+    async fn inject_raw_snapshot(
+        &self,
+        actor: &ActorKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.snapshots
+            .put(Self::snapshot_key(actor), Bytes::from(bytes))
+            .await
+            .map_err(|e| unavailable("inject", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_checked() {
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("2.11.0").is_ok());
+        assert!(check_server_version("2.12.0-RC.3").is_ok());
+        assert!(check_server_version("3.0.0").is_ok());
+        match check_server_version("2.9.25") {
+            Err(e @ StoreError::ServerTooOld { .. }) => assert_eq!(
+                e.to_string(),
+                "nats-server 2.9.25 is too old: Aether needs 2.11.0 or newer"
+            ),
+            other => panic!("2.9 must be refused, got {other:?}"),
+        }
+        assert!(check_server_version("2.10.25").is_err());
+    }
+}

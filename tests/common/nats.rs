@@ -1,0 +1,246 @@
+//! A real `nats-server` for tests: one server or a 3-server JetStream cluster on loopback.
+//!
+//! The binary comes from `AETHER_NATS_SERVER`, else `target/tools/nats-server-*/bin/` (where
+//! `scripts/install-nats-server.sh` puts it), else `PATH`. Each server gets free loopback
+//! ports and its own temporary store directory, and is killed by pid when dropped. Servers can
+//! be killed (SIGKILL), paused (SIGSTOP), resumed (SIGCONT) and restarted on the same ports and
+//! directory.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds the nats-server binary, or explains how to get one.
+pub fn server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("AETHER_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools");
+    if let Ok(entries) = std::fs::read_dir(&tools) {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin/nats-server"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        if let Some(path) = found.pop() {
+            return path;
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "no nats-server binary found: run scripts/install-nats-server.sh (installs the pinned \
+         2.15.1 into target/tools), or set AETHER_NATS_SERVER=/path/to/nats-server (2.11+)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One nats-server process.
+pub struct NatsServer {
+    pub name: String,
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// A single JetStream server.
+    pub fn start() -> NatsServer {
+        NatsServer::spawn("single", free_port(), Vec::new())
+    }
+
+    fn spawn(name: &str, port: u16, extra: Vec<String>) -> NatsServer {
+        let dir = tempfile::tempdir().expect("server dir");
+        let mut args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.path().join("js").display().to_string(),
+            "-n".into(),
+            name.to_owned(),
+            "-l".into(),
+            dir.path().join("server.log").display().to_string(),
+        ];
+        args.extend(extra);
+        let mut server = NatsServer {
+            name: name.to_owned(),
+            port,
+            args,
+            child: None,
+            _dir: dir,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(server_binary());
+        command
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: `prctl` is async-signal-safe and touches no memory of the parent. It makes
+        // the kernel kill the server if the test process dies without dropping it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not listen on port {} within 10 s",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("server is running")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, but answers nothing.
+    pub fn pause(&self) {
+        // SAFETY: sending a signal to a child process we own; no memory is touched.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`NatsServer::pause`].
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGCONT);
+        }
+    }
+
+    /// Starts the server again on the same ports and store directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            // A paused server must be resumed to die cleanly on some systems.
+            // SAFETY: as in `pause`.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.kill();
+    }
+}
+
+/// Three JetStream servers routed into one cluster.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers = (0..3)
+            .map(|i| {
+                NatsServer::spawn(
+                    &format!("s{}", i + 1),
+                    client_ports[i],
+                    vec![
+                        "--cluster_name".into(),
+                        "aether-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{}", route_ports[i]),
+                        "--routes".into(),
+                        routes.clone(),
+                    ],
+                )
+            })
+            .collect();
+        NatsCluster { servers }
+    }
+
+    /// Every server's URL, comma-separated (what a client is given).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Waits until JetStream answers on `url` (a cluster needs a meta leader first).
+pub async fn wait_for_jetstream(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let servers: Vec<&str> = url.split(',').collect();
+        if let Ok(client) = async_nats::connect(servers.as_slice()).await {
+            let js = async_nats::jetstream::new(client);
+            // A request made before the meta leader exists may go unanswered: ask again soon.
+            let answer = tokio::time::timeout(Duration::from_millis(300), js.query_account()).await;
+            if matches!(answer, Ok(Ok(_))) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "JetStream at {url} not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
