@@ -378,3 +378,50 @@ async fn appends_to_a_stopped_server_are_unavailable_not_hung() {
     let err = store.append(&a, 1, commit_of(&[2])).await.unwrap_err();
     assert!(err.nothing_written(), "{err}");
 }
+
+#[tokio::test]
+async fn a_paused_server_gives_bounded_unknown_outcomes_then_recovers() {
+    let server = NatsServer::start();
+    let store = JetStreamStore::connect(
+        &server.url(),
+        "paused",
+        JetStreamOptions {
+            request_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = key("paused", "account", "a");
+    store.append(&a, 0, commit_of(&[1])).await.unwrap();
+    server.pause();
+    // The connection is still up, so the commit is sent; no ack comes back in time.
+    let commit = commit_of(&[2]);
+    let started = Instant::now();
+    let err = store.append(&a, 1, commit.clone()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the request timeout");
+    assert!(matches!(err, StoreError::OutcomeUnknown(_)), "{err:?}");
+    assert!(!err.nothing_written());
+    server.resume();
+    // Retrying the same commit resolves the unknown outcome either way, exactly once.
+    let retried = poll_retry(&store, &a, commit).await;
+    assert_eq!(retried.last_version, 2);
+    assert_eq!(store.read(&a, 1).await.unwrap().len(), 2);
+}
+
+async fn poll_retry(
+    store: &JetStreamStore,
+    a: &ActorKey,
+    commit: aether::store::NewCommit,
+) -> aether::store::Appended {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.append(a, 1, commit.clone()).await {
+            Ok(appended) => return appended,
+            Err(e) if Instant::now() < deadline && !matches!(e, StoreError::VersionConflict { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("retry after resume failed: {e}"),
+        }
+    }
+}
