@@ -5,10 +5,10 @@
 //! - B5a: activation of an actor with a snapshot ÷ activation replaying 10 000 events.
 //! - B5b: activation replaying 10 000 events ÷ a raw batched direct get of the same messages.
 
-mod support;
 #[path = "../tests/common/nats.rs"]
 #[allow(dead_code)]
 mod nats;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,8 +139,8 @@ async fn raw_read(client: &async_nats::Client, subject: &str) -> anyhow::Result<
     loop {
         let inbox = client.new_inbox();
         let mut sub = client.subscribe(inbox.clone()).await?;
-        let request = serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": 1000 })
-            .to_string();
+        let request =
+            serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": 1000 }).to_string();
         client
             .publish_with_reply("$JS.API.DIRECT.GET.b5_events", inbox, request.into())
             .await?;
@@ -200,7 +200,11 @@ async fn main() -> anyhow::Result<()> {
     let ns = Namespace::new("b5")?;
     fill(&js, &ns, "replayed").await?;
     fill(&js, &ns, "snapshotted").await?;
-    let snapshotted = ActorKey::new(ns.clone(), Kind::new("probe")?, ActorId::new("snapshotted")?);
+    let snapshotted = ActorKey::new(
+        ns.clone(),
+        Kind::new("probe")?,
+        ActorId::new("snapshotted")?,
+    );
     let state = Probe { total: EVENTS };
     #[derive(serde::Serialize)]
     struct Payload<'a> {
@@ -229,7 +233,11 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..5 {
         replay.push(activation(&url, "replayed").await?.as_secs_f64());
         snap.push(activation(&url, "snapshotted").await?.as_secs_f64());
-        raw.push(raw_read(&client, "b5.events.probe.replayed").await?.as_secs_f64());
+        raw.push(
+            raw_read(&client, "b5.events.probe.replayed")
+                .await?
+                .as_secs_f64(),
+        );
     }
     let (replay, snap, raw) = (median(replay), median(snap), median(raw));
     println!(

@@ -399,7 +399,10 @@ async fn a_paused_server_gives_bounded_unknown_outcomes_then_recovers() {
     let commit = commit_of(&[2]);
     let started = Instant::now();
     let err = store.append(&a, 1, commit.clone()).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the request timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the request timeout"
+    );
     assert!(matches!(err, StoreError::OutcomeUnknown(_)), "{err:?}");
     assert!(!err.nothing_written());
     server.resume();
@@ -418,7 +421,10 @@ async fn poll_retry(
     loop {
         match store.append(a, 1, commit.clone()).await {
             Ok(appended) => return appended,
-            Err(e) if Instant::now() < deadline && !matches!(e, StoreError::VersionConflict { .. }) => {
+            Err(e)
+                if Instant::now() < deadline
+                    && !matches!(e, StoreError::VersionConflict { .. }) =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("retry after resume failed: {e}"),
