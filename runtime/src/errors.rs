@@ -256,4 +256,7 @@ pub enum StartError {
     /// The configuration from the environment does not parse.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The node could not join its cluster.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
 }

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | [`actor`] | the actor contract ([`Behavior`], [`Effect`]), handles ([`ActorRef`]), turns, activation and passivation |
 //! | [`store`] | the [`EventStore`](store::EventStore) / [`SnapshotStore`](store::SnapshotStore) contracts and their backends |
-//! | [`routing`] | shard hashing and "who owns this shard" |
+//! | [`cluster`] | membership, leader lease, shard map: who owns which shard |
+//! | [`routing`] | shard hashing, "who owns this shard", remote delivery over NATS |
 //! | [`wire`] | envelopes and the codec: what is stored and sent |
 //! | [`names`] | namespaces, kinds, actor ids and their encoding |
 //! | [`config`] | every timeout and bound, with defaults |
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod names;
@@ -33,6 +35,7 @@ pub mod store;
 pub mod wire;
 
 pub use actor::{ActorRef, AskOptions, Behavior, Ctx, Effect, EventSourcedActor, Persist};
+pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;
 pub use errors::{AskError, RetrySafety, StartError, TellError};
 pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};

@@ -49,6 +49,8 @@ pub enum NameKind {
     ActorId,
     /// An encoded actor id token (see [`ActorId::decode`]).
     EncodedActorId,
+    /// A cluster node id (same rules as a namespace).
+    NodeId,
 }
 
 impl fmt::Display for NameKind {
@@ -58,6 +60,7 @@ impl fmt::Display for NameKind {
             NameKind::Kind => "kind",
             NameKind::ActorId => "actor id",
             NameKind::EncodedActorId => "encoded actor id",
+            NameKind::NodeId => "node id",
         })
     }
 }

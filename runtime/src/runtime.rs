@@ -19,10 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::actor::host::{Host, KindInfo};
+use crate::actor::remote::{HostDispatch, KindRemote, RemoteKind};
 use crate::actor::{ActorRef, Behavior};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{RuntimeConfig, defaults};
 use crate::errors::StartError;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
+use crate::routing::Transport;
 use crate::routing::{LocalPlacement, Placement};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
@@ -97,6 +100,7 @@ enum StoreChoice {
 struct Registration {
     kind: &'static str,
     snapshot_every: Option<u64>,
+    remote: Arc<dyn RemoteKind>,
 }
 
 /// Builds a [`Runtime`]. Start from [`Runtime::builder`].
@@ -107,6 +111,7 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     store: StoreChoice,
     placement: Arc<dyn Placement>,
+    cluster: Option<ClusterConfig>,
 }
 
 impl RuntimeBuilder {
@@ -121,6 +126,7 @@ impl RuntimeBuilder {
         self.registrations.push(Registration {
             kind: A::KIND,
             snapshot_every: A::SNAPSHOT_EVERY,
+            remote: Arc::new(KindRemote::<A>::new()),
         });
         self
     }
@@ -130,6 +136,7 @@ impl RuntimeBuilder {
         self.registrations.push(Registration {
             kind: A::KIND,
             snapshot_every: every,
+            remote: Arc::new(KindRemote::<A>::new()),
         });
         self
     }
@@ -254,11 +261,30 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes this runtime a node of a cluster (see [`Runtime::join_cluster`]). Events go to
+    /// JetStream on the cluster's NATS servers; the namespace comes from `config` when not set.
+    pub fn cluster(mut self, config: ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
     /// Opens the store and starts the runtime. Must be called inside a tokio runtime.
     pub async fn start(self) -> Result<Runtime, StartError> {
-        let namespace = self
-            .namespace
-            .ok_or_else(|| StartError::Setup("no namespace set: call .namespace(...)".into()))?;
+        let namespace = match (&self.namespace, &self.cluster) {
+            (Some(ns), Some(cc)) if ns.as_str() != cc.namespace => {
+                return Err(StartError::Setup(format!(
+                    "the builder's namespace {ns} differs from the cluster's {}",
+                    cc.namespace
+                )));
+            }
+            (Some(ns), _) => ns.clone(),
+            (None, Some(cc)) => Namespace::new(&cc.namespace)?,
+            (None, None) => {
+                return Err(StartError::Setup(
+                    "no namespace set: call .namespace(...)".into(),
+                ));
+            }
+        };
         let mut kinds: Vec<KindInfo> = Vec::new();
         for reg in self.registrations {
             let kind = Kind::new(reg.kind)?;
@@ -272,12 +298,49 @@ impl RuntimeBuilder {
                 name: reg.kind,
                 kind,
                 snapshot_every: reg.snapshot_every,
+                remote: reg.remote,
             });
         }
         let config = self.config.normalized();
         let mut data_dir = None;
         let mut location = String::from("memory");
-        let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match self.store {
+        let mut cluster = None;
+        let mut transport = None;
+        let mut placement = self.placement;
+        let store = match self.cluster {
+            Some(cc) => {
+                let client = crate::cluster::connect(
+                    &cc.urls,
+                    &format!("aether-{}", cc.node_id),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(StartError::Cluster)?;
+                let options = JetStreamOptions {
+                    replicas: cc.replicas,
+                    max_commit_bytes: config.max_commit_bytes,
+                    ..JetStreamOptions::default()
+                };
+                let store = Arc::new(
+                    JetStreamStore::with_client(client.clone(), namespace.clone(), options).await?,
+                );
+                location = format!(
+                    "JetStream at {}, stream {} (cluster node {})",
+                    cc.urls,
+                    store.stream_name(),
+                    cc.node_id
+                );
+                let joined = Cluster::join(cc, client.clone(), config.shard_count)
+                    .await
+                    .map_err(StartError::Cluster)?;
+                placement = joined.placement();
+                transport = Some(Arc::new(Transport::new(client)));
+                cluster = Some(joined);
+                StoreChoice::Custom(store.clone(), store)
+            }
+            None => self.store,
+        };
+        let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match store {
             StoreChoice::Memory => {
                 let store = MemoryStore::with_limit(namespace.clone(), config.max_commit_bytes);
                 (Arc::new(store.clone()), Arc::new(store))
@@ -290,7 +353,9 @@ impl RuntimeBuilder {
                 (store.clone(), store)
             }
             StoreChoice::Custom(events, snapshots) => {
-                location = "custom store".into();
+                if cluster.is_none() {
+                    location = "custom store".into();
+                }
                 if events.namespace() != &namespace {
                     return Err(StartError::Setup(format!(
                         "the event store serves namespace {}, the runtime {namespace}",
@@ -323,14 +388,25 @@ impl RuntimeBuilder {
             events,
             snapshots,
             kinds,
-            self.placement,
+            placement,
+            transport,
             tokio::runtime::Handle::current(),
         );
+        let inbound = cluster.as_ref().map(|c| {
+            crate::routing::remote::serve(
+                c.client().clone(),
+                host.namespace.clone(),
+                c.owned_shards(),
+                Arc::new(HostDispatch(Arc::downgrade(&host))),
+            )
+        });
         tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
         Ok(Runtime {
             host,
             data_dir,
             location,
+            cluster,
+            inbound,
         })
     }
 }
@@ -340,9 +416,34 @@ pub struct Runtime {
     host: Arc<Host>,
     data_dir: Option<PathBuf>,
     location: String,
+    cluster: Option<Cluster>,
+    inbound: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
+    /// Starts a runtime that is a node of a cluster: connects to NATS, registers the node,
+    /// takes part in the leader election, serves the shards the leader assigns it, and sends
+    /// commands for other shards to their owners. `builder` carries the actor types (and any
+    /// settings); the namespace comes from `config`.
+    ///
+    /// ```ignore
+    /// let rt = Runtime::join_cluster(
+    ///     ClusterConfig::new("nats://127.0.0.1:4222", "bank").node_id("node-1"),
+    ///     Runtime::builder().register::<Account>(),
+    /// ).await?;
+    /// ```
+    pub async fn join_cluster(
+        config: ClusterConfig,
+        builder: RuntimeBuilder,
+    ) -> Result<Runtime, StartError> {
+        builder.cluster(config).start().await
+    }
+
+    /// This node's cluster membership (queries, events), when it is a cluster node.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// Starts building a runtime.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder {
@@ -354,6 +455,7 @@ impl Runtime {
                 options: EmbeddedOptions::default(),
             },
             placement: Arc::new(LocalPlacement),
+            cluster: None,
         }
     }
 
@@ -443,6 +545,13 @@ impl Runtime {
     /// Stops accepting commands, passivates every actor (serving what is queued, snapshotting),
     /// and closes the store. Asks after this fail with `Shutdown`.
     pub async fn shutdown(self) -> Result<(), StoreError> {
+        if let Some(cluster) = &self.cluster {
+            // Hand the shards over first: others take them while this node still answers.
+            cluster.leave(self.host.config.shutdown_timeout).await;
+        }
+        if let Some(inbound) = &self.inbound {
+            inbound.abort();
+        }
         self.host.shutting_down.store(true, Ordering::Release);
         let drained = self
             .host

@@ -173,6 +173,19 @@ pub(crate) async fn ask_on<A: Behavior>(
     meta: CallMeta,
 ) -> Result<A::Reply, AskError<A::Error>> {
     check_target::<A, A::Error>(host, key)?;
+    if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
+        return super::remote::ask::<A>(host, key, shard, cmd, meta).await;
+    }
+    ask_local::<A>(host, key, cmd, meta).await
+}
+
+/// Delivers an ask to the local activation and waits for its answer.
+pub(crate) async fn ask_local<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    cmd: A::Command,
+    meta: CallMeta,
+) -> Result<A::Reply, AskError<A::Error>> {
     let command_id = meta.command_id;
     let (deadline, timeout) = (meta.deadline, meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
@@ -216,6 +229,9 @@ pub(crate) fn tell_on<A: Behavior>(
             reason: other.to_string(),
         },
     })?;
+    if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
+        return super::remote::tell::<A>(host, key, shard, cmd, meta);
+    }
     let meta = meta.unwrap_or_else(|| {
         let command_id = CommandId::random();
         CallMeta {

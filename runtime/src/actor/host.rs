@@ -37,6 +37,8 @@ pub(crate) struct KindInfo {
     pub name: &'static str,
     pub kind: Kind,
     pub snapshot_every: Option<u64>,
+    /// Runs commands of this kind that arrive from other nodes.
+    pub remote: Arc<dyn super::remote::RemoteKind>,
 }
 
 /// The shared core of a runtime.
@@ -48,6 +50,8 @@ pub(crate) struct Host {
     /// Registered kinds. Few, so a list: cheaper to search than to hash a key.
     pub kinds: Vec<KindInfo>,
     pub placement: Arc<dyn Placement>,
+    /// Sends commands to other nodes (cluster mode only).
+    pub transport: Option<Arc<crate::routing::Transport>>,
     pub replays: Semaphore,
     pub stats: Stats,
     /// The resident registry, in shards (one when `max_resident` is small, so LRU is exact).
@@ -212,6 +216,7 @@ impl Host {
         snapshots: Arc<dyn SnapshotStore>,
         kinds: Vec<KindInfo>,
         placement: Arc<dyn Placement>,
+        transport: Option<Arc<crate::routing::Transport>>,
         tokio: tokio::runtime::Handle,
     ) -> Arc<Host> {
         let shards = if config.max_resident >= SHARDED_FROM {
@@ -228,6 +233,7 @@ impl Host {
             snapshots,
             kinds,
             placement,
+            transport,
             stats: Stats::default(),
             registry: (0..shards)
                 .map(|_| Mutex::new(Registry::new(per_shard)))
@@ -300,25 +306,60 @@ impl Host {
         self.clock_ms.load(Ordering::Relaxed)
     }
 
-    /// Checks ownership (the routing seam): `Ok` when the actor is served here.
-    fn check_local<E>(&self, kind: &str, id: &ActorId) -> Result<(), AskError<E>> {
+    /// The routing seam: `Some(shard)` when the actor's shard is served by another node (or
+    /// by nobody yet), `None` when it is served here.
+    pub fn remote_shard(&self, kind: &str, id: &ActorId) -> Option<u32> {
         if self.placement.single_node() {
-            return Ok(());
+            return None;
         }
-        let shard = shard_of(
+        let shard = self.shard_of(kind, id);
+        match self.placement.owner(shard) {
+            Owner::Local => None,
+            Owner::Remote(_) | Owner::Unassigned => Some(shard),
+        }
+    }
+
+    /// The shard of an actor of this namespace.
+    pub fn shard_of(&self, kind: &str, id: &ActorId) -> u32 {
+        shard_of(
             self.namespace.as_str(),
             kind,
             id.as_str(),
             self.config.shard_count,
-        );
-        match self.placement.owner(shard) {
-            Owner::Local => Ok(()),
-            Owner::Remote(node) => Err(AskError::Unavailable(format!(
-                "shard {shard} is owned by node {node}; remote delivery is not available here"
-            ))),
-            Owner::Unassigned => Err(AskError::Unavailable(format!(
-                "shard {shard} has no owner right now"
-            ))),
+        )
+    }
+
+    /// Whether this node serves `shard` now.
+    pub fn owns(&self, shard: u32) -> bool {
+        self.placement.single_node() || self.placement.owner(shard) == Owner::Local
+    }
+
+    /// Passivates every resident actor whose shard is in `shards` (they moved away).
+    pub fn passivate_shards(&self, shards: &[u32]) {
+        let lost: std::collections::HashSet<u32> = shards.iter().copied().collect();
+        let mut count = 0usize;
+        for registry in self.registry.iter() {
+            let mut reg = registry.lock();
+            let leaving: Vec<RegKey> = reg
+                .resident
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| lost.contains(&self.shard_of(k.kind, &k.id)))
+                .cloned()
+                .collect();
+            for key in leaving {
+                if let Some(entry) = reg.resident.pop(&key) {
+                    reg.evict(key, entry);
+                    count += 1;
+                }
+            }
+        }
+        if count > 0 {
+            tracing::debug!(
+                actors = count,
+                shards = shards.len(),
+                "passivated actors of moved shards"
+            );
         }
     }
 
@@ -418,7 +459,6 @@ impl Host {
         id: &ActorId,
         msg: Msg<A>,
     ) -> Result<(), AskError<A::Error>> {
-        self.check_local(A::KIND, id)?;
         let mut msg = msg;
         loop {
             match self.try_deliver::<A>(id, msg) {
@@ -446,12 +486,6 @@ impl Host {
         actor: &ActorKey,
         msg: Msg<A>,
     ) -> Result<(), TellError> {
-        if let Err(e) = self.check_local::<std::convert::Infallible>(A::KIND, &actor.id) {
-            return Err(TellError::Unbound {
-                actor: actor.clone(),
-                reason: e.to_string(),
-            });
-        }
         match self.try_deliver::<A>(&actor.id, msg) {
             Ok(TryDeliver::Sent) => Ok(()),
             Ok(TryDeliver::Full(..)) => Err(TellError::MailboxFull {

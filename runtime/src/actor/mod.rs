@@ -18,6 +18,7 @@ mod actor_ref;
 mod context;
 mod contract;
 pub(crate) mod host;
+pub(crate) mod remote;
 
 pub use actor_ref::{ActorRef, AskOptions};
 pub use context::Ctx;

@@ -4,10 +4,13 @@
 //! actor, is the unit of placement. The actor layer asks one question of this module —
 //! [`Placement::owner`] — and delivers locally when the answer is [`Owner::Local`]. On a single
 //! node every shard is local ([`LocalPlacement`]); the cluster supplies a placement read from
-//! the leader's shard map, and remote delivery, behind the same question.
+//! the leader's shard map, and [`remote`] delivery over NATS moves commands whose shard lives
+//! elsewhere.
 
 mod placement;
+pub mod remote;
 mod shard;
 
 pub use placement::{LocalPlacement, Owner, Placement};
+pub use remote::{Dispatch, OwnedShards, SendError, Transport};
 pub use shard::shard_of;

@@ -42,6 +42,7 @@ mod jetstream;
 mod memory;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub(crate) use jetstream::check_server_version;
 pub use jetstream::{JetStreamOptions, JetStreamStore, MIN_SERVER_VERSION, ReplayMode};
 pub use memory::MemoryStore;
 

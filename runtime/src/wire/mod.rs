@@ -9,8 +9,10 @@ pub mod codec;
 mod command_id;
 mod envelope;
 mod event_type;
+mod remote;
 
 pub use codec::CodecError;
 pub use command_id::CommandId;
 pub use envelope::{COMMIT_FORMAT, CommitRecord, EventData, EventEnvelope, now_ms};
 pub use event_type::event_type_name;
+pub use remote::{FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest};

@@ -1,0 +1,374 @@
+//! Commands that cross nodes: encoding them for the wire on the way out, and running the ones
+//! that arrive on the way in.
+//!
+//! Outbound, an ask whose shard another node owns becomes a [`RemoteRequest`] sent by the
+//! routing [`Transport`](crate::routing::Transport); the [`RemoteReply`] is turned back into the
+//! caller's `Result<A::Reply, AskError<A::Error>>`. Inbound, [`HostDispatch`] checks a frame —
+//! it decodes, names this namespace, a registered kind and a valid id, its shard matches its
+//! subject, and this node owns that shard — then runs it on the local actor exactly as a local
+//! ask. Refs inside the command are decoded bound to this node's runtime, so a handle that
+//! travelled in a message is usable at once.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::activation::{CallMeta, Envelope, Msg};
+use super::actor_ref::{ask_local, with_decode_host};
+use super::contract::Behavior;
+use super::host::Host;
+use crate::errors::{AskError, TellError};
+use crate::names::{ActorId, ActorKey};
+use crate::routing::{Dispatch, SendError, remote::actor_subject};
+use crate::wire::{FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, codec};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn request<A: Behavior>(
+    key: &ActorKey,
+    cmd: &A::Command,
+    meta: &CallMeta,
+    expects_reply: bool,
+) -> Result<Vec<u8>, codec::CodecError> {
+    RemoteRequest {
+        format: FRAME_FORMAT,
+        namespace: key.namespace.to_string(),
+        kind: A::KIND.to_owned(),
+        id: key.id.to_string(),
+        command_id: meta.command_id,
+        correlation_id: meta.correlation_id,
+        causation_id: meta.causation_id,
+        timeout_ms: meta
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64,
+        chain: meta.chain.clone(),
+        expects_reply,
+        command: codec::encode("command", cmd)?,
+    }
+    .encode()
+}
+
+/// Asks actor `key` in `shard`, owned by another node, over NATS.
+pub(crate) async fn ask<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    shard: u32,
+    cmd: A::Command,
+    meta: CallMeta,
+) -> Result<A::Reply, AskError<A::Error>> {
+    let Some(transport) = host.transport.as_ref() else {
+        return Err(AskError::Unavailable(format!(
+            "shard {shard} is not served here and this runtime has no cluster transport"
+        )));
+    };
+    let frame = request::<A>(key, &cmd, &meta, true)?;
+    let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
+    match transport.request(subject, frame, meta.deadline).await {
+        Ok(RemoteReply::Ok { reply }) => {
+            with_decode_host(host, || codec::decode("reply", &reply)).map_err(AskError::Codec)
+        }
+        Ok(RemoteReply::Err(e)) => Err(from_remote::<A>(host, key, e, &meta)),
+        Err(SendError::Unreachable(_)) => Err(AskError::Timeout {
+            after: meta.timeout,
+        }),
+        Err(SendError::NoReply(reason)) => Err(AskError::OutcomeUnknown {
+            command_id: meta.command_id,
+            reason,
+        }),
+        Err(SendError::Unavailable(reason)) => Err(AskError::Unavailable(reason)),
+    }
+}
+
+/// Tells actor `key` in `shard`, owned by another node: published, not awaited.
+pub(crate) fn tell<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    shard: u32,
+    cmd: A::Command,
+    meta: Option<CallMeta>,
+) -> Result<(), TellError> {
+    let Some(transport) = host.transport.clone() else {
+        return Err(TellError::Unbound {
+            actor: key.clone(),
+            reason: format!("shard {shard} is not served here and there is no cluster transport"),
+        });
+    };
+    let meta = meta.unwrap_or_else(|| {
+        let command_id = crate::wire::CommandId::random();
+        CallMeta {
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            deadline: Instant::now() + host.config.ask_timeout,
+            timeout: host.config.ask_timeout,
+            chain: Vec::new(),
+        }
+    });
+    let frame = request::<A>(key, &cmd, &meta, false).map_err(|e| TellError::Unbound {
+        actor: key.clone(),
+        reason: e.to_string(),
+    })?;
+    let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
+    host.tokio.spawn(async move {
+        if let Err(e) = transport.publish(subject, frame).await {
+            tracing::debug!(error = ?e, "tell not sent");
+        }
+    });
+    Ok(())
+}
+
+fn from_remote<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    e: RemoteError,
+    meta: &CallMeta,
+) -> AskError<A::Error> {
+    match e {
+        RemoteError::Rejected { error } => {
+            match with_decode_host(host, || codec::decode::<A::Error>("actor error", &error)) {
+                Ok(error) => AskError::Rejected(error),
+                Err(e) => AskError::Codec(e),
+            }
+        }
+        RemoteError::VersionConflict {
+            expected, actual, ..
+        } => AskError::Unavailable(format!(
+            "version conflict on the owning node (expected {expected}, actual {actual}); retry"
+        )),
+        RemoteError::Timeout => AskError::Timeout {
+            after: meta.timeout,
+        },
+        RemoteError::OutcomeUnknown { reason } => AskError::OutcomeUnknown {
+            command_id: meta.command_id,
+            reason,
+        },
+        RemoteError::Unavailable { reason } => AskError::Unavailable(reason),
+        RemoteError::Codec { reason } => AskError::Codec(codec::CodecError {
+            what: "remote frame",
+            reason,
+        }),
+        RemoteError::InvalidName { reason } | RemoteError::BadFrame { reason } => {
+            AskError::Codec(codec::CodecError {
+                what: "remote frame",
+                reason,
+            })
+        }
+        RemoteError::UnknownKind { kind } => AskError::UnknownKind { kind },
+        RemoteError::HandlerPanicked { message } => AskError::HandlerPanicked {
+            actor: key.clone(),
+            message,
+        },
+        RemoteError::ActivationFailed { reason } => AskError::Unavailable(reason),
+        RemoteError::CallCycle { chain } => AskError::CallCycle { chain },
+        RemoteError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
+        // The transport retries NotOwner until the deadline; seeing it here means time ran out.
+        RemoteError::NotOwner { .. } => AskError::Timeout {
+            after: meta.timeout,
+        },
+        RemoteError::WrongNamespace { expected, found } => AskError::Unbound {
+            actor: key.clone(),
+            reason: format!("the receiving node serves namespace {expected}, not {found}"),
+        },
+        RemoteError::Shutdown => AskError::Unavailable("the owning node is shutting down".into()),
+    }
+}
+
+fn to_remote<E: serde::Serialize>(e: AskError<E>) -> RemoteError {
+    match e {
+        AskError::Rejected(error) => match codec::encode("actor error", &error) {
+            Ok(error) => RemoteError::Rejected { error },
+            Err(e) => RemoteError::Codec {
+                reason: e.to_string(),
+            },
+        },
+        AskError::VersionConflict {
+            actor,
+            expected,
+            actual,
+        } => RemoteError::VersionConflict {
+            actor: actor.to_string(),
+            expected,
+            actual,
+        },
+        AskError::Timeout { .. } => RemoteError::Timeout,
+        AskError::OutcomeUnknown { reason, .. } => RemoteError::OutcomeUnknown { reason },
+        AskError::Unavailable(reason) => RemoteError::Unavailable { reason },
+        AskError::Codec(e) => RemoteError::Codec {
+            reason: e.to_string(),
+        },
+        AskError::InvalidName(e) => RemoteError::InvalidName {
+            reason: e.to_string(),
+        },
+        AskError::UnknownKind { kind } => RemoteError::UnknownKind { kind },
+        AskError::HandlerPanicked { message, .. } => RemoteError::HandlerPanicked { message },
+        AskError::ActivationFailed { reason, .. } => RemoteError::ActivationFailed { reason },
+        AskError::CallCycle { chain } => RemoteError::CallCycle { chain },
+        AskError::TooLarge { size, limit } => RemoteError::TooLarge { size, limit },
+        AskError::Unbound { reason, .. } => RemoteError::Unavailable { reason },
+        AskError::Shutdown => RemoteError::Shutdown,
+    }
+}
+
+/// Runs inbound commands of one kind.
+pub(crate) trait RemoteKind: Send + Sync {
+    /// Runs `request` on the local actor; `None` for a tell.
+    fn run(
+        &self,
+        host: Arc<Host>,
+        key: ActorKey,
+        request: RemoteRequest,
+    ) -> BoxFuture<Option<RemoteReply>>;
+}
+
+/// The [`RemoteKind`] of actor type `A`.
+pub(crate) struct KindRemote<A>(PhantomData<fn() -> A>);
+
+impl<A> KindRemote<A> {
+    pub fn new() -> Self {
+        KindRemote(PhantomData)
+    }
+}
+
+impl<A: Behavior> RemoteKind for KindRemote<A> {
+    fn run(
+        &self,
+        host: Arc<Host>,
+        key: ActorKey,
+        request: RemoteRequest,
+    ) -> BoxFuture<Option<RemoteReply>> {
+        Box::pin(async move {
+            let cmd: A::Command =
+                match with_decode_host(&host, || codec::decode("command", &request.command)) {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        return request.expects_reply.then(|| {
+                            RemoteReply::Err(RemoteError::Codec {
+                                reason: e.to_string(),
+                            })
+                        });
+                    }
+                };
+            let timeout = Duration::from_millis(request.timeout_ms);
+            let meta = CallMeta {
+                command_id: request.command_id,
+                correlation_id: request.correlation_id,
+                causation_id: request.causation_id,
+                deadline: Instant::now() + timeout,
+                timeout,
+                chain: request.chain,
+            };
+            if !request.expects_reply {
+                let msg = Msg::Command(Box::new(Envelope {
+                    cmd,
+                    meta,
+                    reply: None,
+                }));
+                if let Err(e) = host.deliver_now::<A>(&key, msg) {
+                    tracing::debug!(error = %e, "remote tell dropped");
+                }
+                return None;
+            }
+            Some(match ask_local::<A>(&host, &key, cmd, meta).await {
+                Ok(reply) => match codec::encode("reply", &reply) {
+                    Ok(reply) => RemoteReply::Ok { reply },
+                    Err(e) => RemoteReply::Err(RemoteError::Codec {
+                        reason: e.to_string(),
+                    }),
+                },
+                Err(e) => RemoteReply::Err(to_remote(e)),
+            })
+        })
+    }
+}
+
+/// The inbound side, handed to routing's shard subscriptions.
+pub(crate) struct HostDispatch(pub Weak<Host>);
+
+impl HostDispatch {
+    fn check(
+        host: &Arc<Host>,
+        shard: u32,
+        request: &RemoteRequest,
+    ) -> Result<ActorKey, RemoteError> {
+        if host.shutting_down.load(Ordering::Acquire) {
+            return Err(RemoteError::Shutdown);
+        }
+        if request.namespace != host.namespace.as_str() {
+            return Err(RemoteError::WrongNamespace {
+                expected: host.namespace.to_string(),
+                found: request.namespace.clone(),
+            });
+        }
+        let Some(info) = host.kinds.iter().find(|k| k.name == request.kind) else {
+            return Err(RemoteError::UnknownKind {
+                kind: request.kind.clone(),
+            });
+        };
+        let id = ActorId::new(&request.id).map_err(|e| RemoteError::InvalidName {
+            reason: e.to_string(),
+        })?;
+        let expected = host.shard_of(info.name, &id);
+        if expected != shard {
+            return Err(RemoteError::BadFrame {
+                reason: format!(
+                    "{}/{} belongs to shard {expected}, but arrived on the subject of shard {shard}",
+                    request.kind, request.id
+                ),
+            });
+        }
+        if !host.owns(shard) {
+            return Err(RemoteError::NotOwner { shard });
+        }
+        Ok(ActorKey::new(host.namespace.clone(), info.kind.clone(), id))
+    }
+}
+
+impl Dispatch for HostDispatch {
+    fn handle(&self, shard: u32, payload: Bytes) -> BoxFuture<Option<Vec<u8>>> {
+        let host = self.0.upgrade();
+        Box::pin(async move {
+            let Some(host) = host else {
+                return Some(RemoteReply::Err(RemoteError::Shutdown).encode());
+            };
+            let request = match RemoteRequest::decode(&payload) {
+                Ok(request) => request,
+                Err(e) => {
+                    // Answer even an undecodable frame: its sender may be waiting.
+                    return Some(
+                        RemoteReply::Err(RemoteError::BadFrame {
+                            reason: e.to_string(),
+                        })
+                        .encode(),
+                    );
+                }
+            };
+            let expects_reply = request.expects_reply;
+            let key = match HostDispatch::check(&host, shard, &request) {
+                Ok(key) => key,
+                Err(e) => return expects_reply.then(|| RemoteReply::Err(e).encode()),
+            };
+            let kind = host
+                .kinds
+                .iter()
+                .find(|k| k.name == request.kind)
+                .map(|k| Arc::clone(&k.remote));
+            let kind = kind?;
+            kind.run(Arc::clone(&host), key, request)
+                .await
+                .map(|reply| reply.encode())
+        })
+    }
+
+    fn shards_lost(&self, shards: &[u32]) {
+        if let Some(host) = self.0.upgrade() {
+            host.passivate_shards(shards);
+        }
+    }
+}

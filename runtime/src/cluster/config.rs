@@ -1,0 +1,113 @@
+//! Cluster settings.
+
+use std::time::Duration;
+
+/// How a node joins a cluster. Build with [`ClusterConfig::new`].
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs, comma-separated.
+    pub urls: String,
+    /// The namespace (one cluster of runtimes per namespace).
+    pub namespace: String,
+    /// This node's id: unique in the cluster, `[A-Za-z0-9_-]{1,64}`. Default: `node-<random>`.
+    pub node_id: String,
+    /// How often a node heartbeats (default 1 s). The leader ticks at the same rate.
+    pub heartbeat: Duration,
+    /// A node silent for this long is declared failed (default 3 s).
+    pub failure_timeout: Duration,
+    /// Leader lease length (default 3 s). The leader renews every third of it and stops acting
+    /// when a renewal is overdue by more than two thirds.
+    pub lease: Duration,
+    /// Replicas of the cluster's streams and buckets (1; 3 on a 3-server NATS cluster).
+    pub replicas: usize,
+    /// How long `join_cluster` waits for the first shard map that includes this node.
+    pub join_timeout: Duration,
+    /// Capacity advertised in the node registry (relative weight; informational for now).
+    pub capacity: u32,
+}
+
+impl ClusterConfig {
+    /// A node of namespace `namespace` on the NATS servers at `urls`.
+    pub fn new(urls: impl Into<String>, namespace: impl Into<String>) -> Self {
+        ClusterConfig {
+            urls: urls.into(),
+            namespace: namespace.into(),
+            node_id: format!(
+                "node-{:08x}",
+                crate::wire::CommandId::random().as_u128() as u32
+            ),
+            heartbeat: Duration::from_secs(1),
+            failure_timeout: Duration::from_secs(3),
+            lease: Duration::from_secs(3),
+            replicas: 1,
+            join_timeout: Duration::from_secs(30),
+            capacity: 1,
+        }
+    }
+
+    /// Sets the node id.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = id.into();
+        self
+    }
+
+    /// Sets the heartbeat interval.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Sets the failure timeout.
+    pub fn failure_timeout(mut self, timeout: Duration) -> Self {
+        self.failure_timeout = timeout;
+        self
+    }
+
+    /// Sets the leader lease length.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets the replicas of the cluster's streams and buckets.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Reads `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_REPLICAS`,
+    /// `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS` (for binaries).
+    pub fn from_env() -> Result<Self, String> {
+        let get = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+        let urls = get("AETHER_NATS_URL").ok_or("AETHER_NATS_URL is not set")?;
+        let namespace = get("AETHER_NAMESPACE").unwrap_or_else(|| "default".into());
+        let mut config = ClusterConfig::new(urls, namespace);
+        if let Some(id) = get("AETHER_NODE_ID") {
+            config.node_id = id;
+        }
+        let ms = |n: &str| -> Result<Option<Duration>, String> {
+            get(n)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map(Duration::from_millis)
+                        .map_err(|_| format!("{n}={v:?} is not a number of milliseconds"))
+                })
+                .transpose()
+        };
+        if let Some(d) = ms("AETHER_HEARTBEAT_MS")? {
+            config.heartbeat = d;
+        }
+        if let Some(d) = ms("AETHER_FAILURE_TIMEOUT_MS")? {
+            config.failure_timeout = d;
+        }
+        if let Some(d) = ms("AETHER_LEASE_MS")? {
+            config.lease = d;
+        }
+        if let Some(r) = get("AETHER_REPLICAS") {
+            config.replicas = r
+                .parse()
+                .map_err(|_| format!("AETHER_REPLICAS={r:?} is not a number"))?;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,45 @@
+//! Cluster events: what a node observes about the cluster, as it happens.
+
+/// Something that happened in the cluster, as seen by this node. Subscribe with
+/// `Cluster::events`; each event is also logged through `tracing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A node registered.
+    NodeJoined {
+        /// The node.
+        node: String,
+    },
+    /// A node left gracefully.
+    NodeLeft {
+        /// The node.
+        node: String,
+    },
+    /// The leader declared a node failed (no heartbeat for the failure timeout).
+    NodeFailed {
+        /// The node.
+        node: String,
+    },
+    /// A node became leader.
+    LeaderElected {
+        /// The new leader.
+        node: String,
+        /// Its term (the fencing token of everything it writes).
+        term: u64,
+    },
+    /// This node stopped being leader (lease lost or not renewed in time).
+    LeadershipLost {
+        /// This node.
+        node: String,
+        /// The term it held.
+        term: u64,
+    },
+    /// A shard got a new owner in a published map.
+    ShardAssigned {
+        /// The shard.
+        shard: u32,
+        /// Its owner.
+        node: String,
+        /// The map's epoch.
+        epoch: u64,
+    },
+}

@@ -1,0 +1,879 @@
+//! The cluster: membership, the leader lease, the shard map — who owns which shard.
+//!
+//! A node joins by connecting to NATS, writing its [`NodeRecord`] to the registry and
+//! heartbeating. All coordination state lives in three KV buckets of the namespace:
+//!
+//! | bucket | key | written by | holds |
+//! |---|---|---|---|
+//! | `<ns>_nodes` | node id | each node, every heartbeat | [`NodeRecord`] |
+//! | `<ns>_leader` | `leader` | the leader, every heartbeat | the lease: node and term |
+//! | `<ns>_shards` | `map` | the leader, by compare-and-set | the [`ShardMap`] |
+//!
+//! # Leader lease
+//!
+//! The leader bucket's `max_age` is the lease length, with limit markers, so a lease that is not
+//! renewed expires on the server and watchers see a `Purge`. Nodes acquire the lease with
+//! `create` (which fails while it exists) and the leader renews it with `update` on the last
+//! revision. The revision of the successful `create` is the **term**: it only grows, and the
+//! leader writes it into everything it publishes. A leader acts only while its last successful
+//! renewal is less than two thirds of a lease old, so it stops acting before the server can
+//! expire its lease and elect another; a leader that was paused (SIGSTOP) past its lease finds,
+//! when resumed, that it must not act — and if it tried, the map's compare-and-set and its term
+//! check would refuse it.
+//!
+//! # Failure detection and the shard map
+//!
+//! Every node watches the registry and notes when each record last changed, by its own clock.
+//! Each heartbeat, the leader declares nodes silent for the failure timeout `Failed`, and when
+//! the set of alive nodes differs from the current map's, publishes a new map (epoch + 1,
+//! its term) computed by [`assignment`] — every shard assigned, each to an alive node. Nodes
+//! watch the map; [`Cluster::owned_shards`] tells routing which shards to serve.
+
+mod assignment;
+mod config;
+mod events;
+mod membership;
+mod shard_map;
+mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use assignment::assign;
+pub use config::ClusterConfig;
+pub use events::ClusterEvent;
+pub use membership::{NodeRecord, NodeStatus};
+pub use shard_map::ShardMap;
+pub use view::{ClusterView, LeaderInfo};
+
+use self::membership::{Change, Registry};
+use crate::names::{NameKind, Namespace, validate_name};
+use crate::routing::{OwnedShards, Owner, Placement, shard_of};
+use crate::wire::codec;
+
+const LEADER_KEY: &str = "leader";
+const MAP_KEY: &str = "map";
+
+/// The lease record stored under [`LEADER_KEY`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LeaderRecord {
+    pub node: String,
+    pub term: u64,
+}
+
+/// This node's lease while it is leader.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    term: u64,
+    revision: u64,
+    renewed_at: Instant,
+}
+
+/// Where an actor lives, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The actor's shard: `shard_of(namespace, kind, id)`.
+    pub shard: u32,
+    /// The shard's owner in the current map (`None` before the first map).
+    pub owner: Option<String>,
+    /// The epoch of that map.
+    pub epoch: u64,
+    /// A sentence saying why.
+    pub reason: String,
+}
+
+/// A node as seen in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node's record.
+    pub record: NodeRecord,
+    /// How long ago this node last heard from it.
+    pub last_heard: Duration,
+}
+
+struct Buckets {
+    nodes: kv::Store,
+    leader: kv::Store,
+    shards: kv::Store,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    namespace: Namespace,
+    shard_count: u32,
+    client: async_nats::Client,
+    buckets: Buckets,
+    started_ms: u64,
+    beat: AtomicU64,
+    leaving: AtomicBool,
+    registry: Mutex<Registry>,
+    map: RwLock<Option<Arc<ShardMap>>>,
+    leader: RwLock<Option<LeaderInfo>>,
+    lease: Mutex<Option<Lease>>,
+    events: broadcast::Sender<ClusterEvent>,
+    owned: watch::Sender<Arc<OwnedShards>>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// This node's membership in the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Connects to the NATS servers at `urls` (comma-separated).
+pub(crate) async fn connect(
+    urls: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<async_nats::Client, String> {
+    let servers: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| failed(&format!("cannot connect to {urls}"), e))
+}
+
+/// Opens a bucket, creating it if needed; retries until `deadline` (a fresh NATS cluster may
+/// still be electing its JetStream meta leader).
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    config: kv::Config,
+    deadline: Instant,
+) -> Result<kv::Store, String> {
+    loop {
+        let attempt = match js.get_key_value(config.bucket.clone()).await {
+            Ok(store) => Ok(store),
+            Err(_) => js
+                .create_key_value(config.clone())
+                .await
+                .map_err(|e| failed(&format!("cannot open bucket {}", config.bucket), e)),
+        };
+        match attempt {
+            Ok(store) => return Ok(store),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: opens the coordination buckets, registers this node, starts
+    /// heartbeats, the leader election and the map watch, and waits (up to the join timeout)
+    /// for a shard map that includes this node.
+    pub async fn join(
+        config: ClusterConfig,
+        client: async_nats::Client,
+        shard_count: u32,
+    ) -> Result<Cluster, String> {
+        let namespace = Namespace::new(&config.namespace).map_err(|e| e.to_string())?;
+        validate_name(NameKind::NodeId, &config.node_id).map_err(|e| e.to_string())?;
+        crate::store::check_server_version(&client.server_info().version)
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + config.join_timeout;
+        let js = async_nats::jetstream::new(client.clone());
+        let replicas = config.replicas.max(1);
+        let nodes = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{namespace}_nodes"),
+                history: 1,
+                max_age: config.failure_timeout * 10,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            deadline,
+        )
+        .await?;
+        let leader = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{namespace}_leader"),
+                history: 1,
+                max_age: config.lease,
+                limit_markers: Some(config.lease),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            deadline,
+        )
+        .await?;
+        let shards = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{namespace}_shards"),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            deadline,
+        )
+        .await?;
+        let (owned, _) = watch::channel(Arc::new(OwnedShards::default()));
+        let (stop, _) = watch::channel(false);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                namespace,
+                shard_count,
+                client,
+                buckets: Buckets {
+                    nodes,
+                    leader,
+                    shards,
+                },
+                started_ms: crate::wire::now_ms(),
+                beat: AtomicU64::new(0),
+                leaving: AtomicBool::new(false),
+                registry: Mutex::new(Registry::default()),
+                map: RwLock::new(None),
+                leader: RwLock::new(None),
+                lease: Mutex::new(None),
+                events: broadcast::channel(4096).0,
+                owned,
+                stop,
+                tasks: Mutex::new(Vec::new()),
+                config,
+            }),
+        };
+        cluster
+            .inner
+            .heartbeat()
+            .await
+            .map_err(|e| failed("cannot register", e))?;
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&cluster.inner).heartbeats()),
+            tokio::spawn(Arc::clone(&cluster.inner).watch_registry()),
+            tokio::spawn(Arc::clone(&cluster.inner).watch_map()),
+            tokio::spawn(Arc::clone(&cluster.inner).elect()),
+        ];
+        cluster.inner.tasks.lock().extend(tasks);
+        let me = cluster.inner.config.node_id.clone();
+        let mut owned = cluster.inner.owned.subscribe();
+        loop {
+            if let Some(map) = cluster.shard_map() {
+                if map.shard_count() != shard_count {
+                    cluster.stop();
+                    return Err(format!(
+                        "the cluster uses {} shards, this node is configured for {shard_count}",
+                        map.shard_count()
+                    ));
+                }
+                if map.nodes.contains(&me) {
+                    break;
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                cluster.stop();
+                return Err(format!(
+                    "no shard map including node {me} within {:?}",
+                    cluster.inner.config.join_timeout
+                ));
+            }
+            let _ =
+                tokio::time::timeout(remaining.min(Duration::from_millis(100)), owned.changed())
+                    .await;
+        }
+        tracing::info!(node = %me, namespace = %cluster.inner.namespace, "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// The current leader as this node knows it.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.inner.leader.read().clone()
+    }
+
+    /// Whether this node holds the lease and may act as leader right now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.acting_term().is_some()
+    }
+
+    /// The nodes in the registry, as this node sees them.
+    pub fn topology(&self) -> Vec<NodeView> {
+        let now = Instant::now();
+        self.inner
+            .registry
+            .lock()
+            .nodes
+            .values()
+            .map(|s| NodeView {
+                record: s.record.clone(),
+                last_heard: now.duration_since(s.at),
+            })
+            .collect()
+    }
+
+    /// The latest shard map this node has seen.
+    pub fn shard_map(&self) -> Option<Arc<ShardMap>> {
+        self.inner.map.read().clone()
+    }
+
+    /// Where actor `id` of `kind` lives, and why.
+    pub fn locate(&self, kind: &str, id: &str) -> Location {
+        let shard = shard_of(
+            self.inner.namespace.as_str(),
+            kind,
+            id,
+            self.inner.shard_count,
+        );
+        let map = self.shard_map();
+        let owner = map.as_ref().and_then(|m| m.owner(shard)).map(str::to_owned);
+        let epoch = map.as_ref().map_or(0, |m| m.epoch);
+        let reason = match &owner {
+            Some(node) => format!(
+                "{kind}/{id} hashes to shard {shard} of {}; the map of epoch {epoch} (term {}) \
+                 assigns shard {shard} to {node}, the alive node with the highest rendezvous \
+                 weight for it",
+                self.inner.shard_count,
+                map.as_ref().map_or(0, |m| m.term)
+            ),
+            None => format!("{kind}/{id} hashes to shard {shard}; no shard map is published yet"),
+        };
+        Location {
+            shard,
+            owner,
+            epoch,
+            reason,
+        }
+    }
+
+    /// Subscribes to cluster events from now on.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The shards this node owns, updated with every map (for routing).
+    pub fn owned_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
+        self.inner.owned.subscribe()
+    }
+
+    /// The placement view routing asks "who owns this shard".
+    pub fn placement(&self) -> Arc<dyn Placement> {
+        Arc::new(ClusterPlacement {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// Leaves gracefully: marks this node `Leaving`, lets the leader (or itself, when leader)
+    /// publish a map without it, resigns the lease, and stops. Waits at most `timeout` for the
+    /// map without it.
+    pub async fn leave(&self, timeout: Duration) {
+        let inner = &self.inner;
+        inner.leaving.store(true, Ordering::Release);
+        let _ = inner.heartbeat().await;
+        let me = inner.config.node_id.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if inner.acting_term().is_some() {
+                inner.lead().await;
+            }
+            // Done when a map without this node is out, or when no one else could take over.
+            let gone = self
+                .shard_map()
+                .is_none_or(|m| !m.nodes.contains(&me) || m.nodes.len() == 1);
+            if gone || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        inner.resign().await;
+        self.stop();
+        let _ = inner.buckets.nodes.delete(&me).await;
+        tracing::info!(node = %me, "left the cluster");
+    }
+
+    /// Stops every background task at once (what a crash looks like to the others, minus the
+    /// lease: a lease still held is resigned).
+    pub fn stop(&self) {
+        let _ = self.inner.stop.send(true);
+        for task in self.inner.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.inner.config.node_id)
+            .field("namespace", &self.inner.namespace)
+            .finish()
+    }
+}
+
+struct ClusterPlacement {
+    inner: Arc<Inner>,
+}
+
+impl Placement for ClusterPlacement {
+    fn owner(&self, shard: u32) -> Owner {
+        let map = self.inner.map.read();
+        match map.as_ref().and_then(|m| m.owner(shard)) {
+            Some(node) if node == self.inner.config.node_id => Owner::Local,
+            Some(node) => Owner::Remote(node.to_owned()),
+            None => Owner::Unassigned,
+        }
+    }
+}
+
+impl Inner {
+    fn emit(&self, event: ClusterEvent) {
+        tracing::info!(node = %self.config.node_id, ?event, "cluster event");
+        let _ = self.events.send(event);
+    }
+
+    fn record(&self, status: membership::NodeStatus) -> NodeRecord {
+        NodeRecord {
+            node: self.config.node_id.clone(),
+            started_ms: self.started_ms,
+            capacity: self.config.capacity,
+            status,
+            beat: self.beat.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    async fn heartbeat(&self) -> Result<(), String> {
+        let status = if self.leaving.load(Ordering::Acquire) {
+            NodeStatus::Leaving
+        } else {
+            NodeStatus::Alive
+        };
+        let bytes =
+            codec::encode("node record", &self.record(status)).map_err(|e| e.to_string())?;
+        self.buckets
+            .nodes
+            .put(&self.config.node_id, Bytes::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn heartbeats(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn watch_registry(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let mut entries = match self.buckets.nodes.watch_with_history(">").await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the node registry; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    e = entries.next() => e,
+                    _ = stop.changed() => return,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let change = match entry.operation {
+                    kv::Operation::Put => {
+                        match codec::decode::<NodeRecord>("node record", &entry.value) {
+                            Ok(record) => self.registry.lock().put(record, Instant::now()),
+                            Err(e) => {
+                                tracing::warn!(key = %entry.key, error = %e, "undecodable node record ignored");
+                                None
+                            }
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        self.registry.lock().remove(&entry.key)
+                    }
+                };
+                match change {
+                    Some(Change::Joined(node)) => self.emit(ClusterEvent::NodeJoined { node }),
+                    Some(Change::Left(node)) => self.emit(ClusterEvent::NodeLeft { node }),
+                    Some(Change::Failed(node)) => self.emit(ClusterEvent::NodeFailed { node }),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    async fn watch_map(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let mut entries = match self.buckets.shards.watch_with_history(MAP_KEY).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the shard map; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    e = entries.next() => e,
+                    _ = stop.changed() => return,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
+                match ShardMap::decode(&entry.value) {
+                    Ok(map) => self.adopt(map),
+                    Err(e) => tracing::error!(error = %e, "undecodable shard map ignored"),
+                }
+            }
+        }
+    }
+
+    /// Takes a newly published map: newer epochs only, never a lower term.
+    fn adopt(&self, map: ShardMap) {
+        let previous = self.map.read().clone();
+        if let Some(prev) = &previous
+            && (map.epoch <= prev.epoch || map.term < prev.term)
+        {
+            return;
+        }
+        let map = Arc::new(map);
+        *self.map.write() = Some(Arc::clone(&map));
+        for shard in 0..map.shard_count() {
+            let new = map.owner(shard);
+            let old = previous.as_ref().and_then(|p| p.owner(shard));
+            if let Some(node) = new
+                && old != new
+            {
+                let _ = self.events.send(ClusterEvent::ShardAssigned {
+                    shard,
+                    node: node.to_owned(),
+                    epoch: map.epoch,
+                });
+            }
+        }
+        tracing::info!(epoch = map.epoch, term = map.term, nodes = ?map.nodes, "shard map adopted");
+        let mine = map.shards_of(&self.config.node_id).into_iter().collect();
+        let _ = self.owned.send(Arc::new(OwnedShards {
+            epoch: map.epoch,
+            shards: mine,
+        }));
+    }
+
+    /// The term this node may act under right now, if it is leader.
+    fn acting_term(&self) -> Option<u64> {
+        let lease = (*self.lease.lock())?;
+        let valid_for = self.config.lease * 2 / 3;
+        (Instant::now() < lease.renewed_at + valid_for).then_some(lease.term)
+    }
+
+    async fn elect(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        let mut changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(_) = async {
+                    match changes.as_mut() {
+                        Some(w) => w.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = stop.changed() => return,
+            }
+            self.step().await;
+        }
+    }
+
+    /// One round of the election: renew or acquire the lease, then lead if allowed.
+    async fn step(&self) {
+        let lease = *self.lease.lock();
+        match lease {
+            Some(lease) => self.renew(lease).await,
+            None => self.acquire().await,
+        }
+        if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
+            self.lead().await;
+        }
+    }
+
+    fn leader_bytes(&self, term: u64) -> Bytes {
+        Bytes::from(
+            codec::encode(
+                "leader record",
+                &LeaderRecord {
+                    node: self.config.node_id.clone(),
+                    term,
+                },
+            )
+            .unwrap_or_default(),
+        )
+    }
+
+    async fn acquire(&self) {
+        let sent = Instant::now();
+        match self
+            .buckets
+            .leader
+            .create(LEADER_KEY, self.leader_bytes(0))
+            .await
+        {
+            Ok(term) => {
+                // Record the term in the value, so readers see it.
+                match self
+                    .buckets
+                    .leader
+                    .update(LEADER_KEY, self.leader_bytes(term), term)
+                    .await
+                {
+                    Ok(revision) => {
+                        *self.lease.lock() = Some(Lease {
+                            term,
+                            revision,
+                            renewed_at: sent,
+                        });
+                        *self.leader.write() = Some(LeaderInfo {
+                            node: self.config.node_id.clone(),
+                            term,
+                        });
+                        self.emit(ClusterEvent::LeaderElected {
+                            node: self.config.node_id.clone(),
+                            term,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "won the lease but could not record the term")
+                    }
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(entry)) = self.buckets.leader.entry(LEADER_KEY).await
+                    && entry.operation == kv::Operation::Put
+                    && let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value)
+                {
+                    let info = LeaderInfo {
+                        term: if record.term == 0 {
+                            entry.revision
+                        } else {
+                            record.term
+                        },
+                        node: record.node,
+                    };
+                    let changed = self.leader.read().as_ref() != Some(&info);
+                    if changed {
+                        *self.leader.write() = Some(info.clone());
+                        self.emit(ClusterEvent::LeaderElected {
+                            node: info.node,
+                            term: info.term,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, lease: Lease) {
+        let sent = Instant::now();
+        match self
+            .buckets
+            .leader
+            .update(LEADER_KEY, self.leader_bytes(lease.term), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                *self.lease.lock() = Some(Lease {
+                    revision,
+                    renewed_at: sent,
+                    ..lease
+                });
+            }
+            Err(e) => {
+                let lost = matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
+                    || sent.duration_since(lease.renewed_at) >= self.config.lease * 2 / 3;
+                if lost {
+                    self.lose(lease.term);
+                } else {
+                    tracing::warn!(error = %e, "lease renewal failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn lose(&self, term: u64) {
+        if self.lease.lock().take().is_some() {
+            self.emit(ClusterEvent::LeadershipLost {
+                node: self.config.node_id.clone(),
+                term,
+            });
+        }
+    }
+
+    async fn resign(&self) {
+        let lease = self.lease.lock().take();
+        if let Some(lease) = lease {
+            let _ = self
+                .buckets
+                .leader
+                .delete_expect_revision(LEADER_KEY, Some(lease.revision))
+                .await;
+            self.emit(ClusterEvent::LeadershipLost {
+                node: self.config.node_id.clone(),
+                term: lease.term,
+            });
+        }
+    }
+
+    /// The leader's duties for one tick: declare silent nodes failed, publish a new map when
+    /// the alive set changed.
+    async fn lead(&self) {
+        let Some(term) = self.acting_term() else {
+            return;
+        };
+        let now = Instant::now();
+        let timeout = self.config.failure_timeout;
+        let (silent, mut alive) = {
+            let registry = self.registry.lock();
+            (registry.silent(now, timeout), registry.alive(now, timeout))
+        };
+        for mut record in silent {
+            if record.node == self.config.node_id {
+                continue;
+            }
+            record.status = NodeStatus::Failed;
+            if let Ok(bytes) = codec::encode("node record", &record) {
+                let _ = self
+                    .buckets
+                    .nodes
+                    .put(&record.node, Bytes::from(bytes))
+                    .await;
+            }
+        }
+        let me = &self.config.node_id;
+        if self.leaving.load(Ordering::Acquire) {
+            alive.retain(|n| n != me);
+        } else if !alive.contains(me) {
+            alive.push(me.clone());
+        }
+        alive.sort();
+        if alive.is_empty() {
+            return;
+        }
+        let current = self.map.read().clone();
+        if current
+            .as_ref()
+            .is_some_and(|m| m.nodes == alive && m.shard_count() == self.shard_count)
+        {
+            return;
+        }
+        if let Err(e) = self.publish(term, &alive).await {
+            tracing::warn!(error = %e, "shard map not published");
+        }
+    }
+
+    /// Writes a new map, fenced: the lease must still be valid and still ours, and the map is
+    /// replaced by compare-and-set only if its term is not higher than ours.
+    async fn publish(&self, term: u64, alive: &[String]) -> Result<(), String> {
+        if self.acting_term() != Some(term) {
+            return Err("lease no longer valid".into());
+        }
+        let holder = self
+            .buckets
+            .leader
+            .entry(LEADER_KEY)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| codec::decode::<LeaderRecord>("leader record", &e.value).ok());
+        if !holder.is_some_and(|h| h.node == self.config.node_id && h.term == term) {
+            self.lose(term);
+            return Err("the lease belongs to someone else".into());
+        }
+        let entry = self
+            .buckets
+            .shards
+            .entry(MAP_KEY)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|e| e.operation == kv::Operation::Put);
+        let (epoch, revision) = match &entry {
+            Some(e) => {
+                let current = ShardMap::decode(&e.value).map_err(|e| e.to_string())?;
+                if current.term > term {
+                    self.lose(term);
+                    return Err(format!(
+                        "the map was written by a newer term {} (ours {term})",
+                        current.term
+                    ));
+                }
+                (current.epoch + 1, Some(e.revision))
+            }
+            None => (1, None),
+        };
+        let map = ShardMap::compute(alive, self.shard_count, epoch, term);
+        let bytes = Bytes::from(map.encode().map_err(|e| e.to_string())?);
+        let written = match revision {
+            Some(r) => self
+                .buckets
+                .shards
+                .update(MAP_KEY, bytes, r)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => self
+                .buckets
+                .shards
+                .create(MAP_KEY, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        written?;
+        tracing::info!(epoch, term, nodes = ?alive, "published shard map");
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! [`ClusterView`]: read the cluster's state from NATS without joining it (tools, tests).
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+
+use super::{LEADER_KEY, LeaderRecord, MAP_KEY, NodeRecord, ShardMap};
+use crate::names::Namespace;
+use crate::wire::codec;
+
+/// The leader: its node id and term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The node holding the lease.
+    pub node: String,
+    /// The lease's term: grows with every new leader.
+    pub term: u64,
+}
+
+/// A read-only view of a namespace's cluster state, straight from its KV buckets.
+pub struct ClusterView {
+    nodes: kv::Store,
+    leader: kv::Store,
+    shards: kv::Store,
+}
+
+impl ClusterView {
+    /// Connects to `urls` and opens the buckets of `namespace` (they must exist: some node
+    /// has joined).
+    pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, String> {
+        let namespace = Namespace::new(namespace).map_err(|e| e.to_string())?;
+        let client = super::connect(urls, "aether-view", Duration::from_secs(5)).await?;
+        let js = async_nats::jetstream::new(client);
+        let open = |name: String| {
+            let js = js.clone();
+            async move {
+                js.get_key_value(name.clone())
+                    .await
+                    .map_err(|e| format!("bucket {name}: {e}"))
+            }
+        };
+        Ok(ClusterView {
+            nodes: open(format!("{namespace}_nodes")).await?,
+            leader: open(format!("{namespace}_leader")).await?,
+            shards: open(format!("{namespace}_shards")).await?,
+        })
+    }
+
+    /// The current leader, if a lease is held.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>, String> {
+        let entry = self
+            .leader
+            .entry(LEADER_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| {
+                let record: LeaderRecord = codec::decode("leader record", &e.value).ok()?;
+                Some(LeaderInfo {
+                    term: if record.term == 0 {
+                        e.revision
+                    } else {
+                        record.term
+                    },
+                    node: record.node,
+                })
+            }))
+    }
+
+    /// The published shard map, if any.
+    pub async fn shard_map(&self) -> Result<Option<ShardMap>, String> {
+        let entry = self
+            .shards
+            .entry(MAP_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| ShardMap::decode(&e.value).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
+    /// Every node record in the registry.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, String> {
+        let mut keys = self.nodes.keys().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if let Some(value) = self.nodes.get(&key).await.map_err(|e| e.to_string())?
+                && let Ok(record) = codec::decode::<NodeRecord>("node record", &value)
+            {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Watches the shard map: every published map, from the current one on.
+    pub async fn watch_maps(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = Result<ShardMap, String>> + use<>, String> {
+        let watch = self
+            .shards
+            .watch_with_history(MAP_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(watch.filter_map(|entry| async move {
+            match entry {
+                Ok(e) if e.operation == kv::Operation::Put => {
+                    Some(ShardMap::decode(&e.value).map_err(|e| e.to_string()))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e.to_string())),
+            }
+        }))
+    }
+}

@@ -1,0 +1,214 @@
+//! The frames of remote delivery: a command sent to a shard's owner, and its answer.
+//!
+//! Both are MessagePack maps with field names ([`codec`](super::codec)); enums are externally
+//! tagged (`{"Ok": {...}}`, `{"Err": {"NotOwner": {"shard": 7}}}`). `docs/wire.md` documents
+//! them for clients in other languages.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, CodecError};
+use super::command_id::CommandId;
+use crate::names::ActorKey;
+
+/// The frame format number; a receiver refuses frames from a newer format.
+pub const FRAME_FORMAT: u16 = 1;
+
+/// A command for one actor, sent on `aether.<ns>.shard.<n>.<kind>.<encoded-id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteRequest {
+    /// [`FRAME_FORMAT`].
+    pub format: u16,
+    /// The namespace (must match the receiver's).
+    pub namespace: String,
+    /// The actor kind.
+    pub kind: String,
+    /// The actor id, not encoded.
+    pub id: String,
+    /// The command id (idempotency key); retries reuse it.
+    pub command_id: CommandId,
+    /// The root of the call chain.
+    pub correlation_id: CommandId,
+    /// The command whose handler sent this one, if any.
+    pub causation_id: Option<CommandId>,
+    /// Milliseconds the sender still waits; the receiver's deadline is its receipt time plus
+    /// this (so clocks need not agree).
+    pub timeout_ms: u64,
+    /// Actors waiting on this command, outermost first (cycle detection across nodes).
+    #[serde(default)]
+    pub chain: Vec<ActorKey>,
+    /// `true` for an ask (an answer is expected), `false` for a tell.
+    pub expects_reply: bool,
+    /// The command, encoded with the codec.
+    #[serde(with = "serde_bytes")]
+    pub command: Vec<u8>,
+}
+
+/// The answer to a [`RemoteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteReply {
+    /// The actor's reply, encoded with the codec.
+    Ok {
+        /// The encoded reply.
+        #[serde(with = "serde_bytes")]
+        reply: Vec<u8>,
+    },
+    /// The command was not answered by the actor; why.
+    Err(RemoteError),
+}
+
+/// Why a remote command got no reply from its actor. Mirrors `AskError`, plus the reasons only
+/// a receiving node can give (`NotOwner`, `BadFrame`, `WrongNamespace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteError {
+    /// The actor rejected the command; its error, encoded with the codec.
+    Rejected {
+        /// The encoded error.
+        #[serde(with = "serde_bytes")]
+        error: Vec<u8>,
+    },
+    /// Another writer got there first.
+    VersionConflict {
+        /// The actor, `ns/kind/id`.
+        actor: String,
+        /// The version the activation was at.
+        expected: u64,
+        /// The stream's version.
+        actual: u64,
+    },
+    /// The deadline passed before the command started.
+    Timeout,
+    /// The command may or may not have been applied.
+    OutcomeUnknown {
+        /// What happened.
+        reason: String,
+    },
+    /// The store or a dependency is unavailable.
+    Unavailable {
+        /// What happened.
+        reason: String,
+    },
+    /// Something did not encode or decode.
+    Codec {
+        /// What.
+        reason: String,
+    },
+    /// A name in the frame is invalid.
+    InvalidName {
+        /// Which and why.
+        reason: String,
+    },
+    /// The receiver does not know the kind.
+    UnknownKind {
+        /// The kind.
+        kind: String,
+    },
+    /// The handler panicked.
+    HandlerPanicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The actor could not be loaded.
+    ActivationFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The ask would wait on itself.
+    CallCycle {
+        /// The chain.
+        chain: String,
+    },
+    /// The commit was too large.
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The receiver does not own the shard (any more): the sender retries.
+    NotOwner {
+        /// The shard.
+        shard: u32,
+    },
+    /// The frame is for another namespace.
+    WrongNamespace {
+        /// The receiver's namespace.
+        expected: String,
+        /// The frame's.
+        found: String,
+    },
+    /// The frame does not decode or contradicts its subject.
+    BadFrame {
+        /// Why.
+        reason: String,
+    },
+    /// The receiving runtime is shutting down.
+    Shutdown,
+}
+
+impl RemoteRequest {
+    /// Encodes the frame.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode("request frame", self)
+    }
+
+    /// Decodes a frame and checks its format.
+    pub fn decode(bytes: &[u8]) -> Result<RemoteRequest, CodecError> {
+        let request: RemoteRequest = codec::decode("request frame", bytes)?;
+        if request.format > FRAME_FORMAT {
+            return Err(CodecError {
+                what: "request frame",
+                reason: format!(
+                    "format {} is newer than this node ({FRAME_FORMAT})",
+                    request.format
+                ),
+            });
+        }
+        Ok(request)
+    }
+}
+
+impl RemoteReply {
+    /// Encodes the answer.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode("reply frame", self).unwrap_or_else(|e| {
+            // A reply of owned bytes and strings always encodes; keep a valid frame regardless.
+            let fallback = RemoteReply::Err(RemoteError::Codec {
+                reason: e.to_string(),
+            });
+            rmp_serde::to_vec_named(&fallback).unwrap_or_default()
+        })
+    }
+
+    /// Decodes an answer.
+    pub fn decode(bytes: &[u8]) -> Result<RemoteReply, CodecError> {
+        codec::decode("reply frame", bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_field_names() {
+        let request = RemoteRequest {
+            format: FRAME_FORMAT,
+            namespace: "bank".into(),
+            kind: "account".into(),
+            id: "alice".into(),
+            command_id: CommandId::from_u128(7),
+            correlation_id: CommandId::from_u128(7),
+            causation_id: None,
+            timeout_ms: 5000,
+            chain: Vec::new(),
+            expects_reply: true,
+            command: vec![1, 2, 3],
+        };
+        let bytes = request.encode().unwrap();
+        assert!(bytes.windows(9).any(|w| w == b"namespace"), "named fields");
+        assert_eq!(RemoteRequest::decode(&bytes).unwrap(), request);
+        let reply = RemoteReply::Err(RemoteError::NotOwner { shard: 3 });
+        assert_eq!(RemoteReply::decode(&reply.encode()).unwrap(), reply);
+        assert!(RemoteRequest::decode(b"\x01\x02").is_err());
+    }
+}
