@@ -100,13 +100,14 @@ impl ClusterView {
     /// Watches the shard map: every published map, from the current one on.
     pub async fn watch_maps(
         &self,
-    ) -> Result<impl futures_util::Stream<Item = Result<ShardMap, String>> + use<>, String> {
+    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ShardMap, String>> + Send>>, String>
+    {
         let watch = self
             .shards
             .watch_with_history(MAP_KEY)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(watch.filter_map(|entry| async move {
+        Ok(Box::pin(watch.filter_map(|entry| async move {
             match entry {
                 Ok(e) if e.operation == kv::Operation::Put => {
                     Some(ShardMap::decode(&e.value).map_err(|e| e.to_string()))
@@ -114,6 +115,6 @@ impl ClusterView {
                 Ok(_) => None,
                 Err(e) => Some(Err(e.to_string())),
             }
-        }))
+        })))
     }
 }

@@ -1,0 +1,118 @@
+//! One node of a bank cluster, configured from the environment.
+//!
+//! ```text
+//! AETHER_NATS_URL=nats://127.0.0.1:4222 AETHER_NODE_ID=node-1 cargo run --example cluster_node
+//! ```
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `AETHER_NATS_URL` | NATS servers, comma-separated | required |
+//! | `AETHER_NAMESPACE` | the namespace | `bank` |
+//! | `AETHER_NODE_ID` | this node's id | `node-<random>` |
+//! | `AETHER_REPLICAS` | replicas of streams and buckets | `1` |
+//! | `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS` | cluster timing | 1000, 3000, 3000 |
+//! | `AETHER_ASK_TIMEOUT_MS` and the other runtime variables | see `aether::config` | |
+//!
+//! The node prints `ready <node-id>` once it serves its shards, then reads commands from
+//! stdin, one per line, and answers each with one line:
+//!
+//! - `open <id>` → `ok <id> <balance>` (an account that is already open is fine)
+//! - `deposit <id> <amount>` → `ok <id> <balance>`
+//! - `balance <id>` → `ok <id> <balance>`
+//! - `transfer <from> <to> <amount>` → `ok <from> <balance>`
+//! - `locate <id>` → `owner <id> <node> <shard>`
+//! - `leader` → `leader <node> <term>`
+//! - anything failing → `err <message>`
+//!
+//! End of input (or SIGTERM / Ctrl-C) shuts the node down gracefully: it hands its shards to
+//! the others before it exits.
+
+#[path = "shared/account.rs"]
+mod account;
+
+use aether::prelude::*;
+use aether::{ClusterConfig, RuntimeConfig};
+use account::{Account, AccountCmd, AccountError};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let account = |id: &str| rt.actor::<Account>(id);
+    Ok(match words.as_slice() {
+        ["open", id] => {
+            let a = account(id)?;
+            match a.ask(AccountCmd::Open { owner: id.to_string() }).await {
+                Ok(_) | Err(AskError::Rejected(AccountError::AlreadyOpen)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            format!("ok {id} {}", a.ask(AccountCmd::Balance).await?)
+        }
+        ["deposit", id, amount] => {
+            let balance = account(id)?.ask(AccountCmd::Deposit(amount.parse()?)).await?;
+            format!("ok {id} {balance}")
+        }
+        ["balance", id] => format!("ok {id} {}", account(id)?.ask(AccountCmd::Balance).await?),
+        ["transfer", from, to, amount] => {
+            let cmd = AccountCmd::Transfer {
+                to: account(to)?,
+                amount: amount.parse()?,
+            };
+            format!("ok {from} {}", account(from)?.ask(cmd).await?)
+        }
+        ["locate", id] => {
+            let cluster = rt.cluster().ok_or_else(|| anyhow::anyhow!("not a cluster node"))?;
+            let location = cluster.locate("account", id);
+            format!(
+                "owner {id} {} {}",
+                location.owner.unwrap_or_else(|| "-".into()),
+                location.shard
+            )
+        }
+        ["leader"] => {
+            let leader = rt.cluster().and_then(|c| c.leader());
+            match leader {
+                Some(l) => format!("leader {} {}", l.node, l.term),
+                None => "leader - 0".into(),
+            }
+        }
+        _ => anyhow::bail!("unknown command: {line}"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ClusterConfig::from_env().map_err(anyhow::Error::msg)?;
+    let node_id = config.node_id.clone();
+    let runtime_config = RuntimeConfig::from_env()?;
+    let rt = Runtime::join_cluster(
+        config,
+        Runtime::builder()
+            .config(runtime_config)
+            .register::<Account>(),
+    )
+    .await?;
+    println!("ready {node_id}");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line? {
+                Some(line) if line.trim().is_empty() => continue,
+                Some(line) => {
+                    let answer = match run(&rt, line.trim()).await {
+                        Ok(answer) => answer,
+                        Err(e) => format!("err {e}"),
+                    };
+                    println!("{answer}");
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    rt.shutdown().await?;
+    println!("stopped {node_id}");
+    Ok(())
+}
