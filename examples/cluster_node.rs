@@ -30,9 +30,9 @@
 #[path = "shared/account.rs"]
 mod account;
 
+use account::{Account, AccountCmd, AccountError};
 use aether::prelude::*;
 use aether::{ClusterConfig, RuntimeConfig};
-use account::{Account, AccountCmd, AccountError};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
@@ -41,14 +41,21 @@ async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
     Ok(match words.as_slice() {
         ["open", id] => {
             let a = account(id)?;
-            match a.ask(AccountCmd::Open { owner: id.to_string() }).await {
+            match a
+                .ask(AccountCmd::Open {
+                    owner: id.to_string(),
+                })
+                .await
+            {
                 Ok(_) | Err(AskError::Rejected(AccountError::AlreadyOpen)) => {}
                 Err(e) => return Err(e.into()),
             }
             format!("ok {id} {}", a.ask(AccountCmd::Balance).await?)
         }
         ["deposit", id, amount] => {
-            let balance = account(id)?.ask(AccountCmd::Deposit(amount.parse()?)).await?;
+            let balance = account(id)?
+                .ask(AccountCmd::Deposit(amount.parse()?))
+                .await?;
             format!("ok {id} {balance}")
         }
         ["balance", id] => format!("ok {id} {}", account(id)?.ask(AccountCmd::Balance).await?),
@@ -60,7 +67,9 @@ async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
             format!("ok {from} {}", account(from)?.ask(cmd).await?)
         }
         ["locate", id] => {
-            let cluster = rt.cluster().ok_or_else(|| anyhow::anyhow!("not a cluster node"))?;
+            let cluster = rt
+                .cluster()
+                .ok_or_else(|| anyhow::anyhow!("not a cluster node"))?;
             let location = cluster.locate("account", id);
             format!(
                 "owner {id} {} {}",
@@ -93,8 +102,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("ready {node_id}");
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             line = lines.next_line() => match line? {

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use aether::prelude::*;
 use aether::{ClusterConfig, ClusterEvent, Runtime};
 use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
 use common::*;
+use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -63,11 +63,12 @@ async fn converged(rts: &[&Runtime], nodes: &[&str]) -> (String, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_agree_and_route_asks_to_owners() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let a = node(&url, "trio", "node-1", 1).await;
-    let b = node(&url, "trio", "node-2", 1).await;
-    let c = node(&url, "trio", "node-3", 1).await;
+    let servers = NatsCluster::start();
+    let url = servers.urls();
+    wait_for_jetstream(&url).await;
+    let a = node(&url, "trio", "node-1", 3).await;
+    let b = node(&url, "trio", "node-2", 3).await;
+    let c = node(&url, "trio", "node-3", 3).await;
     let (leader, term, _) = converged(&[&a, &b, &c], &["node-1", "node-2", "node-3"]).await;
     assert!(["node-1", "node-2", "node-3"].contains(&leader.as_str()));
     assert!(term > 0);
@@ -120,4 +121,439 @@ async fn three_nodes_agree_and_route_asks_to_owners() {
     for rt in [a, b, c] {
         rt.shutdown().await.unwrap();
     }
+}
+
+/// An id of kind `kind` whose shard `rt`'s cluster assigns to `owner`.
+fn id_owned_by(rt: &Runtime, kind: &str, owner: &str, prefix: &str) -> String {
+    let cluster = rt.cluster().unwrap();
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| cluster.locate(kind, id).owner.as_deref() == Some(owner))
+        .expect("some id lands on every node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_move_minimally_when_a_node_joins_and_leaves() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let a = node(&url, "moves", "node-1", 1).await;
+    let b = node(&url, "moves", "node-2", 1).await;
+    let c = node(&url, "moves", "node-3", 1).await;
+    converged(&[&a, &b, &c], &["node-1", "node-2", "node-3"]).await;
+    let three = a.cluster().unwrap().shard_map().unwrap();
+
+    let d = node(&url, "moves", "node-4", 1).await;
+    converged(&[&a, &b, &c, &d], &["node-1", "node-2", "node-3", "node-4"]).await;
+    let four = a.cluster().unwrap().shard_map().unwrap();
+    assert!(four.epoch > three.epoch);
+    let moved: Vec<u32> = (0..1024)
+        .filter(|&s| three.owner(s) != four.owner(s))
+        .collect();
+    println!(
+        "3 -> 4 nodes moved {} shards (limit {})",
+        moved.len(),
+        1.2 * 1024.0 / 4.0
+    );
+    assert!(moved.len() as f64 <= 1.2 * 1024.0 / 4.0);
+    assert!(
+        moved.iter().all(|&s| four.owner(s) == Some("node-4")),
+        "only to the new node"
+    );
+
+    d.shutdown().await.unwrap();
+    converged(&[&a, &b, &c], &["node-1", "node-2", "node-3"]).await;
+    let back = a.cluster().unwrap().shard_map().unwrap();
+    for s in 0..1024 {
+        if four.owner(s) != Some("node-4") {
+            assert_eq!(
+                back.owner(s),
+                four.owner(s),
+                "shard {s} of a remaining node moved"
+            );
+        }
+    }
+    assert_eq!(
+        back.owners, three.owners,
+        "the same nodes give the same map"
+    );
+    for rt in [a, b, c] {
+        rt.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_sent_to_node_2_is_used_there_to_call_node_3() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let n1 = node(&url, "refs", "node-1", 1).await;
+    let n2 = node(&url, "refs", "node-2", 1).await;
+    let n3 = node(&url, "refs", "node-3", 1).await;
+    converged(&[&n1, &n2, &n3], &["node-1", "node-2", "node-3"]).await;
+    let via = id_owned_by(&n1, "counter", "node-2", "via");
+    let target = id_owned_by(&n1, "counter", "node-3", "target");
+    // Node 1 makes both refs and sends the target's ref to the actor on node 2, which uses it
+    // there to ask the actor on node 3.
+    let cmd = CounterCmd::AddVia {
+        target: n1.actor::<Counter>(&target).unwrap(),
+        n: 7,
+    };
+    assert_eq!(
+        n1.actor::<Counter>(&via).unwrap().ask(cmd).await.unwrap(),
+        7
+    );
+    assert_eq!(
+        n1.actor::<Counter>(&target)
+            .unwrap()
+            .ask(CounterCmd::Get)
+            .await
+            .unwrap(),
+        7
+    );
+    assert!(n2.is_resident(&n2.actor::<Counter>(&via).unwrap()));
+    assert!(n3.is_resident(&n3.actor::<Counter>(&target).unwrap()));
+    assert!(!n1.is_resident(&n1.actor::<Counter>(&target).unwrap()));
+    // A ref stored in node 2's actor (an event), used later from there.
+    n1.actor::<Counter>(&via)
+        .unwrap()
+        .ask(CounterCmd::Befriend(n1.actor::<Counter>(&target).unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(
+        n3.actor::<Counter>(&via)
+            .unwrap()
+            .ask(CounterCmd::AskFriend)
+            .await
+            .unwrap(),
+        7
+    );
+    // Call cycles are caught across nodes too: target befriends via, via relays to target,
+    // which asks via again.
+    n1.actor::<Counter>(&target)
+        .unwrap()
+        .ask(CounterCmd::Befriend(n1.actor::<Counter>(&via).unwrap()))
+        .await
+        .unwrap();
+    match n1
+        .actor::<Counter>(&via)
+        .unwrap()
+        .ask(CounterCmd::Relay)
+        .await
+    {
+        Err(AskError::Rejected(CounterError::Downstream(msg))) => {
+            assert!(msg.contains("call cycle"), "{msg}")
+        }
+        other => panic!("expected a call cycle, got {other:?}"),
+    }
+    for rt in [n1, n2, n3] {
+        rt.shutdown().await.unwrap();
+    }
+}
+
+/// The request frame exactly as docs/wire.md describes it, with no Aether type.
+#[derive(Serialize)]
+struct RawRequest<'a> {
+    format: u16,
+    namespace: &'a str,
+    kind: &'a str,
+    id: &'a str,
+    #[serde(with = "serde_bytes")]
+    command_id: [u8; 16],
+    #[serde(with = "serde_bytes")]
+    correlation_id: [u8; 16],
+    causation_id: Option<()>,
+    timeout_ms: u64,
+    chain: Vec<()>,
+    expects_reply: bool,
+    #[serde(with = "serde_bytes")]
+    command: Vec<u8>,
+}
+
+#[derive(Deserialize, Debug)]
+enum RawReply {
+    Ok {
+        #[serde(with = "serde_bytes")]
+        reply: Vec<u8>,
+    },
+    Err(rmpv_like::Value),
+}
+
+/// A minimal "any value" so the test can print errors without Aether types.
+mod rmpv_like {
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(untagged)]
+    #[allow(dead_code)] // read through Debug only
+    pub enum Value {
+        Text(String),
+        Map(std::collections::BTreeMap<String, Value>),
+        Int(u64),
+        Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    }
+}
+
+#[derive(Serialize)]
+enum RawCmd {
+    Add(u64),
+    Get,
+}
+
+/// The shard hash of docs/wire.md, written from the document.
+fn wire_shard(namespace: &str, kind: &str, id: &str, shards: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in namespace
+        .bytes()
+        .chain([0])
+        .chain(kind.bytes())
+        .chain([0])
+        .chain(id.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^= h >> 33;
+    h % shards
+}
+
+/// The id encoding of docs/wire.md.
+fn wire_encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("={b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn raw_call(client: &async_nats::Client, id: &str, cmd: RawCmd, seed: u8) -> RawReply {
+    let request = RawRequest {
+        format: 1,
+        namespace: "wire",
+        kind: "counter",
+        id,
+        command_id: [seed; 16],
+        correlation_id: [seed; 16],
+        causation_id: None,
+        timeout_ms: 5000,
+        chain: Vec::new(),
+        expects_reply: true,
+        command: rmp_serde::to_vec_named(&cmd).unwrap(),
+    };
+    let subject = format!(
+        "aether.wire.shard.{}.counter.{}",
+        wire_shard("wire", "counter", id, 1024),
+        wire_encode(id)
+    );
+    let answer = client
+        .request(subject, rmp_serde::to_vec_named(&request).unwrap().into())
+        .await
+        .expect("an answer");
+    rmp_serde::from_slice(&answer.payload).expect("a reply frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_nats_client_calls_an_actor_with_only_the_wire_doc() {
+    let server = NatsServer::start();
+    let a = node(&server.url(), "wire", "node-1", 1).await;
+    let b = node(&server.url(), "wire", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let id = "order.42 é";
+    for (seed, expected) in [(1u8, 5u64), (2, 10)] {
+        match raw_call(&client, id, RawCmd::Add(5), seed).await {
+            RawReply::Ok { reply } => {
+                assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), expected)
+            }
+            RawReply::Err(e) => panic!("error reply: {e:?}"),
+        }
+    }
+    // The same command id again is answered from the stored reply, not applied twice.
+    match raw_call(&client, id, RawCmd::Add(5), 2).await {
+        RawReply::Ok { reply } => assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 10),
+        RawReply::Err(e) => panic!("error reply: {e:?}"),
+    }
+    match raw_call(&client, id, RawCmd::Get, 3).await {
+        RawReply::Ok { reply } => assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 10),
+        RawReply::Err(e) => panic!("error reply: {e:?}"),
+    }
+    // And the runtime agrees.
+    assert_eq!(
+        a.actor::<Counter>(id)
+            .unwrap()
+            .ask(CounterCmd::Get)
+            .await
+            .unwrap(),
+        10
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
+    use aether::wire::{RemoteError, RemoteReply};
+    let server = NatsServer::start();
+    let rt = node(&server.url(), "frames", "node-1", 1).await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let shard = rt.cluster().unwrap().locate("counter", "x").shard;
+    let subject = format!("aether.frames.shard.{shard}.counter.x");
+    let ask = |payload: Vec<u8>, subject: String| {
+        let client = client.clone();
+        async move {
+            let answer = client
+                .request(subject, payload.into())
+                .await
+                .expect("an answer");
+            RemoteReply::decode(&answer.payload).expect("a reply frame")
+        }
+    };
+    // 1. Garbage.
+    match ask(b"\xc1 not a frame".to_vec(), subject.clone()).await {
+        RemoteReply::Err(RemoteError::BadFrame { reason }) => {
+            assert!(reason.contains("request frame"), "{reason}")
+        }
+        other => panic!("expected BadFrame, got {other:?}"),
+    }
+    let frame = |namespace: &str, kind: &str, id: &str| {
+        aether::wire::RemoteRequest {
+            format: 1,
+            namespace: namespace.into(),
+            kind: kind.into(),
+            id: id.into(),
+            command_id: CommandId::random(),
+            correlation_id: CommandId::random(),
+            causation_id: None,
+            timeout_ms: 2000,
+            chain: Vec::new(),
+            expects_reply: true,
+            command: rmp_serde::to_vec_named(&CounterCmd::Get).unwrap(),
+        }
+        .encode()
+        .unwrap()
+    };
+    // 2. An unknown kind.
+    match ask(frame("frames", "ghost", "x"), subject.clone()).await {
+        RemoteReply::Err(RemoteError::UnknownKind { kind }) => assert_eq!(kind, "ghost"),
+        other => panic!("expected UnknownKind, got {other:?}"),
+    }
+    // 3. Another namespace on this namespace's subject.
+    match ask(frame("elsewhere", "counter", "x"), subject.clone()).await {
+        RemoteReply::Err(RemoteError::WrongNamespace { expected, found }) => {
+            assert_eq!((expected.as_str(), found.as_str()), ("frames", "elsewhere"))
+        }
+        other => panic!("expected WrongNamespace, got {other:?}"),
+    }
+    // 4. A frame whose actor belongs to another shard than its subject.
+    let other = (0..1000)
+        .map(|i| format!("y{i}"))
+        .find(|id| rt.cluster().unwrap().locate("counter", id).shard != shard)
+        .unwrap();
+    match ask(frame("frames", "counter", &other), subject.clone()).await {
+        RemoteReply::Err(RemoteError::BadFrame { reason }) => {
+            assert!(
+                reason.contains("arrived on the subject of shard"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected BadFrame, got {other:?}"),
+    }
+    // 5. A command that does not decode as a CounterCmd.
+    let mut bad = aether::wire::RemoteRequest::decode(&frame("frames", "counter", "x")).unwrap();
+    bad.command = rmp_serde::to_vec_named(&("not", "a", "command")).unwrap();
+    match ask(bad.encode().unwrap(), subject.clone()).await {
+        RemoteReply::Err(RemoteError::Codec { .. }) => {}
+        other => panic!("expected Codec, got {other:?}"),
+    }
+    // The node still serves.
+    match ask(frame("frames", "counter", "x"), subject).await {
+        RemoteReply::Ok { reply } => assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 0),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+    assert_eq!(
+        rt.actor::<Counter>("x")
+            .unwrap()
+            .ask(CounterCmd::Add(1))
+            .await
+            .unwrap(),
+        1
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_events_and_queries() {
+    let server = NatsServer::start();
+    let a = node(&server.url(), "events", "node-1", 1).await;
+    let mut events = a.cluster().unwrap().events();
+    let leader = a.cluster().unwrap().leader().expect("a leader");
+    assert_eq!(leader.node, "node-1");
+    assert!(a.cluster().unwrap().is_leader());
+    let b = node(&server.url(), "events", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    assert!(
+        seen.contains(&ClusterEvent::NodeJoined {
+            node: "node-2".into()
+        }),
+        "{seen:?}"
+    );
+    let moved = seen
+        .iter()
+        .filter(|e| matches!(e, ClusterEvent::ShardAssigned { node, .. } if node == "node-2"))
+        .count();
+    let owned = a
+        .cluster()
+        .unwrap()
+        .shard_map()
+        .unwrap()
+        .shards_of("node-2")
+        .len();
+    assert_eq!(
+        moved, owned,
+        "one ShardAssigned per shard that moved to node-2"
+    );
+    // Queries.
+    let topology = a.cluster().unwrap().topology();
+    let names: Vec<&str> = topology.iter().map(|n| n.record.node.as_str()).collect();
+    assert_eq!(names, vec!["node-1", "node-2"]);
+    let location = b.cluster().unwrap().locate("counter", "alice");
+    assert_eq!(
+        location.owner.as_deref(),
+        a.cluster()
+            .unwrap()
+            .shard_map()
+            .unwrap()
+            .owner(location.shard)
+    );
+    assert!(
+        location
+            .reason
+            .contains(&format!("shard {}", location.shard))
+    );
+    // The leader leaves: its lease goes (LeadershipLost), node-2 takes over (LeaderElected).
+    let mut b_events = b.cluster().unwrap().events();
+    a.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    poll_until(WAIT, "node-2 elected and node-1 gone", || {
+        while let Ok(e) = b_events.try_recv() {
+            got.push(e);
+        }
+        let elected = got
+            .iter()
+            .any(|e| matches!(e, ClusterEvent::LeaderElected { node, .. } if node == "node-2"));
+        let left = got.contains(&ClusterEvent::NodeLeft {
+            node: "node-1".into(),
+        });
+        async move { elected && left }
+    })
+    .await;
+    b.shutdown().await.unwrap();
 }

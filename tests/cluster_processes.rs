@@ -140,7 +140,10 @@ async fn poll<T>(within: Duration, what: &str, mut check: impl AsyncFnMut() -> O
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -149,7 +152,10 @@ fn assert_complete(map: &ShardMap, alive: &[&str]) {
     assert_eq!(map.owners.len(), 1024);
     for shard in 0..1024 {
         let owner = map.owner(shard).expect("every shard has an owner");
-        assert!(alive.contains(&owner), "shard {shard} owned by {owner}, not alive");
+        assert!(
+            alive.contains(&owner),
+            "shard {shard} owned by {owner}, not alive"
+        );
     }
 }
 
@@ -166,9 +172,16 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
     let view = ClusterView::connect(&urls, ns).await.unwrap();
 
     // One leader, one map of the three, every shard owned by one of them.
-    let map = poll(Duration::from_secs(20), "a map of three nodes", async || {
-        view.shard_map().await.unwrap().filter(|m| m.nodes.len() == 3)
-    })
+    let map = poll(
+        Duration::from_secs(20),
+        "a map of three nodes",
+        async || {
+            view.shard_map()
+                .await
+                .unwrap()
+                .filter(|m| m.nodes.len() == 3)
+        },
+    )
     .await;
     assert_complete(&map, &["node-1", "node-2", "node-3"]);
     let leader = view.leader().await.unwrap().expect("a leader");
@@ -221,12 +234,16 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
     );
     let dead = nodes.remove(victim);
     let survivors: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    let map = poll(Duration::from_secs(10), "a map without the dead node", async || {
-        view.shard_map()
-            .await
-            .unwrap()
-            .filter(|m| m.nodes.len() == 2 && !m.nodes.contains(&dead.id))
-    })
+    let map = poll(
+        Duration::from_secs(10),
+        "a map without the dead node",
+        async || {
+            view.shard_map()
+                .await
+                .unwrap()
+                .filter(|m| m.nodes.len() == 2 && !m.nodes.contains(&dead.id))
+        },
+    )
     .await;
     assert_complete(&map, &survivors);
     assert_eq!(map.term, successor.term, "published by the new leader");
@@ -245,20 +262,28 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
         .position(|n| n.id == successor.node)
         .expect("successor is alive");
     nodes[paused].signal(libc::SIGSTOP);
-    let third = poll(Duration::from_secs(10), "a leader while paused", async || {
-        view.leader()
-            .await
-            .ok()
-            .flatten()
-            .filter(|l| l.term > successor.term)
-    })
+    let third = poll(
+        Duration::from_secs(10),
+        "a leader while paused",
+        async || {
+            view.leader()
+                .await
+                .ok()
+                .flatten()
+                .filter(|l| l.term > successor.term)
+        },
+    )
     .await;
-    poll(Duration::from_secs(10), "a map of the new term", async || {
-        view.shard_map()
-            .await
-            .unwrap()
-            .filter(|m| m.term == third.term && m.nodes.len() == 1)
-    })
+    poll(
+        Duration::from_secs(10),
+        "a map of the new term",
+        async || {
+            view.shard_map()
+                .await
+                .unwrap()
+                .filter(|m| m.term == third.term && m.nodes.len() == 1)
+        },
+    )
     .await;
     let mut maps = view.watch_maps().await.unwrap();
     // Skip the current map; everything after the resume is what matters.
@@ -267,7 +292,9 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
     let resumed_at = Instant::now();
     let mut seen = Vec::new();
     while resumed_at.elapsed() < Duration::from_millis(4 * LEASE_MS) {
-        if let Ok(Some(Ok(map))) = tokio::time::timeout(Duration::from_millis(200), maps.next()).await {
+        if let Ok(Some(Ok(map))) =
+            tokio::time::timeout(Duration::from_millis(200), maps.next()).await
+        {
             seen.push((map.epoch, map.term, map.nodes.clone()));
         }
     }
@@ -277,11 +304,21 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
         "a map of an old term was published after resume: {seen:?}"
     );
     let leader_now = view.leader().await.unwrap().expect("a leader");
-    assert_eq!(leader_now, third, "the resumed node did not take the lease back");
+    assert_eq!(
+        leader_now, third,
+        "the resumed node did not take the lease back"
+    );
     // The resumed node rejoins as a plain member, in a map of the new term.
-    let map = poll(Duration::from_secs(10), "the resumed node back in the map", async || {
-        view.shard_map().await.unwrap().filter(|m| m.nodes.len() == 2)
-    })
+    let map = poll(
+        Duration::from_secs(10),
+        "the resumed node back in the map",
+        async || {
+            view.shard_map()
+                .await
+                .unwrap()
+                .filter(|m| m.nodes.len() == 2)
+        },
+    )
     .await;
     assert_eq!(map.term, third.term);
     for node in nodes.drain(..) {

@@ -392,14 +392,26 @@ impl RuntimeBuilder {
             transport,
             tokio::runtime::Handle::current(),
         );
-        let inbound = cluster.as_ref().map(|c| {
-            crate::routing::remote::serve(
+        let mut inbound = None;
+        if let Some(c) = &cluster {
+            let owned = c.owned_shards();
+            let epoch = owned.borrow().epoch;
+            let (task, mut served) = crate::routing::remote::serve(
                 c.client().clone(),
                 host.namespace.clone(),
-                c.owned_shards(),
+                owned,
                 Arc::new(HostDispatch(Arc::downgrade(&host))),
-            )
-        });
+            );
+            inbound = Some(task);
+            // Return only once this node answers for its shards.
+            let ready =
+                tokio::time::timeout(Duration::from_secs(30), served.wait_for(|e| *e >= epoch));
+            if !matches!(ready.await, Ok(Ok(_))) {
+                return Err(StartError::Cluster(
+                    "could not subscribe to the owned shards within 30 s".into(),
+                ));
+            }
+        }
         tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
         Ok(Runtime {
             host,

@@ -66,10 +66,10 @@ mod tests {
     fn three_nodes_are_balanced_within_15_percent() {
         for ids in [names(3), vec!["a".into(), "b".into(), "c".into()]] {
             let owners = assign(&ids, 1024);
-            for i in 0..3 {
+            for (i, id) in ids.iter().enumerate() {
                 let n = owners.iter().filter(|&&o| o == i).count() as f64;
                 let fair = 1024.0 / 3.0;
-                assert!((n - fair).abs() <= fair * 0.15, "{} owns {n}", ids[i]);
+                assert!((n - fair).abs() <= fair * 0.15, "{id} owns {n}");
             }
         }
     }

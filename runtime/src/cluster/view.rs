@@ -100,8 +100,10 @@ impl ClusterView {
     /// Watches the shard map: every published map, from the current one on.
     pub async fn watch_maps(
         &self,
-    ) -> Result<std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ShardMap, String>> + Send>>, String>
-    {
+    ) -> Result<
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ShardMap, String>> + Send>>,
+        String,
+    > {
         let watch = self
             .shards
             .watch_with_history(MAP_KEY)

@@ -154,13 +154,17 @@ pub trait Dispatch: Send + Sync + 'static {
 
 /// Keeps one queue subscription per owned shard, following `owned`, and hands every frame to
 /// `dispatch`. Ends when `owned`'s sender is dropped; then every subscription is dropped.
+///
+/// The returned receiver holds the epoch whose shards are all subscribed (and flushed to the
+/// server): once it reaches an epoch, requests for those shards find this node.
 pub fn serve(
     client: async_nats::Client,
     namespace: Namespace,
     mut owned: watch::Receiver<Arc<OwnedShards>>,
     dispatch: Arc<dyn Dispatch>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+) -> (JoinHandle<()>, watch::Receiver<u64>) {
+    let (served_tx, served) = watch::channel(0u64);
+    let task = tokio::spawn(async move {
         let mut serving: HashMap<u32, JoinHandle<()>> = HashMap::new();
         loop {
             let wanted = Arc::clone(&owned.borrow_and_update());
@@ -206,6 +210,9 @@ pub fn serve(
                 }
             }
             let retry = serving.len() < wanted.shards.len();
+            if !retry && client.flush().await.is_ok() {
+                let _ = served_tx.send(wanted.epoch);
+            }
             let changed = if retry {
                 tokio::select! {
                     r = owned.changed() => r,
@@ -221,7 +228,8 @@ pub fn serve(
         for (_, task) in serving {
             task.abort();
         }
-    })
+    });
+    (task, served)
 }
 
 async fn serve_shard(

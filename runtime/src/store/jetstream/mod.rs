@@ -520,7 +520,20 @@ impl EventStore for JetStreamStore {
                     || e.to_string().contains("wrong last sequence") =>
                 {
                     self.heads.lock().remove(&subject);
-                    let last = self.fetch_last(&subject).await?;
+                    // On a clustered stream the refusal can come from a competing write that is
+                    // proposed but not yet applied: the leader's last message may still be the
+                    // one we expected. Wait briefly for the competitor to show.
+                    let mut last = self.fetch_last(&subject).await?;
+                    for attempt in 1..=10u32 {
+                        let settled = last
+                            .as_ref()
+                            .is_none_or(|l| l.position.version != expected_version);
+                        if settled {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                        last = self.fetch_last(&subject).await?;
+                    }
                     Self::conflict_or_duplicate(actor, expected_version, last.as_ref(), &msg_id)
                 }
                 PublishErrorKind::StreamNotFound => Err(unavailable("stream not found", e)),
