@@ -1,0 +1,147 @@
+//! B2 and B10: asks across nodes, against raw NATS request/reply in the same run.
+//!
+//! Two cluster nodes run in this process on one nats-server (started by the bench); node-1
+//! asks actors whose shards node-2 owns, so every ask crosses NATS.
+//!
+//! - B2: cross-node ask throughput ÷ raw async-nats request/reply to a trivial responder, at 1
+//!   and 64 in flight.
+//! - B10: first ask to a never-activated remote actor (activation from JetStream included) ÷ a
+//!   warm remote ask, medians.
+
+#[path = "../tests/common/nats.rs"]
+#[allow(dead_code)]
+mod nats;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether::prelude::*;
+use aether::{ClusterConfig, Runtime};
+use futures_util::StreamExt;
+use support::{Figure, Probe, ProbeCmd, measure_time, median, report, throughput};
+
+async fn raw(client: async_nats::Client, concurrency: usize) -> f64 {
+    let subject = "rawbench.echo";
+    let mut sub = client.subscribe(subject).await.expect("subscribe");
+    let responder_client = client.clone();
+    let responder = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder_client.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+    let payload = bytes::Bytes::from(vec![1u8; 160]);
+    let ops = throughput(concurrency, measure_time(), move |_| {
+        let (client, payload) = (client.clone(), payload.clone());
+        async move {
+            let answer = client.request(subject, payload).await.expect("request");
+            std::hint::black_box(answer);
+        }
+    })
+    .await;
+    responder.abort();
+    ops
+}
+
+async fn node(url: &str, id: &str) -> anyhow::Result<Runtime> {
+    Ok(Runtime::join_cluster(
+        ClusterConfig::new(url, "bench").node_id(id),
+        Runtime::builder().register::<Probe>(),
+    )
+    .await?)
+}
+
+fn remote_ids(rt: &Runtime, owner: &str, prefix: &str, n: usize) -> Vec<String> {
+    let cluster = rt.cluster().expect("cluster node");
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|id| cluster.locate("probe", id).owner.as_deref() == Some(owner))
+        .take(n)
+        .collect()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let server = nats::NatsServer::start();
+    let url = server.url();
+    let n1 = node(&url, "node-1").await?;
+    let n2 = node(&url, "node-2").await?;
+    // Wait for the two-node map.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n1
+        .cluster()
+        .and_then(|c| c.shard_map())
+        .is_none_or(|m| m.nodes.len() != 2)
+    {
+        anyhow::ensure!(Instant::now() < deadline, "no two-node map");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // B2
+    let client = async_nats::connect(&url).await?;
+    for concurrency in [1usize, 64] {
+        let ids = remote_ids(&n1, "node-2", &format!("warm{concurrency}"), concurrency);
+        let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
+            ids.iter()
+                .map(|id| n1.actor::<Probe>(id))
+                .collect::<Result<_, _>>()?,
+        );
+        for r in refs.iter() {
+            r.ask(ProbeCmd::Get).await?;
+        }
+        let (mut r, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            r.push(raw(client.clone(), concurrency).await);
+            let refs = refs.clone();
+            o.push(
+                throughput(concurrency, measure_time(), move |w| {
+                    let refs = refs.clone();
+                    async move {
+                        refs[w].ask(ProbeCmd::Get).await.expect("remote ask");
+                    }
+                })
+                .await,
+            );
+        }
+        report(Figure {
+            id: "B2",
+            measure: &format!("cross-node ask / raw NATS request-reply, {concurrency} in flight"),
+            ours: median(o),
+            baseline: median(r),
+            unit: "ops/s",
+            target: (">=", 0.7),
+        });
+    }
+
+    // B10
+    let cold_ids = remote_ids(&n1, "node-2", "cold", 200);
+    let mut cold = Vec::new();
+    for id in &cold_ids {
+        let r = n1.actor::<Probe>(id)?;
+        let t = Instant::now();
+        r.ask(ProbeCmd::Get).await?;
+        cold.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut warm = Vec::new();
+    for id in &cold_ids {
+        let r = n1.actor::<Probe>(id)?;
+        let t = Instant::now();
+        r.ask(ProbeCmd::Get).await?;
+        warm.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (cold, warm) = (median(cold), median(warm));
+    report(Figure {
+        id: "B10",
+        measure: "first ask to a never-activated remote actor / warm remote ask (p50)",
+        ours: cold,
+        baseline: warm,
+        unit: "ms",
+        target: ("<=", 3.0),
+    });
+    n1.shutdown().await?;
+    n2.shutdown().await?;
+    Ok(())
+}
