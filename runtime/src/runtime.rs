@@ -25,8 +25,8 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{RuntimeConfig, defaults};
 use crate::errors::StartError;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
-use crate::routing::Transport;
-use crate::routing::{LocalPlacement, Placement};
+use crate::routing::{ClientPlacement, LocalPlacement, Placement};
+use crate::routing::{Dispatch, Transport};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
     SnapshotStore, StoreError,
@@ -81,6 +81,9 @@ pub struct RuntimeStats {
     pub abandoned: u64,
     /// Actors resident right now.
     pub resident: u64,
+    /// Asks to other nodes sent again because their shard was between owners (cluster only;
+    /// never counts an ask that may have run).
+    pub remote_retries: u64,
 }
 
 enum StoreChoice {
@@ -112,6 +115,7 @@ pub struct RuntimeBuilder {
     store: StoreChoice,
     placement: Arc<dyn Placement>,
     cluster: Option<ClusterConfig>,
+    client_of: Option<String>,
 }
 
 impl RuntimeBuilder {
@@ -268,6 +272,17 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Makes this runtime a **client** of the cluster at `urls` (comma-separated NATS URLs):
+    /// it hosts no actor and owns no shard, and every ask goes over NATS to the node that
+    /// serves the actor's shard — retried with the same command id while the shard moves.
+    /// For services that call actors without hosting them, and for tools and tests. Needs the
+    /// namespace (`.namespace(...)`) and the actor types it calls (`.register::<A>()`).
+    /// `rt.event_store()` reads the namespace's JetStream history.
+    pub fn cluster_client(mut self, urls: impl Into<String>) -> Self {
+        self.client_of = Some(urls.into());
+        self
+    }
+
     /// Opens the store and starts the runtime. Must be called inside a tokio runtime.
     pub async fn start(self) -> Result<Runtime, StartError> {
         let namespace = match (&self.namespace, &self.cluster) {
@@ -307,8 +322,33 @@ impl RuntimeBuilder {
         let mut cluster = None;
         let mut transport = None;
         let mut placement = self.placement;
-        let store = match self.cluster {
-            Some(cc) => {
+        let store = match (self.cluster, self.client_of) {
+            (Some(_), Some(_)) => {
+                return Err(StartError::Setup(
+                    "a runtime is either a cluster node or a cluster client, not both".into(),
+                ));
+            }
+            (None, Some(urls)) => {
+                let client = crate::cluster::connect(
+                    &urls,
+                    &format!("aether-client-{namespace}"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(StartError::Cluster)?;
+                let options = JetStreamOptions {
+                    max_commit_bytes: config.max_commit_bytes,
+                    ..JetStreamOptions::default()
+                };
+                let store = Arc::new(
+                    JetStreamStore::with_client(client.clone(), namespace.clone(), options).await?,
+                );
+                location = format!("cluster client of {urls} (hosts no actors)");
+                placement = Arc::new(ClientPlacement);
+                transport = Some(Arc::new(Transport::new(client)));
+                StoreChoice::Custom(store.clone(), store)
+            }
+            (Some(cc), None) => {
                 let client = crate::cluster::connect(
                     &cc.urls,
                     &format!("aether-{}", cc.node_id),
@@ -338,7 +378,7 @@ impl RuntimeBuilder {
                 cluster = Some(joined);
                 StoreChoice::Custom(store.clone(), store)
             }
-            None => self.store,
+            (None, None) => self.store,
         };
         let (events, snapshots): (Arc<dyn EventStore>, Arc<dyn SnapshotStore>) = match store {
             StoreChoice::Memory => {
@@ -353,7 +393,7 @@ impl RuntimeBuilder {
                 (store.clone(), store)
             }
             StoreChoice::Custom(events, snapshots) => {
-                if cluster.is_none() {
+                if cluster.is_none() && transport.is_none() {
                     location = "custom store".into();
                 }
                 if events.namespace() != &namespace {
@@ -394,13 +434,14 @@ impl RuntimeBuilder {
         );
         let mut inbound = None;
         if let Some(c) = &cluster {
-            let owned = c.owned_shards();
-            let epoch = owned.borrow().epoch;
+            let epoch = c.owned_shards().borrow().epoch;
+            let dispatch: Arc<dyn Dispatch> = Arc::new(HostDispatch(Arc::downgrade(&host)));
+            c.start_handoff(Arc::clone(&dispatch));
             let (task, mut served) = crate::routing::remote::serve(
                 c.client().clone(),
                 host.namespace.clone(),
-                owned,
-                Arc::new(HostDispatch(Arc::downgrade(&host))),
+                c.serving_shards(),
+                dispatch,
             );
             inbound = Some(task);
             // Return only once this node answers for its shards.
@@ -468,6 +509,7 @@ impl Runtime {
             },
             placement: Arc::new(LocalPlacement),
             cluster: None,
+            client_of: None,
         }
     }
 
@@ -528,6 +570,7 @@ impl Runtime {
             handler_panics: get(&s.handler_panics),
             abandoned: get(&s.abandoned),
             resident: self.host.resident() as u64,
+            remote_retries: self.host.transport.as_ref().map_or(0, |t| t.retries()),
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::activation::{CallMeta, Envelope, Msg};
 use super::contract::Behavior;
-use super::host::Host;
+use super::host::{Host, Undelivered};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
 use crate::wire::CommandId;
@@ -176,7 +176,29 @@ pub(crate) async fn ask_on<A: Behavior>(
     if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
         return super::remote::ask::<A>(host, key, shard, cmd, meta).await;
     }
-    ask_local::<A>(host, key, cmd, meta).await
+    match ask_local::<A>(host, key, cmd, meta).await {
+        LocalAsk::Answered(result) => result,
+        // The shard moved away between the routing decision and delivery: follow it.
+        LocalAsk::NotOwner { shard, cmd, meta } => {
+            super::remote::ask::<A>(host, key, shard, cmd, meta).await
+        }
+    }
+}
+
+/// The outcome of a local ask.
+pub(crate) enum LocalAsk<A: Behavior> {
+    /// The local activation answered (or the ask failed here).
+    Answered(Result<A::Reply, AskError<A::Error>>),
+    /// The actor is not resident and this node does not serve its shard (it is moving): the
+    /// command was not queued and comes back, to be sent to the shard's owner.
+    NotOwner {
+        /// The actor's shard.
+        shard: u32,
+        /// The command, untouched.
+        cmd: A::Command,
+        /// Its metadata (same command id: a retry elsewhere is deduplicated).
+        meta: CallMeta,
+    },
 }
 
 /// Delivers an ask to the local activation and waits for its answer.
@@ -185,7 +207,7 @@ pub(crate) async fn ask_local<A: Behavior>(
     key: &ActorKey,
     cmd: A::Command,
     meta: CallMeta,
-) -> Result<A::Reply, AskError<A::Error>> {
+) -> LocalAsk<A> {
     let command_id = meta.command_id;
     let (deadline, timeout) = (meta.deadline, meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
@@ -199,20 +221,27 @@ pub(crate) async fn ask_local<A: Behavior>(
     let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
         Poll::Ready(result) => result,
         Poll::Pending => match tokio::time::timeout_at(deadline, delivery).await {
-            Err(_) => return Err(AskError::Timeout { after: timeout }),
+            Err(_) => return LocalAsk::Answered(Err(AskError::Timeout { after: timeout })),
             Ok(result) => result,
         },
     };
-    delivered?;
+    match delivered {
+        Ok(()) => {}
+        Err((Undelivered::NotOwner(shard), Msg::Command(env))) => {
+            let Envelope { cmd, meta, .. } = *env;
+            return LocalAsk::NotOwner { shard, cmd, meta };
+        }
+        Err((refusal, _)) => return LocalAsk::Answered(Err(refusal.to_ask())),
+    }
     // No timer here: the activation answers every queued command by its deadline (see the
     // activation module), and a stopped activation drops the sender, which ends this wait.
-    match reply_rx.await {
+    LocalAsk::Answered(match reply_rx.await {
         Ok(result) => result,
         Err(_) => Err(AskError::OutcomeUnknown {
             command_id,
             reason: "the actor stopped before replying".into(),
         }),
-    }
+    })
 }
 
 /// The tell path shared by refs and handlers.
@@ -243,14 +272,20 @@ pub(crate) fn tell_on<A: Behavior>(
             chain: Vec::new(),
         }
     });
-    host.deliver_now::<A>(
-        key,
-        Msg::Command(Box::new(Envelope {
-            cmd,
-            meta,
-            reply: None,
-        })),
-    )
+    let msg = Msg::Command(Box::new(Envelope {
+        cmd,
+        meta,
+        reply: None,
+    }));
+    match host.deliver_now::<A>(&key.id, msg) {
+        Ok(()) => Ok(()),
+        Err((Undelivered::NotOwner(shard), Msg::Command(env))) => {
+            let Envelope { cmd, meta, .. } = *env;
+            super::remote::tell::<A>(host, key, shard, cmd, Some(meta))
+        }
+        Err((Undelivered::Full, _)) => Err(TellError::MailboxFull { actor: key.clone() }),
+        Err(_) => Err(TellError::Shutdown),
+    }
 }
 
 fn check_target<A: Behavior, E>(host: &Host, key: &ActorKey) -> Result<(), AskError<E>> {

@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::activation::{self, Msg};
 use super::contract::Behavior;
 use crate::config::RuntimeConfig;
-use crate::errors::{AskError, TellError};
+use crate::errors::AskError;
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
 use crate::routing::{Owner, Placement, shard_of};
 use crate::store::{EventStore, SnapshotStore};
@@ -204,6 +204,35 @@ enum TryDeliver<A: Behavior> {
     Full(mpsc::Sender<Msg<A>>, Msg<A>),
 }
 
+/// Why a command was not queued here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// The actor is not resident and its shard is not served by this node (any more): the
+    /// caller routes the command to the shard's owner instead. Never reached on a single node.
+    NotOwner(u32),
+    /// The mailbox is full (only from the non-waiting path).
+    Full,
+    /// The runtime is shutting down.
+    Shutdown,
+    /// The actor's mailbox kept closing under us.
+    Unavailable,
+}
+
+impl Undelivered {
+    pub fn to_ask<E>(&self) -> AskError<E> {
+        match self {
+            Undelivered::Shutdown => AskError::Shutdown,
+            Undelivered::NotOwner(shard) => {
+                AskError::Unavailable(format!("shard {shard} is moving to another node; retry"))
+            }
+            Undelivered::Full => AskError::Unavailable("the actor's mailbox is full".into()),
+            Undelivered::Unavailable => {
+                AskError::Unavailable("the actor's mailbox keeps closing".into())
+            }
+        }
+    }
+}
+
 /// Every live host of this process, for binding refs that arrive without one.
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
@@ -334,10 +363,18 @@ impl Host {
         self.placement.single_node() || self.placement.owner(shard) == Owner::Local
     }
 
-    /// Passivates every resident actor whose shard is in `shards` (they moved away).
-    pub fn passivate_shards(&self, shards: &[u32]) {
+    /// Starts passivating every resident actor whose shard is in `shards` (they moved away)
+    /// and returns how many it stopped plus the completion signals of every activation of
+    /// those shards still running — including ones already stopping for other reasons. The
+    /// handoff awaits them all before it releases the shards to their new owner.
+    ///
+    /// The caller must already have stopped routing `shards` here ([`Host::owns`] is false
+    /// for them): then no new activation of them can start (see [`Host::try_deliver`]), so
+    /// once these signals fire, nothing of the shards runs on this node.
+    pub fn drain_shards(&self, shards: &[u32]) -> (usize, Vec<watch::Receiver<()>>) {
         let lost: std::collections::HashSet<u32> = shards.iter().copied().collect();
         let mut count = 0usize;
+        let mut waits = Vec::new();
         for registry in self.registry.iter() {
             let mut reg = registry.lock();
             let leaving: Vec<RegKey> = reg
@@ -353,35 +390,46 @@ impl Host {
                     count += 1;
                 }
             }
+            waits.extend(
+                reg.stopping
+                    .iter()
+                    .filter(|(k, _)| lost.contains(&self.shard_of(k.kind, &k.id)))
+                    .map(|(_, (_, done))| done.clone()),
+            );
         }
         if count > 0 {
             tracing::debug!(
                 actors = count,
                 shards = shards.len(),
-                "passivated actors of moved shards"
+                "passivating actors of moved shards"
             );
         }
+        (count, waits)
     }
 
     /// Queues `msg` for actor `id` of kind `A` without waiting, activating it if needed.
+    ///
+    /// A new activation starts only while this node serves the actor's shard, checked under
+    /// the registry lock: the handoff switches ownership first and drains under the same lock
+    /// after, so an actor of a shard that moved away is never brought back to life here.
     fn try_deliver<A: Behavior>(
         self: &Arc<Self>,
         id: &ActorId,
         mut msg: Msg<A>,
-    ) -> Result<TryDeliver<A>, Msg<A>> {
+    ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
         let view = (A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
         let mut reg = self.shard(A::KIND, id).lock();
         if self.shutting_down.load(Ordering::Acquire) {
-            return Err(msg);
+            return Err((Undelivered::Shutdown, msg));
         }
         // At most two rounds: a closed mailbox found in the map is replaced once.
         for _ in 0..2 {
             if let Some(entry) = reg.resident.get_mut(key) {
                 entry.last_used_ms = now;
                 let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>() else {
-                    return Err(msg);
+                    return Err((Undelivered::Unavailable, msg));
                 };
                 match tx.try_send(msg) {
                     Ok(()) => return Ok(TryDeliver::Sent),
@@ -396,6 +444,12 @@ impl Host {
                     }
                 }
             }
+            if !self.placement.single_node() {
+                let shard = self.shard_of(A::KIND, id);
+                if !self.owns(shard) {
+                    return Err((Undelivered::NotOwner(shard), msg));
+                }
+            }
             let owned = RegKey {
                 kind: A::KIND,
                 id: id.clone(),
@@ -407,7 +461,7 @@ impl Host {
                 Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
             }
         }
-        Err(msg)
+        Err((Undelivered::Unavailable, msg))
     }
 
     fn spawn_activation<A: Behavior>(
@@ -453,45 +507,36 @@ impl Host {
         tx
     }
 
-    /// Delivers `msg`, waiting for mailbox room if needed. The caller bounds the wait.
+    /// Delivers `msg`, waiting for mailbox room if needed. The caller bounds the wait. A
+    /// refused message comes back with the reason.
     pub async fn deliver<A: Behavior>(
         self: &Arc<Self>,
         id: &ActorId,
         msg: Msg<A>,
-    ) -> Result<(), AskError<A::Error>> {
+    ) -> Result<(), (Undelivered, Msg<A>)> {
         let mut msg = msg;
         loop {
-            match self.try_deliver::<A>(id, msg) {
-                Ok(TryDeliver::Sent) => return Ok(()),
-                Ok(TryDeliver::Full(tx, m)) => match tx.send(m).await {
+            match self.try_deliver::<A>(id, msg)? {
+                TryDeliver::Sent => return Ok(()),
+                TryDeliver::Full(tx, m) => match tx.send(m).await {
                     Ok(()) => return Ok(()),
                     // Closed while we waited (passivated): go back to the map.
                     Err(mpsc::error::SendError(m)) => msg = m,
                 },
-                Err(_) => {
-                    return Err(if self.shutting_down.load(Ordering::Acquire) {
-                        AskError::Shutdown
-                    } else {
-                        AskError::Unavailable("the actor's mailbox keeps closing".into())
-                    });
-                }
             }
             tokio::task::yield_now().await;
         }
     }
 
-    /// Queues `msg` if there is room now; never waits.
+    /// Queues `msg` if there is room now; never waits. A refused message comes back.
     pub fn deliver_now<A: Behavior>(
         self: &Arc<Self>,
-        actor: &ActorKey,
+        id: &ActorId,
         msg: Msg<A>,
-    ) -> Result<(), TellError> {
-        match self.try_deliver::<A>(&actor.id, msg) {
-            Ok(TryDeliver::Sent) => Ok(()),
-            Ok(TryDeliver::Full(..)) => Err(TellError::MailboxFull {
-                actor: actor.clone(),
-            }),
-            Err(_) => Err(TellError::Shutdown),
+    ) -> Result<(), (Undelivered, Msg<A>)> {
+        match self.try_deliver::<A>(id, msg)? {
+            TryDeliver::Sent => Ok(()),
+            TryDeliver::Full(_, m) => Err((Undelivered::Full, m)),
         }
     }
 

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::activation::{CallMeta, Envelope, Msg};
-use super::actor_ref::{ask_local, with_decode_host};
+use super::actor_ref::{LocalAsk, ask_local, with_decode_host};
 use super::contract::Behavior;
-use super::host::Host;
+use super::host::{Host, wait_done};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, remote::actor_subject};
@@ -270,19 +270,24 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                     meta,
                     reply: None,
                 }));
-                if let Err(e) = host.deliver_now::<A>(&key, msg) {
-                    tracing::debug!(error = %e, "remote tell dropped");
+                if let Err((refusal, _)) = host.deliver_now::<A>(&key.id, msg) {
+                    // Tells are at most once: one that finds its shard moving is not resent.
+                    tracing::debug!(?refusal, actor = %key, "remote tell dropped");
                 }
                 return None;
             }
             Some(match ask_local::<A>(&host, &key, cmd, meta).await {
-                Ok(reply) => match codec::encode("reply", &reply) {
+                LocalAsk::Answered(Ok(reply)) => match codec::encode("reply", &reply) {
                     Ok(reply) => RemoteReply::Ok { reply },
                     Err(e) => RemoteReply::Err(RemoteError::Codec {
                         reason: e.to_string(),
                     }),
                 },
-                Err(e) => RemoteReply::Err(to_remote(e)),
+                LocalAsk::Answered(Err(e)) => RemoteReply::Err(to_remote(e)),
+                // Not queued: the sender retries with the same command id at the new owner.
+                LocalAsk::NotOwner { shard, .. } => {
+                    RemoteReply::Err(RemoteError::NotOwner { shard })
+                }
             })
         })
     }
@@ -366,9 +371,16 @@ impl Dispatch for HostDispatch {
         })
     }
 
-    fn shards_lost(&self, shards: &[u32]) {
-        if let Some(host) = self.0.upgrade() {
-            host.passivate_shards(shards);
-        }
+    fn drain(&self, shards: Vec<u32>) -> BoxFuture<usize> {
+        let host = self.0.upgrade();
+        Box::pin(async move {
+            let Some(host) = host else { return 0 };
+            let (stopped, running) = host.drain_shards(&shards);
+            drop(host);
+            for done in running {
+                wait_done(done).await;
+            }
+            stopped
+        })
     }
 }

@@ -24,6 +24,11 @@ pub struct ClusterConfig {
     pub join_timeout: Duration,
     /// Capacity advertised in the node registry (relative weight; informational for now).
     pub capacity: u32,
+    /// The hard deadline of a handoff (default 10 s). The old owner of a moving shard gets this
+    /// long to finish its running turns and stop its activations; the new owner waits this long
+    /// for the old owner's release before it serves the shard anyway (the store's version
+    /// check still fences a straggler). Failed nodes are never waited for.
+    pub handoff_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -42,6 +47,7 @@ impl ClusterConfig {
             replicas: 1,
             join_timeout: Duration::from_secs(30),
             capacity: 1,
+            handoff_timeout: Duration::from_secs(10),
         }
     }
 
@@ -69,6 +75,12 @@ impl ClusterConfig {
         self
     }
 
+    /// Sets the hard deadline of a handoff.
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = timeout;
+        self
+    }
+
     /// Sets the replicas of the cluster's streams and buckets.
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
@@ -76,7 +88,8 @@ impl ClusterConfig {
     }
 
     /// Reads `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_REPLICAS`,
-    /// `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS` (for binaries).
+    /// `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`,
+    /// `AETHER_HANDOFF_TIMEOUT_MS` (for binaries).
     pub fn from_env() -> Result<Self, String> {
         let get = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
         let urls = get("AETHER_NATS_URL").ok_or("AETHER_NATS_URL is not set")?;
@@ -102,6 +115,9 @@ impl ClusterConfig {
         }
         if let Some(d) = ms("AETHER_LEASE_MS")? {
             config.lease = d;
+        }
+        if let Some(d) = ms("AETHER_HANDOFF_TIMEOUT_MS")? {
+            config.handoff_timeout = d;
         }
         if let Some(r) = get("AETHER_REPLICAS") {
             config.replicas = r

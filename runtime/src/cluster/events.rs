@@ -1,5 +1,7 @@
 //! Cluster events: what a node observes about the cluster, as it happens.
 
+use std::time::Duration;
+
 /// Something that happened in the cluster, as seen by this node. Subscribe with
 /// `Cluster::events`; each event is also logged through `tracing`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,5 +43,32 @@ pub enum ClusterEvent {
         node: String,
         /// The map's epoch.
         epoch: u64,
+    },
+    /// This node started serving a shard it gained, after the handoff from its previous owner.
+    ShardMigrated {
+        /// The shard.
+        shard: u32,
+        /// Its previous owner in the last map this node served under (`None`: unowned before).
+        from: Option<String>,
+        /// This node.
+        to: String,
+        /// The map's epoch.
+        epoch: u64,
+        /// From adopting the map to serving the shard (the old owner's drain and release).
+        after: Duration,
+        /// `true` when the old owner did not release in time and the shard was taken anyway
+        /// (the store's version check fences any straggling activation).
+        forced: bool,
+    },
+    /// This node stopped every activation of shards it lost and recorded its release.
+    ShardsReleased {
+        /// The shards.
+        shards: Vec<u32>,
+        /// The map's epoch.
+        epoch: u64,
+        /// Actors that were passivated (snapshotted and stopped).
+        actors: usize,
+        /// How long the drain took.
+        after: Duration,
     },
 }

@@ -35,6 +35,12 @@ pub struct NodeRecord {
     pub status: NodeStatus,
     /// The node's heartbeat counter (changes the record every heartbeat).
     pub beat: u64,
+    /// The highest shard-map epoch this node has **released**: it has adopted that map and
+    /// stopped every activation of the shards the map does not give it. A node gaining a shard
+    /// in epoch `e` serves it only once every other live node has released `e` (see
+    /// `cluster::handoff`). Absent in records of older nodes, which read as 0.
+    #[serde(default)]
+    pub released_epoch: u64,
 }
 
 /// A node as this node sees it.
@@ -93,6 +99,28 @@ impl Registry {
         self.nodes
             .values()
             .filter(|s| s.record.status == NodeStatus::Alive && now.duration_since(s.at) < timeout)
+            .map(|s| s.record.node.clone())
+            .collect()
+    }
+
+    /// Nodes that may still run activations of shards they lost before epoch `epoch`: every
+    /// node but `me` that is not `Failed`, was heard from within `timeout`, and has not
+    /// released `epoch` yet. A gaining node waits for this list to be empty.
+    pub fn unreleased(
+        &self,
+        me: &str,
+        epoch: u64,
+        now: Instant,
+        timeout: std::time::Duration,
+    ) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|s| {
+                s.record.node != me
+                    && s.record.status != NodeStatus::Failed
+                    && now.duration_since(s.at) < timeout
+                    && s.record.released_epoch < epoch
+            })
             .map(|s| s.record.node.clone())
             .collect()
     }

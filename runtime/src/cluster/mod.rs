@@ -32,6 +32,7 @@
 mod assignment;
 mod config;
 mod events;
+mod handoff;
 mod membership;
 mod shard_map;
 mod view;
@@ -52,13 +53,14 @@ use tokio::time::Instant;
 pub use assignment::assign;
 pub use config::ClusterConfig;
 pub use events::ClusterEvent;
+pub use handoff::HandoffStats;
 pub use membership::{NodeRecord, NodeStatus};
 pub use shard_map::ShardMap;
 pub use view::{ClusterView, LeaderInfo};
 
 use self::membership::{Change, Registry};
 use crate::names::{NameKind, Namespace, validate_name};
-use crate::routing::{OwnedShards, Owner, Placement, shard_of};
+use crate::routing::{Dispatch, OwnedShards, Owner, Placement, shard_of};
 use crate::wire::codec;
 
 const LEADER_KEY: &str = "leader";
@@ -121,7 +123,18 @@ struct Inner {
     leader: RwLock<Option<LeaderInfo>>,
     lease: Mutex<Option<Lease>>,
     events: broadcast::Sender<ClusterEvent>,
+    /// The shards the latest adopted map gives this node.
     owned: watch::Sender<Arc<OwnedShards>>,
+    /// The shards this node serves right now: `owned` minus those still being handed over to
+    /// it (see [`handoff`]). Routing subscribes to exactly these; placement says `Local` for
+    /// exactly these.
+    serving: watch::Sender<Arc<OwnedShards>>,
+    /// The highest map epoch whose lost shards this node has fully drained (advertised in
+    /// its [`NodeRecord`]).
+    released: AtomicU64,
+    /// Bumped on every registry change, to wake handoffs waiting for releases.
+    registry_rev: watch::Sender<u64>,
+    handoff: handoff::Counters,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -232,6 +245,8 @@ impl Cluster {
         )
         .await?;
         let (owned, _) = watch::channel(Arc::new(OwnedShards::default()));
+        let (serving, _) = watch::channel(Arc::new(OwnedShards::default()));
+        let (registry_rev, _) = watch::channel(0u64);
         let (stop, _) = watch::channel(false);
         let cluster = Cluster {
             inner: Arc::new(Inner {
@@ -252,6 +267,10 @@ impl Cluster {
                 lease: Mutex::new(None),
                 events: broadcast::channel(4096).0,
                 owned,
+                serving,
+                released: AtomicU64::new(0),
+                registry_rev,
+                handoff: handoff::Counters::default(),
                 stop,
                 tasks: Mutex::new(Vec::new()),
                 config,
@@ -374,9 +393,30 @@ impl Cluster {
         self.inner.events.subscribe()
     }
 
-    /// The shards this node owns, updated with every map (for routing).
+    /// The shards the latest map gives this node, updated with every map.
     pub fn owned_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
         self.inner.owned.subscribe()
+    }
+
+    /// The shards this node serves now (what routing subscribes to): the owned shards minus
+    /// those whose handoff to this node is still in progress. Its epoch is the latest map whose
+    /// shards are all served.
+    pub fn serving_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
+        self.inner.serving.subscribe()
+    }
+
+    /// Starts the handoff task, which follows the shard map: it drains the shards this node
+    /// loses through `dispatch`, records the release, and serves gained shards once their
+    /// previous owners have released them. The runtime calls this once, after its actor host
+    /// exists; until then the node serves nothing.
+    pub fn start_handoff(&self, dispatch: Arc<dyn Dispatch>) {
+        let task = tokio::spawn(handoff::run(Arc::clone(&self.inner), dispatch));
+        self.inner.tasks.lock().push(task);
+    }
+
+    /// Handoff counters of this node.
+    pub fn handoff_stats(&self) -> HandoffStats {
+        self.inner.handoff.snapshot(&self.inner)
     }
 
     /// The placement view routing asks "who owns this shard".
@@ -392,8 +432,9 @@ impl Cluster {
     }
 
     /// Leaves gracefully: marks this node `Leaving`, lets the leader (or itself, when leader)
-    /// publish a map without it, resigns the lease, and stops. Waits at most `timeout` for the
-    /// map without it.
+    /// publish a map without it, hands every shard off (running turns finish, actors are
+    /// snapshotted and stopped, the release is recorded so the new owners serve at once),
+    /// resigns the lease, and stops. Waits at most `timeout` for all of that.
     pub async fn leave(&self, timeout: Duration) {
         let inner = &self.inner;
         inner.leaving.store(true, Ordering::Release);
@@ -404,14 +445,19 @@ impl Cluster {
             if inner.acting_term().is_some() {
                 inner.lead().await;
             }
-            // Done when a map without this node is out, or when no one else could take over.
-            let gone = self
-                .shard_map()
-                .is_none_or(|m| !m.nodes.contains(&me) || m.nodes.len() == 1);
+            // Done when a map without this node is out and this node has released its shards
+            // under it, or when no one else could take over.
+            let gone = match self.shard_map() {
+                None => true,
+                Some(m) if m.nodes.len() == 1 && m.nodes.contains(&me) => true,
+                Some(m) => {
+                    !m.nodes.contains(&me) && inner.released.load(Ordering::Acquire) >= m.epoch
+                }
+            };
             if gone || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         inner.resign().await;
         self.stop();
@@ -444,9 +490,13 @@ struct ClusterPlacement {
 
 impl Placement for ClusterPlacement {
     fn owner(&self, shard: u32) -> Owner {
+        if self.inner.serving.borrow().shards.contains(&shard) {
+            return Owner::Local;
+        }
         let map = self.inner.map.read();
         match map.as_ref().and_then(|m| m.owner(shard)) {
-            Some(node) if node == self.inner.config.node_id => Owner::Local,
+            // Ours in the map, but its handoff is not done: nobody serves it yet.
+            Some(node) if node == self.inner.config.node_id => Owner::Unassigned,
             Some(node) => Owner::Remote(node.to_owned()),
             None => Owner::Unassigned,
         }
@@ -466,6 +516,7 @@ impl Inner {
             capacity: self.config.capacity,
             status,
             beat: self.beat.fetch_add(1, Ordering::Relaxed),
+            released_epoch: self.released.load(Ordering::Acquire),
         }
     }
 
@@ -533,6 +584,7 @@ impl Inner {
                         self.registry.lock().remove(&entry.key)
                     }
                 };
+                self.registry_rev.send_modify(|rev| *rev += 1);
                 match change {
                     Some(Change::Joined(node)) => self.emit(ClusterEvent::NodeJoined { node }),
                     Some(Change::Left(node)) => self.emit(ClusterEvent::NodeLeft { node }),
@@ -611,22 +663,66 @@ impl Inner {
         (Instant::now() < lease.renewed_at + valid_for).then_some(lease.term)
     }
 
+    /// The election loop. Every heartbeat: renew the lease (leader) or try to acquire it
+    /// (follower). When the lease key is deleted or expires (a `Purge` marker), followers try
+    /// at once; puts by the leader only refresh who the leader is, they trigger no KV call.
+    /// While leader, check the registry four times per heartbeat, so a silent node is declared
+    /// failed within a quarter heartbeat of its timeout.
     async fn elect(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
-        let mut tick = tokio::time::interval(self.config.heartbeat);
+        let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
+        let mut last_step: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                Some(_) = async {
+            let vacated = tokio::select! {
+                _ = tick.tick() => false,
+                Some(entry) = async {
                     match changes.as_mut() {
                         Some(w) => w.next().await,
                         None => std::future::pending().await,
                     }
-                } => {}
+                } => match entry {
+                    Ok(entry) if entry.operation == kv::Operation::Put => {
+                        self.observe_leader(&entry);
+                        false
+                    }
+                    Ok(_) => true,
+                    Err(_) => false,
+                },
                 _ = stop.changed() => return,
+            };
+            let due = last_step.is_none_or(|at| at.elapsed() >= self.config.heartbeat);
+            if (vacated && self.lease.lock().is_none()) || due {
+                last_step = Some(Instant::now());
+                self.step().await;
+            } else if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
+                self.lead().await;
             }
-            self.step().await;
+        }
+    }
+
+    /// Notes the leader named by a put on the lease key (no KV call).
+    fn observe_leader(&self, entry: &kv::Entry) {
+        let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value) else {
+            return;
+        };
+        if record.term == 0 || record.node == self.config.node_id {
+            // A lease being recorded (term follows in the next put), or our own renewal.
+            return;
+        }
+        let info = LeaderInfo {
+            node: record.node,
+            term: record.term,
+        };
+        let changed = self.leader.read().as_ref() != Some(&info);
+        if changed {
+            *self.leader.write() = Some(info.clone());
+            self.emit(ClusterEvent::LeaderElected {
+                node: info.node,
+                term: info.term,
+            });
         }
     }
 
@@ -803,11 +899,13 @@ impl Inner {
         if alive.is_empty() {
             return;
         }
+        // A new leader publishes once even when nothing changed: its map, written by
+        // compare-and-set under its term, is the fence that makes any write a deposed leader
+        // still has in flight fail (its revision is stale) or be superseded at once.
         let current = self.map.read().clone();
-        if current
-            .as_ref()
-            .is_some_and(|m| m.nodes == alive && m.shard_count() == self.shard_count)
-        {
+        if current.as_ref().is_some_and(|m| {
+            m.nodes == alive && m.shard_count() == self.shard_count && m.term >= term
+        }) {
             return;
         }
         if let Err(e) = self.publish(term, &alive).await {

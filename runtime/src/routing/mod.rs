@@ -11,6 +11,6 @@ mod placement;
 pub mod remote;
 mod shard;
 
-pub use placement::{LocalPlacement, Owner, Placement};
+pub use placement::{ClientPlacement, LocalPlacement, Owner, Placement};
 pub use remote::{Dispatch, OwnedShards, SendError, Transport};
 pub use shard::shard_of;

@@ -35,3 +35,14 @@ impl Placement for LocalPlacement {
         true
     }
 }
+
+/// The placement of a cluster *client*: a runtime that calls actors but hosts none. Every
+/// shard is served elsewhere, so every ask goes to the shard's owner over NATS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientPlacement;
+
+impl Placement for ClientPlacement {
+    fn owner(&self, _shard: u32) -> Owner {
+        Owner::Unassigned
+    }
+}

@@ -55,12 +55,22 @@ pub enum SendError {
 /// Sends frames to shard owners.
 pub struct Transport {
     client: async_nats::Client,
+    retries: std::sync::atomic::AtomicU64,
 }
 
 impl Transport {
     /// A transport on `client`.
     pub fn new(client: async_nats::Client) -> Self {
-        Transport { client }
+        Transport {
+            client,
+            retries: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Requests sent again because no node served their shard yet, or its old owner refused
+    /// them (a shard moving between nodes). Never counts a request that may have been handled.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn connected(&self) -> Result<(), SendError> {
@@ -114,9 +124,11 @@ impl Transport {
                     _ => return Err(SendError::Unavailable(e.to_string())),
                 },
             }
+            self.retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            backoff = (backoff * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -148,12 +160,16 @@ pub trait Dispatch: Send + Sync + 'static {
         payload: Bytes,
     ) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
-    /// The node no longer owns `shards` (its subscriptions are already gone).
-    fn shards_lost(&self, shards: &[u32]);
+    /// Stops every activation of `shards`, which this node no longer serves: running turns
+    /// finish, queued commands are served, state is snapshotted. Resolves with the number of
+    /// actors stopped once all of them have. Called by the cluster's handoff after it stopped
+    /// routing these shards here, so no new activation of them can start meanwhile.
+    fn drain(&self, shards: Vec<u32>) -> Pin<Box<dyn Future<Output = usize> + Send>>;
 }
 
-/// Keeps one queue subscription per owned shard, following `owned`, and hands every frame to
-/// `dispatch`. Ends when `owned`'s sender is dropped; then every subscription is dropped.
+/// Keeps one queue subscription per served shard, following `owned` (the shards the cluster's
+/// handoff says to serve now), and hands every frame to `dispatch`. Ends when `owned`'s sender
+/// is dropped; then every subscription is dropped.
 ///
 /// The returned receiver holds the epoch whose shards are all subscribed (and flushed to the
 /// server): once it reaches an epoch, requests for those shards find this node.
@@ -184,7 +200,6 @@ pub fn serve(
                     epoch = wanted.epoch,
                     "stopped serving shards"
                 );
-                dispatch.shards_lost(&lost);
             }
             for &shard in &wanted.shards {
                 if serving.contains_key(&shard) {
