@@ -4,149 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aether::ClusterView;
 use aether::cluster::ShardMap;
 use common::nats::{NatsCluster, wait_for_jetstream};
+use common::process::{FAST, NodeProcess, poll};
 use futures_util::StreamExt;
 
-const HEARTBEAT_MS: u64 = 250;
-const LEASE_MS: u64 = 1000;
-const FAILURE_MS: u64 = 1000;
-
-/// The example binary, built by `cargo test` next to the test binaries.
-fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let debug = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let bin = debug.join("examples/cluster_node");
-    assert!(
-        bin.is_file(),
-        "{} is missing: cargo test builds examples; run `cargo build --examples`",
-        bin.display()
-    );
-    bin
-}
-
-struct NodeProcess {
-    id: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl NodeProcess {
-    fn spawn(urls: &str, namespace: &str, id: &str) -> NodeProcess {
-        let mut command = Command::new(node_binary());
-        command
-            .env("AETHER_NATS_URL", urls)
-            .env("AETHER_NAMESPACE", namespace)
-            .env("AETHER_NODE_ID", id)
-            .env("AETHER_REPLICAS", "3")
-            .env("AETHER_HEARTBEAT_MS", HEARTBEAT_MS.to_string())
-            .env("AETHER_FAILURE_TIMEOUT_MS", FAILURE_MS.to_string())
-            .env("AETHER_LEASE_MS", LEASE_MS.to_string())
-            .env("AETHER_ASK_TIMEOUT_MS", "5000")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: `prctl` is async-signal-safe; the node dies with the test process.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("node process starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut node = NodeProcess {
-            id: id.to_owned(),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-        };
-        let ready = node.next_line(Duration::from_secs(30));
-        assert_eq!(ready, format!("ready {id}"), "{id} did not start");
-        node
-    }
-
-    fn next_line(&mut self, within: Duration) -> String {
-        self.lines
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("{} said nothing within {within:?}", self.id))
-    }
-
-    fn command(&mut self, line: &str) -> String {
-        let stdin = self.stdin.as_mut().expect("node is running");
-        writeln!(stdin, "{line}").expect("write to node");
-        stdin.flush().expect("flush");
-        self.next_line(Duration::from_secs(15))
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: signalling a child process we own.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn shutdown(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} did not shut down", self.id);
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn poll<T>(within: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+const HEARTBEAT_MS: u64 = FAST.heartbeat_ms;
+const LEASE_MS: u64 = FAST.lease_ms;
 
 fn assert_complete(map: &ShardMap, alive: &[&str]) {
     assert_eq!(map.owners.len(), 1024);

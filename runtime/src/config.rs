@@ -12,6 +12,7 @@
 //! | [`max_commit_bytes`](RuntimeConfig::max_commit_bytes) | 1 MiB | `AETHER_MAX_COMMIT_BYTES` |
 //! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
 //! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
+//! | [`remote_attempt_timeout`](RuntimeConfig::remote_attempt_timeout) | 1 s (doubling per resend) | `AETHER_REMOTE_ATTEMPT_TIMEOUT_MS` |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Resident actors cost memory that the allocator does not hand back to the operating system,
@@ -42,6 +43,9 @@ pub mod defaults {
     pub const MAX_COMMIT_BYTES: usize = crate::store::DEFAULT_MAX_COMMIT_BYTES;
     /// How long a graceful shutdown waits for actors to passivate.
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long the first attempt of a cross-node ask waits for an answer before it is sent
+    /// again with the same command id (each resend waits twice as long).
+    pub const REMOTE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
     /// Directory under which the embedded store keeps one folder per namespace.
     pub const DATA_DIR: &str = "aether-data";
 }
@@ -71,6 +75,12 @@ pub struct RuntimeConfig {
     pub snapshot_on_passivation: bool,
     /// How long shutdown waits for actors to finish and passivate.
     pub shutdown_timeout: Duration,
+    /// How long the first attempt of a cross-node ask waits before it is sent again with the
+    /// same command id; each resend waits twice as long, all within the ask's deadline. NATS
+    /// delivers a request at most once — a request can be lost when its shard's owner crashes
+    /// or unsubscribes at that instant — so a resend (deduplicated by the actor) bounds what
+    /// such a loss costs the caller.
+    pub remote_attempt_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +96,7 @@ impl Default for RuntimeConfig {
             max_commit_bytes: defaults::MAX_COMMIT_BYTES,
             snapshot_on_passivation: true,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            remote_attempt_timeout: defaults::REMOTE_ATTEMPT_TIMEOUT,
         }
     }
 }
@@ -156,6 +167,9 @@ impl RuntimeConfig {
         }
         if let Some(v) = num::<u64>(&lookup, "AETHER_SHUTDOWN_TIMEOUT_MS")? {
             self.shutdown_timeout = ms(v);
+        }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_REMOTE_ATTEMPT_TIMEOUT_MS")? {
+            self.remote_attempt_timeout = ms(v.max(1));
         }
         Ok(self)
     }

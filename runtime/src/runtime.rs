@@ -26,7 +26,7 @@ use crate::config::{RuntimeConfig, defaults};
 use crate::errors::StartError;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
 use crate::routing::{ClientPlacement, LocalPlacement, Placement};
-use crate::routing::{Dispatch, Transport};
+use crate::routing::{Dispatch, Inbound, Transport};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
     SnapshotStore, StoreError,
@@ -84,6 +84,9 @@ pub struct RuntimeStats {
     /// Asks to other nodes sent again because their shard was between owners (cluster only;
     /// never counts an ask that may have run).
     pub remote_retries: u64,
+    /// Asks to other nodes sent again with the same command id after an attempt got no
+    /// answer in time (the actor deduplicates them).
+    pub remote_resends: u64,
 }
 
 enum StoreChoice {
@@ -345,7 +348,10 @@ impl RuntimeBuilder {
                 );
                 location = format!("cluster client of {urls} (hosts no actors)");
                 placement = Arc::new(ClientPlacement);
-                transport = Some(Arc::new(Transport::new(client)));
+                transport = Some(Arc::new(Transport::new(
+                    client,
+                    config.remote_attempt_timeout,
+                )));
                 StoreChoice::Custom(store.clone(), store)
             }
             (Some(cc), None) => {
@@ -374,7 +380,10 @@ impl RuntimeBuilder {
                     .await
                     .map_err(StartError::Cluster)?;
                 placement = joined.placement();
-                transport = Some(Arc::new(Transport::new(client)));
+                transport = Some(Arc::new(Transport::new(
+                    client,
+                    config.remote_attempt_timeout,
+                )));
                 cluster = Some(joined);
                 StoreChoice::Custom(store.clone(), store)
             }
@@ -437,13 +446,14 @@ impl RuntimeBuilder {
             let epoch = c.owned_shards().borrow().epoch;
             let dispatch: Arc<dyn Dispatch> = Arc::new(HostDispatch(Arc::downgrade(&host)));
             c.start_handoff(Arc::clone(&dispatch));
-            let (task, mut served) = crate::routing::remote::serve(
+            let serving = crate::routing::remote::serve(
                 c.client().clone(),
                 host.namespace.clone(),
                 c.serving_shards(),
                 dispatch,
             );
-            inbound = Some(task);
+            let mut served = serving.served();
+            inbound = Some(serving);
             // Return only once this node answers for its shards.
             let ready =
                 tokio::time::timeout(Duration::from_secs(30), served.wait_for(|e| *e >= epoch));
@@ -470,7 +480,7 @@ pub struct Runtime {
     data_dir: Option<PathBuf>,
     location: String,
     cluster: Option<Cluster>,
-    inbound: Option<tokio::task::JoinHandle<()>>,
+    inbound: Option<Inbound>,
 }
 
 impl Runtime {
@@ -571,6 +581,7 @@ impl Runtime {
             abandoned: get(&s.abandoned),
             resident: self.host.resident() as u64,
             remote_retries: self.host.transport.as_ref().map_or(0, |t| t.retries()),
+            remote_resends: self.host.transport.as_ref().map_or(0, |t| t.resends()),
         }
     }
 
@@ -599,13 +610,14 @@ impl Runtime {
 
     /// Stops accepting commands, passivates every actor (serving what is queued, snapshotting),
     /// and closes the store. Asks after this fail with `Shutdown`.
-    pub async fn shutdown(self) -> Result<(), StoreError> {
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
         if let Some(cluster) = &self.cluster {
             // Hand the shards over first: others take them while this node still answers.
             cluster.leave(self.host.config.shutdown_timeout).await;
         }
-        if let Some(inbound) = &self.inbound {
-            inbound.abort();
+        if let Some(inbound) = self.inbound.take() {
+            // Every shard is handed off by now: answer what was routed here meanwhile.
+            inbound.close(self.host.config.shutdown_timeout).await;
         }
         self.host.shutting_down.store(true, Ordering::Release);
         let drained = self

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod map_watch;
 pub mod nats;
+pub mod process;
+pub mod workload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +41,19 @@ pub fn commit_of(values: &[u64]) -> NewCommit {
             })
             .collect(),
     )
+}
+
+/// Sends the runtime's `tracing` output to the test's output when `AETHER_TEST_LOG` names a
+/// level (`debug`, `info`, ...). Call at the start of a test you want to look into.
+pub fn init_test_log() {
+    let Ok(level) = std::env::var("AETHER_TEST_LOG") else {
+        return;
+    };
+    let level = level.parse().unwrap_or(tracing::Level::DEBUG);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Polls `check` every 10 ms until it returns true or `within` passes.

@@ -139,9 +139,11 @@ fn from_remote<A: Behavior>(
         }
         RemoteError::VersionConflict {
             expected, actual, ..
-        } => AskError::Unavailable(format!(
-            "version conflict on the owning node (expected {expected}, actual {actual}); retry"
-        )),
+        } => AskError::VersionConflict {
+            actor: key.clone(),
+            expected,
+            actual,
+        },
         RemoteError::Timeout => AskError::Timeout {
             after: meta.timeout,
         },
@@ -165,7 +167,10 @@ fn from_remote<A: Behavior>(
             actor: key.clone(),
             message,
         },
-        RemoteError::ActivationFailed { reason } => AskError::Unavailable(reason),
+        RemoteError::ActivationFailed { reason } => AskError::ActivationFailed {
+            actor: key.clone(),
+            reason,
+        },
         RemoteError::CallCycle { chain } => AskError::CallCycle { chain },
         RemoteError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
         // The transport retries NotOwner until the deadline; seeing it here means time ran out.
@@ -357,7 +362,10 @@ impl Dispatch for HostDispatch {
             let expects_reply = request.expects_reply;
             let key = match HostDispatch::check(&host, shard, &request) {
                 Ok(key) => key,
-                Err(e) => return expects_reply.then(|| RemoteReply::Err(e).encode()),
+                Err(e) => {
+                    tracing::debug!(shard, command_id = %request.command_id, refusal = ?e, "inbound command refused");
+                    return expects_reply.then(|| RemoteReply::Err(e).encode());
+                }
             };
             let kind = host
                 .kinds
@@ -365,9 +373,11 @@ impl Dispatch for HostDispatch {
                 .find(|k| k.name == request.kind)
                 .map(|k| Arc::clone(&k.remote));
             let kind = kind?;
-            kind.run(Arc::clone(&host), key, request)
-                .await
-                .map(|reply| reply.encode())
+            let command_id = request.command_id;
+            tracing::trace!(shard, %command_id, actor = %key, "inbound command");
+            let answer = kind.run(Arc::clone(&host), key, request).await;
+            tracing::trace!(shard, %command_id, answered = answer.is_some(), "inbound command done");
+            answer.map(|reply| reply.encode())
         })
     }
 

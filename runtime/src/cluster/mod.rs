@@ -56,7 +56,7 @@ pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
 pub use membership::{NodeRecord, NodeStatus};
 pub use shard_map::ShardMap;
-pub use view::{ClusterView, LeaderInfo};
+pub use view::{ClusterView, LeaderInfo, RegistryChange};
 
 use self::membership::{Change, Registry};
 use crate::names::{NameKind, Namespace, validate_name};

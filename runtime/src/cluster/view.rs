@@ -18,6 +18,16 @@ pub struct LeaderInfo {
     pub term: u64,
 }
 
+/// One change in the node registry, as [`ClusterView::watch_nodes`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    /// A node wrote its record (a heartbeat, a status change, a release), or the leader
+    /// declared it failed.
+    Put(NodeRecord),
+    /// The node's record was deleted (graceful leave) or expired.
+    Gone(String),
+}
+
 /// A read-only view of a namespace's cluster state, straight from its KV buckets.
 pub struct ClusterView {
     nodes: kv::Store,
@@ -95,6 +105,32 @@ impl ClusterView {
             }
         }
         Ok(out)
+    }
+
+    /// Watches the node registry: every record as it is written, and every node that leaves
+    /// it (deleted on a graceful leave, or expired), from the current records on.
+    pub async fn watch_nodes(
+        &self,
+    ) -> Result<
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RegistryChange, String>> + Send>>,
+        String,
+    > {
+        let watch = self
+            .nodes
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Box::pin(watch.filter_map(|entry| async move {
+            match entry {
+                Ok(e) if e.operation == kv::Operation::Put => Some(
+                    codec::decode::<NodeRecord>("node record", &e.value)
+                        .map(RegistryChange::Put)
+                        .map_err(|err| format!("record of {}: {err}", e.key)),
+                ),
+                Ok(e) => Some(Ok(RegistryChange::Gone(e.key))),
+                Err(e) => Some(Err(e.to_string())),
+            }
+        })))
     }
 
     /// Watches the shard map: every published map, from the current one on.

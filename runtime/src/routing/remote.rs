@@ -20,7 +20,7 @@ use async_nats::connection::State;
 use async_nats::{RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -55,15 +55,19 @@ pub enum SendError {
 /// Sends frames to shard owners.
 pub struct Transport {
     client: async_nats::Client,
+    first_attempt: Duration,
     retries: std::sync::atomic::AtomicU64,
+    resends: std::sync::atomic::AtomicU64,
 }
 
 impl Transport {
-    /// A transport on `client`.
-    pub fn new(client: async_nats::Client) -> Self {
+    /// A transport on `client` whose first attempt waits `first_attempt` for an answer.
+    pub fn new(client: async_nats::Client, first_attempt: Duration) -> Self {
         Transport {
             client,
+            first_attempt: first_attempt.max(Duration::from_millis(1)),
             retries: std::sync::atomic::AtomicU64::new(0),
+            resends: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -71,6 +75,12 @@ impl Transport {
     /// them (a shard moving between nodes). Never counts a request that may have been handled.
     pub fn retries(&self) -> u64 {
         self.retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests sent again, with the same command id, because an attempt got no answer in
+    /// time (lost in a crash or an unsubscribe race, or just slow): the actor deduplicates.
+    pub fn resends(&self) -> u64 {
+        self.resends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn connected(&self) -> Result<(), SendError> {
@@ -82,26 +92,41 @@ impl Transport {
         }
     }
 
-    /// Sends `payload` to `subject` and waits for the owner's answer, retrying while nobody
-    /// owns the shard, until `deadline`.
+    /// Sends `payload` to `subject` and waits for the owner's answer until `deadline`.
+    ///
+    /// - Nobody serves the shard (no responders), or its old owner answers `NotOwner`: back
+    ///   off (5 ms doubling to 50 ms) and send again. The command never ran.
+    /// - No answer within the attempt's timeout (the first waits the configured attempt
+    ///   timeout, each further one twice as long): send again at once. The frame carries the
+    ///   command id, so an attempt that did run is answered from the actor's stored reply.
+    /// - The deadline passes: [`SendError::Unreachable`] if no attempt can have run,
+    ///   [`SendError::NoReply`] if one might have.
     pub async fn request(
         &self,
         subject: String,
         payload: Vec<u8>,
         deadline: Instant,
     ) -> Result<RemoteReply, SendError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let payload = Bytes::from(payload);
         let mut backoff = Duration::from_millis(5);
+        let mut attempt_timeout = self.first_attempt;
         let mut last_refusal = String::from("no owner answered");
+        let mut maybe_ran = false;
         loop {
             self.connected()?;
             let now = Instant::now();
             if now >= deadline {
-                return Err(SendError::Unreachable(last_refusal));
+                return Err(if maybe_ran {
+                    SendError::NoReply(format!("no answer from {subject}"))
+                } else {
+                    SendError::Unreachable(last_refusal)
+                });
             }
+            let wait = attempt_timeout.min(deadline - now);
             let request = async_nats::Request::new()
                 .payload(payload.clone())
-                .timeout(Some(deadline - now));
+                .timeout(Some(wait));
             match self.client.send_request(subject.clone(), request).await {
                 Ok(msg) => match RemoteReply::decode(&msg.payload) {
                     Ok(RemoteReply::Err(RemoteError::NotOwner { shard })) => {
@@ -119,13 +144,18 @@ impl Transport {
                         last_refusal = "no node serves the shard right now".into();
                     }
                     RequestErrorKind::TimedOut => {
-                        return Err(SendError::NoReply(format!("no answer from {subject}")));
+                        maybe_ran = true;
+                        if Instant::now() < deadline {
+                            tracing::debug!(%subject, ?wait, "no answer in time; sending again");
+                            self.resends.fetch_add(1, Relaxed);
+                            attempt_timeout = attempt_timeout.saturating_mul(2);
+                        }
+                        continue;
                     }
                     _ => return Err(SendError::Unavailable(e.to_string())),
                 },
             }
-            self.retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.retries.fetch_add(1, Relaxed);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
@@ -167,21 +197,47 @@ pub trait Dispatch: Send + Sync + 'static {
     fn drain(&self, shards: Vec<u32>) -> Pin<Box<dyn Future<Output = usize> + Send>>;
 }
 
+/// The inbound side of a node: one queue subscription per served shard. See [`serve`].
+pub struct Inbound {
+    task: JoinHandle<()>,
+    served: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Inbound {
+    /// The epoch whose shards are all subscribed (and flushed to the server): once it reaches
+    /// an epoch, requests for those shards find this node.
+    pub fn served(&self) -> watch::Receiver<u64> {
+        self.served.clone()
+    }
+
+    /// Stops serving: drains every subscription, answers every request already routed here,
+    /// and waits (at most `timeout`) until those answers are handed to the connection and
+    /// flushed — so a node that shuts down leaves no sender waiting out its deadline.
+    pub async fn close(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(timeout, self.task).await.is_err() {
+            tracing::warn!("inbound requests still running after {timeout:?}; leaving them");
+        }
+    }
+}
+
 /// Keeps one queue subscription per served shard, following `owned` (the shards the cluster's
-/// handoff says to serve now), and hands every frame to `dispatch`. Ends when `owned`'s sender
-/// is dropped; then every subscription is dropped.
-///
-/// The returned receiver holds the epoch whose shards are all subscribed (and flushed to the
-/// server): once it reaches an epoch, requests for those shards find this node.
+/// handoff says to serve now), and hands every frame to `dispatch`, until [`Inbound::close`]
+/// (or until `owned`'s sender or the [`Inbound`] is dropped). A shard that stops being served
+/// has its subscription drained, not dropped: see [`serve_shard`].
 pub fn serve(
     client: async_nats::Client,
     namespace: Namespace,
     mut owned: watch::Receiver<Arc<OwnedShards>>,
     dispatch: Arc<dyn Dispatch>,
-) -> (JoinHandle<()>, watch::Receiver<u64>) {
+) -> Inbound {
     let (served_tx, served) = watch::channel(0u64);
+    let (stop_tx, mut stop) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut serving: HashMap<u32, JoinHandle<()>> = HashMap::new();
+        // Per served shard: its task and the signal that makes it drain its subscription.
+        let mut serving: HashMap<u32, (JoinHandle<()>, oneshot::Sender<()>)> = HashMap::new();
+        let mut draining: Vec<JoinHandle<()>> = Vec::new();
         loop {
             let wanted = Arc::clone(&owned.borrow_and_update());
             let lost: Vec<u32> = serving
@@ -190,10 +246,12 @@ pub fn serve(
                 .filter(|s| !wanted.shards.contains(s))
                 .collect();
             for shard in &lost {
-                if let Some(task) = serving.remove(shard) {
-                    task.abort();
+                if let Some((task, stop)) = serving.remove(shard) {
+                    let _ = stop.send(());
+                    draining.push(task);
                 }
             }
+            draining.retain(|t| !t.is_finished());
             if !lost.is_empty() {
                 tracing::debug!(
                     shards = lost.len(),
@@ -211,15 +269,15 @@ pub fn serve(
                     .await
                 {
                     Ok(sub) => {
-                        serving.insert(
+                        let (stop, stopped) = oneshot::channel();
+                        let task = tokio::spawn(serve_shard(
+                            client.clone(),
                             shard,
-                            tokio::spawn(serve_shard(
-                                client.clone(),
-                                shard,
-                                sub,
-                                Arc::clone(&dispatch),
-                            )),
-                        );
+                            sub,
+                            stopped,
+                            Arc::clone(&dispatch),
+                        ));
+                        serving.insert(shard, (task, stop));
                     }
                     Err(e) => tracing::warn!(%subject, error = %e, "cannot subscribe; will retry"),
                 }
@@ -228,36 +286,70 @@ pub fn serve(
             if !retry && client.flush().await.is_ok() {
                 let _ = served_tx.send(wanted.epoch);
             }
-            let changed = if retry {
-                tokio::select! {
-                    r = owned.changed() => r,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => Ok(()),
-                }
+            let pause = if retry {
+                Duration::from_millis(200)
             } else {
-                owned.changed().await
+                Duration::from_secs(3600)
             };
-            if changed.is_err() {
+            let go_on = tokio::select! {
+                r = owned.changed() => r.is_ok(),
+                r = stop.changed() => r.is_ok() && !*stop.borrow(),
+                () = tokio::time::sleep(pause) => true,
+            };
+            if !go_on {
                 break;
             }
         }
-        for (_, task) in serving {
-            task.abort();
+        for (_, (task, stop)) in serving {
+            let _ = stop.send(());
+            draining.push(task);
         }
+        for task in draining {
+            let _ = task.await;
+        }
+        let _ = client.flush().await;
     });
-    (task, served)
+    Inbound {
+        task,
+        served,
+        stop: stop_tx,
+    }
 }
 
+/// Serves one shard's subscription until `stop` fires, then **drains** it: unsubscribes and
+/// still handles every request the server routed here before the unsubscribe took effect
+/// (they are answered, typically `NotOwner`, so their senders retry at the new owner at once
+/// instead of waiting out their deadline on a request nobody would ever see).
 async fn serve_shard(
     client: async_nats::Client,
     shard: u32,
     mut sub: async_nats::Subscriber,
+    mut stop: oneshot::Receiver<()>,
     dispatch: Arc<dyn Dispatch>,
 ) {
-    while let Some(msg) = sub.next().await {
+    let mut draining = false;
+    let mut handlers = tokio::task::JoinSet::new();
+    loop {
+        let msg = if draining {
+            sub.next().await
+        } else {
+            tokio::select! {
+                msg = sub.next() => msg,
+                _ = &mut stop => {
+                    draining = true;
+                    if let Err(e) = sub.drain().await {
+                        tracing::debug!(shard, error = %e, "cannot drain a shard subscription");
+                        break;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(msg) = msg else { break };
         let reply_to: Option<Subject> = msg.reply.clone();
         let handling = dispatch.handle(shard, msg.payload);
         let client = client.clone();
-        tokio::spawn(async move {
+        handlers.spawn(async move {
             if let Some(answer) = handling.await
                 && let Some(reply_to) = reply_to
                 && let Err(e) = client.publish(reply_to, Bytes::from(answer)).await
@@ -265,5 +357,9 @@ async fn serve_shard(
                 tracing::warn!(error = %e, "cannot send a reply");
             }
         });
+        // Reap finished handlers so the set stays as small as the work in flight.
+        while handlers.try_join_next().is_some() {}
     }
+    // The subscription is drained: wait for the answers of everything it delivered.
+    while handlers.join_next().await.is_some() {}
 }

@@ -1,0 +1,164 @@
+//! Cluster nodes as real processes (`examples/cluster_node.rs`): spawn, talk to over
+//! stdin/stdout, signal (SIGKILL, SIGSTOP, SIGCONT), shut down gracefully.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Cluster timing handed to node processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub failure_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// Fast timing for tests: failures are detected within about a second.
+pub const FAST: Timing = Timing {
+    heartbeat_ms: 250,
+    failure_ms: 1000,
+    lease_ms: 1000,
+};
+
+/// The example binary, built by `cargo test` next to the test binaries.
+pub fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = debug.join("examples/cluster_node");
+    assert!(
+        bin.is_file(),
+        "{} is missing: cargo test builds examples; run `cargo build --examples`",
+        bin.display()
+    );
+    bin
+}
+
+pub struct NodeProcess {
+    pub id: String,
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl NodeProcess {
+    pub fn spawn(urls: &str, namespace: &str, id: &str) -> NodeProcess {
+        NodeProcess::spawn_with(urls, namespace, id, FAST, &[])
+    }
+
+    /// Spawns a node with `timing` and extra environment variables.
+    pub fn spawn_with(
+        urls: &str,
+        namespace: &str,
+        id: &str,
+        timing: Timing,
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
+        let mut command = Command::new(node_binary());
+        command
+            .env("AETHER_NATS_URL", urls)
+            .env("AETHER_NAMESPACE", namespace)
+            .env("AETHER_NODE_ID", id)
+            .env("AETHER_REPLICAS", "3")
+            .env("AETHER_HEARTBEAT_MS", timing.heartbeat_ms.to_string())
+            .env("AETHER_FAILURE_TIMEOUT_MS", timing.failure_ms.to_string())
+            .env("AETHER_LEASE_MS", timing.lease_ms.to_string())
+            .env("AETHER_ASK_TIMEOUT_MS", "5000")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: `prctl` is async-signal-safe; the node dies with the test process.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("node process starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = NodeProcess {
+            id: id.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+        };
+        let ready = node.next_line(Duration::from_secs(30));
+        assert_eq!(ready, format!("ready {id}"), "{id} did not start");
+        node
+    }
+
+    pub fn next_line(&mut self, within: Duration) -> String {
+        self.lines
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("{} said nothing within {within:?}", self.id))
+    }
+
+    pub fn command(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("node is running");
+        writeln!(stdin, "{line}").expect("write to node");
+        stdin.flush().expect("flush");
+        self.next_line(Duration::from_secs(15))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a child process we own.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn shutdown(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not shut down", self.id);
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn poll<T>(within: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
