@@ -90,6 +90,14 @@ async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // AETHER_LOG=info (or debug, trace) prints the runtime's log on stderr.
+    if let Ok(level) = std::env::var("AETHER_LOG") {
+        tracing_subscriber::fmt()
+            .with_max_level(level.parse().unwrap_or(tracing::Level::INFO))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let config = ClusterConfig::from_env().map_err(anyhow::Error::msg)?;
     let node_id = config.node_id.clone();
     let runtime_config = RuntimeConfig::from_env()?;

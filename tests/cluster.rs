@@ -487,6 +487,7 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_events_and_queries() {
+    init_test_log();
     let server = NatsServer::start();
     let a = node(&server.url(), "events", "node-1", 1).await;
     let mut events = a.cluster().unwrap().events();

@@ -386,6 +386,69 @@ async fn call_cycles_fail_fast_instead_of_deadlocking() {
     rt.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_turns_asking_each_other_are_refused_at_once_not_deadlocked() {
+    let rt = Runtime::builder()
+        .namespace("deadlock")
+        .unwrap()
+        .register::<Counter>()
+        .memory_store()
+        .ask_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b").unwrap();
+    let started = std::time::Instant::now();
+    // Both turns start, sleep, then ask the other actor, whose turn is waiting on them.
+    let (ra, rb) = tokio::join!(
+        a.ask(CounterCmd::AddViaAfter {
+            target: b.clone(),
+            n: 1,
+            millis: 200
+        }),
+        b.ask(CounterCmd::AddViaAfter {
+            target: a.clone(),
+            n: 10,
+            millis: 200
+        }),
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "refused at once, not at the deadline: {took:?}"
+    );
+    let refused: Vec<String> = [&ra, &rb]
+        .iter()
+        .filter_map(|r| match r {
+            Err(AskError::Rejected(CounterError::Downstream(msg))) => Some(msg.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!refused.is_empty(), "a deadlock was refused: {ra:?} {rb:?}");
+    for msg in &refused {
+        assert!(msg.contains("deadlock refused"), "{msg}");
+    }
+    // Nothing half-applied: each side's total is its own adds plus the other's credited adds.
+    let (ta, tb) = (
+        a.ask(CounterCmd::Get).await.unwrap(),
+        b.ask(CounterCmd::Get).await.unwrap(),
+    );
+    let expected_a = if ra.is_ok() { 1 } else { 0 } + if rb.is_ok() { 10 } else { 0 };
+    let expected_b = if rb.is_ok() { 10 } else { 0 } + if ra.is_ok() { 1 } else { 0 };
+    assert_eq!((ta, tb), (expected_a, expected_b));
+    // A retry, now that the other turn is done, goes through.
+    if ra.is_err() {
+        a.ask(CounterCmd::AddVia {
+            target: b.clone(),
+            n: 1,
+        })
+        .await
+        .unwrap();
+    }
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn refs_round_trip_through_serde_and_events() {
     let rt = memory_runtime("refs").await;

@@ -13,6 +13,7 @@
 //! | [`OutcomeUnknown`](AskError::OutcomeUnknown) | maybe | only with the same command id |
 //! | [`Unavailable`](AskError::Unavailable) | no | safe, after a pause |
 //! | [`ActivationFailed`](AskError::ActivationFailed) | no | safe if the cause was transient |
+//! | [`Deadlock`](AskError::Deadlock) | no | safe, once the other command is done |
 //! | the others | no | pointless: fix the input or the code |
 
 use std::time::Duration;
@@ -101,6 +102,15 @@ pub enum AskError<E> {
         /// The chain of actors, `a -> b -> a`.
         chain: String,
     },
+    /// The actor is in a turn waiting on one of the actors that wait on this command: two
+    /// turns asked each other's actors (A's turn waits on B while B's turn asks A). The ask was
+    /// refused at once instead of both waiting out their deadlines. Nothing was applied; a
+    /// retry succeeds once the other turn is done.
+    #[error("deadlock refused: {chain}")]
+    Deadlock {
+        /// The cycle, `b -> a (waiting on b)`.
+        chain: String,
+    },
     /// The commit is larger than the store accepts. Nothing was stored.
     #[error("commit of {size} bytes is larger than the limit of {limit} bytes")]
     TooLarge {
@@ -130,7 +140,8 @@ impl<E> AskError<E> {
             AskError::VersionConflict { .. }
             | AskError::Timeout { .. }
             | AskError::Unavailable(_)
-            | AskError::ActivationFailed { .. } => RetrySafety::Safe,
+            | AskError::ActivationFailed { .. }
+            | AskError::Deadlock { .. } => RetrySafety::Safe,
             AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
             AskError::Rejected(_)
             | AskError::Codec(_)
@@ -180,6 +191,7 @@ impl<E> AskError<E> {
                 AskError::ActivationFailed { actor, reason }
             }
             AskError::CallCycle { chain } => AskError::CallCycle { chain },
+            AskError::Deadlock { chain } => AskError::Deadlock { chain },
             AskError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
             AskError::Unbound { actor, reason } => AskError::Unbound { actor, reason },
             AskError::Shutdown => AskError::Shutdown,

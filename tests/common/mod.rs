@@ -96,6 +96,12 @@ pub enum CounterCmd {
     SlowAdd { n: u64, millis: u64 },
     /// Ask `target` to add `n`, then record `n` here too.
     AddVia { target: ActorRef<Counter>, n: u64 },
+    /// Like `AddVia`, after sleeping `millis` (to make two turns overlap).
+    AddViaAfter {
+        target: ActorRef<Counter>,
+        n: u64,
+        millis: u64,
+    },
     /// Remember a ref to another counter (stored in an event).
     Befriend(ActorRef<Counter>),
     /// Ask the remembered friend for its total.
@@ -151,6 +157,13 @@ impl Behavior for Counter {
             CounterCmd::Panic => panic!("counter handler panicked on purpose"),
             CounterCmd::SlowAdd { n, millis } => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
+                Ok(Effect::persist(CounterEvent::Added(n)).reply(self.total + n))
+            }
+            CounterCmd::AddViaAfter { target, n, millis } => {
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                ctx.ask(&target, CounterCmd::Add(n))
+                    .await
+                    .map_err(|e| CounterError::Downstream(e.to_string()))?;
                 Ok(Effect::persist(CounterEvent::Added(n)).reply(self.total + n))
             }
             CounterCmd::AddVia { target, n } => {

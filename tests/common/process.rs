@@ -51,8 +51,33 @@ impl NodeProcess {
         NodeProcess::spawn_with(urls, namespace, id, FAST, &[])
     }
 
-    /// Spawns a node with `timing` and extra environment variables.
+    /// Spawns a node with `timing` and extra environment variables, and waits until it
+    /// serves its shards.
     pub fn spawn_with(
+        urls: &str,
+        namespace: &str,
+        id: &str,
+        timing: Timing,
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
+        let mut node = NodeProcess::start(urls, namespace, id, timing, env);
+        node.wait_ready();
+        node
+    }
+
+    /// Waits (up to 30 s) for a node started with [`NodeProcess::start`] to serve.
+    pub fn wait_ready(&mut self) {
+        let ready = self.next_line(Duration::from_secs(30));
+        assert_eq!(
+            ready,
+            format!("ready {}", self.id),
+            "{} did not start",
+            self.id
+        );
+    }
+
+    /// Starts a node process without waiting for it to join.
+    pub fn start(
         urls: &str,
         namespace: &str,
         id: &str,
@@ -73,7 +98,12 @@ impl NodeProcess {
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            // AETHER_TEST_NODE_STDERR=1 shows the nodes' own output (panics, logs).
+            .stderr(if std::env::var_os("AETHER_TEST_NODE_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         // SAFETY: `prctl` is async-signal-safe; the node dies with the test process.
         unsafe {
             command.pre_exec(|| {
@@ -92,15 +122,12 @@ impl NodeProcess {
                 }
             }
         });
-        let mut node = NodeProcess {
+        NodeProcess {
             id: id.to_owned(),
             stdin: child.stdin.take(),
             child,
             lines,
-        };
-        let ready = node.next_line(Duration::from_secs(30));
-        assert_eq!(ready, format!("ready {id}"), "{id} did not start");
-        node
+        }
     }
 
     pub fn next_line(&mut self, within: Duration) -> String {

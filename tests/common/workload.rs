@@ -75,6 +75,7 @@ pub fn error_kind<E>(e: &AskError<E>) -> &'static str {
         AskError::HandlerPanicked { .. } => "handler_panicked",
         AskError::ActivationFailed { .. } => "activation_failed",
         AskError::CallCycle { .. } => "call_cycle",
+        AskError::Deadlock { .. } => "deadlock",
         AskError::TooLarge { .. } => "too_large",
         AskError::Unbound { .. } => "unbound",
         AskError::Shutdown => "shutdown",

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::actor_ref::{ActorRef, with_decode_host};
-use super::context::Ctx;
+use super::context::{Ctx, WaitingOn};
 use super::contract::Behavior;
 use super::host::{Host, Stats, wait_done};
 use crate::errors::AskError;
@@ -130,14 +130,20 @@ pub(crate) async fn run<A: Behavior>(
     generation: u64,
 ) {
     {
-        let mut inbox = Inbox::new(rx, host.config.mailbox_capacity);
+        let waiting = WaitingOn::default();
+        let mut inbox = Inbox::new(
+            rx,
+            host.config.mailbox_capacity,
+            key.clone(),
+            Arc::clone(&waiting),
+        );
         if let Some(previous) = predecessor {
             inbox.supervise(wait_done(previous), None).await;
         }
         let load = async {
             let _permit = host.replays.acquire().await;
             let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
-            Activation::<A>::load(&host, key.clone())
+            Activation::<A>::load(&host, key.clone(), waiting)
                 .instrument(span)
                 .await
         };
@@ -270,23 +276,50 @@ struct Inbox<A: Behavior> {
     closing: bool,
     /// The channel is closed and empty.
     drained: bool,
+    /// This actor.
+    me: ActorKey,
+    /// What the running turn waits on (see [`Inbox::accept`]).
+    waiting: WaitingOn,
 }
 
 impl<A: Behavior> Inbox<A> {
-    fn new(rx: mpsc::Receiver<Msg<A>>, capacity: usize) -> Self {
+    fn new(rx: mpsc::Receiver<Msg<A>>, capacity: usize, me: ActorKey, waiting: WaitingOn) -> Self {
         Inbox {
             rx,
             queue: VecDeque::new(),
             capacity,
             closing: false,
             drained: false,
+            me,
+            waiting,
         }
     }
 
     /// Takes in one message from the channel.
+    ///
+    /// An ask that arrives while the running turn waits on an actor that is among the ask's
+    /// own waiting callers can never be served — that caller waits on this ask, and this
+    /// actor's turn waits on that caller — so it is answered [`AskError::Deadlock`] at once.
     fn accept(&mut self, msg: Option<Msg<A>>) {
         match msg {
-            Some(Msg::Command(env)) => self.queue.push_back(env),
+            Some(Msg::Command(mut env)) => {
+                if self.refuse_if_deadlocked(&mut env) {
+                    return;
+                }
+                // A resend of a queued command (same command id) joins it: the newest asker
+                // gets the answer, and the command runs once.
+                if let Some(queued) = self
+                    .queue
+                    .iter_mut()
+                    .find(|q| q.meta.command_id == env.meta.command_id)
+                {
+                    if env.reply.is_some() {
+                        queued.reply = env.reply.take();
+                    }
+                    return;
+                }
+                self.queue.push_back(env)
+            }
             Some(Msg::Passivate) => {
                 self.closing = true;
                 self.rx.close();
@@ -352,7 +385,17 @@ impl<A: Behavior> Inbox<A> {
             tokio::select! {
                 biased;
                 v = work.as_mut() => return Some(v),
-                msg = self.rx.recv(), if room => self.accept(msg),
+                msg = self.rx.recv(), if room => match (msg, current.as_mut()) {
+                    // A resend of the command being handled (same command id): its asker gave
+                    // up on the first attempt and listens here now. Answer it, not twice.
+                    (Some(Msg::Command(mut env)), Some(c)) if env.meta.command_id == c.command_id => {
+                        if let Some(tx) = env.reply.take() {
+                            *c.reply = Some(tx);
+                        }
+                    }
+                    (msg, _) => self.accept(msg),
+                },
+                () = self.waiting.started.notified() => self.refuse_deadlocked_queue(),
                 () = sleep.as_mut(), if earliest.is_some() => {
                     let now = Instant::now();
                     self.expire_queued(now);
@@ -371,6 +414,44 @@ impl<A: Behavior> Inbox<A> {
                 }
             }
         }
+    }
+
+    /// Answers `env` with [`AskError::Deadlock`] if the running turn waits on one of its
+    /// waiting callers. Returns whether it did.
+    fn refuse_if_deadlocked(&self, env: &mut Envelope<A>) -> bool {
+        if env.meta.chain.is_empty() || env.reply.is_none() {
+            return false;
+        }
+        let blocked_on = {
+            let waiting = self.waiting.targets.lock();
+            if waiting.is_empty() {
+                return false;
+            }
+            env.meta
+                .chain
+                .iter()
+                .find(|caller| waiting.contains(caller))
+                .cloned()
+        };
+        let Some(blocked_on) = blocked_on else {
+            return false;
+        };
+        let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
+        names.push(format!("{} (waiting on {blocked_on})", self.me));
+        if let Some(tx) = env.reply.take() {
+            let _ = tx.send(Err(AskError::Deadlock {
+                chain: names.join(" -> "),
+            }));
+        }
+        true
+    }
+
+    /// The running turn started waiting on another actor: refuse queued asks that now
+    /// deadlock (they arrived before it asked).
+    fn refuse_deadlocked_queue(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain_mut(|env| !self.refuse_if_deadlocked(env));
+        self.queue = queue;
     }
 
     /// Answers `Timeout` to queued asks whose deadline has passed.
@@ -416,10 +497,10 @@ impl<A: Behavior> Activation<A> {
         self.ctx.myself().key()
     }
 
-    async fn load(host: &Arc<Host>, key: ActorKey) -> Result<Self, LoadError> {
+    async fn load(host: &Arc<Host>, key: ActorKey, waiting: WaitingOn) -> Result<Self, LoadError> {
         let mut act = Activation {
             host: Arc::clone(host),
-            ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), host),
+            ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), host, waiting),
             state: A::default(),
             version: 0,
             snapshot_version: 0,

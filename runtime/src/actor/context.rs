@@ -30,10 +30,51 @@ pub struct Ctx<A: Behavior> {
     meta: CallMeta,
     host: Arc<Host>,
     children: u64,
+    waiting: WaitingOn,
+}
+
+/// The actors a turn is waiting on right now (its asks in flight), shared with the
+/// activation's inbox, which refuses asks that would deadlock on them.
+pub(crate) type WaitingOn = Arc<WaitState>;
+
+/// See [`WaitingOn`].
+#[derive(Default)]
+pub(crate) struct WaitState {
+    /// The actors waited on.
+    pub targets: parking_lot::Mutex<Vec<ActorKey>>,
+    /// Signalled when the turn starts waiting on another actor.
+    pub started: tokio::sync::Notify,
+}
+
+/// Marks `target` as waited on for as long as it lives (an ask in flight; also when the ask's
+/// future is dropped midway).
+struct Waiting<'a> {
+    on: &'a WaitingOn,
+    target: ActorKey,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(on: &'a WaitingOn, target: &ActorKey) -> Self {
+        on.targets.lock().push(target.clone());
+        on.started.notify_one();
+        Waiting {
+            on,
+            target: target.clone(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut on = self.on.targets.lock();
+        if let Some(i) = on.iter().position(|k| k == &self.target) {
+            on.swap_remove(i);
+        }
+    }
 }
 
 impl<A: Behavior> Ctx<A> {
-    pub(crate) fn new(me: ActorRef<A>, host: &Arc<Host>) -> Self {
+    pub(crate) fn new(me: ActorRef<A>, host: &Arc<Host>, waiting: WaitingOn) -> Self {
         let command_id = CommandId::from_u128(0);
         Ctx {
             me,
@@ -48,6 +89,7 @@ impl<A: Behavior> Ctx<A> {
             },
             host: Arc::clone(host),
             children: 0,
+            waiting,
         }
     }
 
@@ -124,6 +166,7 @@ impl<A: Behavior> Ctx<A> {
         let meta = self
             .child_meta(target.key())
             .map_err(|chain| AskError::CallCycle { chain })?;
+        let _waiting = Waiting::enter(&self.waiting, target.key());
         ask_on::<B>(&self.host, target.key(), cmd, meta).await
     }
 

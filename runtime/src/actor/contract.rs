@@ -51,7 +51,11 @@ pub trait EventSourcedActor:
 /// While it waits, this actor starts no other turn. A cycle of asks (A asks B, B asks A) would
 /// wait forever; the runtime detects such a cycle on the call chain and fails the inner ask with
 /// [`AskError::CallCycle`](crate::AskError::CallCycle). Two independent turns that ask each
-/// other's actors can still wait on each other; the ask deadline ends that wait with an error.
+/// other's actors (A's turn waits on B while B's turn asks A) would wait on each other: an
+/// actor whose turn waits on B refuses, at once, an ask whose chain of waiting callers includes
+/// B, with [`AskError::Deadlock`](crate::AskError::Deadlock) (nothing applied, safe to retry).
+/// Longer cycles through queues rather than call chains (A waits on B, whose queue holds A's
+/// request behind a turn waiting on C, whose turn asks A) end at the ask deadline.
 pub trait Behavior: EventSourcedActor {
     /// Decides what a command does. Must not change state: only returned events do.
     fn handle(

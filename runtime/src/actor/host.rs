@@ -371,31 +371,32 @@ impl Host {
     /// The caller must already have stopped routing `shards` here ([`Host::owns`] is false
     /// for them): then no new activation of them can start (see [`Host::try_deliver`]), so
     /// once these signals fire, nothing of the shards runs on this node.
-    pub fn drain_shards(&self, shards: &[u32]) -> (usize, Vec<watch::Receiver<()>>) {
+    pub fn drain_shards(&self, shards: &[u32]) -> HashMap<u32, (usize, Vec<watch::Receiver<()>>)> {
         let lost: std::collections::HashSet<u32> = shards.iter().copied().collect();
+        let mut out: HashMap<u32, (usize, Vec<watch::Receiver<()>>)> = HashMap::new();
         let mut count = 0usize;
-        let mut waits = Vec::new();
         for registry in self.registry.iter() {
             let mut reg = registry.lock();
-            let leaving: Vec<RegKey> = reg
+            let leaving: Vec<(u32, RegKey)> = reg
                 .resident
                 .iter()
-                .map(|(k, _)| k)
-                .filter(|k| lost.contains(&self.shard_of(k.kind, &k.id)))
-                .cloned()
+                .map(|(k, _)| (self.shard_of(k.kind, &k.id), k))
+                .filter(|(shard, _)| lost.contains(shard))
+                .map(|(shard, k)| (shard, k.clone()))
                 .collect();
-            for key in leaving {
+            for (shard, key) in leaving {
                 if let Some(entry) = reg.resident.pop(&key) {
                     reg.evict(key, entry);
+                    out.entry(shard).or_default().0 += 1;
                     count += 1;
                 }
             }
-            waits.extend(
-                reg.stopping
-                    .iter()
-                    .filter(|(k, _)| lost.contains(&self.shard_of(k.kind, &k.id)))
-                    .map(|(_, (_, done))| done.clone()),
-            );
+            for (key, (_, done)) in reg.stopping.iter() {
+                let shard = self.shard_of(key.kind, &key.id);
+                if lost.contains(&shard) {
+                    out.entry(shard).or_default().1.push(done.clone());
+                }
+            }
         }
         if count > 0 {
             tracing::debug!(
@@ -404,7 +405,7 @@ impl Host {
                 "passivating actors of moved shards"
             );
         }
-        (count, waits)
+        out
     }
 
     /// Queues `msg` for actor `id` of kind `A` without waiting, activating it if needed.

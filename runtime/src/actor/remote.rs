@@ -25,7 +25,7 @@ use super::contract::Behavior;
 use super::host::{Host, wait_done};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
-use crate::routing::{Dispatch, SendError, remote::actor_subject};
+use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
 use crate::wire::{FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, codec};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -172,6 +172,7 @@ fn from_remote<A: Behavior>(
             reason,
         },
         RemoteError::CallCycle { chain } => AskError::CallCycle { chain },
+        RemoteError::Deadlock { chain } => AskError::Deadlock { chain },
         RemoteError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
         // The transport retries NotOwner until the deadline; seeing it here means time ran out.
         RemoteError::NotOwner { .. } => AskError::Timeout {
@@ -215,6 +216,7 @@ fn to_remote<E: serde::Serialize>(e: AskError<E>) -> RemoteError {
         AskError::HandlerPanicked { message, .. } => RemoteError::HandlerPanicked { message },
         AskError::ActivationFailed { reason, .. } => RemoteError::ActivationFailed { reason },
         AskError::CallCycle { chain } => RemoteError::CallCycle { chain },
+        AskError::Deadlock { chain } => RemoteError::Deadlock { chain },
         AskError::TooLarge { size, limit } => RemoteError::TooLarge { size, limit },
         AskError::Unbound { reason, .. } => RemoteError::Unavailable { reason },
         AskError::Shutdown => RemoteError::Shutdown,
@@ -381,16 +383,23 @@ impl Dispatch for HostDispatch {
         })
     }
 
-    fn drain(&self, shards: Vec<u32>) -> BoxFuture<usize> {
-        let host = self.0.upgrade();
-        Box::pin(async move {
-            let Some(host) = host else { return 0 };
-            let (stopped, running) = host.drain_shards(&shards);
-            drop(host);
-            for done in running {
-                wait_done(done).await;
-            }
-            stopped
-        })
+    fn drain(&self, shards: Vec<u32>) -> Vec<(u32, ShardDrain)> {
+        let mut running = match self.0.upgrade() {
+            Some(host) => host.drain_shards(&shards),
+            None => std::collections::HashMap::new(),
+        };
+        shards
+            .into_iter()
+            .map(|shard| {
+                let (stopped, waits) = running.remove(&shard).unwrap_or_default();
+                let done: ShardDrain = Box::pin(async move {
+                    for done in waits {
+                        wait_done(done).await;
+                    }
+                    stopped
+                });
+                (shard, done)
+            })
+            .collect()
     }
 }

@@ -1,22 +1,29 @@
 //! Handoff: moving shards between nodes with no lost and no doubly applied command.
 //!
 //! A published shard map says who *should* own each shard; the handoff decides when a node
-//! actually *serves* one. Every node runs one handoff task that follows the maps it adopts.
-//! For a shard moving from node A to node B in map epoch `e`:
+//! actually *serves* one. Every node runs one handoff task that follows the maps it adopts,
+//! and advertises in its registry record two things: the map epoch it works under
+//! (`handoff_epoch`: it will start serving no shard that map does not give it) and the shards
+//! it **holds** — those it serves and those it is still draining, i.e. every shard that may
+//! have a live activation on it. For a shard moving from node A to node B in epoch `e`:
 //!
 //! 1. **A stops starting turns.** On adopting `e`, A removes the shard from its serving set:
-//!    routing drops its subscription and placement stops saying `Local`, so new commands for
+//!    routing drains its subscription and placement stops saying `Local`, so new commands for
 //!    the shard are not taken here, and no activation of it can *start* here any more (the
-//!    actor host checks ownership under its registry lock before it activates anyone).
+//!    actor host checks ownership under its registry lock before it activates anyone). A
+//!    advertises `handoff_epoch = e`, still holding the shard.
 //! 2. **A drains.** Every activation of the shard is asked to passivate: the running turn
 //!    finishes, commands already queued are served, the state is snapshotted, the activation
-//!    stops. A waits for all of them (at most the handoff timeout).
-//! 3. **A releases.** A records `released_epoch = e` in its registry record (written at once,
-//!    and with every heartbeat after).
-//! 4. **B serves.** B, having adopted `e`, waits until every other live node has released
-//!    `e` — nodes declared failed, or silent for the failure timeout, are not waited for —
-//!    and only then subscribes to the shard. B's first command for an actor of the shard
-//!    activates it by replaying its snapshot and events, which now include everything A wrote.
+//!    stops. Each shard drains on its own, so a turn of one draining shard that waits on
+//!    another moving shard does not hold that one up.
+//! 3. **A releases.** Once the shard's activations have stopped, A advertises that it no
+//!    longer holds it.
+//! 4. **B serves.** B, having adopted `e`, serves the shard as soon as every other live node
+//!    has adopted `e` and none holds the shard — nodes declared failed, or silent for the
+//!    failure timeout, are not waited for. B's first command for an actor of the shard
+//!    activates it by replaying its snapshot and events, which include everything A wrote.
+//!    Shards are served one by one as they are released: one slow shard does not delay the
+//!    others.
 //!
 //! Between 1 and 4 nobody serves the shard. A command sent meanwhile finds no subscriber (or
 //! A's `NotOwner` answer, if it raced the unsubscribe) and its sender backs off and retries
@@ -32,17 +39,21 @@
 //! it gets a version conflict and stops. A forced handoff can cost a caller a retryable
 //! error; it can never cost a lost or a doubly applied command.
 //!
-//! **Maps that change mid-handoff.** If a newer map arrives while B waits, B starts over
-//! with it: shards it lost meanwhile are never served, shards it still gains wait for
-//! releases of the newer epoch (which imply the older ones).
+//! **Maps that change mid-handoff.** A newer map simply becomes the target: shards lost
+//! meanwhile are never served, shards still gained wait for the newer epoch's releases, and
+//! drains already running go on.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use super::{ClusterEvent, Inner, OwnedShards, ShardMap};
@@ -70,8 +81,10 @@ pub struct HandoffStats {
     pub last_drain_ms: u64,
     /// The map epoch whose shards this node serves in full.
     pub serving_epoch: u64,
-    /// The highest map epoch this node has released.
-    pub released_epoch: u64,
+    /// The map epoch this node's handoff works under.
+    pub handoff_epoch: u64,
+    /// Shards that may have live activations here (served or draining).
+    pub held: usize,
 }
 
 /// The live counters behind [`HandoffStats`].
@@ -100,25 +113,38 @@ impl Counters {
             max_handoff_ms: get(&self.max_handoff_ms),
             last_drain_ms: get(&self.last_drain_ms),
             serving_epoch: inner.serving.borrow().epoch,
-            released_epoch: inner.released.load(Ordering::Acquire),
+            handoff_epoch: inner.handoff_epoch.load(Ordering::Acquire),
+            held: inner.held.lock().len(),
         }
     }
 }
 
-/// How waiting for the previous owners ended.
-enum Barrier {
-    /// Every live node released the epoch.
-    Released,
-    /// The hard deadline passed; these nodes had not released.
-    TimedOut(Vec<String>),
-    /// A newer map arrived: start over with it.
-    Superseded,
-    /// The cluster membership is stopping.
-    Stopped,
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+type Drain = Pin<Box<dyn Future<Output = (u32, Option<usize>)> + Send>>;
+
+/// What one node's handoff knows.
+#[derive(Default)]
+struct State {
+    /// The map epoch being worked towards.
+    epoch: u64,
+    /// The last epoch whose shards were all served (what routing is told).
+    served_epoch: u64,
+    serving: BTreeSet<u32>,
+    draining: BTreeSet<u32>,
+    /// Owned under `epoch`, not served yet.
+    pending: BTreeSet<u32>,
+    /// When `epoch` was adopted; the hard deadline of its pending shards.
+    adopted_at: Option<Instant>,
+    /// The map before `epoch` (where gained shards come from).
+    previous_map: Option<Arc<ShardMap>>,
+    map: Option<Arc<ShardMap>>,
+    /// Shards released since the drain set was last empty, and when that drain began.
+    released: Vec<u32>,
+    released_actors: usize,
+    drain_started: Option<Instant>,
 }
 
 /// The handoff task of one node. See the module docs.
@@ -126,132 +152,215 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
     let mut owned = inner.owned.subscribe();
     let mut stop = inner.stop.subscribe();
     let mut registry = inner.registry_rev.subscribe();
-    let me = inner.config.node_id.clone();
-    let mut serving: BTreeSet<u32> = BTreeSet::new();
-    // The map this node last served under in full: where gained shards come from.
-    let mut served_map: Option<Arc<ShardMap>> = None;
+    let mut st = State::default();
+    let mut drains: FuturesUnordered<Drain> = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if *stop.borrow() {
             return;
         }
+        let mut changed = false;
         let target = Arc::clone(&owned.borrow_and_update());
-        let served_epoch = inner.serving.borrow().epoch;
-        if target.epoch > served_epoch {
-            let adopted_at = Instant::now();
-            let map = inner.map.read().clone();
-
-            // 1–2: stop serving lost shards, then drain them.
-            let lost: Vec<u32> = serving
-                .iter()
-                .copied()
-                .filter(|s| !target.shards.contains(s))
-                .collect();
-            if !lost.is_empty() {
-                serving.retain(|s| target.shards.contains(s));
-                publish_serving(&inner, served_epoch, &serving);
-                let drained = tokio::time::timeout(
-                    inner.config.handoff_timeout,
-                    dispatch.drain(lost.clone()),
-                )
-                .await;
-                let took = adopted_at.elapsed();
-                let c = &inner.handoff;
-                c.last_drain_ms.store(millis(took), Ordering::Relaxed);
-                c.shards_released
-                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
-                let actors = match drained {
-                    Ok(actors) => actors,
-                    Err(_) => {
-                        c.drain_timeouts.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            shards = lost.len(),
-                            epoch = target.epoch,
-                            "drain did not finish within the handoff timeout; releasing anyway \
-                             (the store fences straggling activations)"
-                        );
-                        0
-                    }
-                };
-                c.actors_drained.fetch_add(actors as u64, Ordering::Relaxed);
-                inner.emit(ClusterEvent::ShardsReleased {
-                    shards: lost,
-                    epoch: target.epoch,
-                    actors,
-                    after: took,
-                });
-            }
-
-            // 3: record the release (at once; every later heartbeat carries it too).
-            release(&inner, target.epoch).await;
-
-            // 4: serve gained shards once their previous owners released them.
-            let gained: Vec<u32> = target
-                .shards
-                .iter()
-                .copied()
-                .filter(|s| !serving.contains(s))
-                .collect();
-            let mut forced = false;
-            if !gained.is_empty() {
-                match barrier(&inner, target.epoch, &mut owned, &mut stop, &mut registry).await {
-                    Barrier::Released => {}
-                    Barrier::TimedOut(waiting) => {
-                        forced = true;
-                        inner
-                            .handoff
-                            .forced
-                            .fetch_add(gained.len() as u64, Ordering::Relaxed);
-                        tracing::warn!(
-                            epoch = target.epoch,
-                            ?waiting,
-                            "previous owners did not release within the handoff timeout; \
-                             serving anyway (the store fences straggling activations)"
-                        );
-                    }
-                    Barrier::Superseded => continue,
-                    Barrier::Stopped => return,
-                }
-            }
-            serving.extend(gained.iter().copied());
-            publish_serving(&inner, target.epoch, &serving);
-            if !gained.is_empty() {
-                let took = adopted_at.elapsed();
-                let c = &inner.handoff;
-                c.shards_gained
-                    .fetch_add(gained.len() as u64, Ordering::Relaxed);
-                c.last_handoff_ms.store(millis(took), Ordering::Relaxed);
-                c.max_handoff_ms.fetch_max(millis(took), Ordering::Relaxed);
-                tracing::info!(
-                    node = %me,
-                    epoch = target.epoch,
-                    shards = gained.len(),
-                    after_ms = millis(took),
-                    forced,
-                    "serving gained shards"
-                );
-                for shard in gained {
-                    let from = served_map
-                        .as_ref()
-                        .and_then(|m| m.owner(shard))
-                        .filter(|n| *n != me)
-                        .map(str::to_owned);
-                    let _ = inner.events.send(ClusterEvent::ShardMigrated {
-                        shard,
-                        from,
-                        to: me.clone(),
-                        epoch: target.epoch,
-                        after: took,
-                        forced,
-                    });
-                }
-            }
-            served_map = map;
+        if target.epoch > st.epoch {
+            adopt(&inner, &mut st, &target, dispatch.as_ref(), &mut drains);
+            changed = true;
+        }
+        if !st.pending.is_empty() && serve_free(&inner, &mut st) {
+            changed = true;
+        }
+        if changed {
+            advertise(&inner, &st).await;
         }
         tokio::select! {
-            changed = owned.changed() => if changed.is_err() { return },
+            r = owned.changed() => if r.is_err() { return },
+            Some((shard, actors)) = drains.next(), if !drains.is_empty() => {
+                drained(&inner, &mut st, shard, actors);
+                // Collect every drain that finished meanwhile, then advertise once.
+                while let Some(Some((shard, actors))) = drains.next().now_or_never() {
+                    drained(&inner, &mut st, shard, actors);
+                }
+                advertise(&inner, &st).await;
+            }
+            r = registry.changed() => if r.is_err() { return },
+            _ = tick.tick(), if !st.pending.is_empty() => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Takes a newer map: stop serving (and start draining) what it does not give this node, and
+/// note what it gives that is not served yet.
+fn adopt(
+    inner: &Inner,
+    st: &mut State,
+    target: &OwnedShards,
+    dispatch: &dyn Dispatch,
+    drains: &mut FuturesUnordered<Drain>,
+) {
+    st.epoch = target.epoch;
+    st.adopted_at = Some(Instant::now());
+    st.previous_map = st.map.take().or_else(|| inner.map.read().clone());
+    st.map = inner.map.read().clone();
+    let lost: Vec<u32> = st
+        .serving
+        .iter()
+        .copied()
+        .filter(|s| !target.shards.contains(s))
+        .collect();
+    if !lost.is_empty() {
+        for shard in &lost {
+            st.serving.remove(shard);
+            st.draining.insert(*shard);
+        }
+        publish_serving(inner, st.served_epoch, &st.serving);
+        st.drain_started.get_or_insert_with(Instant::now);
+        let timeout = inner.config.handoff_timeout;
+        for (shard, done) in dispatch.drain(lost) {
+            drains.push(Box::pin(async move {
+                (shard, tokio::time::timeout(timeout, done).await.ok())
+            }));
+        }
+    }
+    st.pending = target
+        .shards
+        .iter()
+        .copied()
+        .filter(|s| !st.serving.contains(s))
+        .collect();
+    if st.pending.is_empty() {
+        st.served_epoch = st.epoch;
+        publish_serving(inner, st.served_epoch, &st.serving);
+    }
+}
+
+/// One shard finished draining (or its drain timed out).
+fn drained(inner: &Inner, st: &mut State, shard: u32, actors: Option<usize>) {
+    st.draining.remove(&shard);
+    let c = &inner.handoff;
+    c.shards_released.fetch_add(1, Ordering::Relaxed);
+    st.released.push(shard);
+    match actors {
+        Some(n) => {
+            c.actors_drained.fetch_add(n as u64, Ordering::Relaxed);
+            st.released_actors += n;
+        }
+        None => {
+            c.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                shard,
+                "drain did not finish within the handoff timeout; releasing anyway \
+                 (the store fences straggling activations)"
+            );
+        }
+    }
+    if st.draining.is_empty() {
+        let took = st
+            .drain_started
+            .take()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        c.last_drain_ms.store(millis(took), Ordering::Relaxed);
+        inner.emit(ClusterEvent::ShardsReleased {
+            shards: std::mem::take(&mut st.released),
+            epoch: st.epoch,
+            actors: std::mem::take(&mut st.released_actors),
+            after: took,
+        });
+    }
+}
+
+/// Serves every pending shard no other live node may still run (all of them once the hard
+/// deadline has passed). Returns whether any was served.
+fn serve_free(inner: &Inner, st: &mut State) -> bool {
+    let me = inner.config.node_id.as_str();
+    let now = Instant::now();
+    let since = st.adopted_at.unwrap_or(now);
+    let forced = now.duration_since(since) >= inner.config.handoff_timeout;
+    let free: Vec<u32> = {
+        let registry = inner.registry.lock();
+        st.pending
+            .iter()
+            .copied()
+            .filter(|&shard| {
+                forced
+                    || (!st.draining.contains(&shard)
+                        && registry
+                            .holders(me, st.epoch, shard, now, inner.config.failure_timeout)
+                            .next()
+                            .is_none())
+            })
+            .collect()
+    };
+    if free.is_empty() {
+        return false;
+    }
+    if forced {
+        let waiting: Vec<String> = {
+            let registry = inner.registry.lock();
+            let mut nodes: Vec<String> = free
+                .iter()
+                .flat_map(|&s| {
+                    registry
+                        .holders(me, st.epoch, s, now, inner.config.failure_timeout)
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            nodes
+        };
+        inner
+            .handoff
+            .forced
+            .fetch_add(free.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            epoch = st.epoch,
+            shards = free.len(),
+            ?waiting,
+            "shards not released within the handoff timeout; serving anyway \
+             (the store fences straggling activations)"
+        );
+    }
+    let took = now.duration_since(since);
+    for &shard in &free {
+        st.pending.remove(&shard);
+        st.serving.insert(shard);
+    }
+    if st.pending.is_empty() {
+        st.served_epoch = st.epoch;
+    }
+    publish_serving(inner, st.served_epoch, &st.serving);
+    let c = &inner.handoff;
+    c.shards_gained
+        .fetch_add(free.len() as u64, Ordering::Relaxed);
+    c.last_handoff_ms.store(millis(took), Ordering::Relaxed);
+    c.max_handoff_ms.fetch_max(millis(took), Ordering::Relaxed);
+    tracing::info!(
+        node = me,
+        epoch = st.epoch,
+        shards = free.len(),
+        after_ms = millis(took),
+        forced,
+        "serving gained shards"
+    );
+    for shard in free {
+        let from = st
+            .previous_map
+            .as_ref()
+            .and_then(|m| m.owner(shard))
+            .filter(|n| *n != me)
+            .map(str::to_owned);
+        let _ = inner.events.send(ClusterEvent::ShardMigrated {
+            shard,
+            from,
+            to: me.to_owned(),
+            epoch: st.epoch,
+            after: took,
+            forced,
+        });
+    }
+    true
 }
 
 fn publish_serving(inner: &Inner, epoch: u64, shards: &BTreeSet<u32>) {
@@ -261,13 +370,16 @@ fn publish_serving(inner: &Inner, epoch: u64, shards: &BTreeSet<u32>) {
     }));
 }
 
-/// Records that this node released `epoch`: no activation of a shard it does not own in that
-/// map runs here any more.
-async fn release(inner: &Inner, epoch: u64) {
-    let previous = inner.released.fetch_max(epoch, Ordering::AcqRel);
-    if previous >= epoch {
-        return;
-    }
+/// Advertises the epoch and the held shards in this node's registry record, at once (every
+/// later heartbeat carries them too).
+async fn advertise(inner: &Inner, st: &State) {
+    *inner.held.lock() = st
+        .serving
+        .iter()
+        .chain(st.draining.iter())
+        .copied()
+        .collect();
+    inner.handoff_epoch.store(st.epoch, Ordering::Release);
     let status = if inner.leaving.load(Ordering::Acquire) {
         super::NodeStatus::Leaving
     } else {
@@ -281,48 +393,10 @@ async fn release(inner: &Inner, epoch: u64) {
                 .put(&inner.config.node_id, Bytes::from(bytes))
                 .await
             {
-                // The next heartbeat carries the release.
-                tracing::warn!(epoch, error = %e, "release not recorded yet");
+                // The next heartbeat carries it.
+                tracing::warn!(epoch = st.epoch, error = %e, "handoff state not advertised yet");
             }
         }
-        Err(e) => tracing::warn!(epoch, error = %e, "cannot encode the node record"),
-    }
-}
-
-/// Waits until every other live node has released `epoch`, a newer map arrives, or the
-/// handoff timeout passes.
-async fn barrier(
-    inner: &Inner,
-    epoch: u64,
-    owned: &mut watch::Receiver<Arc<OwnedShards>>,
-    stop: &mut watch::Receiver<bool>,
-    registry: &mut watch::Receiver<u64>,
-) -> Barrier {
-    let deadline = Instant::now() + inner.config.handoff_timeout;
-    let me = inner.config.node_id.as_str();
-    loop {
-        let now = Instant::now();
-        let waiting =
-            inner
-                .registry
-                .lock()
-                .unreleased(me, epoch, now, inner.config.failure_timeout);
-        if waiting.is_empty() {
-            return Barrier::Released;
-        }
-        if owned.borrow().epoch > epoch {
-            return Barrier::Superseded;
-        }
-        if now >= deadline {
-            return Barrier::TimedOut(waiting);
-        }
-        // Re-check on every registry change, and now and then for nodes falling silent.
-        let recheck = (deadline - now).min(Duration::from_millis(50));
-        tokio::select! {
-            changed = registry.changed() => if changed.is_err() { return Barrier::Stopped },
-            changed = owned.changed() => if changed.is_err() { return Barrier::Stopped },
-            _ = stop.changed() => return Barrier::Stopped,
-            () = tokio::time::sleep(recheck) => {}
-        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode the node record"),
     }
 }

@@ -11,6 +11,57 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+/// A set of shards as a bitmap (bit `s` of byte `s / 8`): 128 bytes for 1 024 shards, so a
+/// node can advertise what it holds in every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSet(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl ShardSet {
+    /// Whether `shard` is in the set.
+    pub fn contains(&self, shard: u32) -> bool {
+        let (byte, bit) = ((shard / 8) as usize, shard % 8);
+        self.0.get(byte).is_some_and(|b| b & (1 << bit) != 0)
+    }
+
+    /// Adds `shard`.
+    pub fn insert(&mut self, shard: u32) {
+        let (byte, bit) = ((shard / 8) as usize, shard % 8);
+        if self.0.len() <= byte {
+            self.0.resize(byte + 1, 0);
+        }
+        self.0[byte] |= 1 << bit;
+    }
+
+    /// The shards, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, b)| {
+            (0..8u32)
+                .filter(move |bit| b & (1 << bit) != 0)
+                .map(move |bit| i as u32 * 8 + bit)
+        })
+    }
+
+    /// Number of shards in the set.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|b| *b == 0)
+    }
+}
+
+impl FromIterator<u32> for ShardSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
+        let mut set = ShardSet::default();
+        for shard in iter {
+            set.insert(shard);
+        }
+        set
+    }
+}
+
 /// A node's state as it advertises it (or, for `Failed`, as the leader declared it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
@@ -35,12 +86,15 @@ pub struct NodeRecord {
     pub status: NodeStatus,
     /// The node's heartbeat counter (changes the record every heartbeat).
     pub beat: u64,
-    /// The highest shard-map epoch this node has **released**: it has adopted that map and
-    /// stopped every activation of the shards the map does not give it. A node gaining a shard
-    /// in epoch `e` serves it only once every other live node has released `e` (see
-    /// `cluster::handoff`). Absent in records of older nodes, which read as 0.
+    /// The shard-map epoch this node's handoff works under: it starts serving no shard that
+    /// map does not give it. Absent in records of older nodes, which read as 0.
     #[serde(default)]
-    pub released_epoch: u64,
+    pub handoff_epoch: u64,
+    /// The shards that may have live activations on this node: those it serves and those it
+    /// is still draining. A node gaining a shard serves it only once no other live node holds
+    /// it under the gaining map's epoch (see `cluster::handoff`).
+    #[serde(default)]
+    pub held: ShardSet,
 }
 
 /// A node as this node sees it.
@@ -103,26 +157,27 @@ impl Registry {
             .collect()
     }
 
-    /// Nodes that may still run activations of shards they lost before epoch `epoch`: every
-    /// node but `me` that is not `Failed`, was heard from within `timeout`, and has not
-    /// released `epoch` yet. A gaining node waits for this list to be empty.
-    pub fn unreleased(
+    /// The live nodes other than `me` that may still run activations of `shard`, as far as
+    /// a node handing shards over under map `epoch` can tell: nodes not declared failed, heard
+    /// from within `timeout`, that either have not adopted `epoch` yet (their state may predate
+    /// it) or still hold the shard.
+    pub fn holders(
         &self,
         me: &str,
         epoch: u64,
+        shard: u32,
         now: Instant,
         timeout: std::time::Duration,
-    ) -> Vec<String> {
+    ) -> impl Iterator<Item = &str> {
         self.nodes
             .values()
-            .filter(|s| {
+            .filter(move |s| {
                 s.record.node != me
                     && s.record.status != NodeStatus::Failed
                     && now.duration_since(s.at) < timeout
-                    && s.record.released_epoch < epoch
+                    && (s.record.handoff_epoch < epoch || s.record.held.contains(shard))
             })
-            .map(|s| s.record.node.clone())
-            .collect()
+            .map(|s| s.record.node.as_str())
     }
 
     /// Nodes that advertise `Alive` but have been silent for `timeout` or more.
@@ -132,5 +187,23 @@ impl Registry {
             .filter(|s| s.record.status == NodeStatus::Alive && now.duration_since(s.at) >= timeout)
             .map(|s| s.record.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn shard_sets_hold_exactly_what_was_put_in(shards in proptest::collection::btree_set(0u32..4096, 0..200)) {
+            let set: ShardSet = shards.iter().copied().collect();
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), shards.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(set.len(), shards.len());
+            for s in 0..4096u32 {
+                prop_assert_eq!(set.contains(s), shards.contains(&s));
+            }
+        }
     }
 }

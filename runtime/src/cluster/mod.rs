@@ -54,7 +54,7 @@ pub use assignment::assign;
 pub use config::ClusterConfig;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
-pub use membership::{NodeRecord, NodeStatus};
+pub use membership::{NodeRecord, NodeStatus, ShardSet};
 pub use shard_map::ShardMap;
 pub use view::{ClusterView, LeaderInfo, RegistryChange};
 
@@ -129,9 +129,10 @@ struct Inner {
     /// it (see [`handoff`]). Routing subscribes to exactly these; placement says `Local` for
     /// exactly these.
     serving: watch::Sender<Arc<OwnedShards>>,
-    /// The highest map epoch whose lost shards this node has fully drained (advertised in
-    /// its [`NodeRecord`]).
-    released: AtomicU64,
+    /// The map epoch this node's handoff works under, and the shards that may have live
+    /// activations here (serving or draining): advertised in its [`NodeRecord`].
+    handoff_epoch: AtomicU64,
+    held: Mutex<ShardSet>,
     /// Bumped on every registry change, to wake handoffs waiting for releases.
     registry_rev: watch::Sender<u64>,
     handoff: handoff::Counters,
@@ -268,7 +269,8 @@ impl Cluster {
                 events: broadcast::channel(4096).0,
                 owned,
                 serving,
-                released: AtomicU64::new(0),
+                handoff_epoch: AtomicU64::new(0),
+                held: Mutex::new(ShardSet::default()),
                 registry_rev,
                 handoff: handoff::Counters::default(),
                 stop,
@@ -445,13 +447,15 @@ impl Cluster {
             if inner.acting_term().is_some() {
                 inner.lead().await;
             }
-            // Done when a map without this node is out and this node has released its shards
+            // Done when a map without this node is out and this node has drained every shard
             // under it, or when no one else could take over.
             let gone = match self.shard_map() {
                 None => true,
                 Some(m) if m.nodes.len() == 1 && m.nodes.contains(&me) => true,
                 Some(m) => {
-                    !m.nodes.contains(&me) && inner.released.load(Ordering::Acquire) >= m.epoch
+                    !m.nodes.contains(&me)
+                        && inner.handoff_epoch.load(Ordering::Acquire) >= m.epoch
+                        && inner.held.lock().is_empty()
                 }
             };
             if gone || Instant::now() >= deadline {
@@ -516,7 +520,8 @@ impl Inner {
             capacity: self.config.capacity,
             status,
             beat: self.beat.fetch_add(1, Ordering::Relaxed),
-            released_epoch: self.released.load(Ordering::Acquire),
+            handoff_epoch: self.handoff_epoch.load(Ordering::Acquire),
+            held: self.held.lock().clone(),
         }
     }
 
@@ -663,18 +668,23 @@ impl Inner {
         (Instant::now() < lease.renewed_at + valid_for).then_some(lease.term)
     }
 
-    /// The election loop. Every heartbeat: renew the lease (leader) or try to acquire it
-    /// (follower). When the lease key is deleted or expires (a `Purge` marker), followers try
-    /// at once; puts by the leader only refresh who the leader is, they trigger no KV call.
-    /// While leader, check the registry four times per heartbeat, so a silent node is declared
-    /// failed within a quarter heartbeat of its timeout.
+    /// The election loop.
+    ///
+    /// - The leader renews its lease every heartbeat and, four times per heartbeat, checks the
+    ///   registry, so a silent node is declared failed within a quarter heartbeat of its
+    ///   timeout.
+    /// - A follower tries to acquire the lease when the key is deleted (a resignation) or
+    ///   expires (the server's `Purge` marker), and otherwise only once per lease length (in
+    ///   case a watch event was missed): a failed `create` is not free on a replicated bucket.
+    ///   Puts by the leader only refresh who the leader is, with no KV call.
     async fn elect(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(check_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
-        let mut last_step: Option<Instant> = None;
+        let mut last_renewal: Option<Instant> = None;
+        let mut last_attempt: Option<Instant> = None;
         loop {
             let vacated = tokio::select! {
                 _ = tick.tick() => false,
@@ -686,6 +696,8 @@ impl Inner {
                 } => match entry {
                     Ok(entry) if entry.operation == kv::Operation::Put => {
                         self.observe_leader(&entry);
+                        // Someone holds the lease: the next attempt can wait a lease length.
+                        last_attempt = Some(Instant::now());
                         false
                     }
                     Ok(_) => true,
@@ -693,12 +705,18 @@ impl Inner {
                 },
                 _ = stop.changed() => return,
             };
-            let due = last_step.is_none_or(|at| at.elapsed() >= self.config.heartbeat);
-            if (vacated && self.lease.lock().is_none()) || due {
-                last_step = Some(Instant::now());
+            let leader = self.lease.lock().is_some();
+            if leader {
+                if last_renewal.is_none_or(|at| at.elapsed() >= self.config.heartbeat) {
+                    last_renewal = Some(Instant::now());
+                    self.step().await;
+                } else if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
+                    self.lead().await;
+                }
+            } else if vacated || last_attempt.is_none_or(|at| at.elapsed() >= self.config.lease) {
+                last_attempt = Some(Instant::now());
+                last_renewal = Some(Instant::now());
                 self.step().await;
-            } else if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
-                self.lead().await;
             }
         }
     }
@@ -731,6 +749,8 @@ impl Inner {
         let lease = *self.lease.lock();
         match lease {
             Some(lease) => self.renew(lease).await,
+            // A node on its way out does not take the lead.
+            None if self.leaving.load(Ordering::Acquire) => {}
             None => self.acquire().await,
         }
         if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
@@ -814,6 +834,7 @@ impl Inner {
     }
 
     async fn renew(&self, lease: Lease) {
+        tracing::trace!(node = %self.config.node_id, revision = lease.revision, "renewing the lease");
         let sent = Instant::now();
         match self
             .buckets

@@ -12,5 +12,5 @@ pub mod remote;
 mod shard;
 
 pub use placement::{ClientPlacement, LocalPlacement, Owner, Placement};
-pub use remote::{Dispatch, Inbound, OwnedShards, SendError, Transport};
+pub use remote::{Dispatch, Inbound, OwnedShards, SendError, ShardDrain, Transport};
 pub use shard::shard_of;

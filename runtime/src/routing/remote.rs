@@ -181,6 +181,9 @@ pub struct OwnedShards {
     pub shards: BTreeSet<u32>,
 }
 
+/// Resolves with the number of actors stopped once a shard's activations all have.
+pub type ShardDrain = Pin<Box<dyn Future<Output = usize> + Send>>;
+
 /// What the actor layer does with inbound frames.
 pub trait Dispatch: Send + Sync + 'static {
     /// Handles one frame for `shard`; returns the encoded answer (`None` for a tell).
@@ -191,10 +194,11 @@ pub trait Dispatch: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
     /// Stops every activation of `shards`, which this node no longer serves: running turns
-    /// finish, queued commands are served, state is snapshotted. Resolves with the number of
-    /// actors stopped once all of them have. Called by the cluster's handoff after it stopped
-    /// routing these shards here, so no new activation of them can start meanwhile.
-    fn drain(&self, shards: Vec<u32>) -> Pin<Box<dyn Future<Output = usize> + Send>>;
+    /// finish, queued commands are served, state is snapshotted. Returns, per shard, a future
+    /// that resolves with the number of actors stopped once all of the shard's activations
+    /// have. Called by the cluster's handoff after it stopped routing these shards here, so
+    /// no new activation of them can start meanwhile.
+    fn drain(&self, shards: Vec<u32>) -> Vec<(u32, ShardDrain)>;
 }
 
 /// The inbound side of a node: one queue subscription per served shard. See [`serve`].

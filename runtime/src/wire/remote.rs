@@ -117,6 +117,11 @@ pub enum RemoteError {
         /// The chain.
         chain: String,
     },
+    /// The actor's current turn waits on one of the actors waiting on this command.
+    Deadlock {
+        /// The cycle.
+        chain: String,
+    },
     /// The commit was too large.
     TooLarge {
         /// Its size.
