@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | `AETHER_NATS_URL` | NATS servers, comma-separated | required |
 //! | `AETHER_NAMESPACE` | the namespace | `bank` |
+//! | `AETHER_SERVE_ONLY` | `1`: read no commands, serve until SIGTERM / Ctrl-C (containers, scripts) | unset |
+//! | `AETHER_LOG` | `info`, `debug`, ...: the runtime's log on stderr | unset |
 //! | `AETHER_NODE_ID` | this node's id | `node-<random>` |
 //! | `AETHER_REPLICAS` | replicas of streams and buckets | `1` |
 //! | `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS` | cluster timing | 1000, 3000, 3000 |
@@ -25,68 +27,19 @@
 //! - anything failing → `err <message>`
 //!
 //! End of input (or SIGTERM / Ctrl-C) shuts the node down gracefully: it hands its shards to
-//! the others before it exits.
+//! the others before it exits. `examples/bank_client.rs` sends the same commands from outside
+//! the cluster.
 
 #[path = "shared/account.rs"]
 mod account;
+#[path = "shared/bank_commands.rs"]
+mod bank_commands;
 
-use account::{Account, AccountCmd, AccountError};
+use account::Account;
 use aether::prelude::*;
 use aether::{ClusterConfig, RuntimeConfig};
+use bank_commands::run;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let account = |id: &str| rt.actor::<Account>(id);
-    Ok(match words.as_slice() {
-        ["open", id] => {
-            let a = account(id)?;
-            match a
-                .ask(AccountCmd::Open {
-                    owner: id.to_string(),
-                })
-                .await
-            {
-                Ok(_) | Err(AskError::Rejected(AccountError::AlreadyOpen)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            format!("ok {id} {}", a.ask(AccountCmd::Balance).await?)
-        }
-        ["deposit", id, amount] => {
-            let balance = account(id)?
-                .ask(AccountCmd::Deposit(amount.parse()?))
-                .await?;
-            format!("ok {id} {balance}")
-        }
-        ["balance", id] => format!("ok {id} {}", account(id)?.ask(AccountCmd::Balance).await?),
-        ["transfer", from, to, amount] => {
-            let cmd = AccountCmd::Transfer {
-                to: account(to)?,
-                amount: amount.parse()?,
-            };
-            format!("ok {from} {}", account(from)?.ask(cmd).await?)
-        }
-        ["locate", id] => {
-            let cluster = rt
-                .cluster()
-                .ok_or_else(|| anyhow::anyhow!("not a cluster node"))?;
-            let location = cluster.locate("account", id);
-            format!(
-                "owner {id} {} {}",
-                location.owner.unwrap_or_else(|| "-".into()),
-                location.shard
-            )
-        }
-        ["leader"] => {
-            let leader = rt.cluster().and_then(|c| c.leader());
-            match leader {
-                Some(l) => format!("leader {} {}", l.node, l.term),
-                None => "leader - 0".into(),
-            }
-        }
-        _ => anyhow::bail!("unknown command: {line}"),
-    })
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -98,7 +51,9 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(false)
             .init();
     }
-    let config = ClusterConfig::from_env().map_err(anyhow::Error::msg)?;
+    let mut config = ClusterConfig::from_env().map_err(anyhow::Error::msg)?;
+    config.namespace = bank_commands::namespace();
+    let serve_only = std::env::var("AETHER_SERVE_ONLY").is_ok_and(|v| v == "1");
     let node_id = config.node_id.clone();
     let runtime_config = RuntimeConfig::from_env()?;
     let rt = Runtime::join_cluster(
@@ -113,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
+            line = lines.next_line(), if !serve_only => match line? {
                 Some(line) if line.trim().is_empty() => continue,
                 Some(line) => {
                     let answer = match run(&rt, line.trim()).await {

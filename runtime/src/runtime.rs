@@ -332,10 +332,12 @@ impl RuntimeBuilder {
                 ));
             }
             (None, Some(urls)) => {
+                // A client fails fast: its caller decides whether to wait for the cluster.
                 let client = crate::cluster::connect(
                     &urls,
                     &format!("aether-client-{namespace}"),
                     Duration::from_secs(5),
+                    Duration::ZERO,
                 )
                 .await
                 .map_err(StartError::Cluster)?;
@@ -355,10 +357,12 @@ impl RuntimeBuilder {
                 StoreChoice::Custom(store.clone(), store)
             }
             (Some(cc), None) => {
+                // A node may start before its NATS servers accept connections.
                 let client = crate::cluster::connect(
                     &cc.urls,
                     &format!("aether-{}", cc.node_id),
                     Duration::from_secs(5),
+                    cc.join_timeout,
                 )
                 .await
                 .map_err(StartError::Cluster)?;
@@ -367,9 +371,27 @@ impl RuntimeBuilder {
                     max_commit_bytes: config.max_commit_bytes,
                     ..JetStreamOptions::default()
                 };
-                let store = Arc::new(
-                    JetStreamStore::with_client(client.clone(), namespace.clone(), options).await?,
-                );
+                // A node may start alongside a fresh NATS cluster still electing its
+                // JetStream leader: keep trying until the join timeout.
+                let deadline = tokio::time::Instant::now() + cc.join_timeout;
+                let store = loop {
+                    match JetStreamStore::with_client(
+                        client.clone(),
+                        namespace.clone(),
+                        options.clone(),
+                    )
+                    .await
+                    {
+                        Ok(store) => break Arc::new(store),
+                        Err(StoreError::Unavailable(reason))
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tracing::debug!(%reason, "JetStream not ready; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 location = format!(
                     "JetStream at {}, stream {} (cluster node {})",
                     cc.urls,

@@ -150,24 +150,37 @@ fn failed(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-/// Connects to the NATS servers at `urls` (comma-separated).
+/// Connects to the NATS servers at `urls` (comma-separated), trying again until `patience`
+/// has passed while none accepts connections (a node may start before its servers do, as in a
+/// Compose file whose `depends_on` does not wait for readiness).
 pub(crate) async fn connect(
     urls: &str,
     name: &str,
     timeout: Duration,
+    patience: Duration,
 ) -> Result<async_nats::Client, String> {
     let servers: Vec<&str> = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(timeout)
-        .request_timeout(Some(timeout))
-        .connect(servers.as_slice())
-        .await
-        .map_err(|e| failed(&format!("cannot connect to {urls}"), e))
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            .connect(servers.as_slice())
+            .await;
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(%urls, error = %e, "NATS not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(failed(&format!("cannot connect to {urls}"), e)),
+        }
+    }
 }
 
 /// Opens a bucket, creating it if needed; retries until `deadline` (a fresh NATS cluster may

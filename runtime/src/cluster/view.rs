@@ -40,7 +40,8 @@ impl ClusterView {
     /// has joined).
     pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, String> {
         let namespace = Namespace::new(namespace).map_err(|e| e.to_string())?;
-        let client = super::connect(urls, "aether-view", Duration::from_secs(5)).await?;
+        let client =
+            super::connect(urls, "aether-view", Duration::from_secs(5), Duration::ZERO).await?;
         let js = async_nats::jetstream::new(client);
         let open = |name: String| {
             let js = js.clone();

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The topology of cluster-compose/docker-compose.yml as plain processes on loopback, without
+# Docker: three JetStream-clustered nats-servers (R3) and three bank nodes
+# (examples/cluster_node.rs). Runs in the foreground until Ctrl-C / SIGTERM, then stops
+# everything it started (the nodes first, gracefully, so they hand their shards off).
+#
+#   cluster-compose/local.sh
+#
+# Then, from another terminal, call the accounts through any node:
+#
+#   AETHER_NATS_URL=nats://127.0.0.1:4222 cargo run --example bank_client -- open alice
+#
+# Environment:
+#   AETHER_COMPOSE_PORT   first NATS client port (default 4222): servers listen on PORT,
+#                         PORT+1, PORT+2, and route to each other on PORT+2000..PORT+2002
+#   AETHER_COMPOSE_DIR    where server data and logs go (default: a new temporary directory)
+#   AETHER_NODE_BIN       a built cluster_node binary (default: built now with cargo)
+#   AETHER_NATS_SERVER    a nats-server binary, 2.11+ (default: the pinned one, installed)
+#   AETHER_LOG            the nodes' log level (default info; logs in the data directory)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port="${AETHER_COMPOSE_PORT:-4222}"
+dir="${AETHER_COMPOSE_DIR:-$(mktemp -d -t aether-compose.XXXXXX)}"
+mkdir -p "$dir"
+nats="$(scripts/install-nats-server.sh)"
+node_bin="${AETHER_NODE_BIN:-}"
+if [ -z "$node_bin" ]; then
+  cargo build --quiet --example cluster_node
+  node_bin="target/debug/examples/cluster_node"
+fi
+
+servers=()
+nodes=()
+stop() {
+  trap - EXIT INT TERM
+  for pid in ${nodes[@]+"${nodes[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${nodes[@]+"${nodes[@]}"}; do wait "$pid" 2>/dev/null || true; done
+  for pid in ${servers[@]+"${servers[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${servers[@]+"${servers[@]}"}; do wait "$pid" 2>/dev/null || true; done
+  echo "cluster stopped (data and logs in $dir)"
+}
+trap stop EXIT
+trap 'exit 0' INT TERM
+
+routes="nats://127.0.0.1:$((port + 2000)),nats://127.0.0.1:$((port + 2001)),nats://127.0.0.1:$((port + 2002))"
+for i in 1 2 3; do
+  mkdir -p "$dir/nats-$i"
+  "$nats" -js -a 127.0.0.1 -p $((port + i - 1)) -sd "$dir/nats-$i" --server_name "nats-$i" \
+    --cluster_name aether --cluster "nats://127.0.0.1:$((port + 1999 + i))" --routes "$routes" \
+    >"$dir/nats-$i.log" 2>&1 &
+  servers+=($!)
+done
+urls="nats://127.0.0.1:$port,nats://127.0.0.1:$((port + 1)),nats://127.0.0.1:$((port + 2))"
+# Wait until every server accepts connections (the nodes would retry anyway).
+for i in 0 1 2; do
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$((port + i))") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+for i in 1 2 3; do
+  AETHER_NATS_URL="$urls" AETHER_NODE_ID="node-$i" AETHER_REPLICAS=3 AETHER_SERVE_ONLY=1 \
+    AETHER_LOG="${AETHER_LOG:-info}" "$node_bin" >"$dir/node-$i.out" 2>"$dir/node-$i.log" &
+  nodes+=($!)
+done
+for i in 1 2 3; do
+  for _ in $(seq 1 600); do
+    grep -q "^ready node-$i" "$dir/node-$i.out" 2>/dev/null && break
+    kill -0 "${nodes[$((i - 1))]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q "^ready node-$i" "$dir/node-$i.out" 2>/dev/null; then
+    echo "node-$i did not start; its log: $dir/node-$i.log" >&2
+    tail -n 20 "$dir/node-$i.log" >&2 || true
+    exit 1
+  fi
+done
+
+echo "cluster ready: NATS $urls; nodes node-1 node-2 node-3 (namespace bank); data and logs in $dir"
+echo "try: AETHER_NATS_URL=$urls cargo run --example bank_client -- open alice"
+wait "${nodes[@]}"
