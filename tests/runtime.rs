@@ -688,3 +688,75 @@ async fn running_turn_is_cancelled_at_its_deadline() {
     assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 0);
     rt.shutdown().await.unwrap();
 }
+
+/// An event store that counts how many replays read at once (each read takes 20 ms).
+struct CountingReads {
+    inner: MemoryStore,
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl EventStore for CountingReads {
+    fn namespace(&self) -> &aether::Namespace {
+        self.inner.namespace()
+    }
+    async fn append(
+        &self,
+        actor: &aether::ActorKey,
+        expected_version: u64,
+        commit: aether::store::NewCommit,
+    ) -> Result<aether::store::Appended, aether::StoreError> {
+        self.inner.append(actor, expected_version, commit).await
+    }
+    async fn latest_version(&self, actor: &aether::ActorKey) -> Result<u64, aether::StoreError> {
+        self.inner.latest_version(actor).await
+    }
+    async fn read_with_errors(
+        &self,
+        actor: &aether::ActorKey,
+        from_version: u64,
+    ) -> Result<aether::store::ReadReport, aether::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.max.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.inner.read_with_errors(actor, from_version).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replays_are_bounded_so_a_failover_does_not_stampede_the_store() {
+    let memory = MemoryStore::new(ns("replays"));
+    let events = Arc::new(CountingReads {
+        inner: memory.clone(),
+        now: Default::default(),
+        max: Default::default(),
+    });
+    let config = aether::RuntimeConfig {
+        max_concurrent_replays: 3,
+        ..Default::default()
+    };
+    let rt = Runtime::builder()
+        .namespace("replays")
+        .unwrap()
+        .register::<Counter>()
+        .config(config)
+        .store(events.clone(), Arc::new(memory))
+        .start()
+        .await
+        .unwrap();
+    // 40 actors activated at once, as on a node taking over a failed node's shards.
+    let asks = (0..40).map(|i| {
+        let r = rt.actor::<Counter>(format!("c{i}")).unwrap();
+        async move { r.ask(CounterCmd::Add(1)).await }
+    });
+    for result in futures_util::future::join_all(asks).await {
+        assert_eq!(result.unwrap(), 1);
+    }
+    let max = events.max.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max <= 3, "at most 3 replays at once, saw {max}");
+    assert!(max >= 2, "replays did run concurrently up to the bound, saw {max}");
+    rt.shutdown().await.unwrap();
+}
