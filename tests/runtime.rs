@@ -238,6 +238,28 @@ async fn handler_panic_does_not_corrupt_state() {
 }
 
 #[tokio::test]
+async fn an_apply_panic_after_commit_never_serves_a_half_applied_state() {
+    let rt = memory_runtime("apply-panic").await;
+    let c = rt.actor::<Counter>("p").unwrap();
+    c.ask(CounterCmd::Add(5)).await.unwrap();
+    // The commit is durable before apply runs; apply panics on it.
+    let _ = c.ask(CounterCmd::Add(APPLY_PANICS_ON)).await;
+    assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 2);
+    // The in-memory state is not trusted any more: the next command reloads, the replay meets
+    // the same panic, and the actor reports it instead of serving a state built on a hole.
+    match c.ask(CounterCmd::Get).await {
+        Err(AskError::ActivationFailed { reason, .. }) => {
+            assert!(reason.contains("apply panicked on event 2"), "{reason}")
+        }
+        other => panic!("expected ActivationFailed, got {other:?}"),
+    }
+    // Nothing stored was lost.
+    let history = rt.event_store().read(c.key(), 1).await.unwrap();
+    assert_eq!(history.len(), 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn rejection_stores_nothing() {
     let rt = memory_runtime("reject").await;
     let c = rt.actor::<Counter>("r").unwrap();
@@ -757,6 +779,9 @@ async fn concurrent_replays_are_bounded_so_a_failover_does_not_stampede_the_stor
     }
     let max = events.max.load(std::sync::atomic::Ordering::SeqCst);
     assert!(max <= 3, "at most 3 replays at once, saw {max}");
-    assert!(max >= 2, "replays did run concurrently up to the bound, saw {max}");
+    assert!(
+        max >= 2,
+        "replays did run concurrently up to the bound, saw {max}"
+    );
     rt.shutdown().await.unwrap();
 }

@@ -77,6 +77,9 @@ where
 // ---------------------------------------------------------------------------------------------
 // A test actor: a counter that can fail, panic, sleep and call other counters.
 
+/// `Counter::apply` panics on `Added(APPLY_PANICS_ON)` (a bug in a user's `apply`).
+pub const APPLY_PANICS_ON: u64 = 666_666;
+
 /// Counts `apply` calls across all counters of the process (to prove replays happen).
 pub static APPLIED: AtomicU64 = AtomicU64::new(0);
 
@@ -194,6 +197,9 @@ impl Behavior for Counter {
         APPLIED.fetch_add(1, Ordering::Relaxed);
         self.events += 1;
         match event {
+            CounterEvent::Added(n) if *n == APPLY_PANICS_ON => {
+                panic!("apply panicked on purpose")
+            }
             CounterEvent::Added(n) => self.total += n,
             CounterEvent::Befriended(friend) => self.friend = Some(friend.clone()),
         }
