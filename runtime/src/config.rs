@@ -12,6 +12,8 @@
 //! | [`max_commit_bytes`](RuntimeConfig::max_commit_bytes) | 1 MiB | `AETHER_MAX_COMMIT_BYTES` |
 //! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
 //! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
+//! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
+//! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Resident actors cost memory that the allocator does not hand back to the operating system,
@@ -42,6 +44,11 @@ pub mod defaults {
     pub const MAX_COMMIT_BYTES: usize = crate::store::DEFAULT_MAX_COMMIT_BYTES;
     /// How long a graceful shutdown waits for actors to passivate.
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Events buffered per live bus subscription; past it, new events are dropped for that
+    /// subscriber and counted (the publisher never waits).
+    pub const BUS_BUFFER: usize = 1024;
+    /// Events queued for NATS by a distributed bus; past it, new ones are dropped and counted.
+    pub const BUS_OUTBOUND_BUFFER: usize = 16_384;
     /// Directory under which the embedded store keeps one folder per namespace.
     pub const DATA_DIR: &str = "aether-data";
 }
@@ -71,6 +78,10 @@ pub struct RuntimeConfig {
     pub snapshot_on_passivation: bool,
     /// How long shutdown waits for actors to finish and passivate.
     pub shutdown_timeout: Duration,
+    /// Events buffered per live bus subscription before new ones are dropped for it.
+    pub bus_buffer: usize,
+    /// Events queued for NATS (distributed bus) before new ones are dropped.
+    pub bus_outbound_buffer: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +97,8 @@ impl Default for RuntimeConfig {
             max_commit_bytes: defaults::MAX_COMMIT_BYTES,
             snapshot_on_passivation: true,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            bus_buffer: defaults::BUS_BUFFER,
+            bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
         }
     }
 }
@@ -157,6 +170,12 @@ impl RuntimeConfig {
         if let Some(v) = num::<u64>(&lookup, "AETHER_SHUTDOWN_TIMEOUT_MS")? {
             self.shutdown_timeout = ms(v);
         }
+        if let Some(v) = num(&lookup, "AETHER_BUS_BUFFER")? {
+            self.bus_buffer = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_BUS_OUTBOUND_BUFFER")? {
+            self.bus_outbound_buffer = v;
+        }
         Ok(self)
     }
 
@@ -166,6 +185,8 @@ impl RuntimeConfig {
         self.mailbox_capacity = self.mailbox_capacity.max(1);
         self.max_concurrent_replays = self.max_concurrent_replays.max(1);
         self.shard_count = self.shard_count.max(1);
+        self.bus_buffer = self.bus_buffer.max(1);
+        self.bus_outbound_buffer = self.bus_outbound_buffer.max(1);
         self
     }
 }
@@ -185,6 +206,11 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.ask_timeout, Duration::from_millis(250));
         assert_eq!(cfg.idle_passivation, None);
+        let bus = RuntimeConfig::default()
+            .with_overrides(|n| (n == "AETHER_BUS_BUFFER").then(|| "8".into()))
+            .unwrap();
+        assert_eq!(bus.bus_buffer, 8);
+        assert_eq!(RuntimeConfig::default().bus_buffer, defaults::BUS_BUFFER);
         let err = RuntimeConfig::default()
             .with_overrides(|n| (n == "AETHER_MAX_RESIDENT").then(|| "lots".into()))
             .unwrap_err();
