@@ -362,7 +362,10 @@ mod tests {
             ("bank.evnts.>", "unknown topic family \"evnts\""),
             ("bank.events.account.a.b", "5 tokens is too many"),
             ("bank.events", "too few tokens"),
-            ("bank.system.Event.Stored", "system topics have three tokens"),
+            (
+                "bank.system.Event.Stored",
+                "system topics have three tokens",
+            ),
             ("bank.system.Event1", "letters only"),
             ("bank.events.account.a=2", "encoded"),
             ("b@nk.>", "invalid namespace"),
