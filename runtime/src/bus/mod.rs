@@ -553,8 +553,8 @@ impl Bus {
         }
     }
 
-    /// Waits until every event queued for NATS has been handed to the server (no-op on a
-    /// local bus).
+    /// Waits until every event queued for NATS has been handed to the server, at most a few
+    /// seconds (no-op on a local bus).
     pub async fn flush(&self) {
         if let Some(nats) = &self.inner.nats {
             nats.flush().await;

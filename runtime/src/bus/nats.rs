@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::connection::State;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
@@ -54,6 +55,9 @@ use crate::wire::{CommitRecord, codec};
 
 /// The header naming the bus that published a live message.
 pub const ORIGIN_HEADER: &str = "Aether-Bus-Origin";
+
+/// Longest wait for the server to confirm a subscription or take a flush.
+const SERVER_WAIT: Duration = Duration::from_secs(5);
 
 /// The live subject of a topic: `aether.<ns>.bus.<rest>`.
 pub fn live_subject(topic: &str) -> String {
@@ -143,11 +147,16 @@ impl NatsSide {
         }
     }
 
-    /// Waits until everything queued so far is handed to the server.
+    /// Waits until everything queued so far is handed to the server, at most [`SERVER_WAIT`].
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.outbound.send(Outbound::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+        let wait = async {
+            let (tx, rx) = oneshot::channel();
+            if self.outbound.send(Outbound::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(SERVER_WAIT, wait).await.is_err() {
+            tracing::warn!(target: "aether::bus", "bus flush gave up: NATS did not take the queued events in time");
         }
     }
 
@@ -161,12 +170,21 @@ impl NatsSide {
         let unavailable = |e: &dyn std::fmt::Display| {
             SubscribeError::Unavailable(format!("cannot subscribe to {subject}: {e}"))
         };
+        let state = self.client.connection_state();
+        if state != State::Connected {
+            return Err(unavailable(&format!("not connected to NATS ({state:?})")));
+        }
         let sub = self
             .client
             .subscribe(subject.clone())
             .await
             .map_err(|e| unavailable(&e))?;
-        self.client.flush().await.map_err(|e| unavailable(&e))?;
+        // Known to the server when this returns, so nothing published after it is missed.
+        match tokio::time::timeout(SERVER_WAIT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(_) => return Err(unavailable(&"the server did not confirm in time")),
+        }
         Ok(tokio::spawn(forward(
             sub,
             Arc::clone(slot),
