@@ -1,5 +1,7 @@
 //! What travels on the bus: actor events with their envelopes, and system events.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{events_topic, system_topic};
@@ -115,7 +117,7 @@ pub enum SystemEvent {
         /// The map's epoch.
         epoch: u64,
     },
-    /// A shard moved from one node to another.
+    /// A shard moved to this node (published by the new owner once it serves the shard).
     ShardMigrated {
         /// The shard.
         shard: u32,
@@ -125,6 +127,21 @@ pub enum SystemEvent {
         to: String,
         /// The map's epoch.
         epoch: u64,
+        /// From adopting the map to serving the shard (the old owner's drain included).
+        after: Duration,
+        /// The old owner did not release in time and the shard was taken anyway.
+        forced: bool,
+    },
+    /// A node stopped the activations of shards it lost and released them.
+    ShardsReleased {
+        /// The shards.
+        shards: Vec<u32>,
+        /// The map's epoch.
+        epoch: u64,
+        /// Actors passivated.
+        actors: usize,
+        /// How long the drain took.
+        after: Duration,
     },
 }
 
@@ -144,6 +161,7 @@ impl SystemEvent {
             SystemEvent::LeadershipLost { .. } => "LeadershipLost",
             SystemEvent::ShardAssigned { .. } => "ShardAssigned",
             SystemEvent::ShardMigrated { .. } => "ShardMigrated",
+            SystemEvent::ShardsReleased { .. } => "ShardsReleased",
         }
     }
 
