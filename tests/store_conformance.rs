@@ -68,6 +68,48 @@ async fn embedded_data_survives_reopen() {
             .last_version,
         4
     );
+    // ... and the namespace log after its last position.
+    let log = store.read_log(0, 10).await.unwrap();
+    let positions: Vec<u64> = log.entries.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2, 3]);
+    assert_eq!(log.head, 3);
+}
+
+#[tokio::test]
+async fn embedded_log_is_built_for_a_directory_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (key("conf", "counter", "a"), key("conf", "counter", "b"));
+    {
+        let store = EmbeddedStore::open(dir.path(), ns("conf")).unwrap();
+        store.append(&b, 0, commit_of(&[1])).await.unwrap();
+        store.append(&a, 0, commit_of(&[2, 3])).await.unwrap();
+        store.append(&b, 1, commit_of(&[4])).await.unwrap();
+        store.close().await.unwrap();
+    }
+    {
+        // What a directory written before the log existed looks like: no log entries.
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let log = db
+            .keyspace("log", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        log.clear().unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path(), ns("conf")).unwrap();
+    let log = store.read_log(0, 10).await.unwrap();
+    let seen: Vec<(String, u64)> = log
+        .entries
+        .iter()
+        .map(|e| (e.commit.actor.id.to_string(), e.commit.last_version()))
+        .collect();
+    // Stream by stream, each in version order.
+    assert_eq!(
+        seen,
+        vec![("a".into(), 2), ("b".into(), 1), ("b".into(), 2)]
+    );
+    let next = store.append(&a, 2, commit_of(&[5])).await.unwrap();
+    assert_eq!(next.last_version, 3);
+    assert_eq!(store.read_log(3, 10).await.unwrap().entries[0].position, 4);
 }
 
 #[tokio::test]
@@ -124,5 +166,19 @@ async fn embedded_group_commit_serves_many_writers() {
             .map(|e| e.version)
             .collect();
         assert_eq!(versions, (1..=20).collect::<Vec<_>>());
+    }
+    // The log holds all 1 280 commits, positions 1..=1280, each actor's in version order.
+    let log = store.read_log(0, 10_000).await.unwrap();
+    assert_eq!(log.entries.len(), 64 * 20);
+    assert!(
+        log.entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.position == i as u64 + 1)
+    );
+    let mut last = std::collections::HashMap::new();
+    for e in &log.entries {
+        let prev = last.insert(e.commit.actor.clone(), e.commit.last_version());
+        assert_eq!(prev.unwrap_or(0) + 1, e.commit.last_version());
     }
 }

@@ -13,6 +13,8 @@
 //! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
 //! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
 //! | [`remote_attempt_timeout`](RuntimeConfig::remote_attempt_timeout) | 1 s (doubling per resend) | `AETHER_REMOTE_ATTEMPT_TIMEOUT_MS` |
+//! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
+//! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Resident actors cost memory that the allocator does not hand back to the operating system,
@@ -46,6 +48,11 @@ pub mod defaults {
     /// How long the first attempt of a cross-node ask waits for an answer before it is sent
     /// again with the same command id (each resend waits twice as long).
     pub const REMOTE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Events buffered per live bus subscription; past it, new events are dropped for that
+    /// subscriber and counted (the publisher never waits).
+    pub const BUS_BUFFER: usize = 1024;
+    /// Events queued for NATS by a distributed bus; past it, new ones are dropped and counted.
+    pub const BUS_OUTBOUND_BUFFER: usize = 16_384;
     /// Directory under which the embedded store keeps one folder per namespace.
     pub const DATA_DIR: &str = "aether-data";
 }
@@ -81,6 +88,10 @@ pub struct RuntimeConfig {
     /// or unsubscribes at that instant — so a resend (deduplicated by the actor) bounds what
     /// such a loss costs the caller.
     pub remote_attempt_timeout: Duration,
+    /// Events buffered per live bus subscription before new ones are dropped for it.
+    pub bus_buffer: usize,
+    /// Events queued for NATS (distributed bus) before new ones are dropped.
+    pub bus_outbound_buffer: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -97,6 +108,8 @@ impl Default for RuntimeConfig {
             snapshot_on_passivation: true,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             remote_attempt_timeout: defaults::REMOTE_ATTEMPT_TIMEOUT,
+            bus_buffer: defaults::BUS_BUFFER,
+            bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
         }
     }
 }
@@ -171,6 +184,12 @@ impl RuntimeConfig {
         if let Some(v) = num::<u64>(&lookup, "AETHER_REMOTE_ATTEMPT_TIMEOUT_MS")? {
             self.remote_attempt_timeout = ms(v.max(1));
         }
+        if let Some(v) = num(&lookup, "AETHER_BUS_BUFFER")? {
+            self.bus_buffer = v;
+        }
+        if let Some(v) = num(&lookup, "AETHER_BUS_OUTBOUND_BUFFER")? {
+            self.bus_outbound_buffer = v;
+        }
         Ok(self)
     }
 
@@ -180,6 +199,8 @@ impl RuntimeConfig {
         self.mailbox_capacity = self.mailbox_capacity.max(1);
         self.max_concurrent_replays = self.max_concurrent_replays.max(1);
         self.shard_count = self.shard_count.max(1);
+        self.bus_buffer = self.bus_buffer.max(1);
+        self.bus_outbound_buffer = self.bus_outbound_buffer.max(1);
         self
     }
 }
@@ -199,6 +220,11 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.ask_timeout, Duration::from_millis(250));
         assert_eq!(cfg.idle_passivation, None);
+        let bus = RuntimeConfig::default()
+            .with_overrides(|n| (n == "AETHER_BUS_BUFFER").then(|| "8".into()))
+            .unwrap();
+        assert_eq!(bus.bus_buffer, 8);
+        assert_eq!(RuntimeConfig::default().bus_buffer, defaults::BUS_BUFFER);
         let err = RuntimeConfig::default()
             .with_overrides(|n| (n == "AETHER_MAX_RESIDENT").then(|| "lots".into()))
             .unwrap_err();

@@ -219,7 +219,8 @@ impl<E> AskError<E> {
             other @ (StoreError::Corrupt { .. }
             | StoreError::WrongNamespace { .. }
             | StoreError::ServerTooOld { .. }
-            | StoreError::InvalidCommit(_)) => AskError::Unavailable(other.to_string()),
+            | StoreError::InvalidCommit(_)
+            | StoreError::Unsupported(_)) => AskError::Unavailable(other.to_string()),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | [`store`] | the [`EventStore`](store::EventStore) / [`SnapshotStore`](store::SnapshotStore) contracts and their backends |
 //! | [`cluster`] | membership, leader lease, shard map: who owns which shard |
 //! | [`routing`] | shard hashing, "who owns this shard", remote delivery over NATS |
+//! | [`bus`] | the event bus: live subscriptions, durable subscriptions, projections |
 //! | [`wire`] | envelopes and the codec: what is stored and sent |
 //! | [`names`] | namespaces, kinds, actor ids and their encoding |
 //! | [`config`] | every timeout and bound, with defaults |
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod errors;
@@ -35,6 +37,7 @@ pub mod store;
 pub mod wire;
 
 pub use actor::{ActorRef, AskOptions, Behavior, Ctx, Effect, EventSourcedActor, Persist};
+pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;
 pub use errors::{AskError, RetrySafety, StartError, TellError};

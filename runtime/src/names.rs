@@ -51,6 +51,8 @@ pub enum NameKind {
     EncodedActorId,
     /// A cluster node id (same rules as a namespace).
     NodeId,
+    /// The name of a durable subscription or projection (same rules as a namespace).
+    Subscription,
 }
 
 impl fmt::Display for NameKind {
@@ -61,6 +63,7 @@ impl fmt::Display for NameKind {
             NameKind::ActorId => "actor id",
             NameKind::EncodedActorId => "encoded actor id",
             NameKind::NodeId => "node id",
+            NameKind::Subscription => "subscription name",
         })
     }
 }

@@ -21,10 +21,16 @@ use std::time::Duration;
 use crate::actor::host::{Host, KindInfo};
 use crate::actor::remote::{HostDispatch, KindRemote, RemoteKind};
 use crate::actor::{ActorRef, Behavior};
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::bus::durable::{CommitSource, LogSource};
+use crate::bus::local::Listed;
+use crate::bus::{
+    Bus, BusConfig, DurableError, Pattern, Projection, ProjectionError, ProjectionOptions,
+    ReadModel, SubscriptionKind, SystemEvent,
+};
+use crate::cluster::{Cluster, ClusterConfig, ClusterEvent};
 use crate::config::{RuntimeConfig, defaults};
 use crate::errors::StartError;
-use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
+use crate::names::{ActorId, ActorKey, Kind, NameError, NameKind, Namespace, validate_name};
 use crate::routing::{ClientPlacement, LocalPlacement, Placement};
 use crate::routing::{Dispatch, Inbound, Transport};
 use crate::store::{
@@ -119,6 +125,7 @@ pub struct RuntimeBuilder {
     placement: Arc<dyn Placement>,
     cluster: Option<ClusterConfig>,
     client_of: Option<String>,
+    bus: Option<Bus>,
 }
 
 impl RuntimeBuilder {
@@ -268,6 +275,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Publishes this runtime's events on `bus` instead of a bus of its own: several runtimes of
+    /// one process (one per namespace) can share one bus, and one subscriber can follow them
+    /// all. Without it, the runtime makes a local bus, or a NATS bus when it runs on JetStream
+    /// or in a cluster.
+    pub fn bus(mut self, bus: Bus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// Makes this runtime a node of a cluster (see [`Runtime::join_cluster`]). Events go to
     /// JetStream on the cluster's NATS servers; the namespace comes from `config` when not set.
     pub fn cluster(mut self, config: ClusterConfig) -> Self {
@@ -324,6 +340,8 @@ impl RuntimeBuilder {
         let mut location = String::from("memory");
         let mut cluster = None;
         let mut transport = None;
+        let mut nats_client = None;
+        let mut events_in_jetstream = false;
         let mut placement = self.placement;
         let store = match (self.cluster, self.client_of) {
             (Some(_), Some(_)) => {
@@ -350,6 +368,8 @@ impl RuntimeBuilder {
                 );
                 location = format!("cluster client of {urls} (hosts no actors)");
                 placement = Arc::new(ClientPlacement);
+                nats_client = Some(client.clone());
+                events_in_jetstream = true;
                 transport = Some(Arc::new(Transport::new(
                     client,
                     config.remote_attempt_timeout,
@@ -402,6 +422,8 @@ impl RuntimeBuilder {
                     .await
                     .map_err(StartError::Cluster)?;
                 placement = joined.placement();
+                nats_client = Some(client.clone());
+                events_in_jetstream = true;
                 transport = Some(Arc::new(Transport::new(
                     client,
                     config.remote_attempt_timeout,
@@ -421,6 +443,8 @@ impl RuntimeBuilder {
                 let store =
                     Arc::new(JetStreamStore::connect(&urls, namespace.as_str(), options).await?);
                 location = format!("JetStream at {urls}, stream {}", store.stream_name());
+                nats_client = Some(store.client().clone());
+                events_in_jetstream = true;
                 (store.clone(), store)
             }
             StoreChoice::Custom(events, snapshots) => {
@@ -453,6 +477,20 @@ impl RuntimeBuilder {
                 (store.clone(), store)
             }
         };
+        let bus = match (self.bus, nats_client) {
+            (Some(bus), _) => bus,
+            (None, client) => {
+                let bus_config = BusConfig {
+                    buffer: config.bus_buffer,
+                    outbound_buffer: config.bus_outbound_buffer,
+                    origin: cluster.as_ref().map(|c| c.node_id().to_owned()),
+                };
+                match client {
+                    Some(client) => Bus::with_nats(client, bus_config),
+                    None => Bus::local_with(bus_config),
+                }
+            }
+        };
         let host = Host::new(
             namespace,
             config,
@@ -461,6 +499,7 @@ impl RuntimeBuilder {
             kinds,
             placement,
             transport,
+            bus,
             tokio::runtime::Handle::current(),
         );
         let mut inbound = None;
@@ -485,6 +524,13 @@ impl RuntimeBuilder {
                 ));
             }
         }
+        let bus_forwarder = cluster.as_ref().map(|c| {
+            tokio::spawn(forward_cluster_events(
+                c.events(),
+                host.bus.clone(),
+                host.namespace.clone(),
+            ))
+        });
         tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
         Ok(Runtime {
             host,
@@ -492,6 +538,8 @@ impl RuntimeBuilder {
             location,
             cluster,
             inbound,
+            bus_forwarder,
+            events_in_jetstream,
         })
     }
 }
@@ -503,6 +551,10 @@ pub struct Runtime {
     location: String,
     cluster: Option<Cluster>,
     inbound: Option<Inbound>,
+    /// Republishes cluster events on the bus (cluster nodes only).
+    bus_forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the events live in JetStream (projections then read through a consumer).
+    events_in_jetstream: bool,
 }
 
 impl Runtime {
@@ -542,6 +594,7 @@ impl Runtime {
             placement: Arc::new(LocalPlacement),
             cluster: None,
             client_of: None,
+            bus: None,
         }
     }
 
@@ -578,6 +631,66 @@ impl Runtime {
     /// The event store (to read an actor's history, for example).
     pub fn event_store(&self) -> Arc<dyn EventStore> {
         Arc::clone(&self.host.events)
+    }
+
+    /// The event bus: every event this runtime stores is published there, with system events
+    /// (see [`crate::bus`]).
+    pub fn bus(&self) -> &Bus {
+        &self.host.bus
+    }
+
+    /// Starts projection `name`: `model` is brought up to date with this namespace's stored
+    /// events and kept there, in the background (see [`crate::bus::projection`]).
+    ///
+    /// On JetStream the projection reads through a durable consumer
+    /// (`aether_projection_<name>` on `<ns>_events`) when the bus is a NATS bus; otherwise (the
+    /// embedded and memory stores) it reads the store's namespace log.
+    pub async fn projection<M: ReadModel>(
+        &self,
+        name: &str,
+        model: M,
+        options: ProjectionOptions,
+    ) -> Result<Projection<M>, ProjectionError> {
+        validate_name(NameKind::Subscription, name)?;
+        let namespace = &self.host.namespace;
+        let pattern = match &options.pattern {
+            Some(p) => p.clone(),
+            None => Pattern::events(namespace),
+        };
+        if pattern.namespace_name() != Some(namespace.as_str()) || !pattern.can_match_events() {
+            return Err(ProjectionError::Source(DurableError::NotDurable {
+                pattern: pattern.to_string(),
+                reason: format!(
+                    "a projection of this runtime reads events of namespace {namespace}"
+                ),
+            }));
+        }
+        let bus = &self.host.bus;
+        let source: Box<dyn CommitSource> = match bus.nats() {
+            Some(nats) if self.events_in_jetstream => {
+                Box::new(nats.projection_source(namespace, name, &pattern).await?)
+            }
+            _ => Box::new(LogSource::new(
+                Arc::clone(&self.host.events),
+                pattern.clone(),
+                options.page,
+                options.poll_interval,
+            )),
+        };
+        let slot = bus.registry().tracked_slot(
+            SubscriptionKind::Projection(name.to_owned()),
+            pattern,
+            options.filter.clone(),
+            Some(namespace.clone()),
+        );
+        let listed = Listed::new(slot, Arc::downgrade(bus.registry()));
+        Ok(Projection::start(
+            name.to_owned(),
+            model,
+            source,
+            options,
+            listed,
+        ))
     }
 
     /// The snapshot store.
@@ -637,6 +750,9 @@ impl Runtime {
             // Hand the shards over first: others take them while this node still answers.
             cluster.leave(self.host.config.shutdown_timeout).await;
         }
+        if let Some(forwarder) = &self.bus_forwarder {
+            forwarder.abort();
+        }
         if let Some(inbound) = self.inbound.take() {
             // Every shard is handed off by now: answer what was routed here meanwhile.
             inbound.close(self.host.config.shutdown_timeout).await;
@@ -650,6 +766,7 @@ impl Runtime {
             tracing::warn!("shutdown timed out waiting for actors to passivate");
         }
         self.host.unregister();
+        self.host.bus.flush().await;
         self.host.events.close().await
     }
 }
@@ -660,5 +777,69 @@ impl std::fmt::Debug for Runtime {
             .field("namespace", &self.host.namespace)
             .field("data_dir", &self.data_dir)
             .finish()
+    }
+}
+
+/// Republishes this node's cluster events as system events on the bus, until the cluster's
+/// channel closes. Events the channel dropped because this task fell behind are logged.
+async fn forward_cluster_events(
+    mut events: tokio::sync::broadcast::Receiver<ClusterEvent>,
+    bus: Bus,
+    namespace: Namespace,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                bus.publish_system(&namespace, system_event_of(event));
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "bus: cluster events were missed (the forwarder fell behind)"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The bus's form of a cluster event.
+fn system_event_of(event: ClusterEvent) -> SystemEvent {
+    match event {
+        ClusterEvent::NodeJoined { node } => SystemEvent::NodeJoined { node },
+        ClusterEvent::NodeLeft { node } => SystemEvent::NodeLeft { node },
+        ClusterEvent::NodeFailed { node } => SystemEvent::NodeFailed { node },
+        ClusterEvent::LeaderElected { node, term } => SystemEvent::LeaderElected { node, term },
+        ClusterEvent::LeadershipLost { node, term } => SystemEvent::LeadershipLost { node, term },
+        ClusterEvent::ShardAssigned { shard, node, epoch } => {
+            SystemEvent::ShardAssigned { shard, node, epoch }
+        }
+        ClusterEvent::ShardMigrated {
+            shard,
+            from,
+            to,
+            epoch,
+            after,
+            forced,
+        } => SystemEvent::ShardMigrated {
+            shard,
+            from,
+            to,
+            epoch,
+            after,
+            forced,
+        },
+        ClusterEvent::ShardsReleased {
+            shards,
+            epoch,
+            actors,
+            after,
+        } => SystemEvent::ShardsReleased {
+            shards,
+            epoch,
+            actors,
+            after,
+        },
     }
 }

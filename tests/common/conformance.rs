@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
         $crate::conformance_case!($make, snapshot_plus_tail_equals_full_replay);
         $crate::conformance_case!($make, bad_commits_are_rejected);
         $crate::conformance_case!($make, streams_are_isolated);
+        $crate::conformance_case!($make, commit_log_is_in_commit_order);
     };
 }
 
@@ -366,4 +367,61 @@ pub async fn streams_are_isolated<S: TestStore>(f: Fixture<S>) {
         assert_eq!(s.latest_version(&actor(&f, id)).await.unwrap(), 1);
     }
     assert_eq!(s.latest_version(&other_kind).await.unwrap(), 2);
+}
+
+pub async fn commit_log_is_in_commit_order<S: TestStore>(f: Fixture<S>) {
+    let s = &f.store;
+    let empty = s.read_log(0, 100).await.unwrap();
+    assert!(empty.entries.is_empty());
+    assert_eq!(empty.head, 0);
+    // Interleave three actors; remember the order of the commits as they were stored.
+    let mut stored = Vec::new();
+    for round in 0..4u64 {
+        for id in ["x", "y.z", "w"] {
+            let a = actor(&f, id);
+            let values = [round * 10, round * 10 + 1];
+            let n = if id == "w" { 2 } else { 1 };
+            let appended = s
+                .append(&a, round * n, commit_of(&values[..n as usize]))
+                .await;
+            let appended = appended.unwrap();
+            stored.push((a, appended.last_version));
+        }
+    }
+    // A refused append leaves no trace in the log.
+    assert!(s.append(&actor(&f, "x"), 0, commit_of(&[9])).await.is_err());
+    let all = s.read_log(0, 1000).await.unwrap();
+    let seen: Vec<(ActorKey, u64)> = all
+        .entries
+        .iter()
+        .map(|e| (e.commit.actor.clone(), e.commit.last_version()))
+        .collect();
+    assert_eq!(
+        seen, stored,
+        "the log holds every commit once, in commit order"
+    );
+    assert!(
+        all.entries
+            .windows(2)
+            .all(|w| w[0].position < w[1].position),
+        "positions grow"
+    );
+    assert_eq!(all.head, all.entries.last().unwrap().position);
+    // Paging from a position resumes right after it.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.read_log(after, 5).await.unwrap();
+        assert!(page.entries.len() <= 5);
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.position;
+        paged.extend(page.entries.into_iter().map(|e| e.position));
+    }
+    let positions: Vec<u64> = all.entries.iter().map(|e| e.position).collect();
+    assert_eq!(paged, positions);
+    let tail = s.read_log(all.head, 10).await.unwrap();
+    assert!(tail.entries.is_empty());
+    assert_eq!(tail.head, all.head);
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod ledger;
 pub mod map_watch;
 pub mod nats;
 pub mod process;

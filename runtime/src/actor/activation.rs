@@ -47,6 +47,7 @@ use super::actor_ref::{ActorRef, with_decode_host};
 use super::context::{Ctx, WaitingOn};
 use super::contract::Behavior;
 use super::host::{Host, Stats, wait_done};
+use crate::bus::SystemEvent;
 use crate::errors::AskError;
 use crate::names::ActorKey;
 use crate::store::{NewCommit, Snapshot, StoreError};
@@ -689,6 +690,19 @@ impl<A: Behavior> Activation<A> {
             events: data,
             reply: Some(reply_bytes.clone()),
         };
+        // What the bus publishes once the commit is stored; kept only when anyone listens.
+        let for_bus = self
+            .host
+            .bus
+            .wants(&self.host.namespace)
+            .then(|| NewCommit {
+                command_id: commit.command_id,
+                correlation_id: commit.correlation_id,
+                causation_id: commit.causation_id,
+                timestamp_ms: commit.timestamp_ms,
+                events: commit.events.clone(),
+                reply: None,
+            });
         let appended = {
             let span =
                 tracing::debug_span!("append", version = self.version, events = events.len());
@@ -709,6 +723,11 @@ impl<A: Behavior> Activation<A> {
             }
             Ok(a) => {
                 Stats::bump(&self.host.stats.commits);
+                if let Some(stored) = for_bus {
+                    // Never waits: full subscriber buffers drop (and count) instead.
+                    let record = stored.into_record(self.key(), a.first_version - 1);
+                    self.host.bus.publish_commit(&record);
+                }
                 let state = &mut self.state;
                 let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     for event in &events {
@@ -728,6 +747,21 @@ impl<A: Behavior> Activation<A> {
             }
             Err(err @ StoreError::VersionConflict { .. }) => {
                 Stats::bump(&self.host.stats.conflicts);
+                if let StoreError::VersionConflict {
+                    actor,
+                    expected,
+                    actual,
+                } = &err
+                {
+                    self.host.bus.publish_system(
+                        &self.host.namespace,
+                        SystemEvent::VersionConflict {
+                            actor: actor.clone(),
+                            expected: *expected,
+                            actual: *actual,
+                        },
+                    );
+                }
                 tracing::warn!(actor = %self.key(), error = %err, "stale activation; reloading from the store");
                 self.stale = true;
                 let _ = self.reload().await;
@@ -791,7 +825,16 @@ impl<A: Behavior> Activation<A> {
 async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapshot) {
     let version = snapshot.version;
     match host.snapshots.save(key, snapshot).await {
-        Ok(()) => Stats::bump(&host.stats.snapshots_saved),
+        Ok(()) => {
+            Stats::bump(&host.stats.snapshots_saved);
+            host.bus.publish_system(
+                &key.namespace,
+                SystemEvent::SnapshotCreated {
+                    actor: key.clone(),
+                    version,
+                },
+            );
+        }
         Err(e) => tracing::warn!(actor = %key, version, error = %e, "snapshot not saved"),
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct Host {
     pub placement: Arc<dyn Placement>,
     /// Sends commands to other nodes (cluster mode only).
     pub transport: Option<Arc<crate::routing::Transport>>,
+    /// Where stored events and system events are published.
+    pub bus: crate::bus::Bus,
     pub replays: Semaphore,
     pub stats: Stats,
     /// The resident registry, in shards (one when `max_resident` is small, so LRU is exact).
@@ -246,6 +248,7 @@ impl Host {
         kinds: Vec<KindInfo>,
         placement: Arc<dyn Placement>,
         transport: Option<Arc<crate::routing::Transport>>,
+        bus: crate::bus::Bus,
         tokio: tokio::runtime::Handle,
     ) -> Arc<Host> {
         let shards = if config.max_resident >= SHARDED_FROM {
@@ -263,6 +266,7 @@ impl Host {
             kinds,
             placement,
             transport,
+            bus,
             stats: Stats::default(),
             registry: (0..shards)
                 .map(|_| Mutex::new(Registry::new(per_shard)))

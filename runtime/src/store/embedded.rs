@@ -26,6 +26,10 @@
 //!   [`CommitRecord`](crate::wire::CommitRecord). Keying a commit by its *last* version makes
 //!   "the commit holding version v" the first key ≥ v.
 //! - keyspace `snapshots`: key `<stream token>` → the encoded snapshot record.
+//! - keyspace `log`: key `<log position, u64 big-endian>` → the `events` key of the commit: the
+//!   namespace log (see [`EventStore::read_log`]), written in the same atomic batch as the
+//!   commit, so positions are the order in which commits became durable. A directory written
+//!   before the log existed gets one at open, stream by stream.
 //!
 //! The stream token is `<namespace>.<kind>.<encoded id>` (see [`crate::names`]).
 
@@ -40,9 +44,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
-    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot, encode_commit,
-    encode_snapshot, snapshot_version,
+    Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
+    Snapshot, SnapshotStore, StoreError, actor_of_token, check_namespace, decode_commit,
+    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -88,6 +92,7 @@ pub struct EmbeddedStore {
 struct Handles {
     events: Keyspace,
     snapshots: Keyspace,
+    log: Keyspace,
 }
 
 enum Target {
@@ -170,11 +175,17 @@ impl EmbeddedStore {
         let snapshots = db
             .keyspace("snapshots", KeyspaceCreateOptions::default)
             .map_err(engine_error)?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(engine_error)?;
+        let next_log = open_log(&db, &events, &log)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             db,
             events: events.clone(),
             snapshots: snapshots.clone(),
+            log: log.clone(),
+            next_log,
             heads: HashMap::new(),
             max_batch: options.max_batch.max(1),
             head_cache_entries: options.head_cache_entries.max(1),
@@ -187,7 +198,11 @@ impl EmbeddedStore {
             namespace,
             path,
             options,
-            handles: parking_lot::RwLock::new(Some(Handles { events, snapshots })),
+            handles: parking_lot::RwLock::new(Some(Handles {
+                events,
+                snapshots,
+                log,
+            })),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -231,6 +246,47 @@ impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The next log position; builds the log first when the directory predates it (every commit of
+/// every stream, stream by stream: per actor in version order, across actors in key order).
+fn open_log(db: &Database, events: &Keyspace, log: &Keyspace) -> Result<u64, StoreError> {
+    if let Some(guard) = log.last_key_value() {
+        let key = guard.key().map_err(engine_error)?;
+        return key_version(&key)
+            .map(|p| p + 1)
+            .ok_or_else(|| engine_error("malformed log key"));
+    }
+    let mut next = 1u64;
+    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+    let mut staged = 0usize;
+    for guard in events.iter() {
+        let key = guard.key().map_err(engine_error)?;
+        batch.insert(log, next.to_be_bytes().to_vec(), key.to_vec());
+        next += 1;
+        staged += 1;
+        if staged == 10_000 {
+            batch.commit().map_err(engine_error)?;
+            batch = db.batch().durability(Some(PersistMode::SyncData));
+            staged = 0;
+        }
+    }
+    if staged > 0 {
+        batch.commit().map_err(engine_error)?;
+    }
+    if next > 1 {
+        tracing::info!(
+            commits = next - 1,
+            "embedded store: built the namespace log"
+        );
+    }
+    Ok(next)
+}
+
+/// The actor whose stream an `events` key belongs to.
+fn actor_of_event_key(key: &[u8]) -> Option<ActorKey> {
+    let token = key.get(..key.len().checked_sub(9)?)?;
+    actor_of_token(std::str::from_utf8(token).ok()?)
 }
 
 fn latest_in(events: &Keyspace, prefix: &[u8]) -> Result<u64, StoreError> {
@@ -315,6 +371,50 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
+        let Handles { events, log, .. } = self.handles()?;
+        Self::blocking(move || {
+            let head = match log.last_key_value() {
+                Some(guard) => {
+                    let key = guard.key().map_err(engine_error)?;
+                    key_version(&key).ok_or_else(|| engine_error("malformed log key"))?
+                }
+                None => 0,
+            };
+            let mut page = LogPage {
+                entries: Vec::new(),
+                head,
+            };
+            let start = after.saturating_add(1).to_be_bytes();
+            let end = u64::MAX.to_be_bytes();
+            for guard in log.range(start..=end).take(max) {
+                let (key, pointer) = guard.into_inner().map_err(engine_error)?;
+                let position =
+                    key_version(&key).ok_or_else(|| engine_error("malformed log key"))?;
+                let actor = actor_of_event_key(&pointer)
+                    .ok_or_else(|| engine_error(format!("log entry {position} is malformed")))?;
+                let version = key_version(&pointer)
+                    .ok_or_else(|| engine_error(format!("log entry {position} is malformed")))?;
+                let bytes = events.get(&pointer).map_err(engine_error)?;
+                let decoded = bytes
+                    .ok_or_else(|| "the commit is missing from its stream".to_owned())
+                    .and_then(|b| decode_commit(&actor, version, &b));
+                match decoded {
+                    Ok(commit) => page.entries.push(LogEntry { position, commit }),
+                    Err(reason) => {
+                        return Err(StoreError::Corrupt {
+                            actor,
+                            position: version,
+                            reason,
+                        });
+                    }
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.shutdown();
         Ok(())
@@ -395,6 +495,9 @@ struct Writer {
     db: Database,
     events: Keyspace,
     snapshots: Keyspace,
+    log: Keyspace,
+    /// The log position of the next accepted commit.
+    next_log: u64,
     /// Latest version per stream prefix, as of the last successful batch.
     heads: HashMap<Vec<u8>, u64>,
     max_batch: usize,
@@ -494,6 +597,7 @@ impl Writer {
         // Heads and snapshot versions as they will be once this batch lands.
         let mut staged_heads: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut staged_snapshots: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut next_log = self.next_log;
         for op in ops {
             match op {
                 WriteOp::Append {
@@ -529,7 +633,10 @@ impl Writer {
                             let _ = reply.send(result);
                         }
                         Ok(_) => {
-                            batch.insert(&self.events, event_key(&prefix, last_version), bytes);
+                            let key = event_key(&prefix, last_version);
+                            batch.insert(&self.log, next_log.to_be_bytes().to_vec(), key.clone());
+                            next_log += 1;
+                            batch.insert(&self.events, key, bytes);
                             staged_heads.insert(prefix, last_version);
                             pending.push(Pending::Append(
                                 reply,
@@ -589,6 +696,7 @@ impl Writer {
         }
         match batch.commit() {
             Ok(()) => {
+                self.next_log = next_log;
                 for (prefix, v) in staged_heads {
                     if self.heads.len() >= self.head_cache_entries {
                         self.heads.clear();

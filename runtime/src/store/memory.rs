@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
-    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot, encode_commit,
-    encode_snapshot, snapshot_version,
+    Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
+    Snapshot, SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot,
+    encode_commit, encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 
@@ -28,8 +28,23 @@ pub struct MemoryStore {
 struct Inner {
     namespace: Namespace,
     max_commit_bytes: usize,
-    streams: Mutex<HashMap<ActorKey, Stream>>,
+    streams: Mutex<Streams>,
     snapshots: Mutex<HashMap<ActorKey, Vec<u8>>>,
+}
+
+/// Every actor's stream, and the namespace log: `(actor, last version)` of each commit in the
+/// order they were stored (log position = index + 1). Both change under one lock, so the log
+/// order is the commit order.
+#[derive(Default)]
+struct Streams {
+    by_actor: HashMap<ActorKey, Stream>,
+    log: Vec<(ActorKey, u64)>,
+}
+
+impl Streams {
+    fn get(&self, actor: &ActorKey) -> Option<&Stream> {
+        self.by_actor.get(actor)
+    }
 }
 
 impl MemoryStore {
@@ -44,7 +59,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 namespace,
                 max_commit_bytes,
-                streams: Mutex::new(HashMap::new()),
+                streams: Mutex::new(Streams::default()),
                 snapshots: Mutex::new(HashMap::new()),
             }),
         }
@@ -101,9 +116,11 @@ impl EventStore for MemoryStore {
         }
         let last_version = record.last_version();
         streams
+            .by_actor
             .entry(actor.clone())
             .or_default()
             .push((last_version, bytes));
+        streams.log.push((actor.clone(), last_version));
         Ok(Appended {
             first_version: record.first_version,
             last_version,
@@ -144,6 +161,49 @@ impl EventStore for MemoryStore {
         }
         Ok(report)
     }
+
+    async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
+        let (head, records) = {
+            let streams = self.inner.streams.lock();
+            let start = usize::try_from(after)
+                .unwrap_or(usize::MAX)
+                .min(streams.log.len());
+            let records: Vec<(u64, ActorKey, u64, Option<Vec<u8>>)> = streams.log[start..]
+                .iter()
+                .take(max)
+                .enumerate()
+                .map(|(i, (actor, version))| {
+                    let bytes = streams.get(actor).and_then(|s| {
+                        s.binary_search_by_key(version, |(v, _)| *v)
+                            .ok()
+                            .map(|at| s[at].1.clone())
+                    });
+                    ((start + i + 1) as u64, actor.clone(), *version, bytes)
+                })
+                .collect();
+            (streams.log.len() as u64, records)
+        };
+        let mut page = LogPage {
+            entries: Vec::with_capacity(records.len()),
+            head,
+        };
+        for (position, actor, version, bytes) in records {
+            let decoded = bytes
+                .ok_or_else(|| "the commit is missing from its stream".to_owned())
+                .and_then(|b| decode_commit(&actor, version, &b));
+            match decoded {
+                Ok(commit) => page.entries.push(LogEntry { position, commit }),
+                Err(reason) => {
+                    return Err(StoreError::Corrupt {
+                        actor,
+                        position: version,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(page)
+    }
 }
 
 #[async_trait]
@@ -180,7 +240,7 @@ impl FaultInjection for MemoryStore {
     ) -> Result<(), StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
         let mut streams = self.inner.streams.lock();
-        let stream = streams.entry(actor.clone()).or_default();
+        let stream = streams.by_actor.entry(actor.clone()).or_default();
         match stream.binary_search_by_key(&position, |(v, _)| *v) {
             Ok(i) => stream[i].1 = bytes,
             Err(i) => stream.insert(i, (position, bytes)),

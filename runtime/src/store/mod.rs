@@ -24,6 +24,14 @@
 //! position and reason of every record that does not: clean data is never dropped because a
 //! neighbour is damaged. [`EventStore::read`] is the strict form that fails on any damage.
 //!
+//! # The namespace log
+//!
+//! Besides one stream per actor, every store keeps the order in which commits were stored across
+//! the whole namespace: [`EventStore::read_log`] pages through it by **log position**, a number
+//! that grows with every commit (contiguous on the memory and embedded stores, the stream
+//! sequence on JetStream). Per actor, log order is version order. Projections read the log to
+//! build read models from every actor's events, and resume from the position they stored.
+//!
 //! # Idempotent appends
 //!
 //! A commit carries the [`CommandId`] of its command. When an append finds the stream already
@@ -143,6 +151,24 @@ impl ReadReport {
     }
 }
 
+/// One commit of the namespace log, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The commit's log position (see the [module docs](self#the-namespace-log)).
+    pub position: u64,
+    /// The commit.
+    pub commit: CommitRecord,
+}
+
+/// One page of the namespace log, from [`EventStore::read_log`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogPage {
+    /// Commits after the requested position, in log order.
+    pub entries: Vec<LogEntry>,
+    /// The position of the latest commit in the log when it was read (0 when empty).
+    pub head: u64,
+}
+
 /// A saved snapshot of an actor's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -212,6 +238,10 @@ pub enum StoreError {
     /// A name given to the store is invalid. Nothing was contacted.
     #[error(transparent)]
     InvalidName(#[from] crate::names::NameError),
+    /// The store does not offer this operation (a custom store without a namespace log, for
+    /// example). Nothing was read or written.
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
     /// The server is older than the store supports.
     #[error("nats-server {found} is too old: Aether needs {required} or newer")]
     ServerTooOld {
@@ -272,6 +302,19 @@ pub trait EventStore: Send + Sync + 'static {
             });
         }
         Ok(report.events())
+    }
+
+    /// Up to `max` commits of the whole namespace stored after log position `after` (0: from the
+    /// start), in the order they were stored, plus the log's head. See the
+    /// [module docs](self#the-namespace-log).
+    ///
+    /// The default fails with [`StoreError::Unsupported`]: a store written outside this crate
+    /// may not keep a namespace log, and then projections cannot read from it.
+    async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
+        let _ = (after, max);
+        Err(StoreError::Unsupported(
+            "this store keeps no namespace log (read_log)".into(),
+        ))
     }
 
     /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
@@ -360,6 +403,15 @@ fn encode_commit(
         });
     }
     Ok((record, bytes))
+}
+
+/// The actor of a stream token (`<namespace>.<kind>.<encoded id>`), if it is one.
+fn actor_of_token(token: &str) -> Option<ActorKey> {
+    let mut parts = token.splitn(3, '.');
+    let namespace = Namespace::new(parts.next()?).ok()?;
+    let kind = crate::names::Kind::new(parts.next()?).ok()?;
+    let id = crate::names::ActorId::decode(parts.next()?).ok()?;
+    Some(ActorKey::new(namespace, kind, id))
 }
 
 /// Decodes a stored commit and checks that it belongs to `actor` and ends at `position`.

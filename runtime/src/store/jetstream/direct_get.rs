@@ -26,6 +26,8 @@ use futures_util::StreamExt;
 /// One message read back from the stream.
 pub(crate) struct RawMsg {
     pub seq: u64,
+    /// The subject the message was stored under.
+    pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
 }
@@ -51,69 +53,92 @@ pub(crate) async fn batched(
     batch: usize,
     timeout: Duration,
 ) -> Result<Vec<RawMsg>, ReadFailure> {
-    let api = format!("$JS.API.DIRECT.GET.{stream}");
     let mut out = Vec::new();
     let mut seq = start.max(1);
     loop {
-        let inbox = client.new_inbox();
-        let mut sub = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ReadFailure::Failed(format!("subscribe: {e}")))?;
-        let request = serde_json::json!({ "seq": seq, "next_by_subj": subject, "batch": batch });
-        client
-            .publish_with_reply(api.clone(), inbox, Bytes::from(request.to_string()))
-            .await
-            .map_err(|e| ReadFailure::Failed(format!("request: {e}")))?;
-        let mut pending_after_last = 0u64;
-        let mut got = 0usize;
-        loop {
-            let msg = match tokio::time::timeout(timeout, sub.next()).await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Err(ReadFailure::Failed("subscription closed".into())),
-                Err(_) => {
-                    return Err(ReadFailure::Failed(format!(
-                        "no answer to direct get within {timeout:?}"
-                    )));
-                }
-            };
-            if let Some(status) = msg.status {
-                match status.as_u16() {
-                    204 => break,
-                    404 => {
-                        pending_after_last = 0;
-                        break;
-                    }
-                    503 => return Err(ReadFailure::Failed("no responders".into())),
-                    code => {
-                        return Err(ReadFailure::Failed(format!(
-                            "direct get answered {code} {}",
-                            msg.description.unwrap_or_default()
-                        )));
-                    }
-                }
-            }
-            let headers = msg.headers.unwrap_or_default();
-            let Some(pending) = header_u64(&headers, "Nats-Num-Pending") else {
-                return Err(ReadFailure::BatchUnsupported);
-            };
-            let msg_seq = header_u64(&headers, "Nats-Sequence").ok_or_else(|| {
-                ReadFailure::Failed("direct get answer without Nats-Sequence".into())
-            })?;
-            pending_after_last = pending;
-            seq = msg_seq + 1;
-            got += 1;
-            out.push(RawMsg {
-                seq: msg_seq,
-                headers,
-                payload: msg.payload,
-            });
+        let (msgs, pending_after_last) =
+            batch_once(client, stream, subject, seq, batch, timeout).await?;
+        let got = msgs.len();
+        if let Some(last) = msgs.last() {
+            seq = last.seq + 1;
         }
-        let _ = sub.unsubscribe().await;
+        out.extend(msgs);
         if pending_after_last == 0 || got == 0 {
             return Ok(out);
         }
     }
+}
+
+/// One batched direct get: up to `batch` messages on `subject` from sequence `start`, and how
+/// many more the server reported pending after the last of them.
+pub(crate) async fn batch_once(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    start: u64,
+    batch: usize,
+    timeout: Duration,
+) -> Result<(Vec<RawMsg>, u64), ReadFailure> {
+    let api = format!("$JS.API.DIRECT.GET.{stream}");
+    let mut out = Vec::new();
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ReadFailure::Failed(format!("subscribe: {e}")))?;
+    let request =
+        serde_json::json!({ "seq": start.max(1), "next_by_subj": subject, "batch": batch });
+    client
+        .publish_with_reply(api, inbox, Bytes::from(request.to_string()))
+        .await
+        .map_err(|e| ReadFailure::Failed(format!("request: {e}")))?;
+    let mut pending_after_last = 0u64;
+    loop {
+        let msg = match tokio::time::timeout(timeout, sub.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Err(ReadFailure::Failed("subscription closed".into())),
+            Err(_) => {
+                return Err(ReadFailure::Failed(format!(
+                    "no answer to direct get within {timeout:?}"
+                )));
+            }
+        };
+        if let Some(status) = msg.status {
+            match status.as_u16() {
+                204 => break,
+                404 => {
+                    pending_after_last = 0;
+                    break;
+                }
+                503 => return Err(ReadFailure::Failed("no responders".into())),
+                code => {
+                    return Err(ReadFailure::Failed(format!(
+                        "direct get answered {code} {}",
+                        msg.description.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        let headers = msg.headers.unwrap_or_default();
+        let Some(pending) = header_u64(&headers, "Nats-Num-Pending") else {
+            return Err(ReadFailure::BatchUnsupported);
+        };
+        let msg_seq = header_u64(&headers, "Nats-Sequence")
+            .ok_or_else(|| ReadFailure::Failed("direct get answer without Nats-Sequence".into()))?;
+        pending_after_last = pending;
+        let subject = headers
+            .get("Nats-Subject")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        out.push(RawMsg {
+            seq: msg_seq,
+            subject,
+            headers,
+            payload: msg.payload,
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    Ok((out, pending_after_last))
 }
 
 /// Every message on `subject` from sequence `start` up to `until`, one request each to the
@@ -124,9 +149,20 @@ pub(crate) async fn one_by_one(
     start: u64,
     until: u64,
 ) -> Result<Vec<RawMsg>, ReadFailure> {
+    one_by_one_upto(stream, subject, start, until, usize::MAX).await
+}
+
+/// Like [`one_by_one`], stopping after `max` messages.
+pub(crate) async fn one_by_one_upto(
+    stream: &Stream,
+    subject: &str,
+    start: u64,
+    until: u64,
+    max: usize,
+) -> Result<Vec<RawMsg>, ReadFailure> {
     let mut out = Vec::new();
     let mut seq = start.max(1);
-    while seq <= until {
+    while seq <= until && out.len() < max {
         let got = stream
             .raw_message_builder()
             .sequence(seq)
@@ -138,6 +174,7 @@ pub(crate) async fn one_by_one(
                 seq = msg.sequence + 1;
                 out.push(RawMsg {
                     seq: msg.sequence,
+                    subject: msg.subject.to_string(),
                     headers: msg.headers,
                     payload: msg.payload,
                 });

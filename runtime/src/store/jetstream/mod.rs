@@ -33,6 +33,11 @@
 //! falling back to one direct get per message on servers that ignore `batch`. Snapshots record
 //! the stream sequence of their last event, so a replay after a snapshot starts there.
 //!
+//! # The namespace log
+//!
+//! [`EventStore::read_log`] reads the whole stream in sequence order (batched direct get on
+//! `<ns>.events.>`); a commit's log position is its stream sequence.
+//!
 //! # Availability
 //!
 //! While the client is disconnected (the server is down, the client reconnecting), every
@@ -61,9 +66,9 @@ use parking_lot::Mutex;
 
 use self::direct_get::{RawMsg, ReadFailure};
 use super::{
-    Appended, CorruptRecord, EventStore, FaultInjection, NewCommit, ReadReport, Snapshot,
-    SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot_at, encode_commit,
-    encode_snapshot_at, snapshot_version,
+    Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
+    Snapshot, SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot_at,
+    encode_commit, encode_snapshot_at, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -622,6 +627,95 @@ impl EventStore for JetStreamStore {
             }
         }
         Ok(report)
+    }
+
+    async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
+        self.ensure_connected()?;
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable("cannot read the stream's state", e))?;
+        let head = info.state.last_sequence;
+        let mut page = LogPage {
+            entries: Vec::new(),
+            head,
+        };
+        if after >= head || max == 0 {
+            return Ok(page);
+        }
+        let subject = format!("{}.events.>", self.namespace);
+        let mut msgs = None;
+        if self.options.replay == ReplayMode::Batched {
+            let batch = max.min(self.options.batch_size.max(1));
+            match direct_get::batch_once(
+                &self.client,
+                &self.stream_name,
+                &subject,
+                after + 1,
+                batch,
+                self.options.request_timeout,
+            )
+            .await
+            {
+                Ok((got, _)) => msgs = Some(got),
+                Err(ReadFailure::BatchUnsupported) => {}
+                Err(ReadFailure::Failed(reason)) => {
+                    return Err(StoreError::Unavailable(format!("log read: {reason}")));
+                }
+            }
+        }
+        let msgs = match msgs {
+            Some(msgs) => msgs,
+            None => direct_get::one_by_one_upto(&self.stream, &subject, after + 1, head, max)
+                .await
+                .map_err(|f| {
+                    StoreError::Unavailable(match f {
+                        ReadFailure::Failed(reason) => format!("log read: {reason}"),
+                        ReadFailure::BatchUnsupported => "log read: unexpected answer".into(),
+                    })
+                })?,
+        };
+        for msg in msgs.iter().take(max) {
+            page.entries.push(self.log_entry(msg)?);
+        }
+        Ok(page)
+    }
+}
+
+impl JetStreamStore {
+    /// Decodes one message of the stream read as part of the log.
+    fn log_entry(&self, msg: &RawMsg) -> Result<LogEntry, StoreError> {
+        let version = msg
+            .headers
+            .get(VERSION_HEADER)
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let actor = msg
+            .subject
+            .strip_prefix(&format!("{}.events.", self.namespace))
+            .and_then(|rest| super::actor_of_token(&format!("{}.{rest}", self.namespace)));
+        let corrupt = |actor: ActorKey, position: u64, reason: String| StoreError::Corrupt {
+            actor,
+            position,
+            reason,
+        };
+        match (actor, version) {
+            (Some(actor), Some(version)) => decode_commit(&actor, version, &msg.payload)
+                .map(|commit| LogEntry {
+                    position: msg.seq,
+                    commit,
+                })
+                .map_err(|reason| corrupt(actor, version, reason)),
+            (Some(actor), None) => Err(corrupt(
+                actor,
+                msg.seq,
+                format!("message {} has no {VERSION_HEADER} header", msg.seq),
+            )),
+            (None, _) => Err(StoreError::Unavailable(format!(
+                "message {} of {} is on subject {:?}, which names no actor of {}",
+                msg.seq, self.stream_name, msg.subject, self.namespace
+            ))),
+        }
     }
 }
 

@@ -1,0 +1,613 @@
+//! The NATS side of the bus: live delivery between nodes on core NATS, and durable sources on
+//! the namespace's JetStream event stream. The only place of the bus that knows async-nats.
+//!
+//! # Live subjects
+//!
+//! An event on topic `<ns>.<rest>` travels on `aether.<ns>.bus.<rest>`: actor events on
+//! `aether.<ns>.bus.events.<kind>.<encoded-id>`, system events on `aether.<ns>.bus.system.<Name>`.
+//! The payload is the [`EventBody`] in named MessagePack; the header `Aether-Bus-Origin` names the
+//! publishing bus. A subscription with pattern `P` subscribes to `P` with its namespace token
+//! `ns` replaced by `aether.ns.bus` (so `*.events.>` becomes `aether.*.bus.events.>`).
+//!
+//! Publishing goes through a bounded queue and one task per bus: the publisher never waits on
+//! the network, and a full queue drops (counted in `remote_dropped`). Receiving runs one task per
+//! subscription, which drops the bus's own echoes and any message whose body does not belong to
+//! the subject it came on (a body naming another namespace is never delivered).
+//!
+//! # Durable sources
+//!
+//! A durable subscription or projection is a durable pull consumer on `<ns>_events` with
+//! `AckPolicy::All` (acknowledging a commit acknowledges every earlier one) and the pattern as
+//! filter subject. When a session starts with deliveries of a previous session unacknowledged,
+//! and whenever its message stream must be reopened, the consumer is reset to its
+//! acknowledgement floor with the server's consumer-reset API (nats-server 2.14+); the reader
+//! skips what it has already seen. Without that, messages delivered to a session that died would
+//! only come back after the acknowledgement timeout, *after* newer ones — out of order. On older
+//! servers the consumer is deleted and recreated after its floor (a crash in between forgets the
+//! floor of a durable subscription; projections do not care, their read model holds their
+//! position).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::connection::State;
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::message::Acker;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::durable::{CommitSource, consumer_name};
+use super::errors::{DurableError, SubscribeError};
+use super::event::{BusEvent, EventBody};
+use super::local::{Offer, Slot};
+use super::pattern::{Pattern, events_topic};
+use super::{Bus, BusConfig, Counters};
+use crate::names::Namespace;
+use crate::wire::{CommitRecord, codec};
+
+/// The header naming the bus that published a live message.
+pub const ORIGIN_HEADER: &str = "Aether-Bus-Origin";
+
+/// Longest wait for the server to confirm a subscription or take a flush.
+const SERVER_WAIT: Duration = Duration::from_secs(5);
+
+/// The live subject of a topic: `aether.<ns>.bus.<rest>`.
+pub fn live_subject(topic: &str) -> String {
+    match topic.split_once('.') {
+        Some((ns, rest)) => format!("aether.{ns}.bus.{rest}"),
+        None => format!("aether.{topic}.bus"),
+    }
+}
+
+/// The live subject pattern of a bus pattern.
+pub fn live_pattern(pattern: &Pattern) -> String {
+    pattern.map_namespace(|ns| format!("aether.{ns}.bus"))
+}
+
+enum Outbound {
+    Event(Arc<BusEvent>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The NATS half of a [`Bus`].
+pub(crate) struct NatsSide {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    outbound: mpsc::Sender<Outbound>,
+    origin: String,
+    counters: Arc<Counters>,
+}
+
+impl Bus {
+    /// A bus that also carries events between nodes over NATS on `client` (see the
+    /// [module docs](super#across-nodes)), and offers durable subscriptions on JetStream. Must
+    /// be called inside a tokio runtime.
+    pub fn with_nats(client: async_nats::Client, config: BusConfig) -> Bus {
+        Bus::build(config, |origin, config, counters| {
+            Some(NatsSide::start(client, origin, config, counters))
+        })
+    }
+
+    /// Connects to the NATS servers at `urls` (comma-separated) and makes a NATS bus there: for
+    /// a process that follows events without running actors.
+    pub async fn connect(urls: &str, config: BusConfig) -> Result<Bus, SubscribeError> {
+        let servers: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .name("aether-bus")
+            .connect(servers.as_slice())
+            .await
+            .map_err(|e| SubscribeError::Unavailable(format!("cannot connect to {urls}: {e}")))?;
+        Ok(Bus::with_nats(client, config))
+    }
+}
+
+impl NatsSide {
+    fn start(
+        client: async_nats::Client,
+        origin: &str,
+        config: &BusConfig,
+        counters: &Arc<Counters>,
+    ) -> NatsSide {
+        let (tx, rx) = mpsc::channel(config.outbound_buffer.max(1));
+        tokio::spawn(pump(
+            client.clone(),
+            rx,
+            origin.to_owned(),
+            Arc::clone(counters),
+        ));
+        NatsSide {
+            js: jetstream::new(client.clone()),
+            client,
+            outbound: tx,
+            origin: origin.to_owned(),
+            counters: Arc::clone(counters),
+        }
+    }
+
+    /// Queues `event` for NATS; never waits. `false` when it was dropped (queue full).
+    pub fn enqueue(&self, event: &Arc<BusEvent>) -> bool {
+        match self.outbound.try_send(Outbound::Event(Arc::clone(event))) {
+            Ok(()) => true,
+            Err(_) => {
+                Counters::bump(&self.counters.remote_dropped, 1);
+                false
+            }
+        }
+    }
+
+    /// Waits until everything queued so far is handed to the server, at most [`SERVER_WAIT`].
+    pub async fn flush(&self) {
+        let wait = async {
+            let (tx, rx) = oneshot::channel();
+            if self.outbound.send(Outbound::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(SERVER_WAIT, wait).await.is_err() {
+            tracing::warn!(target: "aether::bus", "bus flush gave up: NATS did not take the queued events in time");
+        }
+    }
+
+    /// Subscribes `slot` to its live subject and starts forwarding what other nodes publish.
+    /// The subscription is known to the server when this returns.
+    pub async fn subscribe_remote(
+        &self,
+        slot: &Arc<Slot>,
+    ) -> Result<JoinHandle<()>, SubscribeError> {
+        let subject = live_pattern(&slot.pattern);
+        let unavailable = |e: &dyn std::fmt::Display| {
+            SubscribeError::Unavailable(format!("cannot subscribe to {subject}: {e}"))
+        };
+        let state = self.client.connection_state();
+        if state != State::Connected {
+            return Err(unavailable(&format!("not connected to NATS ({state:?})")));
+        }
+        let sub = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| unavailable(&e))?;
+        // Known to the server when this returns, so nothing published after it is missed.
+        match tokio::time::timeout(SERVER_WAIT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(unavailable(&e)),
+            Err(_) => return Err(unavailable(&"the server did not confirm in time")),
+        }
+        Ok(tokio::spawn(forward(
+            sub,
+            Arc::clone(slot),
+            self.origin.clone(),
+            Arc::clone(&self.counters),
+        )))
+    }
+
+    async fn event_stream(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<jetstream::stream::Stream, DurableError> {
+        let name = format!("{namespace}_events");
+        self.js.get_stream(&name).await.map_err(|e| {
+            if e.to_string().contains("not found") {
+                DurableError::NoEventStream {
+                    namespace: namespace.to_string(),
+                }
+            } else {
+                DurableError::Unavailable(format!("cannot open stream {name}: {e}"))
+            }
+        })
+    }
+
+    /// The source of durable subscription `name`, positioned where it last acknowledged.
+    pub async fn durable_source(
+        &self,
+        namespace: &Namespace,
+        name: &str,
+        pattern: &Pattern,
+    ) -> Result<JsSource, DurableError> {
+        let stream = self.event_stream(namespace).await?;
+        let mut source = JsSource::new(
+            self.client.clone(),
+            stream,
+            consumer_name(name),
+            pattern.to_string(),
+        );
+        source.attach().await?;
+        Ok(source)
+    }
+
+    /// The source of projection `name`; positioned by the projection (`rewind`) before use.
+    pub async fn projection_source(
+        &self,
+        namespace: &Namespace,
+        name: &str,
+        pattern: &Pattern,
+    ) -> Result<JsSource, DurableError> {
+        let stream = self.event_stream(namespace).await?;
+        Ok(JsSource::new(
+            self.client.clone(),
+            stream,
+            format!("aether_projection_{name}"),
+            pattern.to_string(),
+        ))
+    }
+
+    /// Deletes consumer `consumer` of the namespace's event stream.
+    pub async fn delete_consumer(
+        &self,
+        namespace: &Namespace,
+        consumer: &str,
+    ) -> Result<bool, DurableError> {
+        let stream = self.event_stream(namespace).await?;
+        match stream.delete_consumer(consumer).await {
+            Ok(status) => Ok(status.success),
+            Err(e) if e.to_string().contains("not found") => Ok(false),
+            Err(e) => Err(DurableError::Unavailable(format!(
+                "cannot delete consumer {consumer}: {e}"
+            ))),
+        }
+    }
+}
+
+/// Publishes queued events in order, one task per bus.
+async fn pump(
+    client: async_nats::Client,
+    mut rx: mpsc::Receiver<Outbound>,
+    origin: String,
+    counters: Arc<Counters>,
+) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Outbound::Flush(done) => {
+                if let Err(e) = client.flush().await {
+                    tracing::debug!(target: "aether::bus", error = %e, "bus flush failed");
+                }
+                let _ = done.send(());
+            }
+            Outbound::Event(event) => {
+                let payload = match codec::encode("bus event", event.body()) {
+                    Ok(bytes) => Bytes::from(bytes),
+                    Err(e) => {
+                        tracing::warn!(target: "aether::bus", error = %e, "bus event not sent");
+                        Counters::bump(&counters.remote_dropped, 1);
+                        continue;
+                    }
+                };
+                let mut headers = HeaderMap::new();
+                headers.insert(ORIGIN_HEADER, origin.as_str());
+                match client
+                    .publish_with_headers(live_subject(event.topic()), headers, payload)
+                    .await
+                {
+                    Ok(()) => Counters::bump(&counters.remote_sent, 1),
+                    Err(e) => {
+                        tracing::debug!(target: "aether::bus", error = %e, "bus event not sent");
+                        Counters::bump(&counters.remote_dropped, 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Delivers what other nodes publish on a subscription's live subject into its buffer.
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    slot: Arc<Slot>,
+    origin: String,
+    counters: Arc<Counters>,
+) {
+    while let Some(msg) = sub.next().await {
+        let own = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ORIGIN_HEADER))
+            .is_some_and(|v| v.as_str() == origin);
+        if own {
+            Counters::bump(&counters.echoes_ignored, 1);
+            continue;
+        }
+        let decoded = codec::decode::<EventBody>("bus event", &msg.payload)
+            .map_err(|e| e.to_string())
+            .and_then(BusEvent::from_body);
+        let event = match decoded {
+            Ok(event) if live_subject(event.topic()) == msg.subject.as_str() => event,
+            Ok(event) => {
+                Counters::bump(&counters.malformed, 1);
+                tracing::warn!(target: "aether::bus", subject = %msg.subject, topic = event.topic(), "bus message names another topic than its subject; dropped");
+                continue;
+            }
+            Err(reason) => {
+                Counters::bump(&counters.malformed, 1);
+                tracing::warn!(target: "aether::bus", subject = %msg.subject, %reason, "bus message does not decode; dropped");
+                continue;
+            }
+        };
+        Counters::bump(&counters.remote_received, 1);
+        if slot.pattern.matches(event.topic()) && slot.filter.matches(&event) {
+            match slot.offer(&Arc::new(event)) {
+                Offer::Delivered => Counters::bump(&counters.delivered, 1),
+                Offer::Dropped => Counters::bump(&counters.dropped, 1),
+                Offer::Closed => return,
+            }
+        }
+    }
+}
+
+/// Whether the server offers the consumer-reset API (nats-server 2.14+).
+fn server_can_reset(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    v >= (2, 14, 0)
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> DurableError {
+    DurableError::Unavailable(format!("{what}: {e}"))
+}
+
+/// A JetStream durable pull consumer on a namespace's event stream, as a [`CommitSource`].
+pub(crate) struct JsSource {
+    client: async_nats::Client,
+    stream: jetstream::stream::Stream,
+    consumer_name: String,
+    filter_subject: String,
+    consumer: Option<PullConsumer>,
+    messages: Option<pull::Stream>,
+    /// Delivered, not yet acknowledged: stream sequence and how to acknowledge it.
+    held: VecDeque<(u64, Acker)>,
+    /// A commit that does not decode stops the source for good.
+    failed: Option<DurableError>,
+    /// The message stream broke: reset the consumer to its floor before reading again.
+    needs_reset: bool,
+}
+
+impl JsSource {
+    fn new(
+        client: async_nats::Client,
+        stream: jetstream::stream::Stream,
+        consumer_name: String,
+        filter_subject: String,
+    ) -> Self {
+        JsSource {
+            client,
+            stream,
+            consumer_name,
+            filter_subject,
+            consumer: None,
+            messages: None,
+            held: VecDeque::new(),
+            failed: None,
+            needs_reset: false,
+        }
+    }
+
+    fn config(&self, deliver_policy: DeliverPolicy) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.consumer_name.clone()),
+            description: Some("aether event bus".into()),
+            deliver_policy,
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            filter_subject: self.filter_subject.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Opens the durable consumer (creating it at the start of the stream), checks its filter,
+    /// and puts it back at its acknowledgement floor.
+    async fn attach(&mut self) -> Result<(), DurableError> {
+        let info = match self.stream.consumer_info(&self.consumer_name).await {
+            Ok(info) => Some(info),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+            Err(e) => return Err(unavailable("cannot read the consumer", e)),
+        };
+        match info {
+            None => self.create(DeliverPolicy::All).await,
+            Some(info) => {
+                if info.config.filter_subject != self.filter_subject {
+                    return Err(DurableError::Conflict {
+                        name: self
+                            .consumer_name
+                            .trim_start_matches("aether_sub_")
+                            .to_owned(),
+                        existing: info.config.filter_subject,
+                        requested: self.filter_subject.clone(),
+                    });
+                }
+                let consumer = self
+                    .stream
+                    .get_consumer::<pull::Config>(&self.consumer_name)
+                    .await
+                    .map_err(|e| unavailable("cannot open the consumer", e))?;
+                self.consumer = Some(consumer);
+                if info.num_ack_pending > 0 {
+                    // A previous session left deliveries unacknowledged: start again right
+                    // after the floor, now, in order.
+                    self.reset_to_floor().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn create(&mut self, deliver_policy: DeliverPolicy) -> Result<(), DurableError> {
+        let consumer = self
+            .stream
+            .create_consumer(self.config(deliver_policy))
+            .await
+            .map_err(|e| unavailable("cannot create the consumer", e))?;
+        self.consumer = Some(consumer);
+        self.messages = None;
+        self.held.clear();
+        Ok(())
+    }
+
+    async fn delete(&mut self) -> Result<(), DurableError> {
+        match self.stream.delete_consumer(&self.consumer_name).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(unavailable("cannot delete the consumer", e)),
+        }
+    }
+
+    /// Makes the next delivery start right after the acknowledgement floor, dropping whatever
+    /// was delivered and not acknowledged (it will be delivered again, in order).
+    async fn reset_to_floor(&mut self) -> Result<(), DurableError> {
+        self.messages = None;
+        self.held.clear();
+        if server_can_reset(&self.client.server_info().version) {
+            let stream = &self.stream.cached_info().config.name;
+            let subject = format!("$JS.API.CONSUMER.RESET.{stream}.{}", self.consumer_name);
+            let answer = self
+                .client
+                .request(subject, Bytes::new())
+                .await
+                .map_err(|e| unavailable("consumer reset", e))?;
+            let value: serde_json::Value = serde_json::from_slice(&answer.payload)
+                .map_err(|e| unavailable("consumer reset answer", e))?;
+            if let Some(error) = value.get("error") {
+                return Err(unavailable("consumer reset refused", error));
+            }
+            return Ok(());
+        }
+        let info = self
+            .stream
+            .consumer_info(&self.consumer_name)
+            .await
+            .map_err(|e| unavailable("cannot read the consumer", e))?;
+        self.delete().await?;
+        self.create(DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        })
+        .await
+    }
+
+    fn decode(
+        &self,
+        subject: &str,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<CommitRecord, DurableError> {
+        let record = CommitRecord::decode(payload).map_err(|e| DurableError::Corrupt {
+            position: seq,
+            reason: e.to_string(),
+        })?;
+        if events_topic(&record.actor) != subject {
+            return Err(DurableError::Corrupt {
+                position: seq,
+                reason: format!("a commit of {} stored on {subject}", record.actor),
+            });
+        }
+        Ok(record)
+    }
+}
+
+#[async_trait]
+impl CommitSource for JsSource {
+    async fn next(&mut self) -> Result<(u64, CommitRecord), DurableError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.needs_reset {
+            self.reset_to_floor().await?;
+            self.needs_reset = false;
+        }
+        if self.messages.is_none() {
+            let consumer = self.consumer.as_ref().ok_or_else(|| {
+                DurableError::Unavailable("the consumer is not positioned".into())
+            })?;
+            let messages = consumer
+                .messages()
+                .await
+                .map_err(|e| unavailable("cannot pull from the consumer", e))?;
+            self.messages = Some(messages);
+        }
+        let Some(messages) = self.messages.as_mut() else {
+            return Err(DurableError::Unavailable("no message stream".into()));
+        };
+        let failure = match messages.next().await {
+            Some(Ok(msg)) => {
+                let info = msg
+                    .info()
+                    .map_err(|e| unavailable("message without delivery info", e))?;
+                let seq = info.stream_sequence;
+                let subject = msg.subject.to_string();
+                let record = match self.decode(&subject, seq, &msg.payload) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        self.failed = Some(e.clone());
+                        return Err(e);
+                    }
+                };
+                let (_, acker) = msg.split();
+                self.held.push_back((seq, acker));
+                return Ok((seq, record));
+            }
+            Some(Err(e)) if e.kind() == MessagesErrorKind::MissingHeartbeat => {
+                unavailable("the server stopped answering the consumer", e)
+            }
+            Some(Err(e)) => unavailable("consumer", e),
+            None => DurableError::Unavailable("the consumer's message stream ended".into()),
+        };
+        // The stream must be reopened; deliveries it held would come back late and out of
+        // order, so the consumer goes back to its floor first (the reader skips what it has
+        // already seen).
+        self.messages = None;
+        self.needs_reset = true;
+        Err(failure)
+    }
+
+    async fn ack(&mut self, position: u64) -> Result<(), DurableError> {
+        let Some(at) = self.held.iter().rposition(|(seq, _)| *seq <= position) else {
+            return Ok(());
+        };
+        self.held[at]
+            .1
+            .double_ack()
+            .await
+            .map_err(|e| unavailable("acknowledgement not confirmed", e))?;
+        self.held.drain(..=at);
+        Ok(())
+    }
+
+    async fn rewind(&mut self, from: Option<u64>) -> Result<(), DurableError> {
+        self.failed = None;
+        self.needs_reset = false;
+        self.delete().await?;
+        let policy = match from {
+            Some(seq) if seq > 1 => DeliverPolicy::ByStartSequence {
+                start_sequence: seq,
+            },
+            _ => DeliverPolicy::All,
+        };
+        self.create(policy).await
+    }
+
+    async fn caught_up(&mut self) -> Result<bool, DurableError> {
+        let info = self
+            .stream
+            .consumer_info(&self.consumer_name)
+            .await
+            .map_err(|e| unavailable("cannot read the consumer", e))?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    }
+}
