@@ -62,11 +62,22 @@ pub fn server_binary() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1.
+///
+/// The kernel may hand a just-released port out again, so the ports given to this process are
+/// remembered and never handed out twice (two servers of concurrent tests must not collide).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One nats-server process.
@@ -225,6 +236,9 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub fn start() -> NatsCluster {
+        // A cluster name of its own: a stray route from another test's cluster (a reused port)
+        // can never merge two clusters.
+        let cluster_name = format!("aether-test-{:08x}", fastrand::u32(..));
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes = route_ports
@@ -239,7 +253,7 @@ impl NatsCluster {
                     client_ports[i],
                     vec![
                         "--cluster_name".into(),
-                        "aether-test".into(),
+                        cluster_name.clone(),
                         "--cluster".into(),
                         format!("nats://127.0.0.1:{}", route_ports[i]),
                         "--routes".into(),
@@ -263,7 +277,7 @@ impl NatsCluster {
 
 /// Waits until JetStream answers on `url` (a cluster needs a meta leader first).
 pub async fn wait_for_jetstream(url: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let servers: Vec<&str> = url.split(',').collect();
         if let Ok(client) = async_nats::connect(servers.as_slice()).await {
@@ -276,7 +290,7 @@ pub async fn wait_for_jetstream(url: &str) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "JetStream at {url} not ready within 30 s"
+            "JetStream at {url} not ready within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

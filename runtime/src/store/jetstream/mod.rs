@@ -530,9 +530,12 @@ impl EventStore for JetStreamStore {
                     // one we expected. Wait briefly for the competitor to show.
                     let mut last = self.fetch_last(&subject).await?;
                     for attempt in 1..=10u32 {
-                        let settled = last
-                            .as_ref()
-                            .is_none_or(|l| l.position.version != expected_version);
+                        // Settled once the last commit is not the one we expected — and, for a
+                        // first commit (expected 0), once there is one at all.
+                        let settled = match last.as_ref() {
+                            Some(l) => l.position.version != expected_version,
+                            None => expected_version != 0,
+                        };
                         if settled {
                             break;
                         }
