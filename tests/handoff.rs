@@ -133,6 +133,11 @@ async fn join_and_graceful_leave_under_load_lose_nothing_and_double_nothing() {
         .iter()
         .map(|n| n.cluster().expect("node").handoff_stats().shards_gained)
         .sum();
+    let slow_drains: u64 = nodes
+        .iter()
+        .map(|n| n.cluster().expect("node").handoff_stats().drain_timeouts)
+        .sum::<u64>()
+        + n2_stats.drain_timeouts;
     println!("{}", outcome.summary());
     println!(
         "{verdict:?}; conflicts {conflicts}; forced {forced}; shards gained {gained}; \
@@ -157,6 +162,10 @@ async fn join_and_graceful_leave_under_load_lose_nothing_and_double_nothing() {
     );
     assert_eq!(conflicts, 0, "two activations of one actor raced");
     assert_eq!(forced, 0, "a graceful handoff had to be forced");
+    assert_eq!(
+        slow_drains, 0,
+        "a drain took longer than the handoff timeout"
+    );
     assert!(gained > 0, "shards moved");
     assert!(watch.violations().is_empty(), "{:?}", watch.violations());
     assert!(

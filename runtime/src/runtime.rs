@@ -515,12 +515,15 @@ impl RuntimeBuilder {
             );
             let mut served = serving.served();
             inbound = Some(serving);
-            // Return only once this node answers for its shards.
-            let ready =
-                tokio::time::timeout(Duration::from_secs(30), served.wait_for(|e| *e >= epoch));
+            // Return only once this node answers for its shards (their previous owners may
+            // take up to the handoff timeout to release them).
+            let within = c.config().handoff_timeout + Duration::from_secs(20);
+            let ready = tokio::time::timeout(within, served.wait_for(|e| *e >= epoch));
             if !matches!(ready.await, Ok(Ok(_))) {
+                // Leave no half-started member behind: it would heartbeat and hold shards.
+                c.stop();
                 return Err(StartError::Cluster(
-                    "could not subscribe to the owned shards within 30 s".into(),
+                    "could not serve the owned shards in time".into(),
                 ));
             }
         }
@@ -768,6 +771,17 @@ impl Runtime {
         self.host.unregister();
         self.host.bus.flush().await;
         self.host.events.close().await
+    }
+}
+
+impl Drop for Runtime {
+    /// A runtime dropped without [`Runtime::shutdown`] stops its cluster membership at once
+    /// (to the others it looks like a crash): it must not keep heartbeating while nothing
+    /// serves its shards.
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
     }
 }
 

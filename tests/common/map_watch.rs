@@ -66,12 +66,18 @@ impl MapWatch {
                             shared.lock().dead_since.entry(node).or_insert_with(Instant::now);
                         }
                         Some(Err(e)) => shared.lock().violations.push(format!("registry watch: {e}")),
-                        None => return,
+                        None => {
+                            shared.lock().violations.push("the registry watch ended".into());
+                            return;
+                        }
                     },
                     map = maps.next() => match map {
                         Some(Ok(map)) => check(&mut shared.lock(), map, shard_count),
                         Some(Err(e)) => shared.lock().violations.push(format!("undecodable map: {e}")),
-                        None => return,
+                        None => {
+                            shared.lock().violations.push("the map watch ended".into());
+                            return;
+                        }
                     },
                 }
             }

@@ -765,6 +765,12 @@ impl<A: Behavior> Activation<A> {
                 tracing::warn!(actor = %self.key(), error = %err, "stale activation; reloading from the store");
                 self.stale = true;
                 let _ = self.reload().await;
+                // The winner may have been this very command, run by another activation (a
+                // straggler during a forced handoff): then it was applied, and its reply stands.
+                if let Some(reply) = self.remembered_reply(meta.command_id) {
+                    Stats::bump(&self.host.stats.deduplicated);
+                    return reply;
+                }
                 Err(AskError::from_store(err, meta.command_id))
             }
             Err(err) => {

@@ -71,7 +71,7 @@ pub struct HandoffStats {
     pub forced: u64,
     /// Actors passivated because their shard moved away.
     pub actors_drained: u64,
-    /// Drains that did not finish within the handoff timeout.
+    /// Drains that took longer than the handoff timeout.
     pub drain_timeouts: u64,
     /// The last handoff into this node, from adopting the map to serving: milliseconds.
     pub last_handoff_ms: u64,
@@ -123,7 +123,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-type Drain = Pin<Box<dyn Future<Output = (u32, Option<usize>)> + Send>>;
+/// A running drain: resolves with the shard, the actors it stopped, and whether it took longer
+/// than the handoff timeout.
+type Drain = Pin<Box<dyn Future<Output = (u32, usize, bool)> + Send>>;
 
 /// What one node's handoff knows.
 #[derive(Default)]
@@ -174,11 +176,11 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
         }
         tokio::select! {
             r = owned.changed() => if r.is_err() { return },
-            Some((shard, actors)) = drains.next(), if !drains.is_empty() => {
-                drained(&inner, &mut st, shard, actors);
+            Some((shard, actors, slow)) = drains.next(), if !drains.is_empty() => {
+                drained(&inner, &mut st, shard, actors, slow);
                 // Collect every drain that finished meanwhile, then advertise once.
-                while let Some(Some((shard, actors))) = drains.next().now_or_never() {
-                    drained(&inner, &mut st, shard, actors);
+                while let Some(Some((shard, actors, slow))) = drains.next().now_or_never() {
+                    drained(&inner, &mut st, shard, actors, slow);
                 }
                 advertise(&inner, &st).await;
             }
@@ -202,11 +204,14 @@ fn adopt(
     st.adopted_at = Some(Instant::now());
     st.previous_map = st.map.take().or_else(|| inner.map.read().clone());
     st.map = inner.map.read().clone();
+    // Lost: not ours any more — or ours again after an interruption this node did not serve
+    // through (a map it missed, or one that gave the shard away meanwhile): its activations
+    // may hold state another node has since written to, so they go too.
     let lost: Vec<u32> = st
         .serving
         .iter()
         .copied()
-        .filter(|s| !target.shards.contains(s))
+        .filter(|&s| !target.shards.contains(&s) || target.owned_since(s) > st.epoch)
         .collect();
     if !lost.is_empty() {
         for shard in &lost {
@@ -215,10 +220,15 @@ fn adopt(
         }
         publish_serving(inner, st.served_epoch, &st.serving);
         st.drain_started.get_or_insert_with(Instant::now);
+        // No timeout: a shard is released only once its activations have really stopped
+        // (their turns end by their deadlines). A gaining node that cannot wait that long
+        // forces the handoff on its side, where it is counted.
         let timeout = inner.config.handoff_timeout;
         for (shard, done) in dispatch.drain(lost) {
             drains.push(Box::pin(async move {
-                (shard, tokio::time::timeout(timeout, done).await.ok())
+                let started = Instant::now();
+                let actors = done.await;
+                (shard, actors, started.elapsed() > timeout)
             }));
         }
     }
@@ -234,25 +244,20 @@ fn adopt(
     }
 }
 
-/// One shard finished draining (or its drain timed out).
-fn drained(inner: &Inner, st: &mut State, shard: u32, actors: Option<usize>) {
+/// One shard finished draining.
+fn drained(inner: &Inner, st: &mut State, shard: u32, actors: usize, slow: bool) {
     st.draining.remove(&shard);
     let c = &inner.handoff;
     c.shards_released.fetch_add(1, Ordering::Relaxed);
     st.released.push(shard);
-    match actors {
-        Some(n) => {
-            c.actors_drained.fetch_add(n as u64, Ordering::Relaxed);
-            st.released_actors += n;
-        }
-        None => {
-            c.drain_timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                shard,
-                "drain did not finish within the handoff timeout; releasing anyway \
-                 (the store fences straggling activations)"
-            );
-        }
+    c.actors_drained.fetch_add(actors as u64, Ordering::Relaxed);
+    st.released_actors += actors;
+    if slow {
+        c.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            shard,
+            "drain took longer than the handoff timeout (its new owner may have forced it)"
+        );
     }
     if st.draining.is_empty() {
         let took = st
@@ -278,6 +283,14 @@ fn serve_free(inner: &Inner, st: &mut State) -> bool {
     let forced = now.duration_since(since) >= inner.config.handoff_timeout;
     let free: Vec<u32> = {
         let registry = inner.registry.lock();
+        // Trust this node's view of the registry only once it has caught up with the bucket
+        // and its own latest heartbeat has come back through it: a view that is behind (just
+        // started, re-watching, or starved of CPU) could miss a node still holding a shard.
+        let current = inner.registry_synced.load(Ordering::Acquire)
+            && registry.heard_within(me, now, inner.config.failure_timeout);
+        if !forced && !current {
+            return false;
+        }
         st.pending
             .iter()
             .copied()
@@ -367,6 +380,7 @@ fn publish_serving(inner: &Inner, epoch: u64, shards: &BTreeSet<u32>) {
     inner.serving.send_replace(Arc::new(OwnedShards {
         epoch,
         shards: shards.clone(),
+        owned_since: Default::default(),
     }));
 }
 

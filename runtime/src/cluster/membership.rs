@@ -103,6 +103,8 @@ pub(crate) struct Seen {
     pub record: NodeRecord,
     /// Local time the record last changed.
     pub at: Instant,
+    /// The KV revision of the record (to replace it only if it did not change meanwhile).
+    pub revision: u64,
 }
 
 /// The registry as seen through the watch.
@@ -120,13 +122,14 @@ pub(crate) enum Change {
 
 impl Registry {
     /// Applies a put; returns the change it represents, if any.
-    pub fn put(&mut self, record: NodeRecord, now: Instant) -> Option<Change> {
+    pub fn put(&mut self, record: NodeRecord, revision: u64, now: Instant) -> Option<Change> {
         let node = record.node.clone();
         let previous = self.nodes.insert(
             node.clone(),
             Seen {
                 record: record.clone(),
                 at: now,
+                revision,
             },
         );
         let was = previous.map(|p| p.record.status);
@@ -180,12 +183,21 @@ impl Registry {
             .map(|s| s.record.node.as_str())
     }
 
+    /// Whether `node`'s record last changed within `timeout` of `now`.
+    pub fn heard_within(&self, node: &str, now: Instant, timeout: std::time::Duration) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|s| now.duration_since(s.at) < timeout)
+    }
+
     /// Nodes that advertise `Alive` but have been silent for `timeout` or more.
-    pub fn silent(&self, now: Instant, timeout: std::time::Duration) -> Vec<NodeRecord> {
+    /// Nodes that advertise `Alive` but have been silent for `timeout` or more, with the
+    /// revision of their last record.
+    pub fn silent(&self, now: Instant, timeout: std::time::Duration) -> Vec<(NodeRecord, u64)> {
         self.nodes
             .values()
             .filter(|s| s.record.status == NodeStatus::Alive && now.duration_since(s.at) >= timeout)
-            .map(|s| s.record.clone())
+            .map(|s| (s.record.clone(), s.revision))
             .collect()
     }
 }

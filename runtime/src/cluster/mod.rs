@@ -135,6 +135,8 @@ struct Inner {
     held: Mutex<ShardSet>,
     /// Bumped on every registry change, to wake handoffs waiting for releases.
     registry_rev: watch::Sender<u64>,
+    /// The registry watch has delivered everything the bucket held (no backlog).
+    registry_synced: AtomicBool,
     handoff: handoff::Counters,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -285,6 +287,7 @@ impl Cluster {
                 handoff_epoch: AtomicU64::new(0),
                 held: Mutex::new(ShardSet::default()),
                 registry_rev,
+                registry_synced: AtomicBool::new(false),
                 handoff: handoff::Counters::default(),
                 stop,
                 tasks: Mutex::new(Vec::new()),
@@ -332,6 +335,11 @@ impl Cluster {
         }
         tracing::info!(node = %me, namespace = %cluster.inner.namespace, "joined the cluster");
         Ok(cluster)
+    }
+
+    /// The settings this node joined with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
     }
 
     /// This node's id.
@@ -478,12 +486,18 @@ impl Cluster {
         }
         inner.resign().await;
         self.stop();
-        let _ = inner.buckets.nodes.delete(&me).await;
-        tracing::info!(node = %me, "left the cluster");
+        if inner.held.lock().is_empty() {
+            let _ = inner.buckets.nodes.delete(&me).await;
+            tracing::info!(node = %me, "left the cluster");
+        } else {
+            // Shards still draining: keep the record (now silent) so others wait for it to
+            // time out instead of taking the shards while turns may still run here.
+            tracing::warn!(node = %me, "left the cluster before every shard was drained");
+        }
     }
 
-    /// Stops every background task at once (what a crash looks like to the others, minus the
-    /// lease: a lease still held is resigned).
+    /// Stops every background task at once: heartbeats, watches, election, handoff. To the
+    /// others this looks like a crash (a lease still held expires after its length).
     pub fn stop(&self) {
         let _ = self.inner.stop.send(true);
         for task in self.inner.tasks.lock().drain(..) {
@@ -582,16 +596,24 @@ impl Inner {
                     }
                 }
             };
+            self.registry_synced.store(false, Ordering::Release);
             loop {
                 let entry = tokio::select! {
                     e = entries.next() => e,
                     _ = stop.changed() => return,
                 };
-                let Some(Ok(entry)) = entry else { break };
+                let Some(Ok(entry)) = entry else {
+                    self.registry_synced.store(false, Ordering::Release);
+                    break;
+                };
                 let change = match entry.operation {
                     kv::Operation::Put => {
                         match codec::decode::<NodeRecord>("node record", &entry.value) {
-                            Ok(record) => self.registry.lock().put(record, Instant::now()),
+                            Ok(record) => {
+                                self.registry
+                                    .lock()
+                                    .put(record, entry.revision, Instant::now())
+                            }
                             Err(e) => {
                                 tracing::warn!(key = %entry.key, error = %e, "undecodable node record ignored");
                                 None
@@ -602,6 +624,9 @@ impl Inner {
                         self.registry.lock().remove(&entry.key)
                     }
                 };
+                if entry.delta == 0 {
+                    self.registry_synced.store(true, Ordering::Release);
+                }
                 self.registry_rev.send_modify(|rev| *rev += 1);
                 match change {
                     Some(Change::Joined(node)) => self.emit(ClusterEvent::NodeJoined { node }),
@@ -667,10 +692,27 @@ impl Inner {
             }
         }
         tracing::info!(epoch = map.epoch, term = map.term, nodes = ?map.nodes, "shard map adopted");
-        let mine = map.shards_of(&self.config.node_id).into_iter().collect();
-        let _ = self.owned.send(Arc::new(OwnedShards {
+        let mine: std::collections::BTreeSet<u32> =
+            map.shards_of(&self.config.node_id).into_iter().collect();
+        // Ownership is continuous only through maps this node saw: after a gap in epochs (a
+        // map it missed may have given its shards to others), every shard starts afresh.
+        let gap = previous.as_ref().is_some_and(|p| map.epoch > p.epoch + 1);
+        let before = self.owned.borrow().clone();
+        let owned_since = mine
+            .iter()
+            .map(|&s| {
+                let since = match before.owned_since.get(&s) {
+                    Some(&since) if !gap && before.shards.contains(&s) => since,
+                    _ => map.epoch,
+                };
+                (s, since)
+            })
+            .collect();
+        // send_replace: the value must be stored even while nobody listens yet.
+        self.owned.send_replace(Arc::new(OwnedShards {
             epoch: map.epoch,
             shards: mine,
+            owned_since,
         }));
     }
 
@@ -698,29 +740,40 @@ impl Inner {
         let mut changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
         let mut last_renewal: Option<Instant> = None;
         let mut last_attempt: Option<Instant> = None;
+        let mut last_watch_attempt = Instant::now();
+        // Renew at least three times per lease, whatever the heartbeat.
+        let renew_every = self.config.heartbeat.min(self.config.lease / 3);
         loop {
+            // A lost watch (its stream ended, or it could not be made) is made again.
+            if changes.is_none() && last_watch_attempt.elapsed() >= self.config.heartbeat {
+                last_watch_attempt = Instant::now();
+                changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
+            }
             let vacated = tokio::select! {
                 _ = tick.tick() => false,
-                Some(entry) = async {
+                entry = async {
                     match changes.as_mut() {
                         Some(w) => w.next().await,
                         None => std::future::pending().await,
                     }
                 } => match entry {
-                    Ok(entry) if entry.operation == kv::Operation::Put => {
+                    Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                         self.observe_leader(&entry);
                         // Someone holds the lease: the next attempt can wait a lease length.
                         last_attempt = Some(Instant::now());
                         false
                     }
-                    Ok(_) => true,
-                    Err(_) => false,
+                    Some(Ok(_)) => true,
+                    Some(Err(_)) | None => {
+                        changes = None;
+                        false
+                    }
                 },
                 _ = stop.changed() => return,
             };
             let leader = self.lease.lock().is_some();
             if leader {
-                if last_renewal.is_none_or(|at| at.elapsed() >= self.config.heartbeat) {
+                if last_renewal.is_none_or(|at| at.elapsed() >= renew_every) {
                     last_renewal = Some(Instant::now());
                     self.step().await;
                 } else if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
@@ -910,16 +963,21 @@ impl Inner {
             let registry = self.registry.lock();
             (registry.silent(now, timeout), registry.alive(now, timeout))
         };
-        for mut record in silent {
+        for (mut record, revision) in silent {
             if record.node == self.config.node_id {
                 continue;
+            }
+            // Declared only by a leader still acting, and only over the very record found
+            // silent: a heartbeat that arrived meanwhile wins (compare-and-set on its revision).
+            if self.acting_term() != Some(term) {
+                return;
             }
             record.status = NodeStatus::Failed;
             if let Ok(bytes) = codec::encode("node record", &record) {
                 let _ = self
                     .buckets
                     .nodes
-                    .put(&record.node, Bytes::from(bytes))
+                    .update(&record.node, Bytes::from(bytes), revision)
                     .await;
             }
         }
@@ -981,6 +1039,13 @@ impl Inner {
                         "the map was written by a newer term {} (ours {term})",
                         current.term
                     ));
+                }
+                if current.term == term
+                    && current.nodes == alive
+                    && current.shard_count() == self.shard_count
+                {
+                    // Already out (this node's watch has not caught up yet): nothing to do.
+                    return Ok(());
                 }
                 (current.epoch + 1, Some(e.revision))
             }

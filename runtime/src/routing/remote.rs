@@ -113,8 +113,17 @@ impl Transport {
         let mut attempt_timeout = self.first_attempt;
         let mut last_refusal = String::from("no owner answered");
         let mut maybe_ran = false;
+        // Once an attempt may have run, an error that would say "not applied" is only true of
+        // the latest attempt: the caller must hear "outcome unknown" instead.
+        let unknown = |reason: String| SendError::NoReply(reason);
         loop {
-            self.connected()?;
+            if let Err(e) = self.connected() {
+                return Err(if maybe_ran {
+                    unknown(format!("{e:?}"))
+                } else {
+                    e
+                });
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(if maybe_ran {
@@ -131,6 +140,11 @@ impl Transport {
                 Ok(msg) => match RemoteReply::decode(&msg.payload) {
                     Ok(RemoteReply::Err(RemoteError::NotOwner { shard })) => {
                         last_refusal = format!("shard {shard} is moving: its old owner refused");
+                    }
+                    Ok(RemoteReply::Err(e)) if maybe_ran && e.nothing_applied() => {
+                        return Err(unknown(format!(
+                            "an earlier attempt got no answer, the last one: {e:?}"
+                        )));
                     }
                     Ok(reply) => return Ok(reply),
                     Err(e) => {
@@ -152,6 +166,7 @@ impl Transport {
                         }
                         continue;
                     }
+                    _ if maybe_ran => return Err(unknown(e.to_string())),
                     _ => return Err(SendError::Unavailable(e.to_string())),
                 },
             }
@@ -179,6 +194,17 @@ pub struct OwnedShards {
     pub epoch: u64,
     /// The shards.
     pub shards: BTreeSet<u32>,
+    /// Per shard, the epoch since which this node has owned it without interruption, as far
+    /// as the maps it saw tell (a map it never saw counts as an interruption). Empty when
+    /// nothing needs it (the serving set routing follows).
+    pub owned_since: std::collections::BTreeMap<u32, u64>,
+}
+
+impl OwnedShards {
+    /// The epoch since which `shard` has been owned without interruption (0: unknown).
+    pub fn owned_since(&self, shard: u32) -> u64 {
+        self.owned_since.get(&shard).copied().unwrap_or(0)
+    }
 }
 
 /// Resolves with the number of actors stopped once a shard's activations all have.

@@ -172,6 +172,24 @@ impl RemoteRequest {
     }
 }
 
+impl RemoteError {
+    /// Whether this answer says the command was not applied and a retry is safe (the errors
+    /// `AskError::retry_safety` calls `Safe`). After an earlier attempt that got no answer,
+    /// such an answer speaks only for the latest attempt.
+    pub fn nothing_applied(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::VersionConflict { .. }
+                | RemoteError::Timeout
+                | RemoteError::Unavailable { .. }
+                | RemoteError::ActivationFailed { .. }
+                | RemoteError::Deadlock { .. }
+                | RemoteError::NotOwner { .. }
+                | RemoteError::Shutdown
+        )
+    }
+}
+
 impl RemoteReply {
     /// Encodes the answer.
     pub fn encode(&self) -> Vec<u8> {
