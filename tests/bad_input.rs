@@ -178,6 +178,9 @@ async fn undecodable_event_payload_fails_activation_and_keeps_data() {
             payload: rmp_serde::to_vec_named(&("not", "an", "event")).unwrap(),
         }],
         reply: None,
+        outbox: Vec::new(),
+        settled: Vec::new(),
+        delivery: None,
     };
     store
         .inject_raw_commit(c.key(), 2, record.encode().unwrap())

@@ -432,6 +432,8 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
             chain: Vec::new(),
             expects_reply: true,
             command: rmp_serde::to_vec_named(&CounterCmd::Get).unwrap(),
+            effect: None,
+            control: None,
         }
         .encode()
         .unwrap()

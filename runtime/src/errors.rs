@@ -12,9 +12,16 @@
 //! | [`Timeout`](AskError::Timeout) | no, it never reached the actor | safe |
 //! | [`OutcomeUnknown`](AskError::OutcomeUnknown) | maybe | only with the same command id |
 //! | [`Unavailable`](AskError::Unavailable) | no | safe, after a pause |
-//! | [`ActivationFailed`](AskError::ActivationFailed) | no | safe if the cause was transient |
 //! | [`Deadlock`](AskError::Deadlock) | no | safe, once the other command is done |
+//! | [`ActivationFailed`](AskError::ActivationFailed) | no: the actor's history is damaged | pointless until repaired |
+//! | [`StoreRefused`](AskError::StoreRefused) | no | pointless: the store cannot do it as configured |
 //! | the others | no | pointless: fix the input or the code |
+//!
+//! A turn that asked (or told) other actors and then failed has changed them already: its error
+//! is always [`OutcomeUnknown`](AskError::OutcomeUnknown) — retry only with the same command id,
+//! so the children are deduplicated. Even then the retried handler decides again on the state
+//! it finds; to change several actors atomically with one decision, use durable effects
+//! ([`Effect::send`](crate::Effect::send)).
 
 use std::time::Duration;
 
@@ -88,7 +95,8 @@ pub enum AskError<E> {
         /// The panic message.
         message: String,
     },
-    /// The actor could not be brought to life (its history is damaged or unreadable).
+    /// The actor could not be brought to life: its history is damaged or does not decode.
+    /// Nothing was applied; retrying will fail the same way until the history is repaired.
     #[error("activation of {actor} failed: {reason}")]
     ActivationFailed {
         /// The actor.
@@ -128,6 +136,13 @@ pub enum AskError<E> {
         /// Why no runtime could be chosen.
         reason: String,
     },
+    /// The store refused for a reason a retry will not fix (the operation is not supported by
+    /// this store, the server is too old, a record is damaged). Nothing was applied.
+    #[error("store refused: {reason}")]
+    StoreRefused {
+        /// Why.
+        reason: String,
+    },
     /// The runtime is shutting down.
     #[error("runtime is shut down")]
     Shutdown,
@@ -140,7 +155,6 @@ impl<E> AskError<E> {
             AskError::VersionConflict { .. }
             | AskError::Timeout { .. }
             | AskError::Unavailable(_)
-            | AskError::ActivationFailed { .. }
             | AskError::Deadlock { .. } => RetrySafety::Safe,
             AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
             AskError::Rejected(_)
@@ -148,6 +162,8 @@ impl<E> AskError<E> {
             | AskError::InvalidName(_)
             | AskError::UnknownKind { .. }
             | AskError::HandlerPanicked { .. }
+            | AskError::ActivationFailed { .. }
+            | AskError::StoreRefused { .. }
             | AskError::CallCycle { .. }
             | AskError::TooLarge { .. }
             | AskError::Unbound { .. }
@@ -194,6 +210,7 @@ impl<E> AskError<E> {
             AskError::Deadlock { chain } => AskError::Deadlock { chain },
             AskError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
             AskError::Unbound { actor, reason } => AskError::Unbound { actor, reason },
+            AskError::StoreRefused { reason } => AskError::StoreRefused { reason },
             AskError::Shutdown => AskError::Shutdown,
         }
     }
@@ -220,7 +237,9 @@ impl<E> AskError<E> {
             | StoreError::WrongNamespace { .. }
             | StoreError::ServerTooOld { .. }
             | StoreError::InvalidCommit(_)
-            | StoreError::Unsupported(_)) => AskError::Unavailable(other.to_string()),
+            | StoreError::Unsupported(_)) => AskError::StoreRefused {
+                reason: other.to_string(),
+            },
         }
     }
 }

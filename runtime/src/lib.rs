@@ -11,6 +11,7 @@
 //! | [`routing`] | shard hashing, "who owns this shard", remote delivery over NATS |
 //! | [`bus`] | the event bus: live subscriptions, durable subscriptions, projections |
 //! | [`wire`] | envelopes and the codec: what is stored and sent |
+//! | [`workflow`] | durable effects (an outbox), reminders, deadlock detection |
 //! | [`names`] | namespaces, kinds, actor ids and their encoding |
 //! | [`config`] | every timeout and bound, with defaults |
 //! | [`errors`] | errors of ask, tell and start |
@@ -35,6 +36,7 @@ pub mod routing;
 pub mod runtime;
 pub mod store;
 pub mod wire;
+pub mod workflow;
 
 pub use actor::{ActorRef, AskOptions, Behavior, Ctx, Effect, EventSourcedActor, Persist};
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};

@@ -343,6 +343,7 @@ impl RuntimeBuilder {
         let mut nats_client = None;
         let mut events_in_jetstream = false;
         let mut placement = self.placement;
+        let hosts_actors = self.client_of.is_none();
         let store = match (self.cluster, self.client_of) {
             (Some(_), Some(_)) => {
                 return Err(StartError::Setup(
@@ -527,6 +528,23 @@ impl RuntimeBuilder {
                 ));
             }
         }
+        // Durable effects and reminders of actors that are not resident: the scheduler wakes
+        // them (a store without a wake-up index simply has none).
+        let scheduler = if hosts_actors {
+            match host.events.watch_wakeups().await {
+                Ok(feed) => Some(tokio::spawn(crate::workflow::scheduler::run(
+                    Arc::downgrade(&host),
+                    feed,
+                ))),
+                Err(StoreError::Unsupported(_)) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no wake-up scheduler: durable work of passivated actors waits for their next command");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let bus_forwarder = cluster.as_ref().map(|c| {
             tokio::spawn(forward_cluster_events(
                 c.events(),
@@ -542,6 +560,7 @@ impl RuntimeBuilder {
             cluster,
             inbound,
             bus_forwarder,
+            scheduler,
             events_in_jetstream,
         })
     }
@@ -556,6 +575,8 @@ pub struct Runtime {
     inbound: Option<Inbound>,
     /// Republishes cluster events on the bus (cluster nodes only).
     bus_forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Wakes actors with due durable effects and reminders.
+    scheduler: Option<tokio::task::JoinHandle<()>>,
     /// Whether the events live in JetStream (projections then read through a consumer).
     events_in_jetstream: bool,
 }
@@ -756,6 +777,9 @@ impl Runtime {
         if let Some(forwarder) = &self.bus_forwarder {
             forwarder.abort();
         }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.abort();
+        }
         if let Some(inbound) = self.inbound.take() {
             // Every shard is handed off by now: answer what was routed here meanwhile.
             inbound.close(self.host.config.shutdown_timeout).await;
@@ -781,6 +805,9 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
+        }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.abort();
         }
     }
 }

@@ -78,6 +78,7 @@ pub fn error_kind<E>(e: &AskError<E>) -> &'static str {
         AskError::Deadlock { .. } => "deadlock",
         AskError::TooLarge { .. } => "too_large",
         AskError::Unbound { .. } => "unbound",
+        AskError::StoreRefused { .. } => "store_refused",
         AskError::Shutdown => "shutdown",
     }
 }

@@ -6,11 +6,14 @@
 //! 2. **Load** (under the replay permit that bounds concurrent replays): the latest snapshot if
 //!    it decodes — an unreadable snapshot is logged and ignored, never trusted — then every
 //!    commit after it, applied in order. A damaged or undecodable record fails the activation
-//!    with [`AskError::ActivationFailed`]; it never yields a state built on a hole.
-//! 3. **Serve** turns one at a time from the bounded mailbox (see
+//!    with [`AskError::ActivationFailed`]; it never yields a state built on a hole. The outbox
+//!    (durable effects and reminders, see [`workflow`](crate::workflow)) is rebuilt with the
+//!    state, and the delivery pump starts if anything is pending.
+//! 3. **Serve** turns one at a time from the bounded [inbox](super::inbox) (see
 //!    [`Behavior`](super::Behavior) for what a turn is).
 //! 4. **Stop** on passivation: close the mailbox, serve what is already queued, snapshot if
-//!    events were stored since the last snapshot, and signal completion.
+//!    events were stored since the last snapshot, leave the wake-up index right (an entry while
+//!    durable work is pending, none when nothing is), and signal completion.
 //!
 //! # When a turn goes wrong
 //!
@@ -23,12 +26,15 @@
 //! - The append's outcome is unknown: the caller gets [`AskError::OutcomeUnknown`] with the
 //!   command id, and the activation reloads before its next turn; a retry with the same id is
 //!   answered from the stored commit.
+//! - The turn asked other actors before it failed: their part may be applied, so the error
+//!   becomes [`AskError::OutcomeUnknown`] — retry only with the same command id.
 //!
 //! # Idempotency
 //!
 //! Each commit stores the command id and the encoded reply. The activation keeps the last
 //! `dedup_window` of them (rebuilt on replay, carried in snapshots): a command whose id is among
-//! them is answered with the stored reply and not handled again.
+//! them is answered with the stored reply and not handled again. Durable effects are
+//! deduplicated by their origin instead, with no window (see [`workflow`](crate::workflow)).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -39,55 +45,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::actor_ref::{ActorRef, with_decode_host};
-use super::context::{Ctx, WaitingOn};
-use super::contract::Behavior;
+use super::context::{Ctx, TURN, Turn};
+use super::contract::{Behavior, Effect, Plan};
+use super::delivery::OutboxCell;
 use super::host::{Host, Stats, wait_done};
+use super::inbox::{CallMeta, Current, Envelope, Inbox, Msg, Work};
 use crate::bus::SystemEvent;
 use crate::errors::AskError;
 use crate::names::ActorKey;
 use crate::store::{NewCommit, Snapshot, StoreError};
-use crate::wire::{CommandId, CommitRecord, EventData, codec, event_type_name, now_ms};
+use crate::wire::{
+    CommandId, CommitRecord, Delivery, EffectOrigin, EventData, OutboxEntry, SYSTEM_EVENT_PREFIX,
+    Settle, codec, event_type_name, now_ms,
+};
+use crate::workflow::outbox::{OutboxImage, Staged};
 
-/// What travels through a mailbox.
-pub(crate) enum Msg<A: Behavior> {
-    /// A command (boxed: keeps mailbox slots small).
-    Command(Box<Envelope<A>>),
-    /// Stop after the queued commands.
-    Passivate,
-}
-
-/// The reply channel of an ask.
-pub(crate) type ReplyTx<A> = oneshot::Sender<
-    Result<
-        <A as super::EventSourcedActor>::Reply,
-        AskError<<A as super::EventSourcedActor>::Error>,
-    >,
->;
-
-/// A command with its metadata and, for an ask, where to reply.
-pub(crate) struct Envelope<A: Behavior> {
-    pub cmd: A::Command,
-    pub meta: CallMeta,
-    pub reply: Option<ReplyTx<A>>,
-}
-
-/// Metadata of one command.
-#[derive(Clone, Debug)]
-pub(crate) struct CallMeta {
-    pub command_id: CommandId,
-    pub correlation_id: CommandId,
-    pub causation_id: Option<CommandId>,
-    pub deadline: Instant,
-    /// The whole time the asker allowed (for error messages).
-    pub timeout: std::time::Duration,
-    /// The actors waiting on this command, outermost first (for cycle detection).
-    pub chain: Vec<ActorKey>,
-}
+/// Child ids of a command from this index on name its durable effects (below: its asks).
+const EFFECT_ID_BASE: u64 = 1 << 32;
 
 /// The ids a commit is stored with.
 #[derive(Clone, Copy)]
@@ -95,6 +74,16 @@ struct CommitIds {
     command_id: CommandId,
     correlation_id: CommandId,
     causation_id: Option<CommandId>,
+}
+
+impl CommitIds {
+    fn of(meta: &CallMeta) -> Self {
+        CommitIds {
+            command_id: meta.command_id,
+            correlation_id: meta.correlation_id,
+            causation_id: meta.causation_id,
+        }
+    }
 }
 
 /// A remembered commit: its command id and the encoded reply.
@@ -105,12 +94,17 @@ struct Recent {
     reply: Option<Vec<u8>>,
 }
 
-/// The snapshot payload: state plus the dedup window, so idempotency survives snapshots.
+/// The snapshot format this code writes; it reads every format up to it.
+const SNAPSHOT_FORMAT: u16 = 2;
+
+/// The snapshot payload: state plus the dedup window and the outbox, so idempotency and
+/// durable effects survive snapshots.
 #[derive(Serialize)]
 struct SnapshotOut<'a, A> {
     format: u16,
     state: &'a A,
     recent: &'a VecDeque<Recent>,
+    outbox: OutboxImage,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +113,15 @@ struct SnapshotIn<A> {
     state: A,
     #[serde(default)]
     recent: VecDeque<Recent>,
+    #[serde(default)]
+    outbox: OutboxImage,
+}
+
+/// A bookkeeping event of the runtime (see [`SYSTEM_EVENT_PREFIX`]).
+#[derive(Serialize)]
+struct Mark<'a> {
+    /// Why the commit was made.
+    reason: &'a str,
 }
 
 /// Runs one activation to completion.
@@ -126,91 +129,64 @@ pub(crate) async fn run<A: Behavior>(
     host: Arc<Host>,
     key: ActorKey,
     rx: mpsc::Receiver<Msg<A>>,
+    tx: mpsc::WeakSender<Msg<A>>,
     done: watch::Sender<()>,
     predecessor: Option<watch::Receiver<()>>,
     generation: u64,
 ) {
-    {
-        let waiting = WaitingOn::default();
-        let mut inbox = Inbox::new(
-            rx,
-            host.config.mailbox_capacity,
-            key.clone(),
-            Arc::clone(&waiting),
-        );
-        if let Some(previous) = predecessor {
-            inbox.supervise(wait_done(previous), None).await;
+    let turn = Turn::new(&host, key.clone());
+    let cell = Arc::new(OutboxCell::default());
+    let mut inbox = Inbox::new(rx, &host, Arc::clone(&turn), Arc::clone(&cell));
+    if let Some(previous) = predecessor {
+        inbox.supervise(wait_done(previous), None).await;
+    }
+    let load = async {
+        let _permit = host.replays.acquire().await;
+        let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
+        Activation::<A>::load(&host, key.clone(), turn, Arc::clone(&cell), tx)
+            .instrument(span)
+            .await
+    };
+    let loaded = match inbox.supervise(load, None).await {
+        Some(loaded) => loaded,
+        None => Err(LoadError::Failed("activation was cancelled".to_owned())),
+    };
+    let mut act = match loaded {
+        Ok(act) => act,
+        Err(error) => {
+            Stats::bump(&host.stats.activation_failures);
+            tracing::warn!(%error, "activation failed");
+            host.forget(A::KIND, &key.id, generation);
+            inbox.fail_all(|| error.to_ask(&key)).await;
+            drop(done);
+            return;
         }
-        let load = async {
-            let _permit = host.replays.acquire().await;
-            let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
-            Activation::<A>::load(&host, key.clone(), waiting)
-                .instrument(span)
-                .await
-        };
-        let loaded = match inbox.supervise(load, None).await {
-            Some(loaded) => loaded,
-            None => Err(LoadError::Failed("activation was cancelled".to_owned())),
-        };
-        let mut act = match loaded {
-            Ok(act) => act,
-            Err(error) => {
-                Stats::bump(&host.stats.activation_failures);
-                tracing::warn!(%error, "activation failed");
-                host.forget(A::KIND, &key.id, generation);
-                inbox.fail_all(|| error.to_ask(&key)).await;
-                drop(done);
-                return;
-            }
-        };
-        Stats::bump(&host.stats.activations);
-        while let Some((env, waited)) = inbox.next().await {
-            let Envelope {
-                cmd,
-                meta,
-                mut reply,
-            } = *env;
-            if let Some(tx) = &reply {
-                if tx.is_closed() {
-                    // The asker is gone: skip, so an overloaded actor sheds stale work.
-                    Stats::bump(&host.stats.abandoned);
-                    continue;
-                }
-                if waited && Instant::now() >= meta.deadline {
-                    Stats::bump(&host.stats.abandoned);
-                    if let Some(tx) = reply.take() {
-                        let _ = tx.send(Err(AskError::Timeout {
-                            after: meta.timeout,
-                        }));
-                    }
-                    continue;
-                }
-            }
-            let current = Current {
-                deadline: meta.deadline,
-                command_id: meta.command_id,
-                reply: &mut reply,
-            };
-            match inbox.supervise(act.decide(cmd, meta), Some(current)).await {
-                Some(result) => {
-                    if let Some(tx) = reply.take() {
-                        let _ = tx.send(result);
-                    }
-                }
-                None => {
-                    // Cancelled at its deadline, possibly in the middle of an append.
-                    Stats::bump(&host.stats.abandoned);
+    };
+    Stats::bump(&host.stats.activations);
+    act.pump_if_needed();
+    while let Some(work) = inbox.next().await {
+        match work {
+            Work::Wake => act.pump_if_needed(),
+            Work::Forward => {
+                if inbox.supervise(act.forward_due(), None).await.is_none() {
                     act.stale = true;
                 }
+                act.pump_if_needed();
+            }
+            Work::Command(env, waited) => {
+                act.serve(&mut inbox, *env, waited).await;
+                act.pump_if_needed();
             }
         }
-        if host.config.snapshot_on_passivation && act.version > act.snapshot_version {
-            act.save_snapshot_now().await;
-        }
-        Stats::bump(&host.stats.passivations);
-        host.forget(A::KIND, &key.id, generation);
-        drop(done);
     }
+    act.cell.stop_pump();
+    if host.config.snapshot_on_passivation && act.version > act.snapshot_version {
+        act.save_snapshot_now().await;
+    }
+    act.settle_index().await;
+    Stats::bump(&host.stats.passivations);
+    host.forget(A::KIND, &key.id, generation);
+    drop(done);
 }
 
 /// Why an actor could not be loaded.
@@ -251,234 +227,21 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// The command being handled, as the watchdog sees it.
-struct Current<'a, A: Behavior> {
-    deadline: Instant,
-    command_id: CommandId,
-    reply: &'a mut Option<ReplyTx<A>>,
+/// How a handler's run ended, short of an effect.
+enum Failure<A: Behavior> {
+    Rejected(A::Error),
+    Panicked(String),
+    /// An effect that cannot be stored as decided (a command that does not encode, a target
+    /// in another namespace).
+    Invalid(AskError<A::Error>),
 }
 
-/// The mailbox plus commands taken out of it early, while the actor was busy.
-///
-/// # Deadlines without a timer per ask
-///
-/// An asker does not arm a timer of its own. Instead the activation guarantees an answer by
-/// each command's deadline: a command taken from the mailbox after its deadline is answered
-/// [`AskError::Timeout`] (never started); while a turn (or the load) is in progress, the
-/// activation keeps receiving into a bounded local queue and arms **one** timer for the earliest
-/// deadline — queued commands that expire get `Timeout`, and a turn still running at its own
-/// deadline is cancelled and answered [`AskError::OutcomeUnknown`]. A turn that completes
-/// without waiting (a query, an append to a ready store) never touches a timer at all.
-struct Inbox<A: Behavior> {
-    rx: mpsc::Receiver<Msg<A>>,
-    queue: VecDeque<Box<Envelope<A>>>,
-    capacity: usize,
-    /// Passivation was asked for: the mailbox is closed, queued commands are still served.
-    closing: bool,
-    /// The channel is closed and empty.
-    drained: bool,
-    /// This actor.
-    me: ActorKey,
-    /// What the running turn waits on (see [`Inbox::accept`]).
-    waiting: WaitingOn,
-}
-
-impl<A: Behavior> Inbox<A> {
-    fn new(rx: mpsc::Receiver<Msg<A>>, capacity: usize, me: ActorKey, waiting: WaitingOn) -> Self {
-        Inbox {
-            rx,
-            queue: VecDeque::new(),
-            capacity,
-            closing: false,
-            drained: false,
-            me,
-            waiting,
-        }
-    }
-
-    /// Takes in one message from the channel.
-    ///
-    /// An ask that arrives while the running turn waits on an actor that is among the ask's
-    /// own waiting callers can never be served — that caller waits on this ask, and this
-    /// actor's turn waits on that caller — so it is answered [`AskError::Deadlock`] at once.
-    fn accept(&mut self, msg: Option<Msg<A>>) {
-        match msg {
-            Some(Msg::Command(mut env)) => {
-                if self.refuse_if_deadlocked(&mut env) {
-                    return;
-                }
-                // A resend of a queued command (same command id) joins it: the newest asker
-                // gets the answer, and the command runs once.
-                if let Some(queued) = self
-                    .queue
-                    .iter_mut()
-                    .find(|q| q.meta.command_id == env.meta.command_id)
-                {
-                    if env.reply.is_some() {
-                        queued.reply = env.reply.take();
-                    }
-                    return;
-                }
-                self.queue.push_back(env)
-            }
-            Some(Msg::Passivate) => {
-                self.closing = true;
-                self.rx.close();
-            }
-            None => self.drained = true,
-        }
-    }
-
-    /// The next command to handle, and whether it may have waited (so its deadline must be
-    /// checked); `None` once passivation has served everything. A command that arrives while
-    /// the actor is idle has not waited, which spares a clock read on the fast path.
-    async fn next(&mut self) -> Option<(Box<Envelope<A>>, bool)> {
-        loop {
-            if let Some(env) = self.queue.pop_front() {
-                return Some((env, true));
-            }
-            if self.drained {
-                return None;
-            }
-            match self.rx.try_recv() {
-                Ok(msg) => self.accept(Some(msg)),
-                Err(mpsc::error::TryRecvError::Disconnected) => self.accept(None),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let msg = self.rx.recv().await;
-                    if let Some(Msg::Command(env)) = msg {
-                        return Some((env, false));
-                    }
-                    self.accept(msg);
-                }
-            }
-        }
-    }
-
-    /// Runs `work` while keeping every deadline (see the type docs). `None` when `work` was
-    /// cancelled because `current`'s deadline passed.
-    async fn supervise<T>(
-        &mut self,
-        work: impl Future<Output = T>,
-        mut current: Option<Current<'_, A>>,
-    ) -> Option<T> {
-        let mut work = std::pin::pin!(work);
-        // Fast path: most turns finish without waiting, and need no timer.
-        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
-        {
-            return Some(v);
-        }
-        let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(3600));
-        let mut sleep = std::pin::pin!(sleep);
-        loop {
-            let earliest = self
-                .queue
-                .iter()
-                .filter(|e| e.reply.is_some())
-                .map(|e| e.meta.deadline)
-                .chain(current.as_ref().map(|c| c.deadline))
-                .min();
-            if let Some(at) = earliest
-                && sleep.deadline() != at
-            {
-                sleep.as_mut().reset(at);
-            }
-            let room = !self.drained && self.queue.len() < self.capacity;
-            tokio::select! {
-                biased;
-                v = work.as_mut() => return Some(v),
-                msg = self.rx.recv(), if room => match (msg, current.as_mut()) {
-                    // A resend of the command being handled (same command id): its asker gave
-                    // up on the first attempt and listens here now. Answer it, not twice.
-                    (Some(Msg::Command(mut env)), Some(c)) if env.meta.command_id == c.command_id => {
-                        if let Some(tx) = env.reply.take() {
-                            *c.reply = Some(tx);
-                        }
-                    }
-                    (msg, _) => self.accept(msg),
-                },
-                () = self.waiting.started.notified() => self.refuse_deadlocked_queue(),
-                () = sleep.as_mut(), if earliest.is_some() => {
-                    let now = Instant::now();
-                    self.expire_queued(now);
-                    if let Some(c) = current.as_mut()
-                        && c.deadline <= now
-                    {
-                        if let Some(tx) = c.reply.take() {
-                            let _ = tx.send(Err(AskError::OutcomeUnknown {
-                                command_id: c.command_id,
-                                reason: "the deadline passed while the command was being handled"
-                                    .into(),
-                            }));
-                        }
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Answers `env` with [`AskError::Deadlock`] if the running turn waits on one of its
-    /// waiting callers. Returns whether it did.
-    fn refuse_if_deadlocked(&self, env: &mut Envelope<A>) -> bool {
-        if env.meta.chain.is_empty() || env.reply.is_none() {
-            return false;
-        }
-        let blocked_on = {
-            let waiting = self.waiting.targets.lock();
-            if waiting.is_empty() {
-                return false;
-            }
-            env.meta
-                .chain
-                .iter()
-                .find(|caller| waiting.contains(caller))
-                .cloned()
-        };
-        let Some(blocked_on) = blocked_on else {
-            return false;
-        };
-        let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
-        names.push(format!("{} (waiting on {blocked_on})", self.me));
-        if let Some(tx) = env.reply.take() {
-            let _ = tx.send(Err(AskError::Deadlock {
-                chain: names.join(" -> "),
-            }));
-        }
-        true
-    }
-
-    /// The running turn started waiting on another actor: refuse queued asks that now
-    /// deadlock (they arrived before it asked).
-    fn refuse_deadlocked_queue(&mut self) {
-        let mut queue = std::mem::take(&mut self.queue);
-        queue.retain_mut(|env| !self.refuse_if_deadlocked(env));
-        self.queue = queue;
-    }
-
-    /// Answers `Timeout` to queued asks whose deadline has passed.
-    fn expire_queued(&mut self, now: Instant) {
-        self.queue.retain_mut(|env| {
-            if env.reply.is_none() || env.meta.deadline > now {
-                return true;
-            }
-            if let Some(tx) = env.reply.take() {
-                let _ = tx.send(Err(AskError::Timeout {
-                    after: env.meta.timeout,
-                }));
-            }
-            false
-        });
-    }
-
-    /// Closes the mailbox and answers every waiting ask with `err()`.
-    async fn fail_all(&mut self, err: impl Fn() -> AskError<A::Error>) {
-        self.rx.close();
-        while let Some((env, _)) = self.next().await {
-            if let Some(tx) = env.reply {
-                let _ = tx.send(Err(err()));
-            }
-        }
-    }
+/// What a successful append did.
+enum Stored {
+    /// Written now.
+    Now,
+    /// The store already held this command (a retry): nothing was written.
+    Before,
 }
 
 struct Activation<A: Behavior> {
@@ -491,6 +254,9 @@ struct Activation<A: Behavior> {
     recent: VecDeque<Recent>,
     /// The in-memory state may be behind the store: reload before the next turn.
     stale: bool,
+    cell: Arc<OutboxCell>,
+    /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
+    mailbox: mpsc::WeakSender<Msg<A>>,
 }
 
 impl<A: Behavior> Activation<A> {
@@ -498,18 +264,43 @@ impl<A: Behavior> Activation<A> {
         self.ctx.myself().key()
     }
 
-    async fn load(host: &Arc<Host>, key: ActorKey, waiting: WaitingOn) -> Result<Self, LoadError> {
+    async fn load(
+        host: &Arc<Host>,
+        key: ActorKey,
+        turn: Arc<Turn>,
+        cell: Arc<OutboxCell>,
+        mailbox: mpsc::WeakSender<Msg<A>>,
+    ) -> Result<Self, LoadError> {
         let mut act = Activation {
             host: Arc::clone(host),
-            ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), host, waiting),
+            ctx: Ctx::new(ActorRef::bound(key, Arc::clone(host)), turn),
             state: A::default(),
             version: 0,
             snapshot_version: 0,
             recent: VecDeque::new(),
             stale: false,
+            cell,
+            mailbox,
         };
         act.reload().await?;
         Ok(act)
+    }
+
+    /// Starts the delivery pump when the outbox has pending work, or the scheduler woke us.
+    fn pump_if_needed(&self) {
+        let needed = {
+            let outbox = self.cell.outbox.lock();
+            !outbox.is_idle() || outbox.index.woken
+        };
+        if needed {
+            let mailbox = self.mailbox.clone();
+            let forward = Box::new(move || {
+                if let Some(tx) = mailbox.upgrade() {
+                    let _ = tx.try_send(Msg::Kick);
+                }
+            });
+            self.cell.ensure_pump(&self.host, self.key(), forward);
+        }
     }
 
     /// Rebuilds state from the store: snapshot (if readable) plus the tail of events.
@@ -520,15 +311,17 @@ impl<A: Behavior> Activation<A> {
         self.version = 0;
         self.snapshot_version = 0;
         self.recent.clear();
+        self.cell.outbox.lock().reset();
         match host.snapshots.latest(&key).await {
             Ok(Some(snapshot)) => {
                 let decoded = with_decode_host(&host, || {
                     codec::decode::<SnapshotIn<A>>("snapshot", &snapshot.payload)
                 });
                 match decoded {
-                    Ok(s) if s.format <= 1 => {
+                    Ok(s) if s.format <= SNAPSHOT_FORMAT => {
                         self.state = s.state;
                         self.recent = s.recent;
+                        self.cell.outbox.lock().restore(s.outbox);
                         self.version = snapshot.version;
                         self.snapshot_version = snapshot.version;
                     }
@@ -570,6 +363,7 @@ impl<A: Behavior> Activation<A> {
         tracing::warn!(actor = %self.key(), %reason, "snapshot unreadable; replaying the full history");
         self.state = A::default();
         self.recent.clear();
+        self.cell.outbox.lock().reset();
         self.version = 0;
         self.snapshot_version = 0;
     }
@@ -587,6 +381,9 @@ impl<A: Behavior> Activation<A> {
         }
         let host = Arc::clone(&self.host);
         for (i, data) in commit.events.iter().enumerate() {
+            if data.is_system() {
+                continue;
+            }
             let version = commit.first_version + i as u64;
             let event: A::Event =
                 with_decode_host(&host, || codec::decode("event payload", &data.payload)).map_err(
@@ -598,6 +395,7 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&host.stats.replayed_events);
         }
         self.version = commit.last_version();
+        self.cell.outbox.lock().apply_commit(&commit);
         self.remember(commit.command_id, commit.reply);
         Ok(())
     }
@@ -613,16 +411,103 @@ impl<A: Behavior> Activation<A> {
         self.recent.push_back(Recent { command_id, reply });
     }
 
+    /// Serves one command from the inbox: skips it if nobody waits any more or its deadline
+    /// passed in the queue, runs it under the deadline watchdog, and answers.
+    async fn serve(&mut self, inbox: &mut Inbox<A>, env: Envelope<A>, waited: bool) {
+        let Envelope {
+            cmd,
+            meta,
+            mut reply,
+            mut ack,
+            ..
+        } = env;
+        let host = Arc::clone(&self.host);
+        if reply.is_some() || ack.is_some() {
+            let abandoned = reply.as_ref().is_some_and(|tx| tx.is_closed())
+                || (reply.is_none() && ack.as_ref().is_some_and(|tx| tx.is_closed()));
+            if abandoned {
+                // The asker is gone: skip, so an overloaded actor sheds stale work.
+                Stats::bump(&host.stats.abandoned);
+                return;
+            }
+            if waited && Instant::now() >= meta.deadline {
+                Stats::bump(&host.stats.abandoned);
+                if let Some(tx) = reply.take() {
+                    let _ = tx.send(Err(AskError::Timeout {
+                        after: meta.timeout,
+                    }));
+                }
+                return;
+            }
+        }
+        let current = Current {
+            deadline: meta.deadline,
+            command_id: meta.command_id,
+            reply: &mut reply,
+            ack: &mut ack,
+        };
+        let finished = match meta.origin.clone() {
+            Some(origin) => inbox
+                .supervise(self.apply_effect(cmd, meta, origin), Some(current))
+                .await
+                .map(Err),
+            None => inbox
+                .supervise(self.decide(cmd, meta), Some(current))
+                .await
+                .map(Ok),
+        };
+        self.ctx.turn().end();
+        match finished {
+            Some(Ok(result)) => {
+                if let Some(tx) = reply.take() {
+                    let _ = tx.send(result);
+                }
+            }
+            Some(Err(settle)) => {
+                if let Some(tx) = ack.take() {
+                    let _ = tx.send(settle);
+                }
+            }
+            None => {
+                // Cancelled at its deadline, possibly in the middle of an append.
+                Stats::bump(&host.stats.abandoned);
+                self.stale = true;
+            }
+        }
+    }
+
+    /// Runs the handler on `cmd` (the turn's context set up from `meta`), catching panics.
+    async fn run_handler(&mut self, cmd: A::Command, meta: CallMeta) -> Result<Effect<A>, Failure<A>> {
+        self.ctx.begin(self.version, meta);
+        let turn = Arc::clone(self.ctx.turn());
+        let outcome = {
+            let fut = Box::pin(TURN.scope(turn, A::handle(&self.state, cmd, &mut self.ctx)));
+            CatchUnwind(fut).await
+        };
+        match outcome {
+            Err(panic) => {
+                Stats::bump(&self.host.stats.handler_panics);
+                let message = panic_text(&*panic);
+                tracing::error!(actor = %self.key(), %message, "handler panicked; reloading state from the store");
+                self.stale = true;
+                let _ = self.reload().await;
+                Err(Failure::Panicked(message))
+            }
+            Ok(Err(rejection)) => Err(Failure::Rejected(rejection)),
+            Ok(Ok(effect)) => match effect.plan.error.clone() {
+                Some(e) => Err(Failure::Invalid(AskError::Codec(e))),
+                None => Ok(effect),
+            },
+        }
+    }
+
+    /// A command from an ask or a tell: handle, persist, reply.
     async fn decide(
         &mut self,
         cmd: A::Command,
         meta: CallMeta,
     ) -> Result<A::Reply, AskError<A::Error>> {
-        let ids = CommitIds {
-            command_id: meta.command_id,
-            correlation_id: meta.correlation_id,
-            causation_id: meta.causation_id,
-        };
+        let ids = CommitIds::of(&meta);
         if self.stale {
             self.reload().await.map_err(|e| e.to_ask(self.key()))?;
         }
@@ -630,30 +515,169 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        self.ctx.begin(self.version, meta);
-        let outcome = {
-            let fut = Box::pin(A::handle(&self.state, cmd, &mut self.ctx));
-            CatchUnwind(fut).await
-        };
-        let effect = match outcome {
-            Err(panic) => {
-                Stats::bump(&self.host.stats.handler_panics);
-                let message = panic_text(&*panic);
-                tracing::error!(actor = %self.key(), %message, "handler panicked; reloading state from the store");
-                self.stale = true;
-                let _ = self.reload().await;
+        let result = self.decide_inner(cmd, meta, ids).await;
+        // A turn that asked or told other actors changed them already: whatever went wrong
+        // after, the command may be partly applied. Only a retry with the same id is safe.
+        match result {
+            Err(e) if !matches!(e, AskError::Rejected(_)) && self.ctx.turn().children() > 0 => {
+                Err(AskError::OutcomeUnknown {
+                    command_id: ids.command_id,
+                    reason: format!(
+                        "the turn asked other actors before it failed ({e}); they may have applied their part"
+                    ),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn decide_inner(
+        &mut self,
+        cmd: A::Command,
+        meta: CallMeta,
+        ids: CommitIds,
+    ) -> Result<A::Reply, AskError<A::Error>> {
+        let effect = match self.run_handler(cmd, meta).await {
+            Ok(effect) => effect,
+            Err(Failure::Rejected(e)) => return Err(AskError::Rejected(e)),
+            Err(Failure::Panicked(message)) => {
                 return Err(AskError::HandlerPanicked {
                     actor: self.key().clone(),
                     message,
                 });
             }
-            Ok(Err(rejection)) => return Err(AskError::Rejected(rejection)),
-            Ok(Ok(effect)) => effect,
+            Err(Failure::Invalid(e)) => return Err(e),
         };
-        if effect.events.is_empty() {
+        if effect.events.is_empty() && effect.plan.is_empty() {
             return Ok(effect.reply);
         }
-        self.persist(effect.events, effect.reply, ids).await
+        let reply_bytes = codec::encode("reply", &effect.reply)?;
+        let stored = self
+            .persist(effect.events, effect.plan, Some(reply_bytes), ids, None, "Scheduled")
+            .await?;
+        match stored {
+            Stored::Now => Ok(effect.reply),
+            // The store already held this command: our state was behind. Answer with the
+            // reply stored then.
+            Stored::Before => self
+                .remembered_reply(ids.command_id)
+                .unwrap_or(Ok(effect.reply)),
+        }
+    }
+
+    /// A durable effect from `origin`: apply it exactly once and settle it.
+    async fn apply_effect(&mut self, cmd: A::Command, meta: CallMeta, origin: EffectOrigin) -> Settle {
+        let ids = CommitIds::of(&meta);
+        if self.stale
+            && let Err(e) = self.reload().await
+        {
+            return Settle::Failed {
+                reason: e.to_string(),
+            };
+        }
+        if self.cell.outbox.lock().already_applied(self.key(), &origin) {
+            Stats::bump(&self.host.stats.deduplicated);
+            return Settle::Duplicate;
+        }
+        let delivery = Some(Delivery {
+            from: origin.from.clone(),
+            seq: origin.seq,
+        });
+        let (events, plan, mark, rejected) = match self.run_handler(cmd, meta).await {
+            Ok(effect) => (effect.events, effect.plan, "Received", None),
+            Err(Failure::Rejected(e)) => {
+                // Recorded, so it is never retried (and never applied later by surprise); the
+                // sender's compensation, if any, goes back to it as an effect of ours.
+                let mut plan = Plan::default();
+                if let Some(compensation) = origin.compensation.clone() {
+                    plan.sends.push(super::contract::Outgoing {
+                        target: Some(origin.from.clone()),
+                        command: compensation,
+                        due: None,
+                        reminder: None,
+                        compensation: None,
+                    });
+                }
+                (Vec::new(), plan, "Rejected", Some(e.to_string()))
+            }
+            Err(Failure::Panicked(message)) => {
+                return Settle::Failed {
+                    reason: format!("handler panicked: {message}"),
+                };
+            }
+            Err(Failure::Invalid(e)) => {
+                return Settle::Failed {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        match self.persist(events, plan, None, ids, delivery, mark).await {
+            Ok(_) => match rejected {
+                Some(reason) => Settle::Rejected { reason },
+                None => Settle::Applied,
+            },
+            Err(e) => {
+                if self.cell.outbox.lock().already_applied(self.key(), &origin) {
+                    Settle::Duplicate
+                } else {
+                    Settle::Failed {
+                        reason: e.to_string(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards the delayed effects for other actors that came due: one commit settles them
+    /// and stores them again as immediate effects (new positions keep each receiver's order).
+    async fn forward_due(&mut self) {
+        if self.stale && self.reload().await.is_err() {
+            return;
+        }
+        let now = now_ms();
+        let due: Vec<OutboxEntry> = {
+            let outbox = self.cell.outbox.lock();
+            let me = self.key();
+            let (items, _) = outbox.due(me, now, &|_, _| false);
+            items
+                .into_iter()
+                .filter_map(|d| match d {
+                    crate::workflow::outbox::Due::Forward(seq) => outbox.get(seq).cloned(),
+                    crate::workflow::outbox::Due::Deliver(_) => None,
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let command_id = CommandId::random();
+        let ids = CommitIds {
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+        };
+        let settled: Vec<u64> = due.iter().map(|e| e.seq).collect();
+        let entries: Vec<OutboxEntry> = due
+            .into_iter()
+            .map(|e| OutboxEntry {
+                due_ms: None,
+                ..e
+            })
+            .collect();
+        let staged = {
+            let mut outbox = self.cell.outbox.lock();
+            let mut staged = outbox.stage(self.key(), entries, &[], None);
+            staged.settled.extend(settled);
+            staged.settled.sort_unstable();
+            staged.settled.dedup();
+            staged
+        };
+        if let Err(e) = self
+            .append_staged(Vec::new(), staged, None, ids, "Forwarded")
+            .await
+        {
+            tracing::debug!(actor = %self.key(), error = %e, "delayed effects not forwarded yet");
+        }
     }
 
     fn remembered_reply(&self, id: CommandId) -> Option<Result<A::Reply, AskError<A::Error>>> {
@@ -668,27 +692,92 @@ impl<A: Behavior> Activation<A> {
         })
     }
 
+    /// Stores the outcome of a turn: `events`, the durable effects of `plan`, and `delivery`
+    /// (the effect it applies), as one commit. `mark` names the bookkeeping event used when
+    /// there is no user event.
     async fn persist(
         &mut self,
         events: Vec<A::Event>,
-        reply: A::Reply,
-        meta: CommitIds,
-    ) -> Result<A::Reply, AskError<A::Error>> {
-        let mut data = Vec::with_capacity(events.len());
-        for event in &events {
-            data.push(EventData {
-                event_type: event_type_name(event).to_owned(),
-                payload: codec::encode("event", event)?,
+        plan: Plan,
+        reply: Option<Vec<u8>>,
+        ids: CommitIds,
+        delivery: Option<Delivery>,
+        mark: &str,
+    ) -> Result<Stored, AskError<A::Error>> {
+        let now = now_ms();
+        let me = self.key().clone();
+        let mut entries = Vec::with_capacity(plan.sends.len());
+        for (i, out) in plan.sends.into_iter().enumerate() {
+            let target = out.target.unwrap_or_else(|| me.clone());
+            if target.namespace != me.namespace {
+                return Err(AskError::Unbound {
+                    actor: target,
+                    reason: "durable effects stay within one namespace".into(),
+                });
+            }
+            entries.push(OutboxEntry {
+                seq: 0,
+                target,
+                command_id: ids.command_id.derive(EFFECT_ID_BASE + i as u64),
+                causation_id: ids.command_id,
+                correlation_id: ids.correlation_id,
+                command: out.command,
+                due_ms: out.due.map(|d| d.to_ms(now)),
+                reminder: out.reminder,
+                compensation: out.compensation,
             });
         }
-        let reply_bytes = codec::encode("reply", &reply)?;
+        let staged = self
+            .cell
+            .outbox
+            .lock()
+            .stage(&me, entries, &plan.cancels, delivery);
+        self.append_staged(events, staged, reply, ids, mark).await
+    }
+
+    /// Appends one commit of `events` and the `staged` outbox changes, then folds both.
+    async fn append_staged(
+        &mut self,
+        events: Vec<A::Event>,
+        staged: Staged,
+        reply: Option<Vec<u8>>,
+        ids: CommitIds,
+        mark: &str,
+    ) -> Result<Stored, AskError<A::Error>> {
+        let mut data = Vec::with_capacity(events.len().max(1));
+        for event in &events {
+            match codec::encode("event", event) {
+                Ok(payload) => data.push(EventData {
+                    event_type: event_type_name(event).to_owned(),
+                    payload,
+                }),
+                Err(e) => {
+                    self.cell.outbox.lock().aborted(staged);
+                    return Err(e.into());
+                }
+            }
+        }
+        if data.is_empty() {
+            // A commit needs an event: a bookkeeping one, which `apply` never sees.
+            data.push(EventData {
+                event_type: format!("{SYSTEM_EVENT_PREFIX}{mark}"),
+                payload: codec::encode("bookkeeping event", &Mark { reason: mark })?,
+            });
+        }
+        if let Err(e) = self.index_before(&staged).await {
+            self.cell.outbox.lock().aborted(staged);
+            return Err(AskError::from_store(e, ids.command_id));
+        }
         let commit = NewCommit {
-            command_id: meta.command_id,
-            correlation_id: meta.correlation_id,
-            causation_id: meta.causation_id,
+            command_id: ids.command_id,
+            correlation_id: ids.correlation_id,
+            causation_id: ids.causation_id,
             timestamp_ms: now_ms(),
             events: data,
-            reply: Some(reply_bytes.clone()),
+            reply: reply.clone(),
+            outbox: staged.entries.clone(),
+            settled: staged.settled.clone(),
+            delivery: staged.delivery.clone(),
         };
         // What the bus publishes once the commit is stored; kept only when anyone listens.
         let for_bus = self
@@ -702,6 +791,9 @@ impl<A: Behavior> Activation<A> {
                 timestamp_ms: commit.timestamp_ms,
                 events: commit.events.clone(),
                 reply: None,
+                outbox: Vec::new(),
+                settled: Vec::new(),
+                delivery: None,
             });
         let appended = {
             let span =
@@ -714,12 +806,10 @@ impl<A: Behavior> Activation<A> {
         };
         match appended {
             Ok(a) if a.deduplicated => {
-                // The store already holds this command: our state was behind. Reload and answer
-                // with the reply stored then.
+                self.cell.outbox.lock().aborted(staged);
                 Stats::bump(&self.host.stats.deduplicated);
                 self.reload().await.map_err(|e| e.to_ask(self.key()))?;
-                self.remembered_reply(meta.command_id)
-                    .unwrap_or_else(|| Ok(reply))
+                Ok(Stored::Before)
             }
             Ok(a) => {
                 Stats::bump(&self.host.stats.commits);
@@ -734,18 +824,25 @@ impl<A: Behavior> Activation<A> {
                         state.apply(event);
                     }
                 }));
+                let me = self.key().clone();
+                let new_work = !staged.entries.is_empty();
+                self.cell.outbox.lock().committed(&me, staged);
+                if new_work {
+                    self.cell.kick.notify_one();
+                }
                 if let Err(panic) = applied {
                     // Stored but not folded: the state is unusable until reloaded.
                     tracing::error!(actor = %self.key(), message = %panic_text(&*panic), "apply panicked after commit");
                     self.stale = true;
-                    return Ok(reply);
+                    return Ok(Stored::Now);
                 }
                 self.version = a.last_version;
-                self.remember(meta.command_id, Some(reply_bytes));
+                self.remember(ids.command_id, reply);
                 self.maybe_snapshot();
-                Ok(reply)
+                Ok(Stored::Now)
             }
             Err(err @ StoreError::VersionConflict { .. }) => {
+                self.cell.outbox.lock().aborted(staged);
                 Stats::bump(&self.host.stats.conflicts);
                 if let StoreError::VersionConflict {
                     actor,
@@ -767,26 +864,63 @@ impl<A: Behavior> Activation<A> {
                 let _ = self.reload().await;
                 // The winner may have been this very command, run by another activation (a
                 // straggler during a forced handoff): then it was applied, and its reply stands.
-                if let Some(reply) = self.remembered_reply(meta.command_id) {
+                if self.recent.iter().any(|r| r.command_id == ids.command_id) {
                     Stats::bump(&self.host.stats.deduplicated);
-                    return reply;
+                    return Ok(Stored::Before);
                 }
-                Err(AskError::from_store(err, meta.command_id))
+                Err(AskError::from_store(err, ids.command_id))
             }
             Err(err) => {
+                self.cell.outbox.lock().aborted(staged);
                 if !err.nothing_written() {
                     self.stale = true;
                 }
-                Err(AskError::from_store(err, meta.command_id))
+                Err(AskError::from_store(err, ids.command_id))
             }
+        }
+    }
+
+    /// Before a commit that adds durable work: make sure the wake-up index has an entry due no
+    /// later than that work, so a crash right after the commit cannot strand it.
+    async fn index_before(&self, staged: &Staged) -> Result<(), StoreError> {
+        let Some(due) = staged.earliest_due() else {
+            return Ok(());
+        };
+        let index = self.cell.outbox.lock().index;
+        if index.revision.is_some() && index.due_ms <= due {
+            return Ok(());
+        }
+        let revision = self.host.events.set_wakeup(self.key(), due).await?;
+        let mut outbox = self.cell.outbox.lock();
+        outbox.index.revision = Some(revision);
+        outbox.index.due_ms = due;
+        Ok(())
+    }
+
+    /// On stop: leave one index entry due at the earliest pending work, or none.
+    async fn settle_index(&self) {
+        let (index, earliest) = {
+            let outbox = self.cell.outbox.lock();
+            (outbox.index, outbox.earliest_due())
+        };
+        let events = &self.host.events;
+        let result = match (earliest, index.revision) {
+            (None, Some(revision)) => events.clear_wakeup(self.key(), revision).await,
+            (Some(due), Some(_)) if index.due_ms == due => Ok(()),
+            (Some(due), _) => events.set_wakeup(self.key(), due).await.map(|_| ()),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(actor = %self.key(), error = %e, "wake-up index not updated on stop");
         }
     }
 
     fn encode_snapshot(&self) -> Option<Snapshot> {
         let out = SnapshotOut {
-            format: 1,
+            format: SNAPSHOT_FORMAT,
             state: &self.state,
             recent: &self.recent,
+            outbox: self.cell.outbox.lock().image(),
         };
         match codec::encode("snapshot", &out) {
             Ok(payload) => Some(Snapshot {

@@ -13,7 +13,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::activation::{CallMeta, Envelope, Msg};
+use super::context::TURN;
+use super::inbox::{CallMeta, Envelope, Msg};
 use super::contract::Behavior;
 use super::host::{Host, Undelivered};
 use crate::errors::{AskError, TellError};
@@ -120,6 +121,10 @@ impl<A: Behavior> ActorRef<A> {
     }
 
     /// Sends `cmd` and waits for the reply, with a fresh command id and the default timeout.
+    ///
+    /// Inside a handler, the ask is a child of the running turn, exactly like
+    /// [`Ctx::ask`](super::Ctx::ask): its command id is derived from the turn's, it carries the
+    /// call chain (cycle detection) and the turn's deadline.
     pub async fn ask(&self, cmd: A::Command) -> Result<A::Reply, AskError<A::Error>> {
         self.ask_with(cmd, AskOptions::default()).await
     }
@@ -141,22 +146,32 @@ impl<A: Behavior> ActorRef<A> {
                 &found
             }
         };
+        if let Ok(turn) = TURN.try_with(Arc::clone) {
+            return turn
+                .ask::<A>(host, &self.key, cmd, options.command_id)
+                .await;
+        }
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
         let command_id = options.command_id.unwrap_or_else(CommandId::random);
-        let meta = CallMeta {
-            command_id,
-            correlation_id: options.correlation_id.unwrap_or(command_id),
-            causation_id: None,
-            deadline: Instant::now() + timeout,
-            timeout,
-            chain: Vec::new(),
-        };
+        let mut meta = CallMeta::detached(command_id, Instant::now(), timeout);
+        if let Some(correlation) = options.correlation_id {
+            meta.correlation_id = correlation;
+        }
         ask_on::<A>(host, &self.key, cmd, meta).await
     }
 
     /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
-    /// when it cannot be queued (full mailbox, unknown kind, shutdown).
+    /// when it cannot be queued (full mailbox, unknown kind, shutdown). Inside a handler, the
+    /// tell is a child of the running turn (like [`Ctx::tell`](super::Ctx::tell)).
     pub fn tell(&self, cmd: A::Command) -> Result<(), TellError> {
+        if let Ok(turn) = TURN.try_with(Arc::clone) {
+            return self
+                .on_host(|host| turn.tell::<A>(host, &self.key, cmd))
+                .map_err(|reason| TellError::Unbound {
+                    actor: self.key.clone(),
+                    reason,
+                })?;
+        }
         self.on_host(|host| tell_on::<A>(host, &self.key, cmd, None))
             .map_err(|reason| TellError::Unbound {
                 actor: self.key.clone(),
@@ -211,11 +226,9 @@ pub(crate) async fn ask_local<A: Behavior>(
     let command_id = meta.command_id;
     let (deadline, timeout) = (meta.deadline, meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let msg = Msg::Command(Box::new(Envelope {
-        cmd,
-        meta,
-        reply: Some(reply_tx),
-    }));
+    let mut env = Envelope::new(cmd, meta);
+    env.reply = Some(reply_tx);
+    let msg = Msg::Command(Box::new(env));
     // Delivery only waits (and only then needs a timer) when the mailbox is full.
     let mut delivery = std::pin::pin!(host.deliver::<A>(&key.id, msg));
     let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
@@ -262,21 +275,9 @@ pub(crate) fn tell_on<A: Behavior>(
         return super::remote::tell::<A>(host, key, shard, cmd, meta);
     }
     let meta = meta.unwrap_or_else(|| {
-        let command_id = CommandId::random();
-        CallMeta {
-            command_id,
-            correlation_id: command_id,
-            causation_id: None,
-            deadline: Instant::now() + host.config.ask_timeout,
-            timeout: host.config.ask_timeout,
-            chain: Vec::new(),
-        }
+        CallMeta::detached(CommandId::random(), Instant::now(), host.config.ask_timeout)
     });
-    let msg = Msg::Command(Box::new(Envelope {
-        cmd,
-        meta,
-        reply: None,
-    }));
+    let msg = Msg::Command(Box::new(Envelope::new(cmd, meta)));
     match host.deliver_now::<A>(&key.id, msg) {
         Ok(()) => Ok(()),
         Err((Undelivered::NotOwner(shard), Msg::Command(env))) => {

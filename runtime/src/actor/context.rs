@@ -1,10 +1,13 @@
-//! [`Ctx`]: what a handler can see and do besides reading its state.
+//! [`Ctx`]: what a handler can see and do besides reading its state, and the turn state behind
+//! it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::activation::CallMeta;
+use super::inbox::CallMeta;
 use super::actor_ref::{ActorRef, ask_on, tell_on};
 use super::contract::Behavior;
 use super::host::Host;
@@ -13,52 +16,61 @@ use crate::names::{ActorId, ActorKey};
 use crate::runtime::RefError;
 use crate::wire::CommandId;
 
+tokio::task_local! {
+    /// The turn whose handler is running on this task: an `ActorRef` used inside a handler asks
+    /// as a child of the turn (derived ids, call chain, deadline), exactly like [`Ctx::ask`].
+    pub(crate) static TURN: Arc<Turn>;
+}
+
 /// The context of one turn: who the actor is, which command it handles, and how to reach other
 /// actors.
 ///
-/// Asks made through the context are *children* of the current command:
+/// Asks made through the context — or through any [`ActorRef`] inside the handler — are
+/// *children* of the current command:
 ///
 /// - their command ids are derived deterministically from it ([`CommandId::derive`]), so when
 ///   the current command is retried after a failure, its children carry the same ids and are
-///   deduplicated by their actors — a saga retried end to end applies each step once;
+///   deduplicated by their actors;
 /// - they inherit the current deadline and correlation id;
 /// - they carry the chain of waiting actors, so an ask that would wait on an actor already
 ///   waiting on this chain fails at once with [`AskError::CallCycle`] instead of deadlocking.
+///
+/// To change another actor as part of this command, prefer a durable effect
+/// ([`Effect::send`](crate::Effect::send)): it is stored with the commit and never waits.
 pub struct Ctx<A: Behavior> {
     me: ActorRef<A>,
     version: u64,
-    meta: CallMeta,
-    host: Arc<Host>,
-    children: u64,
-    waiting: WaitingOn,
+    turn: Arc<Turn>,
 }
 
-/// The actors a turn is waiting on right now (its asks in flight), shared with the
-/// activation's inbox, which refuses asks that would deadlock on them.
-pub(crate) type WaitingOn = Arc<WaitState>;
-
-/// See [`WaitingOn`].
-#[derive(Default)]
-pub(crate) struct WaitState {
-    /// The actors waited on.
-    pub targets: parking_lot::Mutex<Vec<ActorKey>>,
+/// The state of an activation's turns, shared by its [`Ctx`], the task-local [`TURN`] and its
+/// inbox (which refuses and probes for deadlocks while a turn waits).
+pub(crate) struct Turn {
+    pub host: Arc<Host>,
+    pub me: ActorKey,
+    meta: Mutex<CallMeta>,
+    children: AtomicU64,
+    /// The actors the running turn waits on (its asks in flight).
+    pub targets: Mutex<Vec<ActorKey>>,
     /// Signalled when the turn starts waiting on another actor.
     pub started: tokio::sync::Notify,
+    /// The command id of the running turn; `None` between turns.
+    pub current: Mutex<Option<CommandId>>,
 }
 
 /// Marks `target` as waited on for as long as it lives (an ask in flight; also when the ask's
 /// future is dropped midway).
 struct Waiting<'a> {
-    on: &'a WaitingOn,
+    turn: &'a Turn,
     target: ActorKey,
 }
 
 impl<'a> Waiting<'a> {
-    fn enter(on: &'a WaitingOn, target: &ActorKey) -> Self {
-        on.targets.lock().push(target.clone());
-        on.started.notify_one();
+    fn enter(turn: &'a Turn, target: &ActorKey) -> Self {
+        turn.targets.lock().push(target.clone());
+        turn.started.notify_one();
         Waiting {
-            on,
+            turn,
             target: target.clone(),
         }
     }
@@ -66,38 +78,133 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut on = self.on.targets.lock();
+        let mut on = self.turn.targets.lock();
         if let Some(i) = on.iter().position(|k| k == &self.target) {
             on.swap_remove(i);
         }
     }
 }
 
+impl Turn {
+    pub(crate) fn new(host: &Arc<Host>, me: ActorKey) -> Arc<Self> {
+        Arc::new(Turn {
+            host: Arc::clone(host),
+            me,
+            meta: Mutex::new(CallMeta::detached(CommandId::from_u128(0), Instant::now(), std::time::Duration::ZERO)),
+            children: AtomicU64::new(0),
+            targets: Mutex::new(Vec::new()),
+            started: tokio::sync::Notify::new(),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// Starts a turn for the command of `meta`.
+    pub(crate) fn begin(&self, meta: CallMeta) {
+        *self.current.lock() = Some(meta.command_id);
+        *self.meta.lock() = meta;
+        self.children.store(0, Ordering::Relaxed);
+    }
+
+    /// Ends the running turn.
+    pub(crate) fn end(&self) {
+        *self.current.lock() = None;
+    }
+
+    /// How many asks and tells the running turn made.
+    pub(crate) fn children(&self) -> u64 {
+        self.children.load(Ordering::Relaxed)
+    }
+
+    /// The metadata of the running command.
+    pub(crate) fn with_meta<T>(&self, f: impl FnOnce(&CallMeta) -> T) -> T {
+        f(&self.meta.lock())
+    }
+
+    /// The metadata of a child ask to `target`, or the cycle it would close.
+    fn child_meta(&self, target: &ActorKey) -> Result<CallMeta, String> {
+        let meta = self.meta.lock();
+        if target == &self.me || meta.chain.contains(target) {
+            let mut names: Vec<String> = meta.chain.iter().map(|k| k.to_string()).collect();
+            names.push(self.me.to_string());
+            names.push(target.to_string());
+            return Err(names.join(" -> "));
+        }
+        let n = self.children.fetch_add(1, Ordering::Relaxed);
+        let mut chain = meta.chain.clone();
+        chain.push(self.me.clone());
+        Ok(CallMeta {
+            command_id: meta.command_id.derive(n),
+            correlation_id: meta.correlation_id,
+            causation_id: Some(meta.command_id),
+            deadline: meta.deadline,
+            timeout: meta.timeout,
+            chain,
+            origin: None,
+        })
+    }
+
+    /// Asks `target` as a child of the running command, through `host` (the target's runtime).
+    pub(crate) async fn ask<B: Behavior>(
+        &self,
+        host: &Arc<Host>,
+        target: &ActorKey,
+        cmd: B::Command,
+        command_id: Option<CommandId>,
+    ) -> Result<B::Reply, AskError<B::Error>> {
+        let mut meta = self
+            .child_meta(target)
+            .map_err(|chain| AskError::CallCycle { chain })?;
+        if let Some(id) = command_id {
+            meta.command_id = id;
+        }
+        let _waiting = Waiting::enter(self, target);
+        ask_on::<B>(host, target, cmd, meta).await
+    }
+
+    /// Tells `target` as a child of the running command (fire-and-forget, at most once).
+    pub(crate) fn tell<B: Behavior>(
+        &self,
+        host: &Arc<Host>,
+        target: &ActorKey,
+        cmd: B::Command,
+    ) -> Result<(), TellError> {
+        // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
+        let n = self.children.fetch_add(1, Ordering::Relaxed);
+        let (command_id, correlation_id) = {
+            let meta = self.meta.lock();
+            (meta.command_id, meta.correlation_id)
+        };
+        let meta = CallMeta {
+            command_id: command_id.derive(n),
+            correlation_id,
+            causation_id: Some(command_id),
+            deadline: Instant::now() + host.config.ask_timeout,
+            timeout: host.config.ask_timeout,
+            chain: Vec::new(),
+            origin: None,
+        };
+        tell_on::<B>(host, target, cmd, Some(meta))
+    }
+}
+
 impl<A: Behavior> Ctx<A> {
-    pub(crate) fn new(me: ActorRef<A>, host: &Arc<Host>, waiting: WaitingOn) -> Self {
-        let command_id = CommandId::from_u128(0);
+    pub(crate) fn new(me: ActorRef<A>, turn: Arc<Turn>) -> Self {
         Ctx {
             me,
             version: 0,
-            meta: CallMeta {
-                command_id,
-                correlation_id: command_id,
-                causation_id: None,
-                deadline: Instant::now(),
-                timeout: std::time::Duration::ZERO,
-                chain: Vec::new(),
-            },
-            host: Arc::clone(host),
-            children: 0,
-            waiting,
+            turn,
         }
     }
 
     /// Prepares the context for the next turn.
     pub(crate) fn begin(&mut self, version: u64, meta: CallMeta) {
         self.version = version;
-        self.meta = meta;
-        self.children = 0;
+        self.turn.begin(meta);
+    }
+
+    /// The shared turn state.
+    pub(crate) fn turn(&self) -> &Arc<Turn> {
+        &self.turn
     }
 
     /// A ref to this actor.
@@ -110,51 +217,37 @@ impl<A: Behavior> Ctx<A> {
         self.me.id()
     }
 
-    /// The version the actor's state is at (the number of events applied).
+    /// The version the actor's state is at (the number of events stored, the runtime's
+    /// bookkeeping events included).
     pub fn version(&self) -> u64 {
         self.version
     }
 
     /// The id of the command being handled.
     pub fn command_id(&self) -> CommandId {
-        self.meta.command_id
+        self.turn.with_meta(|m| m.command_id)
     }
 
     /// The correlation id of the chain this command belongs to.
     pub fn correlation_id(&self) -> CommandId {
-        self.meta.correlation_id
+        self.turn.with_meta(|m| m.correlation_id)
     }
 
     /// When the caller stops waiting.
     pub fn deadline(&self) -> Instant {
-        self.meta.deadline
+        self.turn.with_meta(|m| m.deadline)
+    }
+
+    /// The actor whose durable effect this command is, if it is one (`None` for asks and
+    /// tells). A reminder's sender is the actor itself.
+    pub fn sender(&self) -> Option<ActorKey> {
+        self.turn
+            .with_meta(|m| m.origin.as_ref().map(|o| o.from.clone()))
     }
 
     /// A ref to actor `id` of kind `B`, bound to this runtime.
     pub fn actor<B: Behavior>(&self, id: impl AsRef<str>) -> Result<ActorRef<B>, RefError> {
-        crate::runtime::make_ref(&self.host, id.as_ref())
-    }
-
-    fn child_meta(&mut self, target: &ActorKey) -> Result<CallMeta, String> {
-        let me = self.me.key();
-        if target == me || self.meta.chain.contains(target) {
-            let mut names: Vec<String> = self.meta.chain.iter().map(|k| k.to_string()).collect();
-            names.push(me.to_string());
-            names.push(target.to_string());
-            return Err(names.join(" -> "));
-        }
-        let n = self.children;
-        self.children += 1;
-        let mut chain = self.meta.chain.clone();
-        chain.push(me.clone());
-        Ok(CallMeta {
-            command_id: self.meta.command_id.derive(n),
-            correlation_id: self.meta.correlation_id,
-            causation_id: Some(self.meta.command_id),
-            deadline: self.meta.deadline,
-            timeout: self.meta.timeout,
-            chain,
-        })
+        crate::runtime::make_ref(&self.turn.host, id.as_ref())
     }
 
     /// Asks another actor and waits for its reply (see the type docs for ids and cycles).
@@ -163,11 +256,8 @@ impl<A: Behavior> Ctx<A> {
         target: &ActorRef<B>,
         cmd: B::Command,
     ) -> Result<B::Reply, AskError<B::Error>> {
-        let meta = self
-            .child_meta(target.key())
-            .map_err(|chain| AskError::CallCycle { chain })?;
-        let _waiting = Waiting::enter(&self.waiting, target.key());
-        ask_on::<B>(&self.host, target.key(), cmd, meta).await
+        let host = Arc::clone(&self.turn.host);
+        self.turn.ask::<B>(&host, target.key(), cmd, None).await
     }
 
     /// Tells another actor (fire-and-forget, at most once), as a child of this command.
@@ -176,17 +266,7 @@ impl<A: Behavior> Ctx<A> {
         target: &ActorRef<B>,
         cmd: B::Command,
     ) -> Result<(), TellError> {
-        // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
-        let n = self.children;
-        self.children += 1;
-        let meta = CallMeta {
-            command_id: self.meta.command_id.derive(n),
-            correlation_id: self.meta.correlation_id,
-            causation_id: Some(self.meta.command_id),
-            deadline: Instant::now() + self.host.config.ask_timeout,
-            timeout: self.host.config.ask_timeout,
-            chain: Vec::new(),
-        };
-        tell_on::<B>(&self.host, target.key(), cmd, Some(meta))
+        let host = Arc::clone(&self.turn.host);
+        self.turn.tell::<B>(&host, target.key(), cmd)
     }
 }

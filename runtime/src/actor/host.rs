@@ -24,7 +24,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::activation::{self, Msg};
+use super::activation;
+use super::inbox::Msg;
 use super::contract::Behavior;
 use crate::config::RuntimeConfig;
 use crate::errors::AskError;
@@ -109,7 +110,7 @@ impl KeyView for RegKey {
     }
 }
 
-impl KeyView for (&'static str, &str) {
+impl KeyView for (&str, &str) {
     fn kind(&self) -> &str {
         self.0
     }
@@ -328,6 +329,11 @@ impl Host {
         &self.registry[h as usize % self.registry.len()]
     }
 
+    /// The registration of the kind named `name` (from a frame, an outbox entry).
+    pub fn kind_named(&self, name: &str) -> Option<&KindInfo> {
+        self.kinds.iter().find(|k| k.name == name)
+    }
+
     /// The registration of `kind` (pointer comparison first: kinds are `'static` strings).
     pub fn kind_info(&self, kind: &'static str) -> Option<&KindInfo> {
         self.kinds
@@ -480,6 +486,7 @@ impl Host {
         let (done_tx, done_rx) = watch::channel(());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
+        let weak = tx.downgrade();
         reg.resident.put(
             key,
             Entry {
@@ -505,6 +512,7 @@ impl Host {
             Arc::clone(self),
             actor,
             rx,
+            weak,
             done_tx,
             predecessor,
             generation,
@@ -530,6 +538,19 @@ impl Host {
                 },
             }
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Queues `msg` for actor `id` only if it is resident and has room now: never activates,
+    /// never waits. For deadlock probes, which concern running turns only.
+    pub fn deliver_if_resident<A: Behavior>(&self, id: &ActorId, msg: Msg<A>) {
+        let view = (A::KIND, id.as_str());
+        let key: &dyn KeyView = &view;
+        let reg = self.shard(A::KIND, id).lock();
+        if let Some(entry) = reg.resident.peek(key)
+            && let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>()
+        {
+            let _ = tx.try_send(msg);
         }
     }
 
@@ -620,6 +641,33 @@ impl Host {
             id: id.clone(),
         };
         self.shard(kind, id).lock().resident.contains(&key)
+    }
+}
+
+impl crate::workflow::scheduler::Wakeable for Host {
+    fn serves(&self, actor: &ActorKey) -> bool {
+        actor.namespace == self.namespace
+            && self.kind_named(actor.kind.as_str()).is_some()
+            && self.remote_shard(actor.kind.as_str(), &actor.id).is_none()
+    }
+
+    fn is_resident(&self, actor: &ActorKey) -> bool {
+        let view = (actor.kind.as_str(), actor.id.as_str());
+        let key: &dyn KeyView = &view;
+        self.shard(actor.kind.as_str(), &actor.id)
+            .lock()
+            .resident
+            .contains(key)
+    }
+
+    fn wake(self: &Arc<Self>, actor: &ActorKey, revision: u64, due_ms: u64) {
+        if let Some(info) = self.kind_named(actor.kind.as_str()) {
+            info.remote.wake(self, &actor.id, revision, due_ms);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 }
 

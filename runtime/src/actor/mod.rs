@@ -17,7 +17,9 @@ mod activation;
 mod actor_ref;
 mod context;
 mod contract;
+mod delivery;
 pub(crate) mod host;
+mod inbox;
 pub(crate) mod remote;
 
 pub use actor_ref::{ActorRef, AskOptions};

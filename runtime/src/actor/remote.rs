@@ -19,14 +19,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::activation::{CallMeta, Envelope, Msg};
 use super::actor_ref::{LocalAsk, ask_local, with_decode_host};
 use super::contract::Behavior;
-use super::host::{Host, wait_done};
+use super::host::{Host, Undelivered, wait_done};
+use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
-use crate::wire::{FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, codec};
+use crate::wire::{Control, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle, codec};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -51,6 +51,8 @@ fn request<A: Behavior>(
         chain: meta.chain.clone(),
         expects_reply,
         command: codec::encode("command", cmd)?,
+        effect: None,
+        control: None,
     }
     .encode()
 }
@@ -101,15 +103,11 @@ pub(crate) fn tell<A: Behavior>(
         });
     };
     let meta = meta.unwrap_or_else(|| {
-        let command_id = crate::wire::CommandId::random();
-        CallMeta {
-            command_id,
-            correlation_id: command_id,
-            causation_id: None,
-            deadline: Instant::now() + host.config.ask_timeout,
-            timeout: host.config.ask_timeout,
-            chain: Vec::new(),
-        }
+        CallMeta::detached(
+            crate::wire::CommandId::random(),
+            Instant::now(),
+            host.config.ask_timeout,
+        )
     });
     let frame = request::<A>(key, &cmd, &meta, false).map_err(|e| TellError::Unbound {
         actor: key.clone(),
@@ -183,6 +181,7 @@ fn from_remote<A: Behavior>(
             reason: format!("the receiving node serves namespace {expected}, not {found}"),
         },
         RemoteError::Shutdown => AskError::Unavailable("the owning node is shutting down".into()),
+        RemoteError::StoreRefused { reason } => AskError::StoreRefused { reason },
     }
 }
 
@@ -219,11 +218,17 @@ fn to_remote<E: serde::Serialize>(e: AskError<E>) -> RemoteError {
         AskError::Deadlock { chain } => RemoteError::Deadlock { chain },
         AskError::TooLarge { size, limit } => RemoteError::TooLarge { size, limit },
         AskError::Unbound { reason, .. } => RemoteError::Unavailable { reason },
+        AskError::StoreRefused { reason } => RemoteError::StoreRefused { reason },
         AskError::Shutdown => RemoteError::Shutdown,
     }
 }
 
-/// Runs inbound commands of one kind.
+/// What a local effect delivery could not do: the shard is not served here (it moved); the
+/// command and metadata come back, to be sent to the new owner.
+pub(crate) type NotHere = (u32, Vec<u8>, CallMeta);
+
+/// The kind-erased operations on actors of one kind: inbound commands, durable effects, wake-ups
+/// and deadlock probes, for code that knows an actor only by its key.
 pub(crate) trait RemoteKind: Send + Sync {
     /// Runs `request` on the local actor; `None` for a tell.
     fn run(
@@ -232,6 +237,22 @@ pub(crate) trait RemoteKind: Send + Sync {
         key: ActorKey,
         request: RemoteRequest,
     ) -> BoxFuture<Option<RemoteReply>>;
+
+    /// Delivers a durable effect (`meta.origin` set) to the local actor `key` and waits until
+    /// it is settled or the deadline passes.
+    fn effect(
+        &self,
+        host: Arc<Host>,
+        key: ActorKey,
+        command: Vec<u8>,
+        meta: CallMeta,
+    ) -> BoxFuture<Result<Settle, NotHere>>;
+
+    /// Hands a deadlock-detection frame to actor `id` if it is resident.
+    fn control(&self, host: &Arc<Host>, id: &ActorId, control: Control);
+
+    /// Activates actor `id` (if needed) for its wake-up index entry.
+    fn wake(&self, host: &Arc<Host>, id: &ActorId, revision: u64, due_ms: u64);
 }
 
 /// The [`RemoteKind`] of actor type `A`.
@@ -270,13 +291,22 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 deadline: Instant::now() + timeout,
                 timeout,
                 chain: request.chain,
+                origin: request.effect,
             };
+            if meta.origin.is_some() {
+                let answer = match effect_local::<A>(&host, &key, cmd, meta).await {
+                    Ok(settle) => match codec::encode("settlement", &settle) {
+                        Ok(reply) => RemoteReply::Ok { reply },
+                        Err(e) => RemoteReply::Err(RemoteError::Codec {
+                            reason: e.to_string(),
+                        }),
+                    },
+                    Err((shard, _)) => RemoteReply::Err(RemoteError::NotOwner { shard }),
+                };
+                return Some(answer);
+            }
             if !request.expects_reply {
-                let msg = Msg::Command(Box::new(Envelope {
-                    cmd,
-                    meta,
-                    reply: None,
-                }));
+                let msg = Msg::Command(Box::new(Envelope::new(cmd, meta)));
                 if let Err((refusal, _)) = host.deliver_now::<A>(&key.id, msg) {
                     // Tells are at most once: one that finds its shard moving is not resent.
                     tracing::debug!(?refusal, actor = %key, "remote tell dropped");
@@ -298,6 +328,77 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
             })
         })
     }
+
+    fn effect(
+        &self,
+        host: Arc<Host>,
+        key: ActorKey,
+        command: Vec<u8>,
+        meta: CallMeta,
+    ) -> BoxFuture<Result<Settle, NotHere>> {
+        Box::pin(async move {
+            let cmd: A::Command =
+                match with_decode_host(&host, || codec::decode("durable effect", &command)) {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        return Ok(Settle::Failed {
+                            reason: e.to_string(),
+                        });
+                    }
+                };
+            effect_local::<A>(&host, &key, cmd, meta)
+                .await
+                .map_err(|(shard, meta)| (shard, command, meta))
+        })
+    }
+
+    fn control(&self, host: &Arc<Host>, id: &ActorId, control: Control) {
+        host.deliver_if_resident::<A>(id, Msg::Control(Box::new(control)));
+    }
+
+    fn wake(&self, host: &Arc<Host>, id: &ActorId, revision: u64, due_ms: u64) {
+        if let Err((refusal, _)) = host.deliver_now::<A>(id, Msg::Wake { revision, due_ms }) {
+            tracing::debug!(?refusal, %id, "wake-up not delivered");
+        }
+    }
+}
+
+/// Queues a durable effect for the local actor `key` and waits for its settlement.
+async fn effect_local<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    cmd: A::Command,
+    meta: CallMeta,
+) -> Result<Settle, (u32, CallMeta)> {
+    let deadline = meta.deadline;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut env = Envelope::new(cmd, meta);
+    env.ack = Some(tx);
+    let delivered = tokio::time::timeout_at(
+        deadline,
+        host.deliver::<A>(&key.id, Msg::Command(Box::new(env))),
+    )
+    .await;
+    match delivered {
+        Err(_) => {
+            return Ok(Settle::Failed {
+                reason: "the receiver's mailbox stayed full".into(),
+            });
+        }
+        Ok(Ok(())) => {}
+        Ok(Err((Undelivered::NotOwner(shard), Msg::Command(env)))) => {
+            return Err((shard, env.meta));
+        }
+        Ok(Err((refusal, _))) => {
+            return Ok(Settle::Failed {
+                reason: format!("{refusal:?}"),
+            });
+        }
+    }
+    // The activation settles or drops the channel by the deadline (see the inbox).
+    Ok(rx.await.unwrap_or_else(|_| Settle::Failed {
+        reason: "the receiver stopped before it settled the effect".into(),
+    }))
 }
 
 /// The inbound side, handed to routing's shard subscriptions.
@@ -362,6 +463,15 @@ impl Dispatch for HostDispatch {
                 }
             };
             let expects_reply = request.expects_reply;
+            if let Some(control) = request.control.clone() {
+                // Deadlock probes concern running turns only: never an answer, never an error.
+                if let Ok(key) = HostDispatch::check(&host, shard, &request)
+                    && let Some(info) = host.kind_named(key.kind.as_str())
+                {
+                    info.remote.control(&host, &key.id, control);
+                }
+                return None;
+            }
             let key = match HostDispatch::check(&host, shard, &request) {
                 Ok(key) => key,
                 Err(e) => {

@@ -44,9 +44,10 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, actor_of_token, check_namespace, decode_commit,
-    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
+    Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
+    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
+    actor_of_token, check_namespace, decode_commit, decode_snapshot, encode_commit,
+    encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -86,6 +87,7 @@ pub struct EmbeddedStore {
     handles: parking_lot::RwLock<Option<Handles>>,
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    wakeup_feed: LocalWakeups,
 }
 
 #[derive(Clone)]
@@ -93,6 +95,7 @@ struct Handles {
     events: Keyspace,
     snapshots: Keyspace,
     log: Keyspace,
+    wakeups: Keyspace,
 }
 
 enum Target {
@@ -122,6 +125,47 @@ enum WriteOp {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    SetWakeup {
+        actor: ActorKey,
+        due_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    ClearWakeup {
+        actor: ActorKey,
+        revision: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A wake-up entry as stored: `"<due ms> <revision>"`.
+fn encode_wakeup(due_ms: u64, revision: u64) -> Vec<u8> {
+    format!("{due_ms} {revision}").into_bytes()
+}
+
+fn decode_wakeup(bytes: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (due, revision) = text.split_once(' ')?;
+    Some((due.parse().ok()?, revision.parse().ok()?))
+}
+
+/// Every entry of the wake-up keyspace.
+fn read_wakeups(wakeups: &Keyspace) -> Vec<Wakeup> {
+    let mut out = Vec::new();
+    for guard in wakeups.iter() {
+        let Ok((key, value)) = guard.into_inner() else {
+            continue;
+        };
+        let actor = std::str::from_utf8(&key).ok().and_then(actor_of_token);
+        match (actor, decode_wakeup(&value)) {
+            (Some(actor), Some((due_ms, revision))) => out.push(Wakeup::Set {
+                actor,
+                due_ms,
+                revision,
+            }),
+            _ => tracing::warn!("embedded store: skipping a malformed wake-up entry"),
+        }
+    }
+    out
 }
 
 fn stream_prefix(actor: &ActorKey) -> Vec<u8> {
@@ -178,17 +222,33 @@ impl EmbeddedStore {
         let log = db
             .keyspace("log", KeyspaceCreateOptions::default)
             .map_err(engine_error)?;
+        let wakeups = db
+            .keyspace("wakeups", KeyspaceCreateOptions::default)
+            .map_err(engine_error)?;
         let next_log = open_log(&db, &events, &log)?;
+        let last_revision = read_wakeups(&wakeups)
+            .iter()
+            .filter_map(|w| match w {
+                Wakeup::Set { revision, .. } => Some(*revision),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let wakeup_feed = LocalWakeups::new();
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             db,
             events: events.clone(),
             snapshots: snapshots.clone(),
             log: log.clone(),
+            wakeups: wakeups.clone(),
             next_log,
+            last_revision,
             heads: HashMap::new(),
             max_batch: options.max_batch.max(1),
             head_cache_entries: options.head_cache_entries.max(1),
+            feed: wakeup_feed.clone(),
+            failed: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("aether-store-{namespace}"))
@@ -202,9 +262,11 @@ impl EmbeddedStore {
                 events,
                 snapshots,
                 log,
+                wakeups,
             })),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            wakeup_feed,
         })
     }
 
@@ -415,6 +477,37 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    async fn set_wakeup(&self, actor: &ActorKey, due_ms: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::SetWakeup {
+            actor: actor.clone(),
+            due_ms,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+    }
+
+    async fn clear_wakeup(&self, actor: &ActorKey, revision: u64) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::ClearWakeup {
+            actor: actor.clone(),
+            revision,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+    }
+
+    async fn watch_wakeups(&self) -> Result<WakeupStream, StoreError> {
+        let wakeups = self.handles()?.wakeups;
+        Ok(self.wakeup_feed.stream(move || read_wakeups(&wakeups)))
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.shutdown();
         Ok(())
@@ -496,8 +589,17 @@ struct Writer {
     events: Keyspace,
     snapshots: Keyspace,
     log: Keyspace,
+    wakeups: Keyspace,
     /// The log position of the next accepted commit.
     next_log: u64,
+    /// The last revision given to a wake-up entry.
+    last_revision: u64,
+    /// Where wake-up changes are announced once durable.
+    feed: LocalWakeups,
+    /// Set when a synced write failed: after a failed `fsync` the state of the file on disk is
+    /// unknown (the kernel may have dropped the dirty pages), so every later write is refused
+    /// until the store is reopened and recovers from its journal.
+    failed: Option<String>,
     /// Latest version per stream prefix, as of the last successful batch.
     heads: HashMap<Vec<u8>, u64>,
     max_batch: usize,
@@ -508,6 +610,7 @@ struct Writer {
 enum Pending {
     Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
     Unit(oneshot::Sender<Result<(), StoreError>>),
+    Revision(oneshot::Sender<Result<u64, StoreError>>, u64),
 }
 
 impl Writer {
@@ -591,8 +694,39 @@ impl Writer {
         })
     }
 
+    /// Answers every op with the failure that poisoned the store.
+    fn refuse_all(ops: Vec<WriteOp>, reason: &str) {
+        let refused = || {
+            StoreError::Unavailable(format!(
+                "embedded store refuses writes after a failed sync ({reason}); reopen it"
+            ))
+        };
+        for op in ops {
+            match op {
+                WriteOp::Append { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                WriteOp::Snapshot { reply, .. }
+                | WriteOp::Raw { reply, .. }
+                | WriteOp::ClearWakeup { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                WriteOp::SetWakeup { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+            }
+        }
+    }
+
     fn write_batch(&mut self, ops: Vec<WriteOp>) {
+        if let Some(reason) = &self.failed {
+            Self::refuse_all(ops, reason);
+            return;
+        }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        // Wake-up changes announced once the batch is durable.
+        let mut announce: Vec<Wakeup> = Vec::new();
+        let mut staged_wakeups: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
         let mut pending = Vec::with_capacity(ops.len());
         // Heads and snapshot versions as they will be once this batch lands.
         let mut staged_heads: HashMap<Vec<u8>, u64> = HashMap::new();
@@ -689,6 +823,48 @@ impl Writer {
                     batch.insert(keyspace, key, bytes);
                     pending.push(Pending::Unit(reply));
                 }
+                WriteOp::SetWakeup {
+                    actor,
+                    due_ms,
+                    reply,
+                } => {
+                    self.last_revision += 1;
+                    let revision = self.last_revision;
+                    let key = actor.stream_token().into_bytes();
+                    batch.insert(&self.wakeups, key.clone(), encode_wakeup(due_ms, revision));
+                    staged_wakeups.insert(key, Some(revision));
+                    announce.push(Wakeup::Set {
+                        actor,
+                        due_ms,
+                        revision,
+                    });
+                    pending.push(Pending::Revision(reply, revision));
+                }
+                WriteOp::ClearWakeup {
+                    actor,
+                    revision,
+                    reply,
+                } => {
+                    let key = actor.stream_token().into_bytes();
+                    let current = match staged_wakeups.get(&key) {
+                        Some(staged) => *staged,
+                        None => self
+                            .wakeups
+                            .get(&key)
+                            .ok()
+                            .flatten()
+                            .and_then(|v| decode_wakeup(&v))
+                            .map(|(_, r)| r),
+                    };
+                    if current == Some(revision) {
+                        batch.remove(&self.wakeups, key.clone());
+                        staged_wakeups.insert(key, None);
+                        announce.push(Wakeup::Cleared { actor });
+                        pending.push(Pending::Unit(reply));
+                    } else {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
             }
         }
         if pending.is_empty() {
@@ -711,12 +887,19 @@ impl Writer {
                         Pending::Unit(reply) => {
                             let _ = reply.send(Ok(()));
                         }
+                        Pending::Revision(reply, revision) => {
+                            let _ = reply.send(Ok(revision));
+                        }
                     }
+                }
+                for change in announce {
+                    self.feed.publish(change);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "embedded store: batch commit failed");
+                tracing::error!(error = %e, "embedded store: batch commit failed; refusing writes until reopened");
                 self.heads.clear();
+                self.failed = Some(e.to_string());
                 let reason = format!("embedded store commit failed: {e}");
                 for p in pending {
                     match p {
@@ -724,6 +907,9 @@ impl Writer {
                             let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
                         }
                         Pending::Unit(reply) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                        Pending::Revision(reply, _) => {
                             let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
                         }
                     }

@@ -10,9 +10,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot,
-    encode_commit, encode_snapshot, snapshot_version,
+    Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
+    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
+    check_namespace, decode_commit, decode_snapshot, encode_commit, encode_snapshot,
+    snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 
@@ -30,6 +31,9 @@ struct Inner {
     max_commit_bytes: usize,
     streams: Mutex<Streams>,
     snapshots: Mutex<HashMap<ActorKey, Vec<u8>>>,
+    /// The wake-up index: due time and revision per actor, and the last revision given out.
+    wakeups: Arc<Mutex<(HashMap<ActorKey, (u64, u64)>, u64)>>,
+    wakeup_feed: LocalWakeups,
 }
 
 /// Every actor's stream, and the namespace log: `(actor, last version)` of each commit in the
@@ -61,6 +65,8 @@ impl MemoryStore {
                 max_commit_bytes,
                 streams: Mutex::new(Streams::default()),
                 snapshots: Mutex::new(HashMap::new()),
+                wakeups: Arc::new(Mutex::new((HashMap::new(), 0))),
+                wakeup_feed: LocalWakeups::new(),
             }),
         }
     }
@@ -203,6 +209,54 @@ impl EventStore for MemoryStore {
             }
         }
         Ok(page)
+    }
+
+    async fn set_wakeup(&self, actor: &ActorKey, due_ms: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let revision = {
+            let mut table = self.inner.wakeups.lock();
+            table.1 += 1;
+            let revision = table.1;
+            table.0.insert(actor.clone(), (due_ms, revision));
+            revision
+        };
+        self.inner.wakeup_feed.publish(Wakeup::Set {
+            actor: actor.clone(),
+            due_ms,
+            revision,
+        });
+        Ok(revision)
+    }
+
+    async fn clear_wakeup(&self, actor: &ActorKey, revision: u64) -> Result<(), StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let removed = {
+            let mut table = self.inner.wakeups.lock();
+            let current = table.0.get(actor).is_some_and(|(_, r)| *r == revision);
+            current && table.0.remove(actor).is_some()
+        };
+        if removed {
+            self.inner.wakeup_feed.publish(Wakeup::Cleared {
+                actor: actor.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn watch_wakeups(&self) -> Result<WakeupStream, StoreError> {
+        let table = Arc::clone(&self.inner.wakeups);
+        Ok(self.inner.wakeup_feed.stream(move || {
+            table
+                .lock()
+                .0
+                .iter()
+                .map(|(actor, (due_ms, revision))| Wakeup::Set {
+                    actor: actor.clone(),
+                    due_ms: *due_ms,
+                    revision: *revision,
+                })
+                .collect()
+        }))
     }
 }
 

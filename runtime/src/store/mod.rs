@@ -43,7 +43,7 @@
 use async_trait::async_trait;
 
 use crate::names::{ActorKey, Namespace};
-use crate::wire::{CodecError, CommandId, CommitRecord, EventData, EventEnvelope};
+use crate::wire::{CodecError, CommandId, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
 
 mod embedded;
 mod jetstream;
@@ -72,6 +72,12 @@ pub struct NewCommit {
     pub events: Vec<EventData>,
     /// The encoded reply to keep with the commit (returned again to a retried command).
     pub reply: Option<Vec<u8>>,
+    /// Durable effects stored with the commit (see [`CommitRecord::outbox`]).
+    pub outbox: Vec<OutboxEntry>,
+    /// Outbox entries the commit settles (see [`CommitRecord::settled`]).
+    pub settled: Vec<u64>,
+    /// The durable effect the commit applies (see [`CommitRecord::delivery`]).
+    pub delivery: Option<Delivery>,
 }
 
 impl NewCommit {
@@ -84,13 +90,21 @@ impl NewCommit {
             timestamp_ms: crate::wire::now_ms(),
             events,
             reply: None,
+            outbox: Vec::new(),
+            settled: Vec::new(),
+            delivery: None,
         }
     }
 
     /// Builds the stored record for `actor` at `expected_version + 1`.
     pub fn into_record(self, actor: &ActorKey, expected_version: u64) -> CommitRecord {
+        let workflow = !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
         CommitRecord {
-            format: crate::wire::COMMIT_FORMAT,
+            format: if workflow {
+                crate::wire::COMMIT_FORMAT
+            } else {
+                crate::wire::BASE_COMMIT_FORMAT
+            },
             actor: actor.clone(),
             first_version: expected_version + 1,
             command_id: self.command_id,
@@ -99,6 +113,9 @@ impl NewCommit {
             timestamp_ms: self.timestamp_ms,
             events: self.events,
             reply: self.reply,
+            outbox: self.outbox,
+            settled: self.settled,
+            delivery: self.delivery,
         }
     }
 }
@@ -317,10 +334,76 @@ pub trait EventStore: Send + Sync + 'static {
         ))
     }
 
+    /// Records that `actor` has durable work (effects to deliver, reminders) due at `due_ms`
+    /// (milliseconds since the Unix epoch; 0: now), replacing its previous entry. Returns the
+    /// entry's revision, for [`EventStore::clear_wakeup`]. See the
+    /// [module docs](self#the-wake-up-index).
+    ///
+    /// The default fails with [`StoreError::Unsupported`]: durable effects and reminders then
+    /// fail with that error, and nothing else changes.
+    async fn set_wakeup(&self, actor: &ActorKey, due_ms: u64) -> Result<u64, StoreError> {
+        let _ = (actor, due_ms);
+        Err(StoreError::Unsupported(
+            "this store keeps no wake-up index (durable effects and reminders)".into(),
+        ))
+    }
+
+    /// Removes `actor`'s wake-up entry if it is still at `revision` (written by
+    /// [`EventStore::set_wakeup`]); a newer entry stays.
+    async fn clear_wakeup(&self, actor: &ActorKey, revision: u64) -> Result<(), StoreError> {
+        let _ = (actor, revision);
+        Ok(())
+    }
+
+    /// Every wake-up entry, then every change as it happens (including changes written by
+    /// other processes sharing the store), until the stream is dropped.
+    async fn watch_wakeups(&self) -> Result<WakeupStream, StoreError> {
+        Err(StoreError::Unsupported(
+            "this store keeps no wake-up index (durable effects and reminders)".into(),
+        ))
+    }
+
     /// Flushes and releases the store. Later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// One change of the wake-up index (see [`EventStore::watch_wakeups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// `actor` has durable work due at `due_ms` (0: now); `revision` identifies the entry.
+    Set {
+        /// The actor.
+        actor: ActorKey,
+        /// When (milliseconds since the Unix epoch).
+        due_ms: u64,
+        /// The entry's revision.
+        revision: u64,
+    },
+    /// `actor`'s entry was removed.
+    Cleared {
+        /// The actor.
+        actor: ActorKey,
+    },
+    /// The feed restarted (a lost connection): every entry follows again.
+    Reset,
+}
+
+/// The stream of [`EventStore::watch_wakeups`].
+pub type WakeupStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Wakeup> + Send>>;
+
+/// Encodes a wake-up time as stored (decimal milliseconds: readable with the `nats` CLI).
+fn encode_due(due_ms: u64) -> Vec<u8> {
+    due_ms.to_string().into_bytes()
+}
+
+/// Decodes a stored wake-up time; an unreadable one means "now" (waking early is harmless).
+fn decode_due(bytes: &[u8]) -> u64 {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The snapshot store contract: the latest snapshot per actor.
@@ -332,6 +415,52 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// The latest snapshot, if any. A snapshot that cannot be read is
     /// [`StoreError::Corrupt`]; callers fall back to a full replay.
     async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError>;
+}
+
+/// A wake-up feed for the stores of one process (memory, embedded): the entries at the start,
+/// then the changes this process makes, in order.
+#[derive(Clone)]
+struct LocalWakeups {
+    changes: tokio::sync::broadcast::Sender<Wakeup>,
+}
+
+impl LocalWakeups {
+    fn new() -> Self {
+        LocalWakeups {
+            changes: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
+
+    fn publish(&self, change: Wakeup) {
+        let _ = self.changes.send(change);
+    }
+
+    /// The stream: the entries from `reload` (read after subscribing, so no change falls
+    /// between), then the changes; a reader that fell behind gets [`Wakeup::Reset`] and the
+    /// entries again.
+    fn stream<F>(&self, reload: F) -> WakeupStream
+    where
+        F: Fn() -> Vec<Wakeup> + Send + Sync + 'static,
+    {
+        use futures_util::StreamExt;
+        use tokio::sync::broadcast::error::RecvError;
+        let rx = self.changes.subscribe();
+        let head = futures_util::stream::iter(reload());
+        let tail = futures_util::stream::unfold((rx, reload), |(mut rx, reload)| async move {
+            let batch = match rx.recv().await {
+                Ok(change) => vec![change],
+                Err(RecvError::Lagged(_)) => {
+                    let mut all = vec![Wakeup::Reset];
+                    all.extend(reload());
+                    all
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((batch, (rx, reload)))
+        })
+        .flat_map(futures_util::stream::iter);
+        Box::pin(head.chain(tail))
+    }
 }
 
 /// Writes raw bytes where a record would be: how tests inject damage into a store.

@@ -10,9 +10,22 @@ use super::codec::{self, CodecError};
 use super::command_id::CommandId;
 use crate::names::{ActorKey, Namespace};
 
-/// The format number written into every [`CommitRecord`]. Readers reject records from a newer
-/// format with a clear error instead of misreading them.
-pub const COMMIT_FORMAT: u16 = 1;
+/// The newest format number of a [`CommitRecord`]. Readers reject records from a newer format
+/// with a clear error instead of misreading them.
+///
+/// | format | adds |
+/// |---|---|
+/// | 1 | the commit: events, ids, reply |
+/// | 2 | durable effects: `outbox`, `settled`, `delivery` (written only when one is present, so a commit without them stays format 1 and readable by older nodes) |
+pub const COMMIT_FORMAT: u16 = 2;
+
+/// The format of a commit that carries no durable-effect field.
+pub const BASE_COMMIT_FORMAT: u16 = 1;
+
+/// The prefix of the runtime's own bookkeeping events (`aether.Received`, ...). Stored in the
+/// actor's stream like any event (they take a version), never passed to `apply`, and left out of
+/// [`CommitRecord::envelopes`] (so projections and the bus do not see them).
+pub const SYSTEM_EVENT_PREFIX: &str = "aether.";
 
 /// One event inside a commit: its type name and its encoded payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +59,66 @@ pub struct CommitRecord {
     /// The encoded reply given to the command, kept so a retry gets the same answer.
     #[serde(with = "serde_bytes", default)]
     pub reply: Option<Vec<u8>>,
+    /// Durable effects this commit adds to the actor's outbox (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<OutboxEntry>,
+    /// Outbox entries (by [`OutboxEntry::seq`]) this commit settles: delivered and applied by
+    /// their receiver, or reminders cancelled or replaced (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settled: Vec<u64>,
+    /// The durable effect this commit applies, when the command was one (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// A durable effect: a command for an actor, stored in the commit of the turn that decided it
+/// and delivered once that commit is durable — again and again until its receiver has applied
+/// it, exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Position in the sender's outbox: 1, 2, 3, ... per sending actor, never reused. A
+    /// receiver applies the effects of one sender in this order and remembers the highest it
+    /// applied, which is how a redelivery is recognised however long ago the first one was.
+    pub seq: u64,
+    /// The receiver.
+    pub target: ActorKey,
+    /// The command id the receiver stores with the commit that applies the effect.
+    pub command_id: CommandId,
+    /// The command id of the sender's commit that stored this effect: the receiver's commit
+    /// names it as its causation id, so every effect can be traced to the commit that sent it.
+    pub causation_id: CommandId,
+    /// The correlation id of the sender's commit (the root of the workflow).
+    pub correlation_id: CommandId,
+    /// The command, encoded with the [codec](super::codec).
+    #[serde(with = "serde_bytes")]
+    pub command: Vec<u8>,
+    /// Deliver no earlier than this (milliseconds since the Unix epoch); `None`: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
+    /// The reminder's name, for effects scheduled with a name (cancellable; a newer reminder of
+    /// the same name replaces a pending one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reminder: Option<String>,
+    /// A command for the *sender*, delivered as a durable effect of the receiver if the
+    /// receiver rejects this one (a compensation: refund the debit of a failed credit).
+    #[serde(with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Vec<u8>>,
+}
+
+/// Marks a commit as the application of a durable effect: which sender, which outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The sending actor.
+    pub from: ActorKey,
+    /// The entry's [`OutboxEntry::seq`] in the sender's outbox.
+    pub seq: u64,
+}
+
+impl EventData {
+    /// Whether this is one of the runtime's bookkeeping events (see [`SYSTEM_EVENT_PREFIX`]).
+    pub fn is_system(&self) -> bool {
+        self.event_type.starts_with(SYSTEM_EVENT_PREFIX)
+    }
 }
 
 impl CommitRecord {
@@ -81,11 +154,18 @@ impl CommitRecord {
         Ok(record)
     }
 
-    /// The events of this commit as self-contained envelopes.
+    /// Whether this commit carries a durable-effect field (and so needs format 2).
+    pub fn has_workflow(&self) -> bool {
+        !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some()
+    }
+
+    /// The user events of this commit as self-contained envelopes (the runtime's bookkeeping
+    /// events, see [`SYSTEM_EVENT_PREFIX`], are left out).
     pub fn envelopes(&self) -> impl Iterator<Item = EventEnvelope> + '_ {
         self.events
             .iter()
             .enumerate()
+            .filter(|(_, e)| !e.is_system())
             .map(move |(i, e)| EventEnvelope {
                 namespace: self.actor.namespace.clone(),
                 actor: self.actor.clone(),

@@ -13,6 +13,9 @@ mod remote;
 
 pub use codec::CodecError;
 pub use command_id::CommandId;
-pub use envelope::{COMMIT_FORMAT, CommitRecord, EventData, EventEnvelope, now_ms};
+pub use envelope::{
+    BASE_COMMIT_FORMAT, COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry,
+    SYSTEM_EVENT_PREFIX, now_ms,
+};
 pub use event_type::event_type_name;
-pub use remote::{FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest};
+pub use remote::{Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle};

@@ -41,6 +41,82 @@ pub struct RemoteRequest {
     /// The command, encoded with the codec.
     #[serde(with = "serde_bytes")]
     pub command: Vec<u8>,
+    /// Set when the command is a durable effect: who sent it and which outbox entry it is. The
+    /// answer is then [`RemoteReply::Ok`] holding an encoded [`Settle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<EffectOrigin>,
+    /// Set on deadlock-detection frames (no command): see [`Control`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<Control>,
+}
+
+/// Where a durable effect comes from, as it travels to its receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectOrigin {
+    /// The sending actor.
+    pub from: ActorKey,
+    /// The entry's position in the sender's outbox.
+    pub seq: u64,
+    /// The sender's compensation command, delivered back to it if the receiver rejects.
+    #[serde(with = "serde_bytes", default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Vec<u8>>,
+}
+
+/// How a receiver settled a durable effect. Every variant but `Failed` means the sender may
+/// forget the effect: the receiver has durably recorded its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settle {
+    /// Applied now.
+    Applied,
+    /// Rejected by the receiver's handler; the rejection (and the compensation, if any) is
+    /// stored in the receiver's history.
+    Rejected {
+        /// The rejection, as text.
+        reason: String,
+    },
+    /// Applied before (a redelivery): nothing done.
+    Duplicate,
+    /// Not settled (unavailable, panicked, moving): the sender delivers it again later.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Deadlock detection between turns (edge chasing): frames that travel along the wait-for graph.
+///
+/// When an ask from actor W has waited in the queue of actor X while X's turn waits on other
+/// actors, X sends a `Probe` to each actor its turn waits on. An actor whose turn is waiting
+/// forwards the probe to the actors it waits on; when the probe reaches W while W's turn is
+/// still the one that asked X, every actor on the path waits on the next one and W waits on X:
+/// a cycle. W answers X with a `Break`, and X refuses the queued ask with `Deadlock`, before it
+/// ever ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Looking for `seek`, along wait-for edges.
+    Probe {
+        /// The actor holding the blocked ask in its queue.
+        origin: ActorKey,
+        /// The command id of `origin`'s running turn.
+        origin_turn: CommandId,
+        /// The command id of the blocked ask.
+        blocked: CommandId,
+        /// The actor waiting on the blocked ask.
+        seek: ActorKey,
+        /// The command id of `seek`'s turn that asked.
+        seek_turn: CommandId,
+        /// The actors the probe went through, `origin` first.
+        path: Vec<ActorKey>,
+    },
+    /// A cycle was found: refuse the blocked ask.
+    Break {
+        /// The command id of the holder's running turn when it probed.
+        origin_turn: CommandId,
+        /// The blocked ask to refuse.
+        blocked: CommandId,
+        /// The cycle, for the error message.
+        cycle: String,
+    },
 }
 
 /// The answer to a [`RemoteRequest`].
@@ -148,6 +224,11 @@ pub enum RemoteError {
     },
     /// The receiving runtime is shutting down.
     Shutdown,
+    /// The store refused for a reason a retry will not fix.
+    StoreRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl RemoteRequest {
@@ -182,7 +263,6 @@ impl RemoteError {
             RemoteError::VersionConflict { .. }
                 | RemoteError::Timeout
                 | RemoteError::Unavailable { .. }
-                | RemoteError::ActivationFailed { .. }
                 | RemoteError::Deadlock { .. }
                 | RemoteError::NotOwner { .. }
                 | RemoteError::Shutdown
@@ -226,6 +306,8 @@ mod tests {
             chain: Vec::new(),
             expects_reply: true,
             command: vec![1, 2, 3],
+            effect: None,
+            control: None,
         };
         let bytes = request.encode().unwrap();
         assert!(bytes.windows(9).any(|w| w == b"namespace"), "named fields");

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | events | stream `<ns>_events`, subjects `<ns>.events.<kind>.<encoded-id>`, one message per commit |
 //! | snapshots | KV bucket `<ns>_snapshots`, key `<kind>.<encoded-id>` |
+//! | wake-up index | KV bucket `<ns>_wakeups`, key `<kind>.<encoded-id>`, value: due time in ms (decimal) |
 //!
 //! Every message carries the commit's versions in headers (`Aether-First-Version`,
 //! `Aether-Version` = last version) and `Nats-Msg-Id: <stream token>:<command id>`. The namespace
@@ -67,8 +68,8 @@ use parking_lot::Mutex;
 use self::direct_get::{RawMsg, ReadFailure};
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, check_namespace, decode_commit, decode_snapshot_at,
-    encode_commit, encode_snapshot_at, snapshot_version,
+    Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream, check_namespace, decode_commit,
+    decode_snapshot_at, encode_commit, encode_snapshot_at, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -141,6 +142,7 @@ pub struct JetStreamStore {
     stream: stream::Stream,
     stream_name: String,
     snapshots: kv::Store,
+    wakeups: kv::Store,
     options: JetStreamOptions,
     /// Last known commit per subject (the head), for the expected-sequence check.
     heads: Mutex<HashMap<String, Position>>,
@@ -149,6 +151,94 @@ pub struct JetStreamStore {
 }
 
 const POSITION_CACHE_ENTRIES: usize = 100_000;
+
+/// Opens (creating if needed) a KV bucket of one value per key.
+async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: String,
+    options: &JetStreamOptions,
+) -> Result<kv::Store, StoreError> {
+    match js.get_key_value(bucket.clone()).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&format!("cannot open bucket {bucket}"), e)),
+    }
+}
+
+/// The wake-up feed of a bucket: every entry, then every change; restarts (after a
+/// [`Wakeup::Reset`]) when the watch breaks, for example while the server restarts.
+fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
+    use futures_util::StreamExt;
+    enum Phase {
+        Start,
+        Watching(kv::Watch),
+    }
+    let to_change = move |entry: kv::Entry| -> Option<Wakeup> {
+        let actor = super::actor_of_token(&format!("{namespace}.{}", entry.key))?;
+        Some(match entry.operation {
+            kv::Operation::Put => Wakeup::Set {
+                actor,
+                due_ms: super::decode_due(&entry.value),
+                revision: entry.revision,
+            },
+            kv::Operation::Delete | kv::Operation::Purge => Wakeup::Cleared { actor },
+        })
+    };
+    let stream = futures_util::stream::unfold(
+        (Phase::Start, bucket, false),
+        move |(phase, bucket, restarted)| {
+            let to_change = to_change.clone();
+            async move {
+                let mut phase = phase;
+                let mut restarted = restarted;
+                loop {
+                    match phase {
+                        Phase::Start => match bucket.watch_all().await {
+                            Ok(watch) => {
+                                phase = Phase::Watching(watch);
+                                if restarted {
+                                    return Some((vec![Wakeup::Reset], (phase, bucket, false)));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "wake-up watch not started; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                restarted = true;
+                            }
+                        },
+                        Phase::Watching(mut watch) => match watch.next().await {
+                            Some(Ok(entry)) => {
+                                let change: Vec<Wakeup> = to_change(entry).into_iter().collect();
+                                return Some((change, (Phase::Watching(watch), bucket, false)));
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "wake-up watch broke; restarting");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                phase = Phase::Start;
+                                restarted = true;
+                            }
+                            None => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                phase = Phase::Start;
+                                restarted = true;
+                            }
+                        },
+                    }
+                }
+            }
+        },
+    )
+    .flat_map(futures_util::stream::iter);
+    Box::pin(stream)
+}
 
 fn remember(map: &Mutex<HashMap<String, Position>>, subject: &str, position: Position) {
     let mut map = map.lock();
@@ -240,20 +330,8 @@ impl JetStreamStore {
             .get_or_create_stream(config)
             .await
             .map_err(|e| unavailable(&format!("cannot open stream {stream_name}"), e))?;
-        let bucket = format!("{namespace}_snapshots");
-        let snapshots = match js.get_key_value(bucket.clone()).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: options.replicas.max(1),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(&format!("cannot open bucket {bucket}"), e))?,
-        };
+        let snapshots = open_bucket(&js, format!("{namespace}_snapshots"), &options).await?;
+        let wakeups = open_bucket(&js, format!("{namespace}_wakeups"), &options).await?;
         Ok(JetStreamStore {
             namespace,
             client,
@@ -261,6 +339,7 @@ impl JetStreamStore {
             stream,
             stream_name,
             snapshots,
+            wakeups,
             options,
             heads: Mutex::new(HashMap::new()),
             snapshot_positions: Mutex::new(HashMap::new()),
@@ -558,6 +637,36 @@ impl EventStore for JetStreamStore {
                 }
             },
         }
+    }
+
+    async fn set_wakeup(&self, actor: &ActorKey, due_ms: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        self.wakeups
+            .put(
+                Self::snapshot_key(actor),
+                Bytes::from(super::encode_due(due_ms)),
+            )
+            .await
+            .map_err(|e| unavailable("cannot write the wake-up index", e))
+    }
+
+    async fn clear_wakeup(&self, actor: &ActorKey, revision: u64) -> Result<(), StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        // A newer entry (another revision) is not ours to remove: a failed check is fine.
+        if let Err(e) = self
+            .wakeups
+            .delete_expect_revision(Self::snapshot_key(actor), Some(revision))
+            .await
+        {
+            tracing::debug!(actor = %actor, error = %e, "wake-up entry not removed");
+        }
+        Ok(())
+    }
+
+    async fn watch_wakeups(&self) -> Result<WakeupStream, StoreError> {
+        Ok(wakeup_feed(self.wakeups.clone(), self.namespace.clone()))
     }
 
     async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {

@@ -1,0 +1,549 @@
+//! The inbox of an activation: its bounded mailbox, the commands taken out of it early while a
+//! turn runs, every deadline, and the refusal of asks that would deadlock.
+//!
+//! # Deadlines without a timer per ask
+//!
+//! An asker does not arm a timer of its own. Instead the activation guarantees an answer by
+//! each command's deadline: a command taken from the mailbox after its deadline is answered
+//! [`AskError::Timeout`] (never started); while a turn (or the load) is in progress, the
+//! activation keeps receiving into a bounded local queue and arms **one** timer for the earliest
+//! deadline — queued commands that expire get `Timeout`, and a turn still running at its own
+//! deadline is cancelled and answered [`AskError::OutcomeUnknown`]. A turn that completes
+//! without waiting (a query, an append to a ready store) never touches a timer at all.
+//!
+//! # Deadlocks
+//!
+//! While the running turn waits on other actors (`ctx.ask`), asks from other turns pile up
+//! here. Two checks keep them from waiting out their deadlines in a cycle:
+//!
+//! - at once: an ask whose chain of waiting callers includes an actor this turn waits on can
+//!   never be served (two turns asked each other's actors) and is refused with
+//!   [`AskError::Deadlock`];
+//! - by edge chasing, for cycles of any length and across nodes: an ask from another turn that
+//!   has waited [`PROBE_AFTER`] sends a [`Control::Probe`] to every actor this turn waits on.
+//!   Waiting actors pass it along their own wait-for edges; when it reaches the asker while the
+//!   asker's turn is still the one waiting here, the asker answers with a [`Control::Break`] and
+//!   the ask is refused with `Deadlock` — it never ran. Probes repeat every [`PROBE_EVERY`]
+//!   while the ask stays blocked, so a lost probe (a full mailbox, a moving shard) only delays
+//!   detection.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::context::Turn;
+use super::contract::Behavior;
+use super::delivery::{OutboxCell, send_control};
+use super::host::Host;
+use crate::errors::AskError;
+use crate::names::ActorKey;
+use crate::wire::{CommandId, Control, EffectOrigin, Settle};
+
+/// How long an ask from another turn waits behind a waiting turn before it probes for a cycle.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(50);
+/// How often a still-blocked ask probes again.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// The longest path a probe travels (cycles longer than this are left to the deadline).
+const MAX_PROBE_PATH: usize = 32;
+
+/// What travels through a mailbox.
+pub(crate) enum Msg<A: Behavior> {
+    /// A command (boxed: keeps mailbox slots small).
+    Command(Box<Envelope<A>>),
+    /// Stop after the queued commands.
+    Passivate,
+    /// From the wake-up scheduler: the actor has durable work due; its index entry.
+    Wake {
+        /// The entry's revision.
+        revision: u64,
+        /// The entry's due time.
+        due_ms: u64,
+    },
+    /// From the delivery pump: delayed effects for other actors came due; forward them.
+    Kick,
+    /// Deadlock detection between turns.
+    Control(Box<Control>),
+}
+
+/// The reply channel of an ask.
+pub(crate) type ReplyTx<A> = oneshot::Sender<
+    Result<
+        <A as super::EventSourcedActor>::Reply,
+        AskError<<A as super::EventSourcedActor>::Error>,
+    >,
+>;
+
+/// The channel on which a durable effect's receiver settles it.
+pub(crate) type AckTx = oneshot::Sender<Settle>;
+
+/// A command with its metadata and, for an ask, where to reply.
+pub(crate) struct Envelope<A: Behavior> {
+    pub cmd: A::Command,
+    pub meta: CallMeta,
+    /// An ask's reply channel.
+    pub reply: Option<ReplyTx<A>>,
+    /// A durable effect's settlement channel.
+    pub ack: Option<AckTx>,
+    /// When it was queued behind a busy turn (only asks from other turns: for probes).
+    pub queued_at: Option<Instant>,
+    /// When it last probed for a cycle.
+    pub probed_at: Option<Instant>,
+}
+
+impl<A: Behavior> Envelope<A> {
+    /// A command with nobody waiting for its outcome yet.
+    pub fn new(cmd: A::Command, meta: CallMeta) -> Self {
+        Envelope {
+            cmd,
+            meta,
+            reply: None,
+            ack: None,
+            queued_at: None,
+            probed_at: None,
+        }
+    }
+
+    /// Whether someone waits for the outcome.
+    fn awaited(&self) -> bool {
+        self.reply.is_some() || self.ack.is_some()
+    }
+
+    /// Answers the waiting side: the ask with `err`; a durable effect is left unsettled (its
+    /// sender delivers it again).
+    pub fn fail(&mut self, err: impl FnOnce() -> AskError<A::Error>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(Err(err()));
+        }
+        self.ack = None;
+    }
+}
+
+/// Metadata of one command.
+#[derive(Clone, Debug)]
+pub(crate) struct CallMeta {
+    pub command_id: CommandId,
+    pub correlation_id: CommandId,
+    pub causation_id: Option<CommandId>,
+    pub deadline: Instant,
+    /// The whole time the asker allowed (for error messages).
+    pub timeout: Duration,
+    /// The actors waiting on this command, outermost first (for cycle detection).
+    pub chain: Vec<ActorKey>,
+    /// Set when the command is a durable effect.
+    pub origin: Option<EffectOrigin>,
+}
+
+impl CallMeta {
+    /// The metadata of a command that starts a chain of its own.
+    pub fn detached(command_id: CommandId, now: Instant, timeout: Duration) -> Self {
+        CallMeta {
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            deadline: now + timeout,
+            timeout,
+            chain: Vec::new(),
+            origin: None,
+        }
+    }
+}
+
+/// The command being handled, as the watchdog sees it.
+pub(crate) struct Current<'a, A: Behavior> {
+    pub deadline: Instant,
+    pub command_id: CommandId,
+    pub reply: &'a mut Option<ReplyTx<A>>,
+    pub ack: &'a mut Option<AckTx>,
+}
+
+/// What the activation should do next.
+pub(crate) enum Work<A: Behavior> {
+    /// Handle a command; `true` when it may have waited (its deadline must be checked).
+    Command(Box<Envelope<A>>, bool),
+    /// Delayed effects for other actors came due: forward them.
+    Forward,
+    /// The scheduler woke the actor: make sure its delivery pump runs.
+    Wake,
+}
+
+/// The mailbox plus commands taken out of it early, while the actor was busy. See the
+/// [module docs](self).
+pub(crate) struct Inbox<A: Behavior> {
+    rx: mpsc::Receiver<Msg<A>>,
+    queue: VecDeque<Box<Envelope<A>>>,
+    capacity: usize,
+    /// Passivation was asked for: the mailbox is closed, queued commands are still served.
+    closing: bool,
+    /// The channel is closed and empty.
+    drained: bool,
+    /// A forward was asked for and not yet handed out.
+    kicked: bool,
+    /// A wake came in and was not yet handed out.
+    woken: bool,
+    host: Arc<Host>,
+    /// The running turn: what it waits on, which command it is.
+    turn: Arc<Turn>,
+    outbox: Arc<OutboxCell>,
+}
+
+impl<A: Behavior> Inbox<A> {
+    pub fn new(
+        rx: mpsc::Receiver<Msg<A>>,
+        host: &Arc<Host>,
+        turn: Arc<Turn>,
+        outbox: Arc<OutboxCell>,
+    ) -> Self {
+        Inbox {
+            rx,
+            queue: VecDeque::new(),
+            capacity: host.config.mailbox_capacity,
+            closing: false,
+            drained: false,
+            kicked: false,
+            woken: false,
+            host: Arc::clone(host),
+            turn,
+            outbox,
+        }
+    }
+
+    fn me(&self) -> &ActorKey {
+        &self.turn.me
+    }
+
+    /// Takes in one message from the channel.
+    fn accept(&mut self, msg: Option<Msg<A>>) {
+        match msg {
+            Some(Msg::Command(mut env)) => {
+                if self.refuse_if_deadlocked(&mut env) {
+                    return;
+                }
+                // A resend of a queued command (same command id) joins it: the newest asker
+                // gets the answer, and the command runs once.
+                if let Some(queued) = self
+                    .queue
+                    .iter_mut()
+                    .find(|q| q.meta.command_id == env.meta.command_id)
+                {
+                    if env.reply.is_some() {
+                        queued.reply = env.reply.take();
+                    }
+                    if env.ack.is_some() {
+                        queued.ack = env.ack.take();
+                    }
+                    return;
+                }
+                if env.reply.is_some() && !env.meta.chain.is_empty() {
+                    env.queued_at = Some(Instant::now());
+                }
+                self.queue.push_back(env)
+            }
+            Some(Msg::Passivate) => {
+                self.closing = true;
+                self.rx.close();
+            }
+            Some(Msg::Wake { revision, due_ms }) => {
+                self.outbox.woken(revision, due_ms);
+                self.woken = true;
+            }
+            Some(Msg::Kick) => self.kicked = true,
+            Some(Msg::Control(control)) => self.control(*control),
+            None => self.drained = true,
+        }
+    }
+
+    /// What to do next; `None` once passivation has served everything. A command that
+    /// arrives while the actor is idle has not waited, which spares a clock read on the fast
+    /// path.
+    pub async fn next(&mut self) -> Option<Work<A>> {
+        loop {
+            if self.woken {
+                self.woken = false;
+                return Some(Work::Wake);
+            }
+            if self.kicked {
+                self.kicked = false;
+                return Some(Work::Forward);
+            }
+            if let Some(env) = self.queue.pop_front() {
+                return Some(Work::Command(env, true));
+            }
+            if self.drained {
+                return None;
+            }
+            match self.rx.try_recv() {
+                Ok(msg) => self.accept(Some(msg)),
+                Err(mpsc::error::TryRecvError::Disconnected) => self.accept(None),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let msg = self.rx.recv().await;
+                    if let Some(Msg::Command(env)) = msg {
+                        return Some(Work::Command(env, false));
+                    }
+                    self.accept(msg);
+                }
+            }
+        }
+    }
+
+    /// The earliest instant at which a queued ask should probe for a cycle (only while the
+    /// running turn waits on other actors).
+    fn next_probe(&self) -> Option<Instant> {
+        if self.turn.targets.lock().is_empty() {
+            return None;
+        }
+        self.queue
+            .iter()
+            .filter(|e| e.reply.is_some())
+            .filter_map(|e| {
+                let queued = e.queued_at?;
+                Some(match e.probed_at {
+                    Some(p) => p + PROBE_EVERY,
+                    None => queued + PROBE_AFTER,
+                })
+            })
+            .min()
+    }
+
+    /// Runs `work` while keeping every deadline (see the module docs). `None` when `work` was
+    /// cancelled because `current`'s deadline passed.
+    pub async fn supervise<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+        mut current: Option<Current<'_, A>>,
+    ) -> Option<T> {
+        let mut work = std::pin::pin!(work);
+        // Fast path: most turns finish without waiting, and need no timer.
+        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+        {
+            return Some(v);
+        }
+        let sleep = tokio::time::sleep_until(Instant::now() + Duration::from_secs(3600));
+        let mut sleep = std::pin::pin!(sleep);
+        loop {
+            let earliest = self
+                .queue
+                .iter()
+                .filter(|e| e.awaited())
+                .map(|e| e.meta.deadline)
+                .chain(current.as_ref().map(|c| c.deadline))
+                .chain(self.next_probe())
+                .min();
+            if let Some(at) = earliest
+                && sleep.deadline() != at
+            {
+                sleep.as_mut().reset(at);
+            }
+            let room = !self.drained && self.queue.len() < self.capacity;
+            tokio::select! {
+                biased;
+                v = work.as_mut() => return Some(v),
+                msg = self.rx.recv(), if room => match (msg, current.as_mut()) {
+                    // A resend of the command being handled (same command id): its asker gave
+                    // up on the first attempt and listens here now. Answer it, not twice.
+                    (Some(Msg::Command(mut env)), Some(c)) if env.meta.command_id == c.command_id => {
+                        if let Some(tx) = env.reply.take() {
+                            *c.reply = Some(tx);
+                        }
+                        if let Some(tx) = env.ack.take() {
+                            *c.ack = Some(tx);
+                        }
+                    }
+                    (msg, _) => self.accept(msg),
+                },
+                () = self.turn.started.notified() => self.refuse_deadlocked_queue(),
+                () = sleep.as_mut(), if earliest.is_some() => {
+                    let now = Instant::now();
+                    self.expire_queued(now);
+                    self.probe_blocked(now);
+                    if let Some(c) = current.as_mut()
+                        && c.deadline <= now
+                    {
+                        if let Some(tx) = c.reply.take() {
+                            let _ = tx.send(Err(AskError::OutcomeUnknown {
+                                command_id: c.command_id,
+                                reason: "the deadline passed while the command was being handled"
+                                    .into(),
+                            }));
+                        }
+                        *c.ack = None;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `env` with [`AskError::Deadlock`] if the running turn waits on one of its
+    /// waiting callers. Returns whether it did.
+    fn refuse_if_deadlocked(&self, env: &mut Envelope<A>) -> bool {
+        if env.meta.chain.is_empty() || env.reply.is_none() {
+            return false;
+        }
+        let blocked_on = {
+            let waiting = self.turn.targets.lock();
+            if waiting.is_empty() {
+                return false;
+            }
+            env.meta
+                .chain
+                .iter()
+                .find(|caller| waiting.contains(caller))
+                .cloned()
+        };
+        let Some(blocked_on) = blocked_on else {
+            return false;
+        };
+        let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
+        names.push(format!("{} (waiting on {blocked_on})", self.me()));
+        if let Some(tx) = env.reply.take() {
+            let _ = tx.send(Err(AskError::Deadlock {
+                chain: names.join(" -> "),
+            }));
+        }
+        true
+    }
+
+    /// The running turn started waiting on another actor: refuse queued asks that now
+    /// deadlock (they arrived before it asked).
+    fn refuse_deadlocked_queue(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.retain_mut(|env| !self.refuse_if_deadlocked(env));
+        self.queue = queue;
+    }
+
+    /// Sends probes for the asks that have been blocked long enough (see the module docs).
+    fn probe_blocked(&mut self, now: Instant) {
+        let targets = self.turn.targets.lock().clone();
+        let Some(origin_turn) = *self.turn.current.lock() else {
+            return;
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let me = self.turn.me.clone();
+        for env in self.queue.iter_mut() {
+            let (Some(queued), true) = (env.queued_at, env.reply.is_some()) else {
+                continue;
+            };
+            let due = match env.probed_at {
+                Some(p) => p + PROBE_EVERY,
+                None => queued + PROBE_AFTER,
+            };
+            if due > now {
+                continue;
+            }
+            env.probed_at = Some(now);
+            let (Some(seek), Some(seek_turn)) = (env.meta.chain.last(), env.meta.causation_id)
+            else {
+                continue;
+            };
+            for target in &targets {
+                let probe = Control::Probe {
+                    origin: me.clone(),
+                    origin_turn,
+                    blocked: env.meta.command_id,
+                    seek: seek.clone(),
+                    seek_turn,
+                    path: vec![me.clone()],
+                };
+                send_control(&self.host, target, probe);
+            }
+        }
+    }
+
+    /// Handles a deadlock-detection frame (see the module docs).
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Probe {
+                origin,
+                origin_turn,
+                blocked,
+                seek,
+                seek_turn,
+                mut path,
+            } => {
+                let current = *self.turn.current.lock();
+                let targets = self.turn.targets.lock().clone();
+                if targets.is_empty() {
+                    return;
+                }
+                if &seek == self.me() {
+                    if current == Some(seek_turn) {
+                        path.push(seek);
+                        let cycle: Vec<String> = path.iter().map(|k| k.to_string()).collect();
+                        let brk = Control::Break {
+                            origin_turn,
+                            blocked,
+                            cycle: format!("{} -> {}", cycle.join(" -> "), origin),
+                        };
+                        send_control(&self.host, &origin, brk);
+                    }
+                    return;
+                }
+                if path.len() >= MAX_PROBE_PATH || path.contains(self.me()) {
+                    return;
+                }
+                path.push(self.me().clone());
+                for target in &targets {
+                    let probe = Control::Probe {
+                        origin: origin.clone(),
+                        origin_turn,
+                        blocked,
+                        seek: seek.clone(),
+                        seek_turn,
+                        path: path.clone(),
+                    };
+                    send_control(&self.host, target, probe);
+                }
+            }
+            Control::Break {
+                origin_turn,
+                blocked,
+                cycle,
+            } => {
+                if *self.turn.current.lock() != Some(origin_turn) {
+                    return;
+                }
+                if let Some(i) = self
+                    .queue
+                    .iter()
+                    .position(|e| e.meta.command_id == blocked && e.reply.is_some())
+                    && let Some(mut env) = self.queue.remove(i)
+                {
+                    tracing::debug!(actor = %self.me(), %cycle, "deadlock cycle refused");
+                    env.fail(|| AskError::Deadlock {
+                        chain: format!("wait-for cycle {cycle}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answers `Timeout` to queued asks whose deadline has passed (a durable effect is left
+    /// unsettled: its sender delivers it again).
+    fn expire_queued(&mut self, now: Instant) {
+        self.queue.retain_mut(|env| {
+            if !env.awaited() || env.meta.deadline > now {
+                return true;
+            }
+            let after = env.meta.timeout;
+            env.fail(|| AskError::Timeout { after });
+            false
+        });
+    }
+
+    /// Closes the mailbox and answers every waiting ask with `err()`.
+    pub async fn fail_all(&mut self, err: impl Fn() -> AskError<A::Error>) {
+        self.rx.close();
+        while let Some(work) = self.next().await {
+            if let Work::Command(mut env, _) = work {
+                env.fail(&err);
+            }
+        }
+    }
+}
