@@ -4,13 +4,16 @@
 //! cargo run --example bank
 //! ```
 //!
-//! Opens two accounts, deposits, transfers between them (one actor asking another), shows a
-//! rejected overdraft and prints balances. The data lives in `./aether-data/bank` (or under
-//! `$AETHER_DATA_DIR`): run the example again and it continues from the balances of the last
-//! run. Delete the directory to start over.
+//! Opens two accounts, deposits, transfers between them (the debit and, as a durable effect in
+//! the same commit, the credit), schedules a payment (a durable reminder) and cancels another,
+//! shows a rejected overdraft and prints balances. The data lives in `./aether-data/bank` (or
+//! under `$AETHER_DATA_DIR`): run the example again and it continues from the balances of the
+//! last run. Delete the directory to start over.
 //!
 //! With `AETHER_NATS_URL=nats://127.0.0.1:4222` the same program keeps its events in JetStream
 //! on that server (stream `bank_events`) instead.
+
+use std::time::Duration;
 
 use aether::prelude::*;
 
@@ -79,6 +82,33 @@ async fn main() -> anyhow::Result<()> {
         amount: 30,
     };
     println!("alice sends bob 30 -> alice {}", alice.ask(transfer).await?);
+    // The credit is on its way (delivered after alice's commit, exactly once); wait for it.
+    rt.drain_effects(Duration::from_secs(5)).await;
+    let bob_then = bob.ask(AccountCmd::Balance).await?;
+    println!("bob after the credit -> {bob_then}");
+
+    // A scheduled payment: a reminder stored with alice's commit, fired in 200 ms (after a
+    // restart too, if the program stopped before). Another is scheduled and cancelled.
+    let schedule = |name: &str, amount| AccountCmd::SchedulePayment {
+        name: name.into(),
+        to: bob.clone(),
+        amount,
+        delay_ms: 200,
+    };
+    alice.ask(schedule("rent", 5)).await?;
+    alice.ask(schedule("gift", 1_000)).await?;
+    alice
+        .ask(AccountCmd::CancelPayment {
+            name: "gift".into(),
+        })
+        .await?;
+    println!("alice schedules rent 5 to bob in 200 ms, and cancels a gift");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bob.ask(AccountCmd::Balance).await? < bob_then + 5 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the rent was not paid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("the rent was paid -> bob {}", bob.ask(AccountCmd::Balance).await?);
     match bob.ask(AccountCmd::Withdraw(1_000_000)).await {
         Err(AskError::Rejected(e)) => println!("bob withdraws 1000000: rejected ({e})"),
         other => anyhow::bail!("an overdraft must be rejected, got {other:?}"),

@@ -72,10 +72,16 @@ impl ReadModel for Leaderboard {
             AccountEvent::Opened { owner } => {
                 board.owners.insert(id, owner);
             }
-            AccountEvent::Deposited(n) => *balance += n,
+            AccountEvent::Deposited(n)
+            | AccountEvent::TransferredIn { amount: n, .. }
+            | AccountEvent::Refunded { amount: n, .. } => *balance += n,
             AccountEvent::Withdrew(n) | AccountEvent::TransferredOut { amount: n, .. } => {
                 *balance = balance.saturating_sub(n)
             }
+            AccountEvent::PaymentScheduled { .. }
+            | AccountEvent::PaymentCancelled { .. }
+            | AccountEvent::PaymentMade { .. }
+            | AccountEvent::PaymentFailed { .. } => {}
         }
         board.offset = Some(event.offset);
         Ok(())
@@ -170,6 +176,8 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     bob.ask(AccountCmd::Deposit(100)).await?;
+    // Dave's credit is a durable effect of alice's transfer: let it land before reading.
+    rt.drain_effects(Duration::from_secs(5)).await;
 
     projection.caught_up(Duration::from_secs(10)).await?;
     print_board("leaderboard", &board.0.lock());

@@ -93,6 +93,18 @@ pub struct RuntimeStats {
     /// Asks to other nodes sent again with the same command id after an attempt got no
     /// answer in time (the actor deduplicates them).
     pub remote_resends: u64,
+    /// Durable effects applied by actors of this node.
+    pub effects_applied: u64,
+    /// Durable effects rejected (and recorded) by actors of this node.
+    pub effects_rejected: u64,
+    /// Durable effects delivered again to actors of this node that had applied them already.
+    pub effects_duplicates: u64,
+    /// Durable effects sent by actors of this node and settled by their receivers.
+    pub effects_settled: u64,
+    /// Deliveries of durable effects that failed and were retried later.
+    pub effects_retries: u64,
+    /// Asks refused with `Deadlock` by actors of this node.
+    pub deadlocks_refused: u64,
 }
 
 enum StoreChoice {
@@ -741,6 +753,12 @@ impl Runtime {
             resident: self.host.resident() as u64,
             remote_retries: self.host.transport.as_ref().map_or(0, |t| t.retries()),
             remote_resends: self.host.transport.as_ref().map_or(0, |t| t.resends()),
+            effects_applied: get(&s.effects_applied),
+            effects_rejected: get(&s.effects_rejected),
+            effects_duplicates: get(&s.effects_duplicates),
+            effects_settled: get(&s.effects_settled),
+            effects_retries: get(&s.effects_retries),
+            deadlocks_refused: get(&s.deadlocks_refused),
         }
     }
 
@@ -760,6 +778,23 @@ impl Runtime {
         self.host.passivate(A::KIND, actor.id()).await
     }
 
+    /// Waits (up to `within`) until the resident actors of this node have no durable effect due
+    /// now that their receivers have not settled yet — every send of the turns so far has been
+    /// applied (or rejected) by its receiver. Returns whether that point was reached. Reminders
+    /// that are not due yet do not count. Shutdown does this first (with half its timeout).
+    pub async fn drain_effects(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.host.effects_due() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Passivates every resident actor and waits for them (up to the shutdown timeout).
     pub async fn passivate_all(&self) -> bool {
         self.host
@@ -770,6 +805,11 @@ impl Runtime {
     /// Stops accepting commands, passivates every actor (serving what is queued, snapshotting),
     /// and closes the store. Asks after this fail with `Shutdown`.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        // Let durable effects in flight land while every node still serves (what does not is
+        // delivered later: the sender's history keeps it and the wake-up index finds it).
+        if !self.drain_effects(self.host.config.shutdown_timeout / 2).await {
+            tracing::info!("shutting down with durable effects still undelivered; they resume on restart");
+        }
         if let Some(cluster) = &self.cluster {
             // Hand the shards over first: others take them while this node still answers.
             cluster.leave(self.host.config.shutdown_timeout).await;

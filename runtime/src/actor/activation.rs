@@ -130,12 +130,12 @@ pub(crate) async fn run<A: Behavior>(
     key: ActorKey,
     rx: mpsc::Receiver<Msg<A>>,
     tx: mpsc::WeakSender<Msg<A>>,
+    cell: Arc<OutboxCell>,
     done: watch::Sender<()>,
     predecessor: Option<watch::Receiver<()>>,
     generation: u64,
 ) {
     let turn = Turn::new(&host, key.clone());
-    let cell = Arc::new(OutboxCell::default());
     let mut inbox = Inbox::new(rx, &host, Arc::clone(&turn), Arc::clone(&cell));
     if let Some(previous) = predecessor {
         inbox.supervise(wait_done(previous), None).await;
@@ -576,7 +576,7 @@ impl<A: Behavior> Activation<A> {
             };
         }
         if self.cell.outbox.lock().already_applied(self.key(), &origin) {
-            Stats::bump(&self.host.stats.deduplicated);
+            Stats::bump(&self.host.stats.effects_duplicates);
             return Settle::Duplicate;
         }
         let delivery = Some(Delivery {
@@ -613,8 +613,14 @@ impl<A: Behavior> Activation<A> {
         };
         match self.persist(events, plan, None, ids, delivery, mark).await {
             Ok(_) => match rejected {
-                Some(reason) => Settle::Rejected { reason },
-                None => Settle::Applied,
+                Some(reason) => {
+                    Stats::bump(&self.host.stats.effects_rejected);
+                    Settle::Rejected { reason }
+                }
+                None => {
+                    Stats::bump(&self.host.stats.effects_applied);
+                    Settle::Applied
+                }
             },
             Err(e) => {
                 if self.cell.outbox.lock().already_applied(self.key(), &origin) {

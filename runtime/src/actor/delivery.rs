@@ -163,6 +163,7 @@ async fn run_pump(
                 busy.remove(&target);
                 match settle {
                     Settle::Failed { reason } => {
+                        super::host::Stats::bump(&host.stats.effects_retries);
                         let pause = retry.get(&target).map_or(FIRST_RETRY, |(_, p)| (*p * 2).min(LAST_RETRY));
                         tracing::debug!(actor = %me, %target, seq, %reason, ?pause, "durable effect not delivered; retrying");
                         retry.insert(target, (Instant::now() + pause, pause));
@@ -172,6 +173,7 @@ async fn run_pump(
                             tracing::debug!(actor = %me, %target, seq, %reason, "durable effect rejected by its receiver");
                         }
                         retry.remove(&target);
+                        super::host::Stats::bump(&host.stats.effects_settled);
                         cell.outbox.lock().settle(seq);
                     }
                 }

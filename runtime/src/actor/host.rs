@@ -80,6 +80,12 @@ pub(crate) struct Stats {
     pub snapshot_fallbacks: AtomicU64,
     pub handler_panics: AtomicU64,
     pub abandoned: AtomicU64,
+    pub effects_applied: AtomicU64,
+    pub effects_rejected: AtomicU64,
+    pub effects_duplicates: AtomicU64,
+    pub effects_settled: AtomicU64,
+    pub effects_retries: AtomicU64,
+    pub deadlocks_refused: AtomicU64,
 }
 
 impl Stats {
@@ -155,6 +161,8 @@ struct Entry {
     done: watch::Receiver<()>,
     generation: u64,
     last_used_ms: u64,
+    /// The activation's outbox (to see whether durable effects are waiting).
+    outbox: Arc<super::delivery::OutboxCell>,
 }
 
 /// Registries of at least this capacity are split into [`REGISTRY_SHARDS`] shards, each an LRU
@@ -487,6 +495,7 @@ impl Host {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
         let weak = tx.downgrade();
+        let outbox = Arc::new(super::delivery::OutboxCell::default());
         reg.resident.put(
             key,
             Entry {
@@ -495,6 +504,7 @@ impl Host {
                 done: done_rx,
                 generation,
                 last_used_ms: now,
+                outbox: Arc::clone(&outbox),
             },
         );
         while reg.resident.len() > reg.capacity {
@@ -513,6 +523,7 @@ impl Host {
             actor,
             rx,
             weak,
+            outbox,
             done_tx,
             predecessor,
             generation,
@@ -627,6 +638,23 @@ impl Host {
             }
         };
         tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// Durable effects due now in the outboxes of resident actors (not yet settled).
+    pub fn effects_due(&self) -> usize {
+        let now = crate::wire::now_ms();
+        let cells: Vec<Arc<super::delivery::OutboxCell>> = self
+            .registry
+            .iter()
+            .flat_map(|r| {
+                r.lock()
+                    .resident
+                    .iter()
+                    .map(|(_, e)| Arc::clone(&e.outbox))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        cells.iter().map(|c| c.outbox.lock().due_count(now)).sum()
     }
 
     /// Number of resident actors.

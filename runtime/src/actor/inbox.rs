@@ -398,6 +398,7 @@ impl<A: Behavior> Inbox<A> {
         let Some(blocked_on) = blocked_on else {
             return false;
         };
+        super::host::Stats::bump(&self.host.stats.deadlocks_refused);
         let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
         names.push(format!("{} (waiting on {blocked_on})", self.me()));
         if let Some(tx) = env.reply.take() {
@@ -516,6 +517,7 @@ impl<A: Behavior> Inbox<A> {
                     && let Some(mut env) = self.queue.remove(i)
                 {
                     tracing::debug!(actor = %self.me(), %cycle, "deadlock cycle refused");
+                    super::host::Stats::bump(&self.host.stats.deadlocks_refused);
                     env.fail(|| AskError::Deadlock {
                         chain: format!("wait-for cycle {cycle}"),
                     });

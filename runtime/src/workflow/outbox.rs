@@ -205,6 +205,14 @@ impl Outbox {
         self.pending.len()
     }
 
+    /// How many pending entries are due at `now_ms` (including ones in flight).
+    pub fn due_count(&self, now_ms: u64) -> usize {
+        self.pending
+            .values()
+            .filter(|e| e.due_ms.is_none_or(|d| d <= now_ms))
+            .count()
+    }
+
     /// The earliest due time of the pending entries (0: now), if any.
     pub fn earliest_due(&self) -> Option<u64> {
         self.pending.values().map(|e| e.due_ms.unwrap_or(0)).min()
