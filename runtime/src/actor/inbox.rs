@@ -474,7 +474,14 @@ impl<A: Behavior> Inbox<A> {
                     return;
                 }
                 if &seek == self.me() {
-                    if current == Some(seek_turn) {
+                    // Every actor of a cycle holds a blocked ask and probes; only the probe of
+                    // the smallest one breaks it, so one ask is refused, not one per member.
+                    let smallest = path
+                        .iter()
+                        .chain(std::iter::once(&seek))
+                        .map(|k| k.to_string())
+                        .min();
+                    if current == Some(seek_turn) && smallest == Some(origin.to_string()) {
                         path.push(seek);
                         let cycle: Vec<String> = path.iter().map(|k| k.to_string()).collect();
                         let brk = Control::Break {
