@@ -65,6 +65,8 @@ impl MapWatch {
                         Some(Ok(RegistryChange::Gone(node))) => {
                             shared.lock().dead_since.entry(node).or_insert_with(Instant::now);
                         }
+                        // A lost server makes the watch's consumer miss heartbeats; it recovers.
+                        Some(Err(e)) if transient(&e.to_string()) => {}
                         Some(Err(e)) => shared.lock().violations.push(format!("registry watch: {e}")),
                         None => {
                             shared.lock().violations.push("the registry watch ended".into());
@@ -73,6 +75,7 @@ impl MapWatch {
                     },
                     map = maps.next() => match map {
                         Some(Ok(map)) => check(&mut shared.lock(), map, shard_count),
+                        Some(Err(e)) if transient(&e.to_string()) => {}
                         Some(Err(e)) => shared.lock().violations.push(format!("undecodable map: {e}")),
                         None => {
                             shared.lock().violations.push("the map watch ended".into());
@@ -114,6 +117,11 @@ impl Drop for MapWatch {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A watch error that only says the connection hiccupped (a server went away): the watch goes on.
+fn transient(error: &str) -> bool {
+    error.contains("heartbeat") || error.contains("consumer")
 }
 
 fn check(s: &mut State, map: ShardMap, shard_count: usize) {

@@ -163,6 +163,7 @@ pub(crate) async fn run<A: Behavior>(
         }
     };
     Stats::bump(&host.stats.activations);
+    act.index_inherited_work().await;
     act.pump_if_needed();
     while let Some(work) = inbox.next().await {
         match work {
@@ -901,6 +902,31 @@ impl<A: Behavior> Activation<A> {
         outbox.index.revision = Some(revision);
         outbox.index.due_ms = due;
         Ok(())
+    }
+
+    /// After a load that found pending durable work: make sure the wake-up index has an entry
+    /// for it. The activation that stored the work wrote one, but may have removed it since (it
+    /// had settled everything in memory, without recording it before it stopped).
+    async fn index_inherited_work(&self) {
+        let (index, earliest) = {
+            let outbox = self.cell.outbox.lock();
+            (outbox.index, outbox.earliest_due())
+        };
+        let (Some(due), None) = (earliest, index.revision) else {
+            return;
+        };
+        match self.host.events.set_wakeup(self.key(), due).await {
+            Ok(revision) => {
+                let mut outbox = self.cell.outbox.lock();
+                if outbox.index.revision.is_none() {
+                    outbox.index.revision = Some(revision);
+                    outbox.index.due_ms = due;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(actor = %self.key(), error = %e, "wake-up entry not written at activation")
+            }
+        }
     }
 
     /// On stop: leave one index entry due at the earliest pending work, or none.
