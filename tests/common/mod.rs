@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod ledger;
+pub mod link;
 pub mod map_watch;
 pub mod nats;
 pub mod process;

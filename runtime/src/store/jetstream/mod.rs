@@ -201,7 +201,7 @@ fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
                 let mut restarted = restarted;
                 loop {
                     match phase {
-                        Phase::Start => match bucket.watch_all().await {
+                        Phase::Start => match bucket.watch_with_history(">").await {
                             Ok(watch) => {
                                 phase = Phase::Watching(watch);
                                 if restarted {
