@@ -21,8 +21,6 @@ mod nats;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +31,7 @@ use aether::routing::shard_of;
 use aether::{ActorId, ActorKey, ClusterConfig, ClusterView, Kind, Namespace, Runtime};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use support::nodes::{Node, wait_map};
 use support::{Figure, Probe, ProbeCmd, report};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -65,70 +64,6 @@ async fn node_main(id: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Node {
-    id: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    ready: std::sync::mpsc::Receiver<Instant>,
-}
-
-impl Node {
-    fn start(url: &str, ns: &str, id: &str) -> Node {
-        let mut child = Command::new(std::env::current_exe().expect("bench binary"))
-            .env("AETHER_BENCH_NODE", id)
-            .env("AETHER_NATS_URL", url)
-            .env("AETHER_NAMESPACE", ns)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node process");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) if l.starts_with("ready") => {
-                        let _ = tx.send(Instant::now());
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        Node {
-            id: id.to_owned(),
-            stdin: child.stdin.take(),
-            child,
-            ready,
-        }
-    }
-
-    fn wait_ready(&self) -> Instant {
-        self.ready
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{} did not start", self.id))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Graceful leave: close stdin, wait for the process to end.
-    fn leave(mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn client(url: &str, ns: &str) -> anyhow::Result<Runtime> {
     Ok(Runtime::builder()
         .namespace(ns)?
@@ -136,23 +71,6 @@ async fn client(url: &str, ns: &str) -> anyhow::Result<Runtime> {
         .cluster_client(url)
         .start()
         .await?)
-}
-
-async fn wait_map(view: &ClusterView, nodes: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if view
-            .shard_map()
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|m| m.nodes.len() == nodes)
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no map of {nodes} nodes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn bench_main() -> anyhow::Result<()> {

@@ -21,7 +21,11 @@
 //! - `open <id>` → `ok <id> <balance>` (an account that is already open is fine)
 //! - `deposit <id> <amount>` → `ok <id> <balance>`
 //! - `balance <id>` → `ok <id> <balance>`
-//! - `transfer <from> <to> <amount>` → `ok <from> <balance>`
+//! - `transfer <from> <to> <amount>` → `ok <from> <balance>` (the credit follows as a durable
+//!   effect)
+//! - `schedule <from> <to> <amount> <delay_ms> <name>` → `ok <from> <balance>` (a scheduled
+//!   payment: a durable reminder)
+//! - `cancel <from> <name>` → `ok <from> <balance>`
 //! - `locate <id>` → `owner <id> <node> <shard>`
 //! - `leader` → `leader <node> <term>`
 //! - anything failing → `err <message>`

@@ -184,6 +184,22 @@ async fn progress(ledger: &Ledger, more: u64, phase: &str) {
     );
 }
 
+/// The current leader (asked again while NATS itself recovers from a lost server).
+async fn leader_of(view: &ClusterView) -> aether::cluster::LeaderInfo {
+    poll(Duration::from_secs(60), "a leader", async || {
+        view.leader().await.ok().flatten()
+    })
+    .await
+}
+
+/// The current shard map's epoch.
+async fn epoch_of(view: &ClusterView) -> u64 {
+    poll(Duration::from_secs(60), "a map", async || {
+        view.shard_map().await.ok().flatten().map(|m| m.epoch)
+    })
+    .await
+}
+
 async fn map_of(view: &ClusterView, nodes: &[&str], what: &str) {
     let mut want: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -444,7 +460,7 @@ async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
     progress(&ledger, 300, "steady").await;
 
     // 1. A follower is paused past the failure timeout, then resumed.
-    let leader = view.leader().await.expect("view").expect("a leader");
+    let leader = leader_of(&view).await;
     let paused = nodes
         .iter()
         .position(|n| n.id != leader.node)
@@ -538,8 +554,8 @@ async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
 
     // 3. The leader is SIGKILLed in the middle of a rebalance: node-5 joins, and as soon as the
     //    map that gives it shards is out, the leader dies.
-    let leader = view.leader().await.expect("view").expect("a leader");
-    let before = view.shard_map().await.expect("view").expect("a map").epoch;
+    let leader = leader_of(&view).await;
+    let before = epoch_of(&view).await;
     let urls_alive = format!("{},{}", cluster.servers[0].url(), cluster.servers[1].url());
     let mut joining = {
         let urls = urls_alive.clone();
@@ -570,7 +586,7 @@ async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
     progress(&ledger, 200, "after the leader was killed").await;
 
     // 4. A follower is paused past the failure timeout, then resumed.
-    let leader = view.leader().await.expect("view").expect("a leader");
+    let leader = leader_of(&view).await;
     let paused = nodes
         .iter()
         .position(|n| n.id != leader.node)

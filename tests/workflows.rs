@@ -14,13 +14,13 @@ mod account;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use account::{Account, AccountCmd, AccountError};
 use aether::prelude::*;
 use aether::store::{EventStore, MemoryStore};
 use aether::wire::CommitRecord;
-use aether::{ActorKey, Runtime};
+use aether::{ActorKey, RetrySafety, Runtime};
 use common::link::{Link, LinkCmd, assert_cycle_refused};
 use common::*;
 
@@ -452,4 +452,137 @@ async fn no_false_deadlock_in_ten_thousand_acyclic_asks() {
     }
     assert_eq!(deadlocks.load(Ordering::Relaxed), 0, "false deadlocks");
     assert_eq!(rt.stats().deadlocks_refused, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ActorRef::ask` inside a handler goes through the turn; a turn that changed others and then
+// failed says so.
+
+static PANIC_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum FwdCmd {
+    /// Asks `target` to add `n` through the plain `ActorRef` (not `ctx`), then records it.
+    Via { target: ActorRef<Counter>, n: u64 },
+    /// Like `Via`, but the handler panics after the ask the first time it runs.
+    ViaThenPanicOnce { target: ActorRef<Counter>, n: u64 },
+    /// Asks itself through a plain `ActorRef`.
+    AskMyself { me: ActorRef<Forwarder> },
+    Get,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum FwdEvent {
+    Forwarded(u64),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+enum FwdError {
+    #[error("downstream: {0}")]
+    Downstream(String),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, EventSourcedActor)]
+#[actor(kind = "fwd", command = FwdCmd, event = FwdEvent, reply = u64, error = FwdError)]
+struct Forwarder {
+    total: u64,
+}
+
+impl Behavior for Forwarder {
+    async fn handle(&self, cmd: FwdCmd, _ctx: &mut Ctx<Self>) -> Result<Effect<Self>, FwdError> {
+        let down = |e: AskError<CounterError>| FwdError::Downstream(e.to_string());
+        match cmd {
+            FwdCmd::Via { target, n } => {
+                target.ask(CounterCmd::Add(n)).await.map_err(down)?;
+                Ok(Effect::persist(FwdEvent::Forwarded(n)).reply(self.total + n))
+            }
+            FwdCmd::ViaThenPanicOnce { target, n } => {
+                target.ask(CounterCmd::Add(n)).await.map_err(down)?;
+                if PANIC_ONCE.swap(false, Ordering::SeqCst) {
+                    panic!("after the child ask, on purpose");
+                }
+                Ok(Effect::persist(FwdEvent::Forwarded(n)).reply(self.total + n))
+            }
+            FwdCmd::AskMyself { me } => match me.ask(FwdCmd::Get).await {
+                Err(AskError::CallCycle { chain }) => Err(FwdError::Downstream(chain)),
+                other => Err(FwdError::Downstream(format!("expected a cycle: {other:?}"))),
+            },
+            FwdCmd::Get => Ok(Effect::reply(self.total)),
+        }
+    }
+
+    fn apply(&mut self, event: &FwdEvent) {
+        match event {
+            FwdEvent::Forwarded(n) => self.total += n,
+        }
+    }
+}
+
+async fn forwarder_runtime(namespace: &str) -> (Runtime, MemoryStore) {
+    let store = MemoryStore::new(ns(namespace));
+    let rt = Runtime::builder()
+        .namespace(namespace)
+        .expect("namespace")
+        .register::<Forwarder>()
+        .register::<Counter>()
+        .store(Arc::new(store.clone()), Arc::new(store.clone()))
+        .start()
+        .await
+        .expect("runtime");
+    (rt, store)
+}
+
+#[tokio::test]
+async fn an_actor_ref_asked_inside_a_handler_is_a_child_of_the_turn() {
+    let (rt, store) = forwarder_runtime("wf-child").await;
+    let fwd = rt.actor::<Forwarder>("f").expect("id");
+    let counter = rt.actor::<Counter>("c").expect("id");
+    let id = CommandId::random();
+    fwd.ask_with(
+        FwdCmd::Via {
+            target: counter.clone(),
+            n: 3,
+        },
+        AskOptions::default().command_id(id),
+    )
+    .await
+    .expect("forwarded");
+    let child = history(&store, counter.key()).await;
+    assert_eq!(child[0].command_id, id.derive(0), "a derived id, as ctx.ask");
+    assert_eq!(child[0].causation_id, Some(id));
+    // The call chain travels too: asking itself is a cycle, refused at once.
+    let started = Instant::now();
+    let err = fwd
+        .ask(FwdCmd::AskMyself { me: fwd.clone() })
+        .await
+        .expect_err("a cycle");
+    assert!(err.to_string().contains("fwd/f -> "), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "not at the deadline");
+}
+
+#[tokio::test]
+async fn a_turn_that_asked_others_and_failed_reports_an_unknown_outcome() {
+    let (rt, store) = forwarder_runtime("wf-partial").await;
+    let fwd = rt.actor::<Forwarder>("f").expect("id");
+    let counter = rt.actor::<Counter>("c").expect("id");
+    let id = CommandId::random();
+    let cmd = FwdCmd::ViaThenPanicOnce {
+        target: counter.clone(),
+        n: 5,
+    };
+    let options = AskOptions::default().command_id(id);
+    let err = fwd
+        .ask_with(cmd.clone(), options.clone())
+        .await
+        .expect_err("the handler panicked after its child ask");
+    assert!(
+        matches!(err, AskError::OutcomeUnknown { command_id, .. } if command_id == id),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_safety(), RetrySafety::SameCommandId);
+    // The child was applied; a retry with the same id finds it and applies the rest.
+    assert_eq!(counter.ask(CounterCmd::Get).await.expect("get"), 5);
+    assert_eq!(fwd.ask_with(cmd, options).await.expect("retried"), 5);
+    assert_eq!(counter.ask(CounterCmd::Get).await.expect("get"), 5, "the child once");
+    assert_eq!(history(&store, fwd.key()).await.len(), 1);
 }

@@ -1,6 +1,8 @@
 //! Shared bench support: timing loops and reporting ratios (printed and as JSON lines).
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 

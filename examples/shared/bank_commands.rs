@@ -18,7 +18,10 @@ pub fn namespace() -> String {
 /// - `open <id>` → `ok <id> <balance>` (an account that is already open is fine)
 /// - `deposit <id> <amount>` → `ok <id> <balance>`
 /// - `balance <id>` → `ok <id> <balance>`
-/// - `transfer <from> <to> <amount>` → `ok <from> <balance>`
+/// - `transfer <from> <to> <amount>` → `ok <from> <balance>` (the payer's balance; the credit
+///   follows as a durable effect)
+/// - `schedule <from> <to> <amount> <delay_ms> <name>` → `ok <from> <balance>` (a reminder)
+/// - `cancel <from> <name>` → `ok <from> <balance>`
 /// - `locate <id>` → `owner <id> <node> <shard>` (cluster nodes only)
 /// - `leader` → `leader <node> <term>` (cluster nodes only)
 pub async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
@@ -49,6 +52,21 @@ pub async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
             let cmd = AccountCmd::Transfer {
                 to: account(to)?,
                 amount: amount.parse()?,
+            };
+            format!("ok {from} {}", account(from)?.ask(cmd).await?)
+        }
+        ["schedule", from, to, amount, delay_ms, name] => {
+            let cmd = AccountCmd::SchedulePayment {
+                name: name.to_string(),
+                to: account(to)?,
+                amount: amount.parse()?,
+                delay_ms: delay_ms.parse()?,
+            };
+            format!("ok {from} {}", account(from)?.ask(cmd).await?)
+        }
+        ["cancel", from, name] => {
+            let cmd = AccountCmd::CancelPayment {
+                name: name.to_string(),
             };
             format!("ok {from} {}", account(from)?.ask(cmd).await?)
         }

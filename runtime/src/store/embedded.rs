@@ -135,6 +135,9 @@ enum WriteOp {
         revision: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Tests: behave as after a failed sync.
+    #[cfg(test)]
+    Poison(String),
 }
 
 /// A wake-up entry as stored: `"<due ms> <revision>"`.
@@ -714,6 +717,8 @@ impl Writer {
                 WriteOp::SetWakeup { reply, .. } => {
                     let _ = reply.send(Err(refused()));
                 }
+                #[cfg(test)]
+                WriteOp::Poison(_) => {}
             }
         }
     }
@@ -840,6 +845,8 @@ impl Writer {
                     });
                     pending.push(Pending::Revision(reply, revision));
                 }
+                #[cfg(test)]
+                WriteOp::Poison(reason) => self.failed = Some(reason),
                 WriteOp::ClearWakeup {
                     actor,
                     revision,
@@ -916,5 +923,49 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{ActorId, Kind};
+    use crate::wire::EventData;
+
+    fn commit() -> NewCommit {
+        NewCommit::new(
+            CommandId::random(),
+            vec![EventData {
+                event_type: "E".into(),
+                payload: vec![0x90],
+            }],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_refuses_every_later_write_until_reopened() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ns = Namespace::new("sync").expect("ns");
+        let actor = ActorKey::new(
+            ns.clone(),
+            Kind::new("k").expect("kind"),
+            ActorId::new("a").expect("id"),
+        );
+        let store = EmbeddedStore::open(dir.path(), ns.clone()).expect("open");
+        store.append(&actor, 0, commit()).await.expect("first");
+        store
+            .send(WriteOp::Poison("fsync: EIO".into()))
+            .expect("queued");
+        let refused = store.append(&actor, 1, commit()).await.expect_err("refused");
+        assert!(
+            matches!(&refused, StoreError::Unavailable(r) if r.contains("failed sync") && r.contains("reopen")),
+            "{refused}"
+        );
+        assert!(store.set_wakeup(&actor, 0).await.is_err(), "every write");
+        assert_eq!(store.latest_version(&actor).await.expect("reads work"), 1);
+        store.close().await.expect("close");
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path(), ns).expect("reopen");
+        reopened.append(&actor, 1, commit()).await.expect("writes again");
     }
 }
