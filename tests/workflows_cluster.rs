@@ -1,6 +1,7 @@
-//! Workflows across nodes, with several runtimes in one process on a real nats-server: wait-for
+//! Deadlocks across nodes, with several runtimes in one process on a real nats-server: wait-for
 //! cycles whose turns live on three different nodes are refused with `Deadlock` within 250 ms
-//! of forming (probes and breaks travel over NATS), and a durable effect crosses nodes.
+//! of forming (probes and breaks travel over NATS). Durable effects across nodes are proven by
+//! the chaos workload (`tests/chaos.rs`) and the reminder tests (`tests/reminders_cluster.rs`).
 
 mod common;
 

@@ -17,9 +17,10 @@
 //! | [`StoreRefused`](AskError::StoreRefused) | no | pointless: the store cannot do it as configured |
 //! | the others | no | pointless: fix the input or the code |
 //!
-//! A turn that asked (or told) other actors and then failed has changed them already: its error
-//! is always [`OutcomeUnknown`](AskError::OutcomeUnknown) — retry only with the same command id,
-//! so the children are deduplicated. Even then the retried handler decides again on the state
+//! A turn that asked (or told) other actors and then failed — for any reason but its own
+//! rejection — has changed them already: its error is [`OutcomeUnknown`](AskError::OutcomeUnknown)
+//! — retry only with the same command id, so the children are deduplicated. (A handler that
+//! rejects after asking made that choice itself; its `Rejected` stands.) Even then the retried handler decides again on the state
 //! it finds; to change several actors atomically with one decision, use durable effects
 //! ([`Effect::send`](crate::Effect::send)).
 
@@ -237,7 +238,8 @@ impl<E> AskError<E> {
             | StoreError::WrongNamespace { .. }
             | StoreError::ServerTooOld { .. }
             | StoreError::InvalidCommit(_)
-            | StoreError::Unsupported(_)) => AskError::StoreRefused {
+            | StoreError::Unsupported(_)
+            | StoreError::Failed(_)) => AskError::StoreRefused {
                 reason: other.to_string(),
             },
         }

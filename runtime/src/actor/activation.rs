@@ -613,7 +613,11 @@ impl<A: Behavior> Activation<A> {
             }
         };
         match self.persist(events, plan, None, ids, delivery, mark).await {
-            Ok(_) => match rejected {
+            Ok(Stored::Before) => {
+                Stats::bump(&self.host.stats.effects_duplicates);
+                Settle::Duplicate
+            }
+            Ok(Stored::Now) => match rejected {
                 Some(reason) => {
                     Stats::bump(&self.host.stats.effects_rejected);
                     Settle::Rejected { reason }
@@ -751,6 +755,11 @@ impl<A: Behavior> Activation<A> {
         ids: CommitIds,
         mark: &str,
     ) -> Result<Stored, AskError<A::Error>> {
+        if events.is_empty() && staged.is_empty() {
+            // Nothing to store (a cancel of a reminder that is not pending, say).
+            self.cell.outbox.lock().aborted(staged);
+            return Ok(Stored::Now);
+        }
         let mut data = Vec::with_capacity(events.len().max(1));
         for event in &events {
             match codec::encode("event", event) {

@@ -56,7 +56,7 @@ pub trait EventSourcedActor:
 /// this command, prefer a durable effect ([`Effect::send`]): it never waits, cannot deadlock,
 /// and survives crashes. A cycle of asks on one call chain (A asks B, B asks A) fails at once
 /// with [`AskError::CallCycle`](crate::AskError::CallCycle). Independent turns that wait on each
-/// other in a cycle of any length, on one node or across nodes (A's turn waits on B, B's on C,
+/// other in a cycle (of up to 32 actors), on one node or across nodes (A's turn waits on B, B's on C,
 /// C's asks A) are found by edge chasing and one ask of the cycle is refused with
 /// [`AskError::Deadlock`](crate::AskError::Deadlock) — before it ran, so nothing was applied —
 /// well before the deadline (about 50–100 ms).

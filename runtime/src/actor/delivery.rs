@@ -51,11 +51,15 @@ pub(crate) struct OutboxCell {
 impl OutboxCell {
     /// The scheduler woke this actor for its index entry.
     pub fn woken(&self, revision: u64, due_ms: u64) {
-        self.outbox.lock().index = IndexState {
-            revision: Some(revision),
-            due_ms,
-            woken: true,
-        };
+        let mut outbox = self.outbox.lock();
+        // Revisions only grow: an entry this activation wrote itself may be newer than the one
+        // the scheduler saw (its watch can lag); never go back to the older one.
+        if outbox.index.revision.is_none_or(|r| r < revision) {
+            outbox.index.revision = Some(revision);
+            outbox.index.due_ms = due_ms;
+        }
+        outbox.index.woken = true;
+        drop(outbox);
         self.kick.notify_one();
     }
 

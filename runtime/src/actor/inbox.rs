@@ -19,7 +19,7 @@
 //! - at once: an ask whose chain of waiting callers includes an actor this turn waits on can
 //!   never be served (two turns asked each other's actors) and is refused with
 //!   [`AskError::Deadlock`];
-//! - by edge chasing, for cycles of any length and across nodes: an ask from another turn that
+//! - by edge chasing, for cycles of up to 32 actors and across nodes: an ask from another turn that
 //!   has waited [`PROBE_AFTER`] sends a [`Control::Probe`] to every actor this turn waits on.
 //!   Waiting actors pass it along their own wait-for edges; when it reaches the asker while the
 //!   asker's turn is still the one waiting here, the asker answers with a [`Control::Break`] and

@@ -26,7 +26,7 @@ use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
-use crate::wire::{Control, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle, codec};
+use crate::wire::{BASE_FRAME_FORMAT, Control, RemoteError, RemoteReply, RemoteRequest, Settle, codec};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -37,7 +37,7 @@ fn request<A: Behavior>(
     expects_reply: bool,
 ) -> Result<Vec<u8>, codec::CodecError> {
     RemoteRequest {
-        format: FRAME_FORMAT,
+        format: BASE_FRAME_FORMAT,
         namespace: key.namespace.to_string(),
         kind: A::KIND.to_owned(),
         id: key.id.to_string(),

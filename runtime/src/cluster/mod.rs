@@ -597,9 +597,19 @@ impl Inner {
                 }
             };
             self.registry_synced.store(false, Ordering::Release);
+            // Every node (this one included) rewrites its record each heartbeat, so a watch
+            // that delivers nothing for a failure timeout is stuck — typically its consumer
+            // lived on a server that went away. Make it again rather than trust its silence.
+            let quiet = self.config.failure_timeout.max(self.config.heartbeat * 2);
             loop {
                 let entry = tokio::select! {
-                    e = entries.next() => e,
+                    e = tokio::time::timeout(quiet, entries.next()) => match e {
+                        Ok(e) => e,
+                        Err(_) => {
+                            tracing::warn!(?quiet, "the node registry watch went quiet; watching again");
+                            None
+                        }
+                    },
                     _ = stop.changed() => return,
                 };
                 let Some(Ok(entry)) = entry else {
@@ -651,9 +661,21 @@ impl Inner {
                     }
                 }
             };
+            // Maps change rarely, so silence proves nothing: every few heartbeats, check the
+            // bucket directly and watch again if it holds a map this watch never delivered.
+            let check_every = self.config.failure_timeout.max(self.config.heartbeat * 2);
             loop {
                 let entry = tokio::select! {
-                    e = entries.next() => e,
+                    e = tokio::time::timeout(check_every, entries.next()) => match e {
+                        Ok(e) => e,
+                        Err(_) => {
+                            if self.map_watch_behind().await {
+                                tracing::warn!("the shard map watch missed a map; watching again");
+                                break;
+                            }
+                            continue;
+                        }
+                    },
                     _ = stop.changed() => return,
                 };
                 let Some(Ok(entry)) = entry else { break };
@@ -666,6 +688,21 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether the bucket holds a newer map than the one adopted (the watch missed it).
+    async fn map_watch_behind(&self) -> bool {
+        let Ok(Some(entry)) = self.buckets.shards.entry(MAP_KEY).await else {
+            return false;
+        };
+        if entry.operation != kv::Operation::Put {
+            return false;
+        }
+        let Ok(stored) = ShardMap::decode(&entry.value) else {
+            return false;
+        };
+        let adopted = self.map.read().as_ref().map_or(0, |m| m.epoch);
+        stored.epoch > adopted
     }
 
     /// Takes a newly published map: newer epochs only, never a lower term.
@@ -961,6 +998,13 @@ impl Inner {
         let timeout = self.config.failure_timeout;
         let (silent, mut alive) = {
             let registry = self.registry.lock();
+            // This node's own heartbeats come back through the same watch as everyone's. If
+            // they stopped coming back, the watch (or the bucket) is what is silent, not the
+            // other nodes: declare nobody failed and publish nothing until it recovers.
+            if !registry.heard_within(&self.config.node_id, now, timeout) {
+                tracing::warn!("own heartbeats not seen in the registry; not judging other nodes");
+                return;
+            }
             (registry.silent(now, timeout), registry.alive(now, timeout))
         };
         for (mut record, revision) in silent {

@@ -700,7 +700,7 @@ impl Writer {
     /// Answers every op with the failure that poisoned the store.
     fn refuse_all(ops: Vec<WriteOp>, reason: &str) {
         let refused = || {
-            StoreError::Unavailable(format!(
+            StoreError::Failed(format!(
                 "embedded store refuses writes after a failed sync ({reason}); reopen it"
             ))
         };
@@ -958,7 +958,7 @@ mod tests {
             .expect("queued");
         let refused = store.append(&actor, 1, commit()).await.expect_err("refused");
         assert!(
-            matches!(&refused, StoreError::Unavailable(r) if r.contains("failed sync") && r.contains("reopen")),
+            matches!(&refused, StoreError::Failed(r) if r.contains("failed sync") && r.contains("reopen")),
             "{refused}"
         );
         assert!(store.set_wakeup(&actor, 0).await.is_err(), "every write");

@@ -32,6 +32,17 @@
 //! sequence on JetStream). Per actor, log order is version order. Projections read the log to
 //! build read models from every actor's events, and resume from the position they stored.
 //!
+//! # The wake-up index
+//!
+//! Durable effects and reminders live in the sending actor's history, but something must bring
+//! that actor back to life when it is not resident — after a crash, a shard move, or when a
+//! reminder comes due. Each store keeps a small index for that: one entry per actor with
+//! pending durable work and the earliest time it is due ([`EventStore::set_wakeup`]). An actor
+//! writes its entry *before* the commit that gives it pending work, so no committed effect is
+//! ever without one; an entry without pending work only wakes an actor that finds nothing to
+//! do and removes it. Each node watches the index ([`EventStore::watch_wakeups`]) and wakes the
+//! actors of the shards it serves.
+//!
 //! # Idempotent appends
 //!
 //! A commit carries the [`CommandId`] of its command. When an append finds the stream already
@@ -259,6 +270,10 @@ pub enum StoreError {
     /// example). Nothing was read or written.
     #[error("not supported by this store: {0}")]
     Unsupported(String),
+    /// The store failed in a way only reopening it repairs (a synced write failed, so what is
+    /// on disk is unknown): it refuses every write until then. Nothing was written.
+    #[error("store refuses writes: {0}")]
+    Failed(String),
     /// The server is older than the store supports.
     #[error("nats-server {found} is too old: Aether needs {required} or newer")]
     ServerTooOld {

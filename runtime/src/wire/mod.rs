@@ -18,4 +18,4 @@ pub use envelope::{
     SYSTEM_EVENT_PREFIX, now_ms,
 };
 pub use event_type::event_type_name;
-pub use remote::{Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle};
+pub use remote::{BASE_FRAME_FORMAT, Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle};

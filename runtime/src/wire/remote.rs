@@ -10,13 +10,22 @@ use super::codec::{self, CodecError};
 use super::command_id::CommandId;
 use crate::names::ActorKey;
 
-/// The frame format number; a receiver refuses frames from a newer format.
-pub const FRAME_FORMAT: u16 = 1;
+/// The newest frame format number; a receiver refuses frames from a newer format.
+///
+/// | format | adds |
+/// |---|---|
+/// | 1 | asks and tells |
+/// | 2 | durable effects (`effect`) and deadlock detection (`control`); only frames that carry one of them are format 2, so a node that predates them refuses them (`BadFrame`) instead of running an effect as a plain ask |
+pub const FRAME_FORMAT: u16 = 2;
+
+/// The format of a frame without durable-effect or deadlock-detection fields (what raw clients
+/// send).
+pub const BASE_FRAME_FORMAT: u16 = 1;
 
 /// A command for one actor, sent on `aether.<ns>.shard.<n>.<kind>.<encoded-id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteRequest {
-    /// [`FRAME_FORMAT`].
+    /// [`BASE_FRAME_FORMAT`], or [`FRAME_FORMAT`] when `effect` or `control` is set.
     pub format: u16,
     /// The namespace (must match the receiver's).
     pub namespace: String,

@@ -52,7 +52,7 @@
 //! `ctx.ask` stays for reads and short synchronous steps. A turn that waits on another actor
 //! holds its own actor meanwhile, so turns can wait on each other in a cycle. Cycles on one call
 //! chain fail at once ([`AskError::CallCycle`](crate::AskError::CallCycle)); cycles between
-//! independent turns, of any length and across nodes, are found by **edge chasing**
+//! independent turns, of up to 32 actors and across nodes, are found by **edge chasing**
 //! ([`Control`](crate::wire::Control)): an ask that has waited about 50 ms in the queue of an
 //! actor whose turn waits on others sends a probe along the wait-for edges; if it comes back to
 //! the asker, the ask is refused with [`AskError::Deadlock`](crate::AskError::Deadlock) before

@@ -74,6 +74,11 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Whether the commit would change nothing in the outbox.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.settled.is_empty() && self.delivery.is_none()
+    }
+
     /// The earliest due time among the new entries (0: one is due now), if any.
     pub fn earliest_due(&self) -> Option<u64> {
         self.entries.iter().map(|e| e.due_ms.unwrap_or(0)).min()
@@ -148,6 +153,20 @@ impl Outbox {
         for name in cancels {
             if let Some(e) = self.reminder(name) {
                 settled.push(e.seq);
+            }
+        }
+        // Two reminders of one name in one turn: the later replaces the earlier.
+        let mut i = 0;
+        while i < entries.len() {
+            let name = entries[i].reminder.clone();
+            let replaced_later = name.is_some()
+                && entries[i + 1..]
+                    .iter()
+                    .any(|later| later.reminder == name);
+            if replaced_later {
+                entries.remove(i);
+            } else {
+                i += 1;
             }
         }
         let mut seq = self.next_seq.max(1);
@@ -410,6 +429,20 @@ mod tests {
         assert_eq!(staged.settled, vec![seq], "cancelled");
         ob.committed(&me, staged);
         assert!(ob.already_applied(&me, &own), "a cancelled reminder never applies");
+    }
+
+    #[test]
+    fn two_reminders_of_one_name_in_one_turn_keep_the_later() {
+        let me = key("a");
+        let mut ob = Outbox::default();
+        let staged = ob.stage(
+            &me,
+            vec![entry("a", Some(10), Some("x")), entry("a", Some(20), Some("x"))],
+            &[],
+            None,
+        );
+        assert_eq!(staged.entries.len(), 1);
+        assert_eq!(staged.entries[0].due_ms, Some(20));
     }
 
     #[test]

@@ -173,6 +173,9 @@ async fn open_bucket(
     }
 }
 
+/// How long a quiet wake-up watch is trusted before it is made again.
+const WAKEUP_RESYNC: Duration = Duration::from_secs(30);
+
 /// The wake-up feed of a bucket: every entry, then every change; restarts (after a
 /// [`Wakeup::Reset`]) when the watch breaks, for example while the server restarts.
 fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
@@ -214,7 +217,16 @@ fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
                                 restarted = true;
                             }
                         },
-                        Phase::Watching(mut watch) => match watch.next().await {
+                        // A watch whose consumer lived on a server that went away can stay
+                        // silent without an error: after a quiet spell, read everything again
+                        // (cheap: the index holds only actors with pending work).
+                        Phase::Watching(mut watch) => match tokio::time::timeout(
+                            WAKEUP_RESYNC,
+                            watch.next(),
+                        )
+                        .await
+                        .unwrap_or(None)
+                        {
                             Some(Ok(entry)) => {
                                 let change: Vec<Wakeup> = to_change(entry).into_iter().collect();
                                 return Some((change, (Phase::Watching(watch), bucket, false)));
