@@ -133,6 +133,10 @@ fn transient(error: &str) -> bool {
 }
 
 fn check(s: &mut State, map: ShardMap, shard_count: usize) {
+    // A watch made again delivers the latest map once more.
+    if s.maps.last() == Some(&map) {
+        return;
+    }
     if let Some(previous) = s.maps.last()
         && map.epoch <= previous.epoch
     {
