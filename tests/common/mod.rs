@@ -7,6 +7,7 @@ pub mod link;
 pub mod map_watch;
 pub mod nats;
 pub mod process;
+pub mod proxy;
 pub mod workload;
 
 use std::future::Future;

@@ -42,6 +42,12 @@
 //! **Maps that change mid-handoff.** A newer map simply becomes the target: shards lost
 //! meanwhile are never served, shards still gained wait for the newer epoch's releases, and
 //! drains already running go on.
+//!
+//! **A node cut off from NATS fences itself.** When its heartbeats have not landed for nine
+//! tenths of the failure timeout — before the leader can declare it failed — a node stops
+//! serving every shard and drains its actors; placement routes even its local callers away.
+//! Once a heartbeat lands again it reads the current map and takes part in the handoff
+//! afresh, serving only what that map gives it, once nobody else holds it.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -147,6 +153,8 @@ struct State {
     released: Vec<u32>,
     released_actors: usize,
     drain_started: Option<Instant>,
+    /// The node fenced itself (see `Inner::fence`): everything is drained, nothing served.
+    fenced: bool,
 }
 
 /// The handoff task of one node. See the module docs.
@@ -154,6 +162,7 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
     let mut owned = inner.owned.subscribe();
     let mut stop = inner.stop.subscribe();
     let mut registry = inner.registry_rev.subscribe();
+    let mut fence = inner.fenced.subscribe();
     let mut st = State::default();
     let mut drains: FuturesUnordered<Drain> = FuturesUnordered::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -163,12 +172,22 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
             return;
         }
         let mut changed = false;
+        let fenced = *fence.borrow_and_update();
+        if fenced && !st.fenced {
+            st.fenced = true;
+            drop_everything(&inner, &mut st, dispatch.as_ref(), &mut drains);
+            changed = true;
+        } else if !fenced && st.fenced {
+            // Rejoining: take the current map afresh (the fence drained everything).
+            st.fenced = false;
+            st.epoch = 0;
+        }
         let target = Arc::clone(&owned.borrow_and_update());
-        if target.epoch > st.epoch {
+        if !st.fenced && target.epoch > st.epoch {
             adopt(&inner, &mut st, &target, dispatch.as_ref(), &mut drains);
             changed = true;
         }
-        if !st.pending.is_empty() && serve_free(&inner, &mut st) {
+        if !st.fenced && !st.pending.is_empty() && serve_free(&inner, &mut st) {
             changed = true;
         }
         if changed {
@@ -185,6 +204,7 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
                 advertise(&inner, &st).await;
             }
             r = registry.changed() => if r.is_err() { return },
+            r = fence.changed() => if r.is_err() { return },
             _ = tick.tick(), if !st.pending.is_empty() => {}
             _ = stop.changed() => return,
         }
@@ -241,6 +261,32 @@ fn adopt(
     if st.pending.is_empty() {
         st.served_epoch = st.epoch;
         publish_serving(inner, st.served_epoch, &st.serving);
+    }
+}
+
+/// The node fenced itself: stop serving every shard and drain every activation (the leader may
+/// be giving the shards to other nodes right now).
+fn drop_everything(
+    inner: &Inner,
+    st: &mut State,
+    dispatch: &dyn Dispatch,
+    drains: &mut FuturesUnordered<Drain>,
+) {
+    st.pending.clear();
+    let lost: Vec<u32> = std::mem::take(&mut st.serving).into_iter().collect();
+    publish_serving(inner, st.served_epoch, &st.serving);
+    if lost.is_empty() {
+        return;
+    }
+    st.draining.extend(lost.iter().copied());
+    st.drain_started.get_or_insert_with(Instant::now);
+    let timeout = inner.config.handoff_timeout;
+    for (shard, done) in dispatch.drain(lost) {
+        drains.push(Box::pin(async move {
+            let started = Instant::now();
+            let actors = done.await;
+            (shard, actors, started.elapsed() > timeout)
+        }));
     }
 }
 

@@ -137,6 +137,14 @@ struct Inner {
     registry_rev: watch::Sender<u64>,
     /// The registry watch has delivered everything the bucket held (no backlog).
     registry_synced: AtomicBool,
+    /// This node could not heartbeat for (nearly) a failure timeout: the leader may declare it
+    /// failed and give its shards away at any moment, so it serves nothing — local callers
+    /// included — until a heartbeat lands again. See [`Inner::fence`].
+    fenced: watch::Sender<bool>,
+    /// When the last heartbeat that landed was sent, in milliseconds since `clock`.
+    last_beat_ms: AtomicU64,
+    /// The node's monotonic clock origin.
+    clock: Instant,
     handoff: handoff::Counters,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -288,6 +296,9 @@ impl Cluster {
                 held: Mutex::new(ShardSet::default()),
                 registry_rev,
                 registry_synced: AtomicBool::new(false),
+                fenced: watch::channel(false).0,
+                last_beat_ms: AtomicU64::new(0),
+                clock: Instant::now(),
                 handoff: handoff::Counters::default(),
                 stop,
                 tasks: Mutex::new(Vec::new()),
@@ -521,6 +532,12 @@ struct ClusterPlacement {
 
 impl Placement for ClusterPlacement {
     fn owner(&self, shard: u32) -> Owner {
+        if *self.inner.fenced.borrow() || self.inner.beat_lease_expired() {
+            // Cut off: another node may own every shard by now; serve none of them here. (The
+            // lease is checked here too, not only by the fencing task: a process resumed after
+            // a pause may run a request before that task.)
+            return Owner::Unassigned;
+        }
         if self.inner.serving.borrow().shards.contains(&shard) {
             return Owner::Local;
         }
@@ -568,19 +585,105 @@ impl Inner {
             .map_err(|e| e.to_string())
     }
 
+    /// How long after the last heartbeat that landed this node fences itself: a little less
+    /// than the failure timeout, so it stops serving before the leader can declare it failed.
+    ///
+    /// The leader declares a node failed once it has not seen its record change for the
+    /// failure timeout, counted from when the record *reached* the leader — never before the
+    /// failure timeout has passed since the node *sent* it. A node that stops serving by then,
+    /// counted from the send, can never serve a shard that a new owner serves too.
+    fn fence_after(&self) -> Duration {
+        self.config
+            .failure_timeout
+            .saturating_sub(self.config.failure_timeout / 10)
+    }
+
+    /// Whether the last heartbeat that landed is older than [`Inner::fence_after`].
+    fn beat_lease_expired(&self) -> bool {
+        let last = self.last_beat_ms.load(Ordering::Acquire);
+        Duration::from_millis(self.since_clock().saturating_sub(last)) >= self.fence_after()
+    }
+
+    fn since_clock(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn heartbeats(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(self.config.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let fence_after = self.fence_after();
+        // A heartbeat can hang until its request times out (a black-holed connection): run
+        // them on their own task, so the fence below keeps its time regardless.
+        let beating = Arc::clone(&self);
+        let mut stop_beats = self.stop.subscribe();
+        let beats = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let sent = beating.since_clock();
+                        match beating.heartbeat().await {
+                            Ok(()) => {
+                                beating.last_beat_ms.fetch_max(sent, Ordering::AcqRel);
+                                if *beating.fenced.borrow() {
+                                    beating.unfence().await;
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                        }
+                    }
+                    _ = stop_beats.changed() => return,
+                }
+            }
+        });
         loop {
+            let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Acquire));
+            let due = self.clock + last + fence_after;
             tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = self.heartbeat().await {
-                        tracing::warn!(error = %e, "heartbeat failed");
+                () = tokio::time::sleep_until(due) => {
+                    let silent = Duration::from_millis(
+                        self.since_clock().saturating_sub(self.last_beat_ms.load(Ordering::Acquire)),
+                    );
+                    if silent >= fence_after && !*self.fenced.borrow() {
+                        self.fence(silent);
+                    }
+                    if *self.fenced.borrow() {
+                        // Nothing to do until a heartbeat lands (the beats task unfences).
+                        tokio::time::sleep(self.config.heartbeat).await;
                     }
                 }
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    beats.abort();
+                    return;
+                }
             }
         }
+    }
+
+    /// Stops serving everything: this node's heartbeats have not landed for almost a failure
+    /// timeout (it is cut off from NATS, paused, or starved). Its actors are drained by the
+    /// handoff; placement routes even local callers away, so nothing is read or decided from
+    /// state another node may have moved on from.
+    fn fence(&self, silent: Duration) {
+        tracing::warn!(
+            node = %self.config.node_id,
+            ?silent,
+            "heartbeats not landing: fencing this node (it serves nothing until they do)"
+        );
+        self.fenced.send_replace(true);
+    }
+
+    /// A heartbeat landed again after a fence: catch up with the current map before the
+    /// handoff serves anything (the map this node holds may be long superseded).
+    async fn unfence(&self) {
+        if let Ok(Some(entry)) = self.buckets.shards.entry(MAP_KEY).await
+            && entry.operation == kv::Operation::Put
+            && let Ok(map) = ShardMap::decode(&entry.value)
+        {
+            self.adopt(map);
+        }
+        tracing::info!(node = %self.config.node_id, "heartbeats landing again: rejoining");
+        self.fenced.send_replace(false);
     }
 
     async fn watch_registry(self: Arc<Self>) {

@@ -1,9 +1,11 @@
 //! Remote delivery over NATS: one subject per actor, one queue subscription per owned shard.
 //!
 //! A command for actor `id` of kind `kind` in shard `n` is a NATS request on
-//! `aether.<ns>.shard.<n>.<kind>.<encoded-id>`. The node that owns shard `n` holds a queue
-//! subscription (group `aether`) on `aether.<ns>.shard.<n>.>`, so NATS routes the request to
-//! the owner and a sender needs no map at all. While a shard moves, nobody (or the old owner,
+//! `aether.<ns>.shard.<n>.<kind>.<encoded-id>`. The node that serves shard `n` subscribes to
+//! `aether.<ns>.shard.<n>.>`, so NATS routes the request to the owner and a sender needs no map
+//! at all. The subscription is a plain one, not a queue group: a node cut off from NATS whose
+//! connection the server still keeps (its old subscriptions with it) gets a copy of each
+//! request it will never answer, and the new owner gets it too and answers. While a shard moves, nobody (or the old owner,
 //! answering `NotOwner`) may answer: the sender backs off and retries, with the same command id,
 //! until its deadline.
 //!
@@ -27,8 +29,6 @@ use tokio::time::Instant;
 use crate::names::{ActorId, Namespace};
 use crate::wire::{RemoteError, RemoteReply};
 
-/// The queue group every owner subscribes in.
-pub const QUEUE_GROUP: &str = "aether";
 
 /// The subject of one actor.
 pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId) -> String {
@@ -294,10 +294,13 @@ pub fn serve(
                     continue;
                 }
                 let subject = shard_subject(&namespace, shard);
-                match client
-                    .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
-                    .await
-                {
+                // A plain subscription, not a queue group: every node holding the subject gets
+                // a copy. Normally that is one node. A node that was declared failed but whose
+                // connection the server has not dropped yet (cut off, paused) still holds its
+                // old subscriptions; with a shared queue group the server would hand it about
+                // half of its shards' requests, which it never answers. This way the new owner
+                // gets every request too, and the sender takes the first answer.
+                match client.subscribe(subject.clone()).await {
                     Ok(sub) => {
                         let (stop, stopped) = oneshot::channel();
                         let task = tokio::spawn(serve_shard(

@@ -1,0 +1,333 @@
+//! A node cut off from NATS must not take its shards' traffic with it.
+//!
+//! Three node processes on one nats-server; one of them reaches the server through a TCP proxy
+//! (`common::proxy`). A load of deposits and reads goes through a **raw NATS client** speaking
+//! the documented wire (request frames on shard subjects, a fixed per-request timeout, every
+//! deposit retried with the same command id until answered). Then the node is cut off for
+//! 20 s — black-holed (the proxy forwards nothing but keeps the sockets open, so the server
+//! keeps its subscriptions) or SIGSTOPped — and healed. Checked:
+//!
+//! - from the failure timeout + 1 s after the cut until the heal, throughput is at least 0.7
+//!   of the throughput before the cut (the survivors serve the cut node's shards, and the
+//!   server's copy of each request to the dead connection does not matter);
+//! - no stale read: a read never returns less than the deposits acknowledged before it was
+//!   sent (the cut node fences itself before the leader can declare it failed);
+//! - no lost and no doubled deposit: every balance equals its acknowledged deposits;
+//! - after the heal the node serves again within 2 s of the first map that includes it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aether::cluster::NodeStatus;
+use aether::routing::shard_of;
+use aether::wire::{BASE_FRAME_FORMAT, RemoteReply, RemoteRequest};
+use aether::{ActorId, ClusterView, CommandId};
+use bytes::Bytes;
+use common::nats::{NatsServer, wait_for_jetstream};
+use common::process::{FAST, NodeProcess, poll};
+use common::proxy::{Mode, Proxy};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+const ACCOUNTS: usize = 32;
+const WORKERS: usize = 6;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const CUT: Duration = Duration::from_secs(20);
+
+/// The account commands of `examples/shared/account.rs` that the load sends (same encoding).
+#[derive(Serialize)]
+enum AccountCmd {
+    Open { owner: String },
+    Deposit(u64),
+    Balance,
+}
+
+struct Load {
+    ns: String,
+    client: async_nats::Client,
+    /// Acknowledged deposits per account.
+    acked: Vec<AtomicU64>,
+    /// When each acknowledged operation completed.
+    done_at: Mutex<Vec<Instant>>,
+    stale: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+fn account(i: usize) -> String {
+    format!("acct-{i:02}")
+}
+
+impl Load {
+    /// One request, retried with the same command id until a reply that is not "not here".
+    async fn call(&self, id: &str, cmd: &AccountCmd, command_id: CommandId) -> Option<u64> {
+        let shard = shard_of(&self.ns, "account", id, 1024);
+        let subject = format!(
+            "aether.{}.shard.{shard}.account.{}",
+            self.ns,
+            ActorId::new(id).expect("id").encoded()
+        );
+        let frame = RemoteRequest {
+            format: BASE_FRAME_FORMAT,
+            namespace: self.ns.clone(),
+            kind: "account".into(),
+            id: id.into(),
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+            chain: Vec::new(),
+            expects_reply: true,
+            command: rmp_serde::to_vec_named(cmd).expect("encodes"),
+            effect: None,
+            control: None,
+        }
+        .encode()
+        .expect("frame");
+        let frame = Bytes::from(frame);
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let request = async_nats::Request::new()
+                .payload(frame.clone())
+                .timeout(Some(REQUEST_TIMEOUT));
+            match self.client.send_request(subject.clone(), request).await {
+                Ok(msg) => match RemoteReply::decode(&msg.payload) {
+                    Ok(RemoteReply::Ok { reply }) => {
+                        return Some(rmp_serde::from_slice(&reply).expect("a balance"));
+                    }
+                    // Not served right now (moving, not owner, unavailable): try again.
+                    Ok(RemoteReply::Err(_)) | Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                },
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    async fn worker(self: Arc<Self>, seed: u64) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        while !self.stop.load(Ordering::Relaxed) {
+            let i = rng.usize(..ACCOUNTS);
+            let id = account(i);
+            if rng.bool() {
+                let floor = self.acked[i].load(Ordering::Acquire);
+                let Some(balance) = self.call(&id, &AccountCmd::Balance, CommandId::random()).await
+                else {
+                    return;
+                };
+                if balance < floor {
+                    self.stale
+                        .lock()
+                        .push(format!("{id}: read {balance} after {floor} acknowledged deposits"));
+                }
+            } else {
+                let command_id = CommandId::random();
+                if self
+                    .call(&id, &AccountCmd::Deposit(1), command_id)
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                self.acked[i].fetch_add(1, Ordering::AcqRel);
+            }
+            self.done_at.lock().push(Instant::now());
+        }
+    }
+
+    fn rate(&self, from: Instant, to: Instant) -> f64 {
+        let n = self
+            .done_at
+            .lock()
+            .iter()
+            .filter(|t| **t >= from && **t < to)
+            .count();
+        n as f64 / to.duration_since(from).as_secs_f64()
+    }
+}
+
+enum Cut {
+    BlackHole,
+    Pause,
+}
+
+/// Runs the scenario with `victim` (an index into the nodes) cut off by `how`; `leader`:
+/// pick the leader as the victim (it is started behind the proxy first).
+async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let spawn = |id: &str, url: &str| {
+        let (url, id, ns) = (url.to_owned(), id.to_owned(), ns.to_owned());
+        tokio::task::block_in_place(move || {
+            NodeProcess::spawn_with(&url, &ns, &id, FAST, &[("AETHER_REPLICAS", "1")])
+        })
+    };
+    // The victim joins first when it must be the leader (the first node takes the lease).
+    let mut nodes = Vec::new();
+    if leader {
+        nodes.push(spawn("node-2", &proxy.url()));
+    }
+    nodes.push(spawn("node-1", &url));
+    if !leader {
+        nodes.push(spawn("node-2", &proxy.url()));
+    }
+    nodes.push(spawn("node-3", &url));
+    let victim = nodes.iter().position(|n| n.id == "node-2").expect("victim");
+    let view = ClusterView::connect(&url, ns).await.expect("view");
+    poll(Duration::from_secs(30), "a map of three", async || {
+        view.shard_map()
+            .await
+            .ok()
+            .flatten()
+            .filter(|m| m.nodes.len() == 3)
+    })
+    .await;
+    if leader {
+        let l = view.leader().await.expect("view").expect("a leader");
+        assert_eq!(l.node, "node-2", "the victim leads");
+    }
+    let map = view.shard_map().await.expect("view").expect("map");
+    let on_victim = (0..ACCOUNTS)
+        .filter(|i| {
+            map.owner(shard_of(ns, "account", &account(*i), 1024)) == Some(&"node-2".to_owned())
+        })
+        .count();
+    assert!(on_victim >= 3, "the victim owns some accounts ({on_victim})");
+
+    let client = async_nats::connect(url.as_str()).await.expect("raw client");
+    let load = Arc::new(Load {
+        ns: ns.to_owned(),
+        client,
+        acked: (0..ACCOUNTS).map(|_| AtomicU64::new(0)).collect(),
+        done_at: Mutex::new(Vec::new()),
+        stale: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    for i in 0..ACCOUNTS {
+        load.call(&account(i), &AccountCmd::Open { owner: account(i) }, CommandId::random())
+            .await;
+    }
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(Arc::clone(&load).worker(w as u64 + 1)))
+        .collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let cut_at = Instant::now();
+    match how {
+        Cut::BlackHole => proxy.set(Mode::BlackHole),
+        Cut::Pause => nodes[victim].signal(libc::SIGSTOP),
+    }
+    println!("cut node-2 off ({})", if leader { "the leader" } else { "a follower" });
+    tokio::time::sleep(CUT).await;
+    let healed_at = Instant::now();
+    match how {
+        Cut::BlackHole => proxy.set(Mode::Forward),
+        Cut::Pause => nodes[victim].signal(libc::SIGCONT),
+    }
+    println!("healed");
+
+    // The node comes back: a map includes it again, and it serves its shards soon after.
+    let back = poll(Duration::from_secs(30), "a map with node-2 again", async || {
+        view.shard_map()
+            .await
+            .ok()
+            .flatten()
+            .filter(|m| m.nodes.iter().any(|n| n == "node-2"))
+            .filter(|m| m.epoch > map.epoch)
+    })
+    .await;
+    let map_seen = Instant::now();
+    let serving = poll(Duration::from_secs(30), "node-2 serving again", async || {
+        let nodes = view.nodes().await.ok()?;
+        nodes
+            .into_iter()
+            .find(|n| n.node == "node-2")
+            .filter(|n| {
+                n.status == NodeStatus::Alive
+                    && n.handoff_epoch >= back.epoch
+                    && n.held.len() >= back.shards_of("node-2").len()
+            })
+    })
+    .await;
+    let serve_after = map_seen.elapsed();
+    println!(
+        "node-2 back in map {} and holding {} shards {serve_after:?} after it was seen",
+        back.epoch,
+        serving.held.len()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    let before = load.rate(started, cut_at);
+    let window_start = cut_at + FAST_FAILURE + Duration::from_secs(1);
+    let during = load.rate(window_start, healed_at);
+    let per_second: Vec<String> = (0..CUT.as_secs())
+        .map(|s| {
+            let from = cut_at + Duration::from_secs(s);
+            format!("{:.0}", load.rate(from, from + Duration::from_secs(1)))
+        })
+        .collect();
+    println!(
+        "throughput before the cut {before:.0}/s, during it {during:.0}/s ({:.2}); per second \
+         after the cut: {}",
+        during / before,
+        per_second.join(" ")
+    );
+    // Every balance is exactly its acknowledged deposits (read through the survivors).
+    load.stop.store(false, Ordering::Relaxed);
+    let mut wrong = HashMap::new();
+    for i in 0..ACCOUNTS {
+        let balance = load
+            .call(&account(i), &AccountCmd::Balance, CommandId::random())
+            .await
+            .expect("a balance");
+        let acked = load.acked[i].load(Ordering::Acquire);
+        if balance != acked {
+            wrong.insert(account(i), (balance, acked));
+        }
+    }
+    let stale = load.stale.lock().clone();
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+    assert!(wrong.is_empty(), "lost or doubled deposits (balance, acked): {wrong:?}");
+    assert!(
+        during >= 0.7 * before,
+        "throughput during the cut {during:.0}/s is below 0.7 of {before:.0}/s"
+    );
+    assert!(
+        serve_after <= Duration::from_secs(2),
+        "node-2 served again {serve_after:?} after the map that includes it"
+    );
+    for node in nodes {
+        tokio::task::block_in_place(|| node.shutdown());
+    }
+}
+
+/// The failure timeout of [`FAST`].
+const FAST_FAILURE: Duration = Duration::from_millis(FAST.failure_ms);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_follower_does_not_take_its_shards_with_it() {
+    cut_off_a_node("cut-follower", Cut::BlackHole, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_does_not_take_its_shards_with_it() {
+    cut_off_a_node("cut-paused", Cut::Pause, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_leader_does_not_take_its_shards_with_it() {
+    cut_off_a_node("cut-leader", Cut::BlackHole, true).await;
+}
