@@ -14,6 +14,11 @@
 //!   sent (the cut node fences itself before the leader can declare it failed);
 //! - no lost and no doubled deposit: every balance equals its acknowledged deposits;
 //! - after the heal the node serves again within 2 s of the first map that includes it.
+//!
+//! The same on an R3 cluster of three nats-servers, where the node reaches only the third
+//! server and that server is the one cut off (frozen with SIGSTOP: every connection to it —
+//! the node's and the other servers' routes — stays open and silent, the way a frozen VM or a
+//! cut link looks until keepalives expire).
 
 mod common;
 
@@ -27,7 +32,7 @@ use aether::routing::shard_of;
 use aether::wire::{BASE_FRAME_FORMAT, RemoteReply, RemoteRequest};
 use aether::{ActorId, ClusterView, CommandId};
 use bytes::Bytes;
-use common::nats::{NatsServer, wait_for_jetstream};
+use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
 use common::process::{FAST, NodeProcess, poll};
 use common::proxy::{Mode, Proxy};
 use parking_lot::Mutex;
@@ -153,31 +158,53 @@ impl Load {
 }
 
 enum Cut {
+    /// The proxy between the node and its server black-holes.
     BlackHole,
+    /// The node process is SIGSTOPped.
     Pause,
+    /// R3: the nats-server the node alone is connected to is SIGSTOPped.
+    ItsServer,
+}
+
+/// Where the cluster's NATS lives.
+enum Nats {
+    Single(NatsServer),
+    R3(NatsCluster),
 }
 
 /// Runs the scenario with `victim` (an index into the nodes) cut off by `how`; `leader`:
 /// pick the leader as the victim (it is started behind the proxy first).
 async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
-    let server = NatsServer::start();
-    let url = server.url();
+    let mut nats = match how {
+        Cut::ItsServer => Nats::R3(NatsCluster::start()),
+        _ => Nats::Single(NatsServer::start()),
+    };
+    // `url`: what the survivors and the load use; `victim_url`: the victim's only way in.
+    let (url, victim_url, replicas, proxy) = match &nats {
+        Nats::Single(server) => {
+            let proxy = Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
+            (server.url(), proxy.url(), "1", Some(proxy))
+        }
+        Nats::R3(cluster) => {
+            let survivors = format!("{},{}", cluster.servers[0].url(), cluster.servers[1].url());
+            (survivors, cluster.servers[2].url(), "3", None)
+        }
+    };
     wait_for_jetstream(&url).await;
-    let proxy = Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
     let spawn = |id: &str, url: &str| {
         let (url, id, ns) = (url.to_owned(), id.to_owned(), ns.to_owned());
         tokio::task::block_in_place(move || {
-            NodeProcess::spawn_with(&url, &ns, &id, FAST, &[("AETHER_REPLICAS", "1")])
+            NodeProcess::spawn_with(&url, &ns, &id, FAST, &[("AETHER_REPLICAS", replicas)])
         })
     };
     // The victim joins first when it must be the leader (the first node takes the lease).
     let mut nodes = Vec::new();
     if leader {
-        nodes.push(spawn("node-2", &proxy.url()));
+        nodes.push(spawn("node-2", &victim_url));
     }
     nodes.push(spawn("node-1", &url));
     if !leader {
-        nodes.push(spawn("node-2", &proxy.url()));
+        nodes.push(spawn("node-2", &victim_url));
     }
     nodes.push(spawn("node-3", &url));
     let victim = nodes.iter().position(|n| n.id == "node-2").expect("victim");
@@ -202,7 +229,8 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         .count();
     assert!(on_victim >= 3, "the victim owns some accounts ({on_victim})");
 
-    let client = async_nats::connect(url.as_str()).await.expect("raw client");
+    let servers: Vec<&str> = url.split(',').collect();
+    let client = async_nats::connect(servers.as_slice()).await.expect("raw client");
     let load = Arc::new(Load {
         ns: ns.to_owned(),
         client,
@@ -222,16 +250,20 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let cut_at = Instant::now();
-    match how {
-        Cut::BlackHole => proxy.set(Mode::BlackHole),
-        Cut::Pause => nodes[victim].signal(libc::SIGSTOP),
+    match (&how, &nats) {
+        (Cut::BlackHole, _) => proxy.as_ref().expect("a proxy").set(Mode::BlackHole),
+        (Cut::Pause, _) => nodes[victim].signal(libc::SIGSTOP),
+        (Cut::ItsServer, Nats::R3(cluster)) => cluster.servers[2].pause(),
+        (Cut::ItsServer, Nats::Single(_)) => unreachable!("an R3 scenario"),
     }
     println!("cut node-2 off ({})", if leader { "the leader" } else { "a follower" });
     tokio::time::sleep(CUT).await;
     let healed_at = Instant::now();
-    match how {
-        Cut::BlackHole => proxy.set(Mode::Forward),
-        Cut::Pause => nodes[victim].signal(libc::SIGCONT),
+    match (&how, &mut nats) {
+        (Cut::BlackHole, _) => proxy.as_ref().expect("a proxy").set(Mode::Forward),
+        (Cut::Pause, _) => nodes[victim].signal(libc::SIGCONT),
+        (Cut::ItsServer, Nats::R3(cluster)) => cluster.servers[2].resume(),
+        (Cut::ItsServer, Nats::Single(_)) => unreachable!("an R3 scenario"),
     }
     println!("healed");
 
@@ -330,4 +362,14 @@ async fn a_paused_node_does_not_take_its_shards_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_leader_does_not_take_its_shards_with_it() {
     cut_off_a_node("cut-leader", Cut::BlackHole, true).await;
+}
+
+/// Not met yet: when the frozen server leads the raft group of the node registry's bucket, no
+/// heartbeat lands anywhere until JetStream elects a new leader (about 6-7 s, measured), so
+/// every node fences itself for that long — safe, but the survivors stop serving too. The fix
+/// is liveness on core NATS (no raft in the path); see the note on issue 14.
+#[ignore = "survivors fence during the registry's raft election; liveness must move to core NATS"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_is_cut_off_does_not_take_its_shards_with_it() {
+    cut_off_a_node("cut-server", Cut::ItsServer, false).await;
 }

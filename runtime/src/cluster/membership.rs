@@ -151,13 +151,26 @@ impl Registry {
         }
     }
 
-    /// Nodes that advertise `Alive` and were heard from within `timeout` of `now`.
-    pub fn alive(&self, now: Instant, timeout: std::time::Duration) -> Vec<String> {
+    /// Nodes that advertise `Alive` and were heard from within `timeout` of `now`, counting
+    /// from `from` at the earliest (when the watcher's view of the registry became trustworthy).
+    pub fn alive(
+        &self,
+        now: Instant,
+        timeout: std::time::Duration,
+        from: Option<Instant>,
+    ) -> Vec<String> {
         self.nodes
             .values()
-            .filter(|s| s.record.status == NodeStatus::Alive && now.duration_since(s.at) < timeout)
+            .filter(|s| {
+                s.record.status == NodeStatus::Alive
+                    && now.duration_since(Self::since(s.at, from)) < timeout
+            })
             .map(|s| s.record.node.clone())
             .collect()
+    }
+
+    fn since(at: Instant, from: Option<Instant>) -> Instant {
+        from.map_or(at, |f| f.max(at))
     }
 
     /// The live nodes other than `me` that may still run activations of `shard`, as far as
@@ -190,13 +203,21 @@ impl Registry {
             .is_some_and(|s| now.duration_since(s.at) < timeout)
     }
 
-    /// Nodes that advertise `Alive` but have been silent for `timeout` or more.
-    /// Nodes that advertise `Alive` but have been silent for `timeout` or more, with the
-    /// revision of their last record.
-    pub fn silent(&self, now: Instant, timeout: std::time::Duration) -> Vec<(NodeRecord, u64)> {
+    /// Nodes that advertise `Alive` but have been silent for `timeout` or more (counting from
+    /// `from` at the earliest, as in [`Registry::alive`]), with the revision of their last
+    /// record.
+    pub fn silent(
+        &self,
+        now: Instant,
+        timeout: std::time::Duration,
+        from: Option<Instant>,
+    ) -> Vec<(NodeRecord, u64)> {
         self.nodes
             .values()
-            .filter(|s| s.record.status == NodeStatus::Alive && now.duration_since(s.at) >= timeout)
+            .filter(|s| {
+                s.record.status == NodeStatus::Alive
+                    && now.duration_since(Self::since(s.at, from)) >= timeout
+            })
             .map(|s| (s.record.clone(), s.revision))
             .collect()
     }

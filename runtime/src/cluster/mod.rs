@@ -103,6 +103,15 @@ pub struct NodeView {
     pub last_heard: Duration,
 }
 
+/// What a leader can tell about its own view of the registry (see `Inner::lead`).
+#[derive(Default)]
+struct Sight {
+    /// Its own heartbeats are not coming back through the watch.
+    blind: bool,
+    /// When they came back after the last blind spell.
+    recovered: Option<Instant>,
+}
+
 struct Buckets {
     nodes: kv::Store,
     leader: kv::Store,
@@ -141,6 +150,9 @@ struct Inner {
     /// failed and give its shards away at any moment, so it serves nothing — local callers
     /// included — until a heartbeat lands again. See [`Inner::fence`].
     fenced: watch::Sender<bool>,
+    /// Whether this node (as leader) sees its own heartbeats in the registry, and since when
+    /// again after it did not.
+    sight: Mutex<Sight>,
     /// When the last heartbeat that landed was sent, in milliseconds since `clock`.
     last_beat_ms: AtomicU64,
     /// The node's monotonic clock origin.
@@ -297,6 +309,7 @@ impl Cluster {
                 registry_rev,
                 registry_synced: AtomicBool::new(false),
                 fenced: watch::channel(false).0,
+                sight: Mutex::new(Sight::default()),
                 last_beat_ms: AtomicU64::new(0),
                 clock: Instant::now(),
                 handoff: handoff::Counters::default(),
@@ -1103,12 +1116,27 @@ impl Inner {
             let registry = self.registry.lock();
             // This node's own heartbeats come back through the same watch as everyone's. If
             // they stopped coming back, the watch (or the bucket) is what is silent, not the
-            // other nodes: declare nobody failed and publish nothing until it recovers.
+            // other nodes: declare nobody failed and publish nothing until it recovers — and
+            // then give every node a full failure timeout from the recovery, since nobody's
+            // heartbeat could land meanwhile.
+            let mut sight = self.sight.lock();
             if !registry.heard_within(&self.config.node_id, now, timeout) {
-                tracing::warn!("own heartbeats not seen in the registry; not judging other nodes");
+                if !sight.blind {
+                    tracing::warn!("own heartbeats not seen in the registry; not judging other nodes");
+                    sight.blind = true;
+                }
                 return;
             }
-            (registry.silent(now, timeout), registry.alive(now, timeout))
+            if sight.blind {
+                sight.blind = false;
+                sight.recovered = Some(now);
+                tracing::info!("own heartbeats seen again; judging other nodes from now on");
+            }
+            let from = sight.recovered;
+            (
+                registry.silent(now, timeout, from),
+                registry.alive(now, timeout, from),
+            )
         };
         for (mut record, revision) in silent {
             if record.node == self.config.node_id {
