@@ -37,9 +37,15 @@ const OPENING: u64 = 1_000_000_000;
 enum Cmd {
     Open,
     /// Debit here, credit `to` by durable effect.
-    Send { to: ActorRef<Wallet>, amount: u64 },
+    Send {
+        to: ActorRef<Wallet>,
+        amount: u64,
+    },
     /// Credit `to` by ask, then debit here.
-    SendByAsk { to: ActorRef<Wallet>, amount: u64 },
+    SendByAsk {
+        to: ActorRef<Wallet>,
+        amount: u64,
+    },
     Credit(u64),
     Balance,
 }
@@ -69,7 +75,9 @@ struct Wallet {
 impl Behavior for Wallet {
     async fn handle(&self, cmd: Cmd, ctx: &mut Ctx<Self>) -> Result<Effect<Self>, WalletError> {
         match cmd {
-            Cmd::Open if self.balance == 0 => Ok(Effect::persist(Event::Opened(OPENING)).reply(OPENING)),
+            Cmd::Open if self.balance == 0 => {
+                Ok(Effect::persist(Event::Opened(OPENING)).reply(OPENING))
+            }
             Cmd::Open | Cmd::Balance => Ok(Effect::reply(self.balance)),
             Cmd::Send { to, amount } => {
                 let left = self

@@ -105,10 +105,16 @@ async fn main() -> anyhow::Result<()> {
     println!("alice schedules rent 5 to bob in 200 ms, and cancels a gift");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while bob.ask(AccountCmd::Balance).await? < bob_then + 5 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the rent was not paid");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the rent was not paid"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("the rent was paid -> bob {}", bob.ask(AccountCmd::Balance).await?);
+    println!(
+        "the rent was paid -> bob {}",
+        bob.ask(AccountCmd::Balance).await?
+    );
     match bob.ask(AccountCmd::Withdraw(1_000_000)).await {
         Err(AskError::Rejected(e)) => println!("bob withdraws 1000000: rejected ({e})"),
         other => anyhow::bail!("an overdraft must be rejected, got {other:?}"),

@@ -228,9 +228,12 @@ async fn setup(client: &Runtime, ledger: &Ledger) {
         let owner = account.id().to_string();
         poll(Duration::from_secs(30), "open", async || {
             account
-                .ask_with(AccountCmd::Open {
-                    owner: owner.clone(),
-                }, opts(open))
+                .ask_with(
+                    AccountCmd::Open {
+                        owner: owner.clone(),
+                    },
+                    opts(open),
+                )
                 .await
                 .ok()
         })
@@ -331,7 +334,9 @@ async fn stop_and_verify(
             let sent = if credit {
                 commit.causation_id.is_some_and(|c| transfers.contains(&c))
             } else {
-                issued.get(&id).is_some_and(|s| s.contains(&commit.command_id))
+                issued
+                    .get(&id)
+                    .is_some_and(|s| s.contains(&commit.command_id))
             };
             if !sent {
                 unknown += 1;
@@ -404,10 +409,24 @@ async fn stop_and_verify(
     );
     println!("error samples: {:#?}", ledger.samples.lock());
     assert_eq!(total, expected, "money is conserved");
-    assert!(orphans.is_empty(), "credits without their debit: {orphans:?}");
-    assert!(uncredited.is_empty(), "debits without a credit: {uncredited:?}");
-    assert_eq!(ledger.lost.load(Ordering::Relaxed), 0, "transfers without a definite answer");
-    assert_eq!(ledger.hung.load(Ordering::Relaxed), 0, "requests without any answer");
+    assert!(
+        orphans.is_empty(),
+        "credits without their debit: {orphans:?}"
+    );
+    assert!(
+        uncredited.is_empty(),
+        "debits without a credit: {uncredited:?}"
+    );
+    assert_eq!(
+        ledger.lost.load(Ordering::Relaxed),
+        0,
+        "transfers without a definite answer"
+    );
+    assert_eq!(
+        ledger.hung.load(Ordering::Relaxed),
+        0,
+        "requests without any answer"
+    );
     assert_eq!(duplicates, 0, "commands stored twice on one actor");
     assert_eq!(missing, 0, "acknowledged transfers not stored exactly once");
     assert_eq!(unknown, 0, "stored commands nobody sent");
@@ -430,9 +449,20 @@ async fn client_of(urls: &str, ns: &str) -> Runtime {
 }
 
 fn spawn(urls: &str, ns: &str, id: &str, replicas: &str) -> NodeProcess {
-    let (urls, ns, id, replicas) = (urls.to_owned(), ns.to_owned(), id.to_owned(), replicas.to_owned());
+    let (urls, ns, id, replicas) = (
+        urls.to_owned(),
+        ns.to_owned(),
+        id.to_owned(),
+        replicas.to_owned(),
+    );
     tokio::task::block_in_place(move || {
-        NodeProcess::spawn_with(&urls, &ns, &id, FAST, &[("AETHER_REPLICAS", replicas.as_str())])
+        NodeProcess::spawn_with(
+            &urls,
+            &ns,
+            &id,
+            FAST,
+            &[("AETHER_REPLICAS", replicas.as_str())],
+        )
     })
 }
 
@@ -484,7 +514,12 @@ async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
     nodes[victim].kill();
     progress(&ledger, 100, &format!("after {id} was killed")).await;
     nodes[victim] = spawn(&urls, NS, &id, "1");
-    map_of(&view, &["node-1", "node-2", "node-3"], "the restarted node back").await;
+    map_of(
+        &view,
+        &["node-1", "node-2", "node-3"],
+        "the restarted node back",
+    )
+    .await;
     progress(&ledger, 200, &format!("after {id} restarted")).await;
 
     // 3. The nats-server stops and starts again (same store directory).
@@ -577,7 +612,10 @@ async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
         .expect("the leader is a node");
     let mut dead_leader = nodes.remove(position);
     dead_leader.kill();
-    println!("killed leader {} (term {}) mid-rebalance", leader.node, leader.term);
+    println!(
+        "killed leader {} (term {}) mid-rebalance",
+        leader.node, leader.term
+    );
     tokio::task::block_in_place(|| joining.wait_ready());
     nodes.push(joining);
     let survivors: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();

@@ -122,14 +122,16 @@ impl Load {
             let id = account(i);
             if rng.bool() {
                 let floor = self.acked[i].load(Ordering::Acquire);
-                let Some(balance) = self.call(&id, &AccountCmd::Balance, CommandId::random()).await
+                let Some(balance) = self
+                    .call(&id, &AccountCmd::Balance, CommandId::random())
+                    .await
                 else {
                     return;
                 };
                 if balance < floor {
-                    self.stale
-                        .lock()
-                        .push(format!("{id}: read {balance} after {floor} acknowledged deposits"));
+                    self.stale.lock().push(format!(
+                        "{id}: read {balance} after {floor} acknowledged deposits"
+                    ));
                 }
             } else {
                 let command_id = CommandId::random();
@@ -223,14 +225,17 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     }
     let map = view.shard_map().await.expect("view").expect("map");
     let on_victim = (0..ACCOUNTS)
-        .filter(|i| {
-            map.owner(shard_of(ns, "account", &account(*i), 1024)) == Some(&"node-2".to_owned())
-        })
+        .filter(|i| map.owner(shard_of(ns, "account", &account(*i), 1024)) == Some("node-2"))
         .count();
-    assert!(on_victim >= 3, "the victim owns some accounts ({on_victim})");
+    assert!(
+        on_victim >= 3,
+        "the victim owns some accounts ({on_victim})"
+    );
 
     let servers: Vec<&str> = url.split(',').collect();
-    let client = async_nats::connect(servers.as_slice()).await.expect("raw client");
+    let client = async_nats::connect(servers.as_slice())
+        .await
+        .expect("raw client");
     let load = Arc::new(Load {
         ns: ns.to_owned(),
         client,
@@ -240,8 +245,12 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         stop: AtomicBool::new(false),
     });
     for i in 0..ACCOUNTS {
-        load.call(&account(i), &AccountCmd::Open { owner: account(i) }, CommandId::random())
-            .await;
+        load.call(
+            &account(i),
+            &AccountCmd::Open { owner: account(i) },
+            CommandId::random(),
+        )
+        .await;
     }
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(Arc::clone(&load).worker(w as u64 + 1)))
@@ -256,7 +265,10 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         (Cut::ItsServer, Nats::R3(cluster)) => cluster.servers[2].pause(),
         (Cut::ItsServer, Nats::Single(_)) => unreachable!("an R3 scenario"),
     }
-    println!("cut node-2 off ({})", if leader { "the leader" } else { "a follower" });
+    println!(
+        "cut node-2 off ({})",
+        if leader { "the leader" } else { "a follower" }
+    );
     tokio::time::sleep(CUT).await;
     let healed_at = Instant::now();
     match (&how, &mut nats) {
@@ -268,27 +280,32 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     println!("healed");
 
     // The node comes back: a map includes it again, and it serves its shards soon after.
-    let back = poll(Duration::from_secs(30), "a map with node-2 again", async || {
-        view.shard_map()
-            .await
-            .ok()
-            .flatten()
-            .filter(|m| m.nodes.iter().any(|n| n == "node-2"))
-            .filter(|m| m.epoch > map.epoch)
-    })
+    let back = poll(
+        Duration::from_secs(30),
+        "a map with node-2 again",
+        async || {
+            view.shard_map()
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.nodes.iter().any(|n| n == "node-2"))
+                .filter(|m| m.epoch > map.epoch)
+        },
+    )
     .await;
     let map_seen = Instant::now();
-    let serving = poll(Duration::from_secs(30), "node-2 serving again", async || {
-        let nodes = view.nodes().await.ok()?;
-        nodes
-            .into_iter()
-            .find(|n| n.node == "node-2")
-            .filter(|n| {
+    let serving = poll(
+        Duration::from_secs(30),
+        "node-2 serving again",
+        async || {
+            let nodes = view.nodes().await.ok()?;
+            nodes.into_iter().find(|n| n.node == "node-2").filter(|n| {
                 n.status == NodeStatus::Alive
                     && n.handoff_epoch >= back.epoch
                     && n.held.len() >= back.shards_of("node-2").len()
             })
-    })
+        },
+    )
     .await;
     let serve_after = map_seen.elapsed();
     println!(
@@ -332,7 +349,10 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     }
     let stale = load.stale.lock().clone();
     assert!(stale.is_empty(), "stale reads: {stale:?}");
-    assert!(wrong.is_empty(), "lost or doubled deposits (balance, acked): {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "lost or doubled deposits (balance, acked): {wrong:?}"
+    );
     assert!(
         during >= 0.7 * before,
         "throughput during the cut {during:.0}/s is below 0.7 of {before:.0}/s"

@@ -51,7 +51,10 @@ async fn ask(account: &ActorRef<Account>, cmd: AccountCmd) -> u64 {
     let cmd = &cmd;
     poll(Duration::from_secs(30), "an answer", async || {
         account
-            .ask_with(cmd.clone(), AskOptions::default().timeout(Duration::from_secs(5)))
+            .ask_with(
+                cmd.clone(),
+                AskOptions::default().timeout(Duration::from_secs(5)),
+            )
             .await
             .ok()
     })
@@ -60,10 +63,7 @@ async fn ask(account: &ActorRef<Account>, cmd: AccountCmd) -> u64 {
 
 async fn open(rt: &Runtime, id: &str, funds: u64) -> ActorRef<Account> {
     let a = rt.actor::<Account>(id).expect("id");
-    let opened = a
-        .ask(AccountCmd::Open { owner: id.into() })
-        .await
-        .is_ok();
+    let opened = a.ask(AccountCmd::Open { owner: id.into() }).await.is_ok();
     assert!(opened, "{id} opens");
     if funds > 0 {
         ask(&a, AccountCmd::Deposit(funds)).await;
@@ -101,7 +101,12 @@ fn owner(nodes: &mut [NodeProcess], id: &str) -> String {
 }
 
 /// Waits until `payee` received `payments` scheduled payments, then checks each fired once.
-async fn paid_once(rt: &Runtime, payers: &[ActorRef<Account>], payee: &ActorRef<Account>, base: u64) {
+async fn paid_once(
+    rt: &Runtime,
+    payers: &[ActorRef<Account>],
+    payee: &ActorRef<Account>,
+    base: u64,
+) {
     let want = base + AMOUNT * payers.len() as u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while ask(payee, AccountCmd::Balance).await < want {
@@ -125,7 +130,11 @@ async fn paid_once(rt: &Runtime, payers: &[ActorRef<Account>], payee: &ActorRef<
     }
     // Long enough for a duplicate firing to show.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(ask(payee, AccountCmd::Balance).await, want, "each fired once");
+    assert_eq!(
+        ask(payee, AccountCmd::Balance).await,
+        want,
+        "each fired once"
+    );
     for payer in payers {
         assert_eq!(count(rt, payer.key(), "PaymentMade").await, 1, "{payer}");
     }
@@ -200,7 +209,10 @@ async fn reminders_fire_once_when_their_shards_move() {
     let moved = (0..payers.len())
         .filter(|i| owner(&mut nodes, &format!("payer-{i}")) != before[*i])
         .count();
-    println!("{moved} of {} payers moved before their reminder was due", payers.len());
+    println!(
+        "{moved} of {} payers moved before their reminder was due",
+        payers.len()
+    );
     assert!(moved >= 1, "some shard moved");
     paid_once(&rt, &payers, &payee, 0).await;
     rt.shutdown().await.expect("client");
@@ -225,7 +237,13 @@ async fn a_reminder_due_while_the_cluster_was_down_fires_on_recovery_and_a_cance
     let thrifty = open(&rt, "thrifty", 100).await;
     ask(&payer, schedule("rent", &payee, 1500)).await;
     ask(&thrifty, schedule("gift", &payee, 1500)).await;
-    ask(&thrifty, AccountCmd::CancelPayment { name: "gift".into() }).await;
+    ask(
+        &thrifty,
+        AccountCmd::CancelPayment {
+            name: "gift".into(),
+        },
+    )
+    .await;
     // The whole cluster goes down (SIGKILL) and stays down past the due time.
     for node in &mut nodes {
         node.kill();
@@ -234,7 +252,11 @@ async fn a_reminder_due_while_the_cluster_was_down_fires_on_recovery_and_a_cance
     tokio::time::sleep(Duration::from_secs(3)).await;
     let nodes: Vec<NodeProcess> = ids.iter().map(|id| spawn(&url, NS, id)).collect();
     paid_once(&rt, &[payer], &payee, 0).await;
-    assert_eq!(count(&rt, thrifty.key(), "PaymentMade").await, 0, "cancelled");
+    assert_eq!(
+        count(&rt, thrifty.key(), "PaymentMade").await,
+        0,
+        "cancelled"
+    );
     assert_eq!(ask(&thrifty, AccountCmd::Balance).await, 100);
     rt.shutdown().await.expect("client");
     for node in nodes {

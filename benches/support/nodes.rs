@@ -89,4 +89,3 @@ pub async fn wait_map(view: &ClusterView, nodes: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-

@@ -44,16 +44,38 @@ pub enum AccountCmd {
 /// What happened to an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AccountEvent {
-    Opened { owner: String },
+    Opened {
+        owner: String,
+    },
     Deposited(u64),
     Withdrew(u64),
-    TransferredOut { to: String, amount: u64 },
-    TransferredIn { from: String, amount: u64 },
-    Refunded { to: String, amount: u64 },
-    PaymentScheduled { name: String, to: String, amount: u64 },
-    PaymentCancelled { name: String },
-    PaymentMade { name: String },
-    PaymentFailed { name: String, reason: String },
+    TransferredOut {
+        to: String,
+        amount: u64,
+    },
+    TransferredIn {
+        from: String,
+        amount: u64,
+    },
+    Refunded {
+        to: String,
+        amount: u64,
+    },
+    PaymentScheduled {
+        name: String,
+        to: String,
+        amount: u64,
+    },
+    PaymentCancelled {
+        name: String,
+    },
+    PaymentMade {
+        name: String,
+    },
+    PaymentFailed {
+        name: String,
+        reason: String,
+    },
 }
 
 /// Why an account said no.

@@ -807,8 +807,13 @@ impl Runtime {
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         // Let durable effects in flight land while every node still serves (what does not is
         // delivered later: the sender's history keeps it and the wake-up index finds it).
-        if !self.drain_effects(self.host.config.shutdown_timeout / 2).await {
-            tracing::info!("shutting down with durable effects still undelivered; they resume on restart");
+        if !self
+            .drain_effects(self.host.config.shutdown_timeout / 2)
+            .await
+        {
+            tracing::info!(
+                "shutting down with durable effects still undelivered; they resume on restart"
+            );
         }
         if let Some(cluster) = &self.cluster {
             // Hand the shards over first: others take them while this node still answers.

@@ -95,6 +95,9 @@ pub async fn assert_cycle_refused(links: &[ActorRef<Link>], pings_of: impl Async
     );
     // A refused ask never ran: exactly the holds that got "ok" produced a ping.
     let ok = answers.iter().filter(|(a, _)| a == "ok").count() as u64;
-    assert_eq!(pings_of().await - before, ok, "nothing applied for refused asks");
+    assert_eq!(
+        pings_of().await - before,
+        ok,
+        "nothing applied for refused asks"
+    );
 }
-

@@ -125,6 +125,7 @@ struct Mark<'a> {
 }
 
 /// Runs one activation to completion.
+#[allow(clippy::too_many_arguments)] // the parts of one activation, handed over once
 pub(crate) async fn run<A: Behavior>(
     host: Arc<Host>,
     key: ActorKey,
@@ -478,7 +479,11 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// Runs the handler on `cmd` (the turn's context set up from `meta`), catching panics.
-    async fn run_handler(&mut self, cmd: A::Command, meta: CallMeta) -> Result<Effect<A>, Failure<A>> {
+    async fn run_handler(
+        &mut self,
+        cmd: A::Command,
+        meta: CallMeta,
+    ) -> Result<Effect<A>, Failure<A>> {
         self.ctx.begin(self.version, meta);
         let turn = Arc::clone(self.ctx.turn());
         let outcome = {
@@ -554,7 +559,14 @@ impl<A: Behavior> Activation<A> {
         }
         let reply_bytes = codec::encode("reply", &effect.reply)?;
         let stored = self
-            .persist(effect.events, effect.plan, Some(reply_bytes), ids, None, "Scheduled")
+            .persist(
+                effect.events,
+                effect.plan,
+                Some(reply_bytes),
+                ids,
+                None,
+                "Scheduled",
+            )
             .await?;
         match stored {
             Stored::Now => Ok(effect.reply),
@@ -567,7 +579,12 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// A durable effect from `origin`: apply it exactly once and settle it.
-    async fn apply_effect(&mut self, cmd: A::Command, meta: CallMeta, origin: EffectOrigin) -> Settle {
+    async fn apply_effect(
+        &mut self,
+        cmd: A::Command,
+        meta: CallMeta,
+        origin: EffectOrigin,
+    ) -> Settle {
         let ids = CommitIds::of(&meta);
         if self.stale
             && let Err(e) = self.reload().await
@@ -670,10 +687,7 @@ impl<A: Behavior> Activation<A> {
         let settled: Vec<u64> = due.iter().map(|e| e.seq).collect();
         let entries: Vec<OutboxEntry> = due
             .into_iter()
-            .map(|e| OutboxEntry {
-                due_ms: None,
-                ..e
-            })
+            .map(|e| OutboxEntry { due_ms: None, ..e })
             .collect();
         let staged = {
             let mut outbox = self.cell.outbox.lock();

@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::context::TURN;
-use super::inbox::{CallMeta, Envelope, Msg};
 use super::contract::Behavior;
 use super::host::{Host, Undelivered};
+use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
 use crate::wire::CommandId;

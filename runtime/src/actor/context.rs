@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::inbox::CallMeta;
 use super::actor_ref::{ActorRef, ask_on, tell_on};
 use super::contract::Behavior;
 use super::host::Host;
+use super::inbox::CallMeta;
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::runtime::RefError;
@@ -90,7 +90,11 @@ impl Turn {
         Arc::new(Turn {
             host: Arc::clone(host),
             me,
-            meta: Mutex::new(CallMeta::detached(CommandId::from_u128(0), Instant::now(), std::time::Duration::ZERO)),
+            meta: Mutex::new(CallMeta::detached(
+                CommandId::from_u128(0),
+                Instant::now(),
+                std::time::Duration::ZERO,
+            )),
             children: AtomicU64::new(0),
             targets: Mutex::new(Vec::new()),
             started: tokio::sync::Notify::new(),

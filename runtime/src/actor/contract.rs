@@ -204,7 +204,8 @@ macro_rules! durable_effects {
         /// is recorded in `to`'s history and nothing else happens; use
         /// [`send_with_compensation`](Self::send_with_compensation) to undo this turn's part.
         pub fn send<B: Behavior>(mut self, to: &ActorRef<B>, cmd: B::Command) -> Self {
-            self.plan.push(Some(to.key().clone()), &cmd, None, None, None);
+            self.plan
+                .push(Some(to.key().clone()), &cmd, None, None, None);
             self
         }
 
@@ -233,7 +234,8 @@ macro_rules! durable_effects {
             cmd: B::Command,
         ) -> Self {
             let due = Some(Due::After(delay));
-            self.plan.push(Some(to.key().clone()), &cmd, due, None, None);
+            self.plan
+                .push(Some(to.key().clone()), &cmd, due, None, None);
             self
         }
 
@@ -241,7 +243,12 @@ macro_rules! durable_effects {
         /// `name`. It fires once (activating the actor if it is not resident), after restarts,
         /// failovers and shard moves too. A newer reminder with the same name replaces it;
         /// [`cancel_reminder`](Self::cancel_reminder) cancels it.
-        pub fn remind_after(mut self, name: impl Into<String>, delay: Duration, cmd: A::Command) -> Self {
+        pub fn remind_after(
+            mut self,
+            name: impl Into<String>,
+            delay: Duration,
+            cmd: A::Command,
+        ) -> Self {
             let due = Some(Due::After(delay));
             self.plan.push(None, &cmd, due, Some(name.into()), None);
             self
@@ -249,8 +256,14 @@ macro_rules! durable_effects {
 
         /// Like [`remind_after`](Self::remind_after), due at wall-clock time `at` (a time in the
         /// past fires at once).
-        pub fn remind_at(mut self, name: impl Into<String>, at: SystemTime, cmd: A::Command) -> Self {
-            self.plan.push(None, &cmd, Some(Due::At(at)), Some(name.into()), None);
+        pub fn remind_at(
+            mut self,
+            name: impl Into<String>,
+            at: SystemTime,
+            cmd: A::Command,
+        ) -> Self {
+            self.plan
+                .push(None, &cmd, Some(Due::At(at)), Some(name.into()), None);
             self
         }
 

@@ -92,7 +92,8 @@ impl OutboxCell {
     }
 }
 
-type Delivering = std::pin::Pin<Box<dyn std::future::Future<Output = (ActorKey, u64, Settle)> + Send>>;
+type Delivering =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (ActorKey, u64, Settle)> + Send>>;
 
 /// The pump of one activation. See the [module docs](self).
 async fn run_pump(
@@ -276,10 +277,11 @@ async fn deliver_remote(
     };
     let subject = actor_subject(&target.namespace, shard, target.kind.as_str(), &target.id);
     match transport.request(subject, frame, meta.deadline).await {
-        Ok(RemoteReply::Ok { reply }) => codec::decode("settlement", &reply)
-            .unwrap_or_else(|e| Settle::Failed {
+        Ok(RemoteReply::Ok { reply }) => {
+            codec::decode("settlement", &reply).unwrap_or_else(|e| Settle::Failed {
                 reason: e.to_string(),
-            }),
+            })
+        }
         Ok(RemoteReply::Err(e)) => Settle::Failed {
             reason: format!("{e:?}"),
         },

@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::activation;
-use super::inbox::Msg;
 use super::contract::Behavior;
+use super::inbox::Msg;
 use crate::config::RuntimeConfig;
 use crate::errors::AskError;
 use crate::names::{ActorId, ActorKey, Kind, Namespace};

@@ -26,7 +26,9 @@ use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
-use crate::wire::{BASE_FRAME_FORMAT, Control, RemoteError, RemoteReply, RemoteRequest, Settle, codec};
+use crate::wire::{
+    BASE_FRAME_FORMAT, Control, RemoteError, RemoteReply, RemoteRequest, Settle, codec,
+};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

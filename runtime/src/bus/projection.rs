@@ -283,6 +283,8 @@ impl<M: ReadModel> std::fmt::Debug for Projection<M> {
     }
 }
 
+/// What woke the runner up. Lives for one loop turn: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Control(Option<Control>),
     Commit(Result<(u64, crate::wire::CommitRecord), DurableError>),

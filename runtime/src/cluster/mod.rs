@@ -1122,7 +1122,9 @@ impl Inner {
             let mut sight = self.sight.lock();
             if !registry.heard_within(&self.config.node_id, now, timeout) {
                 if !sight.blind {
-                    tracing::warn!("own heartbeats not seen in the registry; not judging other nodes");
+                    tracing::warn!(
+                        "own heartbeats not seen in the registry; not judging other nodes"
+                    );
                     sight.blind = true;
                 }
                 return;

@@ -29,7 +29,6 @@ use tokio::time::Instant;
 use crate::names::{ActorId, Namespace};
 use crate::wire::{RemoteError, RemoteReply};
 
-
 /// The subject of one actor.
 pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId) -> String {
     format!("aether.{namespace}.shard.{shard}.{kind}.{}", id.encoded())

@@ -956,7 +956,10 @@ mod tests {
         store
             .send(WriteOp::Poison("fsync: EIO".into()))
             .expect("queued");
-        let refused = store.append(&actor, 1, commit()).await.expect_err("refused");
+        let refused = store
+            .append(&actor, 1, commit())
+            .await
+            .expect_err("refused");
         assert!(
             matches!(&refused, StoreError::Failed(r) if r.contains("failed sync") && r.contains("reopen")),
             "{refused}"
@@ -966,6 +969,9 @@ mod tests {
         store.close().await.expect("close");
         drop(store);
         let reopened = EmbeddedStore::open(dir.path(), ns).expect("reopen");
-        reopened.append(&actor, 1, commit()).await.expect("writes again");
+        reopened
+            .append(&actor, 1, commit())
+            .await
+            .expect("writes again");
     }
 }

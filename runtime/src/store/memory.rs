@@ -17,6 +17,10 @@ use super::{
 };
 use crate::names::{ActorKey, Namespace};
 
+/// The wake-up index of a memory store: `(due ms, revision)` per actor, and the last revision
+/// given out.
+type WakeupTable = (HashMap<ActorKey, (u64, u64)>, u64);
+
 /// One stream: `(last version, encoded record)` in version order.
 type Stream = Vec<(u64, Vec<u8>)>;
 
@@ -32,7 +36,7 @@ struct Inner {
     streams: Mutex<Streams>,
     snapshots: Mutex<HashMap<ActorKey, Vec<u8>>>,
     /// The wake-up index: due time and revision per actor, and the last revision given out.
-    wakeups: Arc<Mutex<(HashMap<ActorKey, (u64, u64)>, u64)>>,
+    wakeups: Arc<Mutex<WakeupTable>>,
     wakeup_feed: LocalWakeups,
 }
 

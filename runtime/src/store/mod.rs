@@ -54,7 +54,9 @@
 use async_trait::async_trait;
 
 use crate::names::{ActorKey, Namespace};
-use crate::wire::{CodecError, CommandId, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
+use crate::wire::{
+    CodecError, CommandId, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry,
+};
 
 mod embedded;
 mod jetstream;
@@ -109,7 +111,8 @@ impl NewCommit {
 
     /// Builds the stored record for `actor` at `expected_version + 1`.
     pub fn into_record(self, actor: &ActorKey, expected_version: u64) -> CommitRecord {
-        let workflow = !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
+        let workflow =
+            !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
         CommitRecord {
             format: if workflow {
                 crate::wire::COMMIT_FORMAT

@@ -14,8 +14,11 @@ mod remote;
 pub use codec::CodecError;
 pub use command_id::CommandId;
 pub use envelope::{
-    BASE_COMMIT_FORMAT, COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry,
-    SYSTEM_EVENT_PREFIX, now_ms,
+    BASE_COMMIT_FORMAT, COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope,
+    OutboxEntry, SYSTEM_EVENT_PREFIX, now_ms,
 };
 pub use event_type::event_type_name;
-pub use remote::{BASE_FRAME_FORMAT, Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply, RemoteRequest, Settle};
+pub use remote::{
+    BASE_FRAME_FORMAT, Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply,
+    RemoteRequest, Settle,
+};

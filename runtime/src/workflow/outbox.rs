@@ -98,7 +98,12 @@ pub(crate) enum Due {
 impl Outbox {
     /// Folds one stored commit (replay or after an append).
     pub fn apply_commit(&mut self, commit: &CommitRecord) {
-        self.apply_parts(&commit.actor, &commit.outbox, &commit.settled, commit.delivery.as_ref());
+        self.apply_parts(
+            &commit.actor,
+            &commit.outbox,
+            &commit.settled,
+            commit.delivery.as_ref(),
+        );
     }
 
     fn apply_parts(
@@ -129,7 +134,9 @@ impl Outbox {
         if &origin.from == me {
             !self.pending.contains_key(&origin.seq)
         } else {
-            self.inbound.get(&origin.from).is_some_and(|m| *m >= origin.seq)
+            self.inbound
+                .get(&origin.from)
+                .is_some_and(|m| *m >= origin.seq)
         }
     }
 
@@ -159,20 +166,16 @@ impl Outbox {
         let mut i = 0;
         while i < entries.len() {
             let name = entries[i].reminder.clone();
-            let replaced_later = name.is_some()
-                && entries[i + 1..]
-                    .iter()
-                    .any(|later| later.reminder == name);
+            let replaced_later =
+                name.is_some() && entries[i + 1..].iter().any(|later| later.reminder == name);
             if replaced_later {
                 entries.remove(i);
             } else {
                 i += 1;
             }
         }
-        let mut seq = self.next_seq.max(1);
-        for entry in &mut entries {
+        for (seq, entry) in (self.next_seq.max(1)..).zip(entries.iter_mut()) {
             entry.seq = seq;
-            seq += 1;
             if let Some(name) = &entry.reminder
                 && let Some(old) = self.reminder(name)
             {
@@ -198,7 +201,12 @@ impl Outbox {
 
     /// The append of `staged` succeeded.
     pub fn committed(&mut self, me: &ActorKey, staged: Staged) {
-        self.apply_parts(me, &staged.entries, &staged.settled, staged.delivery.as_ref());
+        self.apply_parts(
+            me,
+            &staged.entries,
+            &staged.settled,
+            staged.delivery.as_ref(),
+        );
     }
 
     /// The append of `staged` failed: nothing of it happened.
@@ -284,21 +292,13 @@ impl Outbox {
         OutboxImage {
             pending: self.pending.values().cloned().collect(),
             next_seq: self.next_seq,
-            inbound: self
-                .inbound
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            inbound: self.inbound.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
 
     /// Restores from a snapshot (the index state is kept: it is about the store, not history).
     pub fn restore(&mut self, image: OutboxImage) {
-        self.pending = image
-            .pending
-            .into_iter()
-            .map(|e| (e.seq, e))
-            .collect();
+        self.pending = image.pending.into_iter().map(|e| (e.seq, e)).collect();
         self.next_seq = image.next_seq;
         self.inbound = image.inbound.into_iter().collect();
         self.acked.clear();
@@ -344,7 +344,12 @@ mod tests {
     fn positions_grow_and_settled_entries_leave() {
         let me = key("a");
         let mut ob = Outbox::default();
-        let staged = ob.stage(&me, vec![entry("b", None, None), entry("c", None, None)], &[], None);
+        let staged = ob.stage(
+            &me,
+            vec![entry("b", None, None), entry("c", None, None)],
+            &[],
+            None,
+        );
         assert_eq!(
             staged.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![1, 2]
@@ -354,10 +359,18 @@ mod tests {
         ob.settle(1);
         let staged = ob.stage(&me, vec![entry("b", None, None)], &[], None);
         assert_eq!(staged.entries[0].seq, 3, "positions are never reused");
-        assert_eq!(staged.settled, vec![1], "the ack is recorded by the next commit");
+        assert_eq!(
+            staged.settled,
+            vec![1],
+            "the ack is recorded by the next commit"
+        );
         ob.aborted(staged);
         let staged = ob.stage(&me, vec![], &[], None);
-        assert_eq!(staged.settled, vec![1], "an aborted commit gives the ack back");
+        assert_eq!(
+            staged.settled,
+            vec![1],
+            "an aborted commit gives the ack back"
+        );
     }
 
     #[test]
@@ -428,7 +441,10 @@ mod tests {
         let staged = ob.stage(&me, vec![], &["x".to_owned()], None);
         assert_eq!(staged.settled, vec![seq], "cancelled");
         ob.committed(&me, staged);
-        assert!(ob.already_applied(&me, &own), "a cancelled reminder never applies");
+        assert!(
+            ob.already_applied(&me, &own),
+            "a cancelled reminder never applies"
+        );
     }
 
     #[test]
@@ -437,7 +453,10 @@ mod tests {
         let mut ob = Outbox::default();
         let staged = ob.stage(
             &me,
-            vec![entry("a", Some(10), Some("x")), entry("a", Some(20), Some("x"))],
+            vec![
+                entry("a", Some(10), Some("x")),
+                entry("a", Some(20), Some("x")),
+            ],
             &[],
             None,
         );

@@ -182,7 +182,7 @@ fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
     use futures_util::StreamExt;
     enum Phase {
         Start,
-        Watching(kv::Watch),
+        Watching(Box<kv::Watch>),
     }
     let to_change = move |entry: kv::Entry| -> Option<Wakeup> {
         let actor = super::actor_of_token(&format!("{namespace}.{}", entry.key))?;
@@ -206,7 +206,7 @@ fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
                     match phase {
                         Phase::Start => match bucket.watch_with_history(">").await {
                             Ok(watch) => {
-                                phase = Phase::Watching(watch);
+                                phase = Phase::Watching(Box::new(watch));
                                 if restarted {
                                     return Some((vec![Wakeup::Reset], (phase, bucket, false)));
                                 }
@@ -220,29 +220,29 @@ fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
                         // A watch whose consumer lived on a server that went away can stay
                         // silent without an error: after a quiet spell, read everything again
                         // (cheap: the index holds only actors with pending work).
-                        Phase::Watching(mut watch) => match tokio::time::timeout(
-                            WAKEUP_RESYNC,
-                            watch.next(),
-                        )
-                        .await
-                        .unwrap_or(None)
-                        {
-                            Some(Ok(entry)) => {
-                                let change: Vec<Wakeup> = to_change(entry).into_iter().collect();
-                                return Some((change, (Phase::Watching(watch), bucket, false)));
+                        Phase::Watching(mut watch) => {
+                            match tokio::time::timeout(WAKEUP_RESYNC, watch.next())
+                                .await
+                                .unwrap_or(None)
+                            {
+                                Some(Ok(entry)) => {
+                                    let change: Vec<Wakeup> =
+                                        to_change(entry).into_iter().collect();
+                                    return Some((change, (Phase::Watching(watch), bucket, false)));
+                                }
+                                Some(Err(e)) => {
+                                    tracing::debug!(error = %e, "wake-up watch broke; restarting");
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    phase = Phase::Start;
+                                    restarted = true;
+                                }
+                                None => {
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    phase = Phase::Start;
+                                    restarted = true;
+                                }
                             }
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "wake-up watch broke; restarting");
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                phase = Phase::Start;
-                                restarted = true;
-                            }
-                            None => {
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                                phase = Phase::Start;
-                                restarted = true;
-                            }
-                        },
+                        }
                     }
                 }
             }
