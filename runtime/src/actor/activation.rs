@@ -177,7 +177,10 @@ pub(crate) async fn run<A: Behavior>(
             }
             Work::Command(env, waited) => {
                 act.serve(&mut inbox, *env, waited).await;
-                act.pump_if_needed();
+                // Only a turn that stored durable effects (or reloaded) can need the pump.
+                if std::mem::take(&mut act.outbox_changed) {
+                    act.pump_if_needed();
+                }
             }
         }
     }
@@ -259,6 +262,8 @@ struct Activation<A: Behavior> {
     cell: Arc<OutboxCell>,
     /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
     mailbox: mpsc::WeakSender<Msg<A>>,
+    /// The outbox got new entries (or was rebuilt) since the pump was last looked at.
+    outbox_changed: bool,
 }
 
 impl<A: Behavior> Activation<A> {
@@ -283,6 +288,7 @@ impl<A: Behavior> Activation<A> {
             stale: false,
             cell,
             mailbox,
+            outbox_changed: false,
         };
         act.reload().await?;
         Ok(act)
@@ -357,6 +363,7 @@ impl<A: Behavior> Activation<A> {
             self.replay_commit(commit).map_err(LoadError::Failed)?;
         }
         self.stale = false;
+        self.outbox_changed = true;
         Ok(())
     }
 
@@ -496,7 +503,7 @@ impl<A: Behavior> Activation<A> {
                 let message = panic_text(&*panic);
                 tracing::error!(actor = %self.key(), %message, "handler panicked; reloading state from the store");
                 self.stale = true;
-                let _ = self.reload().await;
+                let _ = Box::pin(self.reload()).await;
                 Err(Failure::Panicked(message))
             }
             Ok(Err(rejection)) => Err(Failure::Rejected(rejection)),
@@ -515,7 +522,9 @@ impl<A: Behavior> Activation<A> {
     ) -> Result<A::Reply, AskError<A::Error>> {
         let ids = CommitIds::of(&meta);
         if self.stale {
-            self.reload().await.map_err(|e| e.to_ask(self.key()))?;
+            Box::pin(self.reload())
+                .await
+                .map_err(|e| e.to_ask(self.key()))?;
         }
         if let Some(reply) = self.remembered_reply(ids.command_id) {
             Stats::bump(&self.host.stats.deduplicated);
@@ -558,16 +567,17 @@ impl<A: Behavior> Activation<A> {
             return Ok(effect.reply);
         }
         let reply_bytes = codec::encode("reply", &effect.reply)?;
-        let stored = self
-            .persist(
-                effect.events,
-                effect.plan,
-                Some(reply_bytes),
-                ids,
-                None,
-                "Scheduled",
-            )
-            .await?;
+        // Boxed: the append path is large, and a query never takes it — keeping it out of
+        // this future keeps the hot path's state machine (moved on every turn) small.
+        let stored = Box::pin(self.persist(
+            effect.events,
+            effect.plan,
+            Some(reply_bytes),
+            ids,
+            None,
+            "Scheduled",
+        ))
+        .await?;
         match stored {
             Stored::Now => Ok(effect.reply),
             // The store already held this command: our state was behind. Answer with the
@@ -629,7 +639,7 @@ impl<A: Behavior> Activation<A> {
                 };
             }
         };
-        match self.persist(events, plan, None, ids, delivery, mark).await {
+        match Box::pin(self.persist(events, plan, None, ids, delivery, mark)).await {
             Ok(Stored::Before) => {
                 Stats::bump(&self.host.stats.effects_duplicates);
                 Settle::Duplicate
@@ -858,6 +868,7 @@ impl<A: Behavior> Activation<A> {
                 let new_work = !staged.entries.is_empty();
                 self.cell.outbox.lock().committed(&me, staged);
                 if new_work {
+                    self.outbox_changed = true;
                     self.cell.kick.notify_one();
                 }
                 if let Err(panic) = applied {

@@ -135,9 +135,9 @@ enum WriteOp {
         revision: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Tests: behave as after a failed sync.
+    /// Tests: behave as after a failed sync (answered once in effect).
     #[cfg(test)]
-    Poison(String),
+    Poison(String, oneshot::Sender<()>),
 }
 
 /// A wake-up entry as stored: `"<due ms> <revision>"`.
@@ -718,7 +718,9 @@ impl Writer {
                     let _ = reply.send(Err(refused()));
                 }
                 #[cfg(test)]
-                WriteOp::Poison(_) => {}
+                WriteOp::Poison(_, done) => {
+                    let _ = done.send(());
+                }
             }
         }
     }
@@ -846,7 +848,10 @@ impl Writer {
                     pending.push(Pending::Revision(reply, revision));
                 }
                 #[cfg(test)]
-                WriteOp::Poison(reason) => self.failed = Some(reason),
+                WriteOp::Poison(reason, done) => {
+                    self.failed = Some(reason);
+                    let _ = done.send(());
+                }
                 WriteOp::ClearWakeup {
                     actor,
                     revision,
@@ -953,9 +958,11 @@ mod tests {
         );
         let store = EmbeddedStore::open(dir.path(), ns.clone()).expect("open");
         store.append(&actor, 0, commit()).await.expect("first");
+        let (done, poisoned) = oneshot::channel();
         store
-            .send(WriteOp::Poison("fsync: EIO".into()))
+            .send(WriteOp::Poison("fsync: EIO".into(), done))
             .expect("queued");
+        poisoned.await.expect("poisoned");
         let refused = store
             .append(&actor, 1, commit())
             .await
