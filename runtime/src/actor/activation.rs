@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::actor_ref::{ActorRef, with_decode_host};
-use super::context::{Ctx, TURN, Turn};
+use super::context::{Ctx, CurrentTurn, Turn};
 use super::contract::{Behavior, Effect, Plan};
 use super::delivery::OutboxCell;
 use super::host::{Host, Stats, wait_done};
@@ -237,8 +237,8 @@ enum Failure<A: Behavior> {
     Rejected(A::Error),
     Panicked(String),
     /// An effect that cannot be stored as decided (a command that does not encode, a target
-    /// in another namespace).
-    Invalid(AskError<A::Error>),
+    /// in another namespace). Boxed: keeps the common outcomes small.
+    Invalid(Box<AskError<A::Error>>),
 }
 
 /// What a successful append did.
@@ -430,17 +430,16 @@ impl<A: Behavior> Activation<A> {
             mut ack,
             ..
         } = env;
-        let host = Arc::clone(&self.host);
         if reply.is_some() || ack.is_some() {
             let abandoned = reply.as_ref().is_some_and(|tx| tx.is_closed())
                 || (reply.is_none() && ack.as_ref().is_some_and(|tx| tx.is_closed()));
             if abandoned {
                 // The asker is gone: skip, so an overloaded actor sheds stale work.
-                Stats::bump(&host.stats.abandoned);
+                Stats::bump(&self.host.stats.abandoned);
                 return;
             }
             if waited && Instant::now() >= meta.deadline {
-                Stats::bump(&host.stats.abandoned);
+                Stats::bump(&self.host.stats.abandoned);
                 if let Some(tx) = reply.take() {
                     let _ = tx.send(Err(AskError::Timeout {
                         after: meta.timeout,
@@ -457,7 +456,10 @@ impl<A: Behavior> Activation<A> {
         };
         let finished = match meta.origin.clone() {
             Some(origin) => inbox
-                .supervise(self.apply_effect(cmd, meta, origin), Some(current))
+                .supervise(
+                    Box::pin(self.apply_effect(cmd, meta, *origin)),
+                    Some(current),
+                )
                 .await
                 .map(Err),
             None => inbox
@@ -479,7 +481,7 @@ impl<A: Behavior> Activation<A> {
             }
             None => {
                 // Cancelled at its deadline, possibly in the middle of an append.
-                Stats::bump(&host.stats.abandoned);
+                Stats::bump(&self.host.stats.abandoned);
                 self.stale = true;
             }
         }
@@ -492,10 +494,10 @@ impl<A: Behavior> Activation<A> {
         meta: CallMeta,
     ) -> Result<Effect<A>, Failure<A>> {
         self.ctx.begin(self.version, meta);
-        let turn = Arc::clone(self.ctx.turn());
+        let turn = Arc::as_ptr(self.ctx.turn());
         let outcome = {
-            let fut = Box::pin(TURN.scope(turn, A::handle(&self.state, cmd, &mut self.ctx)));
-            CatchUnwind(fut).await
+            let fut = Box::pin(A::handle(&self.state, cmd, &mut self.ctx));
+            InTurn { turn, fut }.await
         };
         match outcome {
             Err(panic) => {
@@ -507,8 +509,8 @@ impl<A: Behavior> Activation<A> {
                 Err(Failure::Panicked(message))
             }
             Ok(Err(rejection)) => Err(Failure::Rejected(rejection)),
-            Ok(Ok(effect)) => match effect.plan.error.clone() {
-                Some(e) => Err(Failure::Invalid(AskError::Codec(e))),
+            Ok(Ok(effect)) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
+                Some(e) => Err(Failure::Invalid(Box::new(AskError::Codec(e)))),
                 None => Ok(effect),
             },
         }
@@ -561,9 +563,9 @@ impl<A: Behavior> Activation<A> {
                     message,
                 });
             }
-            Err(Failure::Invalid(e)) => return Err(e),
+            Err(Failure::Invalid(e)) => return Err(*e),
         };
-        if effect.events.is_empty() && effect.plan.is_empty() {
+        if effect.events.is_empty() && effect.plan.as_ref().is_none_or(|p| p.is_empty()) {
             return Ok(effect.reply);
         }
         let reply_bytes = codec::encode("reply", &effect.reply)?;
@@ -571,7 +573,7 @@ impl<A: Behavior> Activation<A> {
         // this future keeps the hot path's state machine (moved on every turn) small.
         let stored = Box::pin(self.persist(
             effect.events,
-            effect.plan,
+            effect.plan.map(|p| *p).unwrap_or_default(),
             Some(reply_bytes),
             ids,
             None,
@@ -612,7 +614,12 @@ impl<A: Behavior> Activation<A> {
             seq: origin.seq,
         });
         let (events, plan, mark, rejected) = match self.run_handler(cmd, meta).await {
-            Ok(effect) => (effect.events, effect.plan, "Received", None),
+            Ok(effect) => (
+                effect.events,
+                effect.plan.map(|p| *p).unwrap_or_default(),
+                "Received",
+                None,
+            ),
             Err(Failure::Rejected(e)) => {
                 // Recorded, so it is never retried (and never applied later by surprise); the
                 // sender's compensation, if any, goes back to it as an effect of ours.
@@ -635,7 +642,7 @@ impl<A: Behavior> Activation<A> {
             }
             Err(Failure::Invalid(e)) => {
                 return Settle::Failed {
-                    reason: e.to_string(),
+                    reason: (*e).to_string(),
                 };
             }
         };
@@ -1045,14 +1052,26 @@ async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapshot) {
     }
 }
 
-/// Polls a future, turning a panic into an `Err` with the panic payload.
-struct CatchUnwind<F>(Pin<Box<F>>);
+/// Polls a handler's future inside its turn — every poll publishes the turn as the current
+/// one of this thread ([`CurrentTurn`]), so an `ActorRef` used in the handler asks as a child
+/// of it — and turns a panic into an `Err` with the panic payload.
+struct InTurn<F> {
+    turn: *const Turn,
+    fut: Pin<Box<F>>,
+}
 
-impl<F: Future> Future for CatchUnwind<F> {
+// SAFETY: `turn` points into an `Arc<Turn>` (`Turn: Send + Sync`) that the activation owning
+// this future keeps alive for longer than the future; the pointer is only read while the
+// future is polled.
+unsafe impl<F: Send> Send for InTurn<F> {}
+
+impl<F: Future> Future for InTurn<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
+        let turn = self.turn;
+        let _current = CurrentTurn::enter(turn);
+        let fut = self.fut.as_mut();
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),

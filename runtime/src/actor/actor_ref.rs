@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::context::TURN;
+use super::context::CurrentTurn;
 use super::contract::Behavior;
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
@@ -146,10 +146,9 @@ impl<A: Behavior> ActorRef<A> {
                 &found
             }
         };
-        if let Ok(turn) = TURN.try_with(Arc::clone) {
-            return turn
-                .ask::<A>(host, &self.key, cmd, options.command_id)
-                .await;
+        if let Some(turn) = CurrentTurn::get() {
+            // Boxed: keeps the common (outside a handler) ask's future small.
+            return Box::pin(turn.ask::<A>(host, &self.key, cmd, options.command_id)).await;
         }
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
         let command_id = options.command_id.unwrap_or_else(CommandId::random);
@@ -164,7 +163,7 @@ impl<A: Behavior> ActorRef<A> {
     /// when it cannot be queued (full mailbox, unknown kind, shutdown). Inside a handler, the
     /// tell is a child of the running turn (like [`Ctx::tell`](super::Ctx::tell)).
     pub fn tell(&self, cmd: A::Command) -> Result<(), TellError> {
-        if let Ok(turn) = TURN.try_with(Arc::clone) {
+        if let Some(turn) = CurrentTurn::get() {
             return self
                 .on_host(|host| turn.tell::<A>(host, &self.key, cmd))
                 .map_err(|reason| TellError::Unbound {

@@ -16,10 +16,49 @@ use crate::names::{ActorId, ActorKey};
 use crate::runtime::RefError;
 use crate::wire::CommandId;
 
-tokio::task_local! {
-    /// The turn whose handler is running on this task: an `ActorRef` used inside a handler asks
-    /// as a child of the turn (derived ids, call chain, deadline), exactly like [`Ctx::ask`].
-    pub(crate) static TURN: Arc<Turn>;
+thread_local! {
+    /// The turn whose handler this thread is polling right now (null: none): an `ActorRef`
+    /// used inside a handler asks as a child of the turn (derived ids, call chain, deadline),
+    /// exactly like [`Ctx::ask`]. Set for the length of each poll of a handler's future (a
+    /// plain pointer, not a task-local: this is on the path of every turn).
+    static CURRENT_TURN: std::cell::Cell<*const Turn> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Publishes a turn as the current one of this thread until dropped (then restores the one
+/// before: polls do not nest across turns, but a guard costs nothing to get right).
+pub(crate) struct CurrentTurn {
+    previous: *const Turn,
+}
+
+impl CurrentTurn {
+    /// `turn` must stay alive until the guard is dropped.
+    pub(crate) fn enter(turn: *const Turn) -> Self {
+        CurrentTurn {
+            previous: CURRENT_TURN.with(|c| c.replace(turn)),
+        }
+    }
+
+    /// The turn whose handler this thread is polling, if any.
+    pub(crate) fn get() -> Option<Arc<Turn>> {
+        let turn = CURRENT_TURN.with(|c| c.get());
+        if turn.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null pointer was published by `enter` for the length of a poll of a
+        // handler's future, and points into the `Arc<Turn>` its activation holds for longer
+        // than that (see `InTurn`). We are inside that poll, so the allocation is alive:
+        // taking one more strong count and wrapping it yields an `Arc` of our own.
+        unsafe {
+            Arc::increment_strong_count(turn);
+            Some(Arc::from_raw(turn))
+        }
+    }
+}
+
+impl Drop for CurrentTurn {
+    fn drop(&mut self) {
+        CURRENT_TURN.with(|c| c.set(self.previous));
+    }
 }
 
 /// The context of one turn: who the actor is, which command it handles, and how to reach other
@@ -48,14 +87,19 @@ pub struct Ctx<A: Behavior> {
 pub(crate) struct Turn {
     pub host: Arc<Host>,
     pub me: ActorKey,
-    meta: Mutex<CallMeta>,
+    /// The running command's metadata, and whether a turn runs (one lock for both: a turn
+    /// takes it once when it starts and once when it ends).
+    state: Mutex<TurnState>,
     children: AtomicU64,
     /// The actors the running turn waits on (its asks in flight).
     pub targets: Mutex<Vec<ActorKey>>,
     /// Signalled when the turn starts waiting on another actor.
     pub started: tokio::sync::Notify,
-    /// The command id of the running turn; `None` between turns.
-    pub current: Mutex<Option<CommandId>>,
+}
+
+struct TurnState {
+    meta: CallMeta,
+    running: bool,
 }
 
 /// Marks `target` as waited on for as long as it lives (an ask in flight; also when the ask's
@@ -90,28 +134,38 @@ impl Turn {
         Arc::new(Turn {
             host: Arc::clone(host),
             me,
-            meta: Mutex::new(CallMeta::detached(
-                CommandId::from_u128(0),
-                Instant::now(),
-                std::time::Duration::ZERO,
-            )),
+            state: Mutex::new(TurnState {
+                meta: CallMeta::detached(
+                    CommandId::from_u128(0),
+                    Instant::now(),
+                    std::time::Duration::ZERO,
+                ),
+                running: false,
+            }),
             children: AtomicU64::new(0),
             targets: Mutex::new(Vec::new()),
             started: tokio::sync::Notify::new(),
-            current: Mutex::new(None),
         })
     }
 
     /// Starts a turn for the command of `meta`.
     pub(crate) fn begin(&self, meta: CallMeta) {
-        *self.current.lock() = Some(meta.command_id);
-        *self.meta.lock() = meta;
+        let mut state = self.state.lock();
+        state.meta = meta;
+        state.running = true;
+        drop(state);
         self.children.store(0, Ordering::Relaxed);
     }
 
     /// Ends the running turn.
     pub(crate) fn end(&self) {
-        *self.current.lock() = None;
+        self.state.lock().running = false;
+    }
+
+    /// The command id of the running turn; `None` between turns.
+    pub(crate) fn current(&self) -> Option<CommandId> {
+        let state = self.state.lock();
+        state.running.then_some(state.meta.command_id)
     }
 
     /// How many asks and tells the running turn made.
@@ -121,12 +175,13 @@ impl Turn {
 
     /// The metadata of the running command.
     pub(crate) fn with_meta<T>(&self, f: impl FnOnce(&CallMeta) -> T) -> T {
-        f(&self.meta.lock())
+        f(&self.state.lock().meta)
     }
 
     /// The metadata of a child ask to `target`, or the cycle it would close.
     fn child_meta(&self, target: &ActorKey) -> Result<CallMeta, String> {
-        let meta = self.meta.lock();
+        let state = self.state.lock();
+        let meta = &state.meta;
         if target == &self.me || meta.chain.contains(target) {
             let mut names: Vec<String> = meta.chain.iter().map(|k| k.to_string()).collect();
             names.push(self.me.to_string());
@@ -174,10 +229,8 @@ impl Turn {
     ) -> Result<(), TellError> {
         // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
         let n = self.children.fetch_add(1, Ordering::Relaxed);
-        let (command_id, correlation_id) = {
-            let meta = self.meta.lock();
-            (meta.command_id, meta.correlation_id)
-        };
+        let (command_id, correlation_id) =
+            self.with_meta(|meta| (meta.command_id, meta.correlation_id));
         let meta = CallMeta {
             command_id: command_id.derive(n),
             correlation_id,

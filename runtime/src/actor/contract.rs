@@ -107,7 +107,9 @@ pub trait Behavior: EventSourcedActor {
 pub struct Effect<A: EventSourcedActor> {
     pub(crate) events: Vec<A::Event>,
     pub(crate) reply: A::Reply,
-    pub(crate) plan: Plan,
+    /// Durable effects; `None` (no allocation, a small `Effect`) for the many turns that
+    /// decide none.
+    pub(crate) plan: Option<Box<Plan>>,
 }
 
 /// Durable effects decided by a turn, not yet stored.
@@ -199,12 +201,16 @@ impl Plan {
 /// The durable-effect methods, shared by [`Effect`] and [`Persist`].
 macro_rules! durable_effects {
     () => {
+        fn plan(&mut self) -> &mut Plan {
+            self.plan.get_or_insert_with(Default::default)
+        }
+
         /// Sends `cmd` to `to` as a durable effect: stored with this commit, delivered after
         /// it, applied by `to` exactly once (see [`Effect`]). If `to` rejects it, the rejection
         /// is recorded in `to`'s history and nothing else happens; use
         /// [`send_with_compensation`](Self::send_with_compensation) to undo this turn's part.
         pub fn send<B: Behavior>(mut self, to: &ActorRef<B>, cmd: B::Command) -> Self {
-            self.plan
+            self.plan()
                 .push(Some(to.key().clone()), &cmd, None, None, None);
             self
         }
@@ -219,7 +225,7 @@ macro_rules! durable_effects {
             compensation: A::Command,
         ) -> Self {
             let compensation = codec::encode("compensation", &compensation);
-            self.plan
+            self.plan()
                 .push(Some(to.key().clone()), &cmd, None, None, Some(compensation));
             self
         }
@@ -234,7 +240,7 @@ macro_rules! durable_effects {
             cmd: B::Command,
         ) -> Self {
             let due = Some(Due::After(delay));
-            self.plan
+            self.plan()
                 .push(Some(to.key().clone()), &cmd, due, None, None);
             self
         }
@@ -250,7 +256,7 @@ macro_rules! durable_effects {
             cmd: A::Command,
         ) -> Self {
             let due = Some(Due::After(delay));
-            self.plan.push(None, &cmd, due, Some(name.into()), None);
+            self.plan().push(None, &cmd, due, Some(name.into()), None);
             self
         }
 
@@ -262,7 +268,7 @@ macro_rules! durable_effects {
             at: SystemTime,
             cmd: A::Command,
         ) -> Self {
-            self.plan
+            self.plan()
                 .push(None, &cmd, Some(Due::At(at)), Some(name.into()), None);
             self
         }
@@ -270,7 +276,7 @@ macro_rules! durable_effects {
         /// Cancels this actor's pending reminder `name`, if any: it will never fire. Stored
         /// with this commit, like everything else the turn decides.
         pub fn cancel_reminder(mut self, name: impl Into<String>) -> Self {
-            self.plan.cancels.push(name.into());
+            self.plan().cancels.push(name.into());
             self
         }
     };
@@ -282,7 +288,7 @@ impl<A: Behavior> Effect<A> {
         Effect {
             events: Vec::new(),
             reply,
-            plan: Plan::default(),
+            plan: None,
         }
     }
 
@@ -290,7 +296,7 @@ impl<A: Behavior> Effect<A> {
     pub fn persist(event: A::Event) -> Persist<A> {
         Persist {
             events: vec![event],
-            plan: Plan::default(),
+            plan: None,
         }
     }
 
@@ -298,7 +304,7 @@ impl<A: Behavior> Effect<A> {
     pub fn persist_all(events: impl IntoIterator<Item = A::Event>) -> Persist<A> {
         Persist {
             events: events.into_iter().collect(),
-            plan: Plan::default(),
+            plan: None,
         }
     }
 
@@ -314,7 +320,7 @@ impl<A: Behavior> Effect<A> {
 #[must_use = "finish with `.reply(...)` to get an Effect"]
 pub struct Persist<A: EventSourcedActor> {
     events: Vec<A::Event>,
-    plan: Plan,
+    plan: Option<Box<Plan>>,
 }
 
 impl<A: Behavior> Persist<A> {

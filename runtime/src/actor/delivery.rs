@@ -199,11 +199,11 @@ async fn deliver(host: Arc<Host>, me: ActorKey, entry: OutboxEntry) -> (ActorKey
         deadline: Instant::now() + timeout,
         timeout,
         chain: Vec::new(),
-        origin: Some(EffectOrigin {
+        origin: Some(Box::new(EffectOrigin {
             from: me,
             seq: entry.seq,
             compensation: entry.compensation,
-        }),
+        })),
     };
     let settle = deliver_effect(&host, &entry.target, entry.command, meta).await;
     (entry.target, entry.seq, settle)
@@ -264,7 +264,7 @@ async fn deliver_remote(
         chain: Vec::new(),
         expects_reply: true,
         command,
-        effect: meta.origin,
+        effect: meta.origin.map(|o| *o),
         control: None,
     };
     let frame = match frame.encode() {

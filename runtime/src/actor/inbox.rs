@@ -134,8 +134,9 @@ pub(crate) struct CallMeta {
     pub timeout: Duration,
     /// The actors waiting on this command, outermost first (for cycle detection).
     pub chain: Vec<ActorKey>,
-    /// Set when the command is a durable effect.
-    pub origin: Option<EffectOrigin>,
+    /// Set when the command is a durable effect (boxed: keeps every other command's
+    /// metadata small).
+    pub origin: Option<Box<EffectOrigin>>,
 }
 
 impl CallMeta {
@@ -420,7 +421,7 @@ impl<A: Behavior> Inbox<A> {
     /// Sends probes for the asks that have been blocked long enough (see the module docs).
     fn probe_blocked(&mut self, now: Instant) {
         let targets = self.turn.targets.lock().clone();
-        let Some(origin_turn) = *self.turn.current.lock() else {
+        let Some(origin_turn) = self.turn.current() else {
             return;
         };
         if targets.is_empty() {
@@ -468,7 +469,7 @@ impl<A: Behavior> Inbox<A> {
                 seek_turn,
                 mut path,
             } => {
-                let current = *self.turn.current.lock();
+                let current = self.turn.current();
                 let targets = self.turn.targets.lock().clone();
                 if targets.is_empty() {
                     return;
@@ -514,7 +515,7 @@ impl<A: Behavior> Inbox<A> {
                 blocked,
                 cycle,
             } => {
-                if *self.turn.current.lock() != Some(origin_turn) {
+                if self.turn.current() != Some(origin_turn) {
                     return;
                 }
                 if let Some(i) = self

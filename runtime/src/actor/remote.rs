@@ -293,7 +293,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 deadline: Instant::now() + timeout,
                 timeout,
                 chain: request.chain,
-                origin: request.effect,
+                origin: request.effect.map(Box::new),
             };
             if meta.origin.is_some() {
                 let answer = match effect_local::<A>(&host, &key, cmd, meta).await {
