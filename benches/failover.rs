@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use aether::cluster::{NodeStatus, RegistryChange};
 use aether::prelude::*;
 use aether::routing::shard_of;
-use aether::{ActorId, ActorKey, ClusterConfig, ClusterView, Kind, Namespace, Runtime};
+use aether::{ActorId, ActorKey, ClusterView, Kind, Namespace, Runtime};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use support::nodes::{Node, wait_map};
@@ -37,31 +37,7 @@ use support::{Figure, Probe, ProbeCmd, report};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    match std::env::var("AETHER_BENCH_NODE") {
-        Ok(id) => rt.block_on(node_main(id)),
-        Err(_) => rt.block_on(bench_main()),
-    }
-}
-
-/// A node process: joins with default timing, says `ready`, serves until stdin closes.
-async fn node_main(id: String) -> anyhow::Result<()> {
-    let url = std::env::var("AETHER_NATS_URL")?;
-    let ns = std::env::var("AETHER_NAMESPACE")?;
-    let rt = Runtime::join_cluster(
-        ClusterConfig::new(url, ns).node_id(&id),
-        Runtime::builder().register::<Probe>(),
-    )
-    .await?;
-    println!("ready {id}");
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
-    while lines.next_line().await?.is_some() {}
-    rt.shutdown().await?;
-    Ok(())
+    support::nodes::main_or_node(|| Runtime::builder().register::<Probe>(), bench_main())
 }
 
 async fn client(url: &str, ns: &str) -> anyhow::Result<Runtime> {

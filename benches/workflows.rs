@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aether::prelude::*;
-use aether::{ClusterConfig, ClusterView, Runtime};
+use aether::{ClusterView, Runtime};
 use support::nodes::{Node, wait_map};
 use support::{Figure, measure_time, median, report};
 
@@ -113,30 +113,7 @@ impl Behavior for Wallet {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    match std::env::var("AETHER_BENCH_NODE") {
-        Ok(id) => rt.block_on(node_main(id)),
-        Err(_) => rt.block_on(bench_main()),
-    }
-}
-
-async fn node_main(id: String) -> anyhow::Result<()> {
-    let url = std::env::var("AETHER_NATS_URL")?;
-    let ns = std::env::var("AETHER_NAMESPACE")?;
-    let rt = Runtime::join_cluster(
-        ClusterConfig::new(url, ns).node_id(&id),
-        Runtime::builder().register::<Wallet>(),
-    )
-    .await?;
-    println!("ready {id}");
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
-    while lines.next_line().await?.is_some() {}
-    rt.shutdown().await?;
-    Ok(())
+    support::nodes::main_or_node(|| Runtime::builder().register::<Wallet>(), bench_main())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -213,6 +213,27 @@ async fn map_of(view: &ClusterView, nodes: &[&str], what: &str) {
     .await;
 }
 
+/// SIGSTOPs a node that does not lead until the map drops it, lets the load go on without it,
+/// then resumes it.
+async fn pause_a_follower(view: &ClusterView, nodes: &[NodeProcess], ledger: &Ledger) {
+    let leader = leader_of(view).await;
+    let paused = nodes
+        .iter()
+        .find(|n| n.id != leader.node)
+        .expect("a follower");
+    paused.signal(libc::SIGSTOP);
+    let others: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.id != paused.id)
+        .map(|n| n.id.as_str())
+        .collect();
+    map_of(view, &others, "the paused node out of the map").await;
+    progress(ledger, 200, "while a node is paused").await;
+    paused.signal(libc::SIGCONT);
+    println!("resumed {}", paused.id);
+    progress(ledger, 200, "after the resume").await;
+}
+
 /// Opens and funds every account through `client`, recording the command ids.
 async fn setup(client: &Runtime, ledger: &Ledger) {
     for account in refs(client) {
@@ -490,23 +511,7 @@ async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
     progress(&ledger, 300, "steady").await;
 
     // 1. A follower is paused past the failure timeout, then resumed.
-    let leader = leader_of(&view).await;
-    let paused = nodes
-        .iter()
-        .position(|n| n.id != leader.node)
-        .expect("a follower");
-    nodes[paused].signal(libc::SIGSTOP);
-    let others: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.id != nodes[paused].id)
-        .map(|n| n.id.clone())
-        .collect();
-    let names: Vec<&str> = others.iter().map(String::as_str).collect();
-    map_of(&view, &names, "the paused node out of the map").await;
-    progress(&ledger, 200, "while a node is paused").await;
-    nodes[paused].signal(libc::SIGCONT);
-    println!("resumed {}", nodes[paused].id);
-    progress(&ledger, 200, "after the resume").await;
+    pause_a_follower(&view, &nodes, &ledger).await;
 
     // 2. A node is SIGKILLed and restarted under the same id.
     let victim = nodes.len() - 1;
@@ -624,22 +629,7 @@ async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
     progress(&ledger, 200, "after the leader was killed").await;
 
     // 4. A follower is paused past the failure timeout, then resumed.
-    let leader = leader_of(&view).await;
-    let paused = nodes
-        .iter()
-        .position(|n| n.id != leader.node)
-        .expect("a follower");
-    nodes[paused].signal(libc::SIGSTOP);
-    let others: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.id != nodes[paused].id)
-        .map(|n| n.id.clone())
-        .collect();
-    let names: Vec<&str> = others.iter().map(String::as_str).collect();
-    map_of(&view, &names, "the paused node out of the map").await;
-    progress(&ledger, 200, "while a node is paused").await;
-    nodes[paused].signal(libc::SIGCONT);
-    progress(&ledger, 200, "after the resume").await;
+    pause_a_follower(&view, &nodes, &ledger).await;
 
     stop_and_verify(&client, NS, &ledger, &stop, workers).await;
     assert!(watch.violations().is_empty(), "{:?}", watch.violations());

@@ -5,7 +5,36 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aether::ClusterView;
+use aether::{ClusterConfig, ClusterView, Runtime, RuntimeBuilder};
+
+/// The `main` of a bench that runs nodes: as a node process (`AETHER_BENCH_NODE=<id>`) it
+/// joins with the default timing and the actors of `builder`, says `ready <id>` and serves
+/// until stdin closes; otherwise it runs `bench`.
+pub fn main_or_node(
+    builder: impl FnOnce() -> RuntimeBuilder,
+    bench: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match std::env::var("AETHER_BENCH_NODE") {
+        Ok(id) => rt.block_on(node_main(id, builder())),
+        Err(_) => rt.block_on(bench),
+    }
+}
+
+async fn node_main(id: String, builder: RuntimeBuilder) -> anyhow::Result<()> {
+    let url = std::env::var("AETHER_NATS_URL")?;
+    let ns = std::env::var("AETHER_NAMESPACE")?;
+    let rt = Runtime::join_cluster(ClusterConfig::new(url, ns).node_id(&id), builder).await?;
+    println!("ready {id}");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    while lines.next_line().await?.is_some() {}
+    rt.shutdown().await?;
+    Ok(())
+}
 
 /// One node process.
 pub struct Node {

@@ -236,21 +236,9 @@ fn adopt(
     if !lost.is_empty() {
         for shard in &lost {
             st.serving.remove(shard);
-            st.draining.insert(*shard);
         }
         publish_serving(inner, st.served_epoch, &st.serving);
-        st.drain_started.get_or_insert_with(Instant::now);
-        // No timeout: a shard is released only once its activations have really stopped
-        // (their turns end by their deadlines). A gaining node that cannot wait that long
-        // forces the handoff on its side, where it is counted.
-        let timeout = inner.config.handoff_timeout;
-        for (shard, done) in dispatch.drain(lost) {
-            drains.push(Box::pin(async move {
-                let started = Instant::now();
-                let actors = done.await;
-                (shard, actors, started.elapsed() > timeout)
-            }));
-        }
+        start_drains(inner, st, lost, dispatch, drains);
     }
     st.pending = target
         .shards
@@ -275,11 +263,25 @@ fn drop_everything(
     st.pending.clear();
     let lost: Vec<u32> = std::mem::take(&mut st.serving).into_iter().collect();
     publish_serving(inner, st.served_epoch, &st.serving);
-    if lost.is_empty() {
-        return;
+    if !lost.is_empty() {
+        start_drains(inner, st, lost, dispatch, drains);
     }
+}
+
+/// Starts draining `lost` (no longer served): passivates their activations and tracks when
+/// each shard's have all stopped.
+fn start_drains(
+    inner: &Inner,
+    st: &mut State,
+    lost: Vec<u32>,
+    dispatch: &dyn Dispatch,
+    drains: &mut FuturesUnordered<Drain>,
+) {
     st.draining.extend(lost.iter().copied());
     st.drain_started.get_or_insert_with(Instant::now);
+    // No timeout: a shard is released only once its activations have really stopped (their
+    // turns end by their deadlines). A gaining node that cannot wait that long forces the
+    // handoff on its side, where it is counted.
     let timeout = inner.config.handoff_timeout;
     for (shard, done) in dispatch.drain(lost) {
         drains.push(Box::pin(async move {
