@@ -487,10 +487,15 @@ fn spawn(urls: &str, ns: &str, id: &str, replicas: &str) -> NodeProcess {
     })
 }
 
+/// Each scenario runs five processes against the clock; two at once on a small machine would
+/// mostly test the machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One nats-server with a file store; node pauses, a kill and restart under the same id, a
 /// restart of the nats-server itself, a graceful leave and a join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
+    let _serial = SERIAL.lock().await;
     const NS: &str = "chaos1";
     let seed = seed();
     println!("seed {seed} (AETHER_CHAOS_SEED={seed} replays its pairs)");
@@ -557,6 +562,7 @@ async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
 /// of a rebalance, and a node paused past the failure timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
+    let _serial = SERIAL.lock().await;
     const NS: &str = "chaos3";
     let seed = seed();
     println!("seed {seed} (AETHER_CHAOS_SEED={seed} replays its pairs)");

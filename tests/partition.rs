@@ -176,7 +176,11 @@ enum Nats {
 
 /// Runs the scenario with `victim` (an index into the nodes) cut off by `how`; `leader`:
 /// pick the leader as the victim (it is started behind the proxy first).
+/// The scenarios measure throughput: they run one at a time, not beside each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
+    let _serial = SERIAL.lock().await;
     let mut nats = match how {
         Cut::ItsServer => Nats::R3(NatsCluster::start()),
         _ => Nats::Single(NatsServer::start()),
