@@ -50,7 +50,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use assignment::assign;
+pub use assignment::{MAX_LOAD, MIN_LOAD, VNODES, assign};
 pub use config::ClusterConfig;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
@@ -420,8 +420,8 @@ impl Cluster {
         let reason = match &owner {
             Some(node) => format!(
                 "{kind}/{id} hashes to shard {shard} of {}; the map of epoch {epoch} (term {}) \
-                 assigns shard {shard} to {node}, the alive node with the highest rendezvous \
-                 weight for it",
+                 assigns shard {shard} to {node}: on the hash ring of the alive nodes, its \
+                 virtual node is the first at or after the shard's position",
                 self.inner.shard_count,
                 map.as_ref().map_or(0, |m| m.term)
             ),

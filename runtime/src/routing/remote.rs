@@ -1,4 +1,4 @@
-//! Remote delivery over NATS: one subject per actor, one queue subscription per owned shard.
+//! Remote delivery over NATS: one subject per actor, one subscription per owned shard.
 //!
 //! A command for actor `id` of kind `kind` in shard `n` is a NATS request on
 //! `aether.<ns>.shard.<n>.<kind>.<encoded-id>`. The node that serves shard `n` subscribes to
@@ -226,7 +226,7 @@ pub trait Dispatch: Send + Sync + 'static {
     fn drain(&self, shards: Vec<u32>) -> Vec<(u32, ShardDrain)>;
 }
 
-/// The inbound side of a node: one queue subscription per served shard. See [`serve`].
+/// The inbound side of a node: one subscription per served shard. See [`serve`].
 pub struct Inbound {
     task: JoinHandle<()>,
     served: watch::Receiver<u64>,
@@ -251,7 +251,7 @@ impl Inbound {
     }
 }
 
-/// Keeps one queue subscription per served shard, following `owned` (the shards the cluster's
+/// Keeps one subscription per served shard, following `owned` (the shards the cluster's
 /// handoff says to serve now), and hands every frame to `dispatch`, until [`Inbound::close`]
 /// (or until `owned`'s sender or the [`Inbound`] is dropped). A shard that stops being served
 /// has its subscription drained, not dropped: see [`serve_shard`].
