@@ -487,6 +487,46 @@ fn spawn(urls: &str, ns: &str, id: &str, replicas: &str) -> NodeProcess {
     })
 }
 
+/// A running scenario: three nodes, a map of them, funded accounts and the workers going.
+struct Scenario {
+    nodes: Vec<NodeProcess>,
+    view: ClusterView,
+    client: Runtime,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Scenario {
+    /// Starts three nodes on `urls` (streams with `replicas`), opens and funds the accounts,
+    /// and runs the random-pair workload until it is steady.
+    async fn start(urls: &str, ns: &str, replicas: &str) -> Scenario {
+        let seed = seed();
+        println!("seed {seed} (AETHER_CHAOS_SEED={seed} replays its pairs)");
+        wait_for_jetstream(urls).await;
+        let nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+            .iter()
+            .map(|id| spawn(urls, ns, id, replicas))
+            .collect();
+        let view = ClusterView::connect(urls, ns).await.expect("view");
+        map_of(&view, &["node-1", "node-2", "node-3"], "a map of three").await;
+        let client = client_of(urls, ns).await;
+        let ledger = Arc::new(Ledger::default());
+        setup(&client, &ledger).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = start_workers(&client, &ledger, &stop, seed);
+        progress(&ledger, 300, "steady").await;
+        Scenario {
+            nodes,
+            view,
+            client,
+            ledger,
+            stop,
+            workers,
+        }
+    }
+}
+
 /// Each scenario runs five processes against the clock; two at once on a small machine would
 /// mostly test the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -497,23 +537,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
     let _serial = SERIAL.lock().await;
     const NS: &str = "chaos1";
-    let seed = seed();
-    println!("seed {seed} (AETHER_CHAOS_SEED={seed} replays its pairs)");
     let mut server = NatsServer::start();
     let urls = server.url();
-    wait_for_jetstream(&urls).await;
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| spawn(&urls, NS, id, "1"))
-        .collect();
-    let view = ClusterView::connect(&urls, NS).await.expect("view");
-    map_of(&view, &["node-1", "node-2", "node-3"], "a map of three").await;
-    let client = client_of(&urls, NS).await;
-    let ledger = Arc::new(Ledger::default());
-    setup(&client, &ledger).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = start_workers(&client, &ledger, &stop, seed);
-    progress(&ledger, 300, "steady").await;
+    let Scenario {
+        mut nodes,
+        view,
+        client,
+        ledger,
+        stop,
+        workers,
+    } = Scenario::start(&urls, NS, "1").await;
 
     // 1. A follower is paused past the failure timeout, then resumed.
     pause_a_follower(&view, &nodes, &ledger).await;
@@ -564,24 +597,17 @@ async fn random_transfers_survive_pauses_kills_and_a_nats_restart() {
 async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
     let _serial = SERIAL.lock().await;
     const NS: &str = "chaos3";
-    let seed = seed();
-    println!("seed {seed} (AETHER_CHAOS_SEED={seed} replays its pairs)");
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
-    wait_for_jetstream(&urls).await;
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| spawn(&urls, NS, id, "3"))
-        .collect();
-    let view = ClusterView::connect(&urls, NS).await.expect("view");
-    map_of(&view, &["node-1", "node-2", "node-3"], "a map of three").await;
+    let Scenario {
+        mut nodes,
+        view,
+        client,
+        ledger,
+        stop,
+        workers,
+    } = Scenario::start(&urls, NS, "3").await;
     let watch = MapWatch::start(&urls, NS, 1024).await;
-    let client = client_of(&urls, NS).await;
-    let ledger = Arc::new(Ledger::default());
-    setup(&client, &ledger).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = start_workers(&client, &ledger, &stop, seed);
-    progress(&ledger, 300, "steady").await;
 
     // 1. A node joins.
     nodes.push(spawn(&urls, NS, "node-4", "3"));
