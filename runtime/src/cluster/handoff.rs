@@ -56,7 +56,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -64,7 +63,6 @@ use tokio::time::Instant;
 
 use super::{ClusterEvent, Inner, OwnedShards, ShardMap};
 use crate::routing::Dispatch;
-use crate::wire::codec;
 
 /// Handoff counters of one node (see [`Cluster::handoff_stats`](super::Cluster::handoff_stats)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,7 +189,7 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
             changed = true;
         }
         if changed {
-            advertise(&inner, &st).await;
+            advertise(&inner, &st);
         }
         tokio::select! {
             r = owned.changed() => if r.is_err() { return },
@@ -201,7 +199,7 @@ pub(crate) async fn run(inner: Arc<Inner>, dispatch: Arc<dyn Dispatch>) {
                 while let Some(Some((shard, actors, slow))) = drains.next().now_or_never() {
                     drained(&inner, &mut st, shard, actors, slow);
                 }
-                advertise(&inner, &st).await;
+                advertise(&inner, &st);
             }
             r = registry.changed() => if r.is_err() { return },
             r = fence.changed() => if r.is_err() { return },
@@ -346,7 +344,14 @@ fn serve_free(inner: &Inner, st: &mut State) -> bool {
                 forced
                     || (!st.draining.contains(&shard)
                         && registry
-                            .holders(me, st.epoch, shard, now, inner.config.failure_timeout)
+                            .holders(
+                                me,
+                                st.epoch,
+                                shard,
+                                st.previous_map.as_deref(),
+                                now,
+                                inner.config.failure_timeout,
+                            )
                             .next()
                             .is_none())
             })
@@ -362,7 +367,14 @@ fn serve_free(inner: &Inner, st: &mut State) -> bool {
                 .iter()
                 .flat_map(|&s| {
                     registry
-                        .holders(me, st.epoch, s, now, inner.config.failure_timeout)
+                        .holders(
+                            me,
+                            st.epoch,
+                            s,
+                            st.previous_map.as_deref(),
+                            now,
+                            inner.config.failure_timeout,
+                        )
                         .map(str::to_owned)
                         .collect::<Vec<_>>()
                 })
@@ -432,9 +444,10 @@ fn publish_serving(inner: &Inner, epoch: u64, shards: &BTreeSet<u32>) {
     }));
 }
 
-/// Advertises the epoch and the held shards in this node's registry record, at once (every
-/// later heartbeat carries them too).
-async fn advertise(inner: &Inner, st: &State) {
+/// Advertises the epoch and the held shards in this node's registry record: the record writer
+/// writes it at once, apart from this loop (a write stuck behind a raft election must not keep
+/// the handoff from serving), and every later record carries it too.
+fn advertise(inner: &Inner, st: &State) {
     *inner.held.lock() = st
         .serving
         .iter()
@@ -442,23 +455,5 @@ async fn advertise(inner: &Inner, st: &State) {
         .copied()
         .collect();
     inner.handoff_epoch.store(st.epoch, Ordering::Release);
-    let status = if inner.leaving.load(Ordering::Acquire) {
-        super::NodeStatus::Leaving
-    } else {
-        super::NodeStatus::Alive
-    };
-    match codec::encode("node record", &inner.record(status)) {
-        Ok(bytes) => {
-            if let Err(e) = inner
-                .buckets
-                .nodes
-                .put(&inner.config.node_id, Bytes::from(bytes))
-                .await
-            {
-                // The next heartbeat carries it.
-                tracing::warn!(epoch = st.epoch, error = %e, "handoff state not advertised yet");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot encode the node record"),
-    }
+    inner.write_record.notify_one();
 }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::ShardMap;
+
 /// A set of shards as a bitmap (bit `s` of byte `s / 8`): 128 bytes for 1 024 shards, so a
 /// node can advertise what it holds in every heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +103,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
     pub record: NodeRecord,
-    /// Local time the record last changed.
+    /// Local time the node was last heard from: its record changed, or a beat arrived.
     pub at: Instant,
     /// The KV revision of the record (to replace it only if it did not change meanwhile).
     pub revision: u64,
@@ -121,8 +123,16 @@ pub(crate) enum Change {
 }
 
 impl Registry {
-    /// Applies a put; returns the change it represents, if any.
+    /// Applies a put; returns the change it represents, if any. The revision already seen
+    /// (delivered again by a watch made anew) changes nothing: it is no news from the node.
     pub fn put(&mut self, record: NodeRecord, revision: u64, now: Instant) -> Option<Change> {
+        if self
+            .nodes
+            .get(&record.node)
+            .is_some_and(|seen| seen.revision == revision)
+        {
+            return None;
+        }
         let node = record.node.clone();
         let previous = self.nodes.insert(
             node.clone(),
@@ -139,6 +149,15 @@ impl Registry {
             (Some(NodeStatus::Alive) | None, NodeStatus::Failed) => Some(Change::Failed(node)),
             (Some(NodeStatus::Alive) | None, NodeStatus::Leaving) => Some(Change::Left(node)),
             _ => None,
+        }
+    }
+
+    /// Notes a beat from `node` heard at `now` (see `cluster::liveness`): it counts as hearing
+    /// from the node, like a record change. Nodes without a record yet are ignored (they join
+    /// through the registry).
+    pub fn heard(&mut self, node: &str, now: Instant) {
+        if let Some(seen) = self.nodes.get_mut(node) {
+            seen.at = seen.at.max(now);
         }
     }
 
@@ -175,23 +194,38 @@ impl Registry {
 
     /// The live nodes other than `me` that may still run activations of `shard`, as far as
     /// a node handing shards over under map `epoch` can tell: nodes not declared failed, heard
-    /// from within `timeout`, that either have not adopted `epoch` yet (their state may predate
-    /// it) or still hold the shard.
-    pub fn holders(
-        &self,
-        me: &str,
+    /// from within `timeout`, that either still hold the shard or have not adopted `epoch` yet
+    /// (their state may predate it).
+    ///
+    /// One exception to the second: a node that has adopted `previous` — the map just before
+    /// `epoch` — under which the shard was not its own, and that does not hold it, cannot run
+    /// it: under `previous` it never will, and under `epoch` the shard is `me`'s. So a move
+    /// between two nodes does not wait for every third node's record to catch up (which a
+    /// stalled registry bucket can delay for seconds).
+    pub fn holders<'a>(
+        &'a self,
+        me: &'a str,
         epoch: u64,
         shard: u32,
+        previous: Option<&'a ShardMap>,
         now: Instant,
         timeout: std::time::Duration,
-    ) -> impl Iterator<Item = &str> {
+    ) -> impl Iterator<Item = &'a str> {
+        let settled = move |s: &Seen| {
+            previous.is_some_and(|p| {
+                p.epoch + 1 == epoch
+                    && s.record.handoff_epoch == p.epoch
+                    && p.owner(shard) != Some(s.record.node.as_str())
+            })
+        };
         self.nodes
             .values()
             .filter(move |s| {
                 s.record.node != me
                     && s.record.status != NodeStatus::Failed
                     && now.duration_since(s.at) < timeout
-                    && (s.record.handoff_epoch < epoch || s.record.held.contains(shard))
+                    && (s.record.held.contains(shard)
+                        || (s.record.handoff_epoch < epoch && !settled(s)))
             })
             .map(|s| s.record.node.as_str())
     }

@@ -33,6 +33,7 @@ mod assignment;
 mod config;
 mod events;
 mod handoff;
+mod liveness;
 mod membership;
 mod shard_map;
 mod view;
@@ -59,6 +60,7 @@ pub use shard_map::ShardMap;
 pub use view::{ClusterView, LeaderInfo, RegistryChange};
 
 use self::membership::{Change, Registry};
+use self::view::read_entry;
 use crate::names::{NameKind, Namespace, validate_name};
 use crate::routing::{Dispatch, OwnedShards, Owner, Placement, shard_of};
 use crate::wire::codec;
@@ -79,6 +81,8 @@ struct Lease {
     term: u64,
     revision: u64,
     renewed_at: Instant,
+    /// When this node learnt it holds the lease (after the `create` returned).
+    acquired_at: Instant,
 }
 
 /// Where an actor lives, and why.
@@ -153,8 +157,13 @@ struct Inner {
     /// Whether this node (as leader) sees its own heartbeats in the registry, and since when
     /// again after it did not.
     sight: Mutex<Sight>,
-    /// When the last heartbeat that landed was sent, in milliseconds since `clock`.
+    /// When the last beat that the leader granted was sent, in milliseconds since `clock`
+    /// (see [`liveness`]).
     last_beat_ms: AtomicU64,
+    /// Asks the record writer to write this node's record now (see `liveness`).
+    write_record: tokio::sync::Notify,
+    /// Held while a fenced node rejoins.
+    rejoining: tokio::sync::Mutex<()>,
     /// The node's monotonic clock origin.
     clock: Instant,
     handoff: handoff::Counters,
@@ -311,6 +320,8 @@ impl Cluster {
                 fenced: watch::channel(false).0,
                 sight: Mutex::new(Sight::default()),
                 last_beat_ms: AtomicU64::new(0),
+                rejoining: tokio::sync::Mutex::new(()),
+                write_record: tokio::sync::Notify::new(),
                 clock: Instant::now(),
                 handoff: handoff::Counters::default(),
                 stop,
@@ -324,10 +335,12 @@ impl Cluster {
             .await
             .map_err(|e| failed("cannot register", e))?;
         let tasks = vec![
+            tokio::spawn(Arc::clone(&cluster.inner).listen_beats()),
             tokio::spawn(Arc::clone(&cluster.inner).heartbeats()),
             tokio::spawn(Arc::clone(&cluster.inner).watch_registry()),
             tokio::spawn(Arc::clone(&cluster.inner).watch_map()),
             tokio::spawn(Arc::clone(&cluster.inner).elect()),
+            tokio::spawn(Arc::clone(&cluster.inner).leading()),
         ];
         cluster.inner.tasks.lock().extend(tasks);
         let me = cluster.inner.config.node_id.clone();
@@ -598,125 +611,37 @@ impl Inner {
             .map_err(|e| e.to_string())
     }
 
-    /// How long after the last heartbeat that landed this node fences itself: a little less
-    /// than the failure timeout, so it stops serving before the leader can declare it failed.
-    ///
-    /// The leader declares a node failed once it has not seen its record change for the
-    /// failure timeout, counted from when the record *reached* the leader — never before the
-    /// failure timeout has passed since the node *sent* it. A node that stops serving by then,
-    /// counted from the send, can never serve a shard that a new owner serves too.
-    fn fence_after(&self) -> Duration {
-        self.config
-            .failure_timeout
-            .saturating_sub(self.config.failure_timeout / 10)
-    }
-
-    /// Whether the last heartbeat that landed is older than [`Inner::fence_after`].
-    fn beat_lease_expired(&self) -> bool {
-        let last = self.last_beat_ms.load(Ordering::Acquire);
-        Duration::from_millis(self.since_clock().saturating_sub(last)) >= self.fence_after()
-    }
-
-    fn since_clock(&self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    async fn heartbeats(self: Arc<Self>) {
-        let mut stop = self.stop.subscribe();
-        let mut tick = tokio::time::interval(self.config.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let fence_after = self.fence_after();
-        // A heartbeat can hang until its request times out (a black-holed connection): run
-        // them on their own task, so the fence below keeps its time regardless.
-        let beating = Arc::clone(&self);
-        let mut stop_beats = self.stop.subscribe();
-        let beats = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let sent = beating.since_clock();
-                        match beating.heartbeat().await {
-                            Ok(()) => {
-                                beating.last_beat_ms.fetch_max(sent, Ordering::AcqRel);
-                                if *beating.fenced.borrow() {
-                                    beating.unfence().await;
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                        }
-                    }
-                    _ = stop_beats.changed() => return,
-                }
-            }
-        });
-        loop {
-            let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Acquire));
-            let due = self.clock + last + fence_after;
-            tokio::select! {
-                () = tokio::time::sleep_until(due) => {
-                    let silent = Duration::from_millis(
-                        self.since_clock().saturating_sub(self.last_beat_ms.load(Ordering::Acquire)),
-                    );
-                    if silent >= fence_after && !*self.fenced.borrow() {
-                        self.fence(silent);
-                    }
-                    if *self.fenced.borrow() {
-                        // Nothing to do until a heartbeat lands (the beats task unfences).
-                        tokio::time::sleep(self.config.heartbeat).await;
-                    }
-                }
-                _ = stop.changed() => {
-                    beats.abort();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Stops serving everything: this node's heartbeats have not landed for almost a failure
-    /// timeout (it is cut off from NATS, paused, or starved). Its actors are drained by the
-    /// handoff; placement routes even local callers away, so nothing is read or decided from
-    /// state another node may have moved on from.
-    fn fence(&self, silent: Duration) {
-        tracing::warn!(
-            node = %self.config.node_id,
-            ?silent,
-            "heartbeats not landing: fencing this node (it serves nothing until they do)"
-        );
-        self.fenced.send_replace(true);
-    }
-
-    /// A heartbeat landed again after a fence: catch up with the current map before the
-    /// handoff serves anything (the map this node holds may be long superseded).
-    async fn unfence(&self) {
-        if let Ok(Some(entry)) = self.buckets.shards.entry(MAP_KEY).await
-            && entry.operation == kv::Operation::Put
-            && let Ok(map) = ShardMap::decode(&entry.value)
-        {
-            self.adopt(map);
-        }
-        tracing::info!(node = %self.config.node_id, "heartbeats landing again: rejoining");
-        self.fenced.send_replace(false);
-    }
-
     async fn watch_registry(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
+        // Every node (this one included) rewrites its record each heartbeat, so a watch that
+        // delivers nothing for a failure timeout is stuck — typically its consumer lived on a
+        // server that went away. Make it again rather than trust its silence.
+        let quiet = self.config.failure_timeout.max(self.config.heartbeat * 2);
         loop {
-            let mut entries = match self.buckets.nodes.watch_with_history(">").await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the node registry; retrying");
+            // Making a watch needs the JetStream meta leader, which may be re-electing (4-9 s
+            // when its server is cut off): meanwhile, read the known records directly.
+            let watch = tokio::select! {
+                w = tokio::time::timeout(quiet, self.buckets.nodes.watch_with_history(">")) => w,
+                _ = stop.changed() => return,
+            };
+            let mut entries = match watch {
+                Ok(Ok(w)) => w,
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot watch the node registry; reading it directly")
+                        }
+                        _ => tracing::warn!(
+                            "cannot watch the node registry in time; reading it directly"
+                        ),
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        () = self.poll_registry() => continue,
                         _ = stop.changed() => return,
                     }
                 }
             };
             self.registry_synced.store(false, Ordering::Release);
-            // Every node (this one included) rewrites its record each heartbeat, so a watch
-            // that delivers nothing for a failure timeout is stuck — typically its consumer
-            // lived on a server that went away. Make it again rather than trust its silence.
-            let quiet = self.config.failure_timeout.max(self.config.heartbeat * 2);
             loop {
                 let entry = tokio::select! {
                     e = tokio::time::timeout(quiet, entries.next()) => match e {
@@ -732,60 +657,101 @@ impl Inner {
                     self.registry_synced.store(false, Ordering::Release);
                     break;
                 };
-                let change = match entry.operation {
-                    kv::Operation::Put => {
-                        match codec::decode::<NodeRecord>("node record", &entry.value) {
-                            Ok(record) => {
-                                self.registry
-                                    .lock()
-                                    .put(record, entry.revision, Instant::now())
-                            }
-                            Err(e) => {
-                                tracing::warn!(key = %entry.key, error = %e, "undecodable node record ignored");
-                                None
-                            }
-                        }
-                    }
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        self.registry.lock().remove(&entry.key)
-                    }
-                };
+                self.registry_entry(&entry);
                 if entry.delta == 0 {
                     self.registry_synced.store(true, Ordering::Release);
-                }
-                self.registry_rev.send_modify(|rev| *rev += 1);
-                match change {
-                    Some(Change::Joined(node)) => self.emit(ClusterEvent::NodeJoined { node }),
-                    Some(Change::Left(node)) => self.emit(ClusterEvent::NodeLeft { node }),
-                    Some(Change::Failed(node)) => self.emit(ClusterEvent::NodeFailed { node }),
-                    None => {}
                 }
             }
         }
     }
 
+    /// Applies one registry entry (from the watch or a direct read).
+    fn registry_entry(&self, entry: &kv::Entry) {
+        let change = match entry.operation {
+            kv::Operation::Put => match codec::decode::<NodeRecord>("node record", &entry.value) {
+                Ok(record) => self
+                    .registry
+                    .lock()
+                    .put(record, entry.revision, Instant::now()),
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "undecodable node record ignored");
+                    None
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => self.registry.lock().remove(&entry.key),
+        };
+        self.registry_rev.send_modify(|rev| *rev += 1);
+        match change {
+            Some(Change::Joined(node)) => self.emit(ClusterEvent::NodeJoined { node }),
+            Some(Change::Left(node)) => self.emit(ClusterEvent::NodeLeft { node }),
+            Some(Change::Failed(node)) => self.emit(ClusterEvent::NodeFailed { node }),
+            None => {}
+        }
+    }
+
+    /// One round of reading every known node's record directly (any replica answers), for
+    /// while no watch can be made; then a pause of a heartbeat. Known: in the registry or in
+    /// the adopted map. An unchanged record is no news (see [`Registry::put`]). A round that
+    /// read every record leaves the view as current as a synced watch would.
+    async fn poll_registry(&self) {
+        let mut known: Vec<String> = self.registry.lock().nodes.keys().cloned().collect();
+        if let Some(map) = self.map.read().as_ref() {
+            known.extend(map.nodes.iter().cloned());
+        }
+        known.sort();
+        known.dedup();
+        let mut complete = true;
+        for node in known {
+            match read_entry(&self.buckets.nodes, &node).await {
+                Ok(Some(entry)) => self.registry_entry(&entry),
+                Ok(None) => {}
+                Err(_) => complete = false,
+            }
+        }
+        self.registry_synced.store(complete, Ordering::Release);
+        if complete {
+            self.registry_rev.send_modify(|rev| *rev += 1);
+        }
+        tokio::time::sleep(self.config.heartbeat).await;
+    }
+
     async fn watch_map(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         loop {
-            let mut entries = match self.buckets.shards.watch_with_history(MAP_KEY).await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the shard map; retrying");
+            // Maps change rarely, so silence proves nothing: every few heartbeats, check the
+            // bucket directly and watch again if it holds a map this watch never delivered.
+            let check_every = self.config.failure_timeout.max(self.config.heartbeat * 2);
+            // As for the registry: while no watch can be made, read the map directly.
+            let watch = tokio::select! {
+                w = tokio::time::timeout(check_every, self.buckets.shards.watch_with_history(MAP_KEY)) => w,
+                _ = stop.changed() => return,
+            };
+            let mut entries = match watch {
+                Ok(Ok(w)) => w,
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot watch the shard map; reading it directly")
+                        }
+                        _ => tracing::warn!(
+                            "cannot watch the shard map in time; reading it directly"
+                        ),
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        () = async {
+                            self.adopt_stored_map().await;
+                            tokio::time::sleep(self.config.heartbeat).await;
+                        } => continue,
                         _ = stop.changed() => return,
                     }
                 }
             };
-            // Maps change rarely, so silence proves nothing: every few heartbeats, check the
-            // bucket directly and watch again if it holds a map this watch never delivered.
-            let check_every = self.config.failure_timeout.max(self.config.heartbeat * 2);
             loop {
                 let entry = tokio::select! {
                     e = tokio::time::timeout(check_every, entries.next()) => match e {
                         Ok(e) => e,
                         Err(_) => {
-                            if self.map_watch_behind().await {
+                            if self.adopt_stored_map().await {
                                 tracing::warn!("the shard map watch missed a map; watching again");
                                 break;
                             }
@@ -806,9 +772,10 @@ impl Inner {
         }
     }
 
-    /// Whether the bucket holds a newer map than the one adopted (the watch missed it).
-    async fn map_watch_behind(&self) -> bool {
-        let Ok(Some(entry)) = self.buckets.shards.entry(MAP_KEY).await else {
+    /// Adopts the bucket's map if it is newer than the one adopted (a watch missed it, or none
+    /// can be made); returns whether it was.
+    async fn adopt_stored_map(&self) -> bool {
+        let Ok(Some(entry)) = read_entry(&self.buckets.shards, MAP_KEY).await else {
             return false;
         };
         if entry.operation != kv::Operation::Put {
@@ -818,7 +785,11 @@ impl Inner {
             return false;
         };
         let adopted = self.map.read().as_ref().map_or(0, |m| m.epoch);
-        stored.epoch > adopted
+        let newer = stored.epoch > adopted;
+        if newer {
+            self.adopt(stored);
+        }
+        newer
     }
 
     /// Takes a newly published map: newer epochs only, never a lower term.
@@ -878,9 +849,8 @@ impl Inner {
 
     /// The election loop.
     ///
-    /// - The leader renews its lease every heartbeat and, four times per heartbeat, checks the
-    ///   registry, so a silent node is declared failed within a quarter heartbeat of its
-    ///   timeout.
+    /// - The leader renews its lease every heartbeat (at least three times per lease); its
+    ///   duties run apart, in [`Inner::leading`].
     /// - A follower tries to acquire the lease when the key is deleted (a resignation) or
     ///   expires (the server's `Purge` marker), and otherwise only once per lease length (in
     ///   case a watch event was missed): a failed `create` is not free on a replicated bucket.
@@ -925,17 +895,19 @@ impl Inner {
                 _ = stop.changed() => return,
             };
             let leader = self.lease.lock().is_some();
+            // Each round is bounded by a third of a lease: while the lease bucket's raft group
+            // re-elects, a request waits for nothing, and the next round (on a group that
+            // has its leader again) should not wait behind it.
+            let bound = self.config.lease / 3;
             if leader {
                 if last_renewal.is_none_or(|at| at.elapsed() >= renew_every) {
                     last_renewal = Some(Instant::now());
-                    self.step().await;
-                } else if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
-                    self.lead().await;
+                    let _ = tokio::time::timeout(bound, self.step()).await;
                 }
             } else if vacated || last_attempt.is_none_or(|at| at.elapsed() >= self.config.lease) {
                 last_attempt = Some(Instant::now());
                 last_renewal = Some(Instant::now());
-                self.step().await;
+                let _ = tokio::time::timeout(bound, self.step()).await;
             }
         }
     }
@@ -963,7 +935,7 @@ impl Inner {
         }
     }
 
-    /// One round of the election: renew or acquire the lease, then lead if allowed.
+    /// One round of the election: renew or acquire the lease.
     async fn step(&self) {
         let lease = *self.lease.lock();
         match lease {
@@ -972,8 +944,24 @@ impl Inner {
             None if self.leaving.load(Ordering::Acquire) => {}
             None => self.acquire().await,
         }
-        if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
-            self.lead().await;
+    }
+
+    /// The leader's duties, four times per heartbeat while this node acts as leader — on a
+    /// task of their own: a map or registry write stuck behind a raft election must not hold
+    /// back the lease renewals of [`Inner::elect`] (the lease is what lets it grant beats).
+    async fn leading(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
+                self.lead().await;
+            }
         }
     }
 
@@ -1011,6 +999,7 @@ impl Inner {
                             term,
                             revision,
                             renewed_at: sent,
+                            acquired_at: Instant::now(),
                         });
                         *self.leader.write() = Some(LeaderInfo {
                             node: self.config.node_id.clone(),
@@ -1027,7 +1016,7 @@ impl Inner {
                 }
             }
             Err(_) => {
-                if let Ok(Some(entry)) = self.buckets.leader.entry(LEADER_KEY).await
+                if let Ok(Some(entry)) = read_entry(&self.buckets.leader, LEADER_KEY).await
                     && entry.operation == kv::Operation::Put
                     && let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value)
                 {
@@ -1114,12 +1103,14 @@ impl Inner {
         let timeout = self.config.failure_timeout;
         let (silent, mut alive) = {
             let registry = self.registry.lock();
-            // This node's own heartbeats come back through the same watch as everyone's. If
-            // they stopped coming back, the watch (or the bucket) is what is silent, not the
-            // other nodes: declare nobody failed and publish nothing until it recovers — and
-            // then give every node a full failure timeout from the recovery, since nobody's
-            // heartbeat could land meanwhile.
+            // This node's own beats and records come back the same ways as everyone's. If
+            // neither does, what is silent is its own view, not the other nodes: declare
+            // nobody failed and publish nothing until it recovers — and then give every node
+            // a full failure timeout from the recovery, since nobody could be heard meanwhile.
             let mut sight = self.sight.lock();
+            let Some(acquired_at) = self.lease.lock().map(|l| l.acquired_at) else {
+                return;
+            };
             if !registry.heard_within(&self.config.node_id, now, timeout) {
                 if !sight.blind {
                     tracing::warn!(
@@ -1134,31 +1125,43 @@ impl Inner {
                 sight.recovered = Some(now);
                 tracing::info!("own heartbeats seen again; judging other nodes from now on");
             }
-            let from = sight.recovered;
+            // A new leader's grace (see [`liveness`]): the previous leader granted beats until
+            // a third of a lease before this one could acquire, maybe some this one never
+            // heard; count every node's silence from then at the earliest.
+            let granted_until =
+                acquired_at.checked_sub(self.config.lease - self.config.lease * 2 / 3);
+            let from = sight.recovered.max(granted_until);
             (
                 registry.silent(now, timeout, from),
                 registry.alive(now, timeout, from),
             )
         };
-        for (mut record, revision) in silent {
-            if record.node == self.config.node_id {
-                continue;
-            }
-            // Declared only by a leader still acting, and only over the very record found
-            // silent: a heartbeat that arrived meanwhile wins (compare-and-set on its revision).
-            if self.acting_term() != Some(term) {
-                return;
-            }
-            record.status = NodeStatus::Failed;
-            if let Ok(bytes) = codec::encode("node record", &record) {
-                let _ = self
-                    .buckets
-                    .nodes
-                    .update(&record.node, Bytes::from(bytes), revision)
-                    .await;
-            }
-        }
+        // Declared only by a leader still acting, and only over the very record found silent:
+        // a record written meanwhile wins (compare-and-set on its revision). Bounded, all at
+        // once: the registry's bucket may be stalled (a raft election), and the map below does
+        // not wait for these — it leaves silent nodes out either way.
         let me = &self.config.node_id;
+        let declarations = silent
+            .into_iter()
+            .filter(|(record, _)| &record.node != me)
+            .map(|(mut record, revision)| async move {
+                if self.acting_term() != Some(term) {
+                    return;
+                }
+                record.status = NodeStatus::Failed;
+                if let Ok(bytes) = codec::encode("node record", &record) {
+                    let _ = self
+                        .buckets
+                        .nodes
+                        .update(&record.node, Bytes::from(bytes), revision)
+                        .await;
+                }
+            });
+        let _ = tokio::time::timeout(
+            self.config.heartbeat,
+            futures_util::future::join_all(declarations),
+        )
+        .await;
         if self.leaving.load(Ordering::Acquire) {
             alive.retain(|n| n != me);
         } else if !alive.contains(me) {
@@ -1177,8 +1180,12 @@ impl Inner {
         }) {
             return;
         }
-        if let Err(e) = self.publish(term, &alive).await {
-            tracing::warn!(error = %e, "shard map not published");
+        // Bounded too: a map write stuck behind a raft election must not hold back the lease
+        // renewals of this loop. (It may still land later: it is a compare-and-set.)
+        match tokio::time::timeout(self.config.lease, self.publish(term, &alive)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "shard map not published"),
+            Err(_) => tracing::warn!("shard map not published in time; trying again"),
         }
     }
 
@@ -1188,24 +1195,16 @@ impl Inner {
         if self.acting_term() != Some(term) {
             return Err("lease no longer valid".into());
         }
-        let holder = self
-            .buckets
-            .leader
-            .entry(LEADER_KEY)
-            .await
-            .map_err(|e| e.to_string())?
+        let holder = read_entry(&self.buckets.leader, LEADER_KEY)
+            .await?
             .filter(|e| e.operation == kv::Operation::Put)
             .and_then(|e| codec::decode::<LeaderRecord>("leader record", &e.value).ok());
         if !holder.is_some_and(|h| h.node == self.config.node_id && h.term == term) {
             self.lose(term);
             return Err("the lease belongs to someone else".into());
         }
-        let entry = self
-            .buckets
-            .shards
-            .entry(MAP_KEY)
-            .await
-            .map_err(|e| e.to_string())?
+        let entry = read_entry(&self.buckets.shards, MAP_KEY)
+            .await?
             .filter(|e| e.operation == kv::Operation::Put);
         let (epoch, revision) = match &entry {
             Some(e) => {

@@ -60,11 +60,7 @@ impl ClusterView {
 
     /// The current leader, if a lease is held.
     pub async fn leader(&self) -> Result<Option<LeaderInfo>, String> {
-        let entry = self
-            .leader
-            .entry(LEADER_KEY)
-            .await
-            .map_err(|e| e.to_string())?;
+        let entry = read_entry(&self.leader, LEADER_KEY).await?;
         Ok(entry
             .filter(|e| e.operation == kv::Operation::Put)
             .and_then(|e| {
@@ -82,11 +78,7 @@ impl ClusterView {
 
     /// The published shard map, if any.
     pub async fn shard_map(&self) -> Result<Option<ShardMap>, String> {
-        let entry = self
-            .shards
-            .entry(MAP_KEY)
-            .await
-            .map_err(|e| e.to_string())?;
+        let entry = read_entry(&self.shards, MAP_KEY).await?;
         entry
             .filter(|e| e.operation == kv::Operation::Put)
             .map(|e| ShardMap::decode(&e.value).map_err(|e| e.to_string()))
@@ -99,8 +91,9 @@ impl ClusterView {
         let mut out = Vec::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| e.to_string())?;
-            if let Some(value) = self.nodes.get(&key).await.map_err(|e| e.to_string())?
-                && let Ok(record) = codec::decode::<NodeRecord>("node record", &value)
+            if let Some(entry) = read_entry(&self.nodes, &key).await?
+                && entry.operation == kv::Operation::Put
+                && let Ok(record) = codec::decode::<NodeRecord>("node record", &entry.value)
             {
                 out.push(record);
             }
@@ -156,4 +149,17 @@ impl ClusterView {
             }
         })))
     }
+}
+
+/// How long a read of a coordination bucket may take, all attempts together.
+pub(super) const READ_BUDGET: Duration = Duration::from_secs(5);
+
+/// A bucket entry, from any replica that answers: a replica on a frozen server that is still
+/// routed never does, and asking again reaches another
+/// (see [`crate::store::jetstream::direct_get::from_any_replica`]).
+pub(super) async fn read_entry(bucket: &kv::Store, key: &str) -> Result<Option<kv::Entry>, String> {
+    crate::store::jetstream::direct_get::from_any_replica(READ_BUDGET, || bucket.entry(key))
+        .await
+        .ok_or_else(|| format!("no replica answered a read of {key} within {READ_BUDGET:?}"))?
+        .map_err(|e| e.to_string())
 }

@@ -59,7 +59,7 @@ use crate::wire::{
 };
 
 mod embedded;
-mod jetstream;
+pub(crate) mod jetstream;
 mod memory;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};

@@ -11,6 +11,11 @@
 //! caller therefore first asks the leader for the subject's last sequence and checks that the
 //! batch reached it; if a lagging replica stays behind, it falls back.
 //!
+//! Each request is given to one replica, chosen by the server. A replica on a server that is
+//! frozen or cut off but still routed (until the cluster's route pings give up on it) never
+//! answers, so a direct get waits a short while for its first answer and then asks again,
+//! reaching another replica ([`from_any_replica`], [`REPLICA_ATTEMPT`]).
+//!
 //! **Fallback**: one message-get request per message, answered by the stream leader (always
 //! current). Used when the server answers a batch request without `Nats-Num-Pending` (it
 //! ignored `batch`), when replicas keep lagging, or when configured
@@ -36,8 +41,34 @@ pub(crate) struct RawMsg {
 pub(crate) enum ReadFailure {
     /// The server ignored `batch`: use the fallback.
     BatchUnsupported,
+    /// No answer to a request at all within [`REPLICA_ATTEMPT`]: ask again.
+    NoAnswer,
     /// The server did not answer, or answered with an error.
     Failed(String),
+}
+
+/// How long a read that any replica may answer waits for its first answer before asking again.
+pub(crate) const REPLICA_ATTEMPT: Duration = Duration::from_millis(400);
+
+/// Runs `read` — a request any replica may answer, such as a KV get — until it answers, giving
+/// each attempt [`REPLICA_ATTEMPT`] (or what is left of `budget`) and all of them `budget`.
+/// `None`: no attempt was answered in time.
+pub(crate) async fn from_any_replica<T, F, Fut>(budget: Duration, mut read: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Ok(answer) = tokio::time::timeout(REPLICA_ATTEMPT.min(left), read()).await {
+            return Some(answer);
+        }
+        tracing::debug!("a replica did not answer a direct get in time; asking again");
+    }
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -56,8 +87,20 @@ pub(crate) async fn batched(
     let mut out = Vec::new();
     let mut seq = start.max(1);
     loop {
-        let (msgs, pending_after_last) =
-            batch_once(client, stream, subject, seq, batch, timeout).await?;
+        let asked = tokio::time::Instant::now();
+        let (msgs, pending_after_last) = loop {
+            match batch_once(client, stream, subject, seq, batch, timeout).await {
+                Err(ReadFailure::NoAnswer) if asked.elapsed() < timeout => {
+                    tracing::debug!(%subject, "a replica did not answer a direct get; asking again");
+                }
+                Err(ReadFailure::NoAnswer) => {
+                    return Err(ReadFailure::Failed(format!(
+                        "no answer to direct get within {timeout:?}"
+                    )));
+                }
+                answer => break answer?,
+            }
+        };
         let got = msgs.len();
         if let Some(last) = msgs.last() {
             seq = last.seq + 1;
@@ -70,7 +113,9 @@ pub(crate) async fn batched(
 }
 
 /// One batched direct get: up to `batch` messages on `subject` from sequence `start`, and how
-/// many more the server reported pending after the last of them.
+/// many more the server reported pending after the last of them. [`ReadFailure::NoAnswer`]
+/// when nothing came back within [`REPLICA_ATTEMPT`] (the request may have gone to a replica
+/// that cannot answer: ask again); later messages of the batch get `timeout` each.
 pub(crate) async fn batch_once(
     client: &async_nats::Client,
     stream: &str,
@@ -93,16 +138,27 @@ pub(crate) async fn batch_once(
         .await
         .map_err(|e| ReadFailure::Failed(format!("request: {e}")))?;
     let mut pending_after_last = 0u64;
+    let mut first = true;
     loop {
-        let msg = match tokio::time::timeout(timeout, sub.next()).await {
+        let wait = if first {
+            REPLICA_ATTEMPT.min(timeout)
+        } else {
+            timeout
+        };
+        let msg = match tokio::time::timeout(wait, sub.next()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Err(ReadFailure::Failed("subscription closed".into())),
+            Err(_) if first => {
+                let _ = sub.unsubscribe().await;
+                return Err(ReadFailure::NoAnswer);
+            }
             Err(_) => {
                 return Err(ReadFailure::Failed(format!(
                     "no answer to direct get within {timeout:?}"
                 )));
             }
         };
+        first = false;
         if let Some(status) = msg.status {
             match status.as_u16() {
                 204 => break,

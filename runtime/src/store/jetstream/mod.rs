@@ -51,7 +51,7 @@
 //! purges the actor's commits that end at or before `v - keep`. The actor then loads from its
 //! snapshot; a full replay from version 1 is no longer possible. Off by default.
 
-mod direct_get;
+pub(crate) mod direct_get;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -400,6 +400,20 @@ impl JetStreamStore {
         }
     }
 
+    /// A snapshot bucket entry, from any replica that answers (see
+    /// [`direct_get::from_any_replica`]).
+    async fn read_snapshot_entry(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
+        direct_get::from_any_replica(self.options.request_timeout, || self.snapshots.entry(key))
+            .await
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "cannot read snapshot: no replica answered within {:?}",
+                    self.options.request_timeout
+                ))
+            })?
+            .map_err(|e| unavailable("cannot read snapshot", e))
+    }
+
     /// The subject's last message, read from the stream leader (a replica could lag).
     async fn fetch_last(&self, subject: &str) -> Result<Option<Last>, StoreError> {
         match self.stream.get_last_raw_message_by_subject(subject).await {
@@ -483,6 +497,7 @@ impl JetStreamStore {
                     Ok(msgs) if msgs.last().is_some_and(|m| m.seq >= until) => return Ok(msgs),
                     Ok(_) => tokio::time::sleep(Duration::from_millis(5 << attempt.min(4))).await,
                     Err(ReadFailure::Failed(reason)) => return Err(failed(reason)),
+                    Err(ReadFailure::NoAnswer) => return Err(failed("no answer".into())),
                     Err(ReadFailure::BatchUnsupported) => {
                         tracing::warn!(%subject, "server ignores batched direct get; reading one by one");
                         break;
@@ -495,7 +510,9 @@ impl JetStreamStore {
             .map_err(|f| {
                 failed(match f {
                     ReadFailure::Failed(reason) => reason,
-                    ReadFailure::BatchUnsupported => "unexpected answer".to_owned(),
+                    ReadFailure::BatchUnsupported | ReadFailure::NoAnswer => {
+                        "unexpected answer".to_owned()
+                    }
                 })
             })
     }
@@ -783,7 +800,8 @@ impl EventStore for JetStreamStore {
             .await
             {
                 Ok((got, _)) => msgs = Some(got),
-                Err(ReadFailure::BatchUnsupported) => {}
+                // No replica answered in time: the leader's message get below.
+                Err(ReadFailure::BatchUnsupported | ReadFailure::NoAnswer) => {}
                 Err(ReadFailure::Failed(reason)) => {
                     return Err(StoreError::Unavailable(format!("log read: {reason}")));
                 }
@@ -796,7 +814,9 @@ impl EventStore for JetStreamStore {
                 .map_err(|f| {
                     StoreError::Unavailable(match f {
                         ReadFailure::Failed(reason) => format!("log read: {reason}"),
-                        ReadFailure::BatchUnsupported => "log read: unexpected answer".into(),
+                        ReadFailure::BatchUnsupported | ReadFailure::NoAnswer => {
+                            "log read: unexpected answer".into()
+                        }
                     })
                 })?,
         };
@@ -860,11 +880,7 @@ impl SnapshotStore for JetStreamStore {
         let key = Self::snapshot_key(actor);
         // Compare-and-set: never replace a newer snapshot (several writers may race).
         for _ in 0..5 {
-            let entry = self
-                .snapshots
-                .entry(key.clone())
-                .await
-                .map_err(|e| unavailable("cannot read snapshot", e))?;
+            let entry = self.read_snapshot_entry(&key).await?;
             let live = entry.filter(|e| e.operation == kv::Operation::Put);
             let written = match &live {
                 Some(e) if snapshot_version(&e.value).is_some_and(|v| v >= version) => {
@@ -907,11 +923,7 @@ impl SnapshotStore for JetStreamStore {
     async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
         check_namespace(&self.namespace, actor)?;
         self.ensure_connected()?;
-        let entry = self
-            .snapshots
-            .entry(Self::snapshot_key(actor))
-            .await
-            .map_err(|e| unavailable("cannot read snapshot", e))?;
+        let entry = self.read_snapshot_entry(&Self::snapshot_key(actor)).await?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             return Ok(None);
         };
