@@ -23,11 +23,19 @@
 //!
 //! # Failure detection and the shard map
 //!
-//! Every node watches the registry and notes when each record last changed, by its own clock.
-//! Each heartbeat, the leader declares nodes silent for the failure timeout `Failed`, and when
-//! the set of alive nodes differs from the current map's, publishes a new map (epoch + 1,
-//! its term) computed by [`assignment`] — every shard assigned, each to an alive node. Nodes
-//! watch the map; [`Cluster::owned_shards`] tells routing which shards to serve.
+//! Liveness runs on core NATS, not on the registry bucket (see [`liveness`]): every node hears
+//! every node's beats, the acting leader grants them, and a node whose beats go ungranted
+//! fences itself. Every node also watches the registry and notes when each record last
+//! changed, by its own clock; a beat or a record change both count as hearing from a node.
+//! Four times per heartbeat the leader declares nodes silent for the failure timeout `Failed`,
+//! and when the set of alive nodes differs from the current map's, publishes a new map
+//! (epoch + 1, its term) computed by [`assignment`] — every shard assigned, each to an alive
+//! node. Nodes watch the map; [`Cluster::owned_shards`] tells routing which shards to serve.
+//!
+//! Nothing here waits on a stalled raft group longer than it must: lease rounds, the leader's
+//! duties, record writes and the handoff run apart and bounded, reads any replica may answer
+//! are asked again after 400 ms, and while no watch can be made the registry and the map are
+//! read directly.
 
 mod assignment;
 mod config;
