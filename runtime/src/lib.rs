@@ -35,6 +35,7 @@ pub mod names;
 pub mod routing;
 pub mod runtime;
 pub mod store;
+pub mod supervision;
 pub mod wire;
 pub mod workflow;
 
@@ -44,6 +45,8 @@ pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;
 pub use errors::{AskError, RetrySafety, StartError, TellError};
 pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
+/// The ractor this runtime is built on (the same version), for [`supervision`].
+pub use ractor;
 pub use runtime::{RefError, Runtime, RuntimeBuilder, RuntimeStats};
 pub use store::StoreError;
 pub use wire::{CommandId, EventEnvelope};

@@ -37,6 +37,7 @@ use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
     SnapshotStore, StoreError,
 };
+use crate::supervision::Rooted;
 
 /// Why a ref could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,9 +139,19 @@ pub struct RuntimeBuilder {
     cluster: Option<ClusterConfig>,
     client_of: Option<String>,
     bus: Option<Bus>,
+    supervisor: Option<ractor::ActorCell>,
 }
 
 impl RuntimeBuilder {
+    /// Starts the runtime's root ractor actor linked under `supervisor` (see
+    /// [`supervision`](crate::supervision)): the supervisor is told `ActorStarted` when the
+    /// runtime is up and `ActorTerminated` after [`Runtime::shutdown`]; when the supervisor
+    /// stops, the runtime stops serving (actors passivated, later asks fail with `Shutdown`).
+    pub fn supervised_by(mut self, supervisor: ractor::ActorCell) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
     /// Sets the namespace (`[A-Za-z0-9_-]`, 1–64 characters). Required.
     pub fn namespace(mut self, namespace: impl AsRef<str>) -> Result<Self, NameError> {
         self.namespace = Some(Namespace::new(namespace)?);
@@ -564,8 +575,26 @@ impl RuntimeBuilder {
                 host.namespace.clone(),
             ))
         });
+        let root = match Rooted::spawn(
+            host.namespace.as_str(),
+            self.supervisor,
+            &host,
+            cluster.clone(),
+        )
+        .await
+        {
+            Ok(root) => root,
+            Err(e) => {
+                if let Some(cluster) = &cluster {
+                    cluster.stop();
+                }
+                return Err(StartError::Setup(e));
+            }
+        };
         tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
         Ok(Runtime {
+            root_cell: root.cell.clone(),
+            root: Some(root),
             host,
             data_dir,
             location,
@@ -580,6 +609,10 @@ impl RuntimeBuilder {
 
 /// One node's actor system for one namespace. See the [module docs](self).
 pub struct Runtime {
+    /// The runtime's root ractor actor (see [`supervision`](crate::supervision)), and its
+    /// watcher (taken by the shutdown).
+    root: Option<Rooted>,
+    root_cell: ractor::ActorCell,
     host: Arc<Host>,
     data_dir: Option<PathBuf>,
     location: String,
@@ -631,6 +664,7 @@ impl Runtime {
             cluster: None,
             client_of: None,
             bus: None,
+            supervisor: None,
         }
     }
 
@@ -839,7 +873,17 @@ impl Runtime {
         }
         self.host.unregister();
         self.host.bus.flush().await;
-        self.host.events.close().await
+        let closed = self.host.events.close().await;
+        if let Some(root) = self.root.take() {
+            root.stop().await;
+        }
+        closed
+    }
+
+    /// The runtime's root ractor actor: link your own ractor actors under it (they stop when
+    /// the runtime shuts down), or monitor it. See [`supervision`](crate::supervision).
+    pub fn root(&self) -> &ractor::ActorCell {
+        &self.root_cell
     }
 }
 
@@ -850,6 +894,9 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         if let Some(cluster) = &self.cluster {
             cluster.stop();
+        }
+        if self.root.is_some() {
+            self.root_cell.stop(Some("runtime dropped".into()));
         }
         if let Some(scheduler) = &self.scheduler {
             scheduler.abort();

@@ -1,0 +1,94 @@
+//! The runtime in a ractor supervision tree.
+//!
+//! Every [`Runtime`](crate::Runtime) has a root [`ractor`] actor, started with it and stopped
+//! by [`Runtime::shutdown`](crate::Runtime::shutdown). Applications built on ractor use it two
+//! ways:
+//!
+//! - **Start the runtime under their own supervisor** with
+//!   [`RuntimeBuilder::supervised_by`](crate::RuntimeBuilder::supervised_by): the supervisor
+//!   is told `ActorStarted` when the runtime is up and `ActorTerminated` when it has shut down.
+//!   When the supervisor stops — and ractor stops its children with it — the runtime stops
+//!   serving: every resident actor is passivated (queued commands served, snapshots taken), a
+//!   cluster node leaves its cluster as if it crashed, and every later ask fails with
+//!   [`AskError::Shutdown`](crate::AskError::Shutdown).
+//! - **Link their own actors under the runtime** through [`Runtime::root`](crate::Runtime::root):
+//!   they stop when the runtime shuts down.
+//!
+//! Their actors call Aether actors from their handlers like any async code: an
+//! [`ActorRef`](crate::ActorRef) is `Clone + Send + Sync`, and `ask` is a future.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::actor::host::Host;
+use crate::cluster::Cluster;
+
+/// The root actor of one runtime. It holds no state and takes no messages: it is the runtime's
+/// place in a supervision tree.
+pub(crate) struct Root;
+
+impl Actor for Root {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _myself: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// The root actor of a started runtime, and the task that stops the runtime when the root
+/// stops for any other reason than a shutdown.
+pub(crate) struct Rooted {
+    pub cell: ActorCell,
+    watcher: JoinHandle<()>,
+}
+
+impl Rooted {
+    /// Spawns the root, linked under `supervisor` if given.
+    pub async fn spawn(
+        namespace: &str,
+        supervisor: Option<ActorCell>,
+        host: &Arc<Host>,
+        cluster: Option<Cluster>,
+    ) -> Result<Rooted, String> {
+        let spawned = match supervisor {
+            Some(parent) => Actor::spawn_linked(None, Root, (), parent).await,
+            None => Actor::spawn(None, Root, ()).await,
+        };
+        let (root, handle) =
+            spawned.map_err(|e| format!("cannot start the root actor of {namespace}: {e}"))?;
+        let host = Arc::downgrade(host);
+        let watcher = tokio::spawn(async move {
+            let _ = handle.await;
+            let Some(host) = host.upgrade() else { return };
+            if host.shutting_down.swap(true, Ordering::AcqRel) {
+                return; // a shutdown stopped it
+            }
+            tracing::warn!(
+                namespace = %host.namespace,
+                "the runtime's root actor stopped (its supervisor stopped it): the runtime stops serving"
+            );
+            if let Some(cluster) = cluster {
+                cluster.stop();
+            }
+            if !host.passivate_all(host.config.shutdown_timeout).await {
+                tracing::warn!("actors did not all passivate in time after the root stopped");
+            }
+        });
+        Ok(Rooted {
+            cell: root.get_cell(),
+            watcher,
+        })
+    }
+
+    /// Stops the root at the end of a shutdown, and waits until it has stopped (its supervisor
+    /// is told `ActorTerminated`).
+    pub async fn stop(self) {
+        self.cell.stop(Some("runtime shut down".into()));
+        let _ = self.watcher.await;
+    }
+}
