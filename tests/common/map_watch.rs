@@ -52,13 +52,29 @@ impl MapWatch {
             let mut last = Instant::now();
             loop {
                 if last.elapsed() > QUIET {
-                    if let Ok(w) = view.watch_nodes().await {
+                    // Making a watch needs the JetStream meta leader, which may be re-electing.
+                    if let Ok(Ok(w)) = tokio::time::timeout(QUIET, view.watch_nodes()).await {
                         nodes = w;
                     }
-                    if let Ok(w) = view.watch_maps().await {
+                    if let Ok(Ok(w)) = tokio::time::timeout(QUIET, view.watch_maps()).await {
                         maps = w;
                     }
                     last = Instant::now();
+                }
+                // Nodes named by a map before their record came through the watch: read their
+                // records directly (a watch may have been down when they registered).
+                let unknown: Vec<String> = {
+                    let s = shared.lock();
+                    s.unknown
+                        .iter()
+                        .filter(|(_, n)| !s.known.contains_key(n))
+                        .map(|(_, n)| n.clone())
+                        .collect()
+                };
+                for node in unknown {
+                    if let Ok(Some(record)) = view.node(&node).await {
+                        shared.lock().known.insert(record.node, record.status);
+                    }
                 }
                 tokio::select! {
                     () = tokio::time::sleep(QUIET) => continue,

@@ -868,7 +868,13 @@ impl Inner {
         let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval(check_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
+        // Making a watch needs the JetStream meta leader, which may be re-electing: bounded, so
+        // the lease is renewed meanwhile (the follower's periodic attempts cover the gap).
+        let watch_bound = (self.config.lease / 3).max(Duration::from_millis(10));
+        let mut changes = tokio::time::timeout(watch_bound, self.buckets.leader.watch(LEADER_KEY))
+            .await
+            .ok()
+            .and_then(Result::ok);
         let mut last_renewal: Option<Instant> = None;
         let mut last_attempt: Option<Instant> = None;
         let mut last_watch_attempt = Instant::now();
@@ -878,7 +884,10 @@ impl Inner {
             // A lost watch (its stream ended, or it could not be made) is made again.
             if changes.is_none() && last_watch_attempt.elapsed() >= self.config.heartbeat {
                 last_watch_attempt = Instant::now();
-                changes = self.buckets.leader.watch(LEADER_KEY).await.ok();
+                changes = tokio::time::timeout(watch_bound, self.buckets.leader.watch(LEADER_KEY))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
             }
             let vacated = tokio::select! {
                 _ = tick.tick() => false,

@@ -85,6 +85,15 @@ impl ClusterView {
             .transpose()
     }
 
+    /// One node's record, read directly (no watch or consumer needed: it works while the
+    /// JetStream meta leader re-elects).
+    pub async fn node(&self, node: &str) -> Result<Option<NodeRecord>, String> {
+        Ok(read_entry(&self.nodes, node)
+            .await?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| codec::decode::<NodeRecord>("node record", &e.value).ok()))
+    }
+
     /// Every node record in the registry.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, String> {
         let mut keys = self.nodes.keys().await.map_err(|e| e.to_string())?;
