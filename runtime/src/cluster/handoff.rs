@@ -43,11 +43,12 @@
 //! meanwhile are never served, shards still gained wait for the newer epoch's releases, and
 //! drains already running go on.
 //!
-//! **A node cut off from NATS fences itself.** When its heartbeats have not landed for nine
-//! tenths of the failure timeout — before the leader can declare it failed — a node stops
-//! serving every shard and drains its actors; placement routes even its local callers away.
-//! Once a heartbeat lands again it reads the current map and takes part in the handoff
-//! afresh, serving only what that map gives it, once nobody else holds it.
+//! **A node cut off from NATS fences itself.** When no beat of it has been granted for nine
+//! tenths of the failure timeout (see `cluster::liveness`) — before the leader can declare it
+//! failed — a node stops serving every shard and drains its actors; placement routes even its
+//! local callers away. Once a beat is granted again it adopts a map at least as new as the
+//! grant's and takes part in the handoff afresh, serving only what that map gives it, once
+//! nobody else holds it.
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -156,13 +156,14 @@ struct Inner {
     held: Mutex<ShardSet>,
     /// Bumped on every registry change, to wake handoffs waiting for releases.
     registry_rev: watch::Sender<u64>,
-    /// The registry watch has delivered everything the bucket held (no backlog).
+    /// The registry view is current: the watch delivered everything the bucket held (no
+    /// backlog), or a direct read of every known record succeeded.
     registry_synced: AtomicBool,
-    /// This node could not heartbeat for (nearly) a failure timeout: the leader may declare it
-    /// failed and give its shards away at any moment, so it serves nothing — local callers
-    /// included — until a heartbeat lands again. See [`Inner::fence`].
+    /// No beat of this node was granted for (nearly) a failure timeout: the leader may declare
+    /// it failed and give its shards away at any moment, so it serves nothing — local callers
+    /// included — until a beat is granted again. See [`liveness`].
     fenced: watch::Sender<bool>,
-    /// Whether this node (as leader) sees its own heartbeats in the registry, and since when
+    /// Whether this node (as leader) hears itself (its beats or records), and since when
     /// again after it did not.
     sight: Mutex<Sight>,
     /// When the last beat that the leader granted was sent, in milliseconds since `clock`
