@@ -246,6 +246,26 @@ async fn bucket(
     }
 }
 
+/// Makes a watch within `bound` — making one needs the JetStream meta leader, which may be
+/// re-electing — and says why when it could not (the caller then reads `what` directly).
+async fn bounded_watch<W, E: std::fmt::Display>(
+    what: &str,
+    bound: Duration,
+    make: impl std::future::Future<Output = Result<W, E>>,
+) -> Option<W> {
+    match tokio::time::timeout(bound, make).await {
+        Ok(Ok(watch)) => Some(watch),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot watch {what}; reading it directly");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("cannot watch {what} in time; reading it directly");
+            None
+        }
+    }
+}
+
 impl Cluster {
     /// Joins the cluster: opens the coordination buckets, registers this node, starts
     /// heartbeats, the leader election and the map watch, and waits (up to the join timeout)
@@ -630,24 +650,13 @@ impl Inner {
             // Making a watch needs the JetStream meta leader, which may be re-electing (4-9 s
             // when its server is cut off): meanwhile, read the known records directly.
             let watch = tokio::select! {
-                w = tokio::time::timeout(quiet, self.buckets.nodes.watch_with_history(">")) => w,
+                w = bounded_watch("the node registry", quiet, self.buckets.nodes.watch_with_history(">")) => w,
                 _ = stop.changed() => return,
             };
-            let mut entries = match watch {
-                Ok(Ok(w)) => w,
-                failed => {
-                    match failed {
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "cannot watch the node registry; reading it directly")
-                        }
-                        _ => tracing::warn!(
-                            "cannot watch the node registry in time; reading it directly"
-                        ),
-                    }
-                    tokio::select! {
-                        () = self.poll_registry() => continue,
-                        _ = stop.changed() => return,
-                    }
+            let Some(mut entries) = watch else {
+                tokio::select! {
+                    () = self.poll_registry() => continue,
+                    _ = stop.changed() => return,
                 }
             };
             self.registry_synced.store(false, Ordering::Release);
@@ -732,27 +741,16 @@ impl Inner {
             let check_every = self.config.failure_timeout.max(self.config.heartbeat * 2);
             // As for the registry: while no watch can be made, read the map directly.
             let watch = tokio::select! {
-                w = tokio::time::timeout(check_every, self.buckets.shards.watch_with_history(MAP_KEY)) => w,
+                w = bounded_watch("the shard map", check_every, self.buckets.shards.watch_with_history(MAP_KEY)) => w,
                 _ = stop.changed() => return,
             };
-            let mut entries = match watch {
-                Ok(Ok(w)) => w,
-                failed => {
-                    match failed {
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "cannot watch the shard map; reading it directly")
-                        }
-                        _ => tracing::warn!(
-                            "cannot watch the shard map in time; reading it directly"
-                        ),
-                    }
-                    tokio::select! {
-                        () = async {
-                            self.adopt_stored_map().await;
-                            tokio::time::sleep(self.config.heartbeat).await;
-                        } => continue,
-                        _ = stop.changed() => return,
-                    }
+            let Some(mut entries) = watch else {
+                tokio::select! {
+                    () = async {
+                        self.adopt_stored_map().await;
+                        tokio::time::sleep(self.config.heartbeat).await;
+                    } => continue,
+                    _ = stop.changed() => return,
                 }
             };
             loop {
@@ -872,10 +870,12 @@ impl Inner {
         // Making a watch needs the JetStream meta leader, which may be re-electing: bounded, so
         // the lease is renewed meanwhile (the follower's periodic attempts cover the gap).
         let watch_bound = (self.config.lease / 3).max(Duration::from_millis(10));
-        let mut changes = tokio::time::timeout(watch_bound, self.buckets.leader.watch(LEADER_KEY))
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let mut changes = bounded_watch(
+            "the lease",
+            watch_bound,
+            self.buckets.leader.watch(LEADER_KEY),
+        )
+        .await;
         let mut last_renewal: Option<Instant> = None;
         let mut last_attempt: Option<Instant> = None;
         let mut last_watch_attempt = Instant::now();
@@ -885,10 +885,12 @@ impl Inner {
             // A lost watch (its stream ended, or it could not be made) is made again.
             if changes.is_none() && last_watch_attempt.elapsed() >= self.config.heartbeat {
                 last_watch_attempt = Instant::now();
-                changes = tokio::time::timeout(watch_bound, self.buckets.leader.watch(LEADER_KEY))
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
+                changes = bounded_watch(
+                    "the lease",
+                    watch_bound,
+                    self.buckets.leader.watch(LEADER_KEY),
+                )
+                .await;
             }
             let vacated = tokio::select! {
                 _ = tick.tick() => false,
