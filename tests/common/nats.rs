@@ -189,11 +189,30 @@ impl NatsServer {
         }
     }
 
-    /// SIGSTOP: the process stays, but answers nothing.
+    /// SIGSTOP: the process stays, but answers nothing. Returns once the kernel reports it
+    /// stopped (a signal is delivered asynchronously: until then it may still answer).
     pub fn pause(&self) {
         // SAFETY: sending a signal to a child process we own; no memory is touched.
         unsafe {
             libc::kill(self.pid(), libc::SIGSTOP);
+        }
+        let stat = format!("/proc/{}/stat", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // The state is the field after the parenthesised command name: `T` when stopped.
+            let stopped = std::fs::read_to_string(&stat).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            });
+            if stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not stopped 5 s after SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
