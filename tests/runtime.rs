@@ -232,7 +232,10 @@ async fn handler_panic_does_not_corrupt_state() {
     assert_eq!(c.ask(CounterCmd::Add(1)).await.unwrap(), 6);
     let stats = rt.stats();
     assert_eq!(stats.handler_panics, 1);
-    assert_eq!(stats.activations, 1, "the activation reloaded in place");
+    assert_eq!(
+        stats.activations, 2,
+        "a fresh activation took over, with the state from the store"
+    );
     assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 2);
     rt.shutdown().await.unwrap();
 }
@@ -783,5 +786,89 @@ async fn concurrent_replays_are_bounded_so_a_failover_does_not_stampede_the_stor
         max >= 2,
         "replays did run concurrently up to the bound, saw {max}"
     );
+    rt.shutdown().await.unwrap();
+}
+
+/// The ids of the ractor actors linked under the runtime's root: one per activation.
+fn hosted_actors(rt: &Runtime) -> Vec<aether::ractor::ActorId> {
+    let mut ids: Vec<_> = rt
+        .root()
+        .get_children()
+        .iter()
+        .map(|c| c.get_id())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn every_activation_is_a_ractor_actor_under_the_root() {
+    let rt = memory_runtime("hosted").await;
+    let counters: Vec<_> = (0..5)
+        .map(|i| rt.actor::<Counter>(format!("c{i}")).unwrap())
+        .collect();
+    for c in &counters {
+        c.ask(CounterCmd::Add(1)).await.unwrap();
+    }
+    poll_until(WAIT, "five activations linked under the root", || async {
+        hosted_actors(&rt).len() == 5
+    })
+    .await;
+    for child in rt.root().get_children() {
+        assert_eq!(child.get_status(), aether::ractor::ActorStatus::Running);
+    }
+    // Passivation stops the actor.
+    for c in &counters[..3] {
+        rt.passivate(c).await;
+    }
+    poll_until(WAIT, "passivated actors unlinked", || async {
+        hosted_actors(&rt).len() == 2
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_panic_fails_the_ractor_actor_and_a_fresh_one_serves_from_the_store() {
+    let rt = memory_runtime("hosted-panic").await;
+    let c = rt.actor::<Counter>("p").unwrap();
+    for _ in 0..3 {
+        c.ask(CounterCmd::Add(2)).await.unwrap();
+    }
+    let before = hosted_actors(&rt);
+    assert_eq!(before.len(), 1);
+    let replayed = rt.stats().replayed_events;
+    assert!(matches!(
+        c.ask(CounterCmd::Panic).await,
+        Err(AskError::HandlerPanicked { .. })
+    ));
+    // The root heard of the failure from ractor and started another actor, which replayed the
+    // three stored events.
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 6);
+    let after = hosted_actors(&rt);
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "the failed ractor actor was replaced");
+    let stats = rt.stats();
+    assert_eq!(stats.handler_panics, 1);
+    assert_eq!(
+        stats.replayed_events - replayed,
+        3,
+        "state came from the store"
+    );
+    // Commands queued behind the panicking one are served by the fresh activation.
+    let queued: Vec<_> = (0..10)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.ask(CounterCmd::Add(1)).await })
+        })
+        .collect();
+    let panicking = c.ask(CounterCmd::Panic);
+    let (panicked, _) = tokio::join!(panicking, async {
+        for q in queued {
+            q.await.unwrap().unwrap();
+        }
+    });
+    assert!(matches!(panicked, Err(AskError::HandlerPanicked { .. })));
+    assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 16);
     rt.shutdown().await.unwrap();
 }

@@ -526,6 +526,24 @@ impl RuntimeBuilder {
             bus,
             tokio::runtime::Handle::current(),
         );
+        // The root first: every activation's actor is linked under it, and remote asks and
+        // wake-ups may activate actors as soon as the node serves.
+        let root = match Rooted::spawn(
+            host.namespace.as_str(),
+            self.supervisor,
+            &host,
+            cluster.clone(),
+        )
+        .await
+        {
+            Ok(root) => root,
+            Err(e) => {
+                if let Some(cluster) = &cluster {
+                    cluster.stop();
+                }
+                return Err(StartError::Setup(e));
+            }
+        };
         let mut inbound = None;
         if let Some(c) = &cluster {
             let epoch = c.owned_shards().borrow().epoch;
@@ -546,6 +564,9 @@ impl RuntimeBuilder {
             if !matches!(ready.await, Ok(Ok(_))) {
                 // Leave no half-started member behind: it would heartbeat and hold shards.
                 c.stop();
+                host.shutting_down
+                    .store(true, std::sync::atomic::Ordering::Release);
+                root.stop().await;
                 return Err(StartError::Cluster(
                     "could not serve the owned shards in time".into(),
                 ));
@@ -575,22 +596,6 @@ impl RuntimeBuilder {
                 host.namespace.clone(),
             ))
         });
-        let root = match Rooted::spawn(
-            host.namespace.as_str(),
-            self.supervisor,
-            &host,
-            cluster.clone(),
-        )
-        .await
-        {
-            Ok(root) => root,
-            Err(e) => {
-                if let Some(cluster) = &cluster {
-                    cluster.stop();
-                }
-                return Err(StartError::Setup(e));
-            }
-        };
         tracing::info!(namespace = %host.namespace, store = %location, "runtime started");
         Ok(Runtime {
             root_cell: root.cell.clone(),

@@ -17,25 +17,44 @@
 //! Their actors call Aether actors from their handlers like any async code: an
 //! [`ActorRef`](crate::ActorRef) is `Clone + Send + Sync`, and `ask` is a future.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
 use crate::actor::host::Host;
 use crate::cluster::Cluster;
 
-/// The root actor of one runtime. It holds no state and takes no messages: it is the runtime's
-/// place in a supervision tree.
+/// The root actor of one runtime: the supervisor of every activation's actor. It takes no
+/// messages; it restarts an activation whose handler panicked and ignores its children's other
+/// comings and goings (passivation stops an activation's actor as a matter of course).
 pub(crate) struct Root;
 
 impl Actor for Root {
     type Msg = ();
-    type State = ();
-    type Arguments = ();
+    type State = Weak<Host>;
+    type Arguments = Weak<Host>;
 
-    async fn pre_start(&self, _myself: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        host: Weak<Host>,
+    ) -> Result<Weak<Host>, ActorProcessingErr> {
+        Ok(host)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        host: &mut Weak<Host>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(child, reason) = event
+            && let Some(host) = host.upgrade()
+        {
+            host.restart(child.get_id(), reason.to_string());
+        }
         Ok(())
     }
 }
@@ -55,16 +74,18 @@ impl Rooted {
         host: &Arc<Host>,
         cluster: Option<Cluster>,
     ) -> Result<Rooted, String> {
+        let weak = Arc::downgrade(host);
         let spawned = match supervisor {
-            Some(parent) => Actor::spawn_linked(None, Root, (), parent).await,
-            None => Actor::spawn(None, Root, ()).await,
+            Some(parent) => Actor::spawn_linked(None, Root, weak.clone(), parent).await,
+            None => Actor::spawn(None, Root, weak.clone()).await,
         };
         let (root, handle) =
             spawned.map_err(|e| format!("cannot start the root actor of {namespace}: {e}"))?;
-        let host = Arc::downgrade(host);
+        host.adopt_root(root.get_cell());
         let watcher = tokio::spawn(async move {
             let _ = handle.await;
-            let Some(host) = host.upgrade() else { return };
+            let Some(host) = weak.upgrade() else { return };
+            host.close_orphans();
             if host.shutting_down.swap(true, Ordering::AcqRel) {
                 return; // a shutdown stopped it
             }

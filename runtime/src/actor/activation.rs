@@ -54,7 +54,7 @@ use super::context::{Ctx, CurrentTurn, Turn};
 use super::contract::{Behavior, Effect, Plan};
 use super::delivery::OutboxCell;
 use super::host::{Host, Stats, wait_done};
-use super::inbox::{CallMeta, Current, Envelope, Inbox, Msg, Work};
+use super::inbox::{CallMeta, Envelope, InFlight, Inbox, Msg, Work};
 use crate::bus::SystemEvent;
 use crate::errors::AskError;
 use crate::names::ActorKey;
@@ -124,74 +124,248 @@ struct Mark<'a> {
     reason: &'a str,
 }
 
-/// Runs one activation to completion.
-#[allow(clippy::too_many_arguments)] // the parts of one activation, handed over once
-pub(crate) async fn run<A: Behavior>(
+/// What one activation owns besides its state: the mailbox with everything queued in it, the
+/// command in flight, and the completion signal. If the activation dies (its handler
+/// panicked), its [`Life`] hands all of it to the runtime's root actor, which gives it to a
+/// fresh activation: nothing queued is lost, and nothing waiting for the actor to stop is told
+/// it has stopped while it still runs.
+pub(crate) struct Kit<A: Behavior> {
     host: Arc<Host>,
     key: ActorKey,
-    rx: mpsc::Receiver<Msg<A>>,
+    inbox: Inbox<A>,
+    /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
     tx: mpsc::WeakSender<Msg<A>>,
     cell: Arc<OutboxCell>,
+    /// Dropped (closing the channel) once the actor has fully stopped.
+    #[allow(dead_code)] // held, never read: dropping it is the signal
     done: watch::Sender<()>,
-    predecessor: Option<watch::Receiver<()>>,
     generation: u64,
-) {
-    let turn = Turn::new(&host, key.clone());
-    let mut inbox = Inbox::new(rx, &host, Arc::clone(&turn), Arc::clone(&cell));
-    if let Some(previous) = predecessor {
-        inbox.supervise(wait_done(previous), None).await;
-    }
-    let load = async {
-        let _permit = host.replays.acquire().await;
-        let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
-        Activation::<A>::load(&host, key.clone(), turn, Arc::clone(&cell), tx)
-            .instrument(span)
-            .await
-    };
-    let loaded = match inbox.supervise(load, None).await {
-        Some(loaded) => loaded,
-        None => Err(LoadError::Failed("activation was cancelled".to_owned())),
-    };
-    let mut act = match loaded {
-        Ok(act) => act,
-        Err(error) => {
-            Stats::bump(&host.stats.activation_failures);
-            tracing::warn!(%error, "activation failed");
-            host.forget(A::KIND, &key.id, generation);
-            inbox.fail_all(|| error.to_ask(&key)).await;
-            drop(done);
-            return;
+}
+
+impl<A: Behavior> Kit<A> {
+    /// Everything a first activation starts from.
+    #[allow(clippy::too_many_arguments)] // the parts of one activation, handed over once
+    pub fn new(
+        host: Arc<Host>,
+        key: ActorKey,
+        rx: mpsc::Receiver<Msg<A>>,
+        tx: mpsc::WeakSender<Msg<A>>,
+        cell: Arc<OutboxCell>,
+        done: watch::Sender<()>,
+        generation: u64,
+    ) -> Self {
+        let turn = Turn::new(&host, key.clone());
+        let inbox = Inbox::new(rx, &host, turn, Arc::clone(&cell));
+        Kit {
+            host,
+            key,
+            inbox,
+            tx,
+            cell,
+            done,
+            generation,
         }
-    };
-    Stats::bump(&host.stats.activations);
-    act.index_inherited_work().await;
-    act.pump_if_needed();
-    while let Some(work) = inbox.next().await {
-        match work {
-            Work::Wake => act.pump_if_needed(),
-            Work::Forward => {
-                if inbox.supervise(act.forward_due(), None).await.is_none() {
-                    act.stale = true;
-                }
-                act.pump_if_needed();
+    }
+
+    /// Runs the activation until it passivates (or fails to load).
+    async fn live(&mut self, predecessor: Option<watch::Receiver<()>>) {
+        let Kit {
+            host,
+            key,
+            inbox,
+            tx,
+            cell,
+            generation,
+            ..
+        } = self;
+        if let Some(previous) = predecessor {
+            inbox.supervise(wait_done(previous)).await;
+        }
+        let turn = Arc::clone(inbox.turn());
+        let load = async {
+            let _permit = host.replays.acquire().await;
+            let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
+            Activation::<A>::load(host, key.clone(), turn, Arc::clone(cell), tx.clone())
+                .instrument(span)
+                .await
+        };
+        // Boxed, like every long path below: an idle activation keeps only the loop's state.
+        let loaded = match inbox.supervise(Box::pin(load)).await {
+            Some(loaded) => loaded,
+            None => Err(LoadError::Failed("activation was cancelled".to_owned())),
+        };
+        let mut act = match loaded {
+            Ok(act) => act,
+            Err(error) => {
+                Stats::bump(&host.stats.activation_failures);
+                tracing::warn!(%error, "activation failed");
+                host.forget(A::KIND, &key.id, *generation);
+                inbox.fail_all(|| error.to_ask(key)).await;
+                return;
             }
-            Work::Command(env, waited) => {
-                act.serve(&mut inbox, *env, waited).await;
-                // Only a turn that stored durable effects (or reloaded) can need the pump.
-                if std::mem::take(&mut act.outbox_changed) {
+        };
+        Stats::bump(&host.stats.activations);
+        Box::pin(act.index_inherited_work()).await;
+        act.pump_if_needed();
+        while let Some(work) = inbox.next().await {
+            match work {
+                Work::Wake => act.pump_if_needed(),
+                Work::Forward => {
+                    if inbox.supervise(Box::pin(act.forward_due())).await.is_none() {
+                        act.stale = true;
+                    }
                     act.pump_if_needed();
                 }
+                Work::Command(env, waited) => {
+                    act.serve(inbox, *env, waited).await;
+                    // Only a turn that stored durable effects (or reloaded) can need the pump.
+                    if std::mem::take(&mut act.outbox_changed) {
+                        act.pump_if_needed();
+                    }
+                }
             }
         }
+        Box::pin(act.stop()).await;
+        host.forget(A::KIND, &key.id, *generation);
     }
-    act.cell.stop_pump();
-    if host.config.snapshot_on_passivation && act.version > act.snapshot_version {
-        act.save_snapshot_now().await;
+
+    /// Answers the command that was in flight when the handler panicked, and hands the rest
+    /// to a fresh activation (see [`Orphan`]).
+    fn restart(mut self: Box<Self>, reason: String) {
+        let host = Arc::clone(&self.host);
+        Stats::bump(&host.stats.handler_panics);
+        tracing::error!(actor = %self.key, %reason, "handler panicked; a fresh activation takes over the mailbox and reloads the state from the store");
+        let turn = Arc::clone(self.inbox.turn());
+        let asked_others = turn.children() > 0;
+        turn.end();
+        if let Some(InFlight {
+            command_id,
+            reply,
+            ack,
+            ..
+        }) = self.inbox.current.take()
+        {
+            if let Some(tx) = reply {
+                let error = if asked_others {
+                    AskError::OutcomeUnknown {
+                        command_id,
+                        reason: format!(
+                            "the handler panicked ({reason}) after asking other actors; they may have applied their part"
+                        ),
+                    }
+                } else {
+                    AskError::HandlerPanicked {
+                        actor: self.key.clone(),
+                        message: reason.clone(),
+                    }
+                };
+                let _ = tx.send(Err(error));
+            }
+            if let Some(tx) = ack {
+                let _ = tx.send(Settle::Failed {
+                    reason: format!("handler panicked: {reason}"),
+                });
+            }
+        }
+        if host
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return; // dropping the kit answers the queue and signals the stop
+        }
+        host.spawn_hosted(Life::new(*self), None);
     }
-    act.settle_index().await;
-    Stats::bump(&host.stats.passivations);
-    host.forget(A::KIND, &key.id, generation);
-    drop(done);
+}
+
+/// The activation's kit while it runs. Dropped with the kit still inside — the handler
+/// panicked, or ractor killed the actor — it hands the kit to the root actor, which restarts
+/// the activation when ractor reports the failure (or drops the kit if the runtime stops).
+pub(crate) struct Life<A: Behavior> {
+    kit: Option<Box<Kit<A>>>,
+    /// The ractor actor running it.
+    id: Option<ractor::ActorId>,
+}
+
+impl<A: Behavior> Life<A> {
+    pub fn new(kit: Kit<A>) -> Self {
+        Life {
+            kit: Some(Box::new(kit)),
+            id: None,
+        }
+    }
+}
+
+impl<A: Behavior> Drop for Life<A> {
+    fn drop(&mut self) {
+        if let (Some(kit), Some(id)) = (self.kit.take(), self.id) {
+            let host = Arc::clone(&kit.host);
+            host.orphan(id, kit);
+        }
+    }
+}
+
+/// A dead activation's kit, waiting for ractor's report of the failure.
+pub(crate) trait Orphan: Send {
+    /// Answers the command in flight with `reason` and starts a fresh activation.
+    fn restart(self: Box<Self>, reason: String);
+}
+
+impl<A: Behavior> Orphan for Kit<A> {
+    fn restart(self: Box<Self>, reason: String) {
+        Kit::restart(self, reason)
+    }
+}
+
+/// The ractor actor an activation runs in: one per activation, linked under the runtime's
+/// root actor. Its single message starts the activation's life; the actor stops when the
+/// activation passivates. A handler panic fails the actor, and ractor reports it to the root
+/// (see [`supervision`](crate::supervision)).
+pub(crate) struct Hosted<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A> Hosted<A> {
+    pub fn new() -> Self {
+        Hosted(std::marker::PhantomData)
+    }
+}
+
+/// The message that starts an activation's life.
+pub(crate) struct Live;
+
+/// What a hosted activation starts from: its life, and the activation it must wait for.
+pub(crate) type Start<A> = Box<(Life<A>, Option<watch::Receiver<()>>)>;
+
+impl<A: Behavior> ractor::Actor for Hosted<A> {
+    type Msg = Live;
+    type State = Option<Start<A>>;
+    type Arguments = Start<A>;
+
+    async fn pre_start(
+        &self,
+        _myself: ractor::ActorRef<Live>,
+        start: Start<A>,
+    ) -> Result<Self::State, ractor::ActorProcessingErr> {
+        Ok(Some(start))
+    }
+
+    async fn handle(
+        &self,
+        myself: ractor::ActorRef<Live>,
+        _: Live,
+        state: &mut Self::State,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        if let Some(start) = state.take() {
+            let (mut life, predecessor) = *start;
+            life.id = Some(myself.get_id());
+            if let Some(kit) = life.kit.as_mut() {
+                kit.live(predecessor).await;
+            }
+            // A clean end: dropping the kit signals that the actor has stopped.
+            life.id = None;
+            drop(life);
+        }
+        myself.stop(Some("passivated".into()));
+        Ok(())
+    }
 }
 
 /// Why an actor could not be loaded.
@@ -235,7 +409,6 @@ impl std::fmt::Display for LoadError {
 /// How a handler's run ended, short of an effect.
 enum Failure<A: Behavior> {
     Rejected(A::Error),
-    Panicked(String),
     /// An effect that cannot be stored as decided (a command that does not encode, a target
     /// in another namespace). Boxed: keeps the common outcomes small.
     Invalid(Box<AskError<A::Error>>),
@@ -427,7 +600,7 @@ impl<A: Behavior> Activation<A> {
             cmd,
             meta,
             mut reply,
-            mut ack,
+            ack,
             ..
         } = env;
         if reply.is_some() || ack.is_some() {
@@ -448,26 +621,26 @@ impl<A: Behavior> Activation<A> {
                 return;
             }
         }
-        let current = Current {
+        inbox.current = Some(InFlight {
             deadline: meta.deadline,
             command_id: meta.command_id,
-            reply: &mut reply,
-            ack: &mut ack,
-        };
+            reply,
+            ack,
+        });
         let finished = match meta.origin.clone() {
             Some(origin) => inbox
-                .supervise(
-                    Box::pin(self.apply_effect(cmd, meta, *origin)),
-                    Some(current),
-                )
+                .supervise(Box::pin(self.apply_effect(cmd, meta, *origin)))
                 .await
                 .map(Err),
-            None => inbox
-                .supervise(self.decide(cmd, meta), Some(current))
-                .await
-                .map(Ok),
+            None => inbox.supervise(self.decide(cmd, meta)).await.map(Ok),
         };
         self.ctx.turn().end();
+        let Some(InFlight {
+            mut reply, mut ack, ..
+        }) = inbox.current.take()
+        else {
+            return;
+        };
         match finished {
             Some(Ok(result)) => {
                 if let Some(tx) = reply.take() {
@@ -487,7 +660,9 @@ impl<A: Behavior> Activation<A> {
         }
     }
 
-    /// Runs the handler on `cmd` (the turn's context set up from `meta`), catching panics.
+    /// Runs the handler on `cmd` (the turn's context set up from `meta`). A panic is not caught
+    /// here: it fails the activation's ractor actor, and the root actor starts a fresh one (see
+    /// [`Kit::restart`]).
     async fn run_handler(
         &mut self,
         cmd: A::Command,
@@ -500,16 +675,8 @@ impl<A: Behavior> Activation<A> {
             InTurn { turn, fut }.await
         };
         match outcome {
-            Err(panic) => {
-                Stats::bump(&self.host.stats.handler_panics);
-                let message = panic_text(&*panic);
-                tracing::error!(actor = %self.key(), %message, "handler panicked; reloading state from the store");
-                self.stale = true;
-                let _ = Box::pin(self.reload()).await;
-                Err(Failure::Panicked(message))
-            }
-            Ok(Err(rejection)) => Err(Failure::Rejected(rejection)),
-            Ok(Ok(effect)) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
+            Err(rejection) => Err(Failure::Rejected(rejection)),
+            Ok(effect) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
                 Some(e) => Err(Failure::Invalid(Box::new(AskError::Codec(e)))),
                 None => Ok(effect),
             },
@@ -557,12 +724,6 @@ impl<A: Behavior> Activation<A> {
         let effect = match self.run_handler(cmd, meta).await {
             Ok(effect) => effect,
             Err(Failure::Rejected(e)) => return Err(AskError::Rejected(e)),
-            Err(Failure::Panicked(message)) => {
-                return Err(AskError::HandlerPanicked {
-                    actor: self.key().clone(),
-                    message,
-                });
-            }
             Err(Failure::Invalid(e)) => return Err(*e),
         };
         if effect.events.is_empty() && effect.plan.as_ref().is_none_or(|p| p.is_empty()) {
@@ -634,11 +795,6 @@ impl<A: Behavior> Activation<A> {
                     });
                 }
                 (Vec::new(), plan, "Rejected", Some(e.to_string()))
-            }
-            Err(Failure::Panicked(message)) => {
-                return Settle::Failed {
-                    reason: format!("handler panicked: {message}"),
-                };
             }
             Err(Failure::Invalid(e)) => {
                 return Settle::Failed {
@@ -970,6 +1126,17 @@ impl<A: Behavior> Activation<A> {
         }
     }
 
+    /// The end of a passivation: stop the delivery pump, snapshot what was stored since the last
+    /// snapshot, leave the wake-up index right.
+    async fn stop(&mut self) {
+        self.cell.stop_pump();
+        if self.host.config.snapshot_on_passivation && self.version > self.snapshot_version {
+            self.save_snapshot_now().await;
+        }
+        self.settle_index().await;
+        Stats::bump(&self.host.stats.passivations);
+    }
+
     /// On stop: leave one index entry due at the earliest pending work, or none.
     async fn settle_index(&self) {
         let (index, earliest) = {
@@ -1052,9 +1219,8 @@ async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapshot) {
     }
 }
 
-/// Polls a handler's future inside its turn — every poll publishes the turn as the current
-/// one of this thread ([`CurrentTurn`]), so an `ActorRef` used in the handler asks as a child
-/// of it — and turns a panic into an `Err` with the panic payload.
+/// Polls a handler's future inside its turn: every poll publishes the turn as the current one
+/// of this thread ([`CurrentTurn`]), so an `ActorRef` used in the handler asks as a child of it.
 struct InTurn<F> {
     turn: *const Turn,
     fut: Pin<Box<F>>,
@@ -1066,17 +1232,12 @@ struct InTurn<F> {
 unsafe impl<F: Send> Send for InTurn<F> {}
 
 impl<F: Future> Future for InTurn<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
+    type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let turn = self.turn;
         let _current = CurrentTurn::enter(turn);
-        let fut = self.fut.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
+        self.fut.as_mut().poll(cx)
     }
 }
 

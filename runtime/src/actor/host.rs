@@ -15,16 +15,17 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lru::LruCache;
 use parking_lot::Mutex;
+use ractor::ActorCell;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::activation;
+use super::activation::{Hosted, Kit, Life, Live, Orphan, Start};
 use super::contract::Behavior;
 use super::inbox::Msg;
 use crate::config::RuntimeConfig;
@@ -64,6 +65,18 @@ pub(crate) struct Host {
     pub tokio: tokio::runtime::Handle,
     /// Coarse clock (milliseconds since start) for idle tracking, advanced by the sweeper.
     pub clock_ms: AtomicU64,
+    /// The runtime's root ractor actor: every activation's actor is linked under it.
+    root: OnceLock<ActorCell>,
+    /// Kits of activations whose actor died, until the root restarts them.
+    orphans: Mutex<Orphans>,
+}
+
+/// Kits of dead activations by their ractor actor, until the root actor hears of the failure.
+#[derive(Default)]
+struct Orphans {
+    /// The root is gone: nobody will restart an orphan, so none is kept.
+    closed: bool,
+    kits: HashMap<ractor::ActorId, Box<dyn Orphan>>,
 }
 
 /// Counters, readable through `Runtime::stats`.
@@ -284,6 +297,8 @@ impl Host {
             shutting_down: AtomicBool::new(false),
             tokio,
             clock_ms: AtomicU64::new(0),
+            root: OnceLock::new(),
+            orphans: Mutex::new(Orphans::default()),
         });
         let mut hosts = HOSTS.lock();
         hosts.retain(|h| h.strong_count() > 0);
@@ -518,17 +533,79 @@ impl Host {
             .map(|k| k.kind.clone())
             .unwrap_or_else(|| unreachable_kind(A::KIND));
         let actor = ActorKey::new(self.namespace.clone(), kind, id);
-        self.tokio.spawn(activation::run::<A>(
+        let kit = Kit::new(
             Arc::clone(self),
             actor,
             rx,
             weak,
             outbox,
             done_tx,
-            predecessor,
             generation,
-        ));
+        );
+        self.spawn_hosted(Life::new(kit), predecessor);
         tx
+    }
+
+    /// Starts an activation in a ractor actor of its own, linked under the root actor.
+    pub(crate) fn spawn_hosted<A: Behavior>(
+        &self,
+        life: Life<A>,
+        predecessor: Option<watch::Receiver<()>>,
+    ) {
+        let start: Start<A> = Box::new((life, predecessor));
+        // ractor spawns with `tokio::spawn`: callers may be outside the runtime's threads.
+        let _context = self.tokio.enter();
+        let spawned = match self.root.get() {
+            Some(root) => ractor::ActorRuntime::spawn_linked_instant(
+                None,
+                Hosted::<A>::new(),
+                start,
+                root.clone(),
+            ),
+            None => ractor::ActorRuntime::spawn_instant(None, Hosted::<A>::new(), start),
+        };
+        match spawned {
+            // Its life starts with its first message: ractor has linked it by then.
+            Ok((actor, _)) => {
+                if let Err(e) = actor.cast(Live) {
+                    tracing::warn!(error = %e, kind = A::KIND, "an activation's actor refused to start");
+                }
+            }
+            // Only a name clash fails a spawn, and activations have no names.
+            Err(e) => tracing::warn!(error = %e, kind = A::KIND, "cannot spawn an activation"),
+        }
+    }
+
+    /// Links every later activation under `root`, the runtime's root actor.
+    pub(crate) fn adopt_root(&self, root: ActorCell) {
+        let _ = self.root.set(root);
+    }
+
+    /// Keeps the kit of a dead activation until the root hears of the failure.
+    pub(crate) fn orphan(&self, actor: ractor::ActorId, kit: Box<dyn Orphan>) {
+        let mut orphans = self.orphans.lock();
+        if !orphans.closed {
+            orphans.kits.insert(actor, kit);
+        }
+    }
+
+    /// Restarts the activation that ran in `actor`, which failed with `reason`.
+    pub(crate) fn restart(&self, actor: ractor::ActorId, reason: String) {
+        let kit = self.orphans.lock().kits.remove(&actor);
+        match kit {
+            Some(kit) => kit.restart(reason),
+            None => tracing::warn!(%actor, %reason, "an actor under the runtime's root failed"),
+        }
+    }
+
+    /// The root is gone: drops every orphan (answering their queues) and every later one.
+    pub(crate) fn close_orphans(&self) {
+        let kits = {
+            let mut orphans = self.orphans.lock();
+            orphans.closed = true;
+            std::mem::take(&mut orphans.kits)
+        };
+        drop(kits);
     }
 
     /// Delivers `msg`, waiting for mailbox room if needed. The caller bounds the wait. A

@@ -154,12 +154,14 @@ impl CallMeta {
     }
 }
 
-/// The command being handled, as the watchdog sees it.
-pub(crate) struct Current<'a, A: Behavior> {
+/// The command being handled, as the watchdog sees it. The inbox owns it while the turn runs,
+/// so that if the handler panics, the activation that takes over the mailbox answers its asker
+/// (see [`activation`](super::activation)).
+pub(crate) struct InFlight<A: Behavior> {
     pub deadline: Instant,
     pub command_id: CommandId,
-    pub reply: &'a mut Option<ReplyTx<A>>,
-    pub ack: &'a mut Option<AckTx>,
+    pub reply: Option<ReplyTx<A>>,
+    pub ack: Option<AckTx>,
 }
 
 /// What the activation should do next.
@@ -190,6 +192,8 @@ pub(crate) struct Inbox<A: Behavior> {
     /// The running turn: what it waits on, which command it is.
     turn: Arc<Turn>,
     outbox: Arc<OutboxCell>,
+    /// The command being handled, while a turn runs.
+    pub current: Option<InFlight<A>>,
 }
 
 impl<A: Behavior> Inbox<A> {
@@ -210,7 +214,13 @@ impl<A: Behavior> Inbox<A> {
             host: Arc::clone(host),
             turn,
             outbox,
+            current: None,
         }
+    }
+
+    /// The running turn of this mailbox's activation.
+    pub fn turn(&self) -> &Arc<Turn> {
+        &self.turn
     }
 
     fn me(&self) -> &ActorKey {
@@ -311,12 +321,8 @@ impl<A: Behavior> Inbox<A> {
     }
 
     /// Runs `work` while keeping every deadline (see the module docs). `None` when `work` was
-    /// cancelled because `current`'s deadline passed.
-    pub async fn supervise<T>(
-        &mut self,
-        work: impl Future<Output = T>,
-        mut current: Option<Current<'_, A>>,
-    ) -> Option<T> {
+    /// cancelled because the deadline of the command in flight ([`Inbox::current`]) passed.
+    pub async fn supervise<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         let mut work = std::pin::pin!(work);
         // Fast path: most turns finish without waiting, and need no timer.
         if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
@@ -331,7 +337,7 @@ impl<A: Behavior> Inbox<A> {
                 .iter()
                 .filter(|e| e.awaited())
                 .map(|e| e.meta.deadline)
-                .chain(current.as_ref().map(|c| c.deadline))
+                .chain(self.current.as_ref().map(|c| c.deadline))
                 .chain(self.next_probe())
                 .min();
             if let Some(at) = earliest
@@ -343,15 +349,15 @@ impl<A: Behavior> Inbox<A> {
             tokio::select! {
                 biased;
                 v = work.as_mut() => return Some(v),
-                msg = self.rx.recv(), if room => match (msg, current.as_mut()) {
+                msg = self.rx.recv(), if room => match (msg, self.current.as_mut()) {
                     // A resend of the command being handled (same command id): its asker gave
                     // up on the first attempt and listens here now. Answer it, not twice.
                     (Some(Msg::Command(mut env)), Some(c)) if env.meta.command_id == c.command_id => {
                         if let Some(tx) = env.reply.take() {
-                            *c.reply = Some(tx);
+                            c.reply = Some(tx);
                         }
                         if let Some(tx) = env.ack.take() {
-                            *c.ack = Some(tx);
+                            c.ack = Some(tx);
                         }
                     }
                     (msg, _) => self.accept(msg),
@@ -361,7 +367,7 @@ impl<A: Behavior> Inbox<A> {
                     let now = Instant::now();
                     self.expire_queued(now);
                     self.probe_blocked(now);
-                    if let Some(c) = current.as_mut()
+                    if let Some(c) = self.current.as_mut()
                         && c.deadline <= now
                     {
                         if let Some(tx) = c.reply.take() {
@@ -371,7 +377,7 @@ impl<A: Behavior> Inbox<A> {
                                     .into(),
                             }));
                         }
-                        *c.ack = None;
+                        c.ack = None;
                         return None;
                     }
                 }
