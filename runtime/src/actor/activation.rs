@@ -45,7 +45,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -53,8 +52,9 @@ use super::actor_ref::{ActorRef, with_decode_host};
 use super::context::{Ctx, CurrentTurn, Turn};
 use super::contract::{Behavior, Effect, Plan};
 use super::delivery::OutboxCell;
-use super::host::{Host, Stats, wait_done};
+use super::host::{Done, DoneTx, Host, Stats, wait_done};
 use super::inbox::{CallMeta, Envelope, InFlight, Inbox, Msg, Work};
+use super::mailbox;
 use crate::bus::SystemEvent;
 use crate::errors::AskError;
 use crate::names::ActorKey;
@@ -134,11 +134,11 @@ pub(crate) struct Kit<A: Behavior> {
     key: ActorKey,
     inbox: Inbox<A>,
     /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
-    tx: mpsc::WeakSender<Msg<A>>,
+    tx: mailbox::WeakSender<Msg<A>>,
     cell: Arc<OutboxCell>,
     /// Dropped (closing the channel) once the actor has fully stopped.
     #[allow(dead_code)] // held, never read: dropping it is the signal
-    done: watch::Sender<()>,
+    done: DoneTx,
     generation: u64,
 }
 
@@ -148,10 +148,10 @@ impl<A: Behavior> Kit<A> {
     pub fn new(
         host: Arc<Host>,
         key: ActorKey,
-        rx: mpsc::Receiver<Msg<A>>,
-        tx: mpsc::WeakSender<Msg<A>>,
+        rx: mailbox::Receiver<Msg<A>>,
+        tx: mailbox::WeakSender<Msg<A>>,
         cell: Arc<OutboxCell>,
-        done: watch::Sender<()>,
+        done: DoneTx,
         generation: u64,
     ) -> Self {
         let turn = Turn::new(&host, key.clone());
@@ -168,7 +168,7 @@ impl<A: Behavior> Kit<A> {
     }
 
     /// Runs the activation until it passivates (or fails to load).
-    async fn live(&mut self, predecessor: Option<watch::Receiver<()>>) {
+    async fn live(&mut self, predecessor: Option<Done>) {
         let Kit {
             host,
             key,
@@ -179,7 +179,7 @@ impl<A: Behavior> Kit<A> {
             ..
         } = self;
         if let Some(previous) = predecessor {
-            inbox.supervise(wait_done(previous)).await;
+            Box::pin(inbox.supervise(wait_done(previous))).await;
         }
         let turn = Arc::clone(inbox.turn());
         let load = async {
@@ -190,7 +190,7 @@ impl<A: Behavior> Kit<A> {
                 .await
         };
         // Boxed, like every long path below: an idle activation keeps only the loop's state.
-        let loaded = match inbox.supervise(Box::pin(load)).await {
+        let loaded = match Box::pin(inbox.supervise(load)).await {
             Some(loaded) => loaded,
             None => Err(LoadError::Failed("activation was cancelled".to_owned())),
         };
@@ -200,7 +200,7 @@ impl<A: Behavior> Kit<A> {
                 Stats::bump(&host.stats.activation_failures);
                 tracing::warn!(%error, "activation failed");
                 host.forget(A::KIND, &key.id, *generation);
-                inbox.fail_all(|| error.to_ask(key)).await;
+                Box::pin(inbox.fail_all(|| error.to_ask(key))).await;
                 return;
             }
         };
@@ -211,13 +211,15 @@ impl<A: Behavior> Kit<A> {
             match work {
                 Work::Wake => act.pump_if_needed(),
                 Work::Forward => {
-                    if inbox.supervise(Box::pin(act.forward_due())).await.is_none() {
+                    if Box::pin(inbox.supervise(act.forward_due())).await.is_none() {
                         act.stale = true;
                     }
                     act.pump_if_needed();
                 }
                 Work::Command(env, waited) => {
-                    act.serve(inbox, *env, waited).await;
+                    // Boxed per turn: the turn's state machine is the largest part of the
+                    // activation, and an idle actor should not carry it.
+                    Box::pin(act.serve(inbox, *env, waited)).await;
                     // Only a turn that stored durable effects (or reloaded) can need the pump.
                     if std::mem::take(&mut act.outbox_changed) {
                         act.pump_if_needed();
@@ -332,7 +334,7 @@ impl<A> Hosted<A> {
 pub(crate) struct Live;
 
 /// What a hosted activation starts from: its life, and the activation it must wait for.
-pub(crate) type Start<A> = Box<(Life<A>, Option<watch::Receiver<()>>)>;
+pub(crate) type Start<A> = Box<(Life<A>, Option<Done>)>;
 
 impl<A: Behavior> ractor::Actor for Hosted<A> {
     type Msg = Live;
@@ -357,7 +359,9 @@ impl<A: Behavior> ractor::Actor for Hosted<A> {
             let (mut life, predecessor) = *start;
             life.id = Some(myself.get_id());
             if let Some(kit) = life.kit.as_mut() {
-                kit.live(predecessor).await;
+                // Boxed: the live future would otherwise sit inline in ractor's loop future.
+                // Boxed: the live future would otherwise sit inline in ractor's loop future.
+                Box::pin(kit.live(predecessor)).await;
             }
             // A clean end: dropping the kit signals that the actor has stopped.
             life.id = None;
@@ -434,7 +438,7 @@ struct Activation<A: Behavior> {
     stale: bool,
     cell: Arc<OutboxCell>,
     /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
-    mailbox: mpsc::WeakSender<Msg<A>>,
+    mailbox: mailbox::WeakSender<Msg<A>>,
     /// The outbox got new entries (or was rebuilt) since the pump was last looked at.
     outbox_changed: bool,
 }
@@ -449,7 +453,7 @@ impl<A: Behavior> Activation<A> {
         key: ActorKey,
         turn: Arc<Turn>,
         cell: Arc<OutboxCell>,
-        mailbox: mpsc::WeakSender<Msg<A>>,
+        mailbox: mailbox::WeakSender<Msg<A>>,
     ) -> Result<Self, LoadError> {
         let mut act = Activation {
             host: Arc::clone(host),

@@ -23,11 +23,12 @@ use std::time::Duration;
 use lru::LruCache;
 use parking_lot::Mutex;
 use ractor::ActorCell;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::Semaphore;
 
 use super::activation::{Hosted, Kit, Life, Live, Orphan, Start};
 use super::contract::Behavior;
 use super::inbox::Msg;
+use super::mailbox;
 use crate::config::RuntimeConfig;
 use crate::errors::AskError;
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
@@ -166,12 +167,12 @@ impl std::hash::Hash for RegKey {
 }
 
 struct Entry {
-    /// `mpsc::Sender<Msg<A>>` for the actor's type `A`.
+    /// `mailbox::Sender<Msg<A>>` for the actor's type `A`.
     sender: Box<dyn Any + Send + Sync>,
     /// Asks the activation behind `sender` to passivate.
     passivate: fn(&(dyn Any + Send + Sync)),
     /// Closes (the sender is dropped) when the activation has fully stopped.
-    done: watch::Receiver<()>,
+    done: Done,
     generation: u64,
     last_used_ms: u64,
     /// The activation's outbox (to see whether durable effects are waiting).
@@ -188,7 +189,7 @@ pub(crate) struct Registry {
     resident: LruCache<RegKey, Entry>,
     capacity: usize,
     /// Activations asked to stop that have not finished yet.
-    stopping: HashMap<RegKey, (u64, watch::Receiver<()>)>,
+    stopping: HashMap<RegKey, (u64, Done)>,
 }
 
 impl Registry {
@@ -207,10 +208,10 @@ impl Registry {
 }
 
 fn passivate_fn<A: Behavior>(sender: &(dyn Any + Send + Sync)) {
-    if let Some(tx) = sender.downcast_ref::<mpsc::Sender<Msg<A>>>() {
+    if let Some(tx) = sender.downcast_ref::<mailbox::Sender<Msg<A>>>() {
         match tx.try_send(Msg::Passivate) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) | Err(mailbox::TrySendError::Closed(_)) => {}
+            Err(mailbox::TrySendError::Full(_)) => {
                 // Busy actor: queue the request behind its work, without blocking the caller.
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -225,7 +226,7 @@ fn passivate_fn<A: Behavior>(sender: &(dyn Any + Send + Sync)) {
 enum TryDeliver<A: Behavior> {
     Sent,
     /// The mailbox is full: wait for room on this sender.
-    Full(mpsc::Sender<Msg<A>>, Msg<A>),
+    Full(mailbox::Sender<Msg<A>>, Msg<A>),
 }
 
 /// Why a command was not queued here.
@@ -404,9 +405,9 @@ impl Host {
     /// The caller must already have stopped routing `shards` here ([`Host::owns`] is false
     /// for them): then no new activation of them can start (see [`Host::try_deliver`]), so
     /// once these signals fire, nothing of the shards runs on this node.
-    pub fn drain_shards(&self, shards: &[u32]) -> HashMap<u32, (usize, Vec<watch::Receiver<()>>)> {
+    pub fn drain_shards(&self, shards: &[u32]) -> HashMap<u32, (usize, Vec<Done>)> {
         let lost: std::collections::HashSet<u32> = shards.iter().copied().collect();
-        let mut out: HashMap<u32, (usize, Vec<watch::Receiver<()>>)> = HashMap::new();
+        let mut out: HashMap<u32, (usize, Vec<Done>)> = HashMap::new();
         let mut count = 0usize;
         for registry in self.registry.iter() {
             let mut reg = registry.lock();
@@ -462,15 +463,15 @@ impl Host {
         for _ in 0..2 {
             if let Some(entry) = reg.resident.get_mut(key) {
                 entry.last_used_ms = now;
-                let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>() else {
+                let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>() else {
                     return Err((Undelivered::Unavailable, msg));
                 };
                 match tx.try_send(msg) {
                     Ok(()) => return Ok(TryDeliver::Sent),
-                    Err(mpsc::error::TrySendError::Full(m)) => {
+                    Err(mailbox::TrySendError::Full(m)) => {
                         return Ok(TryDeliver::Full(tx.clone(), m));
                     }
-                    Err(mpsc::error::TrySendError::Closed(m)) => {
+                    Err(mailbox::TrySendError::Closed(m)) => {
                         // The activation ended without leaving the map (it failed): replace it.
                         msg = m;
                         reg.resident.pop(key);
@@ -491,8 +492,8 @@ impl Host {
             let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
             match tx.try_send(msg) {
                 Ok(()) => return Ok(TryDeliver::Sent),
-                Err(mpsc::error::TrySendError::Full(m)) => return Ok(TryDeliver::Full(tx, m)),
-                Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+                Err(mailbox::TrySendError::Full(m)) => return Ok(TryDeliver::Full(tx, m)),
+                Err(mailbox::TrySendError::Closed(m)) => msg = m,
             }
         }
         Err((Undelivered::Unavailable, msg))
@@ -504,9 +505,9 @@ impl Host {
         key: RegKey,
         id: ActorId,
         now: u64,
-    ) -> mpsc::Sender<Msg<A>> {
-        let (tx, rx) = mpsc::channel(self.config.mailbox_capacity);
-        let (done_tx, done_rx) = watch::channel(());
+    ) -> mailbox::Sender<Msg<A>> {
+        let (tx, rx) = mailbox::channel(self.config.mailbox_capacity);
+        let (done_tx, done_rx) = done_channel();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
         let weak = tx.downgrade();
@@ -547,11 +548,7 @@ impl Host {
     }
 
     /// Starts an activation in a ractor actor of its own, linked under the root actor.
-    pub(crate) fn spawn_hosted<A: Behavior>(
-        &self,
-        life: Life<A>,
-        predecessor: Option<watch::Receiver<()>>,
-    ) {
+    pub(crate) fn spawn_hosted<A: Behavior>(&self, life: Life<A>, predecessor: Option<Done>) {
         let start: Start<A> = Box::new((life, predecessor));
         // ractor spawns with `tokio::spawn`: callers may be outside the runtime's threads.
         let _context = self.tokio.enter();
@@ -622,7 +619,7 @@ impl Host {
                 TryDeliver::Full(tx, m) => match tx.send(m).await {
                     Ok(()) => return Ok(()),
                     // Closed while we waited (passivated): go back to the map.
-                    Err(mpsc::error::SendError(m)) => msg = m,
+                    Err(mailbox::SendError(m)) => msg = m,
                 },
             }
             tokio::task::yield_now().await;
@@ -636,7 +633,7 @@ impl Host {
         let key: &dyn KeyView = &view;
         let reg = self.shard(A::KIND, id).lock();
         if let Some(entry) = reg.resident.peek(key)
-            && let Some(tx) = entry.sender.downcast_ref::<mpsc::Sender<Msg<A>>>()
+            && let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>()
         {
             let _ = tx.try_send(msg);
         }
@@ -701,7 +698,7 @@ impl Host {
 
     /// Passivates every resident actor and waits (up to `timeout`) for all to stop.
     pub async fn passivate_all(&self, timeout: Duration) -> bool {
-        let mut waits: Vec<watch::Receiver<()>> = Vec::new();
+        let mut waits: Vec<Done> = Vec::new();
         for shard in self.registry.iter() {
             let mut reg = shard.lock();
             while let Some((k, e)) = reg.resident.pop_lru() {
@@ -781,9 +778,49 @@ fn unreachable_kind(kind: &str) -> Kind {
     Kind::new(kind).unwrap_or_else(|_| Kind::new("unknown").expect("'unknown' is a valid kind"))
 }
 
-/// Waits until the activation behind `done` has stopped (its sender is dropped).
-pub(crate) async fn wait_done(mut done: watch::Receiver<()>) {
-    while done.changed().await.is_ok() {}
+/// The signal that an activation has fully stopped: fired when the [`DoneTx`] is dropped.
+/// (Lighter than a `watch` channel, which carries eight wait lists: one of these lives as long
+/// as each resident actor.)
+struct DoneSignal {
+    fired: AtomicBool,
+    waiters: tokio::sync::Notify,
+}
+
+/// The activation's end of the stop signal: dropping it fires the signal.
+pub(crate) struct DoneTx(Arc<DoneSignal>);
+
+/// A waiter's end of the stop signal.
+#[derive(Clone)]
+pub(crate) struct Done(Arc<DoneSignal>);
+
+/// A new, unfired stop signal.
+pub(crate) fn done_channel() -> (DoneTx, Done) {
+    let signal = Arc::new(DoneSignal {
+        fired: AtomicBool::new(false),
+        waiters: tokio::sync::Notify::new(),
+    });
+    (DoneTx(Arc::clone(&signal)), Done(signal))
+}
+
+impl Drop for DoneTx {
+    fn drop(&mut self) {
+        self.0.fired.store(true, Ordering::Release);
+        self.0.waiters.notify_waiters();
+    }
+}
+
+/// Waits until the activation behind `done` has stopped (its [`DoneTx`] is dropped).
+pub(crate) async fn wait_done(done: Done) {
+    loop {
+        let woken = done.0.waiters.notified();
+        let mut woken = std::pin::pin!(woken);
+        // Registered before the check, so a signal fired in between is not missed.
+        woken.as_mut().enable();
+        if done.0.fired.load(Ordering::Acquire) {
+            return;
+        }
+        woken.await;
+    }
 }
 
 /// Passivates actors idle for `idle`; advances the coarse clock.

@@ -33,13 +33,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::context::Turn;
 use super::contract::Behavior;
 use super::delivery::{OutboxCell, send_control};
 use super::host::Host;
+use super::mailbox;
 use crate::errors::AskError;
 use crate::names::ActorKey;
 use crate::wire::{CommandId, Control, EffectOrigin, Settle};
@@ -177,7 +178,7 @@ pub(crate) enum Work<A: Behavior> {
 /// The mailbox plus commands taken out of it early, while the actor was busy. See the
 /// [module docs](self).
 pub(crate) struct Inbox<A: Behavior> {
-    rx: mpsc::Receiver<Msg<A>>,
+    rx: mailbox::Receiver<Msg<A>>,
     queue: VecDeque<Box<Envelope<A>>>,
     capacity: usize,
     /// Passivation was asked for: the mailbox is closed, queued commands are still served.
@@ -198,7 +199,7 @@ pub(crate) struct Inbox<A: Behavior> {
 
 impl<A: Behavior> Inbox<A> {
     pub fn new(
-        rx: mpsc::Receiver<Msg<A>>,
+        rx: mailbox::Receiver<Msg<A>>,
         host: &Arc<Host>,
         turn: Arc<Turn>,
         outbox: Arc<OutboxCell>,
@@ -289,8 +290,8 @@ impl<A: Behavior> Inbox<A> {
             }
             match self.rx.try_recv() {
                 Ok(msg) => self.accept(Some(msg)),
-                Err(mpsc::error::TryRecvError::Disconnected) => self.accept(None),
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(mailbox::TryRecvError::Disconnected) => self.accept(None),
+                Err(mailbox::TryRecvError::Empty) => {
                     let msg = self.rx.recv().await;
                     if let Some(Msg::Command(env)) = msg {
                         return Some(Work::Command(env, false));

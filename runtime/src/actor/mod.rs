@@ -20,6 +20,7 @@ mod contract;
 mod delivery;
 pub(crate) mod host;
 mod inbox;
+mod mailbox;
 pub(crate) mod remote;
 
 pub use actor_ref::{ActorRef, AskOptions};

@@ -1,0 +1,337 @@
+//! The bounded mailbox of one activation: many senders, one receiver, backpressure.
+//!
+//! Its interface is the subset of `tokio::sync::mpsc` the runtime uses (`try_send`, a `send`
+//! that waits for room, weak senders, `try_recv`, `recv`, `close`), with the same semantics.
+//! It exists for memory: a tokio channel allocates a block of 32 slots up front (about a
+//! kilobyte per actor with its bookkeeping), while this one is a lock, a queue that allocates
+//! only when something is queued, and a [`Notify`] for senders waiting for room. An idle
+//! resident actor is mostly its mailbox, so the difference decides how many fit in memory.
+//!
+//! - A message is accepted while the queue holds fewer than `capacity` messages and the
+//!   receiver has not closed it; otherwise `try_send` hands it back as [`TrySendError::Full`] or
+//!   [`TrySendError::Closed`], and `send` waits for room (or fails when closed).
+//! - The receiver sees every accepted message, in order. After [`Receiver::close`] or once every
+//!   strong sender is gone, it still receives what was queued, then `None`.
+//! - Dropping the receiver drops what is still queued (reply channels inside close, so askers
+//!   are told) and fails every waiting sender.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Poll, Waker};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Senders waiting for room.
+    room: Notify,
+    /// Strong senders alive.
+    senders: AtomicUsize,
+    capacity: usize,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    closed: bool,
+    /// The receiver, waiting for a message.
+    receiver: Option<Waker>,
+}
+
+/// Creates a mailbox that holds at most `capacity` messages (at least one).
+pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            closed: false,
+            receiver: None,
+        }),
+        room: Notify::new(),
+        senders: AtomicUsize::new(1),
+        capacity: capacity.max(1),
+    });
+    (
+        Sender {
+            shared: Arc::clone(&shared),
+        },
+        Receiver { shared },
+    )
+}
+
+/// Why `try_send` handed a message back.
+#[derive(Debug)]
+pub(crate) enum TrySendError<T> {
+    /// The mailbox holds `capacity` messages.
+    Full(T),
+    /// The receiver closed the mailbox (or is gone).
+    Closed(T),
+}
+
+/// The mailbox was closed: the message comes back.
+#[derive(Debug)]
+pub(crate) struct SendError<T>(pub T);
+
+/// Why `try_recv` returned nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TryRecvError {
+    /// Nothing queued now.
+    Empty,
+    /// Nothing queued, and nothing will be: closed, or every sender is gone.
+    Disconnected,
+}
+
+/// A sending handle; the mailbox stays open for senders while one exists.
+pub(crate) struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// A sending handle that does not keep the mailbox connected.
+pub(crate) struct WeakSender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The receiving end.
+pub(crate) struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Queues `msg` if there is room now.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(msg));
+        }
+        if state.queue.len() >= self.shared.capacity {
+            return Err(TrySendError::Full(msg));
+        }
+        state.queue.push_back(msg);
+        let receiver = state.receiver.take();
+        drop(state);
+        if let Some(waker) = receiver {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `msg`, waiting for room. Fails only when the mailbox is closed.
+    pub async fn send(&self, mut msg: T) -> Result<(), SendError<T>> {
+        loop {
+            let room = self.shared.room.notified();
+            let mut room = std::pin::pin!(room);
+            // Registered before trying, so a message taken out in between wakes us.
+            room.as_mut().enable();
+            match self.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(m)) => return Err(SendError(m)),
+                Err(TrySendError::Full(m)) => msg = m,
+            }
+            room.await;
+        }
+    }
+
+    /// A handle that can send while this mailbox has strong senders, without keeping it so.
+    pub fn downgrade(&self) -> WeakSender<T> {
+        WeakSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: a waiting receiver learns that nothing more will come.
+            let receiver = self.shared.state.lock().receiver.take();
+            if let Some(waker) = receiver {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl<T> WeakSender<T> {
+    /// A strong sender, unless every strong sender is gone.
+    pub fn upgrade(&self) -> Option<Sender<T>> {
+        self.shared
+            .senders
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > 0).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Sender {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+}
+
+impl<T> Clone for WeakSender<T> {
+    fn clone(&self) -> Self {
+        WeakSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The next message if one is queued now.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        let mut state = self.shared.state.lock();
+        self.take(&mut state)
+    }
+
+    /// Takes the next message out (waking a sender waiting for room), or says why there is none.
+    fn take(&self, state: &mut State<T>) -> Result<T, TryRecvError> {
+        let was_full = state.queue.len() >= self.shared.capacity;
+        match state.queue.pop_front() {
+            Some(msg) => {
+                if was_full {
+                    // One slot freed: one waiting sender may take it (a cancelled waiter
+                    // passes the wake-up on, see `Notify`).
+                    self.shared.room.notify_one();
+                }
+                Ok(msg)
+            }
+            None if state.closed || self.shared.senders.load(Ordering::Acquire) == 0 => {
+                Err(TryRecvError::Disconnected)
+            }
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The next message; `None` once the mailbox is closed (or every sender is gone) and
+    /// everything queued was received.
+    pub async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| {
+            let mut state = self.shared.state.lock();
+            match self.take(&mut state) {
+                Ok(msg) => Poll::Ready(Some(msg)),
+                Err(TryRecvError::Disconnected) => Poll::Ready(None),
+                Err(TryRecvError::Empty) => {
+                    match &mut state.receiver {
+                        Some(waker) => waker.clone_from(cx.waker()),
+                        None => state.receiver = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Refuses new messages; those already queued can still be received.
+    pub fn close(&mut self) {
+        self.shared.state.lock().closed = true;
+        self.shared.room.notify_waiters();
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let queued = {
+            let mut state = self.shared.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        self.shared.room.notify_waiters();
+        // Dropped outside the lock: a message's drop may send (reply channels close).
+        drop(queued);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn bounded_in_order_and_closed_after_the_last_sender() {
+        let (tx, mut rx) = channel::<u32>(2);
+        tx.try_send(1).expect("room");
+        tx.try_send(2).expect("room");
+        assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        assert_eq!(rx.try_recv(), Ok(1));
+        tx.try_send(3).expect("room again");
+        let weak = tx.downgrade();
+        drop(tx);
+        assert!(weak.upgrade().is_none(), "no strong sender left");
+        assert_eq!(rx.recv().await, Some(2));
+        assert_eq!(rx.recv().await, Some(3));
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_gets_room_and_a_closed_mailbox_refuses() {
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(1).expect("room");
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "full: the sender waits");
+        assert_eq!(rx.recv().await, Some(1));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the free slot")
+            .expect("task")
+            .expect("sent");
+        assert_eq!(rx.recv().await, Some(2));
+        rx.close();
+        assert!(matches!(tx.try_send(4), Err(TrySendError::Closed(4))));
+        assert!(tx.send(5).await.is_err());
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_passes_the_room_on() {
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(0).expect("room");
+        let cancelled = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(1).await }
+        });
+        let patient = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert_eq!(rx.recv().await, Some(0));
+        tokio::time::timeout(Duration::from_secs(5), patient)
+            .await
+            .expect("the remaining waiter got the slot")
+            .expect("task")
+            .expect("sent");
+        assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_receiver_fails_waiting_senders() {
+        let (tx, rx) = channel::<u32>(1);
+        tx.try_send(1).expect("room");
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(sent.is_err());
+    }
+}
