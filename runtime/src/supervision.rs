@@ -1,16 +1,25 @@
 //! The runtime in a ractor supervision tree.
 //!
 //! Every [`Runtime`](crate::Runtime) has a root [`ractor`] actor, started with it and stopped
-//! by [`Runtime::shutdown`](crate::Runtime::shutdown). Applications built on ractor use it two
-//! ways:
+//! by [`Runtime::shutdown`](crate::Runtime::shutdown). Every activation runs in a ractor actor
+//! linked under the root ([`Runtime::root`](crate::Runtime::root)`.get_children()` lists the
+//! resident actors). The root is their supervisor: when a handler panics, ractor reports
+//! `ActorFailed` to it, and it answers the panicking command with
+//! [`AskError::HandlerPanicked`](crate::AskError::HandlerPanicked) and starts a fresh
+//! activation on the same mailbox, with the state reloaded from the store. A passivated
+//! activation's actor stops normally (`ActorTerminated`), which the root takes in its stride.
+//!
+//! Applications built on ractor use the root two ways:
 //!
 //! - **Start the runtime under their own supervisor** with
 //!   [`RuntimeBuilder::supervised_by`](crate::RuntimeBuilder::supervised_by): the supervisor
 //!   is told `ActorStarted` when the runtime is up and `ActorTerminated` when it has shut down.
-//!   When the supervisor stops — and ractor stops its children with it — the runtime stops
-//!   serving: every resident actor is passivated (queued commands served, snapshots taken), a
-//!   cluster node leaves its cluster as if it crashed, and every later ask fails with
-//!   [`AskError::Shutdown`](crate::AskError::Shutdown).
+//!   When the supervisor stops — and ractor stops its children with it, the root and the
+//!   activations under it — the runtime stops serving: commands still queued are answered with
+//!   errors (what was stored stays stored; the actors come back from the store wherever they
+//!   are next activated), a cluster node leaves its cluster as if it crashed, and every later
+//!   ask fails with [`AskError::Shutdown`](crate::AskError::Shutdown). A graceful
+//!   [`Runtime::shutdown`](crate::Runtime::shutdown) passivates every actor first.
 //! - **Link their own actors under the runtime** through [`Runtime::root`](crate::Runtime::root):
 //!   they stop when the runtime shuts down.
 //!

@@ -1,4 +1,21 @@
-//! One activation: the task that brings an actor to life and runs its turns.
+//! One activation: the ractor actor that brings an actor to life and runs its turns.
+//!
+//! # Hosting
+//!
+//! Each activation runs in a ractor actor of its own ([`Hosted`]), linked under the runtime's
+//! root actor (see [`supervision`](crate::supervision)). The ractor actor's single message
+//! starts the activation's life; passivation ends it and stops the actor. Commands do not
+//! travel through ractor's unbounded mailbox but through the activation's own bounded
+//! [mailbox](super::mailbox), read by its [inbox](super::inbox): that is what gives
+//! backpressure, deadlines and deadlock refusal while a turn waits.
+//!
+//! What an activation owns besides its state — the mailbox and everything queued, the command
+//! in flight, the signal that it stopped — is its [`Kit`]. When a handler panics, the panic
+//! unwinds out of the activation and fails its ractor actor; the kit goes to the root, and when
+//! ractor reports `ActorFailed`, the root answers the command in flight with
+//! [`AskError::HandlerPanicked`] and gives the kit to a fresh activation, which reloads the
+//! state from the store and serves what was queued. Nothing queued is lost, and nothing is
+//! stored for the panicking command.
 //!
 //! # Life of an activation
 //!
@@ -17,8 +34,10 @@
 //!
 //! # When a turn goes wrong
 //!
-//! - The handler panics: the caller gets [`AskError::HandlerPanicked`], nothing is stored, and
-//!   the activation reloads its state from the store before the next turn.
+//! - The handler panics: the caller gets [`AskError::HandlerPanicked`] (or
+//!   [`AskError::OutcomeUnknown`] if the turn had asked other actors), nothing is stored, and
+//!   a fresh activation, started by the root actor, serves the next command with the state
+//!   from the store (see *Hosting*).
 //! - The append meets a [`VersionConflict`](crate::store::StoreError::VersionConflict): another
 //!   writer got there first, so this activation's state is stale. It discards it, reloads from
 //!   the store, and answers [`AskError::VersionConflict`] (safe to retry). It never applies an

@@ -12,6 +12,11 @@
 //! from the map and asked to stop; it finishes its queued commands, closes its mailbox (late
 //! senders see it closed and come back to the map), snapshots, and signals that it is done. A
 //! new activation of the same actor waits for that signal before it reads the store.
+//!
+//! Activating an actor spawns a ractor actor linked under the runtime's root (see
+//! [`activation`](super::activation)); the registry holds the activation's mailbox, not the
+//! ractor actor, because a fresh ractor actor takes over the same mailbox after a handler
+//! panic.
 
 use std::any::Any;
 use std::collections::HashMap;

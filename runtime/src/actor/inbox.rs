@@ -29,6 +29,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -330,6 +331,13 @@ impl<A: Behavior> Inbox<A> {
         {
             return Some(v);
         }
+        // Boxed: the watchdog's state (a timer, the mailbox, the probes) is needed only by
+        // turns that wait, and would otherwise enlarge every turn's future.
+        Box::pin(self.watch(work)).await
+    }
+
+    /// The slow path of [`Inbox::supervise`]: `work` is waiting.
+    async fn watch<T>(&mut self, mut work: Pin<&mut impl Future<Output = T>>) -> Option<T> {
         let sleep = tokio::time::sleep_until(Instant::now() + Duration::from_secs(3600));
         let mut sleep = std::pin::pin!(sleep);
         loop {
