@@ -88,7 +88,9 @@ pub enum AskError<E> {
         /// The kind asked for.
         kind: String,
     },
-    /// The actor's handler panicked. Nothing was stored; the actor reloaded its state.
+    /// The actor's handler panicked. Nothing was stored; the panic failed the activation's
+    /// ractor actor, and the runtime's root started a fresh activation, with the state from
+    /// the store, for the commands queued behind it.
     #[error("handler of {actor} panicked: {message}")]
     HandlerPanicked {
         /// The actor.
