@@ -155,7 +155,7 @@ pub(crate) struct Kit<A: Behavior> {
     /// The mailbox, for the pump's forward requests (weak: never keeps the actor alive).
     tx: mailbox::WeakSender<Msg<A>>,
     cell: Arc<OutboxCell>,
-    /// Dropped (closing the channel) once the actor has fully stopped.
+    /// Dropped (firing the stop signal) once the actor has fully stopped.
     #[allow(dead_code)] // held, never read: dropping it is the signal
     done: DoneTx,
     generation: u64,

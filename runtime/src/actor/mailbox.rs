@@ -255,6 +255,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A task sending `value`, waiting for room if the mailbox is full.
+    fn sender_task(
+        tx: &Sender<u32>,
+        value: u32,
+    ) -> tokio::task::JoinHandle<Result<(), SendError<u32>>> {
+        let tx = tx.clone();
+        tokio::spawn(async move { tx.send(value).await })
+    }
+
+    /// Lets the spawned tasks of this single-threaded test runtime run until they wait.
+    async fn let_tasks_run() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn bounded_in_order_and_closed_after_the_last_sender() {
         let (tx, mut rx) = channel::<u32>(2);
@@ -275,11 +291,8 @@ mod tests {
     async fn a_waiting_sender_gets_room_and_a_closed_mailbox_refuses() {
         let (tx, mut rx) = channel::<u32>(1);
         tx.try_send(1).expect("room");
-        let waiting = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(2).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiting = sender_task(&tx, 2);
+        let_tasks_run().await;
         assert!(!waiting.is_finished(), "full: the sender waits");
         assert_eq!(rx.recv().await, Some(1));
         tokio::time::timeout(Duration::from_secs(5), waiting)
@@ -298,15 +311,13 @@ mod tests {
     async fn a_cancelled_waiter_passes_the_room_on() {
         let (tx, mut rx) = channel::<u32>(1);
         tx.try_send(0).expect("room");
-        let cancelled = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(1).await }
-        });
-        let patient = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(2).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cancelled = sender_task(&tx, 1);
+        let patient = sender_task(&tx, 2);
+        let_tasks_run().await;
+        assert!(
+            !cancelled.is_finished() && !patient.is_finished(),
+            "both wait"
+        );
         cancelled.abort();
         let _ = cancelled.await;
         assert_eq!(rx.recv().await, Some(0));
@@ -322,11 +333,9 @@ mod tests {
     async fn dropping_the_receiver_fails_waiting_senders() {
         let (tx, rx) = channel::<u32>(1);
         tx.try_send(1).expect("room");
-        let waiting = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(2).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiting = sender_task(&tx, 2);
+        let_tasks_run().await;
+        assert!(!waiting.is_finished(), "full: the sender waits");
         drop(rx);
         let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
