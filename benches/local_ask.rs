@@ -1,32 +1,48 @@
 //! B1: local ask throughput ÷ raw ractor `call` throughput, same concurrency, same run.
 //!
 //! Both sides serve a read (no event persisted) from an actor holding a `u64`, at 1 caller
-//! (one actor) and at 64 callers (64 actors, one each). Three rounds, median of each.
+//! (one actor) and at 64 callers (64 actors, one each). Seven paired rounds of one second
+//! (`AETHER_BENCH_SECS` × 0.5), the order within a pair alternating; the figure is the median
+//! of the per-round ratios (see `support::report_paired`).
 
 mod support;
 
 use aether::prelude::*;
 use support::{
-    Figure, Probe, ProbeCmd, RawCounter, RawMsg, measure_time, median, report, throughput,
+    Figure, Probe, ProbeCmd, RawCounter, RawMsg, measure_time, median, report_paired, throughput,
 };
+
+const ROUNDS: usize = 7;
 
 async fn raw(concurrency: usize) -> f64 {
     let mut refs = Vec::new();
+    let mut handles = Vec::new();
     for _ in 0..concurrency {
-        let (r, _h) = ractor::Actor::spawn(None, RawCounter, ())
+        let (r, h) = ractor::Actor::spawn(None, RawCounter, ())
             .await
             .expect("spawn");
         refs.push(r);
+        handles.push(h);
     }
     let refs = std::sync::Arc::new(refs);
-    throughput(concurrency, measure_time(), move |w| {
+    let ops = throughput(concurrency, measure_time() / 2, {
         let refs = refs.clone();
-        async move {
-            let v = ractor::call!(refs[w], RawMsg::Get).expect("call");
-            std::hint::black_box(v);
+        move |w| {
+            let refs = refs.clone();
+            async move {
+                let v = ractor::call!(refs[w], RawMsg::Get).expect("call");
+                std::hint::black_box(v);
+            }
         }
     })
-    .await
+    .await;
+    for r in refs.iter() {
+        r.stop(None);
+    }
+    for h in handles {
+        h.await.expect("raw actor stopped");
+    }
+    ops
 }
 
 async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
@@ -37,7 +53,7 @@ async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
         r.ask(ProbeCmd::Get).await.expect("activate");
     }
     let refs = std::sync::Arc::new(refs);
-    throughput(concurrency, measure_time(), move |w| {
+    throughput(concurrency, measure_time() / 2, move |w| {
         let refs = refs.clone();
         async move {
             let v = refs[w].ask(ProbeCmd::Get).await.expect("ask");
@@ -57,18 +73,27 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     for concurrency in [1usize, 64] {
         let (mut r, mut o) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            r.push(raw(concurrency).await);
-            o.push(ours(&rt, concurrency).await);
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                r.push(raw(concurrency).await);
+                o.push(ours(&rt, concurrency).await);
+            } else {
+                o.push(ours(&rt, concurrency).await);
+                r.push(raw(concurrency).await);
+            }
         }
-        report(Figure {
-            id: "B1",
-            measure: &format!("local ask / raw ractor call, {concurrency} in flight"),
-            ours: median(o),
-            baseline: median(r),
-            unit: "ops/s",
-            target: (">=", 0.8),
-        });
+        report_paired(
+            Figure {
+                id: "B1",
+                measure: &format!("local ask / raw ractor call, {concurrency} in flight"),
+                ours: median(o.clone()),
+                baseline: median(r.clone()),
+                unit: "ops/s",
+                target: (">=", 0.8),
+            },
+            &o,
+            &r,
+        );
     }
     rt.shutdown().await?;
     Ok(())

@@ -126,8 +126,22 @@ pub fn validate_name(what: NameKind, value: &str) -> Result<(), NameError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Eq, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                // The text, as `eq` compares it (a pointer match implies equal text).
+                self.0.hash(state);
+            }
+        }
+
+        impl PartialEq for $name {
+            /// Equal names; clones of one name compare by pointer, without reading the text.
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
 
         impl $name {
             /// Validates `value` and wraps it.

@@ -238,7 +238,10 @@ impl<A: Behavior> Kit<A> {
                 Work::Command(env, waited) => {
                     // Boxed per turn: the turn's state machine is the largest part of the
                     // activation, and an idle actor should not carry it.
-                    Box::pin(act.serve(inbox, *env, waited)).await;
+                    let turn = Box::pin(act.serve(inbox, env, waited));
+                    static ONCE: std::sync::Once = std::sync::Once::new();
+                    ONCE.call_once(|| eprintln!("SERVE SIZE {}", std::mem::size_of_val(&*turn)));
+                    turn.await;
                     // Only a turn that stored durable effects (or reloaded) can need the pump.
                     if std::mem::take(&mut act.outbox_changed) {
                         act.pump_if_needed();
@@ -618,44 +621,41 @@ impl<A: Behavior> Activation<A> {
 
     /// Serves one command from the inbox: skips it if nobody waits any more or its deadline
     /// passed in the queue, runs it under the deadline watchdog, and answers.
-    async fn serve(&mut self, inbox: &mut Inbox<A>, env: Envelope<A>, waited: bool) {
-        let Envelope {
-            cmd,
-            meta,
-            mut reply,
-            ack,
-            ..
-        } = env;
-        if reply.is_some() || ack.is_some() {
-            let abandoned = reply.as_ref().is_some_and(|tx| tx.is_closed())
-                || (reply.is_none() && ack.as_ref().is_some_and(|tx| tx.is_closed()));
+    ///
+    /// The envelope stays boxed down to the handler call: every layer of this path is an
+    /// `async fn` whose state holds its arguments, so passing the command and its metadata by
+    /// value would copy them into each layer (and into the boxed turn) once more.
+    async fn serve(&mut self, inbox: &mut Inbox<A>, mut env: Box<Envelope<A>>, waited: bool) {
+        if env.reply.is_some() || env.ack.is_some() {
+            let abandoned = env.reply.as_ref().is_some_and(|tx| tx.is_closed())
+                || (env.reply.is_none() && env.ack.as_ref().is_some_and(|tx| tx.is_closed()));
             if abandoned {
                 // The asker is gone: skip, so an overloaded actor sheds stale work.
                 Stats::bump(&self.host.stats.abandoned);
                 return;
             }
-            if waited && Instant::now() >= meta.deadline {
+            if waited && Instant::now() >= env.meta.deadline {
                 Stats::bump(&self.host.stats.abandoned);
-                if let Some(tx) = reply.take() {
+                if let Some(tx) = env.reply.take() {
                     let _ = tx.send(Err(AskError::Timeout {
-                        after: meta.timeout,
+                        after: env.meta.timeout,
                     }));
                 }
                 return;
             }
         }
         inbox.current = Some(InFlight {
-            deadline: meta.deadline,
-            command_id: meta.command_id,
-            reply,
-            ack,
+            deadline: env.meta.deadline,
+            command_id: env.meta.command_id,
+            reply: env.reply.take(),
+            ack: env.ack.take(),
         });
-        let finished = match meta.origin.clone() {
-            Some(origin) => inbox
-                .supervise(Box::pin(self.apply_effect(cmd, meta, *origin)))
-                .await
-                .map(Err),
-            None => inbox.supervise(self.decide(cmd, meta)).await.map(Ok),
+        let finished = match env.meta.origin.clone() {
+            Some(origin) => {
+                let effect = Box::pin(self.apply_effect(env, *origin));
+                inbox.supervise(effect).await.map(Err)
+            }
+            None => inbox.supervise(self.decide(env)).await.map(Ok),
         };
         self.ctx.turn().end();
         let Some(InFlight {
@@ -686,17 +686,16 @@ impl<A: Behavior> Activation<A> {
     /// Runs the handler on `cmd` (the turn's context set up from `meta`). A panic is not caught
     /// here: it fails the activation's ractor actor, and the root actor starts a fresh one (see
     /// [`Kit::restart`]).
-    async fn run_handler(
-        &mut self,
-        cmd: A::Command,
-        meta: CallMeta,
-    ) -> Result<Effect<A>, Failure<A>> {
-        self.ctx.begin(self.version, meta);
+    async fn run_handler(&mut self, env: Box<Envelope<A>>) -> Result<Effect<A>, Failure<A>> {
         let turn = Arc::as_ptr(self.ctx.turn());
-        let outcome = {
-            let fut = Box::pin(A::handle(&self.state, cmd, &mut self.ctx));
-            InTurn { turn, fut }.await
+        // In a block: the command and its metadata move on (into the handler's future and
+        // the turn) and keep no slot in this future's state.
+        let fut = {
+            let Envelope { cmd, meta, .. } = *env;
+            self.ctx.begin(self.version, meta);
+            A::handle(&self.state, cmd, &mut self.ctx)
         };
+        let outcome = InTurn { turn, fut }.await;
         match outcome {
             Err(rejection) => Err(Failure::Rejected(rejection)),
             Ok(effect) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
@@ -707,12 +706,8 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// A command from an ask or a tell: handle, persist, reply.
-    async fn decide(
-        &mut self,
-        cmd: A::Command,
-        meta: CallMeta,
-    ) -> Result<A::Reply, AskError<A::Error>> {
-        let ids = CommitIds::of(&meta);
+    async fn decide(&mut self, env: Box<Envelope<A>>) -> Result<A::Reply, AskError<A::Error>> {
+        let ids = CommitIds::of(&env.meta);
         if self.stale {
             Box::pin(self.reload())
                 .await
@@ -722,7 +717,7 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        let result = self.decide_inner(cmd, meta, ids).await;
+        let result = self.decide_inner(env, ids).await;
         // A turn that asked or told other actors changed them already: whatever went wrong
         // after, the command may be partly applied. Only a retry with the same id is safe.
         match result {
@@ -740,11 +735,10 @@ impl<A: Behavior> Activation<A> {
 
     async fn decide_inner(
         &mut self,
-        cmd: A::Command,
-        meta: CallMeta,
+        env: Box<Envelope<A>>,
         ids: CommitIds,
     ) -> Result<A::Reply, AskError<A::Error>> {
-        let effect = match self.run_handler(cmd, meta).await {
+        let effect = match self.run_handler(env).await {
             Ok(effect) => effect,
             Err(Failure::Rejected(e)) => return Err(AskError::Rejected(e)),
             Err(Failure::Invalid(e)) => return Err(*e),
@@ -775,13 +769,8 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// A durable effect from `origin`: apply it exactly once and settle it.
-    async fn apply_effect(
-        &mut self,
-        cmd: A::Command,
-        meta: CallMeta,
-        origin: EffectOrigin,
-    ) -> Settle {
-        let ids = CommitIds::of(&meta);
+    async fn apply_effect(&mut self, env: Box<Envelope<A>>, origin: EffectOrigin) -> Settle {
+        let ids = CommitIds::of(&env.meta);
         if self.stale
             && let Err(e) = self.reload().await
         {
@@ -797,7 +786,7 @@ impl<A: Behavior> Activation<A> {
             from: origin.from.clone(),
             seq: origin.seq,
         });
-        let (events, plan, mark, rejected) = match self.run_handler(cmd, meta).await {
+        let (events, plan, mark, rejected) = match self.run_handler(env).await {
             Ok(effect) => (
                 effect.events,
                 effect.plan.map(|p| *p).unwrap_or_default(),
@@ -1246,7 +1235,9 @@ async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapshot) {
 /// of this thread ([`CurrentTurn`]), so an `ActorRef` used in the handler asks as a child of it.
 struct InTurn<F> {
     turn: *const Turn,
-    fut: Pin<Box<F>>,
+    /// The handler's future, inline: the turn's own future is boxed already (see
+    /// [`Kit::live`]), so a second allocation per command would buy nothing.
+    fut: F,
 }
 
 // SAFETY: `turn` points into an `Arc<Turn>` (`Turn: Send + Sync`) that the activation owning
@@ -1257,10 +1248,13 @@ unsafe impl<F: Send> Send for InTurn<F> {}
 impl<F: Future> Future for InTurn<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let turn = self.turn;
-        let _current = CurrentTurn::enter(turn);
-        self.fut.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning: `fut` is never moved out of `self` (no method hands it
+        // out, and `InTurn` has no `Drop` impl), so pinning `self` pins `fut`.
+        let this = unsafe { self.get_unchecked_mut() };
+        let _current = CurrentTurn::enter(this.turn);
+        // SAFETY: see above.
+        unsafe { Pin::new_unchecked(&mut this.fut) }.poll(cx)
     }
 }
 

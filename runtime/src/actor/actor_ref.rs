@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use super::context::CurrentTurn;
 use super::contract::Behavior;
@@ -152,7 +151,7 @@ impl<A: Behavior> ActorRef<A> {
         }
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
         let command_id = options.command_id.unwrap_or_else(CommandId::random);
-        let mut meta = CallMeta::detached(command_id, Instant::now(), timeout);
+        let mut meta = CallMeta::detached(command_id, timeout);
         if let Some(correlation) = options.correlation_id {
             meta.correlation_id = correlation;
         }
@@ -273,9 +272,8 @@ pub(crate) fn tell_on<A: Behavior>(
     if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
         return super::remote::tell::<A>(host, key, shard, cmd, meta);
     }
-    let meta = meta.unwrap_or_else(|| {
-        CallMeta::detached(CommandId::random(), Instant::now(), host.config.ask_timeout)
-    });
+    let meta =
+        meta.unwrap_or_else(|| CallMeta::detached(CommandId::random(), host.config.ask_timeout));
     let msg = Msg::Command(Box::new(Envelope::new(cmd, meta)));
     match host.deliver_now::<A>(&key.id, msg) {
         Ok(()) => Ok(()),

@@ -2,7 +2,7 @@
 //! it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -87,19 +87,15 @@ pub struct Ctx<A: Behavior> {
 pub(crate) struct Turn {
     pub host: Arc<Host>,
     pub me: ActorKey,
-    /// The running command's metadata, and whether a turn runs (one lock for both: a turn
-    /// takes it once when it starts and once when it ends).
-    state: Mutex<TurnState>,
+    /// The running command's metadata (the last command's between turns).
+    meta: Mutex<CallMeta>,
+    /// Whether a turn runs: a flag, so ending a turn takes no lock.
+    running: AtomicBool,
     children: AtomicU64,
     /// The actors the running turn waits on (its asks in flight).
     pub targets: Mutex<Vec<ActorKey>>,
     /// Signalled when the turn starts waiting on another actor.
     pub started: tokio::sync::Notify,
-}
-
-struct TurnState {
-    meta: CallMeta,
-    running: bool,
 }
 
 /// Marks `target` as waited on for as long as it lives (an ask in flight; also when the ask's
@@ -134,14 +130,11 @@ impl Turn {
         Arc::new(Turn {
             host: Arc::clone(host),
             me,
-            state: Mutex::new(TurnState {
-                meta: CallMeta::detached(
-                    CommandId::from_u128(0),
-                    Instant::now(),
-                    std::time::Duration::ZERO,
-                ),
-                running: false,
-            }),
+            meta: Mutex::new(CallMeta::detached(
+                CommandId::from_u128(0),
+                std::time::Duration::ZERO,
+            )),
+            running: AtomicBool::new(false),
             children: AtomicU64::new(0),
             targets: Mutex::new(Vec::new()),
             started: tokio::sync::Notify::new(),
@@ -150,22 +143,23 @@ impl Turn {
 
     /// Starts a turn for the command of `meta`.
     pub(crate) fn begin(&self, meta: CallMeta) {
-        let mut state = self.state.lock();
-        state.meta = meta;
-        state.running = true;
-        drop(state);
+        // The previous command's metadata is dropped after the lock is released.
+        let _previous = std::mem::replace(&mut *self.meta.lock(), meta);
         self.children.store(0, Ordering::Relaxed);
+        self.running.store(true, Ordering::Release);
     }
 
     /// Ends the running turn.
     pub(crate) fn end(&self) {
-        self.state.lock().running = false;
+        self.running.store(false, Ordering::Release);
     }
 
     /// The command id of the running turn; `None` between turns.
     pub(crate) fn current(&self) -> Option<CommandId> {
-        let state = self.state.lock();
-        state.running.then_some(state.meta.command_id)
+        if !self.running.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.meta.lock().command_id)
     }
 
     /// How many asks and tells the running turn made.
@@ -175,13 +169,12 @@ impl Turn {
 
     /// The metadata of the running command.
     pub(crate) fn with_meta<T>(&self, f: impl FnOnce(&CallMeta) -> T) -> T {
-        f(&self.state.lock().meta)
+        f(&self.meta.lock())
     }
 
     /// The metadata of a child ask to `target`, or the cycle it would close.
     fn child_meta(&self, target: &ActorKey) -> Result<CallMeta, String> {
-        let state = self.state.lock();
-        let meta = &state.meta;
+        let meta = self.meta.lock();
         if target == &self.me || meta.chain.contains(target) {
             let mut names: Vec<String> = meta.chain.iter().map(|k| k.to_string()).collect();
             names.push(self.me.to_string());

@@ -142,13 +142,14 @@ pub(crate) struct CallMeta {
 }
 
 impl CallMeta {
-    /// The metadata of a command that starts a chain of its own.
-    pub fn detached(command_id: CommandId, now: Instant, timeout: Duration) -> Self {
+    /// The metadata of a command that starts a chain of its own, due `timeout` from now (see
+    /// [`clock`](super::clock) for how little that reading costs).
+    pub fn detached(command_id: CommandId, timeout: Duration) -> Self {
         CallMeta {
             command_id,
             correlation_id: command_id,
             causation_id: None,
-            deadline: now + timeout,
+            deadline: super::clock::deadline_in(timeout),
             timeout,
             chain: Vec::new(),
             origin: None,
@@ -289,16 +290,10 @@ impl<A: Behavior> Inbox<A> {
             if self.drained {
                 return None;
             }
-            match self.rx.try_recv() {
-                Ok(msg) => self.accept(Some(msg)),
-                Err(mailbox::TryRecvError::Disconnected) => self.accept(None),
-                Err(mailbox::TryRecvError::Empty) => {
-                    let msg = self.rx.recv().await;
-                    if let Some(Msg::Command(env)) = msg {
-                        return Some(Work::Command(env, false));
-                    }
-                    self.accept(msg);
-                }
+            match self.rx.recv_queued().await {
+                // It arrived while the actor was idle: served now, it has not waited.
+                (Some(Msg::Command(env)), false) => return Some(Work::Command(env, false)),
+                (msg, _) => self.accept(msg),
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The bounded mailbox of one activation: many senders, one receiver, backpressure.
 //!
 //! Its interface is the subset of `tokio::sync::mpsc` the runtime uses (`try_send`, a `send`
-//! that waits for room, weak senders, `try_recv`, `recv`, `close`), with the same semantics.
+//! that waits for room, weak senders, `recv`, `close`), with the same semantics, plus
+//! [`Receiver::recv_queued`], which tells a message that waited in the queue from one that
+//! arrived while the receiver was idle.
 //! It exists for memory: a tokio channel allocates a block of 32 slots up front (about a
 //! kilobyte per actor with its bookkeeping), while this one is a lock, a queue that allocates
 //! only when something is queued, and a [`Notify`] for senders waiting for room. An idle
@@ -186,6 +188,7 @@ impl<T> Clone for WeakSender<T> {
 
 impl<T> Receiver<T> {
     /// The next message if one is queued now.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut state = self.shared.state.lock();
         self.take(&mut state)
@@ -218,6 +221,29 @@ impl<T> Receiver<T> {
             match self.take(&mut state) {
                 Ok(msg) => Poll::Ready(Some(msg)),
                 Err(TryRecvError::Disconnected) => Poll::Ready(None),
+                Err(TryRecvError::Empty) => {
+                    match &mut state.receiver {
+                        Some(waker) => waker.clone_from(cx.waker()),
+                        None => state.receiver = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Like [`recv`](Self::recv), and says whether the message was already queued when called
+    /// (`false`: it arrived while the receiver waited). One lock when something is queued,
+    /// where `try_recv` then `recv` would take two.
+    pub async fn recv_queued(&mut self) -> (Option<T>, bool) {
+        let mut first = true;
+        poll_fn(|cx| {
+            let queued = std::mem::replace(&mut first, false);
+            let mut state = self.shared.state.lock();
+            match self.take(&mut state) {
+                Ok(msg) => Poll::Ready((Some(msg), queued)),
+                Err(TryRecvError::Disconnected) => Poll::Ready((None, queued)),
                 Err(TryRecvError::Empty) => {
                     match &mut state.receiver {
                         Some(waker) => waker.clone_from(cx.waker()),
@@ -327,6 +353,23 @@ mod tests {
             .expect("task")
             .expect("sent");
         assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn recv_queued_tells_a_queued_message_from_a_fresh_one() {
+        let (tx, mut rx) = channel::<u32>(4);
+        tx.try_send(1).expect("room");
+        assert_eq!(rx.recv_queued().await, (Some(1), true));
+        let shared = Arc::clone(&tx.shared);
+        let receiver = tokio::spawn(async move { rx.recv_queued().await });
+        let_tasks_run().await;
+        assert!(shared.state.lock().receiver.is_some(), "the receiver waits");
+        tx.try_send(2).expect("room");
+        let got = tokio::time::timeout(Duration::from_secs(5), receiver)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(got, (Some(2), false), "arrived while the receiver waited");
     }
 
     #[tokio::test]

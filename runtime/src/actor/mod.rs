@@ -15,6 +15,7 @@
 
 mod activation;
 mod actor_ref;
+mod clock;
 mod context;
 mod contract;
 mod delivery;

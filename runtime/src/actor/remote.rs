@@ -105,11 +105,7 @@ pub(crate) fn tell<A: Behavior>(
         });
     };
     let meta = meta.unwrap_or_else(|| {
-        CallMeta::detached(
-            crate::wire::CommandId::random(),
-            Instant::now(),
-            host.config.ask_timeout,
-        )
+        CallMeta::detached(crate::wire::CommandId::random(), host.config.ask_timeout)
     });
     let frame = request::<A>(key, &cmd, &meta, false).map_err(|e| TellError::Unbound {
         actor: key.clone(),
