@@ -155,7 +155,7 @@ impl<A: Behavior> ActorRef<A> {
         if let Some(correlation) = options.correlation_id {
             meta.correlation_id = correlation;
         }
-        ask_on::<A>(host, &self.key, cmd, meta).await
+        ask_on::<A>(host, &self.key, Box::new(Envelope::new(cmd, meta))).await
     }
 
     /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
@@ -178,24 +178,25 @@ impl<A: Behavior> ActorRef<A> {
     }
 }
 
-/// The ask path shared by refs and handlers.
+/// The ask path shared by refs and handlers. The command travels boxed in its envelope from
+/// here to the handler: every `async fn` on the way keeps its arguments in its state, so a
+/// pointer is all each layer copies.
 pub(crate) async fn ask_on<A: Behavior>(
     host: &Arc<Host>,
     key: &ActorKey,
-    cmd: A::Command,
-    meta: CallMeta,
+    env: Box<Envelope<A>>,
 ) -> Result<A::Reply, AskError<A::Error>> {
     check_target::<A, A::Error>(host, key)?;
-    if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
-        return super::remote::ask::<A>(host, key, shard, cmd, meta).await;
-    }
-    match ask_local::<A>(host, key, cmd, meta).await {
-        LocalAsk::Answered(result) => result,
-        // The shard moved away between the routing decision and delivery: follow it.
-        LocalAsk::NotOwner { shard, cmd, meta } => {
-            super::remote::ask::<A>(host, key, shard, cmd, meta).await
-        }
-    }
+    let (shard, env) = match host.remote_shard(A::KIND, &key.id) {
+        Some(shard) => (shard, env),
+        None => match ask_local::<A>(host, key, env).await {
+            LocalAsk::Answered(result) => return result,
+            // The shard moved away between the routing decision and delivery: follow it.
+            LocalAsk::NotOwner { shard, env } => (shard, env),
+        },
+    };
+    let Envelope { cmd, meta, .. } = *env;
+    super::remote::ask::<A>(host, key, shard, cmd, meta).await
 }
 
 /// The outcome of a local ask.
@@ -207,10 +208,9 @@ pub(crate) enum LocalAsk<A: Behavior> {
     NotOwner {
         /// The actor's shard.
         shard: u32,
-        /// The command, untouched.
-        cmd: A::Command,
-        /// Its metadata (same command id: a retry elsewhere is deduplicated).
-        meta: CallMeta,
+        /// The command and its metadata, untouched (same command id: a retry elsewhere is
+        /// deduplicated).
+        env: Box<Envelope<A>>,
     },
 }
 
@@ -218,15 +218,13 @@ pub(crate) enum LocalAsk<A: Behavior> {
 pub(crate) async fn ask_local<A: Behavior>(
     host: &Arc<Host>,
     key: &ActorKey,
-    cmd: A::Command,
-    meta: CallMeta,
+    mut env: Box<Envelope<A>>,
 ) -> LocalAsk<A> {
-    let command_id = meta.command_id;
-    let (deadline, timeout) = (meta.deadline, meta.timeout);
+    let command_id = env.meta.command_id;
+    let (deadline, timeout) = (env.meta.deadline, env.meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let mut env = Envelope::new(cmd, meta);
     env.reply = Some(reply_tx);
-    let msg = Msg::Command(Box::new(env));
+    let msg = Msg::Command(env);
     // Delivery only waits (and only then needs a timer) when the mailbox is full.
     let mut delivery = std::pin::pin!(host.deliver::<A>(&key.id, msg));
     let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
@@ -238,9 +236,9 @@ pub(crate) async fn ask_local<A: Behavior>(
     };
     match delivered {
         Ok(()) => {}
-        Err((Undelivered::NotOwner(shard), Msg::Command(env))) => {
-            let Envelope { cmd, meta, .. } = *env;
-            return LocalAsk::NotOwner { shard, cmd, meta };
+        Err((Undelivered::NotOwner(shard), Msg::Command(mut env))) => {
+            env.reply = None;
+            return LocalAsk::NotOwner { shard, env };
         }
         Err((refusal, _)) => return LocalAsk::Answered(Err(refusal.to_ask())),
     }

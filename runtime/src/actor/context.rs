@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::actor_ref::{ActorRef, ask_on, tell_on};
 use super::contract::Behavior;
 use super::host::Host;
-use super::inbox::CallMeta;
+use super::inbox::{CallMeta, Envelope};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
 use crate::runtime::RefError;
@@ -210,7 +210,7 @@ impl Turn {
             meta.command_id = id;
         }
         let _waiting = Waiting::enter(self, target);
-        ask_on::<B>(host, target, cmd, meta).await
+        ask_on::<B>(host, target, Box::new(Envelope::new(cmd, meta))).await
     }
 
     /// Tells `target` as a child of the running command (fire-and-forget, at most once).

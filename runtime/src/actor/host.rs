@@ -185,8 +185,9 @@ struct Entry {
 }
 
 /// Registries of at least this capacity are split into [`REGISTRY_SHARDS`] shards, each an LRU
-/// of its own: less contention on the ask path, at the price of LRU order being kept per shard
-/// rather than globally (immaterial at that size; exact below it).
+/// of its own: less contention on the ask path (with 64, two cores rarely take the same lock),
+/// at the price of LRU order being kept per shard rather than globally (immaterial at that
+/// size; exact below it).
 const SHARDED_FROM: usize = 4096;
 const REGISTRY_SHARDS: usize = 64;
 
@@ -310,13 +311,10 @@ impl Host {
         hosts.retain(|h| h.strong_count() > 0);
         hosts.push(Arc::downgrade(&host));
         drop(hosts);
-        // The sweeper also keeps the coarse clock that orders the LRU, so it runs even
-        // without idle passivation.
-        let idle = host.config.idle_passivation;
-        let tick = idle.map_or(Duration::from_secs(1), |idle| {
-            (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
-        });
-        host.tokio.spawn(sweep(Arc::downgrade(&host), idle, tick));
+        if let Some(idle) = host.config.idle_passivation {
+            let tick = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+            host.tokio.spawn(sweep(Arc::downgrade(&host), idle, tick));
+        }
         host
     }
 
@@ -469,28 +467,17 @@ impl Host {
         }
         // At most two rounds: a closed mailbox found in the map is replaced once.
         for _ in 0..2 {
-            // A lookup that leaves the LRU order alone: an actor is moved to the front at most
-            // once per tick of the coarse clock (the sweeper's), which keeps the order exact
-            // to a tick without rewriting the list's links on every message.
-            if let Some(entry) = reg.resident.peek_mut(key) {
-                let promote = entry.last_used_ms != now;
+            if let Some(entry) = reg.resident.get_mut(key) {
                 entry.last_used_ms = now;
                 let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>() else {
                     return Err((Undelivered::Unavailable, msg));
                 };
-                let outcome = match tx.try_send(msg) {
-                    Ok(()) => Ok(TryDeliver::Sent),
-                    Err(mailbox::TrySendError::Full(m)) => Ok(TryDeliver::Full(tx.clone(), m)),
-                    Err(mailbox::TrySendError::Closed(m)) => Err(m),
-                };
-                match outcome {
-                    Ok(delivered) => {
-                        if promote {
-                            reg.resident.promote(key);
-                        }
-                        return Ok(delivered);
+                match tx.try_send(msg) {
+                    Ok(()) => return Ok(TryDeliver::Sent),
+                    Err(mailbox::TrySendError::Full(m)) => {
+                        return Ok(TryDeliver::Full(tx.clone(), m));
                     }
-                    Err(m) => {
+                    Err(mailbox::TrySendError::Closed(m)) => {
                         // The activation ended without leaving the map (it failed): replace it.
                         msg = m;
                         reg.resident.pop(key);
@@ -842,9 +829,10 @@ pub(crate) async fn wait_done(done: Done) {
     }
 }
 
-/// Advances the coarse clock every `tick`; passivates actors idle for `idle`, if set.
-async fn sweep(host: Weak<Host>, idle: Option<Duration>, tick: Duration) {
+/// Passivates actors idle for `idle`; advances the coarse clock.
+async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
     let started = tokio::time::Instant::now();
+    let idle_ms = idle.as_millis() as u64;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -855,8 +843,6 @@ async fn sweep(host: Weak<Host>, idle: Option<Duration>, tick: Duration) {
         }
         let now = started.elapsed().as_millis() as u64;
         host.clock_ms.store(now, Ordering::Relaxed);
-        let Some(idle) = idle else { continue };
-        let idle_ms = idle.as_millis() as u64;
         for shard in host.registry.iter() {
             let mut reg = shard.lock();
             while reg

@@ -311,19 +311,21 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 }
                 return None;
             }
-            Some(match ask_local::<A>(&host, &key, cmd, meta).await {
-                LocalAsk::Answered(Ok(reply)) => match codec::encode("reply", &reply) {
-                    Ok(reply) => RemoteReply::Ok { reply },
-                    Err(e) => RemoteReply::Err(RemoteError::Codec {
-                        reason: e.to_string(),
-                    }),
+            Some(
+                match ask_local::<A>(&host, &key, Box::new(Envelope::new(cmd, meta))).await {
+                    LocalAsk::Answered(Ok(reply)) => match codec::encode("reply", &reply) {
+                        Ok(reply) => RemoteReply::Ok { reply },
+                        Err(e) => RemoteReply::Err(RemoteError::Codec {
+                            reason: e.to_string(),
+                        }),
+                    },
+                    LocalAsk::Answered(Err(e)) => RemoteReply::Err(to_remote(e)),
+                    // Not queued: the sender retries with the same command id at the new owner.
+                    LocalAsk::NotOwner { shard, .. } => {
+                        RemoteReply::Err(RemoteError::NotOwner { shard })
+                    }
                 },
-                LocalAsk::Answered(Err(e)) => RemoteReply::Err(to_remote(e)),
-                // Not queued: the sender retries with the same command id at the new owner.
-                LocalAsk::NotOwner { shard, .. } => {
-                    RemoteReply::Err(RemoteError::NotOwner { shard })
-                }
-            })
+            )
         })
     }
 
