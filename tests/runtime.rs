@@ -872,3 +872,49 @@ async fn a_handler_panic_fails_the_ractor_actor_and_a_fresh_one_serves_from_the_
     assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 16);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bad_limit_refuses_to_start_and_names_the_field() {
+    let base = || {
+        Runtime::builder()
+            .namespace("limits")
+            .unwrap()
+            .register::<Counter>()
+            .memory_store()
+    };
+    let cases = [
+        ("mailbox_capacity", base().mailbox_capacity(0)),
+        ("max_resident", base().max_resident(0)),
+        ("ask_timeout", base().ask_timeout(Duration::ZERO)),
+        ("ask_timeout", base().ask_timeout(Duration::MAX)),
+        (
+            "idle_passivation",
+            base().idle_passivation(Some(Duration::ZERO)),
+        ),
+    ];
+    for (field, builder) in cases {
+        match builder.start().await {
+            Err(aether::StartError::InvalidConfig(e)) => {
+                assert_eq!(e.field, field, "{e}");
+                assert!(e.to_string().contains(field));
+            }
+            Err(other) => panic!("{field}: wrong error {other}"),
+            Ok(_) => panic!("{field}: started with a bad value"),
+        }
+    }
+    // A cluster whose lease is shorter than two heartbeats is refused before any connection
+    // is made (nothing listens on that port).
+    let lease = aether::ClusterConfig::new("nats://127.0.0.1:1", "limits")
+        .heartbeat(Duration::from_secs(1))
+        .lease(Duration::from_millis(1500));
+    let refused = Runtime::builder()
+        .register::<Counter>()
+        .cluster(lease)
+        .start()
+        .await;
+    match refused {
+        Err(aether::StartError::InvalidConfig(e)) => assert_eq!(e.field, "lease", "{e}"),
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("started with a lease of one and a half heartbeats"),
+    }
+}

@@ -17,6 +17,13 @@
 //! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
+//! Every value is checked when the runtime starts ([`RuntimeConfig::validate`]): a zero
+//! capacity, a zero or absurdly long duration (over [`MAX_DURATION`]) or a commit limit too
+//! small for a commit's framing stops `start()` with [`InvalidConfig`] naming the field,
+//! instead of a panic or a silent clamp later. Cluster timing is checked the same way
+//! (`ClusterConfig::validate`: a lease or failure timeout shorter than two heartbeats is
+//! refused).
+//!
 //! Resident actors cost memory that the allocator does not hand back to the operating system,
 //! so residency is bounded: past [`max_resident`](RuntimeConfig::max_resident) the least
 //! recently used actors are passivated first.
@@ -193,16 +200,93 @@ impl RuntimeConfig {
         Ok(self)
     }
 
-    /// Clamps settings that must be at least 1.
-    pub(crate) fn normalized(mut self) -> Self {
-        self.max_resident = self.max_resident.max(1);
-        self.mailbox_capacity = self.mailbox_capacity.max(1);
-        self.max_concurrent_replays = self.max_concurrent_replays.max(1);
-        self.shard_count = self.shard_count.max(1);
-        self.bus_buffer = self.bus_buffer.max(1);
-        self.bus_outbound_buffer = self.bus_outbound_buffer.max(1);
-        self
+    /// Checks every limit; `Runtime::builder()...start()` calls it and refuses to start on
+    /// the first bad value, naming the field. Counts and capacities must be at least 1;
+    /// durations must be above zero and at most [`MAX_DURATION`] (a larger one is a unit
+    /// mistake, and it would overflow the clock's arithmetic); the largest commit must leave
+    /// room for a commit's framing.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        duration("ask_timeout", self.ask_timeout)?;
+        if let Some(idle) = self.idle_passivation {
+            duration("idle_passivation", idle)?;
+        }
+        at_least_one("max_resident", self.max_resident)?;
+        at_least_one("mailbox_capacity", self.mailbox_capacity)?;
+        at_least_one("max_concurrent_replays", self.max_concurrent_replays)?;
+        at_least_one("shard_count", self.shard_count as usize)?;
+        if self.shard_count > MAX_SHARD_COUNT {
+            return Err(InvalidConfig::new(
+                "shard_count",
+                self.shard_count,
+                "at most 65 536 shards per namespace",
+            ));
+        }
+        if self.max_commit_bytes < MIN_COMMIT_BYTES {
+            return Err(InvalidConfig::new(
+                "max_commit_bytes",
+                self.max_commit_bytes,
+                "at least 4 096 bytes (a commit's framing alone takes some)",
+            ));
+        }
+        duration("shutdown_timeout", self.shutdown_timeout)?;
+        duration("remote_attempt_timeout", self.remote_attempt_timeout)?;
+        at_least_one("bus_buffer", self.bus_buffer)?;
+        at_least_one("bus_outbound_buffer", self.bus_outbound_buffer)?;
+        Ok(())
     }
+}
+
+/// The longest duration any setting accepts: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The most shards a namespace can have.
+pub const MAX_SHARD_COUNT: u32 = 65_536;
+
+/// The smallest `max_commit_bytes` accepted.
+pub const MIN_COMMIT_BYTES: usize = 4096;
+
+/// A setting holds a value the runtime cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field} = {value}: {reason}")]
+pub struct InvalidConfig {
+    /// The setting, as named in [`RuntimeConfig`] or `ClusterConfig`.
+    pub field: &'static str,
+    /// Its value, as text.
+    pub value: String,
+    /// What it must be.
+    pub reason: &'static str,
+}
+
+impl InvalidConfig {
+    pub(crate) fn new(
+        field: &'static str,
+        value: impl std::fmt::Debug,
+        reason: &'static str,
+    ) -> Self {
+        InvalidConfig {
+            field,
+            value: format!("{value:?}"),
+            reason,
+        }
+    }
+}
+
+/// `value` must be above zero and at most [`MAX_DURATION`].
+pub(crate) fn duration(field: &'static str, value: Duration) -> Result<(), InvalidConfig> {
+    if value.is_zero() {
+        return Err(InvalidConfig::new(field, value, "must be above zero"));
+    }
+    if value > MAX_DURATION {
+        return Err(InvalidConfig::new(field, value, "must be at most a year"));
+    }
+    Ok(())
+}
+
+fn at_least_one(field: &'static str, value: usize) -> Result<(), InvalidConfig> {
+    if value == 0 {
+        return Err(InvalidConfig::new(field, value, "must be at least 1"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,5 +314,55 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.name, "AETHER_MAX_RESIDENT");
         assert!(err.to_string().contains("not a valid"));
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(RuntimeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_bad_limit_is_named() {
+        type Set = fn(&mut RuntimeConfig);
+        let cases: [(&str, Set); 15] = [
+            ("ask_timeout", |c| c.ask_timeout = Duration::ZERO),
+            ("ask_timeout", |c| c.ask_timeout = Duration::MAX),
+            ("idle_passivation", |c| {
+                c.idle_passivation = Some(Duration::ZERO)
+            }),
+            ("max_resident", |c| c.max_resident = 0),
+            ("mailbox_capacity", |c| c.mailbox_capacity = 0),
+            ("max_concurrent_replays", |c| c.max_concurrent_replays = 0),
+            ("shard_count", |c| c.shard_count = 0),
+            ("shard_count", |c| c.shard_count = u32::MAX),
+            ("max_commit_bytes", |c| c.max_commit_bytes = 10),
+            ("shutdown_timeout", |c| c.shutdown_timeout = Duration::ZERO),
+            ("shutdown_timeout", |c| {
+                c.shutdown_timeout = MAX_DURATION * 2
+            }),
+            ("remote_attempt_timeout", |c| {
+                c.remote_attempt_timeout = Duration::ZERO
+            }),
+            ("bus_buffer", |c| c.bus_buffer = 0),
+            ("bus_outbound_buffer", |c| c.bus_outbound_buffer = 0),
+            ("ask_timeout", |c| {
+                c.ask_timeout = MAX_DURATION + Duration::from_secs(1)
+            }),
+        ];
+        for (field, set) in cases {
+            let mut config = RuntimeConfig::default();
+            set(&mut config);
+            let err = config.validate().expect_err(field);
+            assert_eq!(err.field, field);
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let mut never = RuntimeConfig::default();
+        never.idle_passivation = None;
+        never.dedup_window = 0;
+        assert_eq!(
+            never.validate(),
+            Ok(()),
+            "None and a zero window are meaningful"
+        );
     }
 }

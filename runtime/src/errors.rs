@@ -292,6 +292,10 @@ pub enum StartError {
     /// The configuration from the environment does not parse.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A setting holds a value the runtime cannot run with (zero, too large, or inconsistent
+    /// with another); the error names the field.
+    #[error(transparent)]
+    InvalidConfig(#[from] crate::config::InvalidConfig),
     /// The node could not join its cluster.
     #[error("cannot join the cluster: {0}")]
     Cluster(String),

@@ -358,7 +358,11 @@ impl RuntimeBuilder {
                 remote: reg.remote,
             });
         }
-        let config = self.config.normalized();
+        self.config.validate()?;
+        if let Some(cc) = &self.cluster {
+            cc.validate()?;
+        }
+        let config = self.config;
         let mut data_dir = None;
         let mut location = String::from("memory");
         let mut cluster = None;

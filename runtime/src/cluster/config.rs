@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::config::{InvalidConfig, duration};
+
 /// How a node joins a cluster. Build with [`ClusterConfig::new`].
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -87,6 +89,43 @@ impl ClusterConfig {
         self
     }
 
+    /// Checks every limit (`start` and `join_cluster` call it): durations above zero and at
+    /// most a year; a failure timeout and a lease of at least two heartbeats each (a node that
+    /// misses one beat is not failed, a leader that misses one renewal keeps its lease);
+    /// 1 to 5 replicas (JetStream's range); at least one NATS URL.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.urls.split(',').all(|u| u.trim().is_empty()) {
+            return Err(InvalidConfig::new(
+                "urls",
+                &self.urls,
+                "at least one NATS URL",
+            ));
+        }
+        duration("heartbeat", self.heartbeat)?;
+        duration("failure_timeout", self.failure_timeout)?;
+        duration("lease", self.lease)?;
+        duration("join_timeout", self.join_timeout)?;
+        duration("handoff_timeout", self.handoff_timeout)?;
+        if self.failure_timeout < self.heartbeat * 2 {
+            return Err(InvalidConfig::new(
+                "failure_timeout",
+                self.failure_timeout,
+                "must be at least two heartbeats",
+            ));
+        }
+        if self.lease < self.heartbeat * 2 {
+            return Err(InvalidConfig::new(
+                "lease",
+                self.lease,
+                "must be at least two heartbeats",
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(InvalidConfig::new("replicas", self.replicas, "1 to 5"));
+        }
+        Ok(())
+    }
+
     /// Reads `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_REPLICAS`,
     /// `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`,
     /// `AETHER_HANDOFF_TIMEOUT_MS` (for binaries).
@@ -125,5 +164,37 @@ impl ClusterConfig {
                 .map_err(|_| format!("AETHER_REPLICAS={r:?} is not a number"))?;
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_every_bad_limit_is_named() {
+        let ok = ClusterConfig::new("nats://127.0.0.1:4222", "ns");
+        assert_eq!(ok.validate(), Ok(()));
+        type Set = fn(ClusterConfig) -> ClusterConfig;
+        let cases: [(&str, Set); 9] = [
+            ("urls", |c| ClusterConfig {
+                urls: " , ".into(),
+                ..c
+            }),
+            ("heartbeat", |c| c.heartbeat(Duration::ZERO)),
+            ("heartbeat", |c| c.heartbeat(Duration::MAX)),
+            ("failure_timeout", |c| {
+                c.failure_timeout(Duration::from_millis(1500))
+            }),
+            ("lease", |c| c.lease(Duration::from_millis(1999))),
+            ("lease", |c| c.lease(Duration::ZERO)),
+            ("handoff_timeout", |c| c.handoff_timeout(Duration::ZERO)),
+            ("replicas", |c| c.replicas(0)),
+            ("replicas", |c| c.replicas(7)),
+        ];
+        for (field, set) in cases {
+            let err = set(ok.clone()).validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
     }
 }
