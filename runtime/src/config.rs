@@ -356,9 +356,11 @@ mod tests {
             assert_eq!(err.field, field);
             assert!(err.to_string().contains(field), "{err}");
         }
-        let mut never = RuntimeConfig::default();
-        never.idle_passivation = None;
-        never.dedup_window = 0;
+        let never = RuntimeConfig {
+            idle_passivation: None,
+            dedup_window: 0,
+            ..RuntimeConfig::default()
+        };
         assert_eq!(
             never.validate(),
             Ok(()),
