@@ -62,7 +62,7 @@ impl ReadModel for Leaderboard {
     }
 
     async fn apply(&mut self, event: &StoredEvent) -> Result<(), ReadModelError> {
-        let account: AccountEvent = rmp_serde::from_slice(&event.envelope.payload)?;
+        let account: AccountEvent = event.envelope.decode()?;
         let id = event.envelope.actor.id.to_string();
         // One lock scope: the change and the offset land together.
         let mut guard = self.0.lock();
@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             let Some(envelope) = event.envelope() else {
                 continue;
             };
-            if let Ok(AccountEvent::Deposited(n)) = rmp_serde::from_slice(&envelope.payload)
+            if let Ok(Some(AccountEvent::Deposited(n))) = event.decode::<Account>()
                 && n >= 100
             {
                 println!(

@@ -516,6 +516,41 @@ async fn envelopes_on_the_bus_match_the_store() {
 }
 
 #[tokio::test]
+async fn bus_events_decode_as_their_actors_events() {
+    let rt = memory_runtime("typed").await;
+    let mut sub = rt
+        .bus()
+        .subscribe("typed.events.>", Filter::all())
+        .await
+        .unwrap();
+    let c = rt.actor::<Counter>("c").unwrap();
+    c.ask(CounterCmd::AddMany(vec![5, 6])).await.unwrap();
+    let mut events = Vec::new();
+    poll_until(WAIT, "both events on the bus", || {
+        events.extend(drain(&mut sub));
+        let done = events.len() >= 2;
+        async move { done }
+    })
+    .await;
+    let decoded: Vec<u64> = events
+        .iter()
+        .map(|e| match e.decode::<Counter>() {
+            Ok(Some(CounterEvent::Added(n))) => n,
+            other => panic!("not an Added event: {other:?}"),
+        })
+        .collect();
+    assert_eq!(decoded, vec![5, 6]);
+    // Another kind (with the same event type) does not claim them.
+    assert!(matches!(events[0].decode::<Tally>(), Ok(None)));
+    // A counter event whose payload is not a counter event: a typed error, never a default.
+    let mut bad = envelope("typed", "counter", "c", 3, "Added");
+    bad.payload = vec![0xc1]; // a byte MessagePack never uses
+    let err = BusEvent::actor(bad).decode::<Counter>().unwrap_err();
+    assert_eq!(err.what, "event payload", "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn store_happenings_are_system_events() {
     // Two runtimes on one store and one bus: the second one's stale activation conflicts.
     let store = MemoryStore::new(ns("sys"));

@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{events_topic, system_topic};
+use crate::actor::EventSourcedActor;
 use crate::names::{ActorKey, Namespace};
-use crate::wire::EventEnvelope;
+use crate::wire::{CodecError, EventEnvelope};
 
 /// One message on the bus: its topic and what it carries. Subscribers receive it as
 /// `Arc<BusEvent>`, shared by every subscriber it is delivered to.
@@ -267,6 +268,29 @@ impl BusEvent {
         match &self.body {
             EventBody::Actor(_) => None,
             EventBody::System(s) => Some(&s.event),
+        }
+    }
+
+    /// The event decoded as one of actor type `A`'s events: `Ok(None)` when it is a system
+    /// event or comes from another kind, an error when it comes from `A`'s kind and its
+    /// payload does not decode (written by other code, or corrupt).
+    ///
+    /// ```
+    /// # use aether_runtime::{BusEvent, EventSourcedActor};
+    /// fn on_event<A: EventSourcedActor>(event: &BusEvent) -> Result<(), aether_runtime::wire::CodecError>
+    /// where
+    ///     A::Event: std::fmt::Debug,
+    /// {
+    ///     if let Some(decoded) = event.decode::<A>()? {
+    ///         println!("{decoded:?}");
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn decode<A: EventSourcedActor>(&self) -> Result<Option<A::Event>, CodecError> {
+        match &self.body {
+            EventBody::Actor(e) if e.actor.kind.as_str() == A::KIND => e.decode().map(Some),
+            _ => Ok(None),
         }
     }
 }

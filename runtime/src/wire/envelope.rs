@@ -204,6 +204,14 @@ pub struct EventEnvelope {
     pub causation_id: Option<CommandId>,
 }
 
+impl EventEnvelope {
+    /// The payload decoded as `E` (an actor's event type). Fails with a typed error when the
+    /// bytes are not an `E`.
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, CodecError> {
+        codec::decode("event payload", &self.payload)
+    }
+}
+
 /// Milliseconds since the Unix epoch, for timestamps.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
