@@ -58,7 +58,7 @@ fn remote_ids(rt: &Runtime, owner: &str, prefix: &str, n: usize) -> Vec<String> 
     let cluster = rt.cluster().expect("cluster node");
     (0..)
         .map(|i| format!("{prefix}-{i}"))
-        .filter(|id| cluster.locate("probe", id).owner.as_deref() == Some(owner))
+        .filter(|id| cluster.locate::<Probe>(id).owner.as_deref() == Some(owner))
         .take(n)
         .collect()
 }
@@ -69,15 +69,10 @@ async fn main() -> anyhow::Result<()> {
     let url = server.url();
     let n1 = node(&url, "node-1").await?;
     let n2 = node(&url, "node-2").await?;
-    // Wait for the two-node map.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while n1
-        .cluster()
-        .and_then(|c| c.shard_map())
-        .is_none_or(|m| m.nodes.len() != 2)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "no two-node map");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Both nodes in the map, each serving its shards.
+    for n in [&n1, &n2] {
+        let cluster = n.cluster().expect("a cluster node");
+        cluster.settled_with(2, Duration::from_secs(20)).await?;
     }
 
     // B2

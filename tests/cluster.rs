@@ -107,7 +107,7 @@ async fn three_nodes_agree_and_route_asks_to_owners() {
     // Each actor is resident only on its owner.
     for i in 0..10 {
         let id = format!("acct-{i}");
-        let owner = a.cluster().unwrap().locate("counter", &id).owner.unwrap();
+        let owner = a.cluster().unwrap().locate::<Counter>(&id).owner.unwrap();
         for rt in [&a, &b, &c] {
             let here = rt.is_resident(&rt.actor::<Counter>(&id).unwrap());
             assert_eq!(
@@ -128,7 +128,7 @@ fn id_owned_by(rt: &Runtime, kind: &str, owner: &str, prefix: &str) -> String {
     let cluster = rt.cluster().unwrap();
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| cluster.locate(kind, id).owner.as_deref() == Some(owner))
+        .find(|id| cluster.locate_kind(kind, id).owner.as_deref() == Some(owner))
         .expect("some id lands on every node")
 }
 
@@ -400,7 +400,7 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     let server = NatsServer::start();
     let rt = node(&server.url(), "frames", "node-1", 1).await;
     let client = async_nats::connect(server.url()).await.unwrap();
-    let shard = rt.cluster().unwrap().locate("counter", "x").shard;
+    let shard = rt.cluster().unwrap().locate::<Counter>("x").shard;
     let subject = format!("aether.frames.shard.{shard}.counter.x");
     let ask = |payload: Vec<u8>, subject: String| {
         let client = client.clone();
@@ -453,7 +453,7 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     // 4. A frame whose actor belongs to another shard than its subject.
     let other = (0..1000)
         .map(|i| format!("y{i}"))
-        .find(|id| rt.cluster().unwrap().locate("counter", id).shard != shard)
+        .find(|id| rt.cluster().unwrap().locate::<Counter>(id).shard != shard)
         .unwrap();
     match ask(frame("frames", "counter", &other), subject.clone()).await {
         RemoteReply::Err(RemoteError::BadFrame { reason }) => {
@@ -527,7 +527,7 @@ async fn cluster_events_and_queries() {
     let topology = a.cluster().unwrap().topology();
     let names: Vec<&str> = topology.iter().map(|n| n.record.node.as_str()).collect();
     assert_eq!(names, vec!["node-1", "node-2"]);
-    let location = b.cluster().unwrap().locate("counter", "alice");
+    let location = b.cluster().unwrap().locate::<Counter>("alice");
     assert_eq!(
         location.owner.as_deref(),
         a.cluster()
@@ -559,4 +559,39 @@ async fn cluster_events_and_queries() {
     })
     .await;
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_waits_until_every_node_serves_its_shards() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let a = node(&url, "settle", "node-1", 1).await;
+    let b = node(&url, "settle", "node-2", 1).await;
+    for rt in [&a, &b] {
+        let cluster = rt.cluster().unwrap();
+        let epoch = cluster.settled_with(2, WAIT).await.unwrap();
+        let map = cluster.shard_map().unwrap();
+        assert_eq!(map.nodes.len(), 2);
+        assert_eq!(
+            map.epoch, epoch,
+            "a settled two-node cluster publishes no new map"
+        );
+        let serving = cluster.serving_shards().borrow().clone();
+        let owned = cluster.owned_shards().borrow().clone();
+        assert_eq!(serving.epoch, epoch);
+        assert_eq!(serving.shards, owned.shards, "serves every shard it owns");
+        assert!(!serving.shards.is_empty());
+    }
+    // A size the cluster never reaches: a typed error after the timeout, saying what it saw.
+    let err = a
+        .cluster()
+        .unwrap()
+        .settled_with(3, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(err.waited >= Duration::from_millis(300), "{err}");
+    assert!(err.last_seen.contains("2 node(s)"), "{err}");
+    for rt in [a, b] {
+        rt.shutdown().await.unwrap();
+    }
 }

@@ -37,7 +37,7 @@ fn spread(rt: &Runtime, prefix: &str, n: usize) -> Vec<String> {
     while out.len() < n {
         let id = format!("{prefix}-{candidate}");
         candidate += 1;
-        let owner = cluster.locate("link", &id).owner;
+        let owner = cluster.locate::<Link>(&id).owner;
         if owner.as_deref() == Some(nodes[out.len() % 3]) {
             out.push(id);
         }

@@ -74,7 +74,7 @@ pub async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
             let cluster = rt
                 .cluster()
                 .ok_or_else(|| anyhow::anyhow!("not a cluster node"))?;
-            let location = cluster.locate("account", id);
+            let location = cluster.locate::<Account>(id);
             format!(
                 "owner {id} {} {}",
                 location.owner.unwrap_or_else(|| "-".into()),

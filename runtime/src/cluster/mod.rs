@@ -43,6 +43,7 @@ mod events;
 mod handoff;
 mod liveness;
 mod membership;
+mod settle;
 mod shard_map;
 mod view;
 
@@ -64,6 +65,7 @@ pub use config::ClusterConfig;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
 pub use membership::{NodeRecord, NodeStatus, ShardSet};
+pub use settle::NotSettled;
 pub use shard_map::ShardMap;
 pub use view::{ClusterView, LeaderInfo, RegistryChange};
 
@@ -448,8 +450,14 @@ impl Cluster {
         self.inner.map.read().clone()
     }
 
-    /// Where actor `id` of `kind` lives, and why.
-    pub fn locate(&self, kind: &str, id: &str) -> Location {
+    /// Where actor `id` of type `A` lives, and why.
+    pub fn locate<A: crate::actor::EventSourcedActor>(&self, id: &str) -> Location {
+        self.locate_kind(A::KIND, id)
+    }
+
+    /// Where actor `id` of the kind named `kind` lives, and why (for tools that know kinds
+    /// by name; code that has the actor's type uses [`locate`](Self::locate)).
+    pub fn locate_kind(&self, kind: &str, id: &str) -> Location {
         let shard = shard_of(
             self.inner.namespace.as_str(),
             kind,
