@@ -239,8 +239,6 @@ impl<A: Behavior> Kit<A> {
                     // Boxed per turn: the turn's state machine is the largest part of the
                     // activation, and an idle actor should not carry it.
                     let turn = Box::pin(act.serve(inbox, env, waited));
-                    static ONCE: std::sync::Once = std::sync::Once::new();
-                    ONCE.call_once(|| eprintln!("SERVE SIZE {}", std::mem::size_of_val(&*turn)));
                     turn.await;
                     // Only a turn that stored durable effects (or reloaded) can need the pump.
                     if std::mem::take(&mut act.outbox_changed) {
