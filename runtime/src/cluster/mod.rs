@@ -23,13 +23,13 @@
 //!
 //! # Failure detection and the shard map
 //!
-//! Liveness runs on core NATS, not on the registry bucket (see [`liveness`]): every node hears
+//! Liveness runs on core NATS, not on the registry bucket (see `cluster/liveness.rs`): every node hears
 //! every node's beats, the acting leader grants them, and a node whose beats go ungranted
 //! fences itself. Every node also watches the registry and notes when each record last
 //! changed, by its own clock; a beat or a record change both count as hearing from a node.
 //! Four times per heartbeat the leader declares nodes silent for the failure timeout `Failed`,
 //! and when the set of alive nodes differs from the current map's, publishes a new map
-//! (epoch + 1, its term) computed by [`assignment`] — every shard assigned, each to an alive
+//! (epoch + 1, its term) computed by `cluster/assignment.rs` — every shard assigned, each to an alive
 //! node. Nodes watch the map; [`Cluster::owned_shards`] tells routing which shards to serve.
 //!
 //! Nothing here waits on a stalled raft group longer than it must: lease rounds, the leader's
@@ -169,7 +169,7 @@ struct Inner {
     /// again after it did not.
     sight: Mutex<Sight>,
     /// When the last beat that the leader granted was sent, in milliseconds since `clock`
-    /// (see [`liveness`]).
+    /// (see `cluster/liveness.rs`).
     last_beat_ms: AtomicU64,
     /// Asks the record writer to write this node's record now (see `liveness`).
     write_record: tokio::sync::Notify,
@@ -1153,7 +1153,7 @@ impl Inner {
                 sight.recovered = Some(now);
                 tracing::info!("own heartbeats seen again; judging other nodes from now on");
             }
-            // A new leader's grace (see [`liveness`]): the previous leader granted beats until
+            // A new leader's grace (see `cluster/liveness.rs`): the previous leader granted beats until
             // a third of a lease before this one could acquire, maybe some this one never
             // heard; count every node's silence from then at the earliest.
             let granted_until =

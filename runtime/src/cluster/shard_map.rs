@@ -58,7 +58,7 @@ impl ShardMap {
         self.nodes.iter().cloned().zip(counts).collect()
     }
 
-    /// Builds the map for `alive` nodes (see [`assignment`](super::assignment)).
+    /// Builds the map for `alive` nodes (see `cluster/assignment.rs`).
     pub fn compute(alive: &[String], shard_count: u32, epoch: u64, term: u64) -> ShardMap {
         let mut nodes = alive.to_vec();
         nodes.sort();

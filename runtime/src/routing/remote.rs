@@ -254,7 +254,7 @@ impl Inbound {
 /// Keeps one subscription per served shard, following `owned` (the shards the cluster's
 /// handoff says to serve now), and hands every frame to `dispatch`, until [`Inbound::close`]
 /// (or until `owned`'s sender or the [`Inbound`] is dropped). A shard that stops being served
-/// has its subscription drained, not dropped: see [`serve_shard`].
+/// has its subscription drained, not dropped: see `serve_shard` in this file.
 pub fn serve(
     client: async_nats::Client,
     namespace: Namespace,

@@ -77,7 +77,8 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// A durable store in a local directory. See the [module docs](self).
+/// A durable store in a local directory (its layout, recovery and syncing are described in
+/// `runtime/src/store/embedded.rs`).
 pub struct EmbeddedStore {
     namespace: Namespace,
     path: PathBuf,

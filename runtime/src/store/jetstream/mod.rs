@@ -134,7 +134,8 @@ struct Position {
     seq: u64,
 }
 
-/// Events and snapshots in JetStream. See the [module docs](self).
+/// Events and snapshots in JetStream (streams, subjects and limits are described in
+/// `runtime/src/store/jetstream/mod.rs`).
 pub struct JetStreamStore {
     namespace: Namespace,
     client: async_nats::Client,
