@@ -216,21 +216,7 @@ impl<T> Receiver<T> {
     /// The next message; `None` once the mailbox is closed (or every sender is gone) and
     /// everything queued was received.
     pub async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| {
-            let mut state = self.shared.state.lock();
-            match self.take(&mut state) {
-                Ok(msg) => Poll::Ready(Some(msg)),
-                Err(TryRecvError::Disconnected) => Poll::Ready(None),
-                Err(TryRecvError::Empty) => {
-                    match &mut state.receiver {
-                        Some(waker) => waker.clone_from(cx.waker()),
-                        None => state.receiver = Some(cx.waker().clone()),
-                    }
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.recv_queued().await.0
     }
 
     /// Like [`recv`](Self::recv), and says whether the message was already queued when called
