@@ -72,7 +72,7 @@ struct Wallet {
     balance: u64,
 }
 
-impl Behavior for Wallet {
+impl Handle<Cmd> for Wallet {
     async fn handle(&self, cmd: Cmd, ctx: &mut Ctx<Self>) -> Result<Effect<Self>, WalletError> {
         match cmd {
             Cmd::Open if self.balance == 0 => {
@@ -103,7 +103,9 @@ impl Behavior for Wallet {
             }
         }
     }
+}
 
+impl Behavior for Wallet {
     fn apply(&mut self, event: &Event) {
         match event {
             Event::Opened(n) | Event::Credited(n) => self.balance += n,

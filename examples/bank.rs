@@ -20,10 +20,13 @@ use aether::prelude::*;
 #[path = "shared/account.rs"]
 mod account;
 
-use account::{Account, AccountCmd, AccountError};
+use account::{
+    Account, AccountError, Balance, CancelPayment, Deposit, Open, SchedulePayment, Transfer,
+    Withdraw,
+};
 
 async fn balance(account: &ActorRef<Account>) -> anyhow::Result<String> {
-    Ok(match account.ask(AccountCmd::Balance).await {
+    Ok(match account.ask(Balance).await {
         Ok(b) => b.to_string(),
         Err(AskError::Rejected(AccountError::NotOpen)) => "not open".into(),
         Err(e) => return Err(e.into()),
@@ -56,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
 
     for (account, owner) in [(&alice, "Alice"), (&bob, "Bob")] {
         match account
-            .ask(AccountCmd::Open {
+            .ask(Open {
                 owner: owner.into(),
             })
             .await
@@ -69,27 +72,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    println!(
-        "alice deposits 100 -> {}",
-        alice.ask(AccountCmd::Deposit(100)).await?
-    );
-    println!(
-        "bob deposits 50    -> {}",
-        bob.ask(AccountCmd::Deposit(50)).await?
-    );
-    let transfer = AccountCmd::Transfer {
+    println!("alice deposits 100 -> {}", alice.ask(Deposit(100)).await?);
+    println!("bob deposits 50    -> {}", bob.ask(Deposit(50)).await?);
+    let transfer = Transfer {
         to: bob.clone(),
         amount: 30,
     };
     println!("alice sends bob 30 -> alice {}", alice.ask(transfer).await?);
     // The credit is on its way (delivered after alice's commit, exactly once); wait for it.
     rt.drain_effects(Duration::from_secs(5)).await;
-    let bob_then = bob.ask(AccountCmd::Balance).await?;
+    let bob_then = bob.ask(Balance).await?;
     println!("bob after the credit -> {bob_then}");
 
     // A scheduled payment: a reminder stored with alice's commit, fired in 200 ms (after a
     // restart too, if the program stopped before). Another is scheduled and cancelled.
-    let schedule = |name: &str, amount| AccountCmd::SchedulePayment {
+    let schedule = |name: &str, amount| SchedulePayment {
         name: name.into(),
         to: bob.clone(),
         amount,
@@ -98,24 +95,21 @@ async fn main() -> anyhow::Result<()> {
     alice.ask(schedule("rent", 5)).await?;
     alice.ask(schedule("gift", 1_000)).await?;
     alice
-        .ask(AccountCmd::CancelPayment {
+        .ask(CancelPayment {
             name: "gift".into(),
         })
         .await?;
     println!("alice schedules rent 5 to bob in 200 ms, and cancels a gift");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while bob.ask(AccountCmd::Balance).await? < bob_then + 5 {
+    while bob.ask(Balance).await? < bob_then + 5 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the rent was not paid"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!(
-        "the rent was paid -> bob {}",
-        bob.ask(AccountCmd::Balance).await?
-    );
-    match bob.ask(AccountCmd::Withdraw(1_000_000)).await {
+    println!("the rent was paid -> bob {}", bob.ask(Balance).await?);
+    match bob.ask(Withdraw(1_000_000)).await {
         Err(AskError::Rejected(e)) => println!("bob withdraws 1000000: rejected ({e})"),
         other => anyhow::bail!("an overdraft must be rejected, got {other:?}"),
     }

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 #[path = "shared/account.rs"]
 mod account;
 
-use account::{Account, AccountCmd, AccountError, AccountEvent};
+use account::{Account, AccountError, AccountEvent, Deposit, Open, Transfer, Withdraw};
 
 /// The leaderboard: balance and owner per account, and the offset of the last event folded in.
 #[derive(Debug, Default)]
@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     for (id, owner) in people {
         match rt
             .actor::<Account>(id)?
-            .ask(AccountCmd::Open {
+            .ask(Open {
                 owner: owner.into(),
             })
             .await
@@ -164,18 +164,18 @@ async fn main() -> anyhow::Result<()> {
     let bob = rt.actor::<Account>("bob")?;
     let carol = rt.actor::<Account>("carol")?;
     let dave = rt.actor::<Account>("dave")?;
-    alice.ask(AccountCmd::Deposit(120)).await?;
-    bob.ask(AccountCmd::Deposit(80)).await?;
-    carol.ask(AccountCmd::Deposit(200)).await?;
-    dave.ask(AccountCmd::Deposit(15)).await?;
-    carol.ask(AccountCmd::Withdraw(50)).await?;
+    alice.ask(Deposit(120)).await?;
+    bob.ask(Deposit(80)).await?;
+    carol.ask(Deposit(200)).await?;
+    dave.ask(Deposit(15)).await?;
+    carol.ask(Withdraw(50)).await?;
     alice
-        .ask(AccountCmd::Transfer {
+        .ask(Transfer {
             to: dave.clone(),
             amount: 60,
         })
         .await?;
-    bob.ask(AccountCmd::Deposit(100)).await?;
+    bob.ask(Deposit(100)).await?;
     // Dave's credit is a durable effect of alice's transfer: let it land before reading.
     rt.drain_effects(Duration::from_secs(5)).await;
 

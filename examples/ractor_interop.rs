@@ -17,7 +17,7 @@ use aether::ractor::{self, Actor, ActorProcessingErr, RpcReplyPort, SupervisionE
 #[path = "shared/account.rs"]
 mod account;
 
-use account::{Account, AccountCmd};
+use account::{Account, Balance, Deposit, Open};
 
 /// A plain ractor actor that serves deposits by asking Aether accounts.
 struct Cashier;
@@ -63,14 +63,14 @@ impl Actor for Cashier {
                         aether::ActorId::new(account)?,
                     )?;
                     // The first deposit opens the account.
-                    if account.ask(AccountCmd::Balance).await.is_err() {
+                    if account.ask(Balance).await.is_err() {
                         account
-                            .ask(AccountCmd::Open {
+                            .ask(Open {
                                 owner: account.id().to_string(),
                             })
                             .await?;
                     }
-                    Ok::<u64, anyhow::Error>(account.ask(AccountCmd::Deposit(amount)).await?)
+                    Ok::<u64, anyhow::Error>(account.ask(Deposit(amount)).await?)
                 }
                 .await
                 .map_err(|e| e.to_string());

@@ -59,8 +59,8 @@ pub use aether_runtime::*;
 pub mod prelude {
     pub use crate::EventSourcedActor;
     pub use aether_runtime::{
-        ActorRef, AskError, AskOptions, Behavior, ClusterConfig, CommandId, Ctx, Effect, Runtime,
-        TellError,
+        ActorRef, AskError, AskOptions, Behavior, ClusterConfig, Command, CommandId, Ctx, Effect,
+        Handle, Runtime, TellError,
     };
     pub use serde::{Deserialize, Serialize};
 }

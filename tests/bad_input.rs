@@ -41,12 +41,13 @@ impl aether::EventSourcedActor for BadKind {
     type Event = ();
     type Reply = ();
     type Error = CounterError;
+
+    async fn dispatch(&self, _: (), _: &mut Ctx<Self>) -> Result<Effect<Self>, CounterError> {
+        Ok(Effect::reply(()))
+    }
 }
 
 impl Behavior for BadKind {
-    async fn handle(&self, _: (), _: &mut Ctx<Self>) -> Result<Effect<Self>, CounterError> {
-        Ok(Effect::reply(()))
-    }
     fn apply(&mut self, _: &()) {}
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use account::{Account, AccountCmd, AccountEvent};
+use account::{Account, AccountEvent, Balance, Deposit, Open, Transfer};
 use aether::prelude::*;
 use aether::wire::CommitRecord;
 use aether::{ActorId, ActorKey, ClusterView, Kind, Namespace, Runtime};
@@ -88,7 +88,7 @@ async fn transfer_until_done(
     let started = Instant::now();
     loop {
         ledger.requests.fetch_add(1, Ordering::Relaxed);
-        let cmd = AccountCmd::Transfer {
+        let cmd = Transfer {
             to: to.clone(),
             amount: 1,
         };
@@ -250,7 +250,7 @@ async fn setup(client: &Runtime, ledger: &Ledger) {
         poll(Duration::from_secs(30), "open", async || {
             account
                 .ask_with(
-                    AccountCmd::Open {
+                    Open {
                         owner: owner.clone(),
                     },
                     opts(open),
@@ -261,7 +261,7 @@ async fn setup(client: &Runtime, ledger: &Ledger) {
         .await;
         poll(Duration::from_secs(30), "fund", async || {
             account
-                .ask_with(AccountCmd::Deposit(OPENING_BALANCE), opts(fund))
+                .ask_with(Deposit(OPENING_BALANCE), opts(fund))
                 .await
                 .ok()
         })
@@ -308,7 +308,7 @@ async fn stop_and_verify(
         let mut complete = true;
         for account in &accounts {
             match account
-                .ask_with(AccountCmd::Balance, AskOptions::default().timeout(ATTEMPT))
+                .ask_with(Balance, AskOptions::default().timeout(ATTEMPT))
                 .await
             {
                 Ok(b) => total += b,

@@ -41,19 +41,38 @@ use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
 use common::process::{FAST, NodeProcess, poll};
 use common::proxy::{Mode, Proxy};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const ACCOUNTS: usize = 32;
 const WORKERS: usize = 6;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CUT: Duration = Duration::from_secs(20);
 
-/// The account commands of `examples/shared/account.rs` that the load sends (same encoding).
+/// The account commands of `examples/shared/account.rs` that the load sends, as `docs/wire.md`
+/// describes them for an actor declared with `commands(...)`: `{"Open": {"owner": ..}}`,
+/// `{"Deposit": 1}`, `{"Balance": nil}`.
 #[derive(Serialize)]
 enum AccountCmd {
     Open { owner: String },
     Deposit(u64),
-    Balance,
+    Balance(()),
+}
+
+/// The replies, tagged with their command: `{"Open": nil}`, `{"Deposit": 7}`, ...
+#[derive(Deserialize)]
+enum AccountReply {
+    Open(()),
+    Deposit(u64),
+    Balance(u64),
+}
+
+impl AccountReply {
+    fn balance(self) -> u64 {
+        match self {
+            AccountReply::Open(()) => 0,
+            AccountReply::Deposit(b) | AccountReply::Balance(b) => b,
+        }
+    }
 }
 
 struct Load {
@@ -108,7 +127,8 @@ impl Load {
             match self.client.send_request(subject.clone(), request).await {
                 Ok(msg) => match RemoteReply::decode(&msg.payload) {
                     Ok(RemoteReply::Ok { reply }) => {
-                        return Some(rmp_serde::from_slice(&reply).expect("a balance"));
+                        let reply: AccountReply = rmp_serde::from_slice(&reply).expect("a reply");
+                        return Some(reply.balance());
                     }
                     // Not served right now (moving, not owner, unavailable): try again.
                     Ok(RemoteReply::Err(_)) | Err(_) => {
@@ -128,7 +148,7 @@ impl Load {
             if rng.bool() {
                 let floor = self.acked[i].load(Ordering::Acquire);
                 let Some(balance) = self
-                    .call(&id, &AccountCmd::Balance, CommandId::random())
+                    .call(&id, &AccountCmd::Balance(()), CommandId::random())
                     .await
                 else {
                     return;
@@ -392,7 +412,7 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     let mut wrong = HashMap::new();
     for i in 0..ACCOUNTS {
         let balance = load
-            .call(&account(i), &AccountCmd::Balance, CommandId::random())
+            .call(&account(i), &AccountCmd::Balance(()), CommandId::random())
             .await
             .expect("a balance");
         let acked = load.acked[i].load(Ordering::Acquire);

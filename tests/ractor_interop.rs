@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 #[path = "../examples/shared/account.rs"]
 mod account;
 
-use account::{Account, AccountCmd, AccountError};
+use account::{Account, AccountError, Balance, Deposit, Open, Withdraw};
 
 /// A user's ractor actor whose handler asks Aether accounts.
 struct Teller;
@@ -46,11 +46,11 @@ impl Actor for Teller {
         };
         match msg {
             TellerMsg::Deposit(id, amount, reply) => {
-                let answer = account(&id).ask(AccountCmd::Deposit(amount)).await;
+                let answer = account(&id).ask(Deposit(amount)).await;
                 let _ = reply.send(answer.map_err(|e| e.to_string()));
             }
             TellerMsg::Withdraw(id, amount, reply) => {
-                let answer = account(&id).ask(AccountCmd::Withdraw(amount)).await;
+                let answer = account(&id).ask(Withdraw(amount)).await;
                 let answer = match answer {
                     Err(AskError::Rejected(AccountError::InsufficientFunds { .. })) => {
                         Err("insufficient funds".to_owned())
@@ -94,7 +94,7 @@ impl Actor for Watcher {
 async fn open(rt: &Runtime, id: &str) {
     rt.actor::<Account>(id)
         .expect("ref")
-        .ask(AccountCmd::Open { owner: id.into() })
+        .ask(Open { owner: id.into() })
         .await
         .expect("opened");
 }
@@ -134,14 +134,8 @@ async fn a_ractor_actor_calls_aether_actors_from_its_handler() {
     let alice: u64 = (0..20u64).filter(|i| i % 2 == 0).map(|i| i + 1).sum();
     let bob: u64 = (0..20u64).filter(|i| i % 2 == 1).map(|i| i + 1).sum();
     let balance = |id: &str| rt.actor::<Account>(id).expect("ref");
-    assert_eq!(
-        balance("alice").ask(AccountCmd::Balance).await.ok(),
-        Some(alice)
-    );
-    assert_eq!(
-        balance("bob").ask(AccountCmd::Balance).await.ok(),
-        Some(bob)
-    );
+    assert_eq!(balance("alice").ask(Balance).await.ok(), Some(alice));
+    assert_eq!(balance("bob").ask(Balance).await.ok(), Some(bob));
     // A rejection comes back through the ractor reply as the handler chose to map it.
     let refused =
         ractor::call!(teller, TellerMsg::Withdraw, "bob".to_owned(), bob + 1).expect("call");
@@ -220,7 +214,7 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
         .expect("runtime");
     open(&rt, "dave").await;
     let dave = rt.actor::<Account>("dave").expect("ref");
-    assert_eq!(dave.ask(AccountCmd::Deposit(42)).await.ok(), Some(42));
+    assert_eq!(dave.ask(Deposit(42)).await.ok(), Some(42));
     assert_eq!(rt.resident_count(), 1);
 
     // The supervisor stops; ractor stops its children, the runtime's root among them.
@@ -228,7 +222,7 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
     watcher_done.await.expect("watcher stopped");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match dave.ask(AccountCmd::Balance).await {
+        match dave.ask(Balance).await {
             Err(AskError::Shutdown) => break,
             other => assert!(
                 tokio::time::Instant::now() < deadline,
@@ -259,6 +253,6 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
         .await
         .expect("runtime again");
     let dave = rt.actor::<Account>("dave").expect("ref");
-    assert_eq!(dave.ask(AccountCmd::Balance).await.ok(), Some(42));
+    assert_eq!(dave.ask(Balance).await.ok(), Some(42));
     rt.shutdown().await.expect("shutdown");
 }

@@ -10,7 +10,7 @@ mod account;
 
 use std::time::Duration;
 
-use account::{Account, AccountCmd};
+use account::{Account, Balance, CancelPayment, Deposit, Open, SchedulePayment};
 use aether::prelude::*;
 use aether::{ActorKey, ClusterView, Runtime};
 use common::nats::{NatsServer, wait_for_jetstream};
@@ -47,7 +47,7 @@ async fn map_of(view: &ClusterView, n: usize) {
     .await;
 }
 
-async fn ask(account: &ActorRef<Account>, cmd: AccountCmd) -> u64 {
+async fn ask<C: Command<Account> + Clone + Sync>(account: &ActorRef<Account>, cmd: C) -> C::Reply {
     let cmd = &cmd;
     poll(Duration::from_secs(30), "an answer", async || {
         account
@@ -63,10 +63,10 @@ async fn ask(account: &ActorRef<Account>, cmd: AccountCmd) -> u64 {
 
 async fn open(rt: &Runtime, id: &str, funds: u64) -> ActorRef<Account> {
     let a = rt.actor::<Account>(id).expect("id");
-    let opened = a.ask(AccountCmd::Open { owner: id.into() }).await.is_ok();
+    let opened = a.ask(Open { owner: id.into() }).await.is_ok();
     assert!(opened, "{id} opens");
     if funds > 0 {
-        ask(&a, AccountCmd::Deposit(funds)).await;
+        ask(&a, Deposit(funds)).await;
     }
     a
 }
@@ -81,8 +81,8 @@ async fn count(rt: &Runtime, actor: &ActorKey, event_type: &str) -> usize {
         .count()
 }
 
-fn schedule(name: &str, to: &ActorRef<Account>, delay_ms: u64) -> AccountCmd {
-    AccountCmd::SchedulePayment {
+fn schedule(name: &str, to: &ActorRef<Account>, delay_ms: u64) -> SchedulePayment {
+    SchedulePayment {
         name: name.into(),
         to: to.clone(),
         amount: AMOUNT,
@@ -109,7 +109,7 @@ async fn paid_once(
 ) {
     let want = base + AMOUNT * payers.len() as u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while ask(payee, AccountCmd::Balance).await < want {
+    while ask(payee, Balance).await < want {
         if std::time::Instant::now() > deadline {
             for payer in payers {
                 let made = count(rt, payer.key(), "PaymentMade").await;
@@ -130,11 +130,7 @@ async fn paid_once(
     }
     // Long enough for a duplicate firing to show.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        ask(payee, AccountCmd::Balance).await,
-        want,
-        "each fired once"
-    );
+    assert_eq!(ask(payee, Balance).await, want, "each fired once");
     for payer in payers {
         assert_eq!(count(rt, payer.key(), "PaymentMade").await, 1, "{payer}");
     }
@@ -239,7 +235,7 @@ async fn a_reminder_due_while_the_cluster_was_down_fires_on_recovery_and_a_cance
     ask(&thrifty, schedule("gift", &payee, 1500)).await;
     ask(
         &thrifty,
-        AccountCmd::CancelPayment {
+        CancelPayment {
             name: "gift".into(),
         },
     )
@@ -257,7 +253,7 @@ async fn a_reminder_due_while_the_cluster_was_down_fires_on_recovery_and_a_cance
         0,
         "cancelled"
     );
-    assert_eq!(ask(&thrifty, AccountCmd::Balance).await, 100);
+    assert_eq!(ask(&thrifty, Balance).await, 100);
     rt.shutdown().await.expect("client");
     for node in nodes {
         tokio::task::block_in_place(|| node.shutdown());

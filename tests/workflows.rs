@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use account::{Account, AccountCmd, AccountError};
+use account::{
+    Account, AccountError, Balance, CancelPayment, Deposit, Open, SchedulePayment, Transfer,
+};
 use aether::prelude::*;
 use aether::store::{EventStore, MemoryStore};
 use aether::wire::CommitRecord;
@@ -48,11 +50,9 @@ async fn bank_on(store: &MemoryStore, namespace: &str, window: usize) -> Runtime
 
 async fn open(rt: &Runtime, id: &str, funds: u64) -> ActorRef<Account> {
     let a = rt.actor::<Account>(id).expect("id");
-    a.ask(AccountCmd::Open { owner: id.into() })
-        .await
-        .expect("open");
+    a.ask(Open { owner: id.into() }).await.expect("open");
     if funds > 0 {
-        a.ask(AccountCmd::Deposit(funds)).await.expect("deposit");
+        a.ask(Deposit(funds)).await.expect("deposit");
     }
     a
 }
@@ -75,7 +75,7 @@ fn count(commits: &[CommitRecord], event_type: &str) -> usize {
 }
 
 async fn balance(a: &ActorRef<Account>) -> u64 {
-    a.ask(AccountCmd::Balance).await.expect("balance")
+    a.ask(Balance).await.expect("balance")
 }
 
 #[tokio::test]
@@ -87,7 +87,7 @@ async fn a_transfer_is_a_debit_and_a_durable_credit_traced_by_causation() {
     let debit = CommandId::random();
     let after = a
         .ask_with(
-            AccountCmd::Transfer {
+            Transfer {
                 to: b.clone(),
                 amount: 40,
             },
@@ -118,7 +118,7 @@ async fn a_transfer_is_a_debit_and_a_durable_credit_traced_by_causation() {
     assert_eq!(&delivery.from, a.key());
     assert_eq!(delivery.seq, out.outbox[0].seq);
     // The next commit of the payer records the settlement.
-    a.ask(AccountCmd::Deposit(1)).await.expect("deposit");
+    a.ask(Deposit(1)).await.expect("deposit");
     let payer = history(&store, a.key()).await;
     assert_eq!(
         payer.last().expect("commit").settled,
@@ -134,7 +134,7 @@ async fn a_refused_credit_is_recorded_and_compensated() {
     let rt = bank_on(&store, "wf-refund", 64).await;
     let a = open(&rt, "a", 100).await;
     let closed = rt.actor::<Account>("closed").expect("id");
-    a.ask(AccountCmd::Transfer {
+    a.ask(Transfer {
         to: closed.clone(),
         amount: 30,
     })
@@ -179,7 +179,7 @@ fn an_effect_redelivered_after_more_than_the_dedup_window_applies_once() {
         let rt = bank_on(&store, "wf-once", WINDOW).await;
         let a = open(&rt, "a", 100).await;
         let b = open(&rt, "b", 0).await;
-        a.ask(AccountCmd::Transfer {
+        a.ask(Transfer {
             to: b.clone(),
             amount: 10,
         })
@@ -197,7 +197,7 @@ fn an_effect_redelivered_after_more_than_the_dedup_window_applies_once() {
         let rt = bank_on(&store, "wf-once", WINDOW).await;
         let b = rt.actor::<Account>("b").expect("id");
         for _ in 0..(WINDOW * 3) {
-            b.ask(AccountCmd::Deposit(1)).await.expect("deposit");
+            b.ask(Deposit(1)).await.expect("deposit");
         }
         poll_until(Duration::from_secs(10), "the redelivery", || {
             let duplicates = rt.stats().effects_duplicates;
@@ -285,7 +285,7 @@ async fn a_reminder_fires_once_and_a_cancelled_one_never() {
     let rt = bank_on(&store, "wf-remind", 64).await;
     let a = open(&rt, "a", 100).await;
     let b = open(&rt, "b", 0).await;
-    let pay = |name: &str, amount, delay_ms| AccountCmd::SchedulePayment {
+    let pay = |name: &str, amount, delay_ms| SchedulePayment {
         name: name.into(),
         to: b.clone(),
         amount,
@@ -293,7 +293,7 @@ async fn a_reminder_fires_once_and_a_cancelled_one_never() {
     };
     a.ask(pay("rent", 10, 100)).await.expect("scheduled");
     a.ask(pay("gift", 50, 100)).await.expect("scheduled");
-    a.ask(AccountCmd::CancelPayment {
+    a.ask(CancelPayment {
         name: "gift".into(),
     })
     .await
@@ -322,7 +322,7 @@ async fn a_reminder_fires_once_and_a_cancelled_one_never() {
     let payer = history(&store, a.key()).await;
     assert_eq!(count(&payer, "PaymentMade"), 2);
     let cancelled = a
-        .ask(AccountCmd::CancelPayment {
+        .ask(CancelPayment {
             name: "rent".into(),
         })
         .await;
@@ -343,7 +343,7 @@ fn a_reminder_due_while_the_node_was_down_fires_on_recovery() {
         let rt = bank_on(&store, "wf-down", 64).await;
         let a = open(&rt, "a", 100).await;
         let b = open(&rt, "b", 0).await;
-        a.ask(AccountCmd::SchedulePayment {
+        a.ask(SchedulePayment {
             name: "rent".into(),
             to: b.clone(),
             amount: 25,
@@ -394,7 +394,7 @@ struct Payer {
     paid: u64,
 }
 
-impl Behavior for Payer {
+impl Handle<PayerCmd> for Payer {
     async fn handle(&self, cmd: PayerCmd, _ctx: &mut Ctx<Self>) -> Result<Effect<Self>, Never> {
         match cmd {
             PayerCmd::Pay { to, n } => Ok(Effect::persist(PayerEvent::Paid(n))
@@ -402,7 +402,9 @@ impl Behavior for Payer {
                 .reply(self.paid + n)),
         }
     }
+}
 
+impl Behavior for Payer {
     fn apply(&mut self, event: &PayerEvent) {
         match event {
             PayerEvent::Paid(n) => self.paid += n,
@@ -534,7 +536,7 @@ struct Forwarder {
     total: u64,
 }
 
-impl Behavior for Forwarder {
+impl Handle<FwdCmd> for Forwarder {
     async fn handle(&self, cmd: FwdCmd, _ctx: &mut Ctx<Self>) -> Result<Effect<Self>, FwdError> {
         let down = |e: AskError<CounterError>| FwdError::Downstream(e.to_string());
         match cmd {
@@ -556,7 +558,9 @@ impl Behavior for Forwarder {
             FwdCmd::Get => Ok(Effect::reply(self.total)),
         }
     }
+}
 
+impl Behavior for Forwarder {
     fn apply(&mut self, event: &FwdEvent) {
         match event {
             FwdEvent::Forwarded(n) => self.total += n,

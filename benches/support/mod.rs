@@ -131,14 +131,16 @@ pub struct Probe {
     pub total: u64,
 }
 
-impl Behavior for Probe {
+impl Handle<ProbeCmd> for Probe {
     async fn handle(&self, cmd: ProbeCmd, _ctx: &mut Ctx<Self>) -> Result<Effect<Self>, Never> {
         Ok(match cmd {
             ProbeCmd::Get => Effect::reply(self.total),
             ProbeCmd::Add(n) => Effect::persist(ProbeEvent::Added(n)).reply(self.total + n),
         })
     }
+}
 
+impl Behavior for Probe {
     fn apply(&mut self, event: &ProbeEvent) {
         match event {
             ProbeEvent::Added(n) => self.total += n,

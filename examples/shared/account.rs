@@ -6,40 +6,69 @@ use std::time::Duration;
 
 use aether::prelude::*;
 
-/// What an account can be asked to do.
+/// Open the account for `owner`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AccountCmd {
-    /// Open the account for `owner`.
-    Open { owner: String },
-    /// Put money in.
-    Deposit(u64),
-    /// Take money out.
-    Withdraw(u64),
-    /// Move money to another account: the debit is stored here, and the credit is sent to `to`
-    /// as a durable effect in the same commit (refunded if `to` refuses it).
-    Transfer { to: ActorRef<Account>, amount: u64 },
-    /// The credit half of a transfer, sent by the payer as a durable effect.
-    Credit { from: String, amount: u64 },
-    /// The compensation of a transfer whose credit was refused: the money comes back.
-    Refund { to: String, amount: u64 },
-    /// Pay `amount` to `to` after `delay_ms`, unless cancelled: a durable reminder named `name`.
-    SchedulePayment {
-        name: String,
-        to: ActorRef<Account>,
-        amount: u64,
-        delay_ms: u64,
-    },
-    /// Cancel the scheduled payment `name`.
-    CancelPayment { name: String },
-    /// The reminder of a scheduled payment, fired: make the payment now.
-    PayScheduled {
-        name: String,
-        to: ActorRef<Account>,
-        amount: u64,
-    },
-    /// Read the balance.
-    Balance,
+pub struct Open {
+    pub owner: String,
 }
+
+/// Put money in; the reply is the new balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deposit(pub u64);
+
+/// Take money out; the reply is the new balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Withdraw(pub u64);
+
+/// Move money to another account: the debit is stored here, and the credit is sent to `to` as
+/// a durable effect in the same commit (refunded if `to` refuses it). The reply is the payer's
+/// new balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Transfer {
+    pub to: ActorRef<Account>,
+    pub amount: u64,
+}
+
+/// The credit half of a transfer, sent by the payer as a durable effect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credit {
+    pub from: String,
+    pub amount: u64,
+}
+
+/// The compensation of a transfer whose credit was refused: the money comes back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refund {
+    pub to: String,
+    pub amount: u64,
+}
+
+/// Pay `amount` to `to` after `delay_ms`, unless cancelled: a durable reminder named `name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchedulePayment {
+    pub name: String,
+    pub to: ActorRef<Account>,
+    pub amount: u64,
+    pub delay_ms: u64,
+}
+
+/// Cancel the scheduled payment `name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelPayment {
+    pub name: String,
+}
+
+/// The reminder of a scheduled payment, fired: make the payment now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayScheduled {
+    pub name: String,
+    pub to: ActorRef<Account>,
+    pub amount: u64,
+}
+
+/// Read the balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Balance;
 
 /// What happened to an account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,10 +122,13 @@ pub enum AccountError {
     TransferFailed(String),
 }
 
-/// The state of an account. The reply to every command is the balance after it.
+/// The state of an account. Each command declares its reply: the money-moving ones answer with
+/// the balance after them, read from the folded state.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, EventSourcedActor)]
-#[actor(kind = "account", command = AccountCmd, event = AccountEvent,
-        reply = u64, error = AccountError, snapshot_every = 100)]
+#[actor(kind = "account", event = AccountEvent, error = AccountError, snapshot_every = 100,
+        commands(Open -> (), Deposit -> u64, Withdraw -> u64, Transfer -> u64, Credit -> u64,
+                 Refund -> u64, SchedulePayment -> (), CancelPayment -> (), PayScheduled -> (),
+                 Balance -> u64))]
 pub struct Account {
     owner: Option<String>,
     balance: u64,
@@ -120,123 +152,191 @@ impl Account {
     }
 }
 
-impl Behavior for Account {
+/// The new balance, read from the state once the turn's events are folded.
+fn balance(account: &Account) -> u64 {
+    account.balance
+}
+
+impl Handle<Open> for Account {
     async fn handle(
         &self,
-        cmd: AccountCmd,
-        ctx: &mut Ctx<Self>,
-    ) -> Result<Effect<Self>, AccountError> {
-        match cmd {
-            AccountCmd::Open { owner } => {
-                if self.owner.is_some() {
-                    return Err(AccountError::AlreadyOpen);
-                }
-                Ok(Effect::persist(AccountEvent::Opened { owner }).reply(0))
-            }
-            AccountCmd::Deposit(amount) => {
-                self.open()?;
-                Ok(Effect::persist(AccountEvent::Deposited(amount)).reply(self.balance + amount))
-            }
-            AccountCmd::Withdraw(amount) => {
-                self.open()?;
-                self.funds(amount)?;
-                Ok(Effect::persist(AccountEvent::Withdrew(amount)).reply(self.balance - amount))
-            }
-            AccountCmd::Transfer { to, amount } => {
-                self.open()?;
-                self.funds(amount)?;
-                // The debit and the credit are decided together and stored in one commit: the
-                // credit is delivered after it, exactly once, however often this node or the
-                // payee's crashes meanwhile. The turn never waits on the payee.
-                let me = ctx.id().to_string();
-                let event = AccountEvent::TransferredOut {
-                    to: to.id().to_string(),
-                    amount,
-                };
-                let credit = AccountCmd::Credit { from: me, amount };
-                let refund = AccountCmd::Refund {
-                    to: to.id().to_string(),
-                    amount,
-                };
-                Ok(Effect::persist(event)
-                    .send_with_compensation(&to, credit, refund)
-                    .reply(self.balance - amount))
-            }
-            AccountCmd::Credit { from, amount } => {
-                // A closed payee refuses: the payer gets a Refund back (its compensation).
-                self.open()?;
-                let event = AccountEvent::TransferredIn { from, amount };
-                Ok(Effect::persist(event).reply(self.balance + amount))
-            }
-            AccountCmd::Refund { to, amount } => {
-                let event = AccountEvent::Refunded { to, amount };
-                Ok(Effect::persist(event).reply(self.balance + amount))
-            }
-            AccountCmd::SchedulePayment {
-                name,
-                to,
-                amount,
-                delay_ms,
-            } => {
-                self.open()?;
-                let event = AccountEvent::PaymentScheduled {
-                    name: name.clone(),
-                    to: to.id().to_string(),
-                    amount,
-                };
-                // The reminder is stored with this commit and fires once, after restarts and
-                // moves too; the funds are checked when it fires.
-                let payment = AccountCmd::PayScheduled {
-                    name: name.clone(),
-                    to,
-                    amount,
-                };
-                Ok(Effect::persist(event)
-                    .remind_after(name, Duration::from_millis(delay_ms), payment)
-                    .reply(self.balance))
-            }
-            AccountCmd::PayScheduled { name, to, amount } => {
-                if let Err(e) = self.open().and_then(|()| self.funds(amount)) {
-                    let failed = AccountEvent::PaymentFailed {
-                        name,
-                        reason: e.to_string(),
-                    };
-                    return Ok(Effect::persist(failed).reply(self.balance));
-                }
-                let debit = AccountEvent::TransferredOut {
-                    to: to.id().to_string(),
-                    amount,
-                };
-                let credit = AccountCmd::Credit {
-                    from: ctx.id().to_string(),
-                    amount,
-                };
-                let refund = AccountCmd::Refund {
-                    to: to.id().to_string(),
-                    amount,
-                };
-                Ok(Effect::persist(debit)
-                    .and(AccountEvent::PaymentMade { name })
-                    .send_with_compensation(&to, credit, refund)
-                    .reply(self.balance - amount))
-            }
-            AccountCmd::CancelPayment { name } => {
-                if !self.scheduled.contains(&name) {
-                    return Err(AccountError::NoSuchPayment(name));
-                }
-                Ok(
-                    Effect::persist(AccountEvent::PaymentCancelled { name: name.clone() })
-                        .cancel_reminder(name)
-                        .reply(self.balance),
-                )
-            }
-            AccountCmd::Balance => {
-                self.open()?;
-                Ok(Effect::reply(self.balance))
-            }
+        Open { owner }: Open,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, ()>, AccountError> {
+        if self.owner.is_some() {
+            return Err(AccountError::AlreadyOpen);
         }
+        Ok(Effect::persist(AccountEvent::Opened { owner }).reply(()))
     }
+}
 
+impl Handle<Deposit> for Account {
+    async fn handle(
+        &self,
+        Deposit(amount): Deposit,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        self.open()?;
+        Ok(Effect::persist(AccountEvent::Deposited(amount)).reply_with(balance))
+    }
+}
+
+impl Handle<Withdraw> for Account {
+    async fn handle(
+        &self,
+        Withdraw(amount): Withdraw,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        self.open()?;
+        self.funds(amount)?;
+        Ok(Effect::persist(AccountEvent::Withdrew(amount)).reply_with(balance))
+    }
+}
+
+impl Handle<Transfer> for Account {
+    async fn handle(
+        &self,
+        Transfer { to, amount }: Transfer,
+        ctx: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        self.open()?;
+        self.funds(amount)?;
+        // The debit and the credit are decided together and stored in one commit: the credit is
+        // delivered after it, exactly once, however often this node or the payee's crashes
+        // meanwhile. The turn never waits on the payee.
+        let event = AccountEvent::TransferredOut {
+            to: to.id().to_string(),
+            amount,
+        };
+        let credit = Credit {
+            from: ctx.id().to_string(),
+            amount,
+        };
+        let refund = Refund {
+            to: to.id().to_string(),
+            amount,
+        };
+        Ok(Effect::persist(event)
+            .send_with_compensation(&to, credit, refund)
+            .reply_with(balance))
+    }
+}
+
+impl Handle<Credit> for Account {
+    async fn handle(
+        &self,
+        Credit { from, amount }: Credit,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        // A closed payee refuses: the payer gets a Refund back (its compensation).
+        self.open()?;
+        Ok(Effect::persist(AccountEvent::TransferredIn { from, amount }).reply_with(balance))
+    }
+}
+
+impl Handle<Refund> for Account {
+    async fn handle(
+        &self,
+        Refund { to, amount }: Refund,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        Ok(Effect::persist(AccountEvent::Refunded { to, amount }).reply_with(balance))
+    }
+}
+
+impl Handle<SchedulePayment> for Account {
+    async fn handle(
+        &self,
+        cmd: SchedulePayment,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, ()>, AccountError> {
+        self.open()?;
+        let SchedulePayment {
+            name,
+            to,
+            amount,
+            delay_ms,
+        } = cmd;
+        let event = AccountEvent::PaymentScheduled {
+            name: name.clone(),
+            to: to.id().to_string(),
+            amount,
+        };
+        // The reminder is stored with this commit and fires once, after restarts and moves
+        // too; the funds are checked when it fires.
+        let payment = PayScheduled {
+            name: name.clone(),
+            to,
+            amount,
+        };
+        Ok(Effect::persist(event)
+            .remind_after(name, Duration::from_millis(delay_ms), payment)
+            .reply(()))
+    }
+}
+
+impl Handle<PayScheduled> for Account {
+    async fn handle(
+        &self,
+        cmd: PayScheduled,
+        ctx: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, ()>, AccountError> {
+        let PayScheduled { name, to, amount } = cmd;
+        if let Err(e) = self.open().and_then(|()| self.funds(amount)) {
+            let failed = AccountEvent::PaymentFailed {
+                name,
+                reason: e.to_string(),
+            };
+            return Ok(Effect::persist(failed).reply(()));
+        }
+        let debit = AccountEvent::TransferredOut {
+            to: to.id().to_string(),
+            amount,
+        };
+        let credit = Credit {
+            from: ctx.id().to_string(),
+            amount,
+        };
+        let refund = Refund {
+            to: to.id().to_string(),
+            amount,
+        };
+        Ok(Effect::persist(debit)
+            .and(AccountEvent::PaymentMade { name })
+            .send_with_compensation(&to, credit, refund)
+            .reply(()))
+    }
+}
+
+impl Handle<CancelPayment> for Account {
+    async fn handle(
+        &self,
+        CancelPayment { name }: CancelPayment,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, ()>, AccountError> {
+        if !self.scheduled.contains(&name) {
+            return Err(AccountError::NoSuchPayment(name));
+        }
+        Ok(
+            Effect::persist(AccountEvent::PaymentCancelled { name: name.clone() })
+                .cancel_reminder(name)
+                .reply(()),
+        )
+    }
+}
+
+impl Handle<Balance> for Account {
+    async fn handle(
+        &self,
+        _: Balance,
+        _: &mut Ctx<Self>,
+    ) -> Result<Effect<Self, u64>, AccountError> {
+        self.open()?;
+        Ok(Effect::reply(self.balance))
+    }
+}
+
+impl Behavior for Account {
     fn apply(&mut self, event: &AccountEvent) {
         match event {
             AccountEvent::Opened { owner } => self.owner = Some(owner.clone()),

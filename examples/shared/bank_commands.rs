@@ -3,7 +3,9 @@
 
 use aether::prelude::*;
 
-use super::account::{Account, AccountCmd, AccountError};
+use super::account::{
+    Account, AccountError, Balance, CancelPayment, Deposit, Open, SchedulePayment, Transfer,
+};
 
 /// The namespace of the bank examples, unless `AETHER_NAMESPACE` says otherwise.
 pub fn namespace() -> String {
@@ -31,7 +33,7 @@ pub async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
         ["open", id] => {
             let a = account(id)?;
             match a
-                .ask(AccountCmd::Open {
+                .ask(Open {
                     owner: id.to_string(),
                 })
                 .await
@@ -39,36 +41,38 @@ pub async fn run(rt: &Runtime, line: &str) -> anyhow::Result<String> {
                 Ok(_) | Err(AskError::Rejected(AccountError::AlreadyOpen)) => {}
                 Err(e) => return Err(e.into()),
             }
-            format!("ok {id} {}", a.ask(AccountCmd::Balance).await?)
+            format!("ok {id} {}", a.ask(Balance).await?)
         }
         ["deposit", id, amount] => {
-            let balance = account(id)?
-                .ask(AccountCmd::Deposit(amount.parse()?))
-                .await?;
+            let balance = account(id)?.ask(Deposit(amount.parse()?)).await?;
             format!("ok {id} {balance}")
         }
-        ["balance", id] => format!("ok {id} {}", account(id)?.ask(AccountCmd::Balance).await?),
+        ["balance", id] => format!("ok {id} {}", account(id)?.ask(Balance).await?),
         ["transfer", from, to, amount] => {
-            let cmd = AccountCmd::Transfer {
+            let cmd = Transfer {
                 to: account(to)?,
                 amount: amount.parse()?,
             };
             format!("ok {from} {}", account(from)?.ask(cmd).await?)
         }
         ["schedule", from, to, amount, delay_ms, name] => {
-            let cmd = AccountCmd::SchedulePayment {
+            let cmd = SchedulePayment {
                 name: name.to_string(),
                 to: account(to)?,
                 amount: amount.parse()?,
                 delay_ms: delay_ms.parse()?,
             };
-            format!("ok {from} {}", account(from)?.ask(cmd).await?)
+            let payer = account(from)?;
+            payer.ask(cmd).await?;
+            format!("ok {from} {}", payer.ask(Balance).await?)
         }
         ["cancel", from, name] => {
-            let cmd = AccountCmd::CancelPayment {
+            let cmd = CancelPayment {
                 name: name.to_string(),
             };
-            format!("ok {from} {}", account(from)?.ask(cmd).await?)
+            let payer = account(from)?;
+            payer.ask(cmd).await?;
+            format!("ok {from} {}", payer.ask(Balance).await?)
         }
         ["locate", id] => {
             let cluster = rt

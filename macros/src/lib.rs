@@ -4,29 +4,58 @@
 //!
 //! ```ignore
 //! #[derive(Debug, Default, Serialize, Deserialize, EventSourcedActor)]
-//! #[actor(kind = "account", command = AccountCmd, event = AccountEvent,
-//!         reply = AccountReply, error = AccountError, snapshot_every = 500)]
+//! #[actor(kind = "account", event = AccountEvent, error = AccountError,
+//!         commands(Open -> (), Deposit -> u64, Balance -> u64), snapshot_every = 500)]
 //! pub struct Account { owner: Option<String>, balance: u64 }
 //! ```
 //!
 //! The derive implements `aether::EventSourcedActor` for the state type: its kind name, its
-//! command, event, reply and error types, and its snapshot interval. The behaviour (`handle` and
-//! `apply`) is written by hand in an `impl Behavior`.
+//! event and error types, its snapshot interval, and its commands with the reply type of each.
+//! For `commands(...)` it generates the actor's wire types — an enum `<State>Command` with one
+//! variant per command type and an enum `<State>Reply` with one variant per reply — and
+//! implements `aether::Command<State>` for every command type, so `ask(Deposit(5))` returns a
+//! `u64`, checked at compile time. The single-type form `command = AccountCmd, reply = u64`
+//! takes one command type (typically an enum) that answers with one reply type.
+//!
+//! The behaviour is written by hand: one `impl Handle<Deposit> for Account` per command type,
+//! and `impl Behavior for Account` with the fold (`apply`).
 //!
 //! Everything that can be checked at compile time is: the kind is a valid name
 //! (`[A-Za-z0-9_-]`, 1–64 characters), every key is present once and known, `snapshot_every`
-//! is a positive integer, the state is not generic, and the state and the named types have the
-//! traits the runtime needs. Errors point at the attribute or the type at fault.
+//! is a positive integer, the state is not generic, the command types are distinct, and the
+//! state and the named types have the traits the runtime needs. Errors point at the attribute
+//! or the type at fault.
 //!
 //! This crate depends on no runtime crate: the code it generates names paths in `::aether`.
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{quote, quote_spanned};
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{DeriveInput, LitInt, LitStr, Type, parse_macro_input};
+use syn::{DeriveInput, Ident, LitInt, LitStr, Path, Token, Type, parse_macro_input};
 
-const KEYS: &str = "kind, command, event, reply, error, snapshot_every";
+const KEYS: &str = "kind, commands, command, reply, event, error, snapshot_every";
+
+/// One `Command -> Reply` of `commands(...)`.
+struct CommandSpec {
+    command: Path,
+    reply: Type,
+}
+
+impl syn::parse::Parse for CommandSpec {
+    fn parse(input: syn::parse::ParseStream) -> syn::Result<Self> {
+        let command: Path = input.parse()?;
+        input.parse::<Token![->]>().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected `->` and the reply type: commands(Deposit -> u64, Balance -> u64)",
+            )
+        })?;
+        let reply: Type = input.parse()?;
+        Ok(CommandSpec { command, reply })
+    }
+}
 
 /// Derives `aether::EventSourcedActor`. See the [crate docs](crate).
 #[proc_macro_derive(EventSourcedActor, attributes(actor))]
@@ -41,6 +70,7 @@ pub fn derive_event_sourced_actor(input: TokenStream) -> TokenStream {
 #[derive(Default)]
 struct ActorArgs {
     kind: Option<LitStr>,
+    commands: Option<(Span, Vec<CommandSpec>)>,
     command: Option<Type>,
     event: Option<Type>,
     reply: Option<Type>,
@@ -85,8 +115,8 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
     let attr = attrs.next().ok_or_else(|| {
         syn::Error::new(
             input.ident.span(),
-            "missing #[actor(...)] attribute: #[actor(kind = \"...\", command = ..., \
-             event = ..., reply = ..., error = ...)]",
+            "missing #[actor(...)] attribute: #[actor(kind = \"...\", event = ..., \
+             error = ..., commands(YourCommand -> YourReply, ...))]",
         )
     })?;
     if let Some(second) = attrs.next() {
@@ -110,6 +140,23 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
                 })?;
                 check_kind(&lit)?;
                 set_once(&mut args.kind, lit, "kind", span)
+            }
+            "commands" => {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let specs = Punctuated::<CommandSpec, Token![,]>::parse_terminated(&content)?;
+                if specs.is_empty() {
+                    return Err(syn::Error::new(
+                        span,
+                        "`commands(...)` lists at least one command: commands(Deposit -> u64)",
+                    ));
+                }
+                set_once(
+                    &mut args.commands,
+                    (span, specs.into_iter().collect()),
+                    "commands",
+                    span,
+                )
             }
             "command" => set_once(&mut args.command, meta.value()?.parse()?, "command", span),
             "event" => set_once(&mut args.event, meta.value()?.parse()?, "event", span),
@@ -159,15 +206,9 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let kind = args
         .kind
         .ok_or_else(|| missing("kind", "kind = \"account\""))?;
-    let command = args
-        .command
-        .ok_or_else(|| missing("command", "command = YourCommandType"))?;
     let event = args
         .event
         .ok_or_else(|| missing("event", "event = YourEventType"))?;
-    let reply = args
-        .reply
-        .ok_or_else(|| missing("reply", "reply = YourReplyType"))?;
     let error = args
         .error
         .ok_or_else(|| missing("error", "error = YourErrorType"))?;
@@ -176,10 +217,58 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         None => quote!(::core::option::Option::None),
     };
     let ident = &input.ident;
+    let commands = match (args.commands, args.command, args.reply) {
+        (Some(_), Some(command), _) => {
+            return Err(syn::Error::new(
+                command.span(),
+                "give either `commands(A -> ReplyA, ...)` or `command = ..., reply = ...`, not both",
+            ));
+        }
+        (Some(_), None, Some(reply)) => {
+            return Err(syn::Error::new(
+                reply.span(),
+                "with `commands(...)` each command names its reply (`Deposit -> u64`); remove `reply`",
+            ));
+        }
+        (Some((_, specs)), None, None) => Commands::Many(specs),
+        (None, Some(command), Some(reply)) => Commands::One { command, reply },
+        (None, Some(_), None) => return Err(missing("reply", "reply = YourReplyType")),
+        (None, None, _) => {
+            return Err(missing(
+                "commands",
+                "commands(Deposit -> u64, Balance -> u64) (or command = YourCommand, reply = YourReply)",
+            ));
+        }
+    };
+    let vis = &input.vis;
     // The supertraits of `EventSourcedActor` (Default, Serialize, ...) are checked on this impl;
     // spanning it at the type's name makes a missing trait point there.
     let trait_path = quote_spanned!(ident.span()=> ::aether::EventSourcedActor);
+    let (wire, command, reply, dispatch) = match commands {
+        Commands::One { command, reply } => {
+            let wire = quote! {
+                impl ::aether::Command<#ident> for #command {
+                    type Reply = #reply;
+                    #[inline]
+                    fn into_command(self) -> #command {
+                        self
+                    }
+                    #[inline]
+                    fn from_reply(reply: #reply) -> ::core::option::Option<#reply> {
+                        ::core::option::Option::Some(reply)
+                    }
+                }
+            };
+            let dispatch = quote! {
+                <Self as ::aether::Handle<#command>>::handle(self, cmd, ctx)
+            };
+            (wire, quote!(#command), quote!(#reply), dispatch)
+        }
+        Commands::Many(specs) => many(ident, vis, &specs)?,
+    };
     Ok(quote! {
+        #wire
+
         impl #trait_path for #ident {
             const KIND: &'static str = #kind;
             const SNAPSHOT_EVERY: ::core::option::Option<u64> = #snapshot_every;
@@ -187,6 +276,140 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             type Event = #event;
             type Reply = #reply;
             type Error = #error;
+
+            #[allow(clippy::manual_async_fn)]
+            fn dispatch(
+                &self,
+                cmd: #command,
+                ctx: &mut ::aether::Ctx<Self>,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<::aether::Effect<Self>, #error>,
+            > + ::core::marker::Send
+            where
+                Self: ::aether::Behavior,
+            {
+                #dispatch
+            }
         }
     })
+}
+
+#[allow(clippy::large_enum_variant)] // built once per derive
+enum Commands {
+    One { command: Type, reply: Type },
+    Many(Vec<CommandSpec>),
+}
+
+/// The wire enums, the `Command` impls and the dispatch of `commands(...)`.
+fn many(
+    ident: &Ident,
+    vis: &syn::Visibility,
+    specs: &[CommandSpec],
+) -> syn::Result<(
+    proc_macro2::TokenStream,
+    proc_macro2::TokenStream,
+    proc_macro2::TokenStream,
+    proc_macro2::TokenStream,
+)> {
+    let command_enum = Ident::new(&format!("{ident}Command"), ident.span());
+    let reply_enum = Ident::new(&format!("{ident}Reply"), ident.span());
+    let mut variants: Vec<&Ident> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let last = spec
+            .command
+            .segments
+            .last()
+            .ok_or_else(|| syn::Error::new(spec.command.span(), "expected a command type"))?;
+        if !last.arguments.is_empty() {
+            return Err(syn::Error::new(
+                last.arguments.span(),
+                "a command type cannot be generic: name one concrete type per command",
+            ));
+        }
+        if variants.iter().any(|v| **v == last.ident) {
+            return Err(syn::Error::new(
+                last.ident.span(),
+                format!(
+                    "command `{}` is listed twice (command type names must differ)",
+                    last.ident
+                ),
+            ));
+        }
+        variants.push(&last.ident);
+    }
+    let commands: Vec<&Path> = specs.iter().map(|s| &s.command).collect();
+    let replies: Vec<&Type> = specs.iter().map(|s| &s.reply).collect();
+    let command_doc = format!(
+        "Every command of [`{ident}`], as it travels and is stored (generated by \
+         `#[derive(EventSourcedActor)]`)."
+    );
+    let reply_doc = format!(
+        "Every reply of [`{ident}`], tagged with its command, as it travels and is stored \
+         (generated by `#[derive(EventSourcedActor)]`)."
+    );
+    let wire = quote! {
+        #[doc = #command_doc]
+        #[derive(::aether::serde::Serialize, ::aether::serde::Deserialize)]
+        #[serde(crate = "::aether::serde")]
+        #vis enum #command_enum {
+            #(
+                #[allow(missing_docs)]
+                #variants(#commands),
+            )*
+        }
+
+        #[doc = #reply_doc]
+        #[derive(::aether::serde::Serialize, ::aether::serde::Deserialize)]
+        #[serde(crate = "::aether::serde")]
+        #vis enum #reply_enum {
+            #(
+                #[allow(missing_docs)]
+                #variants(#replies),
+            )*
+        }
+
+        impl ::aether::Command<#ident> for #command_enum {
+            type Reply = #reply_enum;
+            #[inline]
+            fn into_command(self) -> #command_enum {
+                self
+            }
+            #[inline]
+            fn from_reply(reply: #reply_enum) -> ::core::option::Option<#reply_enum> {
+                ::core::option::Option::Some(reply)
+            }
+        }
+
+        #(
+            impl ::aether::Command<#ident> for #commands {
+                type Reply = #replies;
+                #[inline]
+                fn into_command(self) -> #command_enum {
+                    #command_enum::#variants(self)
+                }
+                #[inline]
+                #[allow(unreachable_patterns)]
+                fn from_reply(reply: #reply_enum) -> ::core::option::Option<#replies> {
+                    match reply {
+                        #reply_enum::#variants(reply) => ::core::option::Option::Some(reply),
+                        _ => ::core::option::Option::None,
+                    }
+                }
+            }
+        )*
+    };
+    let dispatch = quote! {
+        async move {
+            match cmd {
+                #(
+                    #command_enum::#variants(cmd) => {
+                        <Self as ::aether::Handle<#commands>>::handle(self, cmd, ctx)
+                            .await
+                            .map(|effect| effect.map_reply(#reply_enum::#variants))
+                    }
+                )*
+            }
+        }
+    };
+    Ok((wire, quote!(#command_enum), quote!(#reply_enum), dispatch))
 }

@@ -39,7 +39,9 @@ pub mod supervision;
 pub mod wire;
 pub mod workflow;
 
-pub use actor::{ActorRef, AskOptions, Behavior, Ctx, Effect, EventSourcedActor, Persist};
+pub use actor::{
+    ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, Persist,
+};
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;

@@ -30,7 +30,7 @@ pub struct Link {
     pings: u64,
 }
 
-impl Behavior for Link {
+impl Handle<LinkCmd> for Link {
     async fn handle(&self, cmd: LinkCmd, ctx: &mut Ctx<Self>) -> Result<Effect<Self>, LinkError> {
         match cmd {
             LinkCmd::Ping => Ok(Effect::persist(LinkEvent::Pinged).reply("pong".into())),
@@ -44,7 +44,9 @@ impl Behavior for Link {
             }
         }
     }
+}
 
+impl Behavior for Link {
     fn apply(&mut self, event: &LinkEvent) {
         match event {
             LinkEvent::Pinged => self.pings += 1,

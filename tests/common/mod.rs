@@ -143,7 +143,7 @@ pub struct Counter {
     pub friend: Option<ActorRef<Counter>>,
 }
 
-impl Behavior for Counter {
+impl Handle<CounterCmd> for Counter {
     async fn handle(
         &self,
         cmd: CounterCmd,
@@ -195,7 +195,9 @@ impl Behavior for Counter {
             CounterCmd::Digest => Ok(Effect::reply(digest(self))),
         }
     }
+}
 
+impl Behavior for Counter {
     fn apply(&mut self, event: &CounterEvent) {
         APPLIED.fetch_add(1, Ordering::Relaxed);
         self.events += 1;
@@ -226,7 +228,7 @@ pub struct Tally {
     pub events: u64,
 }
 
-impl Behavior for Tally {
+impl Handle<CounterCmd> for Tally {
     async fn handle(
         &self,
         cmd: CounterCmd,
@@ -239,7 +241,9 @@ impl Behavior for Tally {
             _ => Err(CounterError::Refused),
         }
     }
+}
 
+impl Behavior for Tally {
     fn apply(&mut self, event: &CounterEvent) {
         self.events += 1;
         if let CounterEvent::Added(n) = event {

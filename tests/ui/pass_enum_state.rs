@@ -15,10 +15,13 @@ pub enum Light {
     On,
 }
 
-impl Behavior for Light {
+impl Handle<Cmd> for Light {
     async fn handle(&self, _cmd: Cmd, _ctx: &mut Ctx<Self>) -> Result<Effect<Self>, Err> {
         Ok(Effect::persist(Ev::Pinged).reply(matches!(self, Light::Off)))
     }
+}
+
+impl Behavior for Light {
     fn apply(&mut self, _event: &Ev) {
         *self = match self { Light::Off => Light::On, Light::On => Light::Off };
     }

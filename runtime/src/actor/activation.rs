@@ -69,7 +69,7 @@ use tracing::Instrument;
 
 use super::actor_ref::{ActorRef, with_decode_host};
 use super::context::{Ctx, CurrentTurn, Turn};
-use super::contract::{Behavior, Effect, Plan};
+use super::contract::{Answer, Behavior, Effect, Plan};
 use super::delivery::OutboxCell;
 use super::host::{Done, DoneTx, Host, Stats, wait_done};
 use super::inbox::{CallMeta, Envelope, InFlight, Inbox, Msg, Work};
@@ -691,7 +691,7 @@ impl<A: Behavior> Activation<A> {
         let fut = {
             let Envelope { cmd, meta, .. } = *env;
             self.ctx.begin(self.version, meta);
-            A::handle(&self.state, cmd, &mut self.ctx)
+            A::dispatch(&self.state, cmd, &mut self.ctx)
         };
         let outcome = InTurn { turn, fut }.await;
         match outcome {
@@ -741,28 +741,54 @@ impl<A: Behavior> Activation<A> {
             Err(Failure::Rejected(e)) => return Err(AskError::Rejected(e)),
             Err(Failure::Invalid(e)) => return Err(*e),
         };
-        if effect.events.is_empty() && effect.plan.as_ref().is_none_or(|p| p.is_empty()) {
-            return Ok(effect.reply);
+        let Effect {
+            events,
+            reply,
+            plan,
+        } = effect;
+        if events.is_empty() && plan.as_ref().is_none_or(|p| p.is_empty()) {
+            return Ok(match reply {
+                Answer::Now(reply) => reply,
+                Answer::FromState(read) => read(&self.state),
+            });
         }
-        let reply_bytes = codec::encode("reply", &effect.reply)?;
+        // A reply read from the new state needs the events folded before the commit (it is
+        // stored with it). Should the commit fail, the state is ahead of the store: reloaded.
+        let (reply, folded) = match reply {
+            Answer::Now(reply) => (reply, false),
+            Answer::FromState(read) => {
+                for event in &events {
+                    self.state.apply(event);
+                }
+                (read(&self.state), true)
+            }
+        };
+        let encoded = codec::encode("reply", &reply);
         // Boxed: the append path is large, and a query never takes it — keeping it out of
         // this future keeps the hot path's state machine (moved on every turn) small.
-        let stored = Box::pin(self.persist(
-            effect.events,
-            effect.plan.map(|p| *p).unwrap_or_default(),
-            Some(reply_bytes),
-            ids,
-            None,
-            "Scheduled",
-        ))
-        .await?;
-        match stored {
-            Stored::Now => Ok(effect.reply),
+        let stored = match encoded {
+            Ok(bytes) => {
+                Box::pin(self.persist(
+                    events,
+                    plan.map(|p| *p).unwrap_or_default(),
+                    Some(bytes),
+                    ids,
+                    None,
+                    "Scheduled",
+                    folded,
+                ))
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if folded && stored.is_err() {
+            self.stale = true;
+        }
+        match stored? {
+            Stored::Now => Ok(reply),
             // The store already held this command: our state was behind. Answer with the
             // reply stored then.
-            Stored::Before => self
-                .remembered_reply(ids.command_id)
-                .unwrap_or(Ok(effect.reply)),
+            Stored::Before => self.remembered_reply(ids.command_id).unwrap_or(Ok(reply)),
         }
     }
 
@@ -812,7 +838,7 @@ impl<A: Behavior> Activation<A> {
                 };
             }
         };
-        match Box::pin(self.persist(events, plan, None, ids, delivery, mark)).await {
+        match Box::pin(self.persist(events, plan, None, ids, delivery, mark, false)).await {
             Ok(Stored::Before) => {
                 Stats::bump(&self.host.stats.effects_duplicates);
                 Settle::Duplicate
@@ -881,7 +907,7 @@ impl<A: Behavior> Activation<A> {
             staged
         };
         if let Err(e) = self
-            .append_staged(Vec::new(), staged, None, ids, "Forwarded")
+            .append_staged(Vec::new(), staged, None, ids, "Forwarded", false)
             .await
         {
             tracing::debug!(actor = %self.key(), error = %e, "delayed effects not forwarded yet");
@@ -902,7 +928,8 @@ impl<A: Behavior> Activation<A> {
 
     /// Stores the outcome of a turn: `events`, the durable effects of `plan`, and `delivery`
     /// (the effect it applies), as one commit. `mark` names the bookkeeping event used when
-    /// there is no user event.
+    /// there is no user event; `folded`: the state has the events applied already.
+    #[allow(clippy::too_many_arguments)]
     async fn persist(
         &mut self,
         events: Vec<A::Event>,
@@ -911,6 +938,7 @@ impl<A: Behavior> Activation<A> {
         ids: CommitIds,
         delivery: Option<Delivery>,
         mark: &str,
+        folded: bool,
     ) -> Result<Stored, AskError<A::Error>> {
         let now = now_ms();
         let me = self.key().clone();
@@ -940,10 +968,12 @@ impl<A: Behavior> Activation<A> {
             .outbox
             .lock()
             .stage(&me, entries, &plan.cancels, delivery);
-        self.append_staged(events, staged, reply, ids, mark).await
+        self.append_staged(events, staged, reply, ids, mark, folded)
+            .await
     }
 
-    /// Appends one commit of `events` and the `staged` outbox changes, then folds both.
+    /// Appends one commit of `events` and the `staged` outbox changes, then folds both (the
+    /// events only if not `folded` already).
     async fn append_staged(
         &mut self,
         events: Vec<A::Event>,
@@ -951,6 +981,7 @@ impl<A: Behavior> Activation<A> {
         reply: Option<Vec<u8>>,
         ids: CommitIds,
         mark: &str,
+        folded: bool,
     ) -> Result<Stored, AskError<A::Error>> {
         if events.is_empty() && staged.is_empty() {
             // Nothing to store (a cancel of a reminder that is not pending, say).
@@ -1033,8 +1064,10 @@ impl<A: Behavior> Activation<A> {
                 }
                 let state = &mut self.state;
                 let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    for event in &events {
-                        state.apply(event);
+                    if !folded {
+                        for event in &events {
+                            state.apply(event);
+                        }
                     }
                 }));
                 let me = self.key().clone();

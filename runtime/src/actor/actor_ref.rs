@@ -13,12 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::oneshot;
 
 use super::context::CurrentTurn;
-use super::contract::Behavior;
+use super::contract::{Behavior, Command};
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
-use crate::wire::CommandId;
+use crate::wire::{CodecError, CommandId};
 
 /// A handle to the actor `A` with a given id: namespace, kind and id, nothing node-specific.
 ///
@@ -120,16 +120,27 @@ impl<A: Behavior> ActorRef<A> {
     }
 
     /// Sends `cmd` and waits for the reply, with a fresh command id and the default timeout.
+    /// The reply has the type `cmd` declares (`commands(Deposit -> u64, ...)`).
     ///
     /// Inside a handler, the ask is a child of the running turn, exactly like
     /// [`Ctx::ask`](super::Ctx::ask): its command id is derived from the turn's, it carries the
     /// call chain (cycle detection) and the turn's deadline.
-    pub async fn ask(&self, cmd: A::Command) -> Result<A::Reply, AskError<A::Error>> {
+    pub async fn ask<C: Command<A>>(&self, cmd: C) -> Result<C::Reply, AskError<A::Error>> {
         self.ask_with(cmd, AskOptions::default()).await
     }
 
     /// Sends `cmd` with `options` (command id for retries, timeout) and waits for the reply.
-    pub async fn ask_with(
+    pub async fn ask_with<C: Command<A>>(
+        &self,
+        cmd: C,
+        options: AskOptions,
+    ) -> Result<C::Reply, AskError<A::Error>> {
+        let reply = self.ask_wire(cmd.into_command(), options).await?;
+        typed_reply::<A, C>(reply)
+    }
+
+    /// The untyped ask: the actor's wire command in, its wire reply out.
+    async fn ask_wire(
         &self,
         cmd: A::Command,
         options: AskOptions,
@@ -161,7 +172,8 @@ impl<A: Behavior> ActorRef<A> {
     /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
     /// when it cannot be queued (full mailbox, unknown kind, shutdown). Inside a handler, the
     /// tell is a child of the running turn (like [`Ctx::tell`](super::Ctx::tell)).
-    pub fn tell(&self, cmd: A::Command) -> Result<(), TellError> {
+    pub fn tell(&self, cmd: impl Command<A>) -> Result<(), TellError> {
+        let cmd = cmd.into_command();
         if let Some(turn) = CurrentTurn::get() {
             return self
                 .on_host(|host| turn.tell::<A>(host, &self.key, cmd))
@@ -176,6 +188,22 @@ impl<A: Behavior> ActorRef<A> {
                 reason,
             })?
     }
+}
+
+/// The reply of command `C` out of `A`'s wire reply, or a typed error when it answers another
+/// command.
+pub(crate) fn typed_reply<A: Behavior, C: Command<A>>(
+    reply: A::Reply,
+) -> Result<C::Reply, AskError<A::Error>> {
+    C::from_reply(reply).ok_or_else(|| {
+        AskError::Codec(CodecError {
+            what: "reply",
+            reason: format!(
+                "the reply answers another command than {} (a command id reused for a different command?)",
+                std::any::type_name::<C>()
+            ),
+        })
+    })
 }
 
 /// The ask path shared by refs and handlers. The command travels boxed in its envelope from

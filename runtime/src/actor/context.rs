@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::actor_ref::{ActorRef, ask_on, tell_on};
-use super::contract::Behavior;
+use super::actor_ref::{ActorRef, ask_on, tell_on, typed_reply};
+use super::contract::{Behavior, Command};
 use super::host::Host;
 use super::inbox::{CallMeta, Envelope};
 use crate::errors::{AskError, TellError};
@@ -301,22 +301,27 @@ impl<A: Behavior> Ctx<A> {
     }
 
     /// Asks another actor and waits for its reply (see the type docs for ids and cycles).
-    pub async fn ask<B: Behavior>(
+    /// The reply has the type `cmd` declares.
+    pub async fn ask<B: Behavior, C: Command<B>>(
         &mut self,
         target: &ActorRef<B>,
-        cmd: B::Command,
-    ) -> Result<B::Reply, AskError<B::Error>> {
+        cmd: C,
+    ) -> Result<C::Reply, AskError<B::Error>> {
         let host = Arc::clone(&self.turn.host);
-        self.turn.ask::<B>(&host, target.key(), cmd, None).await
+        let reply = self
+            .turn
+            .ask::<B>(&host, target.key(), cmd.into_command(), None)
+            .await?;
+        typed_reply::<B, C>(reply)
     }
 
     /// Tells another actor (fire-and-forget, at most once), as a child of this command.
     pub fn tell<B: Behavior>(
         &mut self,
         target: &ActorRef<B>,
-        cmd: B::Command,
+        cmd: impl Command<B>,
     ) -> Result<(), TellError> {
         let host = Arc::clone(&self.turn.host);
-        self.turn.tell::<B>(&host, target.key(), cmd)
+        self.turn.tell::<B>(&host, target.key(), cmd.into_command())
     }
 }

@@ -26,4 +26,4 @@ pub(crate) mod remote;
 
 pub use actor_ref::{ActorRef, AskOptions};
 pub use context::Ctx;
-pub use contract::{Behavior, Effect, EventSourcedActor, Persist};
+pub use contract::{Behavior, Command, Effect, EventSourcedActor, Handle, Persist};

@@ -1,0 +1,165 @@
+//! Typed commands: each command type declares its reply type, replies can be read from the
+//! folded state, and the wire carries both tagged with the command's name.
+
+#[path = "../examples/shared/account.rs"]
+mod account;
+
+use account::{Account, AccountError, Balance, Deposit, Open, Withdraw};
+use aether::prelude::*;
+use aether::wire::CodecError;
+
+async fn runtime(namespace: &str) -> Runtime {
+    Runtime::builder()
+        .namespace(namespace)
+        .expect("namespace")
+        .register::<Account>()
+        .memory_store()
+        .start()
+        .await
+        .expect("start")
+}
+
+#[tokio::test]
+async fn each_command_answers_with_its_own_type_read_from_the_new_state() {
+    let rt = runtime("typed-replies").await;
+    let alice = rt.actor::<Account>("alice").unwrap();
+    // `Open` answers `()`, `Deposit` and `Withdraw` the balance after them (`reply_with`).
+    let opened: () = alice
+        .ask(Open {
+            owner: "Alice".into(),
+        })
+        .await
+        .unwrap();
+    let _ = opened;
+    let after_deposit: u64 = alice.ask(Deposit(70)).await.unwrap();
+    assert_eq!(after_deposit, 70);
+    assert_eq!(alice.ask(Deposit(5)).await.unwrap(), 75);
+    assert_eq!(alice.ask(Withdraw(25)).await.unwrap(), 50);
+    assert_eq!(alice.ask(Balance).await.unwrap(), 50);
+    // A rejection folds nothing: the state read by the next reply is unchanged.
+    let refused = alice.ask(Withdraw(1_000)).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.rejection(),
+            Some(AccountError::InsufficientFunds {
+                balance: 50,
+                needed: 1_000
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(alice.ask(Balance).await.unwrap(), 50);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_command_gets_the_stored_reply_read_from_the_state_of_its_time() {
+    let rt = runtime("typed-retry").await;
+    let bob = rt.actor::<Account>("bob").unwrap();
+    bob.ask(Open {
+        owner: "Bob".into(),
+    })
+    .await
+    .unwrap();
+    let id = CommandId::random();
+    let first = bob
+        .ask_with(Deposit(10), AskOptions::default().command_id(id))
+        .await
+        .unwrap();
+    assert_eq!(first, 10);
+    bob.ask(Deposit(5)).await.unwrap();
+    // The retry is not applied again, and its reply is the one stored with the commit (10),
+    // not one computed from today's state (15).
+    let retried = bob
+        .ask_with(Deposit(10), AskOptions::default().command_id(id))
+        .await
+        .unwrap();
+    assert_eq!(retried, 10);
+    assert_eq!(bob.ask(Balance).await.unwrap(), 15);
+    // The same after a restart of the activation (the reply comes from the store).
+    assert!(rt.passivate(&bob).await);
+    let again = bob
+        .ask_with(Deposit(10), AskOptions::default().command_id(id))
+        .await
+        .unwrap();
+    assert_eq!(again, 10);
+    assert_eq!(bob.ask(Balance).await.unwrap(), 15);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_id_reused_for_another_command_is_a_typed_error() {
+    let rt = runtime("typed-reuse").await;
+    let carol = rt.actor::<Account>("carol").unwrap();
+    carol.ask(Open { owner: "C".into() }).await.unwrap();
+    let id = CommandId::random();
+    carol
+        .ask_with(Deposit(3), AskOptions::default().command_id(id))
+        .await
+        .unwrap();
+    // The id names the deposit: its stored reply answers `Deposit`, not `Open`.
+    let err = carol
+        .ask_with(
+            Open { owner: "C".into() },
+            AskOptions::default().command_id(id),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        AskError::Codec(CodecError { what, reason }) => {
+            assert_eq!(*what, "reply");
+            assert!(reason.contains("Open"), "{reason}");
+        }
+        other => panic!("expected a typed reply error, got {other:?}"),
+    }
+    // Nothing was applied twice.
+    assert_eq!(carol.ask(Balance).await.unwrap(), 3);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn commands_and_replies_travel_tagged_with_the_command_name() {
+    use aether::Command;
+    // What a raw client sends and gets back (docs/wire.md): `{"Deposit": 5}` and `{"Deposit": 7}`.
+    let wire = rmp_serde::to_vec_named(&Command::<Account>::into_command(Deposit(5))).unwrap();
+    let expected =
+        rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("Deposit", 5u64)])).unwrap();
+    assert_eq!(wire, expected);
+    let reply =
+        rmp_serde::to_vec_named(&std::collections::BTreeMap::from([("Deposit", 7u64)])).unwrap();
+    let decoded: account::AccountReply = rmp_serde::from_slice(&reply).unwrap();
+    assert_eq!(<Deposit as Command<Account>>::from_reply(decoded), Some(7));
+    let decoded: account::AccountReply = rmp_serde::from_slice(&reply).unwrap();
+    assert_eq!(<Balance as Command<Account>>::from_reply(decoded), None);
+}
+
+#[tokio::test]
+async fn a_reply_read_from_the_state_never_leaves_a_failed_commit_folded_in() {
+    use aether::store::NewCommit;
+    use aether::wire::EventData;
+    let rt = runtime("typed-conflict").await;
+    let dave = rt.actor::<Account>("dave").unwrap();
+    dave.ask(Open { owner: "D".into() }).await.unwrap();
+    assert_eq!(dave.ask(Deposit(10)).await.unwrap(), 10);
+    // Another writer appends behind the activation's back (a straggler of a handoff, say).
+    let store = rt.event_store();
+    let version = store.latest_version(dave.key()).await.unwrap();
+    let foreign = NewCommit::new(
+        CommandId::random(),
+        vec![EventData {
+            event_type: "Deposited".into(),
+            payload: rmp_serde::to_vec_named(&account::AccountEvent::Deposited(100)).unwrap(),
+        }],
+    );
+    store.append(dave.key(), version, foreign).await.unwrap();
+    // This deposit folds its event to read the reply, then loses the race at the store: it
+    // fails fast, and the fold it made is thrown away with a reload.
+    let err = dave.ask(Deposit(1)).await.unwrap_err();
+    assert!(
+        matches!(err, AskError::VersionConflict { .. }),
+        "expected a version conflict, got {err:?}"
+    );
+    assert_eq!(dave.ask(Balance).await.unwrap(), 110);
+    assert_eq!(dave.ask(Deposit(1)).await.unwrap(), 111);
+    rt.shutdown().await.unwrap();
+}
