@@ -26,7 +26,13 @@
 //! state and the named types have the traits the runtime needs. Errors point at the attribute
 //! or the type at fault.
 //!
-//! This crate depends on no runtime crate: the code it generates names paths in `::aether`.
+//! This crate depends on no runtime crate: the code it generates names paths in the `aether`
+//! crate, under the name the user's `Cargo.toml` gives it (it may be renamed).
+//!
+//! [`macro@data`] makes a command, event, error or state type serializable through `aether`'s
+//! re-export of serde, so the user's crate needs no serde dependency.
+
+#![deny(missing_docs)]
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;
@@ -64,6 +70,51 @@ pub fn derive_event_sourced_actor(input: TokenStream) -> TokenStream {
     match expand(&input) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// Makes a type storable and sendable by Aether: derives serde's `Serialize` and
+/// `Deserialize` through `aether`'s own re-export of serde, so a crate that uses Aether needs
+/// no `serde` dependency of its own. Put it above your other derives and attributes
+/// (`#[serde(...)]` attributes work as usual):
+///
+/// ```ignore
+/// #[aether::data]
+/// #[derive(Debug, Clone)]
+/// pub struct Deposit(pub u64);
+/// ```
+#[proc_macro_attribute]
+pub fn data(args: TokenStream, item: TokenStream) -> TokenStream {
+    if !args.is_empty() {
+        let args = proc_macro2::TokenStream::from(args);
+        return syn::Error::new(args.span(), "#[aether::data] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let item = proc_macro2::TokenStream::from(item);
+    let krate = aether_path();
+    let serde_path = format!("{krate}::serde").replace(' ', "");
+    quote! {
+        #[derive(#krate::serde::Serialize, #krate::serde::Deserialize)]
+        #[serde(crate = #serde_path)]
+        #item
+    }
+    .into()
+}
+
+/// The path of the `aether` crate as the user's crate names it: `::aether`, or the name it is
+/// renamed to in the user's `Cargo.toml` (`actors = { package = "aether", ... }`).
+fn aether_path() -> proc_macro2::TokenStream {
+    use proc_macro_crate::{FoundCrate, crate_name};
+    match crate_name("aether") {
+        Ok(FoundCrate::Name(name)) => {
+            let ident = Ident::new(&name, Span::call_site());
+            quote!(::#ident)
+        }
+        // `Itself`: an example, test or doc test of the `aether` package, which sees it as
+        // `aether` (the library never uses its own derive). Not found: the user's Cargo.toml
+        // could not be read; `aether` is the best guess and a wrong one fails loudly.
+        Ok(FoundCrate::Itself) | Err(_) => quote!(::aether),
     }
 }
 
@@ -217,6 +268,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         None => quote!(::core::option::Option::None),
     };
     let ident = &input.ident;
+    let krate = aether_path();
     let commands = match (args.commands, args.command, args.reply) {
         (Some(_), Some(command), _) => {
             return Err(syn::Error::new(
@@ -243,11 +295,11 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let vis = &input.vis;
     // The supertraits of `EventSourcedActor` (Default, Serialize, ...) are checked on this impl;
     // spanning it at the type's name makes a missing trait point there.
-    let trait_path = quote_spanned!(ident.span()=> ::aether::EventSourcedActor);
+    let trait_path = quote_spanned!(ident.span()=> #krate::EventSourcedActor);
     let (wire, command, reply, dispatch) = match commands {
         Commands::One { command, reply } => {
             let wire = quote! {
-                impl ::aether::Command<#ident> for #command {
+                impl #krate::Command<#ident> for #command {
                     type Reply = #reply;
                     #[inline]
                     fn into_command(self) -> #command {
@@ -260,11 +312,11 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
                 }
             };
             let dispatch = quote! {
-                <Self as ::aether::Handle<#command>>::handle(self, cmd, ctx)
+                <Self as #krate::Handle<#command>>::handle(self, cmd, ctx)
             };
             (wire, quote!(#command), quote!(#reply), dispatch)
         }
-        Commands::Many(specs) => many(ident, vis, &specs)?,
+        Commands::Many(specs) => many(&krate, ident, vis, &specs)?,
     };
     Ok(quote! {
         #wire
@@ -281,12 +333,12 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             fn dispatch(
                 &self,
                 cmd: #command,
-                ctx: &mut ::aether::Ctx<Self>,
+                ctx: &mut #krate::Ctx<Self>,
             ) -> impl ::core::future::Future<
-                Output = ::core::result::Result<::aether::Effect<Self>, #error>,
+                Output = ::core::result::Result<#krate::Effect<Self>, #error>,
             > + ::core::marker::Send
             where
-                Self: ::aether::Behavior,
+                Self: #krate::Behavior,
             {
                 #dispatch
             }
@@ -302,6 +354,7 @@ enum Commands {
 
 /// The wire enums, the `Command` impls and the dispatch of `commands(...)`.
 fn many(
+    krate: &proc_macro2::TokenStream,
     ident: &Ident,
     vis: &syn::Visibility,
     specs: &[CommandSpec],
@@ -347,10 +400,11 @@ fn many(
         "Every reply of [`{ident}`], tagged with its command, as it travels and is stored \
          (generated by `#[derive(EventSourcedActor)]`)."
     );
+    let serde_path = LitStr::new(&format!("{krate}::serde").replace(' ', ""), ident.span());
     let wire = quote! {
         #[doc = #command_doc]
-        #[derive(::aether::serde::Serialize, ::aether::serde::Deserialize)]
-        #[serde(crate = "::aether::serde")]
+        #[derive(#krate::serde::Serialize, #krate::serde::Deserialize)]
+        #[serde(crate = #serde_path)]
         #vis enum #command_enum {
             #(
                 #[allow(missing_docs)]
@@ -359,8 +413,8 @@ fn many(
         }
 
         #[doc = #reply_doc]
-        #[derive(::aether::serde::Serialize, ::aether::serde::Deserialize)]
-        #[serde(crate = "::aether::serde")]
+        #[derive(#krate::serde::Serialize, #krate::serde::Deserialize)]
+        #[serde(crate = #serde_path)]
         #vis enum #reply_enum {
             #(
                 #[allow(missing_docs)]
@@ -368,7 +422,7 @@ fn many(
             )*
         }
 
-        impl ::aether::Command<#ident> for #command_enum {
+        impl #krate::Command<#ident> for #command_enum {
             type Reply = #reply_enum;
             #[inline]
             fn into_command(self) -> #command_enum {
@@ -381,7 +435,7 @@ fn many(
         }
 
         #(
-            impl ::aether::Command<#ident> for #commands {
+            impl #krate::Command<#ident> for #commands {
                 type Reply = #replies;
                 #[inline]
                 fn into_command(self) -> #command_enum {
@@ -403,7 +457,7 @@ fn many(
             match cmd {
                 #(
                     #command_enum::#variants(cmd) => {
-                        <Self as ::aether::Handle<#commands>>::handle(self, cmd, ctx)
+                        <Self as #krate::Handle<#commands>>::handle(self, cmd, ctx)
                             .await
                             .map(|effect| effect.map_reply(#reply_enum::#variants))
                     }

@@ -24,7 +24,7 @@
 //! decides events and a reply → the events are appended as one commit at the actor's version
 //! (a conflict means a stale activation, which reloads) → `apply` folds them → the reply.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod actor;
 pub mod bus;
