@@ -100,7 +100,7 @@ async fn store_direct(dir: &std::path::Path) -> f64 {
 
 async fn runtime(dir: &std::path::Path) -> anyhow::Result<f64> {
     let rt = Runtime::builder()
-        .namespace("bench-runtime")?
+        .namespace("bench-runtime")
         .register::<Probe>()
         .data_dir(dir.join("runtime"))
         .start()

@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn client(url: &str, ns: &str) -> anyhow::Result<Runtime> {
     Ok(Runtime::builder()
-        .namespace(ns)?
+        .namespace(ns)
         .register::<Probe>()
         .cluster_client(url)
         .start()

@@ -56,7 +56,7 @@ async fn raw_publish(js: async_nats::jetstream::Context) -> f64 {
 
 async fn runtime_commands(url: &str) -> anyhow::Result<f64> {
     let rt = Runtime::builder()
-        .namespace("b4")?
+        .namespace("b4")
         .register::<Probe>()
         .jetstream(url)
         .start()
@@ -116,7 +116,7 @@ async fn fill(js: &async_nats::jetstream::Context, ns: &Namespace, id: &str) -> 
 /// Time of the first ask to `id` on a fresh runtime (activation = load + one turn).
 async fn activation(url: &str, id: &str) -> anyhow::Result<Duration> {
     let rt = Runtime::builder()
-        .namespace("b5")?
+        .namespace("b5")
         .register::<Probe>()
         .jetstream(url)
         .snapshot_on_passivation(false)

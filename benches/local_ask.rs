@@ -66,7 +66,7 @@ async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let rt = Runtime::builder()
-        .namespace("bench-ask")?
+        .namespace("bench-ask")
         .register::<Probe>()
         .memory_store()
         .start()

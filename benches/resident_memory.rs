@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Aether: N activated actors. The refs (the caller's handles) are made before measuring.
     let rt = Runtime::builder()
-        .namespace("bench-memory")?
+        .namespace("bench-memory")
         .register::<Probe>()
         .memory_store()
         .idle_passivation(None)

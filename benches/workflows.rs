@@ -200,7 +200,7 @@ async fn bench_main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     wait_map(&view, 3).await?;
     let client = Runtime::builder()
-        .namespace(ns)?
+        .namespace(ns)
         .register::<Wallet>()
         .cluster_client(&url)
         .start()

@@ -36,7 +36,7 @@ async fn balance(account: &ActorRef<Account>) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let rt = Runtime::builder()
-        .namespace("bank")?
+        .namespace("bank")
         .register::<Account>()
         .config_from_env()?
         .start()

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let urls = std::env::var("AETHER_NATS_URL")
         .map_err(|_| anyhow::anyhow!("set AETHER_NATS_URL to the cluster's NATS servers"))?;
     let rt = Runtime::builder()
-        .namespace(bank_commands::namespace())?
+        .namespace(bank_commands::namespace())
         .register::<Account>()
         .cluster_client(urls)
         .start()

@@ -106,7 +106,7 @@ fn print_board(title: &str, board: &Board) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let rt = Runtime::builder()
-        .namespace("leaderboard")?
+        .namespace("leaderboard")
         .register::<Account>()
         .config_from_env()?
         .start()

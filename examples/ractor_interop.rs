@@ -127,7 +127,7 @@ impl Actor for Branch {
 async fn main() -> anyhow::Result<()> {
     let (branch, branch_done) = Actor::spawn(None, Branch, ()).await?;
     let rt = Runtime::builder()
-        .namespace("branch")?
+        .namespace("branch")
         .register::<Account>()
         .memory_store()
         .supervised_by(branch.get_cell())

@@ -48,7 +48,7 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let rt = Runtime::builder().namespace("demo")?.register::<Counter>().start().await?;
+//! let rt = Runtime::builder().namespace("demo").register::<Counter>().start().await?;
 //! let counter = rt.actor::<Counter>("clicks")?;
 //! assert_eq!(counter.ask(Add(2)).await?, 2);
 //! rt.shutdown().await?;

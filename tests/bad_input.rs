@@ -22,13 +22,85 @@ async fn invalid_namespaces_are_rejected() {
         "bänk",
         &"n".repeat(65),
     ] {
-        let err = Runtime::builder().namespace(bad).err().expect("rejected");
-        assert_eq!(err.what, NameKind::Namespace, "{bad:?}");
-        assert!(err.to_string().starts_with("invalid namespace"), "{err}");
+        // The setter only records it; `start` refuses it, naming the namespace.
+        let started = Runtime::builder()
+            .namespace(bad)
+            .memory_store()
+            .start()
+            .await;
+        match started {
+            Err(aether::StartError::InvalidName(err)) => {
+                assert_eq!(err.what, NameKind::Namespace, "{bad:?}");
+                assert!(err.to_string().starts_with("invalid namespace"), "{err}");
+            }
+            Err(other) => panic!("{bad:?}: wrong error {other}"),
+            Ok(_) => panic!("{bad:?}: started with an invalid namespace"),
+        }
     }
     // No namespace at all is a setup error, not a panic.
     let err = Runtime::builder().memory_store().start().await.unwrap_err();
     assert!(err.to_string().contains("no namespace set"), "{err}");
+}
+
+/// A store choice that contradicts another is refused at start, naming the setting, instead
+/// of the last one silently winning.
+#[tokio::test]
+async fn contradictory_store_choices_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = |field: &'static str, result: Result<Runtime, aether::StartError>| match result {
+        Err(aether::StartError::InvalidConfig(e)) => {
+            assert_eq!(e.field, field, "{e}");
+            e.to_string()
+        }
+        Err(other) => panic!("{field}: wrong error {other}"),
+        Ok(_) => panic!("{field}: started with contradictory choices"),
+    };
+    // Two stores.
+    let both = Runtime::builder()
+        .namespace("stores")
+        .memory_store()
+        .jetstream("nats://127.0.0.1:1")
+        .start()
+        .await;
+    let message = refused("store", both);
+    assert!(message.contains("memory_store and jetstream"), "{message}");
+    // A data directory for a store that has none.
+    let memory_dir = Runtime::builder()
+        .namespace("stores")
+        .data_dir(dir.path())
+        .memory_store()
+        .start()
+        .await;
+    refused("data_dir", memory_dir);
+    // Embedded options for a store that takes none.
+    let memory_options = Runtime::builder()
+        .namespace("stores")
+        .memory_store()
+        .embedded_options(aether::store::EmbeddedOptions::default())
+        .start()
+        .await;
+    refused("embedded_options", memory_options);
+    // A cluster node keeps its events in JetStream: a store choice is refused before any
+    // connection is made (nothing listens on that port).
+    let node = Runtime::builder()
+        .memory_store()
+        .register::<Counter>()
+        .cluster(aether::ClusterConfig::new("nats://127.0.0.1:1", "stores"))
+        .start()
+        .await;
+    refused("store", node);
+    // `data_dir` and `embedded_options` keep each other, in either order.
+    let options = aether::store::EmbeddedOptions::default();
+    let rt = Runtime::builder()
+        .namespace("stores")
+        .embedded_options(options)
+        .data_dir(dir.path())
+        .register::<Counter>()
+        .start()
+        .await
+        .expect("embedded store with both settings");
+    assert_eq!(rt.data_dir(), Some(dir.path().join("stores").as_path()));
+    rt.shutdown().await.expect("shutdown");
 }
 
 /// An actor implemented by hand (no derive) with a kind that is not a valid name.
@@ -55,7 +127,6 @@ impl Behavior for BadKind {
 async fn invalid_kinds_are_rejected_at_start() {
     let err = Runtime::builder()
         .namespace("kinds")
-        .unwrap()
         .register::<BadKind>()
         .memory_store()
         .start()
@@ -70,7 +141,6 @@ async fn invalid_kinds_are_rejected_at_start() {
     }
     let err = Runtime::builder()
         .namespace("kinds")
-        .unwrap()
         .register::<Counter>()
         .register::<Counter>()
         .memory_store()
@@ -150,7 +220,6 @@ async fn ids_with_subject_characters_are_accepted_and_round_tripped() {
 async fn runtime_on(store: &MemoryStore, namespace: &str) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .unwrap()
         .register::<Counter>()
         .store(Arc::new(store.clone()), Arc::new(store.clone()))
         .start()
@@ -252,7 +321,6 @@ async fn damaged_record_fails_activation_with_positions() {
 async fn unknown_kinds_are_rejected() {
     let rt = Runtime::builder()
         .namespace("unknown-kind")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .start()
@@ -308,7 +376,6 @@ async fn refs_from_another_namespace_are_refused() {
 async fn oversized_commits_are_refused_and_nothing_is_stored() {
     let rt = Runtime::builder()
         .namespace("big")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .config(aether::RuntimeConfig {

@@ -461,7 +461,6 @@ async fn stop_and_verify(
 async fn client_of(urls: &str, ns: &str) -> Runtime {
     Runtime::builder()
         .namespace(ns)
-        .expect("namespace")
         .register::<Account>()
         .cluster_client(urls)
         .start()

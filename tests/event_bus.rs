@@ -213,7 +213,6 @@ async fn runtimes_sharing_a_bus_stay_isolated() {
     let start = |namespace: &'static str| {
         Runtime::builder()
             .namespace(namespace)
-            .unwrap()
             .register::<Counter>()
             .memory_store()
             .bus(bus.clone())
@@ -328,7 +327,6 @@ async fn a_stalled_subscriber_never_blocks_the_publisher_and_its_drops_are_count
 async fn actor_turns_go_on_while_a_subscriber_is_stalled() {
     let rt = Runtime::builder()
         .namespace("stall")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .start()
@@ -558,7 +556,6 @@ async fn store_happenings_are_system_events() {
     let build = || {
         Runtime::builder()
             .namespace("sys")
-            .unwrap()
             .register::<Counter>()
             .register::<Tally>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
@@ -822,7 +819,6 @@ async fn projection_reads_the_embedded_store_across_restarts() {
     let start = || {
         Runtime::builder()
             .namespace("emb")
-            .unwrap()
             .register::<Counter>()
             .data_dir(dir.path())
             .start()

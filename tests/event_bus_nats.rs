@@ -24,7 +24,6 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn js_runtime(url: &str, namespace: &str) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .unwrap()
         .register::<Counter>()
         .jetstream(url)
         .start()

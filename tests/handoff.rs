@@ -83,7 +83,6 @@ async fn join_and_graceful_leave_under_load_lose_nothing_and_double_nothing() {
     let mut migrated = n1.cluster().expect("node").events();
     let client = Runtime::builder()
         .namespace(ns)
-        .expect("namespace")
         .register::<Counter>()
         .cluster_client(&url)
         .start()

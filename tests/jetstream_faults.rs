@@ -236,7 +236,6 @@ async fn asks_fail_fast_while_the_server_is_down_and_recover_after() {
     let mut server = NatsServer::start();
     let rt = Runtime::builder()
         .namespace("outage")
-        .unwrap()
         .register::<Counter>()
         .jetstream_with(
             server.url(),
@@ -298,7 +297,6 @@ async fn the_runtime_runs_on_jetstream() {
     let build = || {
         Runtime::builder()
             .namespace("rt-js")
-            .unwrap()
             .register::<Counter>()
             .register::<Tally>()
             .jetstream(server.url())

@@ -103,7 +103,6 @@ async fn open(rt: &Runtime, id: &str) {
 async fn a_ractor_actor_calls_aether_actors_from_its_handler() {
     let rt = Runtime::builder()
         .namespace("interop-calls")
-        .expect("ns")
         .register::<Account>()
         .memory_store()
         .start()
@@ -160,7 +159,6 @@ async fn a_runtime_under_a_user_supervisor_reports_its_start_and_its_shutdown() 
     let (watcher, _) = Actor::spawn(None, Watcher, tx).await.expect("watcher");
     let rt = Runtime::builder()
         .namespace("interop-report")
-        .expect("ns")
         .register::<Account>()
         .memory_store()
         .supervised_by(watcher.get_cell())
@@ -205,7 +203,6 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
     let (watcher, watcher_done) = Actor::spawn(None, Watcher, tx).await.expect("watcher");
     let rt = Runtime::builder()
         .namespace("interop-stop")
-        .expect("ns")
         .register::<Account>()
         .data_dir(dir.path())
         .supervised_by(watcher.get_cell())
@@ -246,7 +243,6 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
     // Nothing was lost: a new runtime on the same data finds the balance.
     let rt = Runtime::builder()
         .namespace("interop-stop")
-        .expect("ns")
         .register::<Account>()
         .data_dir(dir.path())
         .start()

@@ -28,7 +28,6 @@ fn spawn(url: &str, ns: &str, id: &str) -> NodeProcess {
 async fn client(url: &str, ns: &str) -> Runtime {
     Runtime::builder()
         .namespace(ns)
-        .expect("namespace")
         .register::<Account>()
         .cluster_client(url)
         .start()

@@ -18,7 +18,6 @@ async fn first_message_activates_by_replaying_history() {
     let store = MemoryStore::new(ns("activation"));
     let rt1 = Runtime::builder()
         .namespace("activation")
-        .unwrap()
         .register::<Counter>()
         .store(Arc::new(store.clone()), Arc::new(store.clone()))
         .snapshot_on_passivation(false)
@@ -34,7 +33,6 @@ async fn first_message_activates_by_replaying_history() {
     // A new runtime on the same store knows nothing until the first message, then replays.
     let rt2 = Runtime::builder()
         .namespace("activation")
-        .unwrap()
         .register::<Counter>()
         .store(Arc::new(store.clone()), Arc::new(store))
         .start()
@@ -80,7 +78,6 @@ async fn full_replay_and_snapshot_restore_agree() {
     let build = |snapshots: bool| {
         Runtime::builder()
             .namespace("agree")
-            .unwrap()
             .register::<Counter>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
             .snapshot_on_passivation(snapshots)
@@ -130,7 +127,6 @@ async fn full_replay_and_snapshot_restore_agree() {
 async fn resident_cap_passivates_least_recently_used() {
     let rt = Runtime::builder()
         .namespace("lru")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .max_resident(3)
@@ -165,7 +161,6 @@ async fn resident_cap_passivates_least_recently_used() {
 async fn idle_actors_are_passivated() {
     let rt = Runtime::builder()
         .namespace("idle")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .idle_passivation(Some(Duration::from_millis(100)))
@@ -308,7 +303,6 @@ async fn dedup_window_is_rebuilt_by_replay_without_snapshot() {
     let build = || {
         Runtime::builder()
             .namespace("dedup-replay")
-            .unwrap()
             .register::<Counter>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
             .snapshot_on_passivation(false)
@@ -415,7 +409,6 @@ async fn call_cycles_fail_fast_instead_of_deadlocking() {
 async fn two_turns_asking_each_other_are_refused_at_once_not_deadlocked() {
     let rt = Runtime::builder()
         .namespace("deadlock")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .ask_timeout(Duration::from_secs(30))
@@ -508,7 +501,6 @@ async fn stale_activation_loses_the_race_and_reloads() {
     let build = || {
         Runtime::builder()
             .namespace("fence")
-            .unwrap()
             .register::<Counter>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
             .start()
@@ -547,7 +539,6 @@ async fn stale_activation_loses_the_race_and_reloads() {
 async fn tell_is_fire_and_forget_and_bounded() {
     let rt = Runtime::builder()
         .namespace("tell")
-        .unwrap()
         .register::<Counter>()
         .memory_store()
         .mailbox_capacity(2)
@@ -602,7 +593,6 @@ async fn embedded_runtime_survives_restart() {
     let build = || {
         Runtime::builder()
             .namespace("restart")
-            .unwrap()
             .register::<Counter>()
             .data_dir(dir.path())
             .start()
@@ -765,7 +755,6 @@ async fn concurrent_replays_are_bounded_so_a_failover_does_not_stampede_the_stor
     };
     let rt = Runtime::builder()
         .namespace("replays")
-        .unwrap()
         .register::<Counter>()
         .config(config)
         .store(events.clone(), Arc::new(memory))
@@ -878,7 +867,6 @@ async fn a_bad_limit_refuses_to_start_and_names_the_field() {
     let base = || {
         Runtime::builder()
             .namespace("limits")
-            .unwrap()
             .register::<Counter>()
             .memory_store()
     };

@@ -11,7 +11,6 @@ use aether::wire::CodecError;
 async fn runtime(namespace: &str) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .expect("namespace")
         .register::<Account>()
         .memory_store()
         .start()

@@ -38,7 +38,6 @@ fn node_runtime() -> tokio::runtime::Runtime {
 async fn bank_on(store: &MemoryStore, namespace: &str, window: usize) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .expect("namespace")
         .register::<Account>()
         .register::<Counter>()
         .dedup_window(window)
@@ -226,7 +225,6 @@ fn a_sender_crashed_right_after_its_commit_delivers_after_reactivation() {
     node1.block_on(async {
         let rt = Runtime::builder()
             .namespace("wf-crash")
-            .expect("namespace")
             .register::<Payer>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
             .start()
@@ -254,7 +252,6 @@ fn a_sender_crashed_right_after_its_commit_delivers_after_reactivation() {
     node2.block_on(async {
         let rt = Runtime::builder()
             .namespace("wf-crash")
-            .expect("namespace")
             .register::<Payer>()
             .register::<Counter>()
             .store(Arc::new(store.clone()), Arc::new(store.clone()))
@@ -415,7 +412,6 @@ impl Behavior for Payer {
 async fn link_runtime(namespace: &str) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .expect("namespace")
         .register::<Link>()
         .memory_store()
         .start()
@@ -572,7 +568,6 @@ async fn forwarder_runtime(namespace: &str) -> (Runtime, MemoryStore) {
     let store = MemoryStore::new(ns(namespace));
     let rt = Runtime::builder()
         .namespace(namespace)
-        .expect("namespace")
         .register::<Forwarder>()
         .register::<Counter>()
         .store(Arc::new(store.clone()), Arc::new(store.clone()))

@@ -5,7 +5,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`actor`] | the actor contract ([`Behavior`], [`Effect`]), handles ([`ActorRef`]), turns, activation and passivation |
+//! | [`actor`] | the actor contract ([`Handle`] per [`Command`], [`Behavior`], [`Effect`]), handles ([`ActorRef`]), turns, activation and passivation |
 //! | [`store`] | the [`EventStore`](store::EventStore) / [`SnapshotStore`](store::SnapshotStore) contracts and their backends |
 //! | [`cluster`] | membership, leader lease, shard map: who owns which shard |
 //! | [`routing`] | shard hashing, "who owns this shard", remote delivery over NATS |
@@ -20,9 +20,10 @@
 //! # The path of a command
 //!
 //! `ActorRef::ask` → the shard owner (this node, on a single node) → the actor's mailbox,
-//! activating it on first use by loading its snapshot and replaying its events → `handle`
-//! decides events and a reply → the events are appended as one commit at the actor's version
-//! (a conflict means a stale activation, which reloads) → `apply` folds them → the reply.
+//! activating it on first use by loading its snapshot and replaying its events → the command's
+//! `Handle::handle` decides events and a reply → the events are appended as one commit at the
+//! actor's version (a conflict means a stale activation, which reloads) → `apply` folds them →
+//! the reply.
 
 #![deny(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod supervision;
 pub mod wire;
 pub mod workflow;
 
+pub use actor::RefError;
 pub use actor::{
     ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, Persist,
 };
@@ -49,6 +51,6 @@ pub use errors::{AskError, RetrySafety, StartError, TellError};
 pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
 /// The ractor this runtime is built on (the same version), for [`supervision`].
 pub use ractor;
-pub use runtime::{RefError, Runtime, RuntimeBuilder, RuntimeStats};
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use store::StoreError;
 pub use wire::{CommandId, EventEnvelope};

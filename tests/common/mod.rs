@@ -256,7 +256,6 @@ impl Behavior for Tally {
 pub async fn memory_runtime(namespace: &str) -> Runtime {
     Runtime::builder()
         .namespace(namespace)
-        .expect("valid namespace")
         .register::<Counter>()
         .register::<Tally>()
         .memory_store()

@@ -17,7 +17,7 @@ use super::contract::{Behavior, Command};
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, TellError};
-use crate::names::{ActorId, ActorKey, Kind, Namespace};
+use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
 use crate::wire::{CodecError, CommandId};
 
 /// A handle to the actor `A` with a given id: namespace, kind and id, nothing node-specific.
@@ -420,4 +420,26 @@ impl<'de, A: Behavior> Deserialize<'de> for ActorRef<A> {
             _actor: PhantomData,
         })
     }
+}
+
+/// Why a ref could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The id is invalid (empty, or longer than the limit).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The actor type is not registered with this runtime.
+    #[error("actor kind {kind:?} is not registered in this runtime")]
+    UnknownKind {
+        /// The kind.
+        kind: String,
+    },
+}
+
+pub(crate) fn make_ref<A: Behavior>(host: &Arc<Host>, id: &str) -> Result<ActorRef<A>, RefError> {
+    let kind = host.kind_of::<A>().ok_or_else(|| RefError::UnknownKind {
+        kind: A::KIND.to_owned(),
+    })?;
+    let key = ActorKey::new(host.namespace.clone(), kind.clone(), ActorId::new(id)?);
+    Ok(ActorRef::bound(key, Arc::clone(host)))
 }

@@ -8,12 +8,12 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::actor_ref::{ActorRef, ask_on, tell_on, typed_reply};
+use super::actor_ref::{RefError, make_ref};
 use super::contract::{Behavior, Command};
 use super::host::Host;
 use super::inbox::{CallMeta, Envelope};
 use crate::errors::{AskError, TellError};
 use crate::names::{ActorId, ActorKey};
-use crate::runtime::RefError;
 use crate::wire::CommandId;
 
 thread_local! {
@@ -297,7 +297,7 @@ impl<A: Behavior> Ctx<A> {
 
     /// A ref to actor `id` of kind `B`, bound to this runtime.
     pub fn actor<B: Behavior>(&self, id: impl AsRef<str>) -> Result<ActorRef<B>, RefError> {
-        crate::runtime::make_ref(&self.turn.host, id.as_ref())
+        make_ref(&self.turn.host, id.as_ref())
     }
 
     /// Asks another actor and waits for its reply (see the type docs for ids and cycles).

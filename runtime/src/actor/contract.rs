@@ -79,7 +79,7 @@ pub trait Command<A: EventSourcedActor>: Send + 'static {
 /// impl Handle<Deposit> for Account {
 ///     async fn handle(&self, Deposit(n): Deposit, _ctx: &mut Ctx<Self>)
 ///         -> Result<Effect<Self, u64>, AccountError> {
-///         Ok(Effect::persist(AccountEvent::Deposited(n)).reply_with(|s| s.balance))
+///         Ok(Effect::persist(AccountEvent::Deposited(n)).reply_with(|s: &Self| s.balance))
 ///     }
 /// }
 /// ```
@@ -135,9 +135,9 @@ pub trait Behavior: EventSourcedActor {
 /// `R`, the command's reply type), and durable effects.
 ///
 /// ```ignore
-/// Effect::reply(self.balance)                                      // a query: nothing stored
-/// Effect::persist(Event::Deposited(n)).reply_with(|s| s.balance)   // one event; the reply
-///                                                                  // read from the new state
+/// Effect::reply(self.balance)                      // a query: nothing stored
+/// // one event; the reply read from the new state:
+/// Effect::persist(Event::Deposited(n)).reply_with(|s: &Self| s.balance)
 /// Effect::persist_all([Event::Withdrew(n), Event::Fee(1)]).reply(())
 /// // a debit, and the credit as a durable effect, refunded if the payee refuses it:
 /// Effect::persist(Event::Debited { to, amount })
@@ -440,8 +440,9 @@ impl<A: Behavior> Persist<A> {
     }
 
     /// Completes the effect with a reply read from the state *after* the events are folded:
-    /// `.reply_with(|account| account.balance)`. The handler does not restate `apply`. The
-    /// reply is stored with the commit like any other, so a retried command gets it back.
+    /// `.reply_with(|account: &Account| account.balance)` (the closure's parameter needs its
+    /// type written; a `fn(&Account) -> u64` works too). The handler does not restate `apply`.
+    /// The reply is stored with the commit like any other, so a retried command gets it back.
     pub fn reply_with<R>(self, reply: impl FnOnce(&A) -> R + Send + 'static) -> Effect<A, R> {
         Effect {
             events: self.events,

@@ -1,9 +1,13 @@
 //! Actors: the contract users implement, the handles they call through, and the machinery that
 //! activates, runs and passivates them.
 //!
-//! - [`EventSourcedActor`] and [`Behavior`]: the contract — state, command/event/reply types, a
-//!   deciding `handle` and a pure `apply`. `#[derive(EventSourcedActor)]` writes the first.
-//! - [`Effect`]: what a handler returns — events to persist and the reply.
+//! - The contract: [`EventSourcedActor`] (state, and the command/event/reply types), a
+//!   [`Command`] type per command with its reply type, one [`Handle`] impl per command type
+//!   (the deciding `handle`), and [`Behavior`] (the pure fold, `apply`).
+//!   `#[derive(EventSourcedActor)]` writes the first two from
+//!   `#[actor(..., commands(Deposit -> u64, ...))]`.
+//! - [`Effect`]: what a handler returns — events to persist, durable effects, and the reply
+//!   (given, or read from the folded state with [`Persist::reply_with`]).
 //! - [`ActorRef`]: a typed, serializable handle; `ask` waits for a reply, `tell` does not.
 //! - [`Ctx`]: the handler's view of its turn, and how it asks other actors.
 //!
@@ -24,6 +28,7 @@ mod inbox;
 mod mailbox;
 pub(crate) mod remote;
 
-pub use actor_ref::{ActorRef, AskOptions};
+pub(crate) use actor_ref::make_ref;
+pub use actor_ref::{ActorRef, AskOptions, RefError};
 pub use context::Ctx;
 pub use contract::{Behavior, Command, Effect, EventSourcedActor, Handle, Persist};

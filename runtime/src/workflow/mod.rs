@@ -8,9 +8,13 @@
 //! A handler returns, with its events, commands for other actors:
 //!
 //! ```ignore
-//! Ok(Effect::persist(AccountEvent::Debited { to: to.id().to_string(), amount })
-//!     .send_with_compensation(&to, AccountCmd::Credit { amount }, AccountCmd::Refund { amount })
-//!     .reply(self.balance - amount))
+//! // in `impl Handle<Transfer> for Account`: `Credit` is a command of the payee, `Refund` (the
+//! // compensation, delivered back here if the payee rejects the credit) one of this account
+//! let credit = Credit { from: ctx.id().to_string(), amount };
+//! let refund = Refund { to: to.id().to_string(), amount };
+//! Ok(Effect::persist(AccountEvent::TransferredOut { to: to.id().to_string(), amount })
+//!     .send_with_compensation(&to, credit, refund)
+//!     .reply_with(|a: &Self| a.balance))
 //! ```
 //!
 //! - The commands are stored **in the same commit** as the events (atomically: both or none).

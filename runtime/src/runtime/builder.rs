@@ -1,0 +1,281 @@
+//! [`RuntimeBuilder`]: what a runtime is made of — its namespace, actor types, configuration,
+//! store and cluster role.
+//!
+//! Every setter is infallible and only records the choice; [`RuntimeBuilder::start`] checks
+//! them all at once (see [`wiring`](super::wiring)) and answers a bad or contradictory choice
+//! with a typed [`StartError`] naming the setting: an invalid namespace, two different stores,
+//! a data directory for a store that has none, a limit out of range.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Runtime;
+use crate::actor::Behavior;
+use crate::actor::remote::{KindRemote, RemoteKind};
+use crate::bus::Bus;
+use crate::cluster::ClusterConfig;
+use crate::config::RuntimeConfig;
+use crate::errors::StartError;
+use crate::routing::{LocalPlacement, Placement};
+use crate::store::{EmbeddedOptions, EventStore, JetStreamOptions, SnapshotStore};
+
+/// Where the events live, as chosen on the builder.
+pub(super) enum StoreChoice {
+    /// The embedded store (the default), in [`RuntimeBuilder::data_dir`].
+    Embedded,
+    Memory,
+    JetStream {
+        urls: String,
+        options: JetStreamOptions,
+    },
+    Custom(Arc<dyn EventStore>, Arc<dyn SnapshotStore>),
+}
+
+/// Registration of one actor type.
+pub(super) struct Registration {
+    pub kind: &'static str,
+    pub snapshot_every: Option<u64>,
+    pub remote: Arc<dyn RemoteKind>,
+}
+
+/// Builds a [`Runtime`]. Start from [`Runtime::builder`].
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct RuntimeBuilder {
+    pub(super) namespace: Option<String>,
+    pub(super) registrations: Vec<Registration>,
+    pub(super) config: RuntimeConfig,
+    /// The store, with the setter (or variable) that chose it; `None`: the embedded default.
+    pub(super) store: Option<(&'static str, StoreChoice)>,
+    /// Two different store choices, refused at start.
+    pub(super) store_conflict: Option<String>,
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) embedded_options: Option<EmbeddedOptions>,
+    pub(super) placement: Arc<dyn Placement>,
+    pub(super) cluster: Option<ClusterConfig>,
+    pub(super) client_of: Option<String>,
+    pub(super) bus: Option<Bus>,
+    pub(super) supervisor: Option<ractor::ActorCell>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            namespace: None,
+            registrations: Vec::new(),
+            config: RuntimeConfig::default(),
+            store: None,
+            store_conflict: None,
+            data_dir: None,
+            embedded_options: None,
+            placement: Arc::new(LocalPlacement),
+            cluster: None,
+            client_of: None,
+            bus: None,
+            supervisor: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Starts the runtime's root ractor actor linked under `supervisor` (see
+    /// [`supervision`](crate::supervision)): the supervisor is told `ActorStarted` when the
+    /// runtime is up and `ActorTerminated` after [`Runtime::shutdown`]; when the supervisor
+    /// stops, the runtime stops serving (actors passivated, later asks fail with `Shutdown`).
+    pub fn supervised_by(mut self, supervisor: ractor::ActorCell) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
+    /// Sets the namespace (`[A-Za-z0-9_-]`, 1–64 characters). Required, except on a cluster
+    /// node (it comes from the [`ClusterConfig`]). An invalid name fails
+    /// [`start`](Self::start) with [`StartError::InvalidName`].
+    pub fn namespace(mut self, namespace: impl AsRef<str>) -> Self {
+        self.namespace = Some(namespace.as_ref().to_owned());
+        self
+    }
+
+    /// Registers an actor type. Its snapshot policy comes from `#[actor(snapshot_every = N)]`.
+    pub fn register<A: Behavior>(mut self) -> Self {
+        self.registrations.push(Registration {
+            kind: A::KIND,
+            snapshot_every: A::SNAPSHOT_EVERY,
+            remote: Arc::new(KindRemote::<A>::new()),
+        });
+        self
+    }
+
+    /// Registers an actor type with its own snapshot interval (overrides the attribute).
+    pub fn register_with_snapshots<A: Behavior>(mut self, every: Option<u64>) -> Self {
+        self.registrations.push(Registration {
+            kind: A::KIND,
+            snapshot_every: every,
+            remote: Arc::new(KindRemote::<A>::new()),
+        });
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Applies the `AETHER_*` environment variables (see [`crate::config`]). With
+    /// `AETHER_NATS_URL` set, the runtime stores events in JetStream there instead of on disk.
+    pub fn config_from_env(mut self) -> Result<Self, StartError> {
+        self.config = self
+            .config
+            .with_overrides(|name| std::env::var(name).ok())?;
+        if let Ok(urls) = std::env::var("AETHER_NATS_URL")
+            && !urls.trim().is_empty()
+        {
+            self.choose_store(
+                "AETHER_NATS_URL",
+                StoreChoice::JetStream {
+                    urls,
+                    options: JetStreamOptions::default(),
+                },
+            );
+        }
+        if self.data_dir.is_none()
+            && matches!(self.store, None | Some((_, StoreChoice::Embedded)))
+            && let Ok(dir) = std::env::var("AETHER_DATA_DIR")
+            && !dir.trim().is_empty()
+        {
+            self.data_dir = Some(PathBuf::from(dir));
+        }
+        Ok(self)
+    }
+
+    /// How long an ask waits for its reply.
+    pub fn ask_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ask_timeout = timeout;
+        self
+    }
+
+    /// Passivate actors idle this long (`None`: never for idleness).
+    pub fn idle_passivation(mut self, idle: Option<Duration>) -> Self {
+        self.config.idle_passivation = idle;
+        self
+    }
+
+    /// Most resident actors; the least recently used are passivated beyond it.
+    pub fn max_resident(mut self, max: usize) -> Self {
+        self.config.max_resident = max;
+        self
+    }
+
+    /// Most commands queued per actor.
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.config.mailbox_capacity = capacity;
+        self
+    }
+
+    /// Recent command ids remembered per actor for deduplication.
+    pub fn dedup_window(mut self, window: usize) -> Self {
+        self.config.dedup_window = window;
+        self
+    }
+
+    /// Snapshot on passivation when events were stored since the last snapshot.
+    pub fn snapshot_on_passivation(mut self, on: bool) -> Self {
+        self.config.snapshot_on_passivation = on;
+        self
+    }
+
+    /// Keeps the embedded store under `base/<namespace>` instead of `./aether-data/<namespace>`.
+    /// Only for the embedded store: with another store, [`start`](Self::start) refuses it.
+    pub fn data_dir(mut self, base: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(base.into());
+        self
+    }
+
+    /// Sets options of the embedded store (kept with [`data_dir`](Self::data_dir), in either
+    /// order). Only for the embedded store: with another store, [`start`](Self::start)
+    /// refuses it.
+    pub fn embedded_options(mut self, options: EmbeddedOptions) -> Self {
+        self.embedded_options = Some(options);
+        self
+    }
+
+    /// Records a store choice; a second, different one is refused at start.
+    fn choose_store(&mut self, by: &'static str, choice: StoreChoice) {
+        if let Some((earlier, _)) = &self.store
+            && *earlier != by
+            && self.store_conflict.is_none()
+        {
+            self.store_conflict = Some(format!("{earlier} and {by}"));
+        }
+        self.store = Some((by, choice));
+    }
+
+    /// Stores events and snapshots in NATS JetStream at `urls` (comma-separated), in stream
+    /// `<namespace>_events` and bucket `<namespace>_snapshots`. Needs nats-server 2.11+.
+    pub fn jetstream(self, urls: impl Into<String>) -> Self {
+        self.jetstream_with(urls, JetStreamOptions::default())
+    }
+
+    /// Like [`RuntimeBuilder::jetstream`], with options (replicas, retention, ...).
+    pub fn jetstream_with(mut self, urls: impl Into<String>, options: JetStreamOptions) -> Self {
+        self.choose_store(
+            "jetstream",
+            StoreChoice::JetStream {
+                urls: urls.into(),
+                options,
+            },
+        );
+        self
+    }
+
+    /// Keeps everything in memory: nothing survives the process. For tests and demos.
+    pub fn memory_store(mut self) -> Self {
+        self.choose_store("memory_store", StoreChoice::Memory);
+        self
+    }
+
+    /// Uses the given stores (they must serve the runtime's namespace).
+    pub fn store(mut self, events: Arc<dyn EventStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        self.choose_store("store", StoreChoice::Custom(events, snapshots));
+        self
+    }
+
+    /// Sets who owns which shard (the cluster supplies one; single nodes own all).
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Publishes this runtime's events on `bus` instead of a bus of its own: several runtimes of
+    /// one process (one per namespace) can share one bus, and one subscriber can follow them
+    /// all. Without it, the runtime makes a local bus, or a NATS bus when it runs on JetStream
+    /// or in a cluster.
+    pub fn bus(mut self, bus: Bus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Makes this runtime a node of a cluster (see [`Runtime::join_cluster`]). Events go to
+    /// JetStream on the cluster's NATS servers; the namespace comes from `config` when not set.
+    pub fn cluster(mut self, config: ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
+    /// Makes this runtime a **client** of the cluster at `urls` (comma-separated NATS URLs):
+    /// it hosts no actor and owns no shard, and every ask goes over NATS to the node that
+    /// serves the actor's shard — retried with the same command id while the shard moves.
+    /// For services that call actors without hosting them, and for tools and tests. Needs the
+    /// namespace (`.namespace(...)`) and the actor types it calls (`.register::<A>()`).
+    /// `rt.event_store()` reads the namespace's JetStream history.
+    pub fn cluster_client(mut self, urls: impl Into<String>) -> Self {
+        self.client_of = Some(urls.into());
+        self
+    }
+
+    /// Checks every choice, opens the store and starts the runtime. Must be called inside a
+    /// tokio runtime.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        super::wiring::start(self).await
+    }
+}
