@@ -296,7 +296,7 @@ pub enum StartError {
     /// with another); the error names the field.
     #[error(transparent)]
     InvalidConfig(#[from] crate::config::InvalidConfig),
-    /// The node could not join its cluster.
+    /// The node (or cluster client) could not reach or join its cluster.
     #[error("cannot join the cluster: {0}")]
-    Cluster(String),
+    Cluster(#[from] crate::cluster::ClusterError),
 }

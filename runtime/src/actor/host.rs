@@ -65,7 +65,7 @@ pub(crate) struct Host {
     pub replays: Semaphore,
     pub stats: Stats,
     /// The resident registry, in shards (one when `max_resident` is small, so LRU is exact).
-    registry: Box<[Mutex<Registry>]>,
+    registry: Box<[Mutex<Residents>]>,
     next_generation: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tokio: tokio::runtime::Handle,
@@ -184,23 +184,23 @@ struct Entry {
     outbox: Arc<super::delivery::OutboxCell>,
 }
 
-/// Registries of at least this capacity are split into [`REGISTRY_SHARDS`] shards, each an LRU
+/// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards, each an LRU
 /// of its own: less contention on the ask path (with 64, two cores rarely take the same lock),
 /// at the price of LRU order being kept per shard rather than globally (immaterial at that
 /// size; exact below it).
 const SHARDED_FROM: usize = 4096;
-const REGISTRY_SHARDS: usize = 64;
+const RESIDENT_SHARDS: usize = 64;
 
-pub(crate) struct Registry {
+pub(crate) struct Residents {
     resident: LruCache<RegKey, Entry>,
     capacity: usize,
     /// Activations asked to stop that have not finished yet.
     stopping: HashMap<RegKey, (u64, Done)>,
 }
 
-impl Registry {
+impl Residents {
     fn new(capacity: usize) -> Self {
-        Registry {
+        Residents {
             resident: LruCache::unbounded(),
             capacity: capacity.max(1),
             stopping: HashMap::new(),
@@ -281,7 +281,7 @@ impl Host {
         tokio: tokio::runtime::Handle,
     ) -> Arc<Host> {
         let shards = if config.max_resident >= SHARDED_FROM {
-            REGISTRY_SHARDS
+            RESIDENT_SHARDS
         } else {
             1
         };
@@ -298,7 +298,7 @@ impl Host {
             bus,
             stats: Stats::default(),
             registry: (0..shards)
-                .map(|_| Mutex::new(Registry::new(per_shard)))
+                .map(|_| Mutex::new(Residents::new(per_shard)))
                 .collect(),
             next_generation: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -348,7 +348,7 @@ impl Host {
     }
 
     /// The registry shard of an actor.
-    fn shard(&self, kind: &str, id: &ActorId) -> &Mutex<Registry> {
+    fn shard(&self, kind: &str, id: &ActorId) -> &Mutex<Residents> {
         if self.registry.len() == 1 {
             return &self.registry[0];
         }
@@ -507,7 +507,7 @@ impl Host {
 
     fn spawn_activation<A: Behavior>(
         self: &Arc<Self>,
-        reg: &mut Registry,
+        reg: &mut Residents,
         key: RegKey,
         id: ActorId,
         now: u64,

@@ -160,7 +160,7 @@ struct Index {
 
 /// Every subscription of one bus.
 #[derive(Default)]
-pub(crate) struct Registry {
+pub(crate) struct Subscriptions {
     index: RwLock<Index>,
     /// Live subscriptions in `index` (a fast "anyone listening?" check).
     live: AtomicUsize,
@@ -178,7 +178,7 @@ pub struct Fanout {
     pub dropped: usize,
 }
 
-impl Registry {
+impl Subscriptions {
     pub fn next_id(&self) -> SubscriptionId {
         SubscriptionId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -323,7 +323,7 @@ impl Registry {
 pub struct Subscription {
     rx: mpsc::Receiver<Arc<BusEvent>>,
     slot: Arc<Slot>,
-    registry: Weak<Registry>,
+    registry: Weak<Subscriptions>,
     /// Forwards events from other nodes (NATS bus only); aborted on drop.
     remote: Option<tokio::task::JoinHandle<()>>,
 }
@@ -332,7 +332,7 @@ impl Subscription {
     pub(crate) fn new(
         rx: mpsc::Receiver<Arc<BusEvent>>,
         slot: Arc<Slot>,
-        registry: Weak<Registry>,
+        registry: Weak<Subscriptions>,
         remote: Option<tokio::task::JoinHandle<()>>,
     ) -> Self {
         Subscription {
@@ -405,11 +405,11 @@ impl std::fmt::Debug for Subscription {
 /// Removes a listed slot when dropped (durable subscriptions, projections).
 pub(crate) struct Listed {
     pub slot: Arc<Slot>,
-    registry: Weak<Registry>,
+    registry: Weak<Subscriptions>,
 }
 
 impl Listed {
-    pub fn new(slot: Arc<Slot>, registry: Weak<Registry>) -> Self {
+    pub fn new(slot: Arc<Slot>, registry: Weak<Subscriptions>) -> Self {
         Listed { slot, registry }
     }
 }

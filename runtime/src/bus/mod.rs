@@ -98,7 +98,7 @@ pub use projection::{
 
 use crate::names::Namespace;
 use crate::wire::{CommitRecord, EventEnvelope, now_ms};
-use local::Registry;
+use local::Subscriptions;
 
 /// Settings of a [`Bus`]. The runtime fills them from [`RuntimeConfig`](crate::RuntimeConfig)
 /// (`bus_buffer`, `bus_outbound_buffer`).
@@ -189,7 +189,7 @@ impl Counters {
 struct Inner {
     origin: String,
     config: BusConfig,
-    registry: Arc<Registry>,
+    registry: Arc<Subscriptions>,
     counters: Arc<Counters>,
     nats: Option<nats::NatsSide>,
 }
@@ -275,7 +275,7 @@ impl Bus {
             inner: Arc::new(Inner {
                 origin,
                 config,
-                registry: Arc::new(Registry::default()),
+                registry: Arc::new(Subscriptions::default()),
                 counters,
                 nats,
             }),
@@ -561,7 +561,7 @@ impl Bus {
         }
     }
 
-    pub(crate) fn registry(&self) -> &Arc<Registry> {
+    pub(crate) fn registry(&self) -> &Arc<Subscriptions> {
         &self.inner.registry
     }
 

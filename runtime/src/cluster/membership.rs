@@ -111,7 +111,7 @@ pub(crate) struct Seen {
 
 /// The registry as seen through the watch.
 #[derive(Debug, Default)]
-pub(crate) struct Registry {
+pub(crate) struct Members {
     pub nodes: BTreeMap<String, Seen>,
 }
 
@@ -122,7 +122,7 @@ pub(crate) enum Change {
     Failed(String),
 }
 
-impl Registry {
+impl Members {
     /// Applies a put; returns the change it represents, if any. The revision already seen
     /// (delivered again by a watch made anew) changes nothing: it is no news from the node.
     pub fn put(&mut self, record: NodeRecord, revision: u64, now: Instant) -> Option<Change> {
@@ -238,7 +238,7 @@ impl Registry {
     }
 
     /// Nodes that advertise `Alive` but have been silent for `timeout` or more (counting from
-    /// `from` at the earliest, as in [`Registry::alive`]), with the revision of their last
+    /// `from` at the earliest, as in [`Members::alive`]), with the revision of their last
     /// record.
     pub fn silent(
         &self,

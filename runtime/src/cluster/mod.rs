@@ -39,6 +39,7 @@
 
 mod assignment;
 mod config;
+mod errors;
 mod events;
 mod handoff;
 mod liveness;
@@ -62,6 +63,7 @@ use tokio::time::Instant;
 
 pub use assignment::{MAX_LOAD, MIN_LOAD, VNODES, assign};
 pub use config::ClusterConfig;
+pub use errors::ClusterError;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
 pub use membership::{NodeRecord, NodeStatus, ShardSet};
@@ -69,7 +71,7 @@ pub use settle::NotSettled;
 pub use shard_map::ShardMap;
 pub use view::{ClusterView, LeaderInfo, RegistryChange};
 
-use self::membership::{Change, Registry};
+use self::membership::{Change, Members};
 use self::view::read_entry;
 use crate::names::{NameKind, Namespace, validate_name};
 use crate::routing::{Dispatch, OwnedShards, Owner, Placement, shard_of};
@@ -141,7 +143,7 @@ struct Inner {
     started_ms: u64,
     beat: AtomicU64,
     leaving: AtomicBool,
-    registry: Mutex<Registry>,
+    registry: Mutex<Members>,
     map: RwLock<Option<Arc<ShardMap>>>,
     leader: RwLock<Option<LeaderInfo>>,
     lease: Mutex<Option<Lease>>,
@@ -188,10 +190,6 @@ pub struct Cluster {
     inner: Arc<Inner>,
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
-}
-
 /// Connects to the NATS servers at `urls` (comma-separated), trying again until `patience`
 /// has passed while none accepts connections (a node may start before its servers do, as in a
 /// Compose file whose `depends_on` does not wait for readiness).
@@ -200,7 +198,7 @@ pub(crate) async fn connect(
     name: &str,
     timeout: Duration,
     patience: Duration,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, ClusterError> {
     let servers: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -220,7 +218,12 @@ pub(crate) async fn connect(
                 tracing::debug!(%urls, error = %e, "NATS not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(failed(&format!("cannot connect to {urls}"), e)),
+            Err(e) => {
+                return Err(ClusterError::Unreachable {
+                    urls: urls.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
         }
     }
 }
@@ -231,15 +234,18 @@ async fn bucket(
     js: &async_nats::jetstream::Context,
     config: kv::Config,
     deadline: Instant,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, ClusterError> {
     loop {
-        let attempt = match js.get_key_value(config.bucket.clone()).await {
-            Ok(store) => Ok(store),
-            Err(_) => js
-                .create_key_value(config.clone())
-                .await
-                .map_err(|e| failed(&format!("cannot open bucket {}", config.bucket), e)),
-        };
+        let attempt =
+            match js.get_key_value(config.bucket.clone()).await {
+                Ok(store) => Ok(store),
+                Err(_) => js.create_key_value(config.clone()).await.map_err(|e| {
+                    ClusterError::Coordination {
+                        bucket: config.bucket.clone(),
+                        reason: format!("cannot open: {e}"),
+                    }
+                }),
+            };
         match attempt {
             Ok(store) => return Ok(store),
             Err(e) if Instant::now() >= deadline => return Err(e),
@@ -276,11 +282,10 @@ impl Cluster {
         config: ClusterConfig,
         client: async_nats::Client,
         shard_count: u32,
-    ) -> Result<Cluster, String> {
-        let namespace = Namespace::new(&config.namespace).map_err(|e| e.to_string())?;
-        validate_name(NameKind::NodeId, &config.node_id).map_err(|e| e.to_string())?;
-        crate::store::check_server_version(&client.server_info().version)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Cluster, ClusterError> {
+        let namespace = Namespace::new(&config.namespace)?;
+        validate_name(NameKind::NodeId, &config.node_id)?;
+        crate::store::check_server_version(&client.server_info().version)?;
         let deadline = Instant::now() + config.join_timeout;
         let js = async_nats::jetstream::new(client.clone());
         let replicas = config.replicas.max(1);
@@ -337,7 +342,7 @@ impl Cluster {
                 started_ms: crate::wire::now_ms(),
                 beat: AtomicU64::new(0),
                 leaving: AtomicBool::new(false),
-                registry: Mutex::new(Registry::default()),
+                registry: Mutex::new(Members::default()),
                 map: RwLock::new(None),
                 leader: RwLock::new(None),
                 lease: Mutex::new(None),
@@ -364,7 +369,10 @@ impl Cluster {
             .inner
             .heartbeat()
             .await
-            .map_err(|e| failed("cannot register", e))?;
+            .map_err(|reason| ClusterError::Coordination {
+                bucket: format!("{}_nodes", cluster.inner.namespace),
+                reason: format!("cannot register this node: {reason}"),
+            })?;
         let tasks = vec![
             tokio::spawn(Arc::clone(&cluster.inner).listen_beats()),
             tokio::spawn(Arc::clone(&cluster.inner).heartbeats()),
@@ -380,10 +388,10 @@ impl Cluster {
             if let Some(map) = cluster.shard_map() {
                 if map.shard_count() != shard_count {
                     cluster.stop();
-                    return Err(format!(
-                        "the cluster uses {} shards, this node is configured for {shard_count}",
-                        map.shard_count()
-                    ));
+                    return Err(ClusterError::ShardCountMismatch {
+                        cluster: map.shard_count(),
+                        node: shard_count,
+                    });
                 }
                 if map.nodes.contains(&me) {
                     break;
@@ -392,10 +400,10 @@ impl Cluster {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 cluster.stop();
-                return Err(format!(
-                    "no shard map including node {me} within {:?}",
-                    cluster.inner.config.join_timeout
-                ));
+                return Err(ClusterError::NotAssigned {
+                    node: me,
+                    waited: cluster.inner.config.join_timeout,
+                });
             }
             let _ =
                 tokio::time::timeout(remaining.min(Duration::from_millis(100)), owned.changed())
@@ -717,7 +725,7 @@ impl Inner {
 
     /// One round of reading every known node's record directly (any replica answers), for
     /// while no watch can be made; then a pause of a heartbeat. Known: in the registry or in
-    /// the adopted map. An unchanged record is no news (see [`Registry::put`]). A round that
+    /// the adopted map. An unchanged record is no news (see [`Members::put`]). A round that
     /// read every record leaves the view as current as a synced watch would.
     async fn poll_registry(&self) {
         let mut known: Vec<String> = self.registry.lock().nodes.keys().cloned().collect();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
-use super::{LEADER_KEY, LeaderRecord, MAP_KEY, NodeRecord, ShardMap};
+use super::{ClusterError, LEADER_KEY, LeaderRecord, MAP_KEY, NodeRecord, ShardMap};
 use crate::names::Namespace;
 use crate::wire::codec;
 
@@ -38,8 +38,8 @@ pub struct ClusterView {
 impl ClusterView {
     /// Connects to `urls` and opens the buckets of `namespace` (they must exist: some node
     /// has joined).
-    pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, String> {
-        let namespace = Namespace::new(namespace).map_err(|e| e.to_string())?;
+    pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, ClusterError> {
+        let namespace = Namespace::new(namespace)?;
         let client =
             super::connect(urls, "aether-view", Duration::from_secs(5), Duration::ZERO).await?;
         let js = async_nats::jetstream::new(client);
@@ -48,7 +48,10 @@ impl ClusterView {
             async move {
                 js.get_key_value(name.clone())
                     .await
-                    .map_err(|e| format!("bucket {name}: {e}"))
+                    .map_err(|e| ClusterError::Coordination {
+                        bucket: name,
+                        reason: e.to_string(),
+                    })
             }
         };
         Ok(ClusterView {

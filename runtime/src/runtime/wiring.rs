@@ -27,7 +27,7 @@ use super::builder::{Registration, RuntimeBuilder, StoreChoice};
 use crate::actor::host::{Host, KindInfo};
 use crate::actor::remote::HostDispatch;
 use crate::bus::{Bus, BusConfig, SystemEvent};
-use crate::cluster::{Cluster, ClusterConfig, ClusterEvent};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::{InvalidConfig, RuntimeConfig, defaults};
 use crate::errors::StartError;
 use crate::names::{Kind, Namespace};
@@ -518,9 +518,9 @@ async fn serve_shards(c: &Cluster, host: &Arc<Host>) -> Result<Inbound, StartErr
         c.stop();
         host.shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
-        return Err(StartError::Cluster(
-            "could not serve the owned shards in time".into(),
-        ));
+        return Err(StartError::Cluster(ClusterError::NotServing {
+            waited: within,
+        }));
     }
     Ok(serving)
 }
