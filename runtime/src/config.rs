@@ -2,7 +2,7 @@
 //!
 //! | setting | default | environment (binaries) |
 //! |---|---|---|
-//! | [`ask_timeout`](RuntimeConfig::ask_timeout) | 5 s ([`defaults::ASK_TIMEOUT`]) | `AETHER_ASK_TIMEOUT_MS` |
+//! | [`ask_timeout`](RuntimeConfig::ask_timeout) | 5 s | `AETHER_ASK_TIMEOUT_MS` |
 //! | [`idle_passivation`](RuntimeConfig::idle_passivation) | 10 min | `AETHER_IDLE_PASSIVATION_MS` (0 = never) |
 //! | [`max_resident`](RuntimeConfig::max_resident) | 100 000 actors | `AETHER_MAX_RESIDENT` |
 //! | [`mailbox_capacity`](RuntimeConfig::mailbox_capacity) | 1 024 commands | `AETHER_MAILBOX_CAPACITY` |
@@ -31,7 +31,7 @@
 use std::time::Duration;
 
 /// The defaults, named so code and docs can point at them.
-pub mod defaults {
+pub(crate) mod defaults {
     use std::time::Duration;
 
     /// How long an ask waits for its reply.
@@ -140,7 +140,7 @@ impl RuntimeConfig {
     }
 
     /// Applies overrides read through `lookup` (an environment, a map in tests).
-    pub fn with_overrides(
+    pub(crate) fn with_overrides(
         mut self,
         lookup: impl Fn(&'static str) -> Option<String>,
     ) -> Result<Self, ConfigError> {

@@ -27,6 +27,20 @@
 
 #![deny(missing_docs)]
 
+/// An item public under the `test-util` feature (this workspace's tests and benches use it)
+/// and crate-private otherwise: `test_util! { pub fn ... }`, `test_util! { pub use ...; }`.
+macro_rules! test_util {
+    ($(#[$meta:meta])* pub $($item:tt)*) => {
+        #[cfg(feature = "test-util")]
+        $(#[$meta])*
+        pub $($item)*
+        #[cfg(not(feature = "test-util"))]
+        $(#[$meta])*
+        #[allow(dead_code, unused_imports)]
+        pub(crate) $($item)*
+    };
+}
+
 pub mod actor;
 pub mod bus;
 pub mod cluster;

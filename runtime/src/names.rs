@@ -102,7 +102,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// Checks a namespace or kind: `[A-Za-z0-9_-]`, 1–64 characters.
-pub fn validate_name(what: NameKind, value: &str) -> Result<(), NameError> {
+pub(crate) fn validate_name(what: NameKind, value: &str) -> Result<(), NameError> {
     if value.is_empty() {
         return Err(NameError::new(what, value, "must not be empty"));
     }
@@ -373,7 +373,7 @@ impl ActorKey {
     }
 
     /// `<namespace>.<kind>.<encoded-id>`: one dot-separated, subject-safe name for the stream.
-    pub fn stream_token(&self) -> String {
+    pub(crate) fn stream_token(&self) -> String {
         let mut out = String::with_capacity(
             self.namespace.as_str().len() + self.kind.as_str().len() + self.id.as_str().len() + 2,
         );

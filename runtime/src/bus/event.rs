@@ -178,16 +178,18 @@ impl SystemEvent {
 }
 
 impl BusEvent {
-    /// An actor event, on `<ns>.events.<kind>.<encoded-id>`.
-    pub fn actor(envelope: EventEnvelope) -> BusEvent {
-        BusEvent {
-            topic: events_topic(&envelope.actor),
-            body: EventBody::Actor(envelope),
+    test_util! {
+        /// An actor event, on `<ns>.events.<kind>.<encoded-id>`.
+        pub fn actor(envelope: EventEnvelope) -> BusEvent {
+            BusEvent {
+                topic: events_topic(&envelope.actor),
+                body: EventBody::Actor(envelope),
+            }
         }
     }
 
     /// A system event, on `<ns>.system.<Name>`.
-    pub fn system(envelope: SystemEnvelope) -> BusEvent {
+    pub(crate) fn system(envelope: SystemEnvelope) -> BusEvent {
         BusEvent {
             topic: system_topic(&envelope.namespace, envelope.event.name()),
             body: EventBody::System(envelope),
@@ -196,7 +198,7 @@ impl BusEvent {
 
     /// Rebuilds an event from its body (as received over the wire). Fails when the body is
     /// inconsistent: an envelope whose namespace is not its actor's.
-    pub fn from_body(body: EventBody) -> Result<BusEvent, String> {
+    pub(crate) fn from_body(body: EventBody) -> Result<BusEvent, String> {
         match body {
             EventBody::Actor(envelope) => {
                 if envelope.namespace != envelope.actor.namespace {

@@ -208,7 +208,7 @@ impl Filter {
     }
 
     /// Whether an event of type `event_type` from the actor with id `actor_id` passes.
-    pub fn matches_parts(&self, event_type: &str, actor_id: Option<&str>) -> bool {
+    pub(crate) fn matches_parts(&self, event_type: &str, actor_id: Option<&str>) -> bool {
         if !self.event_types.is_empty() && !self.event_types.iter().any(|t| t == event_type) {
             return false;
         }

@@ -171,7 +171,7 @@ pub(crate) struct Subscriptions {
 
 /// What one fan-out did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     /// Subscribers that received the event.
     pub delivered: usize,
     /// Subscribers whose buffer was full.

@@ -90,7 +90,7 @@ pub use durable::{DurableSubscription, Offset, StoredEvent};
 pub use errors::{DurableError, ProjectionError, PublishError, SubscribeError};
 pub use event::{BusEvent, EventBody, SystemEnvelope, SystemEvent};
 pub use filter::{Filter, IdPattern, IdPatternError};
-pub use local::{Fanout, Subscription, SubscriptionId, SubscriptionInfo, SubscriptionKind};
+pub use local::{Subscription, SubscriptionId, SubscriptionInfo, SubscriptionKind};
 pub use pattern::{Pattern, PatternError};
 pub use projection::{
     Projection, ProjectionOptions, ProjectionState, ProjectionStatus, ReadModel, ReadModelError,
@@ -299,7 +299,7 @@ impl Bus {
 
     /// Whether publishing an event of `namespace` would reach anyone: a local subscription, or
     /// NATS. The runtime skips building envelopes when it would not.
-    pub fn wants(&self, namespace: &Namespace) -> bool {
+    pub(crate) fn wants(&self, namespace: &Namespace) -> bool {
         self.inner.nats.is_some() || self.inner.registry.has_live(namespace)
     }
 
@@ -321,17 +321,19 @@ impl Bus {
         Ok(self.send(Arc::new(BusEvent::actor(event))))
     }
 
-    /// Publishes a system event on `<ns>.system.<Name>`. Never waits.
-    pub fn publish_system(&self, namespace: &Namespace, event: SystemEvent) -> PublishReceipt {
-        if !self.wants(namespace) {
-            return PublishReceipt::default();
+    test_util! {
+        /// Publishes a system event on `<ns>.system.<Name>`. Never waits.
+        pub fn publish_system(&self, namespace: &Namespace, event: SystemEvent) -> PublishReceipt {
+            if !self.wants(namespace) {
+                return PublishReceipt::default();
+            }
+            self.send(Arc::new(BusEvent::system(SystemEnvelope {
+                namespace: namespace.clone(),
+                timestamp_ms: now_ms(),
+                origin: self.inner.origin.clone(),
+                event,
+            })))
         }
-        self.send(Arc::new(BusEvent::system(SystemEnvelope {
-            namespace: namespace.clone(),
-            timestamp_ms: now_ms(),
-            origin: self.inner.origin.clone(),
-            event,
-        })))
     }
 
     /// Publishes every event of a stored commit, in version order, then `EventStored`.

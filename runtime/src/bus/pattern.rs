@@ -32,9 +32,9 @@ use std::sync::Arc;
 use crate::names::{ActorId, ActorKey, Kind, NameKind, Namespace, validate_name};
 
 /// The second token of an actor event's topic.
-pub const EVENTS: &str = "events";
+pub(crate) const EVENTS: &str = "events";
 /// The second token of a system event's topic.
-pub const SYSTEM: &str = "system";
+pub(crate) const SYSTEM: &str = "system";
 
 /// A pattern was rejected. The message shows the pattern and says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -288,7 +288,7 @@ impl TryFrom<&str> for Pattern {
 }
 
 /// The topic of an actor's events: `<ns>.events.<kind>.<encoded-id>`.
-pub fn events_topic(actor: &ActorKey) -> String {
+pub(crate) fn events_topic(actor: &ActorKey) -> String {
     let mut out = String::with_capacity(
         actor.namespace.as_str().len() + actor.kind.as_str().len() + actor.id.as_str().len() + 9,
     );
@@ -303,7 +303,7 @@ pub fn events_topic(actor: &ActorKey) -> String {
 }
 
 /// The topic of a system event: `<ns>.system.<name>`.
-pub fn system_topic(namespace: &Namespace, name: &str) -> String {
+pub(crate) fn system_topic(namespace: &Namespace, name: &str) -> String {
     format!("{namespace}.{SYSTEM}.{name}")
 }
 

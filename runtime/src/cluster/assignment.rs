@@ -25,15 +25,17 @@ use hashring::HashRing;
 /// Points per node on the ring. More points make the arcs more even (their spread shrinks
 /// like `1 / sqrt(VNODES)`); 512 leaves the balance dominated by how the 1 024 shards sample
 /// the arcs.
-pub const VNODES: u32 = 512;
+pub(crate) const VNODES: u32 = 512;
 
 /// The most loaded node holds at most this many times its fair share (3 to 10 nodes, 1 024
 /// shards; asserted by the tests over 40 node sets, measured up to 1.26).
-pub const MAX_LOAD: f64 = 1.3;
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const MAX_LOAD: f64 = 1.3;
 
 /// The least loaded node holds at least this many times its fair share (measured down to
 /// 0.76).
-pub const MIN_LOAD: f64 = 0.7;
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const MIN_LOAD: f64 = 0.7;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -104,7 +106,7 @@ impl Hash for ShardKey {
 
 /// Assigns `shard_count` shards to `nodes`. Returns, per shard, an index into `nodes`.
 /// `nodes` must not be empty; their order does not matter.
-pub fn assign(nodes: &[String], shard_count: u32) -> Vec<usize> {
+pub(crate) fn assign(nodes: &[String], shard_count: u32) -> Vec<usize> {
     assert!(!nodes.is_empty(), "assign needs at least one node");
     // Insert the points in one canonical order (by name), so even a (practically impossible)
     // collision of two points resolves the same way whatever order the nodes came in.

@@ -26,7 +26,7 @@ impl ShardSet {
     }
 
     /// Adds `shard`.
-    pub fn insert(&mut self, shard: u32) {
+    pub(crate) fn insert(&mut self, shard: u32) {
         let (byte, bit) = ((shard / 8) as usize, shard % 8);
         if self.0.len() <= byte {
             self.0.resize(byte + 1, 0);

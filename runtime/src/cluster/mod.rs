@@ -30,7 +30,7 @@
 //! Four times per heartbeat the leader declares nodes silent for the failure timeout `Failed`,
 //! and when the set of alive nodes differs from the current map's, publishes a new map
 //! (epoch + 1, its term) computed by `cluster/assignment.rs` — every shard assigned, each to an alive
-//! node. Nodes watch the map; [`Cluster::owned_shards`] tells routing which shards to serve.
+//! node. Nodes watch the map; the shards it gives this node tell routing which shards to serve.
 //!
 //! Nothing here waits on a stalled raft group longer than it must: lease rounds, the leader's
 //! duties, record writes and the handoff run apart and bounded, reads any replica may answer
@@ -61,7 +61,6 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use assignment::{MAX_LOAD, MIN_LOAD, VNODES, assign};
 pub use config::ClusterConfig;
 pub use errors::ClusterError;
 pub use events::ClusterEvent;
@@ -278,7 +277,7 @@ impl Cluster {
     /// Joins the cluster: opens the coordination buckets, registers this node, starts
     /// heartbeats, the leader election and the map watch, and waits (up to the join timeout)
     /// for a shard map that includes this node.
-    pub async fn join(
+    pub(crate) async fn join(
         config: ClusterConfig,
         client: async_nats::Client,
         shard_count: u32,
@@ -498,23 +497,27 @@ impl Cluster {
         self.inner.events.subscribe()
     }
 
-    /// The shards the latest map gives this node, updated with every map.
-    pub fn owned_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
-        self.inner.owned.subscribe()
+    test_util! {
+        /// The shards the latest map gives this node, updated with every map.
+        pub fn owned_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
+            self.inner.owned.subscribe()
+        }
     }
 
-    /// The shards this node serves now (what routing subscribes to): the owned shards minus
-    /// those whose handoff to this node is still in progress. Its epoch is the latest map whose
-    /// shards are all served.
-    pub fn serving_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
-        self.inner.serving.subscribe()
+    test_util! {
+        /// The shards this node serves now (what routing subscribes to): the owned shards
+        /// minus those whose handoff to this node is still in progress. Its epoch is the latest
+        /// map whose shards are all served.
+        pub fn serving_shards(&self) -> watch::Receiver<Arc<OwnedShards>> {
+            self.inner.serving.subscribe()
+        }
     }
 
     /// Starts the handoff task, which follows the shard map: it drains the shards this node
     /// loses through `dispatch`, records the release, and serves gained shards once their
     /// previous owners have released them. The runtime calls this once, after its actor host
     /// exists; until then the node serves nothing.
-    pub fn start_handoff(&self, dispatch: Arc<dyn Dispatch>) {
+    pub(crate) fn start_handoff(&self, dispatch: Arc<dyn Dispatch>) {
         let task = tokio::spawn(handoff::run(Arc::clone(&self.inner), dispatch));
         self.inner.tasks.lock().push(task);
     }
@@ -525,14 +528,14 @@ impl Cluster {
     }
 
     /// The placement view routing asks "who owns this shard".
-    pub fn placement(&self) -> Arc<dyn Placement> {
+    pub(crate) fn placement(&self) -> Arc<dyn Placement> {
         Arc::new(ClusterPlacement {
             inner: Arc::clone(&self.inner),
         })
     }
 
     /// The NATS connection.
-    pub fn client(&self) -> &async_nats::Client {
+    pub(crate) fn client(&self) -> &async_nats::Client {
         &self.inner.client
     }
 
@@ -540,7 +543,7 @@ impl Cluster {
     /// publish a map without it, hands every shard off (running turns finish, actors are
     /// snapshotted and stopped, the release is recorded so the new owners serve at once),
     /// resigns the lease, and stops. Waits at most `timeout` for all of that.
-    pub async fn leave(&self, timeout: Duration) {
+    pub(crate) async fn leave(&self, timeout: Duration) {
         let inner = &self.inner;
         inner.leaving.store(true, Ordering::Release);
         let _ = inner.heartbeat().await;
@@ -580,7 +583,7 @@ impl Cluster {
 
     /// Stops every background task at once: heartbeats, watches, election, handoff. To the
     /// others this looks like a crash (a lease still held expires after its length).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = self.inner.stop.send(true);
         for task in self.inner.tasks.lock().drain(..) {
             task.abort();

@@ -59,7 +59,7 @@ impl ShardMap {
     }
 
     /// Builds the map for `alive` nodes (see `cluster/assignment.rs`).
-    pub fn compute(alive: &[String], shard_count: u32, epoch: u64, term: u64) -> ShardMap {
+    pub(crate) fn compute(alive: &[String], shard_count: u32, epoch: u64, term: u64) -> ShardMap {
         let mut nodes = alive.to_vec();
         nodes.sort();
         nodes.dedup();
@@ -76,7 +76,7 @@ impl ShardMap {
     }
 
     /// Checks the map's shape: every owner index points at a node.
-    pub fn is_well_formed(&self) -> bool {
+    pub(crate) fn is_well_formed(&self) -> bool {
         !self.nodes.is_empty()
             && self
                 .owners
@@ -85,12 +85,12 @@ impl ShardMap {
     }
 
     /// Encodes the map.
-    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, CodecError> {
         codec::encode("shard map", self)
     }
 
     /// Decodes a map and checks its shape.
-    pub fn decode(bytes: &[u8]) -> Result<ShardMap, CodecError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<ShardMap, CodecError> {
         let map: ShardMap = codec::decode("shard map", bytes)?;
         if !map.is_well_formed() {
             return Err(CodecError {

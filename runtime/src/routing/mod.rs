@@ -1,16 +1,20 @@
 //! Routing: which shard an actor is in, and who serves that shard.
 //!
 //! Every actor belongs to one of `S` shards of its namespace ([`shard_of`]); the shard, not the
-//! actor, is the unit of placement. The actor layer asks one question of this module —
-//! [`Placement::owner`] — and delivers locally when the answer is [`Owner::Local`]. On a single
-//! node every shard is local ([`LocalPlacement`]); the cluster supplies a placement read from
-//! the leader's shard map, and [`remote`] delivery over NATS moves commands whose shard lives
-//! elsewhere.
+//! actor, is the unit of placement. The actor layer asks one question of this module — *who
+//! owns this shard?* (`Placement::owner`, in `placement.rs`) — and delivers locally when the
+//! answer is "this node". On a single node every shard is local; the cluster supplies a
+//! placement read from the leader's shard map, and remote delivery over NATS (`remote.rs`)
+//! moves commands whose shard lives elsewhere. Only [`shard_of`] is public: the rest is the
+//! runtime's own plumbing.
 
 mod placement;
-pub mod remote;
+pub(crate) mod remote;
 mod shard;
 
-pub use placement::{ClientPlacement, LocalPlacement, Owner, Placement};
-pub use remote::{Dispatch, Inbound, OwnedShards, SendError, ShardDrain, Transport};
+pub(crate) use placement::{ClientPlacement, LocalPlacement, Owner, Placement};
+pub(crate) use remote::{Dispatch, Inbound, SendError, ShardDrain, Transport};
+test_util! {
+    pub use remote::OwnedShards;
+}
 pub use shard::shard_of;

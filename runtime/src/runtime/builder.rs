@@ -240,12 +240,6 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Sets who owns which shard (the cluster supplies one; single nodes own all).
-    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
-        self.placement = placement;
-        self
-    }
-
     /// Publishes this runtime's events on `bus` instead of a bus of its own: several runtimes of
     /// one process (one per namespace) can share one bus, and one subscriber can follow them
     /// all. Without it, the runtime makes a local bus, or a NATS bus when it runs on JetStream

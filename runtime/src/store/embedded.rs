@@ -56,7 +56,7 @@ use crate::wire::CommandId;
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     /// Largest encoded commit accepted, in bytes. Default
-    /// [`DEFAULT_MAX_COMMIT_BYTES`](super::DEFAULT_MAX_COMMIT_BYTES).
+    /// `RuntimeConfig::max_commit_bytes`'s default, 1 MiB.
     pub max_commit_bytes: usize,
     /// Block cache of the engine, in bytes. Default 32 MiB.
     pub cache_bytes: u64,

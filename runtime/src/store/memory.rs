@@ -62,7 +62,7 @@ impl MemoryStore {
     }
 
     /// An empty store that accepts commits up to `max_commit_bytes`.
-    pub fn with_limit(namespace: Namespace, max_commit_bytes: usize) -> Self {
+    pub(crate) fn with_limit(namespace: Namespace, max_commit_bytes: usize) -> Self {
         MemoryStore {
             inner: Arc::new(Inner {
                 namespace,

@@ -64,11 +64,11 @@ mod memory;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub(crate) use jetstream::check_server_version;
-pub use jetstream::{JetStreamOptions, JetStreamStore, MIN_SERVER_VERSION, ReplayMode};
+pub use jetstream::{JetStreamOptions, JetStreamStore, ReplayMode};
 pub use memory::MemoryStore;
 
 /// Default upper bound of one encoded commit, in bytes (1 MiB, the default NATS max payload).
-pub const DEFAULT_MAX_COMMIT_BYTES: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_COMMIT_BYTES: usize = 1024 * 1024;
 
 /// The events of one command, ready to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,23 +481,25 @@ impl LocalWakeups {
     }
 }
 
-/// Writes raw bytes where a record would be: how tests inject damage into a store.
-///
-/// Every backend implements it so the conformance suite can check that damaged records are
-/// reported and clean ones kept. Never needed in production code.
-#[async_trait]
-pub trait FaultInjection: Send + Sync {
-    /// Stores `bytes` as the commit record at `position` (the last version it would cover).
-    async fn inject_raw_commit(
-        &self,
-        actor: &ActorKey,
-        position: u64,
-        bytes: Vec<u8>,
-    ) -> Result<(), StoreError>;
+test_util! {
+    /// Writes raw bytes where a record would be: how tests inject damage into a store.
+    ///
+    /// Every backend implements it so the conformance suite can check that damaged records are
+    /// reported and clean ones kept. Never needed in production code.
+    #[async_trait]
+    pub trait FaultInjection: Send + Sync {
+        /// Stores `bytes` as the commit record at `position` (the last version it would cover).
+        async fn inject_raw_commit(
+            &self,
+            actor: &ActorKey,
+            position: u64,
+            bytes: Vec<u8>,
+        ) -> Result<(), StoreError>;
 
-    /// Stores `bytes` as the actor's snapshot record.
-    async fn inject_raw_snapshot(&self, actor: &ActorKey, bytes: Vec<u8>)
-    -> Result<(), StoreError>;
+        /// Stores `bytes` as the actor's snapshot record.
+        async fn inject_raw_snapshot(&self, actor: &ActorKey, bytes: Vec<u8>)
+        -> Result<(), StoreError>;
+    }
 }
 
 /// The stored form of a snapshot.

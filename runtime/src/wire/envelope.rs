@@ -30,9 +30,9 @@ pub const SYSTEM_EVENT_PREFIX: &str = "aether.";
 /// One event inside a commit: its type name and its encoded payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventData {
-    /// The event's type name (the enum variant name, see [`event_type_name`](super::event_type_name)).
+    /// The event's type name (the enum variant name, or the type name of a struct event).
     pub event_type: String,
-    /// The event, encoded with the [codec](super::codec).
+    /// The event, MessagePack with field names (`rmp_serde::to_vec_named`).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
@@ -89,7 +89,7 @@ pub struct OutboxEntry {
     pub causation_id: CommandId,
     /// The correlation id of the sender's commit (the root of the workflow).
     pub correlation_id: CommandId,
-    /// The command, encoded with the [codec](super::codec).
+    /// The command, MessagePack with field names (`rmp_serde::to_vec_named`).
     #[serde(with = "serde_bytes")]
     pub command: Vec<u8>,
     /// Deliver no earlier than this (milliseconds since the Unix epoch); `None`: at once.
@@ -115,7 +115,7 @@ pub struct Delivery {
 }
 
 impl EventData {
-    /// Whether this is one of the runtime's bookkeeping events (see [`SYSTEM_EVENT_PREFIX`]).
+    /// Whether this is one of the runtime's bookkeeping events (their type starts with `aether.`).
     pub fn is_system(&self) -> bool {
         self.event_type.starts_with(SYSTEM_EVENT_PREFIX)
     }
@@ -154,13 +154,8 @@ impl CommitRecord {
         Ok(record)
     }
 
-    /// Whether this commit carries a durable-effect field (and so needs format 2).
-    pub fn has_workflow(&self) -> bool {
-        !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some()
-    }
-
     /// The user events of this commit as self-contained envelopes (the runtime's bookkeeping
-    /// events, see [`SYSTEM_EVENT_PREFIX`], are left out).
+    /// events, whose type starts with `aether.`, are left out).
     pub fn envelopes(&self) -> impl Iterator<Item = EventEnvelope> + '_ {
         self.events
             .iter()

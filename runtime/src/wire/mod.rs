@@ -1,11 +1,13 @@
 //! The wire: how commits, events and ids are encoded, in storage and (later) between nodes.
 //!
-//! Everything that leaves a process is MessagePack with field names ([`codec`]): one
+//! Everything that leaves a process is MessagePack with field names (`rmp_serde::to_vec_named`): one
 //! [`CommitRecord`] per command, holding its events as [`EventData`] (type name + payload), the
 //! [`CommandId`] that makes retries idempotent, and the reply given to the command. This module
 //! is a leaf: it depends on the [name types](crate::names) and nothing else of the runtime.
 
-pub mod codec;
+test_util! {
+    pub mod codec;
+}
 mod command_id;
 mod envelope;
 mod event_type;
@@ -13,12 +15,12 @@ mod remote;
 
 pub use codec::CodecError;
 pub use command_id::CommandId;
-pub use envelope::{
-    BASE_COMMIT_FORMAT, COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope,
-    OutboxEntry, SYSTEM_EVENT_PREFIX, now_ms,
-};
-pub use event_type::event_type_name;
-pub use remote::{
-    BASE_FRAME_FORMAT, Control, EffectOrigin, FRAME_FORMAT, RemoteError, RemoteReply,
-    RemoteRequest, Settle,
-};
+pub(crate) use envelope::{BASE_COMMIT_FORMAT, SYSTEM_EVENT_PREFIX, now_ms};
+pub use envelope::{COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
+pub(crate) use event_type::event_type_name;
+pub(crate) use remote::{FRAME_FORMAT, Settle};
+test_util! {
+    pub use remote::{
+        BASE_FRAME_FORMAT, Control, EffectOrigin, RemoteError, RemoteReply, RemoteRequest,
+    };
+}

@@ -57,7 +57,7 @@
 //! holds its own actor meanwhile, so turns can wait on each other in a cycle. Cycles on one call
 //! chain fail at once ([`AskError::CallCycle`](crate::AskError::CallCycle)); cycles between
 //! independent turns, of up to 32 actors and across nodes, are found by **edge chasing**
-//! ([`Control`](crate::wire::Control)): an ask that has waited about 50 ms in the queue of an
+//! (a `Control` frame, docs/wire.md §7): an ask that has waited about 50 ms in the queue of an
 //! actor whose turn waits on others sends a probe along the wait-for edges; if it comes back to
 //! the asker, the ask is refused with [`AskError::Deadlock`](crate::AskError::Deadlock) before
 //! it ran (nothing applied; retry-safe). And an ask-based saga retried with the same command id

@@ -76,7 +76,7 @@ use crate::wire::CommandId;
 
 /// The oldest nats-server the store works with: 2.9 ignores batched direct get and its KV API
 /// does not decode with the current client.
-pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
+pub(crate) const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 11, 0);
 
 const VERSION_HEADER: &str = "Aether-Version";
 const FIRST_VERSION_HEADER: &str = "Aether-First-Version";
@@ -319,7 +319,7 @@ impl JetStreamStore {
     }
 
     /// Opens the store on an existing connection.
-    pub async fn with_client(
+    pub(crate) async fn with_client(
         client: async_nats::Client,
         namespace: Namespace,
         options: JetStreamOptions,
@@ -370,7 +370,7 @@ impl JetStreamStore {
     }
 
     /// The connection (shared with the cluster layer, later).
-    pub fn client(&self) -> &async_nats::Client {
+    pub(crate) fn client(&self) -> &async_nats::Client {
         &self.client
     }
 
