@@ -300,3 +300,119 @@ pub enum StartError {
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{ActorId, Kind, NameKind, Namespace};
+
+    fn key() -> ActorKey {
+        ActorKey::new(
+            Namespace::new("ns").expect("name"),
+            Kind::new("kind").expect("name"),
+            ActorId::new("id").expect("name"),
+        )
+    }
+
+    /// One value of every variant. The match below has no wildcard: a new variant does not
+    /// compile until it is listed here with the retry safety it promises.
+    fn every_variant() -> Vec<(AskError<String>, RetrySafety)> {
+        let all = vec![
+            AskError::Rejected("no".to_owned()),
+            AskError::VersionConflict {
+                actor: key(),
+                expected: 1,
+                actual: 2,
+            },
+            AskError::Timeout {
+                after: Duration::from_secs(1),
+            },
+            AskError::OutcomeUnknown {
+                command_id: CommandId::from_u128(7),
+                reason: "lost".into(),
+            },
+            AskError::Unavailable("down".into()),
+            AskError::Codec(CodecError {
+                what: "reply",
+                reason: "bad".into(),
+            }),
+            AskError::InvalidName(NameError {
+                what: NameKind::ActorId,
+                value: String::new(),
+                reason: "empty".into(),
+            }),
+            AskError::UnknownKind {
+                kind: "other".into(),
+            },
+            AskError::HandlerPanicked {
+                actor: key(),
+                message: "boom".into(),
+            },
+            AskError::ActivationFailed {
+                actor: key(),
+                reason: "damaged".into(),
+            },
+            AskError::CallCycle {
+                chain: "a -> b -> a".into(),
+            },
+            AskError::Deadlock {
+                chain: "b -> a".into(),
+            },
+            AskError::TooLarge { size: 2, limit: 1 },
+            AskError::Unbound {
+                actor: key(),
+                reason: "no runtime".into(),
+            },
+            AskError::StoreRefused {
+                reason: "unsupported".into(),
+            },
+            AskError::Shutdown,
+        ];
+        all.into_iter()
+            .map(|e| {
+                let promised = match &e {
+                    // Nothing was applied, and trying again can succeed.
+                    AskError::VersionConflict { .. }
+                    | AskError::Timeout { .. }
+                    | AskError::Unavailable(_)
+                    | AskError::Deadlock { .. } => RetrySafety::Safe,
+                    // It may have been applied: only the same command id is safe.
+                    AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
+                    // Nothing was applied, and the same command fails the same way.
+                    AskError::Rejected(_)
+                    | AskError::Codec(_)
+                    | AskError::InvalidName(_)
+                    | AskError::UnknownKind { .. }
+                    | AskError::HandlerPanicked { .. }
+                    | AskError::ActivationFailed { .. }
+                    | AskError::CallCycle { .. }
+                    | AskError::TooLarge { .. }
+                    | AskError::Unbound { .. }
+                    | AskError::StoreRefused { .. }
+                    | AskError::Shutdown => RetrySafety::Pointless,
+                };
+                (e, promised)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retry_safety_is_pinned_for_every_variant() {
+        let all = every_variant();
+        assert_eq!(all.len(), 16, "every variant is listed once");
+        for (error, promised) in all {
+            assert_eq!(error.retry_safety(), promised, "{error}");
+            // Forwarding another actor's failure keeps what a caller may do.
+            let mapped = error.map_rejection(|e| e.len());
+            assert_eq!(mapped.retry_safety(), promised, "{mapped}");
+        }
+    }
+
+    #[test]
+    fn only_a_rejection_carries_the_actors_error() {
+        for (error, _) in every_variant() {
+            let is_rejection = matches!(error, AskError::Rejected(_));
+            assert_eq!(error.rejection().is_some(), is_rejection, "{error}");
+        }
+    }
+}
