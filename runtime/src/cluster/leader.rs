@@ -1,0 +1,436 @@
+//! The leader: the lease and the leader's duties.
+//!
+//! Every node runs the election ([`Inner::elect`]): it watches the lease and, when none is
+//! held, tries to `create` it; the revision of that create is the *term*. The leader renews
+//! the lease every heartbeat and acts only while its last renewal is less than two thirds of a
+//! lease old (`acting_term`), so it stops before the server can expire the lease and elect
+//! another. While acting it leads ([`Inner::lead`]): it declares silent nodes failed and, when
+//! the set of alive nodes differs from the current map's, publishes a new map by
+//! compare-and-set under its term. A lost renewal, a resignation or a newer term ends it.
+
+use super::*;
+
+impl Inner {
+    /// The term this node may act under right now, if it is leader.
+    pub(super) fn acting_term(&self) -> Option<u64> {
+        let lease = (*self.lease.lock())?;
+        let valid_for = self.config.lease * 2 / 3;
+        (Instant::now() < lease.renewed_at + valid_for).then_some(lease.term)
+    }
+
+    /// The election loop.
+    ///
+    /// - The leader renews its lease every heartbeat (at least three times per lease); its
+    ///   duties run apart, in [`Inner::leading`].
+    /// - A follower tries to acquire the lease when the key is deleted (a resignation) or
+    ///   expires (the server's `Purge` marker), and otherwise only once per lease length (in
+    ///   case a watch event was missed): a failed `create` is not free on a replicated bucket.
+    ///   Puts by the leader only refresh who the leader is, with no KV call.
+    pub(super) async fn elect(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Making a watch needs the JetStream meta leader, which may be re-electing: bounded, so
+        // the lease is renewed meanwhile (the follower's periodic attempts cover the gap).
+        let watch_bound = (self.config.lease / 3).max(Duration::from_millis(10));
+        let mut changes = bounded_watch(
+            "the lease",
+            watch_bound,
+            self.buckets.leader.watch(LEADER_KEY),
+        )
+        .await;
+        let mut last_renewal: Option<Instant> = None;
+        let mut last_attempt: Option<Instant> = None;
+        let mut last_watch_attempt = Instant::now();
+        // Renew at least three times per lease, whatever the heartbeat.
+        let renew_every = self.config.heartbeat.min(self.config.lease / 3);
+        loop {
+            // A lost watch (its stream ended, or it could not be made) is made again.
+            if changes.is_none() && last_watch_attempt.elapsed() >= self.config.heartbeat {
+                last_watch_attempt = Instant::now();
+                changes = bounded_watch(
+                    "the lease",
+                    watch_bound,
+                    self.buckets.leader.watch(LEADER_KEY),
+                )
+                .await;
+            }
+            let vacated = tokio::select! {
+                _ = tick.tick() => false,
+                entry = async {
+                    match changes.as_mut() {
+                        Some(w) => w.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match entry {
+                    Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                        self.observe_leader(&entry);
+                        // Someone holds the lease: the next attempt can wait a lease length.
+                        last_attempt = Some(Instant::now());
+                        false
+                    }
+                    Some(Ok(_)) => true,
+                    Some(Err(_)) | None => {
+                        changes = None;
+                        false
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let leader = self.lease.lock().is_some();
+            // Each round is bounded by a third of a lease: while the lease bucket's raft group
+            // re-elects, a request waits for nothing, and the next round (on a group that
+            // has its leader again) should not wait behind it.
+            let bound = self.config.lease / 3;
+            if leader {
+                if last_renewal.is_none_or(|at| at.elapsed() >= renew_every) {
+                    last_renewal = Some(Instant::now());
+                    let _ = tokio::time::timeout(bound, self.step()).await;
+                }
+            } else if vacated || last_attempt.is_none_or(|at| at.elapsed() >= self.config.lease) {
+                last_attempt = Some(Instant::now());
+                last_renewal = Some(Instant::now());
+                let _ = tokio::time::timeout(bound, self.step()).await;
+            }
+        }
+    }
+
+    /// Notes the leader named by a put on the lease key (no KV call).
+    pub(super) fn observe_leader(&self, entry: &kv::Entry) {
+        let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value) else {
+            return;
+        };
+        if record.term == 0 || record.node == self.config.node_id {
+            // A lease being recorded (term follows in the next put), or our own renewal.
+            return;
+        }
+        let info = LeaderInfo {
+            node: record.node,
+            term: record.term,
+        };
+        let changed = self.leader.read().as_ref() != Some(&info);
+        if changed {
+            *self.leader.write() = Some(info.clone());
+            self.emit(ClusterEvent::LeaderElected {
+                node: info.node,
+                term: info.term,
+            });
+        }
+    }
+
+    /// One round of the election: renew or acquire the lease.
+    pub(super) async fn step(&self) {
+        let lease = *self.lease.lock();
+        match lease {
+            Some(lease) => self.renew(lease).await,
+            // A node on its way out does not take the lead.
+            None if self.leaving.load(Ordering::Acquire) => {}
+            None => self.acquire().await,
+        }
+    }
+
+    /// The leader's duties, four times per heartbeat while this node acts as leader — on a
+    /// task of their own: a map or registry write stuck behind a raft election must not hold
+    /// back the lease renewals of [`Inner::elect`] (the lease is what lets it grant beats).
+    pub(super) async fn leading(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let check_every = (self.config.heartbeat / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.acting_term().is_some() && !self.leaving.load(Ordering::Acquire) {
+                self.lead().await;
+            }
+        }
+    }
+
+    pub(super) fn leader_bytes(&self, term: u64) -> Bytes {
+        Bytes::from(
+            codec::encode(
+                "leader record",
+                &LeaderRecord {
+                    node: self.config.node_id.clone(),
+                    term,
+                },
+            )
+            .unwrap_or_default(),
+        )
+    }
+
+    pub(super) async fn acquire(&self) {
+        let sent = Instant::now();
+        match self
+            .buckets
+            .leader
+            .create(LEADER_KEY, self.leader_bytes(0))
+            .await
+        {
+            Ok(term) => {
+                // Record the term in the value, so readers see it.
+                match self
+                    .buckets
+                    .leader
+                    .update(LEADER_KEY, self.leader_bytes(term), term)
+                    .await
+                {
+                    Ok(revision) => {
+                        *self.lease.lock() = Some(Lease {
+                            term,
+                            revision,
+                            renewed_at: sent,
+                            acquired_at: Instant::now(),
+                        });
+                        *self.leader.write() = Some(LeaderInfo {
+                            node: self.config.node_id.clone(),
+                            term,
+                        });
+                        self.emit(ClusterEvent::LeaderElected {
+                            node: self.config.node_id.clone(),
+                            term,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "won the lease but could not record the term")
+                    }
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(entry)) = read_entry(&self.buckets.leader, LEADER_KEY).await
+                    && entry.operation == kv::Operation::Put
+                    && let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value)
+                {
+                    let info = LeaderInfo {
+                        term: if record.term == 0 {
+                            entry.revision
+                        } else {
+                            record.term
+                        },
+                        node: record.node,
+                    };
+                    let changed = self.leader.read().as_ref() != Some(&info);
+                    if changed {
+                        *self.leader.write() = Some(info.clone());
+                        self.emit(ClusterEvent::LeaderElected {
+                            node: info.node,
+                            term: info.term,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn renew(&self, lease: Lease) {
+        tracing::trace!(node = %self.config.node_id, revision = lease.revision, "renewing the lease");
+        let sent = Instant::now();
+        match self
+            .buckets
+            .leader
+            .update(LEADER_KEY, self.leader_bytes(lease.term), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                *self.lease.lock() = Some(Lease {
+                    revision,
+                    renewed_at: sent,
+                    ..lease
+                });
+            }
+            Err(e) => {
+                let lost = matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
+                    || sent.duration_since(lease.renewed_at) >= self.config.lease * 2 / 3;
+                if lost {
+                    self.lose(lease.term);
+                } else {
+                    tracing::warn!(error = %e, "lease renewal failed; retrying");
+                }
+            }
+        }
+    }
+
+    pub(super) fn lose(&self, term: u64) {
+        if self.lease.lock().take().is_some() {
+            self.emit(ClusterEvent::LeadershipLost {
+                node: self.config.node_id.clone(),
+                term,
+            });
+        }
+    }
+
+    pub(super) async fn resign(&self) {
+        let lease = self.lease.lock().take();
+        if let Some(lease) = lease {
+            let _ = self
+                .buckets
+                .leader
+                .delete_expect_revision(LEADER_KEY, Some(lease.revision))
+                .await;
+            self.emit(ClusterEvent::LeadershipLost {
+                node: self.config.node_id.clone(),
+                term: lease.term,
+            });
+        }
+    }
+
+    /// The leader's duties for one tick: declare silent nodes failed, publish a new map when
+    /// the alive set changed.
+    pub(super) async fn lead(&self) {
+        let Some(term) = self.acting_term() else {
+            return;
+        };
+        let now = Instant::now();
+        let timeout = self.config.failure_timeout;
+        let (silent, mut alive) = {
+            let registry = self.registry.lock();
+            // This node's own beats and records come back the same ways as everyone's. If
+            // neither does, what is silent is its own view, not the other nodes: declare
+            // nobody failed and publish nothing until it recovers — and then give every node
+            // a full failure timeout from the recovery, since nobody could be heard meanwhile.
+            let mut sight = self.sight.lock();
+            let Some(acquired_at) = self.lease.lock().map(|l| l.acquired_at) else {
+                return;
+            };
+            if !registry.heard_within(&self.config.node_id, now, timeout) {
+                if !sight.blind {
+                    tracing::warn!(
+                        "own heartbeats not seen in the registry; not judging other nodes"
+                    );
+                    sight.blind = true;
+                }
+                return;
+            }
+            if sight.blind {
+                sight.blind = false;
+                sight.recovered = Some(now);
+                tracing::info!("own heartbeats seen again; judging other nodes from now on");
+            }
+            // A new leader's grace (see `cluster/liveness.rs`): the previous leader granted beats until
+            // a third of a lease before this one could acquire, maybe some this one never
+            // heard; count every node's silence from then at the earliest.
+            let granted_until =
+                acquired_at.checked_sub(self.config.lease - self.config.lease * 2 / 3);
+            let from = sight.recovered.max(granted_until);
+            (
+                registry.silent(now, timeout, from),
+                registry.alive(now, timeout, from),
+            )
+        };
+        // Declared only by a leader still acting, and only over the very record found silent:
+        // a record written meanwhile wins (compare-and-set on its revision). Bounded, all at
+        // once: the registry's bucket may be stalled (a raft election), and the map below does
+        // not wait for these — it leaves silent nodes out either way.
+        let me = &self.config.node_id;
+        let declarations = silent
+            .into_iter()
+            .filter(|(record, _)| &record.node != me)
+            .map(|(mut record, revision)| async move {
+                if self.acting_term() != Some(term) {
+                    return;
+                }
+                record.status = NodeStatus::Failed;
+                if let Ok(bytes) = codec::encode("node record", &record) {
+                    let _ = self
+                        .buckets
+                        .nodes
+                        .update(&record.node, Bytes::from(bytes), revision)
+                        .await;
+                }
+            });
+        let _ = tokio::time::timeout(
+            self.config.heartbeat,
+            futures_util::future::join_all(declarations),
+        )
+        .await;
+        if self.leaving.load(Ordering::Acquire) {
+            alive.retain(|n| n != me);
+        } else if !alive.contains(me) {
+            alive.push(me.clone());
+        }
+        alive.sort();
+        if alive.is_empty() {
+            return;
+        }
+        // A new leader publishes once even when nothing changed: its map, written by
+        // compare-and-set under its term, is the fence that makes any write a deposed leader
+        // still has in flight fail (its revision is stale) or be superseded at once.
+        let current = self.map.read().clone();
+        if current.as_ref().is_some_and(|m| {
+            m.nodes == alive && m.shard_count() == self.shard_count && m.term >= term
+        }) {
+            return;
+        }
+        // Bounded too: a map write stuck behind a raft election must not hold back the lease
+        // renewals of this loop. (It may still land later: it is a compare-and-set.)
+        match tokio::time::timeout(self.config.lease, self.publish(term, &alive)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "shard map not published"),
+            Err(_) => tracing::warn!("shard map not published in time; trying again"),
+        }
+    }
+
+    /// Writes a new map, fenced: the lease must still be valid and still ours, and the map is
+    /// replaced by compare-and-set only if its term is not higher than ours.
+    pub(super) async fn publish(&self, term: u64, alive: &[String]) -> Result<(), String> {
+        if self.acting_term() != Some(term) {
+            return Err("lease no longer valid".into());
+        }
+        let holder = read_entry(&self.buckets.leader, LEADER_KEY)
+            .await?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| codec::decode::<LeaderRecord>("leader record", &e.value).ok());
+        if !holder.is_some_and(|h| h.node == self.config.node_id && h.term == term) {
+            self.lose(term);
+            return Err("the lease belongs to someone else".into());
+        }
+        let entry = read_entry(&self.buckets.shards, MAP_KEY)
+            .await?
+            .filter(|e| e.operation == kv::Operation::Put);
+        let (epoch, revision) = match &entry {
+            Some(e) => {
+                let current = ShardMap::decode(&e.value).map_err(|e| e.to_string())?;
+                if current.term > term {
+                    self.lose(term);
+                    return Err(format!(
+                        "the map was written by a newer term {} (ours {term})",
+                        current.term
+                    ));
+                }
+                if current.term == term
+                    && current.nodes == alive
+                    && current.shard_count() == self.shard_count
+                {
+                    // Already out (this node's watch has not caught up yet): nothing to do.
+                    return Ok(());
+                }
+                (current.epoch + 1, Some(e.revision))
+            }
+            None => (1, None),
+        };
+        let map = ShardMap::compute(alive, self.shard_count, epoch, term);
+        let bytes = Bytes::from(map.encode().map_err(|e| e.to_string())?);
+        let written = match revision {
+            Some(r) => self
+                .buckets
+                .shards
+                .update(MAP_KEY, bytes, r)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => self
+                .buckets
+                .shards
+                .create(MAP_KEY, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        written?;
+        tracing::info!(epoch, term, nodes = ?alive, "published shard map");
+        Ok(())
+    }
+}
