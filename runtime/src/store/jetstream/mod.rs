@@ -52,6 +52,10 @@
 //! snapshot; a full replay from version 1 is no longer possible. Off by default.
 
 pub(crate) mod direct_get;
+mod snapshots;
+mod wakeups;
+
+use wakeups::wakeup_feed;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -172,85 +176,6 @@ async fn open_bucket(
             .await
             .map_err(|e| unavailable(&format!("cannot open bucket {bucket}"), e)),
     }
-}
-
-/// How long a quiet wake-up watch is trusted before it is made again.
-const WAKEUP_RESYNC: Duration = Duration::from_secs(30);
-
-/// The wake-up feed of a bucket: every entry, then every change; restarts (after a
-/// [`Wakeup::Reset`]) when the watch breaks, for example while the server restarts.
-fn wakeup_feed(bucket: kv::Store, namespace: Namespace) -> WakeupStream {
-    use futures_util::StreamExt;
-    enum Phase {
-        Start,
-        Watching(Box<kv::Watch>),
-    }
-    let to_change = move |entry: kv::Entry| -> Option<Wakeup> {
-        let actor = super::actor_of_token(&format!("{namespace}.{}", entry.key))?;
-        Some(match entry.operation {
-            kv::Operation::Put => Wakeup::Set {
-                actor,
-                due_ms: super::decode_due(&entry.value),
-                revision: entry.revision,
-            },
-            kv::Operation::Delete | kv::Operation::Purge => Wakeup::Cleared { actor },
-        })
-    };
-    let stream = futures_util::stream::unfold(
-        (Phase::Start, bucket, false),
-        move |(phase, bucket, restarted)| {
-            let to_change = to_change.clone();
-            async move {
-                let mut phase = phase;
-                let mut restarted = restarted;
-                loop {
-                    match phase {
-                        Phase::Start => match bucket.watch_with_history(">").await {
-                            Ok(watch) => {
-                                phase = Phase::Watching(Box::new(watch));
-                                if restarted {
-                                    return Some((vec![Wakeup::Reset], (phase, bucket, false)));
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "wake-up watch not started; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                                restarted = true;
-                            }
-                        },
-                        // A watch whose consumer lived on a server that went away can stay
-                        // silent without an error: after a quiet spell, read everything again
-                        // (cheap: the index holds only actors with pending work).
-                        Phase::Watching(mut watch) => {
-                            match tokio::time::timeout(WAKEUP_RESYNC, watch.next())
-                                .await
-                                .unwrap_or(None)
-                            {
-                                Some(Ok(entry)) => {
-                                    let change: Vec<Wakeup> =
-                                        to_change(entry).into_iter().collect();
-                                    return Some((change, (Phase::Watching(watch), bucket, false)));
-                                }
-                                Some(Err(e)) => {
-                                    tracing::debug!(error = %e, "wake-up watch broke; restarting");
-                                    tokio::time::sleep(Duration::from_millis(200)).await;
-                                    phase = Phase::Start;
-                                    restarted = true;
-                                }
-                                None => {
-                                    tokio::time::sleep(Duration::from_millis(200)).await;
-                                    phase = Phase::Start;
-                                    restarted = true;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    )
-    .flat_map(futures_util::stream::iter);
-    Box::pin(stream)
 }
 
 fn remember(map: &Mutex<HashMap<String, Position>>, subject: &str, position: Position) {
@@ -861,85 +786,6 @@ impl JetStreamStore {
                 msg.seq, self.stream_name, msg.subject, self.namespace
             ))),
         }
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for JetStreamStore {
-    async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError> {
-        check_namespace(&self.namespace, actor)?;
-        self.ensure_connected()?;
-        let subject = self.subject(actor);
-        let version = snapshot.version;
-        let position = self
-            .heads
-            .lock()
-            .get(&subject)
-            .filter(|p| p.version == version)
-            .map(|p| p.seq);
-        let bytes = Bytes::from(encode_snapshot_at(actor, snapshot, position)?);
-        let key = Self::snapshot_key(actor);
-        // Compare-and-set: never replace a newer snapshot (several writers may race).
-        for _ in 0..5 {
-            let entry = self.read_snapshot_entry(&key).await?;
-            let live = entry.filter(|e| e.operation == kv::Operation::Put);
-            let written = match &live {
-                Some(e) if snapshot_version(&e.value).is_some_and(|v| v >= version) => {
-                    return Ok(());
-                }
-                Some(e) => self
-                    .snapshots
-                    .update(key.clone(), bytes.clone(), e.revision)
-                    .await
-                    .is_ok(),
-                // Lost a race if this fails: the next round sees the other writer's entry.
-                None => self
-                    .snapshots
-                    .create(key.clone(), bytes.clone())
-                    .await
-                    .is_ok(),
-            };
-            if written {
-                if let Some(seq) = position {
-                    remember(
-                        &self.snapshot_positions,
-                        &subject,
-                        Position { version, seq },
-                    );
-                }
-                if let Some(keep) = self.options.retention {
-                    let upto = version.saturating_sub(keep);
-                    if upto > 0 {
-                        self.purge_covered(&subject, upto).await?;
-                    }
-                }
-                return Ok(());
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "snapshot of {actor} kept losing a race with other writers"
-        )))
-    }
-
-    async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
-        check_namespace(&self.namespace, actor)?;
-        self.ensure_connected()?;
-        let entry = self.read_snapshot_entry(&Self::snapshot_key(actor)).await?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Ok(None);
-        };
-        let (snapshot, position) = decode_snapshot_at(actor, &entry.value)?;
-        if let Some(seq) = position {
-            remember(
-                &self.snapshot_positions,
-                &self.subject(actor),
-                Position {
-                    version: snapshot.version,
-                    seq,
-                },
-            );
-        }
-        Ok(Some(snapshot))
     }
 }
 

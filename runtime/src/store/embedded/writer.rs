@@ -1,0 +1,353 @@
+//! The embedded store's single writer thread: it takes every append that is waiting, checks
+//! each against its stream's latest version, writes the accepted ones as **one** batch with
+//! their namespace-log entries, syncs once, then answers all of them (group commit).
+
+use super::*;
+
+/// Longest wait for the rest of a batch (see [`Writer::run`]); well under one sync (~200 µs).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The single writer: validates, batches, syncs, answers.
+pub(super) struct Writer {
+    pub(super) db: Database,
+    pub(super) events: Keyspace,
+    pub(super) snapshots: Keyspace,
+    pub(super) log: Keyspace,
+    pub(super) wakeups: Keyspace,
+    /// The log position of the next accepted commit.
+    pub(super) next_log: u64,
+    /// The last revision given to a wake-up entry.
+    pub(super) last_revision: u64,
+    /// Where wake-up changes are announced once durable.
+    pub(super) feed: LocalWakeups,
+    /// Set when a synced write failed: after a failed `fsync` the state of the file on disk is
+    /// unknown (the kernel may have dropped the dirty pages), so every later write is refused
+    /// until the store is reopened and recovers from its journal.
+    pub(super) failed: Option<String>,
+    /// Latest version per stream prefix, as of the last successful batch.
+    pub(super) heads: HashMap<Vec<u8>, u64>,
+    pub(super) max_batch: usize,
+    pub(super) head_cache_entries: usize,
+}
+
+/// An answer to send once the batch is durable.
+enum Pending {
+    Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Revision(oneshot::Sender<Result<u64, StoreError>>, u64),
+}
+
+impl Writer {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<WriteOp>) {
+        // Writers that were answered together tend to come back together. When fewer ops are
+        // waiting than the last batch held, linger briefly for the rest, so batches do not
+        // alternate between a few early arrivals and everyone else. A lone writer (last batch
+        // of 1) never lingers.
+        let mut last_batch = 1usize;
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            let linger_until = std::time::Instant::now() + LINGER;
+            while ops.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = std::time::Instant::now();
+                        if ops.len() >= last_batch || now >= linger_until {
+                            break;
+                        }
+                        match rx.recv_timeout(linger_until - now) {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            last_batch = ops.len();
+            self.write_batch(ops);
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            tracing::error!(error = %e, "embedded store: final sync failed");
+        }
+    }
+
+    pub(super) fn head(&mut self, prefix: &[u8]) -> Result<u64, StoreError> {
+        if let Some(v) = self.heads.get(prefix) {
+            return Ok(*v);
+        }
+        let v = latest_in(&self.events, prefix)?;
+        if self.heads.len() >= self.head_cache_entries {
+            self.heads.clear();
+        }
+        self.heads.insert(prefix.to_vec(), v);
+        Ok(v)
+    }
+
+    /// When an append finds the stream past `expected`: a retry of the commit right after
+    /// `expected` is deduplicated, anything else is a conflict.
+    pub(super) fn conflict_or_duplicate(
+        &self,
+        actor: &ActorKey,
+        prefix: &[u8],
+        expected: u64,
+        actual: u64,
+        command_id: CommandId,
+    ) -> Result<Appended, StoreError> {
+        let start = event_key(prefix, expected + 1);
+        let end = event_key(prefix, u64::MAX);
+        if let Some(Ok((key, value))) = self
+            .events
+            .range(start..=end)
+            .next()
+            .map(|g| g.into_inner())
+            && let Some(position) = key_version(&key)
+            && let Ok(existing) = decode_commit(actor, position, &value)
+            && existing.first_version == expected + 1
+            && existing.command_id == command_id
+        {
+            return Ok(Appended {
+                first_version: existing.first_version,
+                last_version: existing.last_version(),
+                deduplicated: true,
+            });
+        }
+        Err(StoreError::VersionConflict {
+            actor: actor.clone(),
+            expected,
+            actual,
+        })
+    }
+
+    /// Answers every op with the failure that poisoned the store.
+    pub(super) fn refuse_all(ops: Vec<WriteOp>, reason: &str) {
+        let refused = || {
+            StoreError::Failed(format!(
+                "embedded store refuses writes after a failed sync ({reason}); reopen it"
+            ))
+        };
+        for op in ops {
+            match op {
+                WriteOp::Append { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                WriteOp::Snapshot { reply, .. }
+                | WriteOp::Raw { reply, .. }
+                | WriteOp::ClearWakeup { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                WriteOp::SetWakeup { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                #[cfg(test)]
+                WriteOp::Poison(_, done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    pub(super) fn write_batch(&mut self, ops: Vec<WriteOp>) {
+        if let Some(reason) = &self.failed {
+            Self::refuse_all(ops, reason);
+            return;
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        // Wake-up changes announced once the batch is durable.
+        let mut announce: Vec<Wakeup> = Vec::new();
+        let mut staged_wakeups: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
+        let mut pending = Vec::with_capacity(ops.len());
+        // Heads and snapshot versions as they will be once this batch lands.
+        let mut staged_heads: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut staged_snapshots: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut next_log = self.next_log;
+        for op in ops {
+            match op {
+                WriteOp::Append {
+                    prefix,
+                    actor,
+                    expected,
+                    last_version,
+                    command_id,
+                    bytes,
+                    reply,
+                } => {
+                    let actual = match staged_heads.get(&prefix) {
+                        Some(v) => Ok(*v),
+                        None => self.head(&prefix),
+                    };
+                    match actual {
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        Ok(actual) if actual != expected => {
+                            let result = if staged_heads.contains_key(&prefix) {
+                                // The competing commit is in this very batch, not yet readable.
+                                Err(StoreError::VersionConflict {
+                                    actor,
+                                    expected,
+                                    actual,
+                                })
+                            } else {
+                                self.conflict_or_duplicate(
+                                    &actor, &prefix, expected, actual, command_id,
+                                )
+                            };
+                            let _ = reply.send(result);
+                        }
+                        Ok(_) => {
+                            let key = event_key(&prefix, last_version);
+                            batch.insert(&self.log, next_log.to_be_bytes().to_vec(), key.clone());
+                            next_log += 1;
+                            batch.insert(&self.events, key, bytes);
+                            staged_heads.insert(prefix, last_version);
+                            pending.push(Pending::Append(
+                                reply,
+                                Appended {
+                                    first_version: expected + 1,
+                                    last_version,
+                                    deduplicated: false,
+                                },
+                            ));
+                        }
+                    }
+                }
+                WriteOp::Snapshot {
+                    key,
+                    version,
+                    bytes,
+                    reply,
+                } => {
+                    let stored = match staged_snapshots.get(&key) {
+                        Some(v) => Some(*v),
+                        None => self
+                            .snapshots
+                            .get(&key)
+                            .ok()
+                            .flatten()
+                            .and_then(|b| snapshot_version(&b)),
+                    };
+                    if stored.is_some_and(|s| s >= version) {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        batch.insert(&self.snapshots, key.clone(), bytes);
+                        staged_snapshots.insert(key, version);
+                        pending.push(Pending::Unit(reply));
+                    }
+                }
+                WriteOp::Raw {
+                    target,
+                    key,
+                    bytes,
+                    reply,
+                } => {
+                    let keyspace = match target {
+                        Target::Events => {
+                            // The head may move: forget what we knew about every stream.
+                            self.heads.clear();
+                            &self.events
+                        }
+                        Target::Snapshots => &self.snapshots,
+                    };
+                    batch.insert(keyspace, key, bytes);
+                    pending.push(Pending::Unit(reply));
+                }
+                WriteOp::SetWakeup {
+                    actor,
+                    due_ms,
+                    reply,
+                } => {
+                    self.last_revision += 1;
+                    let revision = self.last_revision;
+                    let key = actor.stream_token().into_bytes();
+                    batch.insert(&self.wakeups, key.clone(), encode_wakeup(due_ms, revision));
+                    staged_wakeups.insert(key, Some(revision));
+                    announce.push(Wakeup::Set {
+                        actor,
+                        due_ms,
+                        revision,
+                    });
+                    pending.push(Pending::Revision(reply, revision));
+                }
+                #[cfg(test)]
+                WriteOp::Poison(reason, done) => {
+                    self.failed = Some(reason);
+                    let _ = done.send(());
+                }
+                WriteOp::ClearWakeup {
+                    actor,
+                    revision,
+                    reply,
+                } => {
+                    let key = actor.stream_token().into_bytes();
+                    let current = match staged_wakeups.get(&key) {
+                        Some(staged) => *staged,
+                        None => self
+                            .wakeups
+                            .get(&key)
+                            .ok()
+                            .flatten()
+                            .and_then(|v| decode_wakeup(&v))
+                            .map(|(_, r)| r),
+                    };
+                    if current == Some(revision) {
+                        batch.remove(&self.wakeups, key.clone());
+                        staged_wakeups.insert(key, None);
+                        announce.push(Wakeup::Cleared { actor });
+                        pending.push(Pending::Unit(reply));
+                    } else {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        match batch.commit() {
+            Ok(()) => {
+                self.next_log = next_log;
+                for (prefix, v) in staged_heads {
+                    if self.heads.len() >= self.head_cache_entries {
+                        self.heads.clear();
+                    }
+                    self.heads.insert(prefix, v);
+                }
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, appended) => {
+                            let _ = reply.send(Ok(appended));
+                        }
+                        Pending::Unit(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Pending::Revision(reply, revision) => {
+                            let _ = reply.send(Ok(revision));
+                        }
+                    }
+                }
+                for change in announce {
+                    self.feed.publish(change);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: batch commit failed; refusing writes until reopened");
+                self.heads.clear();
+                self.failed = Some(e.to_string());
+                let reason = format!("embedded store commit failed: {e}");
+                for p in pending {
+                    match p {
+                        Pending::Append(reply, _) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                        Pending::Unit(reply) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                        Pending::Revision(reply, _) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
