@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use lru::LruCache;
 use parking_lot::Mutex;
 use ractor::ActorCell;
 use tokio::sync::Semaphore;
@@ -34,6 +33,8 @@ use super::activation::{Hosted, Kit, Life, Live, Orphan, Start};
 use super::contract::Behavior;
 use super::inbox::Msg;
 use super::mailbox;
+pub(crate) use super::residents::{Done, DoneTx, done_channel, wait_done};
+use super::residents::{Entry, KeyView, RESIDENT_SHARDS, RegKey, Residents, SHARDED_FROM};
 use crate::config::RuntimeConfig;
 use crate::errors::AskError;
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
@@ -110,106 +111,6 @@ pub(crate) struct Stats {
 impl Stats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct RegKey {
-    kind: &'static str,
-    id: ActorId,
-}
-
-/// A borrowed view of a [`RegKey`], so lookups need no `ActorId` clone (an atomic
-/// increment and decrement on a counter shared with the actor, on the hottest path).
-trait KeyView {
-    fn kind(&self) -> &str;
-    fn id(&self) -> &str;
-}
-
-impl KeyView for RegKey {
-    fn kind(&self) -> &str {
-        self.kind
-    }
-    fn id(&self) -> &str {
-        self.id.as_str()
-    }
-}
-
-impl KeyView for (&str, &str) {
-    fn kind(&self) -> &str {
-        self.0
-    }
-    fn id(&self) -> &str {
-        self.1
-    }
-}
-
-impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for RegKey {
-    fn borrow(&self) -> &(dyn KeyView + 'a) {
-        self
-    }
-}
-
-impl std::hash::Hash for dyn KeyView + '_ {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.kind().hash(state);
-        self.id().hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyView + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.kind() == other.kind() && self.id() == other.id()
-    }
-}
-
-impl Eq for dyn KeyView + '_ {}
-
-impl std::hash::Hash for RegKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self as &dyn KeyView).hash(state);
-    }
-}
-
-struct Entry {
-    /// `mailbox::Sender<Msg<A>>` for the actor's type `A`.
-    sender: Box<dyn Any + Send + Sync>,
-    /// Asks the activation behind `sender` to passivate.
-    passivate: fn(&(dyn Any + Send + Sync)),
-    /// Closes (the sender is dropped) when the activation has fully stopped.
-    done: Done,
-    generation: u64,
-    last_used_ms: u64,
-    /// The activation's outbox (to see whether durable effects are waiting).
-    outbox: Arc<super::delivery::OutboxCell>,
-}
-
-/// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards, each an LRU
-/// of its own: less contention on the ask path (with 64, two cores rarely take the same lock),
-/// at the price of LRU order being kept per shard rather than globally (immaterial at that
-/// size; exact below it).
-const SHARDED_FROM: usize = 4096;
-const RESIDENT_SHARDS: usize = 64;
-
-pub(crate) struct Residents {
-    resident: LruCache<RegKey, Entry>,
-    capacity: usize,
-    /// Activations asked to stop that have not finished yet.
-    stopping: HashMap<RegKey, (u64, Done)>,
-}
-
-impl Residents {
-    fn new(capacity: usize) -> Self {
-        Residents {
-            resident: LruCache::unbounded(),
-            capacity: capacity.max(1),
-            stopping: HashMap::new(),
-        }
-    }
-
-    fn evict(&mut self, key: RegKey, entry: Entry) {
-        (entry.passivate)(&*entry.sender);
-        self.stopping.insert(key, (entry.generation, entry.done));
     }
 }
 
@@ -782,51 +683,6 @@ impl crate::workflow::scheduler::Wakeable for Host {
 fn unreachable_kind(kind: &str) -> Kind {
     // Delivery checks registration before it gets here; keep a valid value regardless.
     Kind::new(kind).unwrap_or_else(|_| Kind::new("unknown").expect("'unknown' is a valid kind"))
-}
-
-/// The signal that an activation has fully stopped: fired when the [`DoneTx`] is dropped.
-/// (Lighter than a `watch` channel, which carries eight wait lists: one of these lives as long
-/// as each resident actor.)
-struct DoneSignal {
-    fired: AtomicBool,
-    waiters: tokio::sync::Notify,
-}
-
-/// The activation's end of the stop signal: dropping it fires the signal.
-pub(crate) struct DoneTx(Arc<DoneSignal>);
-
-/// A waiter's end of the stop signal.
-#[derive(Clone)]
-pub(crate) struct Done(Arc<DoneSignal>);
-
-/// A new, unfired stop signal.
-pub(crate) fn done_channel() -> (DoneTx, Done) {
-    let signal = Arc::new(DoneSignal {
-        fired: AtomicBool::new(false),
-        waiters: tokio::sync::Notify::new(),
-    });
-    (DoneTx(Arc::clone(&signal)), Done(signal))
-}
-
-impl Drop for DoneTx {
-    fn drop(&mut self) {
-        self.0.fired.store(true, Ordering::Release);
-        self.0.waiters.notify_waiters();
-    }
-}
-
-/// Waits until the activation behind `done` has stopped (its [`DoneTx`] is dropped).
-pub(crate) async fn wait_done(done: Done) {
-    loop {
-        let woken = done.0.waiters.notified();
-        let mut woken = std::pin::pin!(woken);
-        // Registered before the check, so a signal fired in between is not missed.
-        woken.as_mut().enable();
-        if done.0.fired.load(Ordering::Acquire) {
-            return;
-        }
-        woken.await;
-    }
 }
 
 /// Passivates actors idle for `idle`; advances the coarse clock.

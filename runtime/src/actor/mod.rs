@@ -27,6 +27,7 @@ pub(crate) mod host;
 mod inbox;
 mod mailbox;
 pub(crate) mod remote;
+mod residents;
 
 pub(crate) use actor_ref::make_ref;
 pub use actor_ref::{ActorRef, AskOptions, RefError};
