@@ -55,8 +55,11 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(false)
             .init();
     }
-    let mut config = ClusterConfig::from_env().map_err(anyhow::Error::msg)?;
-    config.namespace = bank_commands::namespace();
+    let urls = std::env::var("AETHER_NATS_URL")
+        .map_err(|_| anyhow::anyhow!("set AETHER_NATS_URL to the cluster's NATS servers"))?;
+    // The bank's namespace unless AETHER_NAMESPACE says otherwise; the other AETHER_* cluster
+    // variables (node id, heartbeat, lease, ...) override the defaults.
+    let config = ClusterConfig::new(urls, bank_commands::namespace()).env_overrides()?;
     let serve_only = std::env::var("AETHER_SERVE_ONLY").is_ok_and(|v| v == "1");
     let node_id = config.node_id.clone();
     let runtime_config = RuntimeConfig::from_env()?;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::{InvalidConfig, duration};
+use crate::config::{ConfigError, InvalidConfig, duration};
 
 /// How a node joins a cluster. Build with [`ClusterConfig::new`].
 #[derive(Debug, Clone)]
@@ -24,8 +24,6 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long `join_cluster` waits for the first shard map that includes this node.
     pub join_timeout: Duration,
-    /// Capacity advertised in the node registry (relative weight; informational for now).
-    pub capacity: u32,
     /// The hard deadline of a handoff (default 10 s). The old owner of a moving shard gets this
     /// long to finish its running turns and stop its activations; the new owner waits this long
     /// for the old owner's release before it serves the shard anyway (the store's version
@@ -48,7 +46,6 @@ impl ClusterConfig {
             lease: Duration::from_secs(3),
             replicas: 1,
             join_timeout: Duration::from_secs(30),
-            capacity: 1,
             handoff_timeout: Duration::from_secs(10),
         }
     }
@@ -126,50 +123,139 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Reads `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_REPLICAS`,
-    /// `AETHER_HEARTBEAT_MS`, `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`,
-    /// `AETHER_HANDOFF_TIMEOUT_MS` (for binaries).
-    pub fn from_env() -> Result<Self, String> {
-        let get = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
-        let urls = get("AETHER_NATS_URL").ok_or("AETHER_NATS_URL is not set")?;
-        let namespace = get("AETHER_NAMESPACE").unwrap_or_else(|| "default".into());
-        let mut config = ClusterConfig::new(urls, namespace);
-        if let Some(id) = get("AETHER_NODE_ID") {
-            config.node_id = id;
+    /// A node configured from the environment: `AETHER_NATS_URL` and `AETHER_NAMESPACE` are
+    /// required (there is no default namespace: a node that guessed one would join a cluster
+    /// nobody else is in); the rest as in [`env_overrides`](Self::env_overrides).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Applies the `AETHER_*` cluster variables that are set to this configuration:
+    /// `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_HEARTBEAT_MS`,
+    /// `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`, `AETHER_HANDOFF_TIMEOUT_MS`,
+    /// `AETHER_JOIN_TIMEOUT_MS` and `AETHER_REPLICAS`. A value that does not parse is an error
+    /// naming the variable; limits are checked at start, like those set in code.
+    pub fn env_overrides(self) -> Result<Self, ConfigError> {
+        self.overridden_by(|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &'static str, expected: &'static str| {
+            get(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(ConfigError {
+                    name,
+                    value: String::new(),
+                    expected,
+                })
+        };
+        let urls = set("AETHER_NATS_URL", "NATS URL (the variable is required)")?;
+        let namespace = set("AETHER_NAMESPACE", "namespace (the variable is required)")?;
+        ClusterConfig::new(urls, namespace).overridden_by(get)
+    }
+
+    pub(crate) fn overridden_by(
+        mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |n: &str| get(n).filter(|v| !v.trim().is_empty());
+        if let Some(urls) = get("AETHER_NATS_URL") {
+            self.urls = urls;
         }
-        let ms = |n: &str| -> Result<Option<Duration>, String> {
-            get(n)
-                .map(|v| {
-                    v.parse::<u64>()
+        if let Some(namespace) = get("AETHER_NAMESPACE") {
+            self.namespace = namespace;
+        }
+        if let Some(id) = get("AETHER_NODE_ID") {
+            self.node_id = id;
+        }
+        let ms = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            get(name)
+                .map(|value| {
+                    value
+                        .trim()
+                        .parse::<u64>()
                         .map(Duration::from_millis)
-                        .map_err(|_| format!("{n}={v:?} is not a number of milliseconds"))
+                        .map_err(|_| ConfigError {
+                            name,
+                            value,
+                            expected: "number of milliseconds",
+                        })
                 })
                 .transpose()
         };
-        if let Some(d) = ms("AETHER_HEARTBEAT_MS")? {
-            config.heartbeat = d;
+        for (name, slot) in [
+            ("AETHER_HEARTBEAT_MS", &mut self.heartbeat),
+            ("AETHER_FAILURE_TIMEOUT_MS", &mut self.failure_timeout),
+            ("AETHER_LEASE_MS", &mut self.lease),
+            ("AETHER_HANDOFF_TIMEOUT_MS", &mut self.handoff_timeout),
+            ("AETHER_JOIN_TIMEOUT_MS", &mut self.join_timeout),
+        ] {
+            if let Some(d) = ms(name)? {
+                *slot = d;
+            }
         }
-        if let Some(d) = ms("AETHER_FAILURE_TIMEOUT_MS")? {
-            config.failure_timeout = d;
+        if let Some(value) = get("AETHER_REPLICAS") {
+            self.replicas = value.trim().parse().map_err(|_| ConfigError {
+                name: "AETHER_REPLICAS",
+                value,
+                expected: "number of replicas",
+            })?;
         }
-        if let Some(d) = ms("AETHER_LEASE_MS")? {
-            config.lease = d;
-        }
-        if let Some(d) = ms("AETHER_HANDOFF_TIMEOUT_MS")? {
-            config.handoff_timeout = d;
-        }
-        if let Some(r) = get("AETHER_REPLICAS") {
-            config.replicas = r
-                .parse()
-                .map_err(|_| format!("AETHER_REPLICAS={r:?} is not a number"))?;
-        }
-        Ok(config)
+        Ok(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn the_environment_names_the_cluster_and_no_namespace_is_guessed() {
+        let config = ClusterConfig::from_vars(vars(&[
+            ("AETHER_NATS_URL", "nats://127.0.0.1:4222"),
+            ("AETHER_NAMESPACE", "bank"),
+            ("AETHER_NODE_ID", "node-7"),
+            ("AETHER_HEARTBEAT_MS", "250"),
+            ("AETHER_JOIN_TIMEOUT_MS", "9000"),
+            ("AETHER_REPLICAS", "3"),
+        ]))
+        .expect("parses");
+        assert_eq!(config.namespace, "bank");
+        assert_eq!(config.node_id, "node-7");
+        assert_eq!(config.heartbeat, Duration::from_millis(250));
+        assert_eq!(config.join_timeout, Duration::from_secs(9));
+        assert_eq!(config.replicas, 3);
+        // No namespace: an error naming the variable, not a node of namespace "default".
+        let missing = ClusterConfig::from_vars(vars(&[("AETHER_NATS_URL", "nats://x:1")]))
+            .expect_err("a namespace is required");
+        assert_eq!(missing.name, "AETHER_NAMESPACE");
+        let missing = ClusterConfig::from_vars(vars(&[("AETHER_NAMESPACE", "bank")]))
+            .expect_err("a URL is required");
+        assert_eq!(missing.name, "AETHER_NATS_URL");
+        // A value that does not parse names its variable and value.
+        let bad = ClusterConfig::new("nats://x:1", "bank")
+            .overridden_by(vars(&[("AETHER_LEASE_MS", "3s")]))
+            .expect_err("not milliseconds");
+        assert_eq!((bad.name, bad.value.as_str()), ("AETHER_LEASE_MS", "3s"));
+        // Overrides leave what is not set alone.
+        let kept = ClusterConfig::new("nats://x:1", "bank")
+            .overridden_by(vars(&[]))
+            .expect("nothing to apply");
+        assert_eq!(kept.namespace, "bank");
+    }
 
     #[test]
     fn the_defaults_are_valid_and_every_bad_limit_is_named() {

@@ -82,7 +82,8 @@ pub struct NodeRecord {
     pub node: String,
     /// When the node started, milliseconds since the Unix epoch (its own clock).
     pub started_ms: u64,
-    /// Advertised capacity (relative weight).
+    /// Advertised capacity (relative weight; every node advertises 1: placement does not
+    /// weigh nodes yet).
     pub capacity: u32,
     /// Its status.
     pub status: NodeStatus,

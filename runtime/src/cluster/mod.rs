@@ -637,7 +637,7 @@ impl Inner {
         NodeRecord {
             node: self.config.node_id.clone(),
             started_ms: self.started_ms,
-            capacity: self.config.capacity,
+            capacity: 1,
             status,
             beat: self.beat.fetch_add(1, Ordering::Relaxed),
             handoff_epoch: self.handoff_epoch.load(Ordering::Acquire),
