@@ -1,5 +1,7 @@
 //! `cluster-compose/`: the process topology starts with its one documented command, serves
 //! the bank example, and stops cleanly; the Docker Compose file parses.
+// The harness signals the child processes it owns (libc `kill`, `prctl`); see the SAFETY notes.
+#![allow(unsafe_code)]
 
 mod common;
 

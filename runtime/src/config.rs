@@ -13,6 +13,7 @@
 //! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
 //! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
 //! | [`remote_attempt_timeout`](RuntimeConfig::remote_attempt_timeout) | 1 s (doubling per resend) | `AETHER_REMOTE_ATTEMPT_TIMEOUT_MS` |
+//! | [`effect_retry_max`](RuntimeConfig::effect_retry_max) | 10 s (from 100 ms, doubling) | `AETHER_EFFECT_RETRY_MAX_MS` |
 //! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
 //! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
@@ -55,6 +56,8 @@ pub(crate) mod defaults {
     /// How long the first attempt of a cross-node ask waits for an answer before it is sent
     /// again with the same command id (each resend waits twice as long).
     pub const REMOTE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// [`RuntimeConfig::effect_retry_max`](super::RuntimeConfig::effect_retry_max).
+    pub const EFFECT_RETRY_MAX: Duration = Duration::from_secs(10);
     /// Events buffered per live bus subscription; past it, new events are dropped for that
     /// subscriber and counted (the publisher never waits).
     pub const BUS_BUFFER: usize = 1024;
@@ -95,6 +98,11 @@ pub struct RuntimeConfig {
     /// or unsubscribes at that instant — so a resend (deduplicated by the actor) bounds what
     /// such a loss costs the caller.
     pub remote_attempt_timeout: Duration,
+    /// The longest pause before a durable effect is delivered again to a receiver that could
+    /// not take it (unreachable, its shard moving): pauses start at 100 ms and double up to
+    /// this. Lower it to deliver sooner after an outage, raise it to spare a receiver that is
+    /// down for long.
+    pub effect_retry_max: Duration,
     /// Events buffered per live bus subscription before new ones are dropped for it.
     pub bus_buffer: usize,
     /// Events queued for NATS (distributed bus) before new ones are dropped.
@@ -115,6 +123,7 @@ impl Default for RuntimeConfig {
             snapshot_on_passivation: true,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             remote_attempt_timeout: defaults::REMOTE_ATTEMPT_TIMEOUT,
+            effect_retry_max: defaults::EFFECT_RETRY_MAX,
             bus_buffer: defaults::BUS_BUFFER,
             bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
         }
@@ -191,6 +200,9 @@ impl RuntimeConfig {
         if let Some(v) = num::<u64>(&lookup, "AETHER_REMOTE_ATTEMPT_TIMEOUT_MS")? {
             self.remote_attempt_timeout = ms(v.max(1));
         }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_EFFECT_RETRY_MAX_MS")? {
+            self.effect_retry_max = ms(v);
+        }
         if let Some(v) = num(&lookup, "AETHER_BUS_BUFFER")? {
             self.bus_buffer = v;
         }
@@ -230,6 +242,14 @@ impl RuntimeConfig {
         }
         duration("shutdown_timeout", self.shutdown_timeout)?;
         duration("remote_attempt_timeout", self.remote_attempt_timeout)?;
+        duration("effect_retry_max", self.effect_retry_max)?;
+        if self.effect_retry_max < MIN_EFFECT_RETRY {
+            return Err(InvalidConfig::new(
+                "effect_retry_max",
+                self.effect_retry_max,
+                "at least 100 ms (the first pause)",
+            ));
+        }
         at_least_one("bus_buffer", self.bus_buffer)?;
         at_least_one("bus_outbound_buffer", self.bus_outbound_buffer)?;
         Ok(())
@@ -244,6 +264,10 @@ pub const MAX_SHARD_COUNT: u32 = 65_536;
 
 /// The smallest `max_commit_bytes` accepted.
 pub const MIN_COMMIT_BYTES: usize = 4096;
+
+/// The first pause before a durable effect is delivered again; `effect_retry_max` is at least
+/// this.
+pub(crate) const MIN_EFFECT_RETRY: Duration = Duration::from_millis(100);
 
 /// A setting holds a value the runtime cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,7 +348,7 @@ mod tests {
     #[test]
     fn every_bad_limit_is_named() {
         type Set = fn(&mut RuntimeConfig);
-        let cases: [(&str, Set); 15] = [
+        let cases: [(&str, Set); 17] = [
             ("ask_timeout", |c| c.ask_timeout = Duration::ZERO),
             ("ask_timeout", |c| c.ask_timeout = Duration::MAX),
             ("idle_passivation", |c| {
@@ -342,6 +366,12 @@ mod tests {
             }),
             ("remote_attempt_timeout", |c| {
                 c.remote_attempt_timeout = Duration::ZERO
+            }),
+            ("effect_retry_max", |c| {
+                c.effect_retry_max = Duration::from_millis(99)
+            }),
+            ("effect_retry_max", |c| {
+                c.effect_retry_max = MAX_DURATION * 2
             }),
             ("bus_buffer", |c| c.bus_buffer = 0),
             ("bus_outbound_buffer", |c| c.bus_outbound_buffer = 0),

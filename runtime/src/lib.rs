@@ -26,6 +26,9 @@
 //! the reply.
 
 #![deny(missing_docs)]
+// No `unwrap` in library code: a panic there is a bug the user cannot catch. Tests may.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 /// An item public under the `test-util` feature (this workspace's tests and benches use it)
 /// and crate-private otherwise: `test_util! { pub fn ... }`, `test_util! { pub use ...; }`.

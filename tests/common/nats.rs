@@ -5,6 +5,8 @@
 //! ports and its own temporary store directory, and is killed by pid when dropped. Servers can
 //! be killed (SIGKILL), paused (SIGSTOP), resumed (SIGCONT) and restarted on the same ports and
 //! directory.
+// The harness signals the child processes it owns (libc `kill`, `prctl`); see the SAFETY notes.
+#![allow(unsafe_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

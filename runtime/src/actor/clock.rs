@@ -53,6 +53,7 @@ mod imp {
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid, writable `timespec`; `clock_gettime` only writes to it.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
         (rc == 0).then(|| (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
     }
@@ -64,6 +65,7 @@ mod imp {
                 tv_nsec: 0,
             };
             // SAFETY: as in `read`.
+            #[allow(unsafe_code)]
             let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
             let coarse_ns = read(libc::CLOCK_MONOTONIC_COARSE).unwrap_or(0);
             let tick = if rc == 0 && coarse_ns > 0 {

@@ -48,6 +48,7 @@ impl CurrentTurn {
         // handler's future, and points into the `Arc<Turn>` its activation holds for longer
         // than that (see `InTurn`). We are inside that poll, so the allocation is alive:
         // taking one more strong count and wrapping it yields an `Arc` of our own.
+        #[allow(unsafe_code)]
         unsafe {
             Arc::increment_strong_count(turn);
             Some(Arc::from_raw(turn))

@@ -33,9 +33,9 @@ use crate::wire::{
 };
 use crate::workflow::outbox::{Due, IndexState, Outbox};
 
-/// Pause before retrying a receiver after a failed delivery, doubling up to [`LAST_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const LAST_RETRY: Duration = Duration::from_secs(10);
+/// Pause before retrying a receiver after a failed delivery, doubling up to
+/// `RuntimeConfig::effect_retry_max`.
+const FIRST_RETRY: Duration = crate::config::MIN_EFFECT_RETRY;
 /// How long a forward request waits for the actor's turn before it is asked again.
 const FORWARD_AGAIN: Duration = Duration::from_secs(1);
 
@@ -169,7 +169,7 @@ async fn run_pump(
                 match settle {
                     Settle::Failed { reason } => {
                         super::host::Stats::bump(&host.stats.effects_retries);
-                        let pause = retry.get(&target).map_or(FIRST_RETRY, |(_, p)| (*p * 2).min(LAST_RETRY));
+                        let pause = retry.get(&target).map_or(FIRST_RETRY, |(_, p)| (*p * 2).min(host.config.effect_retry_max));
                         tracing::debug!(actor = %me, %target, seq, %reason, ?pause, "durable effect not delivered; retrying");
                         retry.insert(target, (Instant::now() + pause, pause));
                     }

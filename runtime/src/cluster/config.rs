@@ -29,7 +29,13 @@ pub struct ClusterConfig {
     /// for the old owner's release before it serves the shard anyway (the store's version
     /// check still fences a straggler). Failed nodes are never waited for.
     pub handoff_timeout: Duration,
+    /// How long one attempt to connect to NATS, and one request on that connection, may take
+    /// (default 5 s). A node keeps attempting until the join timeout.
+    pub connect_timeout: Duration,
 }
+
+/// The default [`ClusterConfig::connect_timeout`], also used by cluster clients and views.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClusterConfig {
     /// A node of namespace `namespace` on the NATS servers at `urls`.
@@ -47,6 +53,7 @@ impl ClusterConfig {
             replicas: 1,
             join_timeout: Duration::from_secs(30),
             handoff_timeout: Duration::from_secs(10),
+            connect_timeout: CONNECT_TIMEOUT,
         }
     }
 
@@ -80,6 +87,12 @@ impl ClusterConfig {
         self
     }
 
+    /// Sets how long one connection attempt (and one request) to NATS may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Sets the replicas of the cluster's streams and buckets.
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
@@ -103,6 +116,7 @@ impl ClusterConfig {
         duration("lease", self.lease)?;
         duration("join_timeout", self.join_timeout)?;
         duration("handoff_timeout", self.handoff_timeout)?;
+        duration("connect_timeout", self.connect_timeout)?;
         if self.failure_timeout < self.heartbeat * 2 {
             return Err(InvalidConfig::new(
                 "failure_timeout",
@@ -133,8 +147,9 @@ impl ClusterConfig {
     /// Applies the `AETHER_*` cluster variables that are set to this configuration:
     /// `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_HEARTBEAT_MS`,
     /// `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`, `AETHER_HANDOFF_TIMEOUT_MS`,
-    /// `AETHER_JOIN_TIMEOUT_MS` and `AETHER_REPLICAS`. A value that does not parse is an error
-    /// naming the variable; limits are checked at start, like those set in code.
+    /// `AETHER_JOIN_TIMEOUT_MS`, `AETHER_CONNECT_TIMEOUT_MS` and `AETHER_REPLICAS`. A value
+    /// that does not parse is an error naming the variable; limits are checked at start, like
+    /// those set in code.
     pub fn env_overrides(self) -> Result<Self, ConfigError> {
         self.overridden_by(|name| std::env::var(name).ok())
     }
@@ -189,6 +204,7 @@ impl ClusterConfig {
             ("AETHER_LEASE_MS", &mut self.lease),
             ("AETHER_HANDOFF_TIMEOUT_MS", &mut self.handoff_timeout),
             ("AETHER_JOIN_TIMEOUT_MS", &mut self.join_timeout),
+            ("AETHER_CONNECT_TIMEOUT_MS", &mut self.connect_timeout),
         ] {
             if let Some(d) = ms(name)? {
                 *slot = d;
@@ -262,7 +278,7 @@ mod tests {
         let ok = ClusterConfig::new("nats://127.0.0.1:4222", "ns");
         assert_eq!(ok.validate(), Ok(()));
         type Set = fn(ClusterConfig) -> ClusterConfig;
-        let cases: [(&str, Set); 9] = [
+        let cases: [(&str, Set); 10] = [
             ("urls", |c| ClusterConfig {
                 urls: " , ".into(),
                 ..c
@@ -275,6 +291,7 @@ mod tests {
             ("lease", |c| c.lease(Duration::from_millis(1999))),
             ("lease", |c| c.lease(Duration::ZERO)),
             ("handoff_timeout", |c| c.handoff_timeout(Duration::ZERO)),
+            ("connect_timeout", |c| c.connect_timeout(Duration::ZERO)),
             ("replicas", |c| c.replicas(0)),
             ("replicas", |c| c.replicas(7)),
         ];

@@ -63,6 +63,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub(crate) use config::CONNECT_TIMEOUT;
 pub use config::ClusterConfig;
 pub use errors::ClusterError;
 pub use events::ClusterEvent;

@@ -41,7 +41,7 @@ impl ClusterView {
     pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, ClusterError> {
         let namespace = Namespace::new(namespace)?;
         let client =
-            super::connect(urls, "aether-view", Duration::from_secs(5), Duration::ZERO).await?;
+            super::connect(urls, "aether-view", super::CONNECT_TIMEOUT, Duration::ZERO).await?;
         let js = async_nats::jetstream::new(client);
         let open = |name: String| {
             let js = js.clone();

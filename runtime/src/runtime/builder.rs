@@ -1,8 +1,8 @@
 //! [`RuntimeBuilder`]: what a runtime is made of — its namespace, actor types, configuration,
 //! store and cluster role.
 //!
-//! Every setter is infallible and only records the choice; [`RuntimeBuilder::start`] checks
-//! them all at once (see [`wiring`](super::wiring)) and answers a bad or contradictory choice
+//! Every setter is infallible and only records the choice; [`RuntimeBuilder::start`] (in
+//! `wiring.rs`) checks them all at once and answers a bad or contradictory choice
 //! with a typed [`StartError`] naming the setting: an invalid namespace, two different stores,
 //! a data directory for a store that has none, a limit out of range.
 
@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Runtime;
 use crate::actor::Behavior;
 use crate::actor::remote::{KindRemote, RemoteKind};
 use crate::bus::Bus;
@@ -39,7 +38,7 @@ pub(super) struct Registration {
     pub remote: Arc<dyn RemoteKind>,
 }
 
-/// Builds a [`Runtime`]. Start from [`Runtime::builder`].
+/// Builds a [`Runtime`](crate::Runtime). Start from [`Runtime::builder`](crate::Runtime::builder).
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct RuntimeBuilder {
     pub(super) namespace: Option<String>,
@@ -80,7 +79,8 @@ impl Default for RuntimeBuilder {
 impl RuntimeBuilder {
     /// Starts the runtime's root ractor actor linked under `supervisor` (see
     /// [`supervision`](crate::supervision)): the supervisor is told `ActorStarted` when the
-    /// runtime is up and `ActorTerminated` after [`Runtime::shutdown`]; when the supervisor
+    /// runtime is up and `ActorTerminated` after
+    /// [`Runtime::shutdown`](crate::Runtime::shutdown); when the supervisor
     /// stops, the runtime stops serving (actors passivated, later asks fail with `Shutdown`).
     pub fn supervised_by(mut self, supervisor: ractor::ActorCell) -> Self {
         self.supervisor = Some(supervisor);
@@ -249,7 +249,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Makes this runtime a node of a cluster (see [`Runtime::join_cluster`]). Events go to
+    /// Makes this runtime a node of a cluster (see
+    /// [`Runtime::join_cluster`](crate::Runtime::join_cluster)). Events go to
     /// JetStream on the cluster's NATS servers; the namespace comes from `config` when not set.
     pub fn cluster(mut self, config: ClusterConfig) -> Self {
         self.cluster = Some(config);
@@ -265,11 +266,5 @@ impl RuntimeBuilder {
     pub fn cluster_client(mut self, urls: impl Into<String>) -> Self {
         self.client_of = Some(urls.into());
         self
-    }
-
-    /// Checks every choice, opens the store and starts the runtime. Must be called inside a
-    /// tokio runtime.
-    pub async fn start(self) -> Result<Runtime, StartError> {
-        super::wiring::start(self).await
     }
 }

@@ -38,9 +38,6 @@ use crate::store::{
 };
 use crate::supervision::Rooted;
 
-/// How long a cluster client or node waits for one NATS connection attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The builder's choices, checked.
 struct Checked {
     namespace: Namespace,
@@ -80,8 +77,17 @@ struct Backend {
     events_in_jetstream: bool,
 }
 
+impl RuntimeBuilder {
+    /// Checks every choice, opens the store and starts the runtime. Must be called inside a
+    /// tokio runtime. A bad or contradictory choice is refused before anything is opened,
+    /// with a [`StartError`] naming the setting.
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        start(self).await
+    }
+}
+
 /// Starts the runtime `builder` describes (the steps are in the [module docs](self)).
-pub(super) async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
+async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
     let Checked {
         namespace,
         kinds,
@@ -321,7 +327,7 @@ async fn client_backend(
     let client = crate::cluster::connect(
         urls,
         &format!("aether-client-{namespace}"),
-        CONNECT_TIMEOUT,
+        crate::cluster::CONNECT_TIMEOUT,
         Duration::ZERO,
     )
     .await
@@ -359,7 +365,7 @@ async fn node_backend(
     let client = crate::cluster::connect(
         &cc.urls,
         &format!("aether-{}", cc.node_id),
-        CONNECT_TIMEOUT,
+        cc.connect_timeout,
         cc.join_timeout,
     )
     .await

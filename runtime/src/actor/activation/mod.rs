@@ -676,30 +676,32 @@ impl<A: Behavior> Activation<A> {
     }
 }
 
-/// Polls a handler's future inside its turn: every poll publishes the turn as the current one
-/// of this thread ([`CurrentTurn`]), so an `ActorRef` used in the handler asks as a child of it.
-struct InTurn<F> {
-    turn: *const Turn,
-    /// The handler's future, inline: the turn's own future is boxed already (see
-    /// [`Kit::live`]), so a second allocation per command would buy nothing.
-    fut: F,
+pin_project_lite::pin_project! {
+    /// Polls a handler's future inside its turn: every poll publishes the turn as the current
+    /// one of this thread (`CurrentTurn`), so an `ActorRef` used in the handler asks as a
+    /// child of it.
+    struct InTurn<F> {
+        turn: *const Turn,
+        // The handler's future, inline: the turn's own future is boxed already (see
+        // `Kit::live`), so a second allocation per command would buy nothing.
+        #[pin]
+        fut: F,
+    }
 }
 
 // SAFETY: `turn` points into an `Arc<Turn>` (`Turn: Send + Sync`) that the activation owning
 // this future keeps alive for longer than the future; the pointer is only read while the
-// future is polled.
+// future is polled. (A raw pointer rather than an `Arc` clone: no atomic count per turn.)
+#[allow(unsafe_code)]
 unsafe impl<F: Send> Send for InTurn<F> {}
 
 impl<F: Future> Future for InTurn<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning: `fut` is never moved out of `self` (no method hands it
-        // out, and `InTurn` has no `Drop` impl), so pinning `self` pins `fut`.
-        let this = unsafe { self.get_unchecked_mut() };
-        let _current = CurrentTurn::enter(this.turn);
-        // SAFETY: see above.
-        unsafe { Pin::new_unchecked(&mut this.fut) }.poll(cx)
+        let this = self.project();
+        let _current = CurrentTurn::enter(*this.turn);
+        this.fut.poll(cx)
     }
 }
 

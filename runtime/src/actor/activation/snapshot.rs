@@ -16,6 +16,13 @@ impl<A: Behavior> Activation<A> {
     }
 
     pub(super) fn encode_snapshot(&self) -> Option<Snapshot> {
+        if self.stale {
+            // The state is not the fold of the stored history at `version` (a turn folded
+            // events whose commit then failed or was cancelled, or an `apply` panicked): a
+            // snapshot of it would outlive this activation and be trusted by the next one.
+            tracing::debug!(actor = %self.key(), "no snapshot of a stale state");
+            return None;
+        }
         let out = SnapshotOut {
             format: SNAPSHOT_FORMAT,
             state: &self.state,
