@@ -39,7 +39,40 @@ async fn invalid_namespaces_are_rejected() {
     }
     // No namespace at all is a setup error, not a panic.
     let err = Runtime::builder().memory_store().start().await.unwrap_err();
+    assert!(matches!(err, StartError::NoNamespace), "{err:?}");
     assert!(err.to_string().contains("no namespace set"), "{err}");
+    // A node and a client at once.
+    let err = Runtime::builder()
+        .register::<Counter>()
+        .cluster(aether::ClusterConfig::new("nats://127.0.0.1:1", "both"))
+        .cluster_client("nats://127.0.0.1:1")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StartError::NodeAndClient), "{err:?}");
+    // A builder namespace that contradicts the cluster's.
+    let err = Runtime::builder()
+        .namespace("one")
+        .register::<Counter>()
+        .cluster(aether::ClusterConfig::new("nats://127.0.0.1:1", "two"))
+        .start()
+        .await
+        .unwrap_err();
+    match err {
+        StartError::NamespaceMismatch { builder, cluster } => {
+            assert_eq!((builder.as_str(), cluster.as_str()), ("one", "two"))
+        }
+        other => panic!("expected NamespaceMismatch, got {other:?}"),
+    }
+    // A given store that serves another namespace.
+    let store = MemoryStore::new(ns("theirs"));
+    let err = Runtime::builder()
+        .namespace("ours")
+        .store(Arc::new(store.clone()), Arc::new(store))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StartError::StoreNamespace { .. }), "{err:?}");
 }
 
 /// A store choice that contradicts another is refused at start, naming the setting, instead
@@ -147,6 +180,10 @@ async fn invalid_kinds_are_rejected_at_start() {
         .start()
         .await
         .unwrap_err();
+    match &err {
+        StartError::DuplicateKind { kind } => assert_eq!(kind, "counter"),
+        other => panic!("expected DuplicateKind, got {other:?}"),
+    }
     assert!(err.to_string().contains("registered twice"), "{err}");
 }
 

@@ -286,9 +286,37 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
-    /// Two registered actor types share a kind, or no namespace was set.
-    #[error("invalid setup: {0}")]
-    Setup(String),
+    /// No namespace was set (only a cluster node takes it from its `ClusterConfig`).
+    #[error("no namespace set: call .namespace(...)")]
+    NoNamespace,
+    /// The builder's namespace differs from the cluster configuration's.
+    #[error("the builder's namespace {builder} differs from the cluster's {cluster}")]
+    NamespaceMismatch {
+        /// The builder's.
+        builder: String,
+        /// The `ClusterConfig`'s.
+        cluster: String,
+    },
+    /// Two registered actor types share a kind.
+    #[error("kind {kind:?} is registered twice")]
+    DuplicateKind {
+        /// The kind.
+        kind: String,
+    },
+    /// Both `.cluster(...)` and `.cluster_client(...)` were set.
+    #[error("a runtime is either a cluster node or a cluster client, not both")]
+    NodeAndClient,
+    /// The given event store serves another namespace than the runtime.
+    #[error("the event store serves namespace {store}, the runtime {runtime}")]
+    StoreNamespace {
+        /// The store's namespace.
+        store: crate::names::Namespace,
+        /// The runtime's.
+        runtime: crate::names::Namespace,
+    },
+    /// The runtime's root ractor actor could not be started.
+    #[error("cannot start the runtime's root actor: {0}")]
+    Supervision(String),
     /// The configuration from the environment does not parse.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),

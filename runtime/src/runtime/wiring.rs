@@ -121,7 +121,7 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
                 if let Some(cluster) = &cluster {
                     cluster.stop();
                 }
-                return Err(StartError::Setup(e));
+                return Err(StartError::Supervision(e));
             }
         };
     let inbound = match &cluster {
@@ -179,17 +179,15 @@ fn check(builder: RuntimeBuilder) -> Result<Checked, StartError> {
     } = builder;
     let namespace = match (namespace, &cluster) {
         (Some(ns), Some(cc)) if ns != cc.namespace => {
-            return Err(StartError::Setup(format!(
-                "the builder's namespace {ns} differs from the cluster's {}",
-                cc.namespace
-            )));
+            return Err(StartError::NamespaceMismatch {
+                builder: ns,
+                cluster: cc.namespace.clone(),
+            });
         }
         (Some(ns), _) => Namespace::new(ns)?,
         (None, Some(cc)) => Namespace::new(&cc.namespace)?,
         (None, None) => {
-            return Err(StartError::Setup(
-                "no namespace set: call .namespace(...)".into(),
-            ));
+            return Err(StartError::NoNamespace);
         }
     };
     let kinds = kinds_of(registrations)?;
@@ -207,9 +205,7 @@ fn check(builder: RuntimeBuilder) -> Result<Checked, StartError> {
     }
     let role = match (cluster, client_of) {
         (Some(_), Some(_)) => {
-            return Err(StartError::Setup(
-                "a runtime is either a cluster node or a cluster client, not both".into(),
-            ));
+            return Err(StartError::NodeAndClient);
         }
         (Some(cc), None) => {
             no_store_choice(store.as_ref())?;
@@ -285,10 +281,9 @@ fn kinds_of(registrations: Vec<Registration>) -> Result<Vec<KindInfo>, StartErro
     for reg in registrations {
         let kind = Kind::new(reg.kind)?;
         if kinds.iter().any(|k| k.name == reg.kind) {
-            return Err(StartError::Setup(format!(
-                "kind {:?} is registered twice",
-                reg.kind
-            )));
+            return Err(StartError::DuplicateKind {
+                kind: reg.kind.to_owned(),
+            });
         }
         kinds.push(KindInfo {
             name: reg.kind,
@@ -451,10 +446,10 @@ async fn single_backend(
         }
         StoreChoice::Custom(events, snapshots) => {
             if events.namespace() != namespace {
-                return Err(StartError::Setup(format!(
-                    "the event store serves namespace {}, the runtime {namespace}",
-                    events.namespace()
-                )));
+                return Err(StartError::StoreNamespace {
+                    store: events.namespace().clone(),
+                    runtime: namespace.clone(),
+                });
             }
             local(events, snapshots, "custom store".into())
         }
