@@ -543,7 +543,23 @@ async fn cluster_events_and_queries() {
     );
     // The leader leaves: its lease goes (LeadershipLost), node-2 takes over (LeaderElected).
     let mut b_events = b.cluster().unwrap().events();
+    let mut a_events = a.cluster().unwrap().events();
+    let lease = a.cluster().unwrap().leader().expect("a leader");
+    assert_eq!(lease.node, "node-1", "the first node leads");
     a.shutdown().await.unwrap();
+    // It said so itself, with the term it resigned: the channel keeps what was sent before
+    // the node stopped.
+    let mut resigned = Vec::new();
+    while let Ok(e) = a_events.try_recv() {
+        resigned.push(e);
+    }
+    assert!(
+        resigned.contains(&ClusterEvent::LeadershipLost {
+            node: "node-1".into(),
+            term: lease.term,
+        }),
+        "{resigned:?}"
+    );
     let mut got = Vec::new();
     poll_until(WAIT, "node-2 elected and node-1 gone", || {
         while let Ok(e) = b_events.try_recv() {

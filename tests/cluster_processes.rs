@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use aether::ClusterView;
+use aether::bus::{Bus, BusConfig, EventBody, Filter, SystemEvent};
 use aether::cluster::ShardMap;
 use common::nats::{NatsCluster, wait_for_jetstream};
 use common::process::{FAST, NodeProcess, poll};
@@ -37,6 +38,13 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
         .map(|id| tokio::task::block_in_place(|| NodeProcess::spawn(&urls, ns, id)))
         .collect();
     let view = ClusterView::connect(&urls, ns).await.unwrap();
+    // What the nodes say on the bus about the cluster (system events, over NATS).
+    let watcher = Bus::connect(&urls, BusConfig::default()).await.unwrap();
+    let mut system = watcher
+        .subscribe(format!("{ns}.system.*").as_str(), Filter::all())
+        .await
+        .unwrap();
+    let mut said: Vec<(String, SystemEvent)> = Vec::new();
 
     // One leader, one map of the three, every shard owned by one of them.
     let map = poll(
@@ -114,6 +122,31 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
     .await;
     assert_complete(&map, &survivors);
     assert_eq!(map.term, successor.term, "published by the new leader");
+    // The survivors said the killed node failed (not that it left).
+    poll(
+        Duration::from_secs(10),
+        "NodeFailed for the killed leader",
+        async || {
+            while let Some(e) = system.try_recv() {
+                if let EventBody::System(s) = e.body() {
+                    said.push((s.origin.clone(), s.event.clone()));
+                }
+            }
+            said.iter()
+                .any(|(origin, e)| {
+                    survivors.contains(&origin.as_str())
+                        && matches!(e, SystemEvent::NodeFailed { node } if *node == leader.node)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !said
+            .iter()
+            .any(|(_, e)| matches!(e, SystemEvent::NodeLeft { node } if *node == leader.node)),
+        "a killed node did not leave: {said:?}"
+    );
     for node in nodes.iter_mut() {
         assert_eq!(
             tokio::task::block_in_place(|| node.command("balance carol")),
@@ -175,6 +208,7 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
         leader_now, third,
         "the resumed node did not take the lease back"
     );
+
     // The resumed node rejoins as a plain member, in a map of the new term.
     let map = poll(
         Duration::from_secs(10),
