@@ -71,7 +71,7 @@ pub mod prelude {
     pub use crate::EventSourcedActor;
     pub use aether_runtime::{
         ActorRef, AskError, AskOptions, Behavior, ClusterConfig, Command, CommandId, Ctx, Effect,
-        Handle, Runtime, TellError,
+        Handle, Persist, Runtime, TellError,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -239,3 +239,38 @@ async fn a_folded_turn_whose_commit_failed_is_never_served_or_snapshotted() {
     assert_eq!(erin.ask(Withdraw(20)).await.unwrap(), 30);
     rt.shutdown().await.unwrap();
 }
+
+/// Durable effects stored by the earlier, single-enum form of the bank account (struct and
+/// newtype variants of `AccountCmd`) decode as the typed commands that replaced them: a
+/// pending credit written before the upgrade is still delivered after it.
+#[test]
+fn effects_stored_by_the_single_enum_account_still_decode() {
+    #[derive(serde::Serialize)]
+    enum OldAccountCmd {
+        Deposit(u64),
+        Credit { from: String, amount: u64 },
+        Refund { to: String, amount: u64 },
+    }
+    let decode = |old: OldAccountCmd| -> account::AccountCommand {
+        let bytes = rmp_serde::to_vec_named(&old).unwrap();
+        rmp_serde::from_slice(&bytes).expect("an old command decodes")
+    };
+    assert!(matches!(
+        decode(OldAccountCmd::Credit {
+            from: "alice".into(),
+            amount: 3
+        }),
+        account::AccountCommand::Credit(account::Credit { ref from, amount: 3 }) if from == "alice"
+    ));
+    assert!(matches!(
+        decode(OldAccountCmd::Refund {
+            to: "bob".into(),
+            amount: 4
+        }),
+        account::AccountCommand::Refund(account::Refund { amount: 4, .. })
+    ));
+    assert!(matches!(
+        decode(OldAccountCmd::Deposit(5)),
+        account::AccountCommand::Deposit(Deposit(5))
+    ));
+}

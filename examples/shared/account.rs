@@ -152,6 +152,26 @@ impl Account {
     }
 }
 
+/// A payment of `amount` to `to`: the debit here and the credit there are decided together
+/// and stored in one commit. The credit is delivered after it, exactly once, however often
+/// this node or the payee's crashes meanwhile, and refunded if the payee refuses it; the turn
+/// never waits on the payee.
+fn pay(to: &ActorRef<Account>, amount: u64, ctx: &Ctx<Account>) -> Persist<Account> {
+    let debit = AccountEvent::TransferredOut {
+        to: to.id().to_string(),
+        amount,
+    };
+    let credit = Credit {
+        from: ctx.id().to_string(),
+        amount,
+    };
+    let refund = Refund {
+        to: to.id().to_string(),
+        amount,
+    };
+    Effect::persist(debit).send_with_compensation(to, credit, refund)
+}
+
 /// The new balance, read from the state once the turn's events are folded.
 fn balance(account: &Account) -> u64 {
     account.balance
@@ -201,24 +221,7 @@ impl Handle<Transfer> for Account {
     ) -> Result<Effect<Self, u64>, AccountError> {
         self.open()?;
         self.funds(amount)?;
-        // The debit and the credit are decided together and stored in one commit: the credit is
-        // delivered after it, exactly once, however often this node or the payee's crashes
-        // meanwhile. The turn never waits on the payee.
-        let event = AccountEvent::TransferredOut {
-            to: to.id().to_string(),
-            amount,
-        };
-        let credit = Credit {
-            from: ctx.id().to_string(),
-            amount,
-        };
-        let refund = Refund {
-            to: to.id().to_string(),
-            amount,
-        };
-        Ok(Effect::persist(event)
-            .send_with_compensation(&to, credit, refund)
-            .reply_with(balance))
+        Ok(pay(&to, amount, ctx).reply_with(balance))
     }
 }
 
@@ -289,21 +292,8 @@ impl Handle<PayScheduled> for Account {
             };
             return Ok(Effect::persist(failed).reply(()));
         }
-        let debit = AccountEvent::TransferredOut {
-            to: to.id().to_string(),
-            amount,
-        };
-        let credit = Credit {
-            from: ctx.id().to_string(),
-            amount,
-        };
-        let refund = Refund {
-            to: to.id().to_string(),
-            amount,
-        };
-        Ok(Effect::persist(debit)
+        Ok(pay(&to, amount, ctx)
             .and(AccountEvent::PaymentMade { name })
-            .send_with_compensation(&to, credit, refund)
             .reply(()))
     }
 }

@@ -16,7 +16,6 @@ use crate::bus::Bus;
 use crate::cluster::ClusterConfig;
 use crate::config::RuntimeConfig;
 use crate::errors::StartError;
-use crate::routing::{LocalPlacement, Placement};
 use crate::store::{EmbeddedOptions, EventStore, JetStreamOptions, SnapshotStore};
 
 /// Where the events live, as chosen on the builder.
@@ -40,6 +39,7 @@ pub(super) struct Registration {
 
 /// Builds a [`Runtime`](crate::Runtime). Start from [`Runtime::builder`](crate::Runtime::builder).
 #[must_use = "a builder does nothing until `start` is awaited"]
+#[derive(Default)]
 pub struct RuntimeBuilder {
     pub(super) namespace: Option<String>,
     pub(super) registrations: Vec<Registration>,
@@ -50,30 +50,10 @@ pub struct RuntimeBuilder {
     pub(super) store_conflict: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) embedded_options: Option<EmbeddedOptions>,
-    pub(super) placement: Arc<dyn Placement>,
     pub(super) cluster: Option<ClusterConfig>,
     pub(super) client_of: Option<String>,
     pub(super) bus: Option<Bus>,
     pub(super) supervisor: Option<ractor::ActorCell>,
-}
-
-impl Default for RuntimeBuilder {
-    fn default() -> Self {
-        RuntimeBuilder {
-            namespace: None,
-            registrations: Vec::new(),
-            config: RuntimeConfig::default(),
-            store: None,
-            store_conflict: None,
-            data_dir: None,
-            embedded_options: None,
-            placement: Arc::new(LocalPlacement),
-            cluster: None,
-            client_of: None,
-            bus: None,
-            supervisor: None,
-        }
-    }
 }
 
 impl RuntimeBuilder {

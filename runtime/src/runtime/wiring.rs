@@ -31,7 +31,7 @@ use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::{InvalidConfig, RuntimeConfig, defaults};
 use crate::errors::StartError;
 use crate::names::{Kind, Namespace};
-use crate::routing::{ClientPlacement, Dispatch, Inbound, Placement, Transport};
+use crate::routing::{ClientPlacement, Dispatch, Inbound, LocalPlacement, Placement, Transport};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
     SnapshotStore, StoreError,
@@ -44,7 +44,6 @@ struct Checked {
     kinds: Vec<KindInfo>,
     config: RuntimeConfig,
     role: Role,
-    placement: Arc<dyn Placement>,
     bus: Option<Bus>,
     supervisor: Option<ractor::ActorCell>,
 }
@@ -93,7 +92,6 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
         kinds,
         config,
         role,
-        placement,
         bus,
         supervisor,
     } = check(builder)?;
@@ -106,7 +104,9 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
         backend.events,
         backend.snapshots,
         kinds,
-        backend.placement.unwrap_or(placement),
+        backend
+            .placement
+            .unwrap_or_else(|| Arc::new(LocalPlacement)),
         backend.transport,
         bus,
         tokio::runtime::Handle::current(),
@@ -171,7 +171,6 @@ fn check(builder: RuntimeBuilder) -> Result<Checked, StartError> {
         store_conflict,
         data_dir,
         embedded_options,
-        placement,
         cluster,
         client_of,
         bus,
@@ -234,7 +233,6 @@ fn check(builder: RuntimeBuilder) -> Result<Checked, StartError> {
         kinds,
         config,
         role,
-        placement,
         bus,
         supervisor,
     })
