@@ -299,7 +299,7 @@ async fn undecodable_event_payload_fails_activation_and_keeps_data() {
         .await
         .unwrap();
     match c.ask(CounterCmd::Get).await {
-        Err(AskError::ActivationFailed { reason, .. }) => {
+        Err(AskError::Failed(CallError::ActivationFailed { reason, .. })) => {
             assert!(
                 reason.contains("event 2 (Mystery) does not decode"),
                 "{reason}"
@@ -327,7 +327,7 @@ async fn damaged_record_fails_activation_with_positions() {
     let rt = runtime_on(&store, "damaged").await;
     let c = rt.actor::<Counter>("d").unwrap();
     match c.ask(CounterCmd::Get).await {
-        Err(AskError::ActivationFailed { reason, actor }) => {
+        Err(AskError::Failed(CallError::ActivationFailed { reason, actor })) => {
             assert_eq!(&actor, c.key());
             assert!(
                 reason.contains("1 damaged record(s) at position(s) 2"),
@@ -340,7 +340,7 @@ async fn damaged_record_fails_activation_with_positions() {
     // Not cached as dead: a later ask tries again (and fails the same way, without panicking).
     assert!(matches!(
         c.ask(CounterCmd::Get).await,
-        Err(AskError::ActivationFailed { .. })
+        Err(AskError::Failed(CallError::ActivationFailed { .. }))
     ));
     assert_eq!(
         store
@@ -371,7 +371,7 @@ async fn unknown_kinds_are_rejected() {
     let foreign: ActorRef<Tally> =
         ActorRef::new(ns("unknown-kind"), ActorId::new("t").unwrap()).unwrap();
     match rt.bind(&foreign).ask(CounterCmd::Get).await {
-        Err(e @ AskError::UnknownKind { .. }) => {
+        Err(e @ AskError::Failed(CallError::UnknownKind { .. })) => {
             assert_eq!(
                 e.to_string(),
                 "actor kind \"tally\" is not registered in this runtime"
@@ -388,7 +388,7 @@ async fn refs_from_another_namespace_are_refused() {
     let stranger: ActorRef<Counter> =
         ActorRef::new(ns("elsewhere-ns"), ActorId::new("x").unwrap()).unwrap();
     match rt.bind(&stranger).ask(CounterCmd::Get).await {
-        Err(AskError::Unbound { reason, .. }) => {
+        Err(AskError::Failed(CallError::Unbound { reason, .. })) => {
             assert!(
                 reason.contains("serves namespace home, not elsewhere-ns"),
                 "{reason}"
@@ -398,7 +398,7 @@ async fn refs_from_another_namespace_are_refused() {
     }
     // Unbound and no runtime serves it in this process.
     match stranger.ask(CounterCmd::Get).await {
-        Err(AskError::Unbound { reason, .. }) => {
+        Err(AskError::Failed(CallError::Unbound { reason, .. })) => {
             assert!(
                 reason.contains("no runtime serves namespace elsewhere-ns"),
                 "{reason}"
@@ -428,7 +428,7 @@ async fn oversized_commits_are_refused_and_nothing_is_stored() {
         .await
         .unwrap_err();
     match &err {
-        AskError::TooLarge { size, limit } => {
+        AskError::Failed(CallError::TooLarge { size, limit }) => {
             assert_eq!(*limit, 4096);
             assert!(*size > 4096);
         }

@@ -269,10 +269,15 @@ struct RawRequest<'a> {
 }
 
 #[derive(Deserialize, Debug)]
+#[allow(dead_code)] // failures are read through Debug only
 enum RawReply {
     Ok {
         #[serde(with = "serde_bytes")]
         reply: Vec<u8>,
+    },
+    Rejected {
+        #[serde(with = "serde_bytes")]
+        error: Vec<u8>,
     },
     Err(rmpv_like::Value),
 }
@@ -369,17 +374,17 @@ async fn a_raw_nats_client_calls_an_actor_with_only_the_wire_doc() {
             RawReply::Ok { reply } => {
                 assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), expected)
             }
-            RawReply::Err(e) => panic!("error reply: {e:?}"),
+            other => panic!("error reply: {other:?}"),
         }
     }
     // The same command id again is answered from the stored reply, not applied twice.
     match raw_call(&client, id, RawCmd::Add(5), 2).await {
         RawReply::Ok { reply } => assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 10),
-        RawReply::Err(e) => panic!("error reply: {e:?}"),
+        other => panic!("error reply: {other:?}"),
     }
     match raw_call(&client, id, RawCmd::Get, 3).await {
         RawReply::Ok { reply } => assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 10),
-        RawReply::Err(e) => panic!("error reply: {e:?}"),
+        other => panic!("error reply: {other:?}"),
     }
     // And the runtime agrees.
     assert_eq!(
@@ -396,7 +401,7 @@ async fn a_raw_nats_client_calls_an_actor_with_only_the_wire_doc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
-    use aether::wire::{RemoteError, RemoteReply};
+    use aether::wire::RemoteReply;
     let server = NatsServer::start();
     let rt = node(&server.url(), "frames", "node-1", 1).await;
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -414,10 +419,8 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     };
     // 1. Garbage.
     match ask(b"\xc1 not a frame".to_vec(), subject.clone()).await {
-        RemoteReply::Err(RemoteError::BadFrame { reason }) => {
-            assert!(reason.contains("request frame"), "{reason}")
-        }
-        other => panic!("expected BadFrame, got {other:?}"),
+        RemoteReply::Err(CallError::Codec { what, .. }) => assert_eq!(what, "request frame"),
+        other => panic!("expected a request frame codec error, got {other:?}"),
     }
     let frame = |namespace: &str, kind: &str, id: &str| {
         aether::wire::RemoteRequest {
@@ -440,12 +443,12 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     };
     // 2. An unknown kind.
     match ask(frame("frames", "ghost", "x"), subject.clone()).await {
-        RemoteReply::Err(RemoteError::UnknownKind { kind }) => assert_eq!(kind, "ghost"),
+        RemoteReply::Err(CallError::UnknownKind { kind }) => assert_eq!(kind, "ghost"),
         other => panic!("expected UnknownKind, got {other:?}"),
     }
     // 3. Another namespace on this namespace's subject.
     match ask(frame("elsewhere", "counter", "x"), subject.clone()).await {
-        RemoteReply::Err(RemoteError::WrongNamespace { expected, found }) => {
+        RemoteReply::Err(CallError::WrongNamespace { expected, found }) => {
             assert_eq!((expected.as_str(), found.as_str()), ("frames", "elsewhere"))
         }
         other => panic!("expected WrongNamespace, got {other:?}"),
@@ -456,19 +459,20 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
         .find(|id| rt.cluster().unwrap().locate::<Counter>(id).shard != shard)
         .unwrap();
     match ask(frame("frames", "counter", &other), subject.clone()).await {
-        RemoteReply::Err(RemoteError::BadFrame { reason }) => {
+        RemoteReply::Err(CallError::Codec { what, reason }) => {
+            assert_eq!(what, "request frame");
             assert!(
                 reason.contains("arrived on the subject of shard"),
                 "{reason}"
             )
         }
-        other => panic!("expected BadFrame, got {other:?}"),
+        other => panic!("expected a request frame codec error, got {other:?}"),
     }
     // 5. A command that does not decode as a CounterCmd.
     let mut bad = aether::wire::RemoteRequest::decode(&frame("frames", "counter", "x")).unwrap();
     bad.command = rmp_serde::to_vec_named(&("not", "a", "command")).unwrap();
     match ask(bad.encode().unwrap(), subject.clone()).await {
-        RemoteReply::Err(RemoteError::Codec { .. }) => {}
+        RemoteReply::Err(CallError::Codec { .. }) => {}
         other => panic!("expected Codec, got {other:?}"),
     }
     // The node still serves.

@@ -257,7 +257,7 @@ async fn asks_fail_fast_while_the_server_is_down_and_recover_after() {
     poll_until(Duration::from_secs(10), "an Unavailable answer", || async {
         matches!(
             active.ask(CounterCmd::Add(0)).await,
-            Err(AskError::Unavailable(_))
+            Err(AskError::Failed(CallError::Unavailable { .. }))
         )
     })
     .await;
@@ -267,7 +267,7 @@ async fn asks_fail_fast_while_the_server_is_down_and_recover_after() {
         let started = Instant::now();
         let result = actor.ask(cmd).await;
         assert!(
-            matches!(result, Err(AskError::Unavailable(_))),
+            matches!(result, Err(AskError::Failed(CallError::Unavailable { .. }))),
             "{name}: {result:?}"
         );
         assert!(

@@ -131,9 +131,12 @@ impl Load {
                         return Some(reply.balance());
                     }
                     // Not served right now (moving, not owner, unavailable): try again.
-                    Ok(RemoteReply::Err(_)) | Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
+                    Ok(
+                        RemoteReply::Err(_)
+                        | RemoteReply::NotOwner { .. }
+                        | RemoteReply::Rejected { .. },
+                    )
+                    | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 },
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -181,6 +184,29 @@ impl Load {
             .filter(|t| **t >= from && **t < to)
             .count();
         n as f64 / to.duration_since(from).as_secs_f64()
+    }
+
+    /// The rates of the whole seconds from `from` to `to`.
+    fn per_second(&self, from: Instant, to: Instant) -> Vec<f64> {
+        let seconds = to.duration_since(from).as_secs();
+        (0..seconds)
+            .map(|s| {
+                let start = from + Duration::from_secs(s);
+                self.rate(start, start + Duration::from_secs(1))
+            })
+            .collect()
+    }
+}
+
+/// The median of `rates`: the sustained rate of a window, which one slow second of a shared
+/// two-core machine (a compiler, a fsync burst) does not move.
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
@@ -383,10 +409,11 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         w.await.expect("worker");
     }
 
-    let before = load.rate(started, cut_at);
-    // From the failure timeout + 1 s after the cut — or, on R3, after JetStream itself has
-    // re-elected the raft groups the frozen server led (nats-server waits 4-9 s before it
-    // does: no client can write to those groups meanwhile), whichever is later.
+    // Before: the steady seconds after the first (activations) and before the R3 stepdowns.
+    // During: from the
+    // failure timeout + 1 s after the cut — or, on R3, after JetStream itself has re-elected
+    // the raft groups the frozen server led (nats-server waits 4-9 s before it does: no client
+    // can write to those groups meanwhile), whichever is later — to the heal.
     let settled = jetstream_back.unwrap_or(cut_at).max(cut_at);
     let window_start = settled + FAST_FAILURE + Duration::from_secs(1);
     assert!(
@@ -394,18 +421,26 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
         "JetStream took {:?} to re-elect: too little of the cut is left to measure",
         settled - cut_at
     );
-    let during = load.rate(window_start, healed_at);
-    let per_second: Vec<String> = (0..CUT.as_secs())
-        .map(|s| {
-            let from = cut_at + Duration::from_secs(s);
-            format!("{:.0}", load.rate(from, from + Duration::from_secs(1)))
-        })
-        .collect();
+    let before_seconds = load.per_second(
+        started + Duration::from_secs(1),
+        started + Duration::from_secs(5),
+    );
+    let during_seconds = load.per_second(window_start, healed_at);
+    let (before, during) = (median(&before_seconds), median(&during_seconds));
+    let show = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!(
-        "throughput before the cut {before:.0}/s, during it {during:.0}/s ({:.2}); per second \
-         after the cut: {}",
+        "throughput (median of seconds) before the cut {before:.0}/s, during it {during:.0}/s \
+         ({:.2}); per second before: {}; during: {}; all seconds after the cut: {}",
         during / before,
-        per_second.join(" ")
+        show(&before_seconds),
+        show(&during_seconds),
+        show(&load.per_second(cut_at, healed_at)),
     );
     // Every balance is exactly its acknowledged deposits (read through the survivors).
     load.stop.store(false, Ordering::Relaxed);
@@ -428,7 +463,13 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     );
     assert!(
         during >= 0.7 * before,
-        "throughput during the cut {during:.0}/s is below 0.7 of {before:.0}/s"
+        "sustained throughput during the cut {during:.0}/s is below 0.7 of {before:.0}/s"
+    );
+    // And no stall hides behind the median: every second of the window serves.
+    let slowest = during_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        slowest >= 0.25 * before,
+        "a second during the cut served {slowest:.0}/s, below 0.25 of {before:.0}/s: a stall"
     );
     assert!(
         serve_after <= Duration::from_secs(2),

@@ -220,7 +220,7 @@ async fn when_the_user_supervisor_stops_the_runtime_stops_serving_and_keeps_its_
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match dave.ask(Balance).await {
-            Err(AskError::Shutdown) => break,
+            Err(AskError::Failed(CallError::Shutdown)) => break,
             other => assert!(
                 tokio::time::Instant::now() < deadline,
                 "still serving 10 s after the supervisor stopped: {other:?}"

@@ -218,7 +218,7 @@ async fn handler_panic_does_not_corrupt_state() {
     c.ask(CounterCmd::Add(5)).await.unwrap();
     let before = c.ask(CounterCmd::Digest).await.unwrap();
     match c.ask(CounterCmd::Panic).await {
-        Err(AskError::HandlerPanicked { message, .. }) => {
+        Err(AskError::Failed(CallError::HandlerPanicked { message, .. })) => {
             assert!(message.contains("panicked on purpose"), "{message}")
         }
         other => panic!("expected HandlerPanicked, got {other:?}"),
@@ -246,7 +246,7 @@ async fn an_apply_panic_after_commit_never_serves_a_half_applied_state() {
     // The in-memory state is not trusted any more: the next command reloads, the replay meets
     // the same panic, and the actor reports it instead of serving a state built on a hole.
     match c.ask(CounterCmd::Get).await {
-        Err(AskError::ActivationFailed { reason, .. }) => {
+        Err(AskError::Failed(CallError::ActivationFailed { reason, .. })) => {
             assert!(reason.contains("apply panicked on event 2"), "{reason}")
         }
         other => panic!("expected ActivationFailed, got {other:?}"),
@@ -333,14 +333,14 @@ async fn unknown_outcome_is_resolved_by_retrying_the_same_id() {
         )
         .await
         .unwrap_err();
-    let AskError::OutcomeUnknown { command_id, .. } = err else {
+    let AskError::Failed(CallError::OutcomeUnknown { command_id, .. }) = err else {
         panic!("expected OutcomeUnknown, got {err:?}");
     };
     assert_eq!(
-        AskError::<CounterError>::OutcomeUnknown {
+        AskError::<CounterError>::Failed(CallError::OutcomeUnknown {
             command_id,
             reason: String::new()
-        }
+        })
         .retry_safety(),
         RetrySafety::SameCommandId
     );
@@ -514,9 +514,9 @@ async fn stale_activation_loses_the_race_and_reloads() {
     // rt2's activation is at version 0 and loses.
     let err = c2.ask(CounterCmd::Add(10)).await.unwrap_err();
     match &err {
-        AskError::VersionConflict {
+        AskError::Failed(CallError::VersionConflict {
             expected, actual, ..
-        } => assert_eq!((*expected, *actual), (0, 1)),
+        }) => assert_eq!((*expected, *actual), (0, 1)),
         other => panic!("expected VersionConflict, got {other:?}"),
     }
     assert_eq!(err.retry_safety(), RetrySafety::Safe);
@@ -564,7 +564,7 @@ async fn tell_is_fire_and_forget_and_bounded() {
     assert!(
         results
             .iter()
-            .any(|r| matches!(r, Err(aether::TellError::MailboxFull { .. }))),
+            .any(|r| matches!(r, Err(aether::CallError::MailboxFull { .. }))),
         "{results:?}"
     );
     slow.await.unwrap().unwrap();
@@ -579,11 +579,11 @@ async fn shutdown_refuses_new_work() {
     rt.shutdown().await.unwrap();
     assert!(matches!(
         c.ask(CounterCmd::Get).await,
-        Err(AskError::Shutdown)
+        Err(AskError::Failed(CallError::Shutdown))
     ));
     assert!(matches!(
         c.tell(CounterCmd::Get),
-        Err(aether::TellError::Shutdown)
+        Err(aether::CallError::Shutdown)
     ));
 }
 
@@ -665,7 +665,9 @@ async fn queued_ask_times_out_by_its_deadline_without_running() {
         .unwrap_err();
     let waited = started.elapsed();
     match err {
-        AskError::Timeout { after } => assert_eq!(after, Duration::from_millis(100)),
+        AskError::Failed(CallError::Timeout { after }) => {
+            assert_eq!(after, Duration::from_millis(100))
+        }
         other => panic!("a command that never started must time out cleanly, got {other:?}"),
     }
     assert!(
@@ -696,7 +698,10 @@ async fn running_turn_is_cancelled_at_its_deadline() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, AskError::OutcomeUnknown { .. }), "{err:?}");
+    assert!(
+        matches!(err, AskError::Failed(CallError::OutcomeUnknown { .. })),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The actor is free again at once, and the cancelled command stored nothing.
     assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 0);
@@ -829,7 +834,7 @@ async fn a_handler_panic_fails_the_ractor_actor_and_a_fresh_one_serves_from_the_
     let replayed = rt.stats().replayed_events;
     assert!(matches!(
         c.ask(CounterCmd::Panic).await,
-        Err(AskError::HandlerPanicked { .. })
+        Err(AskError::Failed(CallError::HandlerPanicked { .. }))
     ));
     // The root heard of the failure from ractor and started another actor, which replayed the
     // three stored events.
@@ -857,7 +862,10 @@ async fn a_handler_panic_fails_the_ractor_actor_and_a_fresh_one_serves_from_the_
             q.await.unwrap().unwrap();
         }
     });
-    assert!(matches!(panicked, Err(AskError::HandlerPanicked { .. })));
+    assert!(matches!(
+        panicked,
+        Err(AskError::Failed(CallError::HandlerPanicked { .. }))
+    ));
     assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 16);
     rt.shutdown().await.unwrap();
 }

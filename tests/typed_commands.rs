@@ -6,7 +6,6 @@ mod account;
 
 use account::{Account, AccountError, Balance, Deposit, Open, Withdraw};
 use aether::prelude::*;
-use aether::wire::CodecError;
 
 async fn runtime(namespace: &str) -> Runtime {
     Runtime::builder()
@@ -104,7 +103,7 @@ async fn a_command_id_reused_for_another_command_is_a_typed_error() {
         .await
         .unwrap_err();
     match &err {
-        AskError::Codec(CodecError { what, reason }) => {
+        AskError::Failed(CallError::Codec { what, reason }) => {
             assert_eq!(*what, "reply");
             assert!(reason.contains("Open"), "{reason}");
         }
@@ -154,7 +153,7 @@ async fn a_reply_read_from_the_state_never_leaves_a_failed_commit_folded_in() {
     // fails fast, and the fold it made is thrown away with a reload.
     let err = dave.ask(Deposit(1)).await.unwrap_err();
     assert!(
-        matches!(err, AskError::VersionConflict { .. }),
+        matches!(err, AskError::Failed(CallError::VersionConflict { .. })),
         "expected a version conflict, got {err:?}"
     );
     assert_eq!(dave.ask(Balance).await.unwrap(), 110);
@@ -223,7 +222,10 @@ async fn a_folded_turn_whose_commit_failed_is_never_served_or_snapshotted() {
     // The withdrawal folds its event (to read the new balance), then the store fails it.
     events.armed.store(true, Ordering::SeqCst);
     let err = erin.ask(Withdraw(20)).await.unwrap_err();
-    assert!(matches!(err, AskError::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(err, AskError::Failed(CallError::Unavailable { .. })),
+        "{err:?}"
+    );
     // Passivated right away: no snapshot of the folded state (it would be trusted later).
     assert!(rt.passivate(&erin).await);
     assert_eq!(erin.ask(Balance).await.unwrap(), 50);

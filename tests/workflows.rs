@@ -548,7 +548,9 @@ impl Handle<FwdCmd> for Forwarder {
                 Ok(Effect::persist(FwdEvent::Forwarded(n)).reply(self.total + n))
             }
             FwdCmd::AskMyself { me } => match me.ask(FwdCmd::Get).await {
-                Err(AskError::CallCycle { chain }) => Err(FwdError::Downstream(chain)),
+                Err(AskError::Failed(CallError::CallCycle { chain })) => {
+                    Err(FwdError::Downstream(chain))
+                }
                 other => Err(FwdError::Downstream(format!("expected a cycle: {other:?}"))),
             },
             FwdCmd::Get => Ok(Effect::reply(self.total)),
@@ -628,7 +630,7 @@ async fn a_turn_that_asked_others_and_failed_reports_an_unknown_outcome() {
         .await
         .expect_err("the handler panicked after its child ask");
     assert!(
-        matches!(err, AskError::OutcomeUnknown { command_id, .. } if command_id == id),
+        matches!(err, AskError::Failed(CallError::OutcomeUnknown { command_id, .. }) if command_id == id),
         "{err:?}"
     );
     assert_eq!(err.retry_safety(), RetrySafety::SameCommandId);

@@ -1,36 +1,64 @@
 //! Errors of the actor operations: ask, tell, start.
 //!
-//! Each operation family has its own type; store and name errors live with
-//! [their](crate::store::StoreError) [modules](crate::names::NameError). Every ask error answers
-//! the question a caller has to decide on — *may I retry, and how?* — through
-//! [`AskError::retry_safety`]:
+//! A call has two ways to fail, and [`AskError`] keeps them apart:
+//!
+//! - [`AskError::Rejected`]: the actor ran the command and said no, with its own error type `E`.
+//!   Nothing was stored.
+//! - [`AskError::Failed`]: the call failed on the way, with a [`CallError`]. `CallError` does not
+//!   depend on the actor's type; it is what a tell returns, and it is the very value a remote
+//!   node sends back in its reply frame (see `docs/wire.md`), so a failure reads the same
+//!   whether the actor lives in this process or on another node.
+//!
+//! Store and name errors live with [their](crate::store::StoreError)
+//! [modules](crate::names::NameError). Every call error answers the question a caller has to
+//! decide on — *may I retry, and how?* — through [`CallError::retry_safety`] (and
+//! [`AskError::retry_safety`], which adds that a rejection is final):
 //!
 //! | error | was the command applied? | retry |
 //! |---|---|---|
 //! | [`Rejected`](AskError::Rejected) | no, the actor said no | pointless until something changes |
-//! | [`VersionConflict`](AskError::VersionConflict) | no | safe |
-//! | [`Timeout`](AskError::Timeout) | no, it never reached the actor | safe |
-//! | [`OutcomeUnknown`](AskError::OutcomeUnknown) | maybe | only with the same command id |
-//! | [`Unavailable`](AskError::Unavailable) | no | safe, after a pause |
-//! | [`Deadlock`](AskError::Deadlock) | no | safe, once the other command is done |
-//! | [`ActivationFailed`](AskError::ActivationFailed) | no: the actor's history is damaged | pointless until repaired |
-//! | [`StoreRefused`](AskError::StoreRefused) | no | pointless: the store cannot do it as configured |
+//! | [`VersionConflict`](CallError::VersionConflict) | no | safe |
+//! | [`Timeout`](CallError::Timeout) | no, it never reached the actor | safe |
+//! | [`OutcomeUnknown`](CallError::OutcomeUnknown) | maybe | only with the same command id |
+//! | [`Unavailable`](CallError::Unavailable) | no | safe, after a pause |
+//! | [`Deadlock`](CallError::Deadlock) | no | safe, once the other command is done |
+//! | [`MailboxFull`](CallError::MailboxFull) | no (a tell was dropped) | safe, after a pause |
+//! | [`ActivationFailed`](CallError::ActivationFailed) | no: the actor's history is damaged | pointless until repaired |
+//! | [`StoreRefused`](CallError::StoreRefused) | no | pointless: the store cannot do it as configured |
 //! | the others | no | pointless: fix the input or the code |
 //!
 //! A turn that asked (or told) other actors and then failed — for any reason but its own
-//! rejection — has changed them already: its error is [`OutcomeUnknown`](AskError::OutcomeUnknown)
-//! — retry only with the same command id, so the children are deduplicated. (A handler that
-//! rejects after asking made that choice itself; its `Rejected` stands.) Even then the retried handler decides again on the state
-//! it finds; to change several actors atomically with one decision, use durable effects
+//! rejection — has changed them already: its error is
+//! [`OutcomeUnknown`](CallError::OutcomeUnknown) — retry only with the same command id, so the
+//! children are deduplicated. (A handler that rejects after asking made that choice itself; its
+//! `Rejected` stands.) Even then the retried handler decides again on the state it finds; to
+//! change several actors atomically with one decision, use durable effects
 //! ([`Effect::send`](crate::Effect::send)).
+//!
+//! ```
+//! use aether_runtime::{AskError, CallError, RetrySafety};
+//!
+//! fn should_retry<E>(error: &AskError<E>) -> bool {
+//!     match error {
+//!         AskError::Rejected(_) => false,
+//!         AskError::Failed(CallError::OutcomeUnknown { .. }) => true, // with the same command id
+//!         AskError::Failed(call) => call.retry_safety() == RetrySafety::Safe,
+//!     }
+//! }
+//! # let timeout: AskError<String> = CallError::Timeout { after: std::time::Duration::ZERO }.into();
+//! # assert!(should_retry(&timeout));
+//! # assert!(!should_retry(&AskError::Rejected("no".to_owned())));
+//! ```
 
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::names::{ActorKey, NameError};
 use crate::store::StoreError;
 use crate::wire::{CodecError, CommandId};
 
-/// How a caller may retry after an [`AskError`].
+/// How a caller may retry after an [`AskError`] or a [`CallError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetrySafety {
     /// Nothing was applied; retrying (with any command id) cannot duplicate.
@@ -42,12 +70,68 @@ pub enum RetrySafety {
     Pointless,
 }
 
-/// Why an ask did not produce a reply. `E` is the actor's own error type.
+/// Why an ask did not produce a reply: the actor said no, or the call failed on the way.
+/// `E` is the actor's own error type.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError<E> {
     /// The actor rejected the command (its handler returned an error). Nothing was stored.
     #[error("rejected: {0}")]
     Rejected(E),
+    /// The call failed before the actor could answer (or its answer was lost).
+    #[error(transparent)]
+    Failed(#[from] CallError),
+}
+
+impl<E> AskError<E> {
+    /// How the caller may retry. See the [module table](self).
+    pub fn retry_safety(&self) -> RetrySafety {
+        match self {
+            AskError::Rejected(_) => RetrySafety::Pointless,
+            AskError::Failed(e) => e.retry_safety(),
+        }
+    }
+
+    /// The actor's own error, if this is a rejection.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            AskError::Rejected(e) => Some(e),
+            AskError::Failed(_) => None,
+        }
+    }
+
+    /// The call failure, if this is not a rejection.
+    pub fn call_error(&self) -> Option<&CallError> {
+        match self {
+            AskError::Rejected(_) => None,
+            AskError::Failed(e) => Some(e),
+        }
+    }
+
+    /// Maps the actor error type (used when one actor forwards another's failure).
+    pub fn map_rejection<F>(self, f: impl FnOnce(E) -> F) -> AskError<F> {
+        match self {
+            AskError::Rejected(e) => AskError::Rejected(f(e)),
+            AskError::Failed(e) => AskError::Failed(e),
+        }
+    }
+}
+
+impl<E> From<CodecError> for AskError<E> {
+    fn from(e: CodecError) -> Self {
+        AskError::Failed(e.into())
+    }
+}
+
+impl<E> From<NameError> for AskError<E> {
+    fn from(e: NameError) -> Self {
+        AskError::Failed(CallError::InvalidName(e))
+    }
+}
+
+/// Why a call (an ask or a tell) failed on the way, whatever the actor's type. A remote node
+/// sends this value back as is in its reply frame (`{"Err": <CallError>}`, see `docs/wire.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
     /// Another activation of the actor wrote first, twice in a row. Nothing was stored.
     #[error("version conflict on {actor}: expected version {expected}, actual {actual}")]
     VersionConflict {
@@ -73,20 +157,37 @@ pub enum AskError<E> {
         /// What happened.
         reason: String,
     },
-    /// The store (or, in a cluster, NATS) cannot be reached. Nothing was applied.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// A command, event or reply could not be encoded or decoded.
-    #[error("codec: {0}")]
-    Codec(#[from] CodecError),
+    /// The store, NATS, or the node owning the actor cannot be reached (or is shutting down).
+    /// Nothing was applied.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+    },
+    /// A command, event, reply or frame could not be encoded or decoded.
+    #[error("codec: {what}: {reason}")]
+    Codec {
+        /// What was being encoded or decoded (`"reply"`, `"request frame"`, ...).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A name in the request is invalid.
     #[error(transparent)]
-    InvalidName(#[from] NameError),
+    InvalidName(NameError),
     /// The actor's kind is not registered with the runtime that received the command.
     #[error("actor kind {kind:?} is not registered in this runtime")]
     UnknownKind {
         /// The kind asked for.
         kind: String,
+    },
+    /// The request names another namespace than the runtime that received it serves.
+    #[error("the request is for namespace {found:?}, the receiver serves {expected:?}")]
+    WrongNamespace {
+        /// The receiver's namespace.
+        expected: String,
+        /// The request's.
+        found: String,
     },
     /// The actor's handler panicked. Nothing was stored; the panic failed the activation's
     /// ractor actor, and the runtime's root started a fresh activation, with the state from
@@ -130,6 +231,12 @@ pub enum AskError<E> {
         /// Limit.
         limit: usize,
     },
+    /// The actor's mailbox is full; a tell was dropped (an ask waits for room instead).
+    #[error("mailbox of {actor} is full")]
+    MailboxFull {
+        /// The actor.
+        actor: ActorKey,
+    },
     /// The `ActorRef` belongs to no runtime in this process (or to several); bind it with
     /// `Runtime::bind`.
     #[error("actor ref {actor} is not bound to a runtime: {reason}")]
@@ -146,75 +253,40 @@ pub enum AskError<E> {
         /// Why.
         reason: String,
     },
-    /// The runtime is shutting down.
+    /// The caller's own runtime is shutting down. (A remote node that is shutting down answers
+    /// [`Unavailable`](CallError::Unavailable): its shards move on, and a retry finds them.)
     #[error("runtime is shut down")]
     Shutdown,
 }
 
-impl<E> AskError<E> {
+impl CallError {
     /// How the caller may retry. See the [module table](self).
     pub fn retry_safety(&self) -> RetrySafety {
         match self {
-            AskError::VersionConflict { .. }
-            | AskError::Timeout { .. }
-            | AskError::Unavailable(_)
-            | AskError::Deadlock { .. } => RetrySafety::Safe,
-            AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
-            AskError::Rejected(_)
-            | AskError::Codec(_)
-            | AskError::InvalidName(_)
-            | AskError::UnknownKind { .. }
-            | AskError::HandlerPanicked { .. }
-            | AskError::ActivationFailed { .. }
-            | AskError::StoreRefused { .. }
-            | AskError::CallCycle { .. }
-            | AskError::TooLarge { .. }
-            | AskError::Unbound { .. }
-            | AskError::Shutdown => RetrySafety::Pointless,
+            CallError::VersionConflict { .. }
+            | CallError::Timeout { .. }
+            | CallError::Unavailable { .. }
+            | CallError::Deadlock { .. }
+            | CallError::MailboxFull { .. } => RetrySafety::Safe,
+            CallError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
+            CallError::Codec { .. }
+            | CallError::InvalidName(_)
+            | CallError::UnknownKind { .. }
+            | CallError::WrongNamespace { .. }
+            | CallError::HandlerPanicked { .. }
+            | CallError::ActivationFailed { .. }
+            | CallError::StoreRefused { .. }
+            | CallError::CallCycle { .. }
+            | CallError::TooLarge { .. }
+            | CallError::Unbound { .. }
+            | CallError::Shutdown => RetrySafety::Pointless,
         }
     }
 
-    /// The actor's own error, if this is a rejection.
-    pub fn rejection(&self) -> Option<&E> {
-        match self {
-            AskError::Rejected(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// Maps the actor error type (used when one actor forwards another's failure).
-    pub fn map_rejection<F>(self, f: impl FnOnce(E) -> F) -> AskError<F> {
-        match self {
-            AskError::Rejected(e) => AskError::Rejected(f(e)),
-            AskError::VersionConflict {
-                actor,
-                expected,
-                actual,
-            } => AskError::VersionConflict {
-                actor,
-                expected,
-                actual,
-            },
-            AskError::Timeout { after } => AskError::Timeout { after },
-            AskError::OutcomeUnknown { command_id, reason } => {
-                AskError::OutcomeUnknown { command_id, reason }
-            }
-            AskError::Unavailable(s) => AskError::Unavailable(s),
-            AskError::Codec(e) => AskError::Codec(e),
-            AskError::InvalidName(e) => AskError::InvalidName(e),
-            AskError::UnknownKind { kind } => AskError::UnknownKind { kind },
-            AskError::HandlerPanicked { actor, message } => {
-                AskError::HandlerPanicked { actor, message }
-            }
-            AskError::ActivationFailed { actor, reason } => {
-                AskError::ActivationFailed { actor, reason }
-            }
-            AskError::CallCycle { chain } => AskError::CallCycle { chain },
-            AskError::Deadlock { chain } => AskError::Deadlock { chain },
-            AskError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
-            AskError::Unbound { actor, reason } => AskError::Unbound { actor, reason },
-            AskError::StoreRefused { reason } => AskError::StoreRefused { reason },
-            AskError::Shutdown => AskError::Shutdown,
+    /// `Unavailable` with `reason`.
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        CallError::Unavailable {
+            reason: reason.into(),
         }
     }
 
@@ -225,56 +297,42 @@ impl<E> AskError<E> {
                 actor,
                 expected,
                 actual,
-            } => AskError::VersionConflict {
+            } => CallError::VersionConflict {
                 actor,
                 expected,
                 actual,
             },
-            StoreError::Unavailable(s) => AskError::Unavailable(s),
-            StoreError::Closed => AskError::Shutdown,
-            StoreError::OutcomeUnknown(reason) => AskError::OutcomeUnknown { command_id, reason },
-            StoreError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
-            StoreError::Codec(e) => AskError::Codec(e),
-            StoreError::InvalidName(e) => AskError::InvalidName(e),
+            StoreError::Unavailable(reason) => CallError::Unavailable { reason },
+            StoreError::Closed => CallError::Shutdown,
+            StoreError::OutcomeUnknown(reason) => CallError::OutcomeUnknown { command_id, reason },
+            StoreError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+            StoreError::Codec(e) => e.into(),
+            StoreError::InvalidName(e) => CallError::InvalidName(e),
             other @ (StoreError::Corrupt { .. }
             | StoreError::WrongNamespace { .. }
             | StoreError::ServerTooOld { .. }
             | StoreError::InvalidCommit(_)
             | StoreError::Unsupported(_)
-            | StoreError::Failed(_)) => AskError::StoreRefused {
+            | StoreError::Failed(_)) => CallError::StoreRefused {
                 reason: other.to_string(),
             },
         }
     }
 }
 
-/// Why a tell was not queued. A tell is fire-and-forget: once queued, its outcome is not
-/// reported (at-most-once).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TellError {
-    /// The actor's mailbox is full; the command was dropped.
-    #[error("mailbox of {actor} is full")]
-    MailboxFull {
-        /// The actor.
-        actor: ActorKey,
-    },
-    /// The actor's kind is not registered with this runtime.
-    #[error("actor kind {kind:?} is not registered in this runtime")]
-    UnknownKind {
-        /// The kind.
-        kind: String,
-    },
-    /// The ref belongs to no runtime in this process.
-    #[error("actor ref {actor} is not bound to a runtime: {reason}")]
-    Unbound {
-        /// The actor.
-        actor: ActorKey,
-        /// Why.
-        reason: String,
-    },
-    /// The runtime is shutting down.
-    #[error("runtime is shut down")]
-    Shutdown,
+impl From<CodecError> for CallError {
+    fn from(e: CodecError) -> Self {
+        CallError::Codec {
+            what: e.what.to_owned(),
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<NameError> for CallError {
+    fn from(e: NameError) -> Self {
+        CallError::InvalidName(e)
+    }
 }
 
 /// Why a runtime did not start.
@@ -344,80 +402,85 @@ mod tests {
 
     /// One value of every variant. The match below has no wildcard: a new variant does not
     /// compile until it is listed here with the retry safety it promises.
-    fn every_variant() -> Vec<(AskError<String>, RetrySafety)> {
+    fn every_variant() -> Vec<(CallError, RetrySafety)> {
         let all = vec![
-            AskError::Rejected("no".to_owned()),
-            AskError::VersionConflict {
+            CallError::VersionConflict {
                 actor: key(),
                 expected: 1,
                 actual: 2,
             },
-            AskError::Timeout {
+            CallError::Timeout {
                 after: Duration::from_secs(1),
             },
-            AskError::OutcomeUnknown {
+            CallError::OutcomeUnknown {
                 command_id: CommandId::from_u128(7),
                 reason: "lost".into(),
             },
-            AskError::Unavailable("down".into()),
-            AskError::Codec(CodecError {
-                what: "reply",
+            CallError::unavailable("down"),
+            CallError::Codec {
+                what: "reply".into(),
                 reason: "bad".into(),
-            }),
-            AskError::InvalidName(NameError {
+            },
+            CallError::InvalidName(NameError {
                 what: NameKind::ActorId,
                 value: String::new(),
                 reason: "empty".into(),
             }),
-            AskError::UnknownKind {
+            CallError::UnknownKind {
                 kind: "other".into(),
             },
-            AskError::HandlerPanicked {
+            CallError::WrongNamespace {
+                expected: "a".into(),
+                found: "b".into(),
+            },
+            CallError::HandlerPanicked {
                 actor: key(),
                 message: "boom".into(),
             },
-            AskError::ActivationFailed {
+            CallError::ActivationFailed {
                 actor: key(),
                 reason: "damaged".into(),
             },
-            AskError::CallCycle {
+            CallError::CallCycle {
                 chain: "a -> b -> a".into(),
             },
-            AskError::Deadlock {
+            CallError::Deadlock {
                 chain: "b -> a".into(),
             },
-            AskError::TooLarge { size: 2, limit: 1 },
-            AskError::Unbound {
+            CallError::TooLarge { size: 2, limit: 1 },
+            CallError::MailboxFull { actor: key() },
+            CallError::Unbound {
                 actor: key(),
                 reason: "no runtime".into(),
             },
-            AskError::StoreRefused {
+            CallError::StoreRefused {
                 reason: "unsupported".into(),
             },
-            AskError::Shutdown,
+            CallError::Shutdown,
         ];
         all.into_iter()
             .map(|e| {
                 let promised = match &e {
                     // Nothing was applied, and trying again can succeed.
-                    AskError::VersionConflict { .. }
-                    | AskError::Timeout { .. }
-                    | AskError::Unavailable(_)
-                    | AskError::Deadlock { .. } => RetrySafety::Safe,
+                    CallError::VersionConflict { .. }
+                    | CallError::Timeout { .. }
+                    | CallError::Unavailable { .. }
+                    | CallError::Deadlock { .. }
+                    | CallError::MailboxFull { .. } => RetrySafety::Safe,
                     // It may have been applied: only the same command id is safe.
-                    AskError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
+                    CallError::OutcomeUnknown { .. } => RetrySafety::SameCommandId,
                     // Nothing was applied, and the same command fails the same way.
-                    AskError::Rejected(_)
-                    | AskError::Codec(_)
-                    | AskError::InvalidName(_)
-                    | AskError::UnknownKind { .. }
-                    | AskError::HandlerPanicked { .. }
-                    | AskError::ActivationFailed { .. }
-                    | AskError::CallCycle { .. }
-                    | AskError::TooLarge { .. }
-                    | AskError::Unbound { .. }
-                    | AskError::StoreRefused { .. }
-                    | AskError::Shutdown => RetrySafety::Pointless,
+                    CallError::Codec { .. }
+                    | CallError::InvalidName(_)
+                    | CallError::UnknownKind { .. }
+                    | CallError::WrongNamespace { .. }
+                    | CallError::HandlerPanicked { .. }
+                    | CallError::ActivationFailed { .. }
+                    | CallError::CallCycle { .. }
+                    | CallError::TooLarge { .. }
+                    | CallError::Unbound { .. }
+                    | CallError::StoreRefused { .. }
+                    | CallError::Shutdown => RetrySafety::Pointless,
                 };
                 (e, promised)
             })
@@ -427,20 +490,41 @@ mod tests {
     #[test]
     fn retry_safety_is_pinned_for_every_variant() {
         let all = every_variant();
-        assert_eq!(all.len(), 16, "every variant is listed once");
+        assert_eq!(all.len(), 17, "every variant is listed once");
         for (error, promised) in all {
             assert_eq!(error.retry_safety(), promised, "{error}");
-            // Forwarding another actor's failure keeps what a caller may do.
-            let mapped = error.map_rejection(|e| e.len());
+            // As an ask error, and forwarded as another actor's failure, it promises the same.
+            let ask: AskError<String> = error.clone().into();
+            assert_eq!(ask.retry_safety(), promised, "{ask}");
+            let mapped = ask.map_rejection(|e| e.len());
             assert_eq!(mapped.retry_safety(), promised, "{mapped}");
+            assert_eq!(mapped.call_error(), Some(&error));
+        }
+        let rejected: AskError<String> = AskError::Rejected("no".into());
+        assert_eq!(rejected.retry_safety(), RetrySafety::Pointless);
+        assert_eq!(rejected.map_rejection(|e| e.len()).rejection(), Some(&2));
+    }
+
+    #[test]
+    fn every_call_error_travels_over_the_wire_as_is() {
+        for (error, _) in every_variant() {
+            let bytes = crate::wire::codec::encode("call error", &error).expect("encodes");
+            let back: CallError =
+                crate::wire::codec::decode("call error", &bytes).expect("decodes");
+            assert_eq!(back, error);
         }
     }
 
     #[test]
     fn only_a_rejection_carries_the_actors_error() {
+        let rejected: AskError<String> = AskError::Rejected("no".into());
+        assert!(rejected.rejection().is_some() && rejected.call_error().is_none());
         for (error, _) in every_variant() {
-            let is_rejection = matches!(error, AskError::Rejected(_));
-            assert_eq!(error.rejection().is_some(), is_rejection, "{error}");
+            let ask: AskError<String> = error.into();
+            assert!(
+                ask.rejection().is_none() && ask.call_error().is_some(),
+                "{ask}"
+            );
         }
     }
 }

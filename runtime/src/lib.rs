@@ -64,7 +64,7 @@ pub use actor::{
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;
-pub use errors::{AskError, RetrySafety, StartError, TellError};
+pub use errors::{AskError, CallError, RetrySafety, StartError};
 pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
 /// The ractor this runtime is built on (the same version), for [`supervision`].
 pub use ractor;

@@ -39,7 +39,7 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_ACTOR_ID_BYTES: usize = 256;
 
 /// What kind of name was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NameKind {
     /// A [`Namespace`].
     Namespace,
@@ -69,7 +69,7 @@ impl fmt::Display for NameKind {
 }
 
 /// A name was rejected. The message says which name, shows (a prefix of) the value and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("invalid {what} {value:?}: {reason}")]
 pub struct NameError {
     /// Which name was rejected.

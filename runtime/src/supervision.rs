@@ -5,7 +5,7 @@
 //! linked under the root ([`Runtime::root`](crate::Runtime::root)`.get_children()` lists the
 //! resident actors). The root is their supervisor: when a handler panics, ractor reports
 //! `ActorFailed` to it, and it answers the panicking command with
-//! [`AskError::HandlerPanicked`](crate::AskError::HandlerPanicked) and starts a fresh
+//! [`CallError::HandlerPanicked`](crate::CallError::HandlerPanicked) and starts a fresh
 //! activation on the same mailbox, with the state reloaded from the store. A passivated
 //! activation's actor stops normally (`ActorTerminated`), which the root takes in its stride.
 //!
@@ -18,7 +18,7 @@
 //!   activations under it — the runtime stops serving: commands still queued are answered with
 //!   errors (what was stored stays stored; the actors come back from the store wherever they
 //!   are next activated), a cluster node leaves its cluster as if it crashed, and every later
-//!   ask fails with [`AskError::Shutdown`](crate::AskError::Shutdown). A graceful
+//!   ask fails with [`CallError::Shutdown`](crate::CallError::Shutdown). A graceful
 //!   [`Runtime::shutdown`](crate::Runtime::shutdown) passivates every actor first.
 //! - **Link their own actors under the runtime** through [`Runtime::root`](crate::Runtime::root):
 //!   they stop when the runtime shuts down.

@@ -38,7 +38,9 @@ impl Handle<LinkCmd> for Link {
                 tokio::time::sleep(Duration::from_millis(wait_ms)).await;
                 match ctx.ask(&next, LinkCmd::Ping).await {
                     Ok(_) => Ok(Effect::reply("ok".into())),
-                    Err(AskError::Deadlock { .. }) => Ok(Effect::reply("deadlock".into())),
+                    Err(AskError::Failed(CallError::Deadlock { .. })) => {
+                        Ok(Effect::reply("deadlock".into()))
+                    }
                     Err(e) => Err(LinkError::Downstream(e.to_string())),
                 }
             }

@@ -16,7 +16,7 @@ use super::context::CurrentTurn;
 use super::contract::{Behavior, Command};
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
-use crate::errors::{AskError, TellError};
+use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
 use crate::wire::{CodecError, CommandId};
 
@@ -149,9 +149,11 @@ impl<A: Behavior> ActorRef<A> {
         let host = match &self.host {
             Some(h) => h,
             None => {
-                found = Host::find(&self.key.namespace).map_err(|reason| AskError::Unbound {
-                    actor: self.key.clone(),
-                    reason,
+                found = Host::find(&self.key.namespace).map_err(|reason| {
+                    AskError::Failed(CallError::Unbound {
+                        actor: self.key.clone(),
+                        reason,
+                    })
                 })?;
                 &found
             }
@@ -172,18 +174,18 @@ impl<A: Behavior> ActorRef<A> {
     /// Queues `cmd` without waiting for it to run: fire-and-forget, at most once. Fails only
     /// when it cannot be queued (full mailbox, unknown kind, shutdown). Inside a handler, the
     /// tell is a child of the running turn (like [`Ctx::tell`](super::Ctx::tell)).
-    pub fn tell(&self, cmd: impl Command<A>) -> Result<(), TellError> {
+    pub fn tell(&self, cmd: impl Command<A>) -> Result<(), CallError> {
         let cmd = cmd.into_command();
         if let Some(turn) = CurrentTurn::get() {
             return self
                 .on_host(|host| turn.tell::<A>(host, &self.key, cmd))
-                .map_err(|reason| TellError::Unbound {
+                .map_err(|reason| CallError::Unbound {
                     actor: self.key.clone(),
                     reason,
                 })?;
         }
         self.on_host(|host| tell_on::<A>(host, &self.key, cmd, None))
-            .map_err(|reason| TellError::Unbound {
+            .map_err(|reason| CallError::Unbound {
                 actor: self.key.clone(),
                 reason,
             })?
@@ -196,7 +198,7 @@ pub(crate) fn typed_reply<A: Behavior, C: Command<A>>(
     reply: A::Reply,
 ) -> Result<C::Reply, AskError<A::Error>> {
     C::from_reply(reply).ok_or_else(|| {
-        AskError::Codec(CodecError {
+        AskError::from(CodecError {
             what: "reply",
             reason: format!(
                 "the reply answers another command than {} (a command id reused for a different command?)",
@@ -214,7 +216,7 @@ pub(crate) async fn ask_on<A: Behavior>(
     key: &ActorKey,
     env: Box<Envelope<A>>,
 ) -> Result<A::Reply, AskError<A::Error>> {
-    check_target::<A, A::Error>(host, key)?;
+    check_target::<A>(host, key)?;
     let (shard, env) = match host.remote_shard(A::KIND, &key.id) {
         Some(shard) => (shard, env),
         None => match ask_local::<A>(host, key, env).await {
@@ -258,7 +260,11 @@ pub(crate) async fn ask_local<A: Behavior>(
     let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
         Poll::Ready(result) => result,
         Poll::Pending => match tokio::time::timeout_at(deadline, delivery).await {
-            Err(_) => return LocalAsk::Answered(Err(AskError::Timeout { after: timeout })),
+            Err(_) => {
+                return LocalAsk::Answered(Err(AskError::Failed(CallError::Timeout {
+                    after: timeout,
+                })));
+            }
             Ok(result) => result,
         },
     };
@@ -274,10 +280,10 @@ pub(crate) async fn ask_local<A: Behavior>(
     // activation module), and a stopped activation drops the sender, which ends this wait.
     LocalAsk::Answered(match reply_rx.await {
         Ok(result) => result,
-        Err(_) => Err(AskError::OutcomeUnknown {
+        Err(_) => Err(AskError::Failed(CallError::OutcomeUnknown {
             command_id,
             reason: "the actor stopped before replying".into(),
-        }),
+        })),
     })
 }
 
@@ -287,14 +293,8 @@ pub(crate) fn tell_on<A: Behavior>(
     key: &ActorKey,
     cmd: A::Command,
     meta: Option<CallMeta>,
-) -> Result<(), TellError> {
-    check_target::<A, std::convert::Infallible>(host, key).map_err(|e| match e {
-        AskError::UnknownKind { kind } => TellError::UnknownKind { kind },
-        other => TellError::Unbound {
-            actor: key.clone(),
-            reason: other.to_string(),
-        },
-    })?;
+) -> Result<(), CallError> {
+    check_target::<A>(host, key)?;
     if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
         return super::remote::tell::<A>(host, key, shard, cmd, meta);
     }
@@ -307,19 +307,19 @@ pub(crate) fn tell_on<A: Behavior>(
             let Envelope { cmd, meta, .. } = *env;
             super::remote::tell::<A>(host, key, shard, cmd, Some(meta))
         }
-        Err((Undelivered::Full, _)) => Err(TellError::MailboxFull { actor: key.clone() }),
-        Err(_) => Err(TellError::Shutdown),
+        Err((Undelivered::Full, _)) => Err(CallError::MailboxFull { actor: key.clone() }),
+        Err(_) => Err(CallError::Shutdown),
     }
 }
 
-fn check_target<A: Behavior, E>(host: &Host, key: &ActorKey) -> Result<(), AskError<E>> {
+fn check_target<A: Behavior>(host: &Host, key: &ActorKey) -> Result<(), CallError> {
     if host.kind_of::<A>().is_none() {
-        return Err(AskError::UnknownKind {
+        return Err(CallError::UnknownKind {
             kind: A::KIND.to_owned(),
         });
     }
     if key.namespace != host.namespace {
-        return Err(AskError::Unbound {
+        return Err(CallError::Unbound {
             actor: key.clone(),
             reason: format!(
                 "this runtime serves namespace {}, not {}",

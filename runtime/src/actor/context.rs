@@ -12,7 +12,7 @@ use super::actor_ref::{RefError, make_ref};
 use super::contract::{Behavior, Command};
 use super::host::Host;
 use super::inbox::{CallMeta, Envelope};
-use crate::errors::{AskError, TellError};
+use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey};
 use crate::wire::CommandId;
 
@@ -73,7 +73,7 @@ impl Drop for CurrentTurn {
 ///   deduplicated by their actors;
 /// - they inherit the current deadline and correlation id;
 /// - they carry the chain of waiting actors, so an ask that would wait on an actor already
-///   waiting on this chain fails at once with [`AskError::CallCycle`] instead of deadlocking.
+///   waiting on this chain fails at once with [`CallError::CallCycle`] instead of deadlocking.
 ///
 /// To change another actor as part of this command, prefer a durable effect
 /// ([`Effect::send`](crate::Effect::send)): it is stored with the commit and never waits.
@@ -206,7 +206,7 @@ impl Turn {
     ) -> Result<B::Reply, AskError<B::Error>> {
         let mut meta = self
             .child_meta(target)
-            .map_err(|chain| AskError::CallCycle { chain })?;
+            .map_err(|chain| AskError::Failed(CallError::CallCycle { chain }))?;
         if let Some(id) = command_id {
             meta.command_id = id;
         }
@@ -220,7 +220,7 @@ impl Turn {
         host: &Arc<Host>,
         target: &ActorKey,
         cmd: B::Command,
-    ) -> Result<(), TellError> {
+    ) -> Result<(), CallError> {
         // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
         let n = self.children.fetch_add(1, Ordering::Relaxed);
         let (command_id, correlation_id) =
@@ -321,7 +321,7 @@ impl<A: Behavior> Ctx<A> {
         &mut self,
         target: &ActorRef<B>,
         cmd: impl Command<B>,
-    ) -> Result<(), TellError> {
+    ) -> Result<(), CallError> {
         let host = Arc::clone(&self.turn.host);
         self.turn.tell::<B>(&host, target.key(), cmd.into_command())
     }

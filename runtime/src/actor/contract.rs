@@ -117,10 +117,10 @@ pub trait Handle<C: Command<Self>>: Behavior {
 /// steps. While it waits, this actor starts no other turn. To *change* another actor as part of
 /// this command, prefer a durable effect ([`Effect::send`]): it never waits, cannot deadlock,
 /// and survives crashes. A cycle of asks on one call chain (A asks B, B asks A) fails at once
-/// with [`AskError::CallCycle`](crate::AskError::CallCycle). Independent turns that wait on each
+/// with [`CallError::CallCycle`](crate::CallError::CallCycle). Independent turns that wait on each
 /// other in a cycle (of up to 32 actors), on one node or across nodes (A's turn waits on B, B's on C,
 /// C's asks A) are found by edge chasing and one ask of the cycle is refused with
-/// [`AskError::Deadlock`](crate::AskError::Deadlock) — before it ran, so nothing was applied —
+/// [`CallError::Deadlock`](crate::CallError::Deadlock) — before it ran, so nothing was applied —
 /// well before the deadline (about 50–100 ms).
 ///
 /// An ask-based saga retried with the same command id re-runs the handler on the *current*

@@ -283,7 +283,13 @@ async fn deliver_remote(
             })
         }
         Ok(RemoteReply::Err(e)) => Settle::Failed {
-            reason: format!("{e:?}"),
+            reason: e.to_string(),
+        },
+        Ok(RemoteReply::Rejected { .. }) => Settle::Failed {
+            reason: "the receiver answered a durable effect with a rejection frame".into(),
+        },
+        Ok(RemoteReply::NotOwner { shard }) => Settle::Failed {
+            reason: format!("no node took shard {shard} before the deadline"),
         },
         Err(SendError::Unreachable(r) | SendError::NoReply(r) | SendError::Unavailable(r)) => {
             Settle::Failed { reason: r }

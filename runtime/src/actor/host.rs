@@ -36,7 +36,7 @@ use super::mailbox;
 pub(crate) use super::residents::{Done, DoneTx, done_channel, wait_done};
 use super::residents::{Entry, KeyView, RESIDENT_SHARDS, RegKey, Residents, SHARDED_FROM};
 use crate::config::RuntimeConfig;
-use crate::errors::AskError;
+use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
 use crate::routing::{Owner, Placement, shard_of};
 use crate::store::{EventStore, SnapshotStore};
@@ -152,16 +152,14 @@ pub(crate) enum Undelivered {
 
 impl Undelivered {
     pub fn to_ask<E>(&self) -> AskError<E> {
-        match self {
-            Undelivered::Shutdown => AskError::Shutdown,
+        AskError::Failed(match self {
+            Undelivered::Shutdown => CallError::Shutdown,
             Undelivered::NotOwner(shard) => {
-                AskError::Unavailable(format!("shard {shard} is moving to another node; retry"))
+                CallError::unavailable(format!("shard {shard} is moving to another node; retry"))
             }
-            Undelivered::Full => AskError::Unavailable("the actor's mailbox is full".into()),
-            Undelivered::Unavailable => {
-                AskError::Unavailable("the actor's mailbox keeps closing".into())
-            }
-        }
+            Undelivered::Full => CallError::unavailable("the actor's mailbox is full"),
+            Undelivered::Unavailable => CallError::unavailable("the actor's mailbox keeps closing"),
+        })
     }
 }
 

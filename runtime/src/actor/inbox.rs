@@ -5,10 +5,10 @@
 //!
 //! An asker does not arm a timer of its own. Instead the activation guarantees an answer by
 //! each command's deadline: a command taken from the mailbox after its deadline is answered
-//! [`AskError::Timeout`] (never started); while a turn (or the load) is in progress, the
+//! [`CallError::Timeout`] (never started); while a turn (or the load) is in progress, the
 //! activation keeps receiving into a bounded local queue and arms **one** timer for the earliest
 //! deadline — queued commands that expire get `Timeout`, and a turn still running at its own
-//! deadline is cancelled and answered [`AskError::OutcomeUnknown`]. A turn that completes
+//! deadline is cancelled and answered [`CallError::OutcomeUnknown`]. A turn that completes
 //! without waiting (a query, an append to a ready store) never touches a timer at all.
 //!
 //! # Deadlocks
@@ -18,7 +18,7 @@
 //!
 //! - at once: an ask whose chain of waiting callers includes an actor this turn waits on can
 //!   never be served (two turns asked each other's actors) and is refused with
-//!   [`AskError::Deadlock`];
+//!   [`CallError::Deadlock`];
 //! - by edge chasing, for cycles of up to 32 actors and across nodes: an ask from another turn that
 //!   has waited [`PROBE_AFTER`] sends a [`Control::Probe`] to every actor this turn waits on.
 //!   Waiting actors pass it along their own wait-for edges; when it reaches the asker while the
@@ -42,7 +42,7 @@ use super::contract::Behavior;
 use super::delivery::{OutboxCell, send_control};
 use super::host::Host;
 use super::mailbox;
-use crate::errors::AskError;
+use crate::errors::{AskError, CallError};
 use crate::names::ActorKey;
 use crate::wire::{CommandId, Control, EffectOrigin, Settle};
 
@@ -375,11 +375,11 @@ impl<A: Behavior> Inbox<A> {
                         && c.deadline <= now
                     {
                         if let Some(tx) = c.reply.take() {
-                            let _ = tx.send(Err(AskError::OutcomeUnknown {
+                            let _ = tx.send(Err(AskError::Failed(CallError::OutcomeUnknown {
                                 command_id: c.command_id,
                                 reason: "the deadline passed while the command was being handled"
                                     .into(),
-                            }));
+                            })));
                         }
                         c.ack = None;
                         return None;
@@ -389,7 +389,7 @@ impl<A: Behavior> Inbox<A> {
         }
     }
 
-    /// Answers `env` with [`AskError::Deadlock`] if the running turn waits on one of its
+    /// Answers `env` with [`CallError::Deadlock`] if the running turn waits on one of its
     /// waiting callers. Returns whether it did.
     fn refuse_if_deadlocked(&self, env: &mut Envelope<A>) -> bool {
         if env.meta.chain.is_empty() || env.reply.is_none() {
@@ -413,9 +413,9 @@ impl<A: Behavior> Inbox<A> {
         let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
         names.push(format!("{} (waiting on {blocked_on})", self.me()));
         if let Some(tx) = env.reply.take() {
-            let _ = tx.send(Err(AskError::Deadlock {
+            let _ = tx.send(Err(AskError::Failed(CallError::Deadlock {
                 chain: names.join(" -> "),
-            }));
+            })));
         }
         true
     }
@@ -536,8 +536,10 @@ impl<A: Behavior> Inbox<A> {
                 {
                     tracing::debug!(actor = %self.me(), %cycle, "deadlock cycle refused");
                     super::host::Stats::bump(&self.host.stats.deadlocks_refused);
-                    env.fail(|| AskError::Deadlock {
-                        chain: format!("wait-for cycle {cycle}"),
+                    env.fail(|| {
+                        AskError::Failed(CallError::Deadlock {
+                            chain: format!("wait-for cycle {cycle}"),
+                        })
                     });
                 }
             }
@@ -552,7 +554,7 @@ impl<A: Behavior> Inbox<A> {
                 return true;
             }
             let after = env.meta.timeout;
-            env.fail(|| AskError::Timeout { after });
+            env.fail(|| AskError::Failed(CallError::Timeout { after }));
             false
         });
     }

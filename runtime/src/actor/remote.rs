@@ -23,12 +23,10 @@ use super::actor_ref::{LocalAsk, ask_local, with_decode_host};
 use super::contract::Behavior;
 use super::host::{Host, Undelivered, wait_done};
 use super::inbox::{CallMeta, Envelope, Msg};
-use crate::errors::{AskError, TellError};
+use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
-use crate::wire::{
-    BASE_FRAME_FORMAT, Control, RemoteError, RemoteReply, RemoteRequest, Settle, codec,
-};
+use crate::wire::{BASE_FRAME_FORMAT, Control, RemoteReply, RemoteRequest, Settle, codec};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -68,25 +66,37 @@ pub(crate) async fn ask<A: Behavior>(
     meta: CallMeta,
 ) -> Result<A::Reply, AskError<A::Error>> {
     let Some(transport) = host.transport.as_ref() else {
-        return Err(AskError::Unavailable(format!(
+        return Err(CallError::unavailable(format!(
             "shard {shard} is not served here and this runtime has no cluster transport"
-        )));
+        ))
+        .into());
     };
     let frame = request::<A>(key, &cmd, &meta, true)?;
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
     match transport.request(subject, frame, meta.deadline).await {
         Ok(RemoteReply::Ok { reply }) => {
-            with_decode_host(host, || codec::decode("reply", &reply)).map_err(AskError::Codec)
+            Ok(with_decode_host(host, || codec::decode("reply", &reply))?)
         }
-        Ok(RemoteReply::Err(e)) => Err(from_remote::<A>(host, key, e, &meta)),
-        Err(SendError::Unreachable(_)) => Err(AskError::Timeout {
-            after: meta.timeout,
-        }),
-        Err(SendError::NoReply(reason)) => Err(AskError::OutcomeUnknown {
+        Ok(RemoteReply::Rejected { error }) => Err(
+            match with_decode_host(host, || codec::decode("actor error", &error)) {
+                Ok(error) => AskError::Rejected(error),
+                Err(e) => e.into(),
+            },
+        ),
+        Ok(RemoteReply::Err(e)) => Err(e.into()),
+        // The transport retries `NotOwner` until the deadline: seeing it means time ran out.
+        Ok(RemoteReply::NotOwner { .. }) | Err(SendError::Unreachable(_)) => {
+            Err(CallError::Timeout {
+                after: meta.timeout,
+            }
+            .into())
+        }
+        Err(SendError::NoReply(reason)) => Err(CallError::OutcomeUnknown {
             command_id: meta.command_id,
             reason,
-        }),
-        Err(SendError::Unavailable(reason)) => Err(AskError::Unavailable(reason)),
+        }
+        .into()),
+        Err(SendError::Unavailable(reason)) => Err(CallError::Unavailable { reason }.into()),
     }
 }
 
@@ -97,9 +107,9 @@ pub(crate) fn tell<A: Behavior>(
     shard: u32,
     cmd: A::Command,
     meta: Option<CallMeta>,
-) -> Result<(), TellError> {
+) -> Result<(), CallError> {
     let Some(transport) = host.transport.clone() else {
-        return Err(TellError::Unbound {
+        return Err(CallError::Unbound {
             actor: key.clone(),
             reason: format!("shard {shard} is not served here and there is no cluster transport"),
         });
@@ -107,10 +117,7 @@ pub(crate) fn tell<A: Behavior>(
     let meta = meta.unwrap_or_else(|| {
         CallMeta::detached(crate::wire::CommandId::random(), host.config.ask_timeout)
     });
-    let frame = request::<A>(key, &cmd, &meta, false).map_err(|e| TellError::Unbound {
-        actor: key.clone(),
-        reason: e.to_string(),
-    })?;
+    let frame = request::<A>(key, &cmd, &meta, false)?;
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
     host.tokio.spawn(async move {
         if let Err(e) = transport.publish(subject, frame).await {
@@ -120,105 +127,23 @@ pub(crate) fn tell<A: Behavior>(
     Ok(())
 }
 
-fn from_remote<A: Behavior>(
-    host: &Arc<Host>,
-    key: &ActorKey,
-    e: RemoteError,
-    meta: &CallMeta,
-) -> AskError<A::Error> {
-    match e {
-        RemoteError::Rejected { error } => {
-            match with_decode_host(host, || codec::decode::<A::Error>("actor error", &error)) {
-                Ok(error) => AskError::Rejected(error),
-                Err(e) => AskError::Codec(e),
-            }
-        }
-        RemoteError::VersionConflict {
-            expected, actual, ..
-        } => AskError::VersionConflict {
-            actor: key.clone(),
-            expected,
-            actual,
+/// The answer a receiving node sends for a local ask's result. The actor's rejection is encoded
+/// with the codec; a call error travels as is, except that this node's own shutdown is, for the
+/// caller, an unavailable owner (the shard moves on and a retry finds it).
+fn answer<E: serde::Serialize>(result: Result<Vec<u8>, AskError<E>>) -> RemoteReply {
+    match result {
+        Ok(reply) => RemoteReply::Ok { reply },
+        Err(AskError::Rejected(error)) => match codec::encode("actor error", &error) {
+            Ok(error) => RemoteReply::Rejected { error },
+            Err(e) => RemoteReply::Err(e.into()),
         },
-        RemoteError::Timeout => AskError::Timeout {
-            after: meta.timeout,
-        },
-        RemoteError::OutcomeUnknown { reason } => AskError::OutcomeUnknown {
-            command_id: meta.command_id,
-            reason,
-        },
-        RemoteError::Unavailable { reason } => AskError::Unavailable(reason),
-        RemoteError::Codec { reason } => AskError::Codec(codec::CodecError {
-            what: "remote frame",
-            reason,
-        }),
-        RemoteError::InvalidName { reason } | RemoteError::BadFrame { reason } => {
-            AskError::Codec(codec::CodecError {
-                what: "remote frame",
-                reason,
-            })
-        }
-        RemoteError::UnknownKind { kind } => AskError::UnknownKind { kind },
-        RemoteError::HandlerPanicked { message } => AskError::HandlerPanicked {
-            actor: key.clone(),
-            message,
-        },
-        RemoteError::ActivationFailed { reason } => AskError::ActivationFailed {
-            actor: key.clone(),
-            reason,
-        },
-        RemoteError::CallCycle { chain } => AskError::CallCycle { chain },
-        RemoteError::Deadlock { chain } => AskError::Deadlock { chain },
-        RemoteError::TooLarge { size, limit } => AskError::TooLarge { size, limit },
-        // The transport retries NotOwner until the deadline; seeing it here means time ran out.
-        RemoteError::NotOwner { .. } => AskError::Timeout {
-            after: meta.timeout,
-        },
-        RemoteError::WrongNamespace { expected, found } => AskError::Unbound {
-            actor: key.clone(),
-            reason: format!("the receiving node serves namespace {expected}, not {found}"),
-        },
-        RemoteError::Shutdown => AskError::Unavailable("the owning node is shutting down".into()),
-        RemoteError::StoreRefused { reason } => AskError::StoreRefused { reason },
+        Err(AskError::Failed(CallError::Shutdown)) => RemoteReply::Err(node_stopping()),
+        Err(AskError::Failed(e)) => RemoteReply::Err(e),
     }
 }
 
-fn to_remote<E: serde::Serialize>(e: AskError<E>) -> RemoteError {
-    match e {
-        AskError::Rejected(error) => match codec::encode("actor error", &error) {
-            Ok(error) => RemoteError::Rejected { error },
-            Err(e) => RemoteError::Codec {
-                reason: e.to_string(),
-            },
-        },
-        AskError::VersionConflict {
-            actor,
-            expected,
-            actual,
-        } => RemoteError::VersionConflict {
-            actor: actor.to_string(),
-            expected,
-            actual,
-        },
-        AskError::Timeout { .. } => RemoteError::Timeout,
-        AskError::OutcomeUnknown { reason, .. } => RemoteError::OutcomeUnknown { reason },
-        AskError::Unavailable(reason) => RemoteError::Unavailable { reason },
-        AskError::Codec(e) => RemoteError::Codec {
-            reason: e.to_string(),
-        },
-        AskError::InvalidName(e) => RemoteError::InvalidName {
-            reason: e.to_string(),
-        },
-        AskError::UnknownKind { kind } => RemoteError::UnknownKind { kind },
-        AskError::HandlerPanicked { message, .. } => RemoteError::HandlerPanicked { message },
-        AskError::ActivationFailed { reason, .. } => RemoteError::ActivationFailed { reason },
-        AskError::CallCycle { chain } => RemoteError::CallCycle { chain },
-        AskError::Deadlock { chain } => RemoteError::Deadlock { chain },
-        AskError::TooLarge { size, limit } => RemoteError::TooLarge { size, limit },
-        AskError::Unbound { reason, .. } => RemoteError::Unavailable { reason },
-        AskError::StoreRefused { reason } => RemoteError::StoreRefused { reason },
-        AskError::Shutdown => RemoteError::Shutdown,
-    }
+fn node_stopping() -> CallError {
+    CallError::unavailable("the owning node is shutting down")
 }
 
 /// What a local effect delivery could not do: the shard is not served here (it moved); the
@@ -274,11 +199,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 match with_decode_host(&host, || codec::decode("command", &request.command)) {
                     Ok(cmd) => cmd,
                     Err(e) => {
-                        return request.expects_reply.then(|| {
-                            RemoteReply::Err(RemoteError::Codec {
-                                reason: e.to_string(),
-                            })
-                        });
+                        return request.expects_reply.then(|| RemoteReply::Err(e.into()));
                     }
                 };
             let timeout = Duration::from_millis(request.timeout_ms);
@@ -295,11 +216,9 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 let answer = match effect_local::<A>(&host, &key, cmd, meta).await {
                     Ok(settle) => match codec::encode("settlement", &settle) {
                         Ok(reply) => RemoteReply::Ok { reply },
-                        Err(e) => RemoteReply::Err(RemoteError::Codec {
-                            reason: e.to_string(),
-                        }),
+                        Err(e) => RemoteReply::Err(e.into()),
                     },
-                    Err((shard, _)) => RemoteReply::Err(RemoteError::NotOwner { shard }),
+                    Err((shard, _)) => RemoteReply::NotOwner { shard },
                 };
                 return Some(answer);
             }
@@ -313,17 +232,11 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
             }
             Some(
                 match ask_local::<A>(&host, &key, Box::new(Envelope::new(cmd, meta))).await {
-                    LocalAsk::Answered(Ok(reply)) => match codec::encode("reply", &reply) {
-                        Ok(reply) => RemoteReply::Ok { reply },
-                        Err(e) => RemoteReply::Err(RemoteError::Codec {
-                            reason: e.to_string(),
-                        }),
-                    },
-                    LocalAsk::Answered(Err(e)) => RemoteReply::Err(to_remote(e)),
-                    // Not queued: the sender retries with the same command id at the new owner.
-                    LocalAsk::NotOwner { shard, .. } => {
-                        RemoteReply::Err(RemoteError::NotOwner { shard })
+                    LocalAsk::Answered(result) => {
+                        answer(result.and_then(|reply| Ok(codec::encode("reply", &reply)?)))
                     }
+                    // Not queued: the sender retries with the same command id at the new owner.
+                    LocalAsk::NotOwner { shard, .. } => RemoteReply::NotOwner { shard },
                 },
             )
         })
@@ -409,27 +322,30 @@ impl HostDispatch {
         host: &Arc<Host>,
         shard: u32,
         request: &RemoteRequest,
-    ) -> Result<ActorKey, RemoteError> {
+    ) -> Result<ActorKey, RemoteReply> {
+        let refuse = |e: CallError| Err(RemoteReply::Err(e));
         if host.shutting_down.load(Ordering::Acquire) {
-            return Err(RemoteError::Shutdown);
+            return refuse(node_stopping());
         }
         if request.namespace != host.namespace.as_str() {
-            return Err(RemoteError::WrongNamespace {
+            return refuse(CallError::WrongNamespace {
                 expected: host.namespace.to_string(),
                 found: request.namespace.clone(),
             });
         }
         let Some(info) = host.kinds.iter().find(|k| k.name == request.kind) else {
-            return Err(RemoteError::UnknownKind {
+            return refuse(CallError::UnknownKind {
                 kind: request.kind.clone(),
             });
         };
-        let id = ActorId::new(&request.id).map_err(|e| RemoteError::InvalidName {
-            reason: e.to_string(),
-        })?;
+        let id = match ActorId::new(&request.id) {
+            Ok(id) => id,
+            Err(e) => return refuse(e.into()),
+        };
         let expected = host.shard_of(info.name, &id);
         if expected != shard {
-            return Err(RemoteError::BadFrame {
+            return refuse(CallError::Codec {
+                what: "request frame".into(),
                 reason: format!(
                     "{}/{} belongs to shard {expected}, but arrived on the subject of shard {shard}",
                     request.kind, request.id
@@ -437,7 +353,7 @@ impl HostDispatch {
             });
         }
         if !host.owns(shard) {
-            return Err(RemoteError::NotOwner { shard });
+            return Err(RemoteReply::NotOwner { shard });
         }
         Ok(ActorKey::new(host.namespace.clone(), info.kind.clone(), id))
     }
@@ -448,18 +364,13 @@ impl Dispatch for HostDispatch {
         let host = self.0.upgrade();
         Box::pin(async move {
             let Some(host) = host else {
-                return Some(RemoteReply::Err(RemoteError::Shutdown).encode());
+                return Some(RemoteReply::Err(node_stopping()).encode());
             };
             let request = match RemoteRequest::decode(&payload) {
                 Ok(request) => request,
                 Err(e) => {
                     // Answer even an undecodable frame: its sender may be waiting.
-                    return Some(
-                        RemoteReply::Err(RemoteError::BadFrame {
-                            reason: e.to_string(),
-                        })
-                        .encode(),
-                    );
+                    return Some(RemoteReply::Err(e.into()).encode());
                 }
             };
             let expects_reply = request.expects_reply;
@@ -476,7 +387,7 @@ impl Dispatch for HostDispatch {
                 Ok(key) => key,
                 Err(e) => {
                     tracing::debug!(shard, command_id = %request.command_id, refusal = ?e, "inbound command refused");
-                    return expects_reply.then(|| RemoteReply::Err(e).encode());
+                    return expects_reply.then(|| e.encode());
                 }
             };
             let kind = host

@@ -26,8 +26,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::errors::RetrySafety;
 use crate::names::{ActorId, Namespace};
-use crate::wire::{RemoteError, RemoteReply};
+use crate::wire::RemoteReply;
 
 /// The subject of one actor.
 pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId) -> String {
@@ -137,19 +138,19 @@ impl Transport {
                 .timeout(Some(wait));
             match self.client.send_request(subject.clone(), request).await {
                 Ok(msg) => match RemoteReply::decode(&msg.payload) {
-                    Ok(RemoteReply::Err(RemoteError::NotOwner { shard })) => {
+                    Ok(RemoteReply::NotOwner { shard }) => {
                         last_refusal = format!("shard {shard} is moving: its old owner refused");
                     }
-                    Ok(RemoteReply::Err(e)) if maybe_ran && e.nothing_applied() => {
+                    Ok(RemoteReply::Err(e))
+                        if maybe_ran && e.retry_safety() == RetrySafety::Safe =>
+                    {
                         return Err(unknown(format!(
                             "an earlier attempt got no answer, the last one: {e:?}"
                         )));
                     }
                     Ok(reply) => return Ok(reply),
                     Err(e) => {
-                        return Ok(RemoteReply::Err(RemoteError::Codec {
-                            reason: e.to_string(),
-                        }));
+                        return Ok(RemoteReply::Err(e.into()));
                     }
                 },
                 Err(e) => match e.kind() {

@@ -21,6 +21,6 @@ pub(crate) use event_type::event_type_name;
 pub(crate) use remote::{FRAME_FORMAT, Settle};
 test_util! {
     pub use remote::{
-        BASE_FRAME_FORMAT, Control, EffectOrigin, RemoteError, RemoteReply, RemoteRequest,
+        BASE_FRAME_FORMAT, Control, EffectOrigin, RemoteReply, RemoteRequest,
     };
 }

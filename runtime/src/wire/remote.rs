@@ -1,13 +1,15 @@
 //! The frames of remote delivery: a command sent to a shard's owner, and its answer.
 //!
 //! Both are MessagePack maps with field names ([`codec`](super::codec)); enums are externally
-//! tagged (`{"Ok": {...}}`, `{"Err": {"NotOwner": {"shard": 7}}}`). `docs/wire.md` documents
+//! tagged (`{"Ok": {...}}`, `{"Err": {"Timeout": {...}}}`); a failure is the caller's own
+//! [`CallError`], so nothing translates it on the way. `docs/wire.md` documents
 //! them for clients in other languages.
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::command_id::CommandId;
+use crate::errors::CallError;
 use crate::names::ActorKey;
 
 /// The newest frame format number; a receiver refuses frames from a newer format.
@@ -15,7 +17,7 @@ use crate::names::ActorKey;
 /// | format | adds |
 /// |---|---|
 /// | 1 | asks and tells |
-/// | 2 | durable effects (`effect`) and deadlock detection (`control`); only frames that carry one of them are format 2, so a node that predates them refuses them (`BadFrame`) instead of running an effect as a plain ask |
+/// | 2 | durable effects (`effect`) and deadlock detection (`control`); only frames that carry one of them are format 2, so a node that predates them refuses them (a `Codec` error) instead of running an effect as a plain ask |
 pub const FRAME_FORMAT: u16 = 2;
 
 /// The format of a frame without durable-effect or deadlock-detection fields (what raw clients
@@ -137,106 +139,19 @@ pub enum RemoteReply {
         #[serde(with = "serde_bytes")]
         reply: Vec<u8>,
     },
-    /// The command was not answered by the actor; why.
-    Err(RemoteError),
-}
-
-/// Why a remote command got no reply from its actor. Mirrors `AskError`, plus the reasons only
-/// a receiving node can give (`NotOwner`, `BadFrame`, `WrongNamespace`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RemoteError {
-    /// The actor rejected the command; its error, encoded with the codec.
+    /// The actor rejected the command; its own error, encoded with the codec. Nothing stored.
     Rejected {
         /// The encoded error.
         #[serde(with = "serde_bytes")]
         error: Vec<u8>,
     },
-    /// Another writer got there first.
-    VersionConflict {
-        /// The actor, `ns/kind/id`.
-        actor: String,
-        /// The version the activation was at.
-        expected: u64,
-        /// The stream's version.
-        actual: u64,
-    },
-    /// The deadline passed before the command started.
-    Timeout,
-    /// The command may or may not have been applied.
-    OutcomeUnknown {
-        /// What happened.
-        reason: String,
-    },
-    /// The store or a dependency is unavailable.
-    Unavailable {
-        /// What happened.
-        reason: String,
-    },
-    /// Something did not encode or decode.
-    Codec {
-        /// What.
-        reason: String,
-    },
-    /// A name in the frame is invalid.
-    InvalidName {
-        /// Which and why.
-        reason: String,
-    },
-    /// The receiver does not know the kind.
-    UnknownKind {
-        /// The kind.
-        kind: String,
-    },
-    /// The handler panicked.
-    HandlerPanicked {
-        /// The panic message.
-        message: String,
-    },
-    /// The actor could not be loaded.
-    ActivationFailed {
-        /// Why.
-        reason: String,
-    },
-    /// The ask would wait on itself.
-    CallCycle {
-        /// The chain.
-        chain: String,
-    },
-    /// The actor's current turn waits on one of the actors waiting on this command.
-    Deadlock {
-        /// The cycle.
-        chain: String,
-    },
-    /// The commit was too large.
-    TooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The receiver does not own the shard (any more): the sender retries.
+    /// The call failed on the receiving node: the caller's [`CallError`], as is.
+    Err(CallError),
+    /// The receiver does not own the shard (any more): the sender retries with the same
+    /// command id. Never reaches a caller.
     NotOwner {
         /// The shard.
         shard: u32,
-    },
-    /// The frame is for another namespace.
-    WrongNamespace {
-        /// The receiver's namespace.
-        expected: String,
-        /// The frame's.
-        found: String,
-    },
-    /// The frame does not decode or contradicts its subject.
-    BadFrame {
-        /// Why.
-        reason: String,
-    },
-    /// The receiving runtime is shutting down.
-    Shutdown,
-    /// The store refused for a reason a retry will not fix.
-    StoreRefused {
-        /// Why.
-        reason: String,
     },
 }
 
@@ -262,31 +177,12 @@ impl RemoteRequest {
     }
 }
 
-impl RemoteError {
-    /// Whether this answer says the command was not applied and a retry is safe (the errors
-    /// `AskError::retry_safety` calls `Safe`). After an earlier attempt that got no answer,
-    /// such an answer speaks only for the latest attempt.
-    pub fn nothing_applied(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::VersionConflict { .. }
-                | RemoteError::Timeout
-                | RemoteError::Unavailable { .. }
-                | RemoteError::Deadlock { .. }
-                | RemoteError::NotOwner { .. }
-                | RemoteError::Shutdown
-        )
-    }
-}
-
 impl RemoteReply {
     /// Encodes the answer.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode("reply frame", self).unwrap_or_else(|e| {
             // A reply of owned bytes and strings always encodes; keep a valid frame regardless.
-            let fallback = RemoteReply::Err(RemoteError::Codec {
-                reason: e.to_string(),
-            });
+            let fallback = RemoteReply::Err(e.into());
             rmp_serde::to_vec_named(&fallback).unwrap_or_default()
         })
     }
@@ -321,7 +217,7 @@ mod tests {
         let bytes = request.encode().unwrap();
         assert!(bytes.windows(9).any(|w| w == b"namespace"), "named fields");
         assert_eq!(RemoteRequest::decode(&bytes).unwrap(), request);
-        let reply = RemoteReply::Err(RemoteError::NotOwner { shard: 3 });
+        let reply = RemoteReply::NotOwner { shard: 3 };
         assert_eq!(RemoteReply::decode(&reply.encode()).unwrap(), reply);
         assert!(RemoteRequest::decode(b"\x01\x02").is_err());
     }

@@ -55,11 +55,11 @@
 //!
 //! `ctx.ask` stays for reads and short synchronous steps. A turn that waits on another actor
 //! holds its own actor meanwhile, so turns can wait on each other in a cycle. Cycles on one call
-//! chain fail at once ([`AskError::CallCycle`](crate::AskError::CallCycle)); cycles between
+//! chain fail at once ([`CallError::CallCycle`](crate::CallError::CallCycle)); cycles between
 //! independent turns, of up to 32 actors and across nodes, are found by **edge chasing**
 //! (a `Control` frame, docs/wire.md §7): an ask that has waited about 50 ms in the queue of an
 //! actor whose turn waits on others sends a probe along the wait-for edges; if it comes back to
-//! the asker, the ask is refused with [`AskError::Deadlock`](crate::AskError::Deadlock) before
+//! the asker, the ask is refused with [`CallError::Deadlock`](crate::CallError::Deadlock) before
 //! it ran (nothing applied; retry-safe). And an ask-based saga retried with the same command id
 //! re-runs its handler on the current state: the child asks are deduplicated but the decision
 //! may differ. Durable effects have neither problem.

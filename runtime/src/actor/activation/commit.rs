@@ -28,10 +28,10 @@ impl<A: Behavior> Activation<A> {
         for (i, out) in plan.sends.into_iter().enumerate() {
             let target = out.target.unwrap_or_else(|| me.clone());
             if target.namespace != me.namespace {
-                return Err(AskError::Unbound {
+                return Err(AskError::Failed(CallError::Unbound {
                     actor: target,
                     reason: "durable effects stay within one namespace".into(),
-                });
+                }));
             }
             entries.push(OutboxEntry {
                 seq: 0,
@@ -92,7 +92,7 @@ impl<A: Behavior> Activation<A> {
         }
         if let Err(e) = self.index_before(&staged).await {
             self.cell.outbox.lock().aborted(staged);
-            return Err(AskError::from_store(e, ids.command_id));
+            return Err(AskError::Failed(CallError::from_store(e, ids.command_id)));
         }
         let commit = NewCommit {
             command_id: ids.command_id,
@@ -197,14 +197,14 @@ impl<A: Behavior> Activation<A> {
                     Stats::bump(&self.host.stats.deduplicated);
                     return Ok(Stored::Before);
                 }
-                Err(AskError::from_store(err, ids.command_id))
+                Err(AskError::Failed(CallError::from_store(err, ids.command_id)))
             }
             Err(err) => {
                 self.cell.outbox.lock().aborted(staged);
                 if !err.nothing_written() {
                     self.stale = true;
                 }
-                Err(AskError::from_store(err, ids.command_id))
+                Err(AskError::Failed(CallError::from_store(err, ids.command_id)))
             }
         }
     }

@@ -13,7 +13,7 @@
 //! in flight, the signal that it stopped — is its [`Kit`]. When a handler panics, the panic
 //! unwinds out of the activation and fails its ractor actor; the kit goes to the root, and when
 //! ractor reports `ActorFailed`, the root answers the command in flight with
-//! [`AskError::HandlerPanicked`] and gives the kit to a fresh activation, which reloads the
+//! [`CallError::HandlerPanicked`] and gives the kit to a fresh activation, which reloads the
 //! state from the store and serves what was queued. Nothing queued is lost, and nothing is
 //! stored for the panicking command.
 //!
@@ -23,7 +23,7 @@
 //! 2. **Load** (under the replay permit that bounds concurrent replays): the latest snapshot if
 //!    it decodes — an unreadable snapshot is logged and ignored, never trusted — then every
 //!    commit after it, applied in order. A damaged or undecodable record fails the activation
-//!    with [`AskError::ActivationFailed`]; it never yields a state built on a hole. The outbox
+//!    with [`CallError::ActivationFailed`]; it never yields a state built on a hole. The outbox
 //!    (durable effects and reminders, see [`workflow`](crate::workflow)) is rebuilt with the
 //!    state, and the delivery pump starts if anything is pending.
 //! 3. **Serve** turns one at a time from the bounded [inbox](super::inbox) (see
@@ -34,19 +34,19 @@
 //!
 //! # When a turn goes wrong
 //!
-//! - The handler panics: the caller gets [`AskError::HandlerPanicked`] (or
-//!   [`AskError::OutcomeUnknown`] if the turn had asked other actors), nothing is stored, and
+//! - The handler panics: the caller gets [`CallError::HandlerPanicked`] (or
+//!   [`CallError::OutcomeUnknown`] if the turn had asked other actors), nothing is stored, and
 //!   a fresh activation, started by the root actor, serves the next command with the state
 //!   from the store (see *Hosting*).
 //! - The append meets a [`VersionConflict`](crate::store::StoreError::VersionConflict): another
 //!   writer got there first, so this activation's state is stale. It discards it, reloads from
-//!   the store, and answers [`AskError::VersionConflict`] (safe to retry). It never applies an
+//!   the store, and answers [`CallError::VersionConflict`] (safe to retry). It never applies an
 //!   event that was not stored.
-//! - The append's outcome is unknown: the caller gets [`AskError::OutcomeUnknown`] with the
+//! - The append's outcome is unknown: the caller gets [`CallError::OutcomeUnknown`] with the
 //!   command id, and the activation reloads before its next turn; a retry with the same id is
 //!   answered from the stored commit.
 //! - The turn asked other actors before it failed: their part may be applied, so the error
-//!   becomes [`AskError::OutcomeUnknown`] — retry only with the same command id.
+//!   becomes [`CallError::OutcomeUnknown`] — retry only with the same command id.
 //!
 //! # Idempotency
 //!
@@ -79,7 +79,7 @@ use super::host::{Done, DoneTx, Host, Stats, wait_done};
 use super::inbox::{CallMeta, Envelope, InFlight, Inbox, Msg, Work};
 use super::mailbox;
 use crate::bus::SystemEvent;
-use crate::errors::AskError;
+use crate::errors::{AskError, CallError};
 use crate::names::ActorKey;
 use crate::store::{NewCommit, Snapshot, StoreError};
 use crate::wire::{
@@ -273,17 +273,17 @@ impl<A: Behavior> Kit<A> {
         {
             if let Some(tx) = reply {
                 let error = if asked_others {
-                    AskError::OutcomeUnknown {
+                    AskError::Failed(CallError::OutcomeUnknown {
                         command_id,
                         reason: format!(
                             "the handler panicked ({reason}) after asking other actors; they may have applied their part"
                         ),
-                    }
+                    })
                 } else {
-                    AskError::HandlerPanicked {
+                    AskError::Failed(CallError::HandlerPanicked {
                         actor: self.key.clone(),
                         message: reason.clone(),
-                    }
+                    })
                 };
                 let _ = tx.send(Err(error));
             }
@@ -417,11 +417,13 @@ impl LoadError {
 
     fn to_ask<E>(&self, actor: &ActorKey) -> AskError<E> {
         match self {
-            LoadError::Unavailable(reason) => AskError::Unavailable(reason.clone()),
-            LoadError::Failed(reason) => AskError::ActivationFailed {
+            LoadError::Unavailable(reason) => AskError::Failed(CallError::Unavailable {
+                reason: reason.clone(),
+            }),
+            LoadError::Failed(reason) => AskError::Failed(CallError::ActivationFailed {
                 actor: actor.clone(),
                 reason: reason.clone(),
-            },
+            }),
         }
     }
 }
@@ -618,9 +620,9 @@ impl<A: Behavior> Activation<A> {
             if waited && Instant::now() >= env.meta.deadline {
                 Stats::bump(&self.host.stats.abandoned);
                 if let Some(tx) = env.reply.take() {
-                    let _ = tx.send(Err(AskError::Timeout {
+                    let _ = tx.send(Err(AskError::Failed(CallError::Timeout {
                         after: env.meta.timeout,
-                    }));
+                    })));
                 }
                 return;
             }

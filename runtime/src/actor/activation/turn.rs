@@ -28,7 +28,7 @@ impl<A: Behavior> Activation<A> {
         match outcome {
             Err(rejection) => Err(Failure::Rejected(rejection)),
             Ok(effect) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
-                Some(e) => Err(Failure::Invalid(Box::new(AskError::Codec(e)))),
+                Some(e) => Err(Failure::Invalid(Box::new(AskError::from(e)))),
                 None => Ok(effect),
             },
         }
@@ -54,12 +54,12 @@ impl<A: Behavior> Activation<A> {
         // after, the command may be partly applied. Only a retry with the same id is safe.
         match result {
             Err(e) if !matches!(e, AskError::Rejected(_)) && self.ctx.turn().children() > 0 => {
-                Err(AskError::OutcomeUnknown {
+                Err(AskError::Failed(CallError::OutcomeUnknown {
                     command_id: ids.command_id,
                     reason: format!(
                         "the turn asked other actors before it failed ({e}); they may have applied their part"
                     ),
-                })
+                }))
             }
             other => other,
         }
@@ -259,8 +259,8 @@ impl<A: Behavior> Activation<A> {
         let recent = self.recent.iter().rev().find(|r| r.command_id == id)?;
         Some(match &recent.reply {
             Some(bytes) => with_decode_host(&self.host, || codec::decode("reply", bytes))
-                .map_err(AskError::Codec),
-            None => Err(AskError::Codec(codec::CodecError {
+                .map_err(AskError::from),
+            None => Err(AskError::from(codec::CodecError {
                 what: "reply",
                 reason: "the original reply was not stored".into(),
             })),
