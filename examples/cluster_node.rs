@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     // variables (node id, heartbeat, lease, ...) override the defaults.
     let config = ClusterConfig::new(urls, bank_commands::namespace()).env_overrides()?;
     let serve_only = std::env::var("AETHER_SERVE_ONLY").is_ok_and(|v| v == "1");
-    let node_id = config.node_id.clone();
+    let node_id = config.id().to_owned();
     let runtime_config = RuntimeConfig::from_env()?;
     let rt = Runtime::join_cluster(
         config,

@@ -415,10 +415,7 @@ async fn oversized_commits_are_refused_and_nothing_is_stored() {
         .namespace("big")
         .register::<Counter>()
         .memory_store()
-        .config(aether::RuntimeConfig {
-            max_commit_bytes: 4096,
-            ..Default::default()
-        })
+        .max_commit_bytes(4096)
         .start()
         .await
         .unwrap();

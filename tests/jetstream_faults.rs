@@ -261,7 +261,7 @@ async fn asks_fail_fast_while_the_server_is_down_and_recover_after() {
         )
     })
     .await;
-    let deadline = rt.config().ask_timeout;
+    let deadline = rt.config().ask_timeout();
     for (name, cmd) in [("active", CounterCmd::Add(0)), ("new", CounterCmd::Get)] {
         let actor = rt.actor::<Counter>(name).unwrap();
         let started = Instant::now();

@@ -754,14 +754,10 @@ async fn concurrent_replays_are_bounded_so_a_failover_does_not_stampede_the_stor
         now: Default::default(),
         max: Default::default(),
     });
-    let config = aether::RuntimeConfig {
-        max_concurrent_replays: 3,
-        ..Default::default()
-    };
     let rt = Runtime::builder()
         .namespace("replays")
         .register::<Counter>()
-        .config(config)
+        .max_concurrent_replays(3)
         .store(events.clone(), Arc::new(memory))
         .start()
         .await

@@ -1,5 +1,10 @@
 //! Configuration: every timeout and bound, with its default, in one place.
 //!
+//! There is one way to set each: a method of `Runtime::builder()` with the setting's name (and
+//! for a cluster node, a method of `ClusterConfig`), or, for binaries, the environment variable
+//! read by [`RuntimeConfig::from_env`] (`ClusterConfig::from_env` for the cluster's). The
+//! builder's `.config(...)` hands over a whole [`RuntimeConfig`] read that way.
+//!
 //! | setting | default | environment (binaries) |
 //! |---|---|---|
 //! | [`ask_timeout`](RuntimeConfig::ask_timeout) | 5 s | `AETHER_ASK_TIMEOUT_MS` |
@@ -67,46 +72,48 @@ pub(crate) mod defaults {
     pub const DATA_DIR: &str = "aether-data";
 }
 
-/// Runtime settings. Build with [`RuntimeConfig::default`] and the builder methods of
-/// `Runtime::builder()`, or read from the environment with [`RuntimeConfig::from_env`].
+/// Runtime settings, read-only: set them with the methods of `Runtime::builder()` (one per
+/// setting, same name), or read them from the environment with [`RuntimeConfig::from_env`]
+/// and hand them over with `.config(...)`. A running runtime shows its settings through
+/// `Runtime::config()`, with one getter per setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// How long an ask waits for its reply, end to end.
-    pub ask_timeout: Duration,
+    pub(crate) ask_timeout: Duration,
     /// Passivate actors idle for this long; `None` keeps them until evicted or shut down.
-    pub idle_passivation: Option<Duration>,
+    pub(crate) idle_passivation: Option<Duration>,
     /// Most resident actors; beyond it the least recently used are passivated.
-    pub max_resident: usize,
+    pub(crate) max_resident: usize,
     /// Most commands queued per actor; senders wait (ask) or fail (tell) when full.
-    pub mailbox_capacity: usize,
+    pub(crate) mailbox_capacity: usize,
     /// Recent command ids remembered per actor: a retry within this window is answered with the
     /// original reply instead of being applied again.
-    pub dedup_window: usize,
+    pub(crate) dedup_window: usize,
     /// Most activations loading from the store at once (protects the store during failover).
-    pub max_concurrent_replays: usize,
+    pub(crate) max_concurrent_replays: usize,
     /// Shards per namespace.
-    pub shard_count: u32,
+    pub(crate) shard_count: u32,
     /// Largest encoded commit accepted.
-    pub max_commit_bytes: usize,
+    pub(crate) max_commit_bytes: usize,
     /// Snapshot an actor on passivation when it stored events since its last snapshot.
-    pub snapshot_on_passivation: bool,
+    pub(crate) snapshot_on_passivation: bool,
     /// How long shutdown waits for actors to finish and passivate.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// How long the first attempt of a cross-node ask waits before it is sent again with the
     /// same command id; each resend waits twice as long, all within the ask's deadline. NATS
     /// delivers a request at most once — a request can be lost when its shard's owner crashes
     /// or unsubscribes at that instant — so a resend (deduplicated by the actor) bounds what
     /// such a loss costs the caller.
-    pub remote_attempt_timeout: Duration,
+    pub(crate) remote_attempt_timeout: Duration,
     /// The longest pause before a durable effect is delivered again to a receiver that could
     /// not take it (unreachable, its shard moving): pauses start at 100 ms and double up to
     /// this. Lower it to deliver sooner after an outage, raise it to spare a receiver that is
     /// down for long.
-    pub effect_retry_max: Duration,
+    pub(crate) effect_retry_max: Duration,
     /// Events buffered per live bus subscription before new ones are dropped for it.
-    pub bus_buffer: usize,
+    pub(crate) bus_buffer: usize,
     /// Events queued for NATS (distributed bus) before new ones are dropped.
-    pub bus_outbound_buffer: usize,
+    pub(crate) bus_outbound_buffer: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -127,6 +134,87 @@ impl Default for RuntimeConfig {
             bus_buffer: defaults::BUS_BUFFER,
             bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
         }
+    }
+}
+
+/// One getter per setting.
+impl RuntimeConfig {
+    /// How long an ask waits for its reply, end to end.
+    pub fn ask_timeout(&self) -> Duration {
+        self.ask_timeout
+    }
+
+    /// Passivate actors idle for this long; `None` keeps them until evicted or shut down.
+    pub fn idle_passivation(&self) -> Option<Duration> {
+        self.idle_passivation
+    }
+
+    /// Most resident actors; beyond it the least recently used are passivated.
+    pub fn max_resident(&self) -> usize {
+        self.max_resident
+    }
+
+    /// Most commands queued per actor; senders wait (ask) or fail (tell) when full.
+    pub fn mailbox_capacity(&self) -> usize {
+        self.mailbox_capacity
+    }
+
+    /// Recent command ids remembered per actor: a retry within this window is answered with the
+    /// original reply instead of being applied again.
+    pub fn dedup_window(&self) -> usize {
+        self.dedup_window
+    }
+
+    /// Most activations loading from the store at once (protects the store during failover).
+    pub fn max_concurrent_replays(&self) -> usize {
+        self.max_concurrent_replays
+    }
+
+    /// Shards per namespace.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    /// Largest encoded commit accepted.
+    pub fn max_commit_bytes(&self) -> usize {
+        self.max_commit_bytes
+    }
+
+    /// Snapshot an actor on passivation when it stored events since its last snapshot.
+    pub fn snapshot_on_passivation(&self) -> bool {
+        self.snapshot_on_passivation
+    }
+
+    /// How long shutdown waits for actors to finish and passivate.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
+    /// How long the first attempt of a cross-node ask waits before it is sent again with the
+    /// same command id; each resend waits twice as long, all within the ask's deadline. NATS
+    /// delivers a request at most once — a request can be lost when its shard's owner crashes
+    /// or unsubscribes at that instant — so a resend (deduplicated by the actor) bounds what
+    /// such a loss costs the caller.
+    pub fn remote_attempt_timeout(&self) -> Duration {
+        self.remote_attempt_timeout
+    }
+
+    /// The longest pause before a durable effect is delivered again to a receiver that could
+    /// not take it (unreachable, its shard moving): pauses start at 100 ms and double up to
+    /// this. Lower it to deliver sooner after an outage, raise it to spare a receiver that is
+    /// down for long.
+    pub fn effect_retry_max(&self) -> Duration {
+        self.effect_retry_max
+    }
+
+    /// Events buffered per live bus subscription before new ones are dropped for it.
+    pub fn bus_buffer(&self) -> usize {
+        self.bus_buffer
+    }
+
+    /// Events queued for NATS (distributed bus) before new ones are dropped.
+    pub fn bus_outbound_buffer(&self) -> usize {
+        self.bus_outbound_buffer
     }
 }
 

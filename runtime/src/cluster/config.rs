@@ -4,34 +4,35 @@ use std::time::Duration;
 
 use crate::config::{ConfigError, InvalidConfig, duration};
 
-/// How a node joins a cluster. Build with [`ClusterConfig::new`].
+/// How a node joins a cluster: build with [`ClusterConfig::new`] and the setters (one per
+/// setting), or read it from the environment with [`ClusterConfig::from_env`].
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// NATS server URLs, comma-separated.
-    pub urls: String,
+    pub(crate) urls: String,
     /// The namespace (one cluster of runtimes per namespace).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// This node's id: unique in the cluster, `[A-Za-z0-9_-]{1,64}`. Default: `node-<random>`.
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// How often a node heartbeats (default 1 s). The leader ticks at the same rate.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// A node silent for this long is declared failed (default 3 s).
-    pub failure_timeout: Duration,
+    pub(crate) failure_timeout: Duration,
     /// Leader lease length (default 3 s). The leader renews every third of it and stops acting
     /// when a renewal is overdue by more than two thirds.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// Replicas of the cluster's streams and buckets (1; 3 on a 3-server NATS cluster).
-    pub replicas: usize,
+    pub(crate) replicas: usize,
     /// How long `join_cluster` waits for the first shard map that includes this node.
-    pub join_timeout: Duration,
+    pub(crate) join_timeout: Duration,
     /// The hard deadline of a handoff (default 10 s). The old owner of a moving shard gets this
     /// long to finish its running turns and stop its activations; the new owner waits this long
     /// for the old owner's release before it serves the shard anyway (the store's version
     /// check still fences a straggler). Failed nodes are never waited for.
-    pub handoff_timeout: Duration,
+    pub(crate) handoff_timeout: Duration,
     /// How long one attempt to connect to NATS, and one request on that connection, may take
     /// (default 5 s). A node keeps attempting until the join timeout.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
 }
 
 /// The default [`ClusterConfig::connect_timeout`], also used by cluster clients and views.
@@ -91,6 +92,22 @@ impl ClusterConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Sets how long `join_cluster` waits for the first shard map that includes this node.
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
+    /// The namespace this node serves.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.node_id
     }
 
     /// Sets the replicas of the cluster's streams and buckets.

@@ -95,7 +95,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Replaces the whole configuration.
+    /// Replaces the whole configuration, e.g. with [`RuntimeConfig::from_env`]. The setters
+    /// below change one setting each.
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
         self
@@ -161,6 +162,57 @@ impl RuntimeBuilder {
     /// Snapshot on passivation when events were stored since the last snapshot.
     pub fn snapshot_on_passivation(mut self, on: bool) -> Self {
         self.config.snapshot_on_passivation = on;
+        self
+    }
+
+    /// Most activations loading from the store at once (protects the store during failover).
+    pub fn max_concurrent_replays(mut self, max: usize) -> Self {
+        self.config.max_concurrent_replays = max;
+        self
+    }
+
+    /// Shards per namespace (fixed for the life of a namespace: every node and client of a
+    /// namespace must agree).
+    pub fn shard_count(mut self, shards: u32) -> Self {
+        self.config.shard_count = shards;
+        self
+    }
+
+    /// Largest encoded commit accepted.
+    pub fn max_commit_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_commit_bytes = bytes;
+        self
+    }
+
+    /// How long shutdown waits for actors to finish and passivate.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long the first attempt of a cross-node ask waits before it is sent again with the
+    /// same command id (each resend waits twice as long, all within the ask's deadline).
+    pub fn remote_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.config.remote_attempt_timeout = timeout;
+        self
+    }
+
+    /// The longest pause before a durable effect is delivered again to a receiver that could
+    /// not take it (pauses start at 100 ms and double up to this).
+    pub fn effect_retry_max(mut self, max: Duration) -> Self {
+        self.config.effect_retry_max = max;
+        self
+    }
+
+    /// Events buffered per live bus subscription before new ones are dropped for it.
+    pub fn bus_buffer(mut self, events: usize) -> Self {
+        self.config.bus_buffer = events;
+        self
+    }
+
+    /// Events queued for NATS (distributed bus) before new ones are dropped.
+    pub fn bus_outbound_buffer(mut self, events: usize) -> Self {
+        self.config.bus_outbound_buffer = events;
         self
     }
 
