@@ -874,15 +874,36 @@ async fn a_bad_limit_refuses_to_start_and_names_the_field() {
             .register::<Counter>()
             .memory_store()
     };
+    let huge = Duration::from_secs(366 * 24 * 3600);
+    // Every limit of the runtime, each with the values it refuses.
     let cases = [
-        ("mailbox_capacity", base().mailbox_capacity(0)),
-        ("max_resident", base().max_resident(0)),
         ("ask_timeout", base().ask_timeout(Duration::ZERO)),
         ("ask_timeout", base().ask_timeout(Duration::MAX)),
         (
             "idle_passivation",
             base().idle_passivation(Some(Duration::ZERO)),
         ),
+        ("idle_passivation", base().idle_passivation(Some(huge))),
+        ("max_resident", base().max_resident(0)),
+        ("mailbox_capacity", base().mailbox_capacity(0)),
+        ("dedup_window", base().dedup_window(0)),
+        ("max_concurrent_replays", base().max_concurrent_replays(0)),
+        ("shard_count", base().shard_count(0)),
+        ("shard_count", base().shard_count(65_537)),
+        ("max_commit_bytes", base().max_commit_bytes(100)),
+        ("shutdown_timeout", base().shutdown_timeout(Duration::ZERO)),
+        ("shutdown_timeout", base().shutdown_timeout(huge)),
+        (
+            "remote_attempt_timeout",
+            base().remote_attempt_timeout(Duration::ZERO),
+        ),
+        (
+            "effect_retry_max",
+            base().effect_retry_max(Duration::from_millis(10)),
+        ),
+        ("effect_retry_max", base().effect_retry_max(huge)),
+        ("bus_buffer", base().bus_buffer(0)),
+        ("bus_outbound_buffer", base().bus_outbound_buffer(0)),
     ];
     for (field, builder) in cases {
         match builder.start().await {
@@ -894,19 +915,37 @@ async fn a_bad_limit_refuses_to_start_and_names_the_field() {
             Ok(_) => panic!("{field}: started with a bad value"),
         }
     }
-    // A cluster whose lease is shorter than two heartbeats is refused before any connection
-    // is made (nothing listens on that port).
-    let lease = aether::ClusterConfig::new("nats://127.0.0.1:1", "limits")
-        .heartbeat(Duration::from_secs(1))
-        .lease(Duration::from_millis(1500));
-    let refused = Runtime::builder()
-        .register::<Counter>()
-        .cluster(lease)
-        .start()
-        .await;
-    match refused {
-        Err(aether::StartError::InvalidConfig(e)) => assert_eq!(e.field, "lease", "{e}"),
-        Err(other) => panic!("wrong error {other}"),
-        Ok(_) => panic!("started with a lease of one and a half heartbeats"),
+    // Every limit of a cluster node, refused before any connection is made (nothing listens
+    // on that port): zero or huge durations, a failure timeout or lease shorter than two
+    // heartbeats, replicas outside JetStream's 1 to 5, no URL.
+    let node = || {
+        aether::ClusterConfig::new("nats://127.0.0.1:1", "limits").heartbeat(Duration::from_secs(1))
+    };
+    let cluster_cases = [
+        ("urls", aether::ClusterConfig::new(" , ", "limits")),
+        ("heartbeat", node().heartbeat(Duration::ZERO)),
+        ("heartbeat", node().heartbeat(huge)),
+        (
+            "failure_timeout",
+            node().failure_timeout(Duration::from_millis(1500)),
+        ),
+        ("lease", node().lease(Duration::from_millis(1500))),
+        ("replicas", node().replicas(0)),
+        ("replicas", node().replicas(6)),
+        ("join_timeout", node().join_timeout(Duration::ZERO)),
+        ("handoff_timeout", node().handoff_timeout(Duration::ZERO)),
+        ("connect_timeout", node().connect_timeout(Duration::ZERO)),
+    ];
+    for (field, config) in cluster_cases {
+        let refused = Runtime::builder()
+            .register::<Counter>()
+            .cluster(config)
+            .start()
+            .await;
+        match refused {
+            Err(aether::StartError::InvalidConfig(e)) => assert_eq!(e.field, field, "{e}"),
+            Err(other) => panic!("{field}: wrong error {other}"),
+            Ok(_) => panic!("{field}: a node started with a bad value"),
+        }
     }
 }

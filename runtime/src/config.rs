@@ -312,6 +312,8 @@ impl RuntimeConfig {
         }
         at_least_one("max_resident", self.max_resident)?;
         at_least_one("mailbox_capacity", self.mailbox_capacity)?;
+        // Zero would turn off deduplication, on which retries and cross-node resends rely.
+        at_least_one("dedup_window", self.dedup_window)?;
         at_least_one("max_concurrent_replays", self.max_concurrent_replays)?;
         at_least_one("shard_count", self.shard_count as usize)?;
         if self.shard_count > MAX_SHARD_COUNT {
