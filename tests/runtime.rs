@@ -934,7 +934,13 @@ async fn a_bad_limit_refuses_to_start_and_names_the_field() {
         ("replicas", node().replicas(6)),
         ("join_timeout", node().join_timeout(Duration::ZERO)),
         ("handoff_timeout", node().handoff_timeout(Duration::ZERO)),
-        ("connect_timeout", node().connect_timeout(Duration::ZERO)),
+        (
+            "connect_timeout",
+            aether::ClusterConfig::new(
+                aether::NatsConfig::new("nats://127.0.0.1:1").connect_timeout(Duration::ZERO),
+                "limits",
+            ),
+        ),
     ];
     for (field, config) in cluster_cases {
         let refused = Runtime::builder()

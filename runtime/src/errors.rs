@@ -303,6 +303,9 @@ impl CallError {
                 actual,
             },
             StoreError::Unavailable(reason) => CallError::Unavailable { reason },
+            StoreError::Connect(e) => CallError::Unavailable {
+                reason: e.to_string(),
+            },
             StoreError::Closed => CallError::Shutdown,
             StoreError::OutcomeUnknown(reason) => CallError::OutcomeUnknown { command_id, reason },
             StoreError::TooLarge { size, limit } => CallError::TooLarge { size, limit },

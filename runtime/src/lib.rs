@@ -48,6 +48,7 @@ pub mod actor;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod errors;
 pub mod names;
 pub mod routing;
@@ -64,6 +65,7 @@ pub use actor::{
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
 pub use config::RuntimeConfig;
+pub use connection::{ConnectError, NatsConfig};
 pub use errors::{AskError, CallError, RetrySafety, StartError};
 pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
 /// The ractor this runtime is built on (the same version), for [`supervision`].

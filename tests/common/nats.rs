@@ -98,6 +98,23 @@ impl NatsServer {
         NatsServer::spawn("single", free_port(), Vec::new())
     }
 
+    /// A single JetStream server that also reads the configuration `conf` (nats-server's
+    /// syntax: `authorization { ... }`, `tls { ... }`, accounts).
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn start_with_config(conf: &str) -> NatsServer {
+        let file = tempfile::Builder::new()
+            .suffix(".conf")
+            .tempfile()
+            .expect("config file");
+        std::fs::write(file.path(), conf).expect("config written");
+        let (_, path) = file.keep().expect("config kept");
+        NatsServer::spawn(
+            "secured",
+            free_port(),
+            vec!["-c".into(), path.display().to_string()],
+        )
+    }
+
     fn spawn(name: &str, port: u16, extra: Vec<String>) -> NatsServer {
         NatsServer::spawn_with(name, port, extra, None)
     }

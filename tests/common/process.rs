@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,55 @@ impl NodeProcess {
         );
     }
 
+    /// Like [`NodeProcess::spawn_with`], logging at debug level into the file `log`.
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn spawn_logged(
+        urls: &str,
+        namespace: &str,
+        id: &str,
+        timing: Timing,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> NodeProcess {
+        let mut node = NodeProcess::start_logged(urls, namespace, id, timing, env, log);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node that logs at debug level into the file `log`, without waiting for it.
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn start_logged(
+        urls: &str,
+        namespace: &str,
+        id: &str,
+        timing: Timing,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> NodeProcess {
+        let file = std::fs::File::create(log).expect("log file");
+        let mut env: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("AETHER_LOG", "debug"));
+        NodeProcess::start_to(urls, namespace, id, timing, &env, Stdio::from(file))
+    }
+
+    /// Waits up to `within` for the process to exit, and returns how it did.
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still runs after {within:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a node process without waiting for it to join.
     pub fn start(
         urls: &str,
@@ -85,6 +134,23 @@ impl NodeProcess {
         id: &str,
         timing: Timing,
         env: &[(&str, &str)],
+    ) -> NodeProcess {
+        // AETHER_TEST_NODE_STDERR=1 shows the nodes' own output (panics, logs).
+        let stderr = if std::env::var_os("AETHER_TEST_NODE_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        NodeProcess::start_to(urls, namespace, id, timing, env, stderr)
+    }
+
+    fn start_to(
+        urls: &str,
+        namespace: &str,
+        id: &str,
+        timing: Timing,
+        env: &[(&str, &str)],
+        stderr: Stdio,
     ) -> NodeProcess {
         let mut command = Command::new(node_binary());
         command
@@ -100,12 +166,7 @@ impl NodeProcess {
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            // AETHER_TEST_NODE_STDERR=1 shows the nodes' own output (panics, logs).
-            .stderr(if std::env::var_os("AETHER_TEST_NODE_STDERR").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(stderr);
         // SAFETY: `prctl` is async-signal-safe; the node dies with the test process.
         unsafe {
             command.pre_exec(|| {

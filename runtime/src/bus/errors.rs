@@ -39,6 +39,9 @@ pub enum SubscribeError {
     /// The NATS side of the bus could not subscribe (not connected). Nothing was subscribed.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// [`Bus::connect`](super::Bus::connect) could not connect to NATS.
+    #[error(transparent)]
+    Connect(#[from] crate::connection::ConnectError),
 }
 
 /// Why a durable subscription failed.

@@ -96,19 +96,17 @@ impl Bus {
         })
     }
 
-    /// Connects to the NATS servers at `urls` (comma-separated) and makes a NATS bus there: for
-    /// a process that follows events without running actors.
-    pub async fn connect(urls: &str, config: BusConfig) -> Result<Bus, SubscribeError> {
-        let servers: Vec<&str> = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
-        let client = async_nats::ConnectOptions::new()
-            .name("aether-bus")
-            .connect(servers.as_slice())
-            .await
-            .map_err(|e| SubscribeError::Unavailable(format!("cannot connect to {urls}: {e}")))?;
+    /// Connects to NATS (a URL, or a [`NatsConfig`](crate::NatsConfig) with credentials and
+    /// TLS) and makes a NATS bus there: for a process that follows events without running
+    /// actors.
+    pub async fn connect(
+        nats: impl Into<crate::NatsConfig>,
+        config: BusConfig,
+    ) -> Result<Bus, SubscribeError> {
+        let nats = nats.into();
+        let client = nats
+            .connect_once("aether-bus", nats.connect_timeout)
+            .await?;
         Ok(Bus::with_nats(client, config))
     }
 }

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use crate::config::{ConfigError, InvalidConfig, duration};
+use crate::connection::NatsConfig;
 
 /// How a node joins a cluster: build with [`ClusterConfig::new`] and the setters (one per
 /// setting), or read it from the environment with [`ClusterConfig::from_env`].
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// NATS server URLs, comma-separated.
-    pub(crate) urls: String,
+    /// How to reach NATS: servers, credentials, TLS, connection timeout.
+    pub(crate) nats: NatsConfig,
     /// The namespace (one cluster of runtimes per namespace).
     pub(crate) namespace: String,
     /// This node's id: unique in the cluster, `[A-Za-z0-9_-]{1,64}`. Default: `node-<random>`.
@@ -30,19 +31,15 @@ pub struct ClusterConfig {
     /// for the old owner's release before it serves the shard anyway (the store's version
     /// check still fences a straggler). Failed nodes are never waited for.
     pub(crate) handoff_timeout: Duration,
-    /// How long one attempt to connect to NATS, and one request on that connection, may take
-    /// (default 5 s). A node keeps attempting until the join timeout.
-    pub(crate) connect_timeout: Duration,
 }
 
-/// The default [`ClusterConfig::connect_timeout`], also used by cluster clients and views.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl ClusterConfig {
-    /// A node of namespace `namespace` on the NATS servers at `urls`.
-    pub fn new(urls: impl Into<String>, namespace: impl Into<String>) -> Self {
+    /// A node of namespace `namespace` on NATS: a URL (comma-separated URLs), or a
+    /// [`NatsConfig`] with credentials and TLS. A node keeps attempting to connect until the
+    /// join timeout, each attempt bounded by [`NatsConfig::connect_timeout`].
+    pub fn new(nats: impl Into<NatsConfig>, namespace: impl Into<String>) -> Self {
         ClusterConfig {
-            urls: urls.into(),
+            nats: nats.into(),
             namespace: namespace.into(),
             node_id: format!(
                 "node-{:08x}",
@@ -54,7 +51,6 @@ impl ClusterConfig {
             replicas: 1,
             join_timeout: Duration::from_secs(30),
             handoff_timeout: Duration::from_secs(10),
-            connect_timeout: CONNECT_TIMEOUT,
         }
     }
 
@@ -88,16 +84,15 @@ impl ClusterConfig {
         self
     }
 
-    /// Sets how long one connection attempt (and one request) to NATS may take.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
     /// Sets how long `join_cluster` waits for the first shard map that includes this node.
     pub fn join_timeout(mut self, timeout: Duration) -> Self {
         self.join_timeout = timeout;
         self
+    }
+
+    /// How this node reaches NATS.
+    pub fn nats(&self) -> &NatsConfig {
+        &self.nats
     }
 
     /// The namespace this node serves.
@@ -121,19 +116,12 @@ impl ClusterConfig {
     /// misses one beat is not failed, a leader that misses one renewal keeps its lease);
     /// 1 to 5 replicas (JetStream's range); at least one NATS URL.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        if self.urls.split(',').all(|u| u.trim().is_empty()) {
-            return Err(InvalidConfig::new(
-                "urls",
-                &self.urls,
-                "at least one NATS URL",
-            ));
-        }
+        self.nats.validate()?;
         duration("heartbeat", self.heartbeat)?;
         duration("failure_timeout", self.failure_timeout)?;
         duration("lease", self.lease)?;
         duration("join_timeout", self.join_timeout)?;
         duration("handoff_timeout", self.handoff_timeout)?;
-        duration("connect_timeout", self.connect_timeout)?;
         if self.failure_timeout < self.heartbeat * 2 {
             return Err(InvalidConfig::new(
                 "failure_timeout",
@@ -164,7 +152,8 @@ impl ClusterConfig {
     /// Applies the `AETHER_*` cluster variables that are set to this configuration:
     /// `AETHER_NATS_URL`, `AETHER_NAMESPACE`, `AETHER_NODE_ID`, `AETHER_HEARTBEAT_MS`,
     /// `AETHER_FAILURE_TIMEOUT_MS`, `AETHER_LEASE_MS`, `AETHER_HANDOFF_TIMEOUT_MS`,
-    /// `AETHER_JOIN_TIMEOUT_MS`, `AETHER_CONNECT_TIMEOUT_MS` and `AETHER_REPLICAS`. A value
+    /// `AETHER_JOIN_TIMEOUT_MS` and `AETHER_REPLICAS`, and the connection's variables
+    /// (credentials, TLS, `AETHER_CONNECT_TIMEOUT_MS`: see [`NatsConfig::from_env`]). A value
     /// that does not parse is an error naming the variable; limits are checked at start, like
     /// those set in code.
     pub fn env_overrides(self) -> Result<Self, ConfigError> {
@@ -191,9 +180,7 @@ impl ClusterConfig {
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let get = |n: &str| get(n).filter(|v| !v.trim().is_empty());
-        if let Some(urls) = get("AETHER_NATS_URL") {
-            self.urls = urls;
-        }
+        self.nats = self.nats.overridden_by(get)?;
         if let Some(namespace) = get("AETHER_NAMESPACE") {
             self.namespace = namespace;
         }
@@ -221,7 +208,6 @@ impl ClusterConfig {
             ("AETHER_LEASE_MS", &mut self.lease),
             ("AETHER_HANDOFF_TIMEOUT_MS", &mut self.handoff_timeout),
             ("AETHER_JOIN_TIMEOUT_MS", &mut self.join_timeout),
-            ("AETHER_CONNECT_TIMEOUT_MS", &mut self.connect_timeout),
         ] {
             if let Some(d) = ms(name)? {
                 *slot = d;
@@ -297,7 +283,7 @@ mod tests {
         type Set = fn(ClusterConfig) -> ClusterConfig;
         let cases: [(&str, Set); 10] = [
             ("urls", |c| ClusterConfig {
-                urls: " , ".into(),
+                nats: " , ".into(),
                 ..c
             }),
             ("heartbeat", |c| c.heartbeat(Duration::ZERO)),
@@ -308,7 +294,10 @@ mod tests {
             ("lease", |c| c.lease(Duration::from_millis(1999))),
             ("lease", |c| c.lease(Duration::ZERO)),
             ("handoff_timeout", |c| c.handoff_timeout(Duration::ZERO)),
-            ("connect_timeout", |c| c.connect_timeout(Duration::ZERO)),
+            ("connect_timeout", |c| ClusterConfig {
+                nats: NatsConfig::new("nats://h:1").connect_timeout(Duration::ZERO),
+                ..c
+            }),
             ("replicas", |c| c.replicas(0)),
             ("replicas", |c| c.replicas(7)),
         ];

@@ -10,14 +10,10 @@ use crate::store::StoreError;
 /// [`StartError::Cluster`](crate::StartError::Cluster).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// No NATS server at `urls` accepted a connection (within the join timeout, for a node).
-    #[error("cannot connect to {urls}: {reason}")]
-    Unreachable {
-        /// The servers tried.
-        urls: String,
-        /// The last connection error.
-        reason: String,
-    },
+    /// No connection to NATS: unreachable (within the join timeout, for a node), refused
+    /// credentials, a failed TLS handshake, an unreadable key or certificate file.
+    #[error(transparent)]
+    Connect(#[from] crate::connection::ConnectError),
     /// The namespace or the node id is not a valid name.
     #[error(transparent)]
     InvalidName(#[from] NameError),

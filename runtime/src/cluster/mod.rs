@@ -63,7 +63,6 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub(crate) use config::CONNECT_TIMEOUT;
 pub use config::ClusterConfig;
 pub use errors::ClusterError;
 pub use events::ClusterEvent;
@@ -190,44 +189,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
-}
-
-/// Connects to the NATS servers at `urls` (comma-separated), trying again until `patience`
-/// has passed while none accepts connections (a node may start before its servers do, as in a
-/// Compose file whose `depends_on` does not wait for readiness).
-pub(crate) async fn connect(
-    urls: &str,
-    name: &str,
-    timeout: Duration,
-    patience: Duration,
-) -> Result<async_nats::Client, ClusterError> {
-    let servers: Vec<&str> = urls
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect();
-    let deadline = Instant::now() + patience;
-    loop {
-        let attempt = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
-            .connect(servers.as_slice())
-            .await;
-        match attempt {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(%urls, error = %e, "NATS not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => {
-                return Err(ClusterError::Unreachable {
-                    urls: urls.to_owned(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-    }
 }
 
 /// Opens a bucket, creating it if needed; retries until `deadline` (a fresh NATS cluster may

@@ -36,12 +36,17 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Connects to `urls` and opens the buckets of `namespace` (they must exist: some node
-    /// has joined).
-    pub async fn connect(urls: &str, namespace: &str) -> Result<ClusterView, ClusterError> {
+    /// Connects to NATS (a URL, or a [`NatsConfig`](crate::NatsConfig) with credentials and
+    /// TLS) and opens the buckets of `namespace` (they must exist: some node has joined).
+    pub async fn connect(
+        nats: impl Into<crate::NatsConfig>,
+        namespace: &str,
+    ) -> Result<ClusterView, ClusterError> {
         let namespace = Namespace::new(namespace)?;
-        let client =
-            super::connect(urls, "aether-view", super::CONNECT_TIMEOUT, Duration::ZERO).await?;
+        let nats = nats.into();
+        let client = nats
+            .connect_once("aether-view", nats.connect_timeout)
+            .await?;
         let js = async_nats::jetstream::new(client);
         let open = |name: String| {
             let js = js.clone();

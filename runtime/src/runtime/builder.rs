@@ -15,6 +15,7 @@ use crate::actor::remote::{KindRemote, RemoteKind};
 use crate::bus::Bus;
 use crate::cluster::ClusterConfig;
 use crate::config::RuntimeConfig;
+use crate::connection::NatsConfig;
 use crate::errors::StartError;
 use crate::store::{EmbeddedOptions, EventStore, JetStreamOptions, SnapshotStore};
 
@@ -24,7 +25,7 @@ pub(super) enum StoreChoice {
     Embedded,
     Memory,
     JetStream {
-        urls: String,
+        nats: Box<NatsConfig>,
         options: JetStreamOptions,
     },
     Custom(Arc<dyn EventStore>, Arc<dyn SnapshotStore>),
@@ -51,7 +52,7 @@ pub struct RuntimeBuilder {
     pub(super) data_dir: Option<PathBuf>,
     pub(super) embedded_options: Option<EmbeddedOptions>,
     pub(super) cluster: Option<ClusterConfig>,
-    pub(super) client_of: Option<String>,
+    pub(super) client_of: Option<NatsConfig>,
     pub(super) bus: Option<Bus>,
     pub(super) supervisor: Option<ractor::ActorCell>,
 }
@@ -108,13 +109,11 @@ impl RuntimeBuilder {
         self.config = self
             .config
             .with_overrides(|name| std::env::var(name).ok())?;
-        if let Ok(urls) = std::env::var("AETHER_NATS_URL")
-            && !urls.trim().is_empty()
-        {
+        if std::env::var("AETHER_NATS_URL").is_ok_and(|urls| !urls.trim().is_empty()) {
             self.choose_store(
                 "AETHER_NATS_URL",
                 StoreChoice::JetStream {
-                    urls,
+                    nats: Box::new(NatsConfig::from_env()?),
                     options: JetStreamOptions::default(),
                 },
             );
@@ -242,18 +241,23 @@ impl RuntimeBuilder {
         self.store = Some((by, choice));
     }
 
-    /// Stores events and snapshots in NATS JetStream at `urls` (comma-separated), in stream
+    /// Stores events and snapshots in NATS JetStream — at a URL (comma-separated URLs), or
+    /// through a [`NatsConfig`] with credentials and TLS — in stream
     /// `<namespace>_events` and bucket `<namespace>_snapshots`. Needs nats-server 2.11+.
-    pub fn jetstream(self, urls: impl Into<String>) -> Self {
-        self.jetstream_with(urls, JetStreamOptions::default())
+    pub fn jetstream(self, nats: impl Into<NatsConfig>) -> Self {
+        self.jetstream_with(nats, JetStreamOptions::default())
     }
 
     /// Like [`RuntimeBuilder::jetstream`], with options (replicas, retention, ...).
-    pub fn jetstream_with(mut self, urls: impl Into<String>, options: JetStreamOptions) -> Self {
+    pub fn jetstream_with(
+        mut self,
+        nats: impl Into<NatsConfig>,
+        options: JetStreamOptions,
+    ) -> Self {
         self.choose_store(
             "jetstream",
             StoreChoice::JetStream {
-                urls: urls.into(),
+                nats: Box::new(nats.into()),
                 options,
             },
         );
@@ -289,14 +293,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Makes this runtime a **client** of the cluster at `urls` (comma-separated NATS URLs):
+    /// Makes this runtime a **client** of the cluster on NATS (a URL, comma-separated URLs,
+    /// or a [`NatsConfig`] with credentials and TLS):
     /// it hosts no actor and owns no shard, and every ask goes over NATS to the node that
     /// serves the actor's shard — retried with the same command id while the shard moves.
     /// For services that call actors without hosting them, and for tools and tests. Needs the
     /// namespace (`.namespace(...)`) and the actor types it calls (`.register::<A>()`).
     /// `rt.event_store()` reads the namespace's JetStream history.
-    pub fn cluster_client(mut self, urls: impl Into<String>) -> Self {
-        self.client_of = Some(urls.into());
+    pub fn cluster_client(mut self, nats: impl Into<NatsConfig>) -> Self {
+        self.client_of = Some(nats.into());
         self
     }
 }

@@ -29,6 +29,7 @@ use crate::actor::remote::HostDispatch;
 use crate::bus::{Bus, BusConfig, SystemEvent};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::{InvalidConfig, RuntimeConfig, defaults};
+use crate::connection::NatsConfig;
 use crate::errors::StartError;
 use crate::names::{Kind, Namespace};
 use crate::routing::{ClientPlacement, Dispatch, Inbound, LocalPlacement, Placement, Transport};
@@ -53,7 +54,7 @@ enum Role {
     /// A member: hosts actors, owns shards.
     Node(Box<ClusterConfig>),
     /// Hosts nothing; asks go to the owners over NATS.
-    Client { urls: String },
+    Client { nats: NatsConfig },
     /// One machine, all shards.
     Single {
         store: StoreChoice,
@@ -211,10 +212,11 @@ fn check(builder: RuntimeBuilder) -> Result<Checked, StartError> {
             only_embedded(&data_dir, &embedded_options)?;
             Role::Node(Box::new(cc))
         }
-        (None, Some(urls)) => {
+        (None, Some(nats)) => {
+            nats.validate()?;
             no_store_choice(store.as_ref())?;
             only_embedded(&data_dir, &embedded_options)?;
-            Role::Client { urls }
+            Role::Client { nats }
         }
         (None, None) => {
             let store = store.map_or(StoreChoice::Embedded, |(_, choice)| choice);
@@ -300,7 +302,7 @@ async fn backend(
     config: &RuntimeConfig,
 ) -> Result<Backend, StartError> {
     match role {
-        Role::Client { urls } => client_backend(&urls, namespace, config).await,
+        Role::Client { nats } => client_backend(&nats, namespace, config).await,
         Role::Node(cc) => node_backend(*cc, namespace, config).await,
         Role::Single {
             store,
@@ -313,18 +315,14 @@ async fn backend(
 /// A cluster client: a connection and the namespace's JetStream store. It fails fast: its
 /// caller decides whether to wait for the cluster.
 async fn client_backend(
-    urls: &str,
+    nats: &NatsConfig,
     namespace: &Namespace,
     config: &RuntimeConfig,
 ) -> Result<Backend, StartError> {
-    let client = crate::cluster::connect(
-        urls,
-        &format!("aether-client-{namespace}"),
-        crate::cluster::CONNECT_TIMEOUT,
-        Duration::ZERO,
-    )
-    .await
-    .map_err(StartError::Cluster)?;
+    let client = nats
+        .connect_once(&format!("aether-client-{namespace}"), nats.connect_timeout)
+        .await
+        .map_err(|e| StartError::Cluster(e.into()))?;
     let options = JetStreamOptions {
         max_commit_bytes: config.max_commit_bytes,
         ..JetStreamOptions::default()
@@ -334,7 +332,7 @@ async fn client_backend(
     Ok(Backend {
         events: store.clone(),
         snapshots: store,
-        location: format!("cluster client of {urls} (hosts no actors)"),
+        location: format!("cluster client of {} (hosts no actors)", nats.servers()),
         data_dir: None,
         cluster: None,
         transport: Some(Arc::new(Transport::new(
@@ -355,14 +353,15 @@ async fn node_backend(
     config: &RuntimeConfig,
 ) -> Result<Backend, StartError> {
     // A node may start before its NATS servers accept connections.
-    let client = crate::cluster::connect(
-        &cc.urls,
-        &format!("aether-{}", cc.node_id),
-        cc.connect_timeout,
-        cc.join_timeout,
-    )
-    .await
-    .map_err(StartError::Cluster)?;
+    let client = cc
+        .nats
+        .connect(
+            &format!("aether-{}", cc.node_id),
+            cc.nats.connect_timeout,
+            cc.join_timeout,
+        )
+        .await
+        .map_err(|e| StartError::Cluster(e.into()))?;
     let options = JetStreamOptions {
         replicas: cc.replicas,
         max_commit_bytes: config.max_commit_bytes,
@@ -384,7 +383,7 @@ async fn node_backend(
     };
     let location = format!(
         "JetStream at {}, stream {} (cluster node {})",
-        cc.urls,
+        cc.nats.servers(),
         store.stream_name(),
         cc.node_id
     );
@@ -431,12 +430,13 @@ async fn single_backend(
             let store = MemoryStore::with_limit(namespace.clone(), config.max_commit_bytes);
             local(Arc::new(store.clone()), Arc::new(store), "memory".into())
         }
-        StoreChoice::JetStream { urls, mut options } => {
+        StoreChoice::JetStream { nats, mut options } => {
             options.max_commit_bytes = config.max_commit_bytes;
+            let location = nats.servers();
             let store =
-                Arc::new(JetStreamStore::connect(&urls, namespace.as_str(), options).await?);
+                Arc::new(JetStreamStore::connect(*nats, namespace.as_str(), options).await?);
             Backend {
-                location: format!("JetStream at {urls}, stream {}", store.stream_name()),
+                location: format!("JetStream at {location}, stream {}", store.stream_name()),
                 nats: Some(store.client().clone()),
                 events_in_jetstream: true,
                 ..local(store.clone(), store, String::new())

@@ -227,6 +227,9 @@ pub enum StoreError {
     /// The store cannot be reached or refused the operation. Nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The JetStream store could not connect to NATS (unreachable, refused credentials, TLS).
+    #[error(transparent)]
+    Connect(#[from] crate::connection::ConnectError),
     /// The write was sent but its result is unknown: it may or may not be stored. Retrying
     /// with the same command id is safe.
     #[error("outcome unknown: {0}")]

@@ -220,26 +220,19 @@ struct Last {
 }
 
 impl JetStreamStore {
-    /// Connects to `urls` (comma-separated) and opens (creating if needed) the stream and bucket
-    /// of `namespace`. The namespace is validated before anything is contacted.
+    /// Connects to NATS (a URL, comma-separated URLs, or a [`NatsConfig`](crate::NatsConfig)
+    /// with credentials and TLS) and opens (creating if needed) the stream and bucket of
+    /// `namespace`. The namespace is validated before anything is contacted.
     pub async fn connect(
-        urls: &str,
+        nats: impl Into<crate::NatsConfig>,
         namespace: &str,
         options: JetStreamOptions,
     ) -> Result<Self, StoreError> {
         let namespace = Namespace::new(namespace)?;
-        let servers: Vec<&str> = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("aether-{namespace}"))
-            .connection_timeout(options.request_timeout)
-            .request_timeout(Some(options.request_timeout))
-            .connect(servers.as_slice())
-            .await
-            .map_err(|e| unavailable(&format!("cannot connect to {urls}"), e))?;
+        let client = nats
+            .into()
+            .connect_once(&format!("aether-{namespace}"), options.request_timeout)
+            .await?;
         JetStreamStore::with_client(client, namespace, options).await
     }
 

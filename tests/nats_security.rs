@@ -1,0 +1,447 @@
+//! Secured NATS: cluster nodes (real processes, configured only through the documented
+//! `AETHER_NATS_*` variables) on a nats-server that demands a password, an NKey, a token or
+//! TLS with client certificates. In each case three nodes form a cluster, serve, and fail over
+//! when one is killed; wrong credentials or an untrusted certificate stop a node at once with
+//! an error that names the problem; and no secret appears in any log line or error message.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aether::bus::{Bus, BusConfig, Filter};
+use aether::{ClusterView, ConnectError, NatsConfig};
+use common::nats::NatsServer;
+use common::process::{FAST, NodeProcess, poll};
+
+/// What a scenario gives the nodes, and what must never show up in their output.
+struct Secured {
+    /// The variables that let a node in.
+    env: Vec<(String, String)>,
+    /// The same connection, for the test's own view and bus.
+    nats: NatsConfig,
+    /// Variables that must be refused, and what the refusal must say.
+    wrong: Vec<(Vec<(String, String)>, &'static str)>,
+    /// Strings that must appear in no log line or error (passwords, tokens, seeds, keys).
+    secrets: Vec<String>,
+}
+
+fn pairs(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Three nodes join with `secured.env`, serve asks from every node, and take over a killed
+/// node's shards; every refused configuration stops its node within the connection timeout
+/// with the expected message; no secret is in any node's log or error.
+async fn secured_cluster_serves_and_fails_over(ns: &str, server: &NatsServer, secured: Secured) {
+    let logs = tempfile::tempdir().expect("log dir");
+    let url = server.url();
+    let log_of = |id: &str| logs.path().join(format!("{id}.log"));
+    let env_of = |extra: &[(String, String)]| {
+        let mut env: Vec<(String, String)> = pairs(&[("AETHER_REPLICAS", "1")]);
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| {
+            tokio::task::block_in_place(|| {
+                NodeProcess::spawn_logged(&url, ns, id, FAST, &env_of(&secured.env), &log_of(id))
+            })
+        })
+        .collect();
+    // The test's own view and bus reach the cluster through the same configuration.
+    let view = ClusterView::connect(secured.nats.clone(), ns)
+        .await
+        .expect("a view with the same credentials");
+    let watcher = Bus::connect(secured.nats.clone(), BusConfig::default())
+        .await
+        .expect("a bus with the same credentials");
+    let _system = watcher
+        .subscribe(format!("{ns}.system.*").as_str(), Filter::all())
+        .await
+        .expect("subscribes");
+    poll(
+        Duration::from_secs(20),
+        "a map of three nodes",
+        async || {
+            view.shard_map()
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.nodes.len() == 3)
+        },
+    )
+    .await;
+    for (i, account) in ["alice", "bob", "carol"].iter().enumerate() {
+        let node = &mut nodes[i];
+        assert_eq!(
+            tokio::task::block_in_place(|| node.command(&format!("open {account}"))),
+            format!("ok {account} 0")
+        );
+        tokio::task::block_in_place(|| node.command(&format!("deposit {account} 7")));
+    }
+    // Kill one node: the others take its shards and every account still answers.
+    let mut dead = nodes.remove(0);
+    dead.kill();
+    poll(
+        Duration::from_secs(15),
+        "a map without the killed node",
+        async || {
+            view.shard_map()
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.nodes.len() == 2 && !m.nodes.contains(&dead.id))
+        },
+    )
+    .await;
+    for node in nodes.iter_mut() {
+        for account in ["alice", "bob", "carol"] {
+            assert_eq!(
+                tokio::task::block_in_place(|| node.command(&format!("balance {account}"))),
+                format!("ok {account} 7"),
+                "{} after the failover",
+                node.id
+            );
+        }
+    }
+    // Refused configurations: the node exits at once, saying why.
+    for (i, (wrong, expected)) in secured.wrong.iter().enumerate() {
+        let id = format!("intruder-{i}");
+        let started = Instant::now();
+        let mut node = tokio::task::block_in_place(|| {
+            NodeProcess::start_logged(&url, ns, &id, FAST, &env_of(wrong), &log_of(&id))
+        });
+        let status = tokio::task::block_in_place(|| node.wait_exit(Duration::from_secs(15)));
+        let took = started.elapsed();
+        assert!(!status.success(), "{id} joined with {wrong:?}");
+        let log = std::fs::read_to_string(log_of(&id)).expect("log");
+        assert!(
+            log.contains(expected),
+            "{id}: expected {expected:?} in its error, got:\n{log}"
+        );
+        // Within the connection timeout (5 s), not the 30 s join timeout.
+        assert!(
+            took < Duration::from_secs(6),
+            "{id} took {took:?} to give up"
+        );
+    }
+    for node in nodes {
+        tokio::task::block_in_place(|| node.shutdown());
+    }
+    drop(dead);
+    // No secret in any log line or error message of any node.
+    let mut lines = 0;
+    for entry in std::fs::read_dir(logs.path()).expect("logs") {
+        let path = entry.expect("entry").path();
+        let log = std::fs::read_to_string(&path).expect("log");
+        lines += log.lines().count();
+        for secret in &secured.secrets {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a secret appears in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        lines > 50,
+        "the nodes logged at debug level ({lines} lines)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_a_server_that_demands_a_password() {
+    let password = "pw-0f9e2c71-never-logged";
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ user: aether, password: \"{password}\" }}"
+    ));
+    secured_cluster_serves_and_fails_over(
+        "sec-pw",
+        &server,
+        Secured {
+            env: pairs(&[
+                ("AETHER_NATS_USER", "aether"),
+                ("AETHER_NATS_PASSWORD", password),
+            ]),
+            nats: NatsConfig::new(server.url()).user_password("aether", password),
+            wrong: vec![
+                (
+                    pairs(&[
+                        ("AETHER_NATS_USER", "aether"),
+                        ("AETHER_NATS_PASSWORD", "pw-wrong-and-secret"),
+                    ]),
+                    "refused the credentials",
+                ),
+                (Vec::new(), "refused the credentials"),
+            ],
+            secrets: vec![password.to_owned(), "pw-wrong-and-secret".to_owned()],
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_a_server_that_demands_a_token() {
+    let token = "tok-5d1c0e8a-never-logged";
+    let server = NatsServer::start_with_config(&format!("authorization {{ token: \"{token}\" }}"));
+    secured_cluster_serves_and_fails_over(
+        "sec-token",
+        &server,
+        Secured {
+            env: pairs(&[("AETHER_NATS_TOKEN", token)]),
+            nats: NatsConfig::new(server.url()).token(token),
+            wrong: vec![(
+                pairs(&[("AETHER_NATS_TOKEN", "tok-wrong-and-secret")]),
+                "refused the credentials",
+            )],
+            secrets: vec![token.to_owned(), "tok-wrong-and-secret".to_owned()],
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_nkey_users() {
+    let dir = tempfile::tempdir().expect("key dir");
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().expect("a seed");
+    let seed_file = dir.path().join("node.nk");
+    std::fs::write(&seed_file, &seed).expect("seed file");
+    let stranger = nkeys::KeyPair::new_user();
+    let stranger_seed = stranger.seed().expect("a seed");
+    let stranger_file = dir.path().join("stranger.nk");
+    std::fs::write(&stranger_file, &stranger_seed).expect("seed file");
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+        user.public_key()
+    ));
+    let path = |p: &Path| p.display().to_string();
+    secured_cluster_serves_and_fails_over(
+        "sec-nkey",
+        &server,
+        Secured {
+            env: pairs(&[("AETHER_NATS_NKEY_SEED_FILE", &path(&seed_file))]),
+            nats: NatsConfig::new(server.url()).nkey_seed_file(&seed_file),
+            wrong: vec![
+                (
+                    pairs(&[("AETHER_NATS_NKEY_SEED_FILE", &path(&stranger_file))]),
+                    "refused the credentials",
+                ),
+                (
+                    pairs(&[("AETHER_NATS_NKEY_SEED_FILE", "/nonexistent/node.nk")]),
+                    "cannot read the NKey seed file",
+                ),
+            ],
+            secrets: vec![seed, stranger_seed],
+        },
+    )
+    .await;
+}
+
+/// A private CA, a server certificate for 127.0.0.1, and client certificates: one from the
+/// CA, one self-signed (untrusted).
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    rogue_cert: PathBuf,
+    rogue_key: PathBuf,
+    /// The private keys' PEM text: secrets.
+    keys: Vec<String>,
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        SanType,
+    };
+    let dir = tempfile::tempdir().expect("pki dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("pem file");
+        path
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "aether test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf = |name: &str, purpose: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        (params, key)
+    };
+    let (params, server_key) = leaf("nats-server", ExtendedKeyUsagePurpose::ServerAuth);
+    let server = params
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server certificate");
+    let (params, client_key) = leaf("aether-node", ExtendedKeyUsagePurpose::ClientAuth);
+    let client = params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client certificate");
+    let (params, rogue_key) = leaf("rogue", ExtendedKeyUsagePurpose::ClientAuth);
+    let rogue = params.self_signed(&rogue_key).expect("rogue certificate");
+    let keys = vec![
+        server_key.serialize_pem(),
+        client_key.serialize_pem(),
+        rogue_key.serialize_pem(),
+    ];
+    Pki {
+        ca: write("ca.pem", &ca.pem()),
+        server_cert: write("server.pem", &server.pem()),
+        server_key: write("server-key.pem", &keys[0]),
+        client_cert: write("client.pem", &client.pem()),
+        client_key: write("client-key.pem", &keys[1]),
+        rogue_cert: write("rogue.pem", &rogue.pem()),
+        rogue_key: write("rogue-key.pem", &keys[2]),
+        keys,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_client_certificates() {
+    let pki = pki();
+    let path = |p: &Path| p.display().to_string();
+    let server = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true, timeout: 2 }}",
+        path(&pki.server_cert),
+        path(&pki.server_key),
+        path(&pki.ca)
+    ));
+    let trusted = pairs(&[
+        ("AETHER_NATS_TLS_REQUIRED", "1"),
+        ("AETHER_NATS_TLS_CA", &path(&pki.ca)),
+        ("AETHER_NATS_TLS_CERT", &path(&pki.client_cert)),
+        ("AETHER_NATS_TLS_KEY", &path(&pki.client_key)),
+    ]);
+    let secrets: Vec<String> = pki
+        .keys
+        .iter()
+        .map(|pem| {
+            // The base64 body of each key, which is what a leak would show.
+            pem.lines().filter(|l| !l.starts_with("-----")).collect()
+        })
+        .collect();
+    secured_cluster_serves_and_fails_over(
+        "sec-tls",
+        &server,
+        Secured {
+            env: trusted,
+            nats: NatsConfig::new(server.url())
+                .require_tls(true)
+                .tls_ca_file(&pki.ca)
+                .tls_client_cert(&pki.client_cert, &pki.client_key),
+            wrong: vec![
+                // The server's certificate is not trusted without the private CA.
+                (
+                    pairs(&[
+                        ("AETHER_NATS_TLS_REQUIRED", "1"),
+                        ("AETHER_NATS_TLS_CERT", &path(&pki.client_cert)),
+                        ("AETHER_NATS_TLS_KEY", &path(&pki.client_key)),
+                    ]),
+                    "TLS with NATS",
+                ),
+                // A client certificate the server's CA did not sign.
+                (
+                    pairs(&[
+                        ("AETHER_NATS_TLS_REQUIRED", "1"),
+                        ("AETHER_NATS_TLS_CA", &path(&pki.ca)),
+                        ("AETHER_NATS_TLS_CERT", &path(&pki.rogue_cert)),
+                        ("AETHER_NATS_TLS_KEY", &path(&pki.rogue_key)),
+                    ]),
+                    "NATS at",
+                ),
+            ],
+            secrets,
+        },
+    )
+    .await;
+}
+
+/// In process, the typed errors themselves: refused credentials are `Auth`, an untrusted
+/// server certificate is `Tls`, both within the connection timeout and without the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_typed_and_keep_secrets_out() {
+    let password = "pw-typed-secret";
+    let server = NatsServer::start_with_config(&format!(
+        "authorization {{ user: aether, password: \"{password}\" }}"
+    ));
+    let started = Instant::now();
+    let wrong = NatsConfig::new(server.url()).user_password("aether", "pw-wrong-typed-secret");
+    match ClusterView::connect(wrong.clone(), "typed").await {
+        Err(aether::cluster::ClusterError::Connect(ConnectError::Auth { servers, reason })) => {
+            assert_eq!(servers, server.url());
+            assert!(!reason.contains("pw-wrong-typed-secret"), "{reason}");
+        }
+        Err(other) => panic!("expected Auth, got {other}"),
+        Ok(_) => panic!("connected with a wrong password"),
+    }
+    // The same refusal through the store and the bus.
+    let Err(store) =
+        aether::store::JetStreamStore::connect(wrong.clone(), "typed", Default::default()).await
+    else {
+        panic!("the store connected with a wrong password");
+    };
+    assert!(
+        matches!(
+            store,
+            aether::StoreError::Connect(ConnectError::Auth { .. })
+        ),
+        "{store}"
+    );
+    let Err(bus) = Bus::connect(wrong, BusConfig::default()).await else {
+        panic!("the bus connected with a wrong password");
+    };
+    assert!(
+        matches!(
+            bus,
+            aether::bus::SubscribeError::Connect(ConnectError::Auth { .. })
+        ),
+        "{bus}"
+    );
+    // A password written into the URL is cut from the message.
+    let in_url = format!("nats://aether:pw-url-secret@127.0.0.1:{}", server.port);
+    let with_wrong_url = NatsConfig::new(in_url.clone());
+    let err = ClusterView::connect(with_wrong_url, "typed").await.err();
+    if let Some(err) = err {
+        assert!(!err.to_string().contains("pw-url-secret"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let shown = format!("{:?}", NatsConfig::new(in_url).user_password("a", password));
+    assert!(
+        !shown.contains(password) && !shown.contains("pw-url-secret"),
+        "{shown}"
+    );
+
+    // TLS: a server certificate from a CA the client does not trust.
+    let pki = pki();
+    let path = |p: &Path| p.display().to_string();
+    let tls = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", timeout: 2 }}",
+        path(&pki.server_cert),
+        path(&pki.server_key)
+    ));
+    let started = Instant::now();
+    let untrusted = NatsConfig::new(tls.url()).require_tls(true);
+    match ClusterView::connect(untrusted, "typed").await {
+        Err(aether::cluster::ClusterError::Connect(ConnectError::Tls { .. })) => {}
+        Err(other) => panic!("expected Tls, got {other}"),
+        Ok(_) => panic!("trusted a certificate from an unknown CA"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
