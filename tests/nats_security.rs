@@ -242,6 +242,175 @@ async fn a_cluster_of_nkey_users() {
     .await;
 }
 
+/// An operator-managed NATS (decentralized auth, as on hosted NATS): an operator, accounts
+/// it signs, users each account signs, and their `.creds` files — the JWTs nsc would write,
+/// made here with the `nkeys` crate.
+mod operator {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::{Value, json};
+
+    pub struct Operator {
+        key: nkeys::KeyPair,
+        pub jwt: String,
+        /// The system account JetStream needs in operator mode.
+        system: String,
+        /// `(account public key, account JWT)` for the server's resolver.
+        pub accounts: Vec<(String, String)>,
+    }
+
+    pub struct Account {
+        key: nkeys::KeyPair,
+    }
+
+    /// Signs `claims` (with `iss`, `iat` and `jti` filled in) as `issuer`.
+    fn encode(issuer: &nkeys::KeyPair, mut claims: Value) -> String {
+        claims["iss"] = json!(issuer.public_key());
+        claims["iat"] = json!(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs()
+        );
+        claims["jti"] = json!(format!("{:032X}", fastrand::u128(..)));
+        let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signed = format!("{header}.{payload}");
+        let signature = issuer.sign(signed.as_bytes()).expect("signs");
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    impl Operator {
+        pub fn new() -> Operator {
+            let key = nkeys::KeyPair::new_operator();
+            let system = nkeys::KeyPair::new_account();
+            let jwt = encode(
+                &key,
+                json!({"sub": key.public_key(), "name": "aether-test",
+                       "nats": {"type": "operator", "version": 2,
+                                "system_account": system.public_key()}}),
+            );
+            let system_jwt = encode(
+                &key,
+                json!({"sub": system.public_key(), "name": "SYS",
+                       "nats": {"limits": {"subs": -1, "data": -1, "payload": -1,
+                                           "imports": -1, "exports": -1, "wildcards": true,
+                                           "conn": -1, "leaf": -1},
+                                "type": "account", "version": 2}}),
+            );
+            Operator {
+                key,
+                jwt,
+                system: system.public_key(),
+                accounts: vec![(system.public_key(), system_jwt)],
+            }
+        }
+
+        /// A new account with JetStream enabled, registered with this operator.
+        pub fn account(&mut self, name: &str) -> Account {
+            let key = nkeys::KeyPair::new_account();
+            let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
+                "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+                "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1});
+            let jwt = encode(
+                &self.key,
+                json!({"sub": key.public_key(), "name": name,
+                       "nats": {"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}},
+                                "type": "account", "version": 2}}),
+            );
+            self.accounts.push((key.public_key(), jwt));
+            Account { key }
+        }
+
+        /// The server configuration: this operator, its accounts preloaded in memory.
+        pub fn server_config(&self) -> String {
+            let preload: Vec<String> = self
+                .accounts
+                .iter()
+                .map(|(key, jwt)| format!("  {key}: \"{jwt}\""))
+                .collect();
+            format!(
+                "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+                 resolver_preload: {{\n{}\n}}\n",
+                self.jwt,
+                self.system,
+                preload.join("\n")
+            )
+        }
+    }
+
+    impl Account {
+        /// A detached account the operator never signed: its users are refused.
+        pub fn rogue() -> Account {
+            Account {
+                key: nkeys::KeyPair::new_account(),
+            }
+        }
+
+        /// A `.creds` file's text for a new user of this account, with `permissions` (the
+        /// JWT's `pub`/`sub` allow lists; `{}` for none), and the user's seed.
+        pub fn user_creds(&self, name: &str, permissions: Value) -> (String, String) {
+            let user = nkeys::KeyPair::new_user();
+            let mut nats = json!({"pub": {}, "sub": {}, "subs": -1, "data": -1,
+                                  "payload": -1, "type": "user", "version": 2});
+            if let Some(map) = permissions.as_object() {
+                for (k, v) in map {
+                    nats[k] = v.clone();
+                }
+            }
+            let jwt = encode(
+                &self.key,
+                json!({"sub": user.public_key(), "name": name, "nats": nats}),
+            );
+            let seed = user.seed().expect("seed");
+            let creds = format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\
+                 NKEY Seed printed below can be used to sign and prove identity.\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            );
+            (creds, seed)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_users_with_creds_files_from_an_operator() {
+    let dir = tempfile::tempdir().expect("creds dir");
+    let mut op = operator::Operator::new();
+    let bank = op.account("bank");
+    let (creds, seed) = bank.user_creds("node", serde_json::json!({}));
+    let creds_file = dir.path().join("node.creds");
+    std::fs::write(&creds_file, creds).expect("creds file");
+    let (rogue_creds, rogue_seed) =
+        operator::Account::rogue().user_creds("rogue", serde_json::json!({}));
+    let rogue_file = dir.path().join("rogue.creds");
+    std::fs::write(&rogue_file, rogue_creds).expect("creds file");
+    let server = NatsServer::start_with_config(&op.server_config());
+    let path = |p: &Path| p.display().to_string();
+    secured_cluster_serves_and_fails_over(
+        "sec-creds",
+        &server,
+        Secured {
+            env: pairs(&[("AETHER_NATS_CREDS", &path(&creds_file))]),
+            nats: NatsConfig::new(server.url()).credentials_file(&creds_file),
+            wrong: vec![
+                // A user of an account the operator never signed.
+                (
+                    pairs(&[("AETHER_NATS_CREDS", &path(&rogue_file))]),
+                    "refused the credentials",
+                ),
+                (
+                    pairs(&[("AETHER_NATS_CREDS", "/nonexistent/node.creds")]),
+                    "cannot read the credentials file",
+                ),
+            ],
+            secrets: vec![seed, rogue_seed],
+        },
+    )
+    .await;
+}
+
 /// A private CA, a server certificate for 127.0.0.1, and client certificates: one from the
 /// CA, one self-signed (untrusted).
 struct Pki {

@@ -178,12 +178,18 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not listen on port {} within 10 s",
-                self.name,
-                self.port
-            );
+            if Instant::now() >= deadline {
+                let log = self
+                    .args
+                    .iter()
+                    .position(|a| a == "-l")
+                    .and_then(|i| std::fs::read_to_string(&self.args[i + 1]).ok())
+                    .unwrap_or_default();
+                panic!(
+                    "nats-server {} did not listen on port {} within 10 s; its log:\n{log}",
+                    self.name, self.port
+                );
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
