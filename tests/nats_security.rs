@@ -614,3 +614,228 @@ async fn refusals_are_typed_and_keep_secrets_out() {
     }
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// The permissions block of `docs/security.md`, for namespace `ns` instead of `bank`.
+fn documented_permissions(ns: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md"))
+        .expect("docs/security.md");
+    let section = doc
+        .split("## The permissions of a namespace")
+        .nth(1)
+        .expect("the permissions section");
+    let block = section
+        .split("```conf\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a conf block");
+    assert!(block.trim_start().starts_with("permissions:"), "{block}");
+    block.replace("bank", ns)
+}
+
+/// Two tenants, each a NATS account whose user has the documented permissions of its
+/// namespace: both serve, and every attempt with one tenant's credentials on the other's
+/// namespace is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_in_two_accounts_cannot_reach_each_other() {
+    use aether::prelude::*;
+    use aether::{ClusterConfig, Runtime};
+    use common::{Counter, CounterCmd};
+    use futures_util::StreamExt;
+
+    let user = |ns: &str| {
+        format!(
+            "{{ user: {ns}, password: \"pw-{ns}-secret\", {} }}",
+            documented_permissions(ns)
+        )
+    };
+    // Account A also has a user limited to another namespace, tc: it shows the permissions
+    // are enforced inside an account, not only the account boundary.
+    let server = NatsServer::start_with_config(&format!(
+        "accounts {{\n\
+           TENANT_A: {{ jetstream: enabled, users: [ {}, {} ] }}\n\
+           TENANT_B: {{ jetstream: enabled, users: [ {} ] }}\n\
+         }}",
+        user("ta"),
+        user("tc"),
+        user("tb")
+    ));
+    let creds = |ns: &str| {
+        NatsConfig::new(server.url())
+            .user_password(ns, format!("pw-{ns}-secret"))
+            .connect_timeout(Duration::from_secs(2))
+    };
+    let node = |ns: &'static str| {
+        let nats = creds(ns);
+        async move {
+            Runtime::join_cluster(
+                ClusterConfig::new(nats, ns)
+                    .node_id(format!("{ns}-1"))
+                    .heartbeat(Duration::from_millis(200))
+                    .failure_timeout(Duration::from_secs(1))
+                    .lease(Duration::from_secs(1)),
+                Runtime::builder().register::<Counter>(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("tenant {ns} joins under its permissions: {e}"))
+        }
+    };
+    let a = node("ta").await;
+    let b = node("tb").await;
+
+    // Both serve, with their bus, under the documented permissions.
+    let mut b_events = b
+        .bus()
+        .subscribe("tb.events.counter.*", aether::bus::Filter::all())
+        .await
+        .expect("tenant b follows its own bus");
+    assert_eq!(
+        a.actor::<Counter>("x")
+            .unwrap()
+            .ask(CounterCmd::Add(2))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        b.actor::<Counter>("x")
+            .unwrap()
+            .ask(CounterCmd::Add(3))
+            .await
+            .unwrap(),
+        3
+    );
+    tokio::time::timeout(Duration::from_secs(5), b_events.next())
+        .await
+        .expect("tenant b sees its own event")
+        .expect("an event");
+    let view_b = ClusterView::connect(creds("tb"), "tb")
+        .await
+        .expect("b's own view");
+    assert!(view_b.shard_map().await.expect("b's map").is_some());
+
+    // Nothing either tenant did needed more than the documented permissions.
+    let log = server.log();
+    assert!(
+        !log.contains("Violation"),
+        "the documented permissions refused something a node does:\n{}",
+        log.lines()
+            .filter(|l| l.contains("Violation"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // With tenant a's credentials, every way into tenant b is refused.
+    let intruder = creds("ta");
+    // A stream read (the JetStream store of namespace tb).
+    let options = aether::store::JetStreamOptions {
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    assert!(
+        aether::store::JetStreamStore::connect(intruder.clone(), "tb", options)
+            .await
+            .is_err(),
+        "tenant a opened tenant b's event stream"
+    );
+    // A KV read (the cluster's buckets of tb).
+    assert!(
+        ClusterView::connect(intruder.clone(), "tb").await.is_err(),
+        "tenant a read tenant b's buckets"
+    );
+    // An actor call: a raw request on the subject of tb's counter "x".
+    let shard = b.cluster().unwrap().locate::<Counter>("x").shard;
+    let raw = async_nats::ConnectOptions::new()
+        .user_and_password("ta".into(), "pw-ta-secret".into())
+        .request_timeout(Some(Duration::from_secs(1)))
+        .connect(server.url())
+        .await
+        .expect("tenant a connects");
+    let frame = aether::wire::RemoteRequest {
+        format: aether::wire::BASE_FRAME_FORMAT,
+        namespace: "tb".into(),
+        kind: "counter".into(),
+        id: "x".into(),
+        command_id: CommandId::random(),
+        correlation_id: CommandId::random(),
+        causation_id: None,
+        timeout_ms: 1000,
+        chain: Vec::new(),
+        expects_reply: true,
+        command: rmp_serde::to_vec_named(&CounterCmd::Add(100)).unwrap(),
+        effect: None,
+        control: None,
+    }
+    .encode()
+    .unwrap();
+    assert!(
+        raw.request(format!("aether.tb.shard.{shard}.counter.x"), frame.into())
+            .await
+            .is_err(),
+        "tenant a called tenant b's actor"
+    );
+    // A cluster client of tb with a's credentials does not start.
+    assert!(
+        Runtime::builder()
+            .namespace("tb")
+            .register::<Counter>()
+            .cluster_client(intruder.clone())
+            .start()
+            .await
+            .is_err(),
+        "tenant a became a client of tenant b"
+    );
+    // A bus subscription: tenant a listens on tb's live bus while b stores an event; b's own
+    // subscriber gets it, a's never does.
+    let spy = Bus::connect(intruder.clone(), BusConfig::default())
+        .await
+        .expect("a's own bus connection");
+    let mut spied = spy
+        .subscribe_all_namespaces("tb.events.>", Filter::all())
+        .await
+        .expect("subscribing is not an error; receiving is refused");
+    let mut raw_spy = raw.subscribe("aether.tb.>").await.expect("raw subscribe");
+    assert_eq!(
+        b.actor::<Counter>("x")
+            .unwrap()
+            .ask(CounterCmd::Add(4))
+            .await
+            .unwrap(),
+        7
+    );
+    tokio::time::timeout(Duration::from_secs(5), b_events.next())
+        .await
+        .expect("tenant b sees its own event")
+        .expect("an event");
+    let leaked = tokio::time::timeout(Duration::from_millis(500), async {
+        tokio::select! {
+            e = spied.next() => format!("a bus event: {e:?}"),
+            m = raw_spy.next() => format!("a message on {:?}", m.map(|m| m.subject)),
+        }
+    })
+    .await;
+    assert!(leaked.is_err(), "tenant a received tenant b's {leaked:?}");
+    // Tenant b's counter saw only its own commands.
+    assert_eq!(
+        b.actor::<Counter>("x")
+            .unwrap()
+            .ask(CounterCmd::Get)
+            .await
+            .unwrap(),
+        7
+    );
+    // Inside account A, the user limited to namespace tc cannot open ta's stream.
+    let options = aether::store::JetStreamOptions {
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    assert!(
+        aether::store::JetStreamStore::connect(creds("tc"), "ta", options)
+            .await
+            .is_err(),
+        "a user limited to namespace tc opened ta's stream in the same account"
+    );
+    // The server logged that refusal: the check for violations above can see one.
+    assert!(server.log().contains("Violation"), "no violation logged");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -179,12 +179,7 @@ impl NatsServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if Instant::now() >= deadline {
-                let log = self
-                    .args
-                    .iter()
-                    .position(|a| a == "-l")
-                    .and_then(|i| std::fs::read_to_string(&self.args[i + 1]).ok())
-                    .unwrap_or_default();
+                let log = self.log();
                 panic!(
                     "nats-server {} did not listen on port {} within 10 s; its log:\n{log}",
                     self.name, self.port
@@ -192,6 +187,16 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// What the server has logged so far.
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn log(&self) -> String {
+        self.args
+            .iter()
+            .position(|a| a == "-l")
+            .and_then(|i| std::fs::read_to_string(&self.args[i + 1]).ok())
+            .unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
