@@ -223,8 +223,9 @@ pub enum CallError {
         /// The cycle, `b -> a (waiting on b)`.
         chain: String,
     },
-    /// The commit is larger than the store accepts. Nothing was stored.
-    #[error("commit of {size} bytes is larger than the limit of {limit} bytes")]
+    /// The commit is larger than the store accepts, or the command's frame larger than the
+    /// NATS server's maximum payload. Nothing was stored or sent.
+    #[error("{size} bytes are more than the limit of {limit} bytes")]
     TooLarge {
         /// Encoded size.
         size: usize,

@@ -49,6 +49,9 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+test_util! {
+    pub mod decoders;
+}
 pub mod errors;
 pub mod names;
 pub mod routing;

@@ -294,6 +294,11 @@ async fn deliver_remote(
         Err(SendError::Unreachable(r) | SendError::NoReply(r) | SendError::Unavailable(r)) => {
             Settle::Failed { reason: r }
         }
+        Err(SendError::TooLarge { size, limit }) => Settle::Failed {
+            reason: format!(
+                "the effect's frame ({size} bytes) exceeds NATS' max payload ({limit})"
+            ),
+        },
     }
 }
 

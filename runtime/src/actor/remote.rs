@@ -97,6 +97,7 @@ pub(crate) async fn ask<A: Behavior>(
         }
         .into()),
         Err(SendError::Unavailable(reason)) => Err(CallError::Unavailable { reason }.into()),
+        Err(SendError::TooLarge { size, limit }) => Err(CallError::TooLarge { size, limit }.into()),
     }
 }
 
@@ -118,6 +119,13 @@ pub(crate) fn tell<A: Behavior>(
         CallMeta::detached(crate::wire::CommandId::random(), host.config.ask_timeout)
     });
     let frame = request::<A>(key, &cmd, &meta, false)?;
+    let limit = transport.max_payload();
+    if limit > 0 && frame.len() > limit {
+        return Err(CallError::TooLarge {
+            size: frame.len(),
+            limit,
+        });
+    }
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
     host.tokio.spawn(async move {
         if let Err(e) = transport.publish(subject, frame).await {
@@ -400,7 +408,23 @@ impl Dispatch for HostDispatch {
             tracing::trace!(shard, %command_id, actor = %key, "inbound command");
             let answer = kind.run(Arc::clone(&host), key, request).await;
             tracing::trace!(shard, %command_id, answered = answer.is_some(), "inbound command done");
-            answer.map(|reply| reply.encode())
+            let limit = host.transport.as_ref().map_or(0, |t| t.max_payload());
+            answer.map(|reply| {
+                let bytes = reply.encode();
+                if limit == 0 || bytes.len() <= limit {
+                    return bytes;
+                }
+                // The command ran; only its answer cannot cross NATS.
+                RemoteReply::Err(CallError::OutcomeUnknown {
+                    command_id,
+                    reason: format!(
+                        "the answer ({} bytes) exceeds the server's max payload ({limit} bytes); \
+                         the command may have been applied",
+                        bytes.len()
+                    ),
+                })
+                .encode()
+            })
         })
     }
 

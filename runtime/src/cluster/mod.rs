@@ -67,6 +67,7 @@ pub use config::ClusterConfig;
 pub use errors::ClusterError;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
+pub(crate) use liveness::{Beat, Grant};
 pub use membership::{NodeRecord, NodeStatus, ShardSet};
 pub use settle::NotSettled;
 pub use shard_map::ShardMap;

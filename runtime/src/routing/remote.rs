@@ -50,6 +50,13 @@ pub enum SendError {
     NoReply(String),
     /// Not connected to NATS: nothing was sent.
     Unavailable(String),
+    /// The frame is larger than the server's maximum payload: nothing was sent.
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
 }
 
 /// Sends frames to shard owners.
@@ -83,6 +90,22 @@ impl Transport {
         self.resends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The largest payload the server accepts (`max_payload` of its INFO).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    fn fits(&self, payload: &[u8]) -> Result<(), SendError> {
+        let limit = self.max_payload();
+        if limit > 0 && payload.len() > limit {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     fn connected(&self) -> Result<(), SendError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
@@ -108,6 +131,7 @@ impl Transport {
         deadline: Instant,
     ) -> Result<RemoteReply, SendError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.fits(&payload)?;
         let payload = Bytes::from(payload);
         let mut backoff = Duration::from_millis(5);
         let mut attempt_timeout = self.first_attempt;
@@ -179,6 +203,7 @@ impl Transport {
 
     /// Publishes `payload` to `subject` without waiting (a tell).
     pub async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), SendError> {
+        self.fits(&payload)?;
         self.connected()?;
         self.client
             .publish(subject, Bytes::from(payload))

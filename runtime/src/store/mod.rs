@@ -62,6 +62,7 @@ mod embedded;
 pub(crate) mod jetstream;
 mod memory;
 
+pub(crate) use embedded::decode_wakeup;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub(crate) use jetstream::check_server_version;
 pub use jetstream::{JetStreamOptions, JetStreamStore, ReplayMode};
@@ -567,7 +568,11 @@ fn actor_of_token(token: &str) -> Option<ActorKey> {
 }
 
 /// Decodes a stored commit and checks that it belongs to `actor` and ends at `position`.
-fn decode_commit(actor: &ActorKey, position: u64, bytes: &[u8]) -> Result<CommitRecord, String> {
+pub(crate) fn decode_commit(
+    actor: &ActorKey,
+    position: u64,
+    bytes: &[u8],
+) -> Result<CommitRecord, String> {
     let record = CommitRecord::decode(bytes).map_err(|e| e.to_string())?;
     if &record.actor != actor {
         return Err(format!("record belongs to {}, not {actor}", record.actor));
@@ -582,7 +587,7 @@ fn decode_commit(actor: &ActorKey, position: u64, bytes: &[u8]) -> Result<Commit
     Ok(record)
 }
 
-fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, StoreError> {
     encode_snapshot_at(actor, snapshot, None)
 }
 
@@ -604,7 +609,7 @@ fn encode_snapshot_at(
     )?)
 }
 
-fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreError> {
+pub(crate) fn decode_snapshot(actor: &ActorKey, bytes: &[u8]) -> Result<Snapshot, StoreError> {
     decode_snapshot_at(actor, bytes).map(|(s, _)| s)
 }
 

@@ -151,6 +151,17 @@ impl CommitRecord {
         if record.first_version == 0 {
             return Err(invalid("versions start at 1".into()));
         }
+        if record
+            .first_version
+            .checked_add(record.events.len() as u64 - 1)
+            .is_none()
+        {
+            return Err(invalid(format!(
+                "{} events from version {} run past the largest version",
+                record.events.len(),
+                record.first_version
+            )));
+        }
         Ok(record)
     }
 

@@ -150,7 +150,7 @@ fn encode_wakeup(due_ms: u64, revision: u64) -> Vec<u8> {
     format!("{due_ms} {revision}").into_bytes()
 }
 
-fn decode_wakeup(bytes: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn decode_wakeup(bytes: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(bytes).ok()?;
     let (due, revision) = text.split_once(' ')?;
     Some((due.parse().ok()?, revision.parse().ok()?))
