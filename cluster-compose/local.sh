@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The topology of cluster-compose/docker-compose.yml as plain processes on loopback, without
 # Docker: three JetStream-clustered nats-servers (R3) and three bank nodes
-# (examples/cluster_node.rs). Runs in the foreground until Ctrl-C / SIGTERM, then stops
-# everything it started (the nodes first, gracefully, so they hand their shards off).
+# (examples/cluster_node.rs), secured as in production: TLS with client certificates on every
+# connection (clients and routes) and a password. Runs in the foreground until Ctrl-C /
+# SIGTERM, then stops everything it started (the nodes first, gracefully, so they hand their
+# shards off).
 #
 #   cluster-compose/local.sh
 #
-# Then, from another terminal, call the accounts through any node:
+# Then, from another terminal, call the accounts through any node with the client settings it
+# wrote (URLs, password, CA and client certificate):
 #
-#   AETHER_NATS_URL=nats://127.0.0.1:4222 cargo run --example bank_client -- open alice
+#   (set -a; . <data dir>/client.env; cargo run --example bank_client -- open alice)
+#
+# The credentials are development ones made by examples/dev_certs.rs on first start. To use
+# your own, put ca.pem, server.pem, server-key.pem, client.pem, client-key.pem and password
+# (same names) in a directory and point AETHER_COMPOSE_TLS_DIR at it.
 #
 # Environment:
 #   AETHER_COMPOSE_PORT   first NATS client port (default 4222): servers listen on PORT,
@@ -17,6 +24,8 @@
 #   AETHER_NODE_BIN       a built cluster_node binary (default: built now with cargo)
 #   AETHER_NATS_SERVER    a nats-server binary, 2.11+ (default: the pinned one, installed)
 #   AETHER_LOG            the nodes' log level (default info; logs in the data directory)
+#   AETHER_COMPOSE_TLS_DIR  certificates and password (default: <data dir>/tls, generated)
+#   AETHER_DEV_CERTS_BIN  a built dev_certs binary (default: built now with cargo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +38,16 @@ if [ -z "$node_bin" ]; then
   cargo build --quiet --example cluster_node
   node_bin="target/debug/examples/cluster_node"
 fi
+
+tls="${AETHER_COMPOSE_TLS_DIR:-$dir/tls}"
+if [ ! -f "$tls/ca.pem" ]; then
+  if [ -n "${AETHER_DEV_CERTS_BIN:-}" ]; then
+    "$AETHER_DEV_CERTS_BIN" "$tls" >/dev/null
+  else
+    cargo run --quiet --example dev_certs -- "$tls" >/dev/null
+  fi
+fi
+password="$(cat "$tls/password")"
 
 servers=()
 nodes=()
@@ -44,11 +63,23 @@ trap stop EXIT
 trap 'exit 0' INT TERM
 
 routes="nats://127.0.0.1:$((port + 2000)),nats://127.0.0.1:$((port + 2001)),nats://127.0.0.1:$((port + 2002))"
+tls_block="tls { cert_file: \"$tls/server.pem\", key_file: \"$tls/server-key.pem\", ca_file: \"$tls/ca.pem\", verify: true, timeout: 2 }"
 for i in 1 2 3; do
   mkdir -p "$dir/nats-$i"
-  "$nats" -js -a 127.0.0.1 -p $((port + i - 1)) -sd "$dir/nats-$i" --server_name "nats-$i" \
-    --cluster_name aether --cluster "nats://127.0.0.1:$((port + 1999 + i))" --routes "$routes" \
-    >"$dir/nats-$i.log" 2>&1 &
+  cat >"$dir/nats-$i.conf" <<CONF
+server_name: nats-$i
+listen: 127.0.0.1:$((port + i - 1))
+jetstream { store_dir: "$dir/nats-$i" }
+$tls_block
+authorization { user: aether, password: "$password" }
+cluster {
+  name: aether
+  listen: 127.0.0.1:$((port + 1999 + i))
+  routes: [ "${routes//,/\", \"}" ]
+  $tls_block
+}
+CONF
+  "$nats" -c "$dir/nats-$i.conf" >"$dir/nats-$i.log" 2>&1 &
   servers+=($!)
 done
 urls="nats://127.0.0.1:$port,nats://127.0.0.1:$((port + 1)),nats://127.0.0.1:$((port + 2))"
@@ -60,9 +91,26 @@ for i in 0 1 2; do
   done
 done
 
+# What a node or a client needs to connect (read by NatsConfig::from_env).
+cat >"$dir/client.env" <<ENV
+AETHER_NATS_URL=$urls
+AETHER_NATS_USER=aether
+AETHER_NATS_PASSWORD=$password
+AETHER_NATS_TLS_REQUIRED=1
+AETHER_NATS_TLS_CA=$tls/ca.pem
+AETHER_NATS_TLS_CERT=$tls/client.pem
+AETHER_NATS_TLS_KEY=$tls/client-key.pem
+ENV
+chmod 600 "$dir/client.env"
 for i in 1 2 3; do
-  AETHER_NATS_URL="$urls" AETHER_NODE_ID="node-$i" AETHER_REPLICAS=3 AETHER_SERVE_ONLY=1 \
-    AETHER_LOG="${AETHER_LOG:-info}" "$node_bin" >"$dir/node-$i.out" 2>"$dir/node-$i.log" &
+  (
+    set -a
+    # shellcheck disable=SC1091
+    . "$dir/client.env"
+    set +a
+    AETHER_NODE_ID="node-$i" AETHER_REPLICAS=3 AETHER_SERVE_ONLY=1 \
+      AETHER_LOG="${AETHER_LOG:-info}" exec "$node_bin" >"$dir/node-$i.out" 2>"$dir/node-$i.log"
+  ) &
   nodes+=($!)
 done
 for i in 1 2 3; do
@@ -78,6 +126,6 @@ for i in 1 2 3; do
   fi
 done
 
-echo "cluster ready: NATS $urls; nodes node-1 node-2 node-3 (namespace bank); data and logs in $dir"
-echo "try: AETHER_NATS_URL=$urls cargo run --example bank_client -- open alice"
+echo "cluster ready: NATS $urls (TLS, client certificates, password); nodes node-1 node-2 node-3 (namespace bank); data and logs in $dir"
+echo "try: (set -a; . $dir/client.env; cargo run --example bank_client -- open alice)"
 wait "${nodes[@]}"

@@ -18,17 +18,18 @@ mod account;
 mod bank_commands;
 
 use account::Account;
-use aether::Runtime;
+use aether::{NatsConfig, Runtime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let urls = std::env::var("AETHER_NATS_URL")
-        .map_err(|_| anyhow::anyhow!("set AETHER_NATS_URL to the cluster's NATS servers"))?;
+    // AETHER_NATS_URL, and the credentials and TLS settings of a secured NATS
+    // (AETHER_NATS_USER/PASSWORD, AETHER_NATS_CREDS, AETHER_NATS_TLS_*: see docs/security.md).
+    let nats = NatsConfig::from_env()?;
     let rt = Runtime::builder()
         .namespace(bank_commands::namespace())
         .register::<Account>()
-        .cluster_client(urls)
+        .cluster_client(nats)
         .start()
         .await?;
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -59,13 +59,29 @@ impl Drop for Topology {
     }
 }
 
-fn client(urls: &str, args: &str) -> String {
+/// Runs `bank_client args` with the environment `env`; its stdout, or its stderr if it failed.
+fn client(env: &[(String, String)], args: &str) -> String {
     let out = Command::new(example("bank_client"))
-        .env("AETHER_NATS_URL", urls)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(args.split_whitespace())
         .output()
         .expect("bank_client runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    } else {
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    }
+}
+
+/// The `KEY=VALUE` lines of local.sh's `client.env`.
+fn client_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("client.env"))
+        .expect("local.sh wrote client.env")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 #[test]
@@ -79,6 +95,7 @@ fn the_local_topology_starts_serves_the_bank_and_stops() {
         .env("AETHER_COMPOSE_DIR", data.path())
         .env("AETHER_NODE_BIN", common::process::node_binary())
         .env("AETHER_NATS_SERVER", common::nats::server_binary())
+        .env("AETHER_DEV_CERTS_BIN", example("dev_certs"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0);
@@ -107,11 +124,32 @@ fn the_local_topology_starts_serves_the_bank_and_stops() {
         base + 1,
         base + 2
     );
-    assert_eq!(client(&urls, "open alice"), "ok alice 0");
-    assert_eq!(client(&urls, "open bob"), "ok bob 0");
-    assert_eq!(client(&urls, "deposit alice 10"), "ok alice 10");
-    assert_eq!(client(&urls, "transfer alice bob 3"), "ok alice 7");
-    assert_eq!(client(&urls, "balance bob"), "ok bob 3");
+    // The topology runs with TLS (client certificates) and a password: the client needs the
+    // settings local.sh wrote.
+    let env = client_env(data.path());
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "AETHER_NATS_URL" && *v == urls),
+        "{env:?}"
+    );
+    assert_eq!(client(&env, "open alice"), "ok alice 0");
+    assert_eq!(client(&env, "open bob"), "ok bob 0");
+    assert_eq!(client(&env, "deposit alice 10"), "ok alice 10");
+    assert_eq!(client(&env, "transfer alice bob 3"), "ok alice 7");
+    assert_eq!(client(&env, "balance bob"), "ok bob 3");
+    // Without the CA and certificate the handshake fails; without the password, NATS refuses.
+    let only_url = [("AETHER_NATS_URL".to_owned(), urls.clone())];
+    let refused = client(&only_url, "balance bob");
+    assert!(refused.contains("NATS at"), "{refused}");
+    let no_password: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("AETHER_NATS_USER") && !k.starts_with("AETHER_NATS_PASSWORD")
+        })
+        .cloned()
+        .collect();
+    let refused = client(&no_password, "balance bob");
+    assert!(refused.contains("refused the credentials"), "{refused}");
 
     // SIGTERM: the nodes leave gracefully, then the servers stop.
     // SAFETY: signalling the child we own.
