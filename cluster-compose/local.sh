@@ -29,6 +29,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Configurations and client settings hold the password: only this user reads them.
+umask 077
 port="${AETHER_COMPOSE_PORT:-4222}"
 dir="${AETHER_COMPOSE_DIR:-$(mktemp -d -t aether-compose.XXXXXX)}"
 mkdir -p "$dir"
@@ -62,7 +64,10 @@ stop() {
 trap stop EXIT
 trap 'exit 0' INT TERM
 
-routes="nats://127.0.0.1:$((port + 2000)),nats://127.0.0.1:$((port + 2001)),nats://127.0.0.1:$((port + 2002))"
+routes=""
+for i in 0 1 2; do
+  routes="$routes${routes:+, }\"nats://127.0.0.1:$((port + 2000 + i))\""
+done
 tls_block="tls { cert_file: \"$tls/server.pem\", key_file: \"$tls/server-key.pem\", ca_file: \"$tls/ca.pem\", verify: true, timeout: 2 }"
 for i in 1 2 3; do
   mkdir -p "$dir/nats-$i"
@@ -75,7 +80,7 @@ authorization { user: aether, password: "$password" }
 cluster {
   name: aether
   listen: 127.0.0.1:$((port + 1999 + i))
-  routes: [ "${routes//,/\", \"}" ]
+  routes: [ $routes ]
   $tls_block
 }
 CONF
@@ -91,17 +96,21 @@ for i in 0 1 2; do
   done
 done
 
-# What a node or a client needs to connect (read by NatsConfig::from_env).
+# What a node or a client needs to connect (read by NatsConfig::from_env), as shell
+# assignments with single-quoted values (a value holds no single quote: paths and a hex
+# password).
+for value in "$urls" "$password" "$tls"; do
+  case "$value" in *"'"*) echo "a single quote in $value: not supported" >&2; exit 1 ;; esac
+done
 cat >"$dir/client.env" <<ENV
-AETHER_NATS_URL=$urls
-AETHER_NATS_USER=aether
-AETHER_NATS_PASSWORD=$password
-AETHER_NATS_TLS_REQUIRED=1
-AETHER_NATS_TLS_CA=$tls/ca.pem
-AETHER_NATS_TLS_CERT=$tls/client.pem
-AETHER_NATS_TLS_KEY=$tls/client-key.pem
+AETHER_NATS_URL='$urls'
+AETHER_NATS_USER='aether'
+AETHER_NATS_PASSWORD='$password'
+AETHER_NATS_TLS_REQUIRED='1'
+AETHER_NATS_TLS_CA='$tls/ca.pem'
+AETHER_NATS_TLS_CERT='$tls/client.pem'
+AETHER_NATS_TLS_KEY='$tls/client-key.pem'
 ENV
-chmod 600 "$dir/client.env"
 for i in 1 2 3; do
   (
     set -a

@@ -433,7 +433,7 @@ async fn oversized_commits_are_refused_and_nothing_is_stored() {
     }
     assert!(
         err.to_string()
-            .contains("larger than the limit of 4096 bytes")
+            .contains("more than the limit of 4096 bytes")
     );
     assert_eq!(rt.event_store().latest_version(c.key()).await.unwrap(), 0);
     assert_eq!(

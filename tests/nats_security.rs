@@ -583,19 +583,39 @@ async fn refusals_are_typed_and_keep_secrets_out() {
         ),
         "{bus}"
     );
-    // A password written into the URL is cut from the message.
+    // Credentials written into the URL are used (not silently dropped) and never shown.
     let in_url = format!("nats://aether:pw-url-secret@127.0.0.1:{}", server.port);
-    let with_wrong_url = NatsConfig::new(in_url.clone());
-    let err = ClusterView::connect(with_wrong_url, "typed").await.err();
-    if let Some(err) = err {
-        assert!(!err.to_string().contains("pw-url-secret"), "{err}");
+    match ClusterView::connect(NatsConfig::new(in_url.clone()), "typed").await {
+        Err(aether::cluster::ClusterError::Connect(ConnectError::Auth { servers, reason })) => {
+            assert_eq!(servers, server.url(), "the URL without its credentials");
+            assert!(!reason.contains("pw-url-secret"), "{reason}");
+        }
+        Err(other) => panic!("expected Auth for the URL's wrong password, got {other}"),
+        Ok(_) => panic!("connected with the URL's wrong password"),
+    }
+    let good_url = format!("nats://aether:{password}@127.0.0.1:{}", server.port);
+    let store =
+        aether::store::JetStreamStore::connect(good_url.as_str(), "typed", Default::default())
+            .await;
+    assert!(store.is_ok(), "the URL's right password is used");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let shown = format!("{:?}", NatsConfig::new(in_url));
+    assert!(!shown.contains("pw-url-secret"), "{shown}");
+    // A client that requires TLS from a server without it fails at once, as a TLS failure.
+    let started = Instant::now();
+    match ClusterView::connect(
+        NatsConfig::new(server.url())
+            .user_password("aether", password)
+            .require_tls(true),
+        "typed",
+    )
+    .await
+    {
+        Err(aether::cluster::ClusterError::Connect(ConnectError::Tls { .. })) => {}
+        Err(other) => panic!("expected Tls, got {other}"),
+        Ok(_) => panic!("connected without TLS though it was required"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
-    let shown = format!("{:?}", NatsConfig::new(in_url).user_password("a", password));
-    assert!(
-        !shown.contains(password) && !shown.contains("pw-url-secret"),
-        "{shown}"
-    );
 
     // TLS: a server certificate from a CA the client does not trust.
     let pki = pki();
@@ -712,6 +732,23 @@ async fn tenants_in_two_accounts_cannot_reach_each_other() {
         .await
         .expect("b's own view");
     assert!(view_b.shard_map().await.expect("b's map").is_some());
+    // A durable subscription (a pull consumer on b's event stream) works under b's permissions.
+    let b_reader = Bus::connect(creds("tb"), BusConfig::default())
+        .await
+        .expect("b's own bus connection");
+    let mut durable = b_reader
+        .durable("audit", "tb.events.counter.*", Filter::all())
+        .await
+        .expect("a durable subscription under b's permissions");
+    let stored = tokio::time::timeout(Duration::from_secs(10), durable.next())
+        .await
+        .expect("a stored event within 10 s")
+        .expect("the durable subscription reads");
+    assert_eq!(stored.envelope.actor.id.as_str(), "x");
+    durable
+        .ack()
+        .await
+        .expect("acknowledged under b's permissions");
 
     // Nothing either tenant did needed more than the documented permissions.
     let log = server.log();
@@ -793,6 +830,12 @@ async fn tenants_in_two_accounts_cannot_reach_each_other() {
         .subscribe_all_namespaces("tb.events.>", Filter::all())
         .await
         .expect("subscribing is not an error; receiving is refused");
+    assert!(
+        spy.durable("spy", "tb.events.counter.*", Filter::all())
+            .await
+            .is_err(),
+        "tenant a made a durable subscription on tenant b's stream"
+    );
     let mut raw_spy = raw.subscribe("aether.tb.>").await.expect("raw subscribe");
     assert_eq!(
         b.actor::<Counter>("x")

@@ -66,6 +66,15 @@ enum Auth {
 }
 
 impl Auth {
+    /// For `Debug`: secrets hidden, and a seed given instead of a path not echoed.
+    fn shown(&self) -> Auth {
+        match self {
+            Auth::NKeySeedFile(path) => Auth::NKeySeedFile(shown_path(path)),
+            Auth::CredentialsFile(path) => Auth::CredentialsFile(shown_path(path)),
+            other => other.clone(),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Auth::User { .. } => "user_password",
@@ -94,7 +103,7 @@ impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsConfig")
             .field("servers", &redact_urls(&self.servers))
-            .field("auth", &self.auth)
+            .field("auth", &self.auth.as_ref().map(Auth::shown))
             .field("require_tls", &self.require_tls)
             .field("tls_ca", &self.tls_ca)
             .field("tls_client", &self.tls_client)
@@ -122,17 +131,44 @@ impl From<&String> for NatsConfig {
 }
 
 impl NatsConfig {
-    /// The NATS servers at `urls` (comma-separated), without credentials or TLS settings.
+    /// The NATS servers at `urls` (comma-separated). Credentials written into a URL
+    /// (`nats://user:password@host`, `nats://token@host`) are taken out of it and used as
+    /// [`user_password`](Self::user_password) or [`token`](Self::token): the connection
+    /// never sees them in a URL, so no URL it logs carries a secret.
     pub fn new(urls: impl Into<String>) -> Self {
-        NatsConfig {
-            servers: urls.into(),
+        let mut config = NatsConfig {
+            servers: String::new(),
             auth: None,
             auth_conflict: None,
             require_tls: false,
             tls_ca: None,
             tls_client: None,
             connect_timeout: CONNECT_TIMEOUT,
+        };
+        let mut servers = Vec::new();
+        for url in urls
+            .into()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let (scheme, rest) = match url.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), url),
+            };
+            match rest.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    servers.push(format!("{scheme}{host}"));
+                    config = match userinfo.split_once(':') {
+                        Some((user, password)) => config.user_password(user, password),
+                        None => config.token(userinfo),
+                    };
+                }
+                None => servers.push(url.to_owned()),
+            }
         }
+        config.servers = servers.join(",");
+        config
     }
 
     fn authenticate(mut self, auth: Auth) -> Self {
@@ -326,17 +362,27 @@ impl NatsConfig {
                 reason: format!("two ways of authenticating: {first} and {second}; choose one"),
             });
         }
+        self.validate().map_err(|e| ConnectError::Invalid {
+            reason: e.to_string(),
+        })?;
         let servers = self.server_list();
-        if servers.is_empty() {
-            return Err(ConnectError::Invalid {
-                reason: "no NATS server URL".into(),
-            });
-        }
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(request_timeout))
-            .require_tls(self.require_tls);
+            .require_tls(self.require_tls)
+            .event_callback(|event| async move {
+                // After the first connection the client reconnects on its own; say why it
+                // cannot (refused credentials after a rotation, an expired certificate).
+                use async_nats::Event;
+                match event {
+                    Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+                    Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+                    Event::Disconnected => tracing::info!("disconnected from NATS"),
+                    Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+            });
         match &self.auth {
             None => {}
             Some(Auth::User { user, password }) => {
@@ -401,19 +447,35 @@ impl NatsConfig {
 fn readable(what: &'static str, path: &Path) -> Result<(), ConnectError> {
     std::fs::metadata(path)
         .map(|_| ())
-        .map_err(|e| ConnectError::File {
-            what,
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| unreadable(what, path, e))
 }
 
 fn read(what: &'static str, path: &Path) -> Result<String, ConnectError> {
-    std::fs::read_to_string(path).map_err(|e| ConnectError::File {
+    std::fs::read_to_string(path).map_err(|e| unreadable(what, path, e))
+}
+
+fn unreadable(what: &'static str, path: &Path, e: std::io::Error) -> ConnectError {
+    ConnectError::File {
         what,
-        path: path.to_owned(),
+        path: shown_path(path),
         reason: e.to_string(),
-    })
+    }
+}
+
+/// `path` as it may be shown: an NKey seed given where a path belongs (a common mistake with
+/// `AETHER_NATS_NKEY_SEED_FILE`) is not echoed.
+fn shown_path(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    let looks_like_seed = text.len() >= 50
+        && text.starts_with('S')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if looks_like_seed {
+        PathBuf::from("<a value that looks like an NKey seed, not a path>")
+    } else {
+        path.to_owned()
+    }
 }
 
 /// `urls` with any `user:password@` (or `token@`) cut out of each URL.
@@ -496,25 +558,54 @@ impl ConnectError {
                 ConnectError::Auth { servers, reason }
             }
             Kind::Tls => ConnectError::Tls { servers, reason },
-            // rustls reports a refused certificate or a TLS alert as an I/O error.
-            Kind::Io if is_tls_failure(&reason) => ConnectError::Tls { servers, reason },
+            Kind::Io => match io_cause(e) {
+                Cause::Tls => ConnectError::Tls { servers, reason },
+                Cause::Auth => ConnectError::Auth { servers, reason },
+                Cause::Other => ConnectError::Unreachable { servers, reason },
+            },
             Kind::ServerParse => ConnectError::Invalid {
                 reason: format!("cannot parse the NATS URLs {servers}: {reason}"),
             },
-            Kind::Dns | Kind::TimedOut | Kind::Io | Kind::MaxReconnects => {
+            Kind::Dns | Kind::TimedOut | Kind::MaxReconnects => {
                 ConnectError::Unreachable { servers, reason }
             }
         }
     }
 }
 
-/// Whether an I/O error's message is rustls refusing the handshake (an unknown issuer, an
-/// expired or mismatched certificate, a TLS alert from the server).
-fn is_tls_failure(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["certificate", "alert", "handshake", "tls"]
-        .iter()
-        .any(|word| message.contains(word))
+/// What an I/O-kind connection error really is.
+enum Cause {
+    /// rustls refused the handshake (an unknown issuer, an expired or mismatched certificate,
+    /// a TLS alert from the server, a server that does not speak TLS): a configuration problem.
+    Tls,
+    /// The server refused the credentials after accepting them once (expired or revoked).
+    Auth,
+    /// Anything else (a connection reset or closed mid-handshake, a server restarting):
+    /// retrying may help.
+    Other,
+}
+
+fn io_cause(e: &async_nats::ConnectError) -> Cause {
+    use std::error::Error;
+    let Some(source) = e.source() else {
+        return Cause::Other;
+    };
+    if let Some(server) = source.downcast_ref::<async_nats::ServerError>() {
+        let text = server.to_string().to_ascii_lowercase();
+        return if text.contains("authorization") || text.contains("authentication") {
+            Cause::Auth
+        } else {
+            Cause::Other
+        };
+    }
+    let rustls_error = source
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<async_nats::rustls::Error>());
+    match rustls_error {
+        Some(async_nats::rustls::Error::General(_)) | None => Cause::Other,
+        Some(_) => Cause::Tls,
+    }
 }
 
 #[cfg(test)]
@@ -535,6 +626,31 @@ mod tests {
         );
         let token = format!("{:?}", NatsConfig::new("h").token("s3cr3t"));
         assert!(!token.contains("s3cr3t"), "{token}");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_taken_out_and_used() {
+        let config = NatsConfig::new("nats://u:p4ss@h:1, tls://h2:2");
+        assert_eq!(config.servers, "nats://h:1,tls://h2:2");
+        assert_eq!(
+            config,
+            NatsConfig::new("nats://h:1,tls://h2:2").user_password("u", "p4ss")
+        );
+        let token = NatsConfig::new("t0ken@127.0.0.1:4222");
+        assert_eq!(token, NatsConfig::new("127.0.0.1:4222").token("t0ken"));
+    }
+
+    #[test]
+    fn a_seed_given_as_a_path_is_not_echoed() {
+        let seed = "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4";
+        let config = NatsConfig::new("h").nkey_seed_file(seed);
+        assert!(!format!("{config:?}").contains(seed));
+        let shown = unreadable(
+            "NKey seed file",
+            Path::new(seed),
+            std::io::Error::other("x"),
+        );
+        assert!(!shown.to_string().contains(seed), "{shown}");
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub(crate) fn tell_on<A: Behavior>(
             super::remote::tell::<A>(host, key, shard, cmd, Some(meta))
         }
         Err((Undelivered::Full, _)) => Err(CallError::MailboxFull { actor: key.clone() }),
-        Err(_) => Err(CallError::Shutdown),
+        Err((refusal, _)) => Err(refusal.to_call()),
     }
 }
 

@@ -152,14 +152,18 @@ pub(crate) enum Undelivered {
 
 impl Undelivered {
     pub fn to_ask<E>(&self) -> AskError<E> {
-        AskError::Failed(match self {
+        AskError::Failed(self.to_call())
+    }
+
+    pub fn to_call(&self) -> CallError {
+        match self {
             Undelivered::Shutdown => CallError::Shutdown,
             Undelivered::NotOwner(shard) => {
                 CallError::unavailable(format!("shard {shard} is moving to another node; retry"))
             }
             Undelivered::Full => CallError::unavailable("the actor's mailbox is full"),
             Undelivered::Unavailable => CallError::unavailable("the actor's mailbox keeps closing"),
-        })
+        }
     }
 }
 

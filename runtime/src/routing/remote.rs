@@ -173,8 +173,12 @@ impl Transport {
                         )));
                     }
                     Ok(reply) => return Ok(reply),
+                    // The command may have run: an answer that does not decode says nothing
+                    // about whether it was applied.
                     Err(e) => {
-                        return Ok(RemoteReply::Err(e.into()));
+                        return Err(SendError::NoReply(format!(
+                            "the owner's answer does not decode: {e}"
+                        )));
                     }
                 },
                 Err(e) => match e.kind() {
