@@ -615,3 +615,64 @@ async fn settled_waits_until_every_node_serves_its_shards() {
         rt.shutdown().await.unwrap();
     }
 }
+
+/// A leader cut off from NATS past its lease (its link black-holed: renewals hang, no error
+/// comes back) says so itself: its own bus carries `LeadershipLost` with its node and term,
+/// and the others elect a successor with a higher term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
+    use aether::bus::{EventBody, Filter, SystemEvent};
+    use common::proxy::{Mode, Proxy};
+    use futures_util::StreamExt;
+
+    let server = NatsServer::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let a = node(&proxy.url(), "lost", "node-1", 1).await;
+    let (leader, term, _) = converged(&[&a], &["node-1"]).await;
+    assert_eq!(leader, "node-1");
+    let mut lost = a
+        .bus()
+        .subscribe("lost.system.LeadershipLost", Filter::all())
+        .await
+        .unwrap();
+    let b = node(&server.url(), "lost", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    proxy.set(Mode::BlackHole);
+    // node-2 takes the lease once node-1's expires...
+    let successor = {
+        let mut found = None;
+        poll_until(WAIT, "node-2 elected with a higher term", || {
+            found = b
+                .cluster()
+                .unwrap()
+                .leader()
+                .filter(|l| l.node == "node-2" && l.term > term);
+            let done = found.is_some();
+            async move { done }
+        })
+        .await;
+        found.unwrap()
+    };
+    // ...and node-1, which heard nothing back, reported that it lost the lead.
+    let event = tokio::time::timeout(WAIT, lost.next())
+        .await
+        .expect("LeadershipLost within the deadline")
+        .expect("an event");
+    match event.body() {
+        EventBody::System(system) => match &system.event {
+            SystemEvent::LeadershipLost {
+                node,
+                term: lost_term,
+            } => {
+                assert_eq!(node, "node-1");
+                assert_eq!(*lost_term, term);
+                assert!(successor.term > *lost_term);
+            }
+            other => panic!("expected LeadershipLost, got {other:?}"),
+        },
+        other => panic!("expected a system event, got {other:?}"),
+    }
+    proxy.set(Mode::Forward);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

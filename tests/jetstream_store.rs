@@ -243,7 +243,13 @@ async fn unreachable_server_is_unavailable() {
         .await
         .err()
         .expect("no server");
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Connect(aether::ConnectError::Unreachable { .. })
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
