@@ -91,7 +91,7 @@ async fn bus_remote(url: &str) -> f64 {
     let config = BusConfig {
         buffer: REMOTE_EVENTS,
         outbound_buffer: REMOTE_EVENTS,
-        origin: None,
+        ..BusConfig::default()
     };
     let publisher = Bus::with_nats(client(url).await, config.clone());
     let subscriber = Bus::with_nats(client(url).await, config);

@@ -617,8 +617,9 @@ async fn settled_waits_until_every_node_serves_its_shards() {
 }
 
 /// A leader cut off from NATS past its lease (its link black-holed: renewals hang, no error
-/// comes back) says so itself: its own bus carries `LeadershipLost` with its node and term,
-/// and the others elect a successor with a higher term.
+/// comes back) stops acting, the others elect a successor with a higher term, and once the
+/// cut node hears again (its renewal refused, the successor's lease seen) it says so itself:
+/// its own bus carries `LeadershipLost` with its node and term.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
     use aether::bus::{EventBody, Filter, SystemEvent};
@@ -653,7 +654,8 @@ async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
         .await;
         found.unwrap()
     };
-    // ...and node-1, which heard nothing back, reported that it lost the lead.
+    // ...and node-1, once its link is back, reports that it lost the lead.
+    proxy.set(Mode::Forward);
     let event = tokio::time::timeout(WAIT, lost.next())
         .await
         .expect("LeadershipLost within the deadline")
@@ -672,7 +674,6 @@ async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
         },
         other => panic!("expected a system event, got {other:?}"),
     }
-    proxy.set(Mode::Forward);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

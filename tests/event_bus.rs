@@ -910,3 +910,72 @@ async fn projection_options_are_checked() {
     p.stop().await.unwrap();
     rt.shutdown().await.unwrap();
 }
+
+/// Publishing is observable (opt in): every interval, a bus with notices on publishes an
+/// `EventsPublished` system event per namespace with what it published, delivered locally,
+/// dropped and forwarded; subscribers filter on it like any system event. A bus without
+/// notices publishes none.
+#[tokio::test]
+async fn published_events_are_noticed_per_interval_when_opted_in() {
+    use futures_util::StreamExt;
+    let rt = Runtime::builder()
+        .namespace("noticed")
+        .register::<Counter>()
+        .memory_store()
+        .bus_publish_notices(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let mut notices = rt
+        .bus()
+        .subscribe("noticed.system.EventsPublished", Filter::all())
+        .await
+        .unwrap();
+    let mut events = rt
+        .bus()
+        .subscribe("noticed.events.counter.*", Filter::all())
+        .await
+        .unwrap();
+    let c = rt.actor::<Counter>("c").unwrap();
+    c.ask(CounterCmd::AddMany(vec![1, 2])).await.unwrap();
+    c.ask(CounterCmd::Add(3)).await.unwrap();
+    // Three actor events and two EventStored notices were published (and the subscriptions'
+    // SubscriptionCreated notices); the actor events were delivered to `events`. The notices
+    // add up to every publish the bus counted but themselves.
+    let (mut published, mut delivered, mut notices_seen) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while published < 5 || published + notices_seen != rt.bus().stats().published {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(left, notices.next())
+            .await
+            .expect("notices within 5 s that add up to every publish")
+            .expect("a notice");
+        notices_seen += 1;
+        match event.body() {
+            aether::bus::EventBody::System(system) => match &system.event {
+                SystemEvent::EventsPublished {
+                    interval,
+                    published: p,
+                    delivered: d,
+                    forwarded,
+                    ..
+                } => {
+                    assert_eq!(*interval, Duration::from_millis(50));
+                    assert_eq!(*forwarded, 0, "a local bus forwards nothing");
+                    assert!(*p > 0, "no notice for an interval without publishes");
+                    published += p;
+                    delivered += d;
+                }
+                other => panic!("expected EventsPublished, got {other:?}"),
+            },
+            other => panic!("expected a system event, got {other:?}"),
+        }
+    }
+    assert_eq!(delivered, 3, "the three actor events reached `events`");
+    assert_eq!(drain(&mut events).len(), 3);
+    rt.shutdown().await.unwrap();
+
+    // Off by default.
+    assert_eq!(aether::bus::BusConfig::default().publish_notices, None);
+    assert_eq!(aether::RuntimeConfig::default().bus_publish_notices(), None);
+}

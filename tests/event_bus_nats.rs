@@ -510,3 +510,52 @@ async fn cluster_events_are_system_events_on_the_bus() {
     two.shutdown().await.unwrap();
     one.shutdown().await.unwrap();
 }
+
+/// Publication notices travel like any system event: a subscriber on node B sees node A's
+/// `EventsPublished`, with the events A forwarded over NATS counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_notices_reach_other_nodes() {
+    use futures_util::StreamExt;
+    let server = NatsServer::start();
+    let a = Runtime::builder()
+        .namespace("notices")
+        .register::<Counter>()
+        .jetstream(server.url())
+        .bus_publish_notices(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let b = js_runtime(&server.url(), "notices").await;
+    let mut on_b = b
+        .bus()
+        .subscribe("notices.system.EventsPublished", Filter::all())
+        .await
+        .unwrap();
+    a.actor::<Counter>("n")
+        .unwrap()
+        .ask(CounterCmd::Add(1))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let forwarded = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = tokio::time::timeout(left, on_b.next())
+            .await
+            .expect("a notice from node A within 10 s")
+            .expect("a notice");
+        match event.body() {
+            EventBody::System(SystemEnvelope {
+                origin,
+                event: SystemEvent::EventsPublished { forwarded, .. },
+                ..
+            }) if origin == a.bus().origin() && *forwarded > 0 => break *forwarded,
+            _ => continue,
+        }
+    };
+    assert!(
+        forwarded >= 2,
+        "the actor event and its EventStored went over NATS"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -21,6 +21,7 @@
 //! | [`effect_retry_max`](RuntimeConfig::effect_retry_max) | 10 s (from 100 ms, doubling) | `AETHER_EFFECT_RETRY_MAX_MS` |
 //! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
 //! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
+//! | [`bus_publish_notices`](RuntimeConfig::bus_publish_notices) | off | `AETHER_BUS_PUBLISH_NOTICES_MS` (0 = off) |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Every value is checked when the runtime starts ([`RuntimeConfig::validate`]): a zero
@@ -114,6 +115,8 @@ pub struct RuntimeConfig {
     pub(crate) bus_buffer: usize,
     /// Events queued for NATS (distributed bus) before new ones are dropped.
     pub(crate) bus_outbound_buffer: usize,
+    /// Publish an `EventsPublished` notice per namespace this often; `None`: no notices.
+    pub(crate) bus_publish_notices: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -133,6 +136,7 @@ impl Default for RuntimeConfig {
             effect_retry_max: defaults::EFFECT_RETRY_MAX,
             bus_buffer: defaults::BUS_BUFFER,
             bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
+            bus_publish_notices: None,
         }
     }
 }
@@ -216,6 +220,11 @@ impl RuntimeConfig {
     pub fn bus_outbound_buffer(&self) -> usize {
         self.bus_outbound_buffer
     }
+
+    /// Publish an `EventsPublished` notice per namespace this often; `None`: no notices.
+    pub fn bus_publish_notices(&self) -> Option<Duration> {
+        self.bus_publish_notices
+    }
 }
 
 /// An environment variable held a value that does not parse.
@@ -297,6 +306,9 @@ impl RuntimeConfig {
         if let Some(v) = num(&lookup, "AETHER_BUS_OUTBOUND_BUFFER")? {
             self.bus_outbound_buffer = v;
         }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_BUS_PUBLISH_NOTICES_MS")? {
+            self.bus_publish_notices = (v > 0).then(|| ms(v));
+        }
         Ok(self)
     }
 
@@ -342,6 +354,9 @@ impl RuntimeConfig {
         }
         at_least_one("bus_buffer", self.bus_buffer)?;
         at_least_one("bus_outbound_buffer", self.bus_outbound_buffer)?;
+        if let Some(every) = self.bus_publish_notices {
+            duration("bus_publish_notices", every)?;
+        }
         Ok(())
     }
 }
@@ -478,13 +493,21 @@ mod tests {
         }
         let never = RuntimeConfig {
             idle_passivation: None,
-            dedup_window: 0,
             ..RuntimeConfig::default()
         };
         assert_eq!(
             never.validate(),
             Ok(()),
-            "None and a zero window are meaningful"
+            "no idle passivation is meaningful"
+        );
+        let no_dedup = RuntimeConfig {
+            dedup_window: 0,
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(
+            no_dedup.validate().map_err(|e| e.field),
+            Err("dedup_window"),
+            "retries and resends rely on deduplication"
         );
     }
 }

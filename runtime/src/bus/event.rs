@@ -133,6 +133,22 @@ pub enum SystemEvent {
         /// The old owner did not release in time and the shard was taken anyway.
         forced: bool,
     },
+    /// What this bus published in the last interval for the namespace: opt in with
+    /// `Runtime::builder().bus_publish_notices(every)` (or [`BusConfig::publish_notices`](super::BusConfig::publish_notices)).
+    /// One notice per interval aggregates every publish (actor and system events, not the
+    /// notices themselves), so following publications costs one counter update per event.
+    EventsPublished {
+        /// The interval the counts cover.
+        interval: Duration,
+        /// Events published.
+        published: u64,
+        /// Deliveries to local subscribers.
+        delivered: u64,
+        /// Deliveries dropped because a local subscriber's buffer was full.
+        dropped: u64,
+        /// Events queued for other nodes over NATS.
+        forwarded: u64,
+    },
     /// A node stopped the activations of shards it lost and released them.
     ShardsReleased {
         /// The shards.
@@ -163,6 +179,7 @@ impl SystemEvent {
             SystemEvent::ShardAssigned { .. } => "ShardAssigned",
             SystemEvent::ShardMigrated { .. } => "ShardMigrated",
             SystemEvent::ShardsReleased { .. } => "ShardsReleased",
+            SystemEvent::EventsPublished { .. } => "EventsPublished",
         }
     }
 

@@ -71,8 +71,14 @@
 //! per commit, [`VersionConflict`](SystemEvent::VersionConflict),
 //! [`SnapshotCreated`](SystemEvent::SnapshotCreated),
 //! [`SubscriptionCreated`](SystemEvent::SubscriptionCreated), and on cluster nodes the cluster's
-//! events (`NodeJoined`, `LeaderElected`, `ShardAssigned`, ...). Publishing an event is observable
-//! through [`Bus::stats`] and a `trace`-level `EventPublished` record on target `aether::bus`.
+//! events (`NodeJoined`, `LeaderElected`, `ShardAssigned`, ...). Publishing itself is observable
+//! three ways: [`Bus::stats`] (counters), a `trace`-level `EventPublished` record on target
+//! `aether::bus` per event, and — opt in with [`BusConfig::publish_notices`] or
+//! `Runtime::builder().bus_publish_notices(every)` — an
+//! [`EventsPublished`](SystemEvent::EventsPublished) system event per namespace and interval,
+//! which subscribers filter on like any other (`<ns>.system.EventsPublished`), locally and
+//! across nodes. A notice aggregates an interval rather than echoing each publish, so turning
+//! it on costs one counter update per event, not a second publish.
 
 pub mod durable;
 mod errors;
@@ -83,8 +89,10 @@ mod nats;
 pub mod pattern;
 pub mod projection;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 pub use durable::{DurableSubscription, Offset, StoredEvent};
 pub use errors::{DurableError, ProjectionError, PublishError, SubscribeError};
@@ -111,6 +119,10 @@ pub struct BusConfig {
     /// How this bus names itself in system events and echo suppression; a random id when
     /// `None`. Cluster nodes use their node id.
     pub origin: Option<String>,
+    /// Publish [`SystemEvent::EventsPublished`] on `<ns>.system.EventsPublished` every this
+    /// often, for each namespace that published something (needs a tokio runtime when the bus
+    /// is made); `None` (the default): no notices.
+    pub publish_notices: Option<Duration>,
 }
 
 impl Default for BusConfig {
@@ -119,6 +131,7 @@ impl Default for BusConfig {
             buffer: crate::config::defaults::BUS_BUFFER,
             outbound_buffer: crate::config::defaults::BUS_OUTBOUND_BUFFER,
             origin: None,
+            publish_notices: None,
         }
     }
 }
@@ -192,6 +205,17 @@ struct Inner {
     registry: Arc<Subscriptions>,
     counters: Arc<Counters>,
     nats: Option<nats::NatsSide>,
+    /// Per namespace, what was published since the last notice (only with notices on).
+    notices: Option<parking_lot::Mutex<HashMap<Namespace, Published>>>,
+}
+
+/// What one namespace published in the current notice interval.
+#[derive(Default)]
+struct Published {
+    published: u64,
+    delivered: u64,
+    dropped: u64,
+    forwarded: u64,
 }
 
 /// The event bus of one or more runtimes. Cheap to clone; clones share everything.
@@ -271,15 +295,21 @@ impl Bus {
         let origin = config.origin.clone().unwrap_or_else(random_origin);
         let counters = Arc::new(Counters::default());
         let nats = nats(&origin, &config, &counters);
-        Bus {
+        let every = config.publish_notices;
+        let bus = Bus {
             inner: Arc::new(Inner {
                 origin,
                 config,
                 registry: Arc::new(Subscriptions::default()),
                 counters,
                 nats,
+                notices: every.map(|_| parking_lot::Mutex::new(HashMap::new())),
             }),
+        };
+        if let (Some(every), Ok(handle)) = (every, tokio::runtime::Handle::try_current()) {
+            handle.spawn(notify(Arc::downgrade(&bus.inner), every));
         }
+        bus
     }
 
     /// How this bus names itself (`Aether-Bus-Origin`, system events' `origin`).
@@ -366,6 +396,22 @@ impl Bus {
             Some(nats) => nats.enqueue(&event),
             None => false,
         };
+        if let Some(notices) = &inner.notices
+            && !matches!(
+                event.body(),
+                EventBody::System(SystemEnvelope {
+                    event: SystemEvent::EventsPublished { .. },
+                    ..
+                })
+            )
+        {
+            let mut notices = notices.lock();
+            let counts = notices.entry(event.namespace().clone()).or_default();
+            counts.published += 1;
+            counts.delivered += fanout.delivered as u64;
+            counts.dropped += fanout.dropped as u64;
+            counts.forwarded += u64::from(forwarded);
+        }
         tracing::trace!(
             target: "aether::bus",
             event = "EventPublished",
@@ -578,5 +624,34 @@ impl std::fmt::Debug for Bus {
             .field("origin", &self.inner.origin)
             .field("distributed", &self.is_distributed())
             .finish()
+    }
+}
+
+/// Publishes an `EventsPublished` notice every `every` for each namespace that published
+/// something, until the bus is gone.
+async fn notify(bus: std::sync::Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = bus.upgrade() else { return };
+        let window = match &inner.notices {
+            Some(notices) => std::mem::take(&mut *notices.lock()),
+            None => return,
+        };
+        let bus = Bus { inner };
+        for (namespace, counts) in window {
+            bus.publish_system(
+                &namespace,
+                SystemEvent::EventsPublished {
+                    interval: every,
+                    published: counts.published,
+                    delivered: counts.delivered,
+                    dropped: counts.dropped,
+                    forwarded: counts.forwarded,
+                },
+            );
+        }
     }
 }

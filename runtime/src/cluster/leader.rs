@@ -78,16 +78,6 @@ impl Inner {
                 },
                 _ = stop.changed() => return,
             };
-            // A lease that ran out here before a renewal came back (a cut link, a paused
-            // process: the renewal hangs, no error returns) is lost: say so now, not when a
-            // late answer arrives. The node may take the lead again later, by election.
-            let expired = *self.lease.lock();
-            if let Some(lease) = expired
-                && self.acting_term().is_none()
-            {
-                tracing::warn!(term = lease.term, "leader lease ran out before a renewal");
-                self.lose(lease.term);
-            }
             let leader = self.lease.lock().is_some();
             // Each round is bounded by a third of a lease: while the lease bucket's raft group
             // re-elects, a request waits for nothing, and the next round (on a group that
@@ -114,6 +104,13 @@ impl Inner {
         if record.term == 0 || record.node == self.config.node_id {
             // A lease being recorded (term follows in the next put), or our own renewal.
             return;
+        }
+        // Another node holds the lease under a newer term: whatever this node thought, it
+        // lost the lead (its renewals hung, e.g. on a cut link, and will fail when they land).
+        if let Some(ours) = self.lease.lock().map(|l| l.term)
+            && record.term > ours
+        {
+            self.lose(ours);
         }
         let info = LeaderInfo {
             node: record.node,

@@ -215,6 +215,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Publishes, every `every`, an `EventsPublished` notice on `<ns>.system.EventsPublished`
+    /// with what the bus published meanwhile (events, local deliveries and drops, events
+    /// queued for other nodes). Off by default.
+    pub fn bus_publish_notices(mut self, every: Duration) -> Self {
+        self.config.bus_publish_notices = Some(every);
+        self
+    }
+
     /// Keeps the embedded store under `base/<namespace>` instead of `./aether-data/<namespace>`.
     /// Only for the embedded store: with another store, [`start`](Self::start) refuses it.
     pub fn data_dir(mut self, base: impl Into<PathBuf>) -> Self {

@@ -490,6 +490,7 @@ fn bus_of(
         buffer: config.bus_buffer,
         outbound_buffer: config.bus_outbound_buffer,
         origin: cluster.map(|c| c.node_id().to_owned()),
+        publish_notices: config.bus_publish_notices,
     };
     match nats {
         Some(client) => Bus::with_nats(client, bus_config),
