@@ -186,15 +186,78 @@ impl Load {
         n as f64 / to.duration_since(from).as_secs_f64()
     }
 
-    /// The rates of the whole seconds from `from` to `to`.
-    fn per_second(&self, from: Instant, to: Instant) -> Vec<f64> {
+    /// The rates of the whole seconds from `from` to `to`, each scaled to the CPU the
+    /// machine actually had in that second (see [`Steal`]).
+    fn per_second(&self, from: Instant, to: Instant, steal: &Steal) -> Vec<f64> {
         let seconds = to.duration_since(from).as_secs();
         (0..seconds)
             .map(|s| {
                 let start = from + Duration::from_secs(s);
-                self.rate(start, start + Duration::from_secs(1))
+                let end = start + Duration::from_secs(1);
+                self.rate(start, end) / steal.available(start, end)
             })
             .collect()
+    }
+}
+
+/// The share of CPU time the hypervisor gave this virtual machine, sampled from
+/// `/proc/stat` every 100 ms: on a shared host, another tenant can take a third of the CPU
+/// for seconds ("steal"), which would halve any throughput measured meanwhile. Rates compared
+/// across windows are divided by the share available in their second, so the comparison is of
+/// the cluster, not of the neighbours. (Without `/proc/stat`, the share is 1.)
+struct Steal {
+    samples: Arc<Mutex<Vec<(Instant, u64, u64)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Steal {
+    fn start() -> Steal {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (into, until) = (Arc::clone(&samples), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !until.load(Ordering::Relaxed) {
+                if let Some((total, stolen)) = Steal::read() {
+                    into.lock().push((Instant::now(), total, stolen));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Steal { samples, stop }
+    }
+
+    /// Total and stolen jiffies of all CPUs.
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        let stolen = *fields.get(7)?;
+        Some((fields.iter().take(8).sum(), stolen))
+    }
+
+    /// The share of CPU time not stolen between `from` and `to` (at least 0.2).
+    fn available(&self, from: Instant, to: Instant) -> f64 {
+        let samples = self.samples.lock();
+        let first = samples.iter().rfind(|(t, _, _)| *t <= from);
+        let last = samples.iter().find(|(t, _, _)| *t >= to);
+        match (first, last) {
+            (Some(&(_, t0, s0)), Some(&(_, t1, s1))) if t1 > t0 => {
+                (1.0 - (s1 - s0) as f64 / (t1 - t0) as f64).max(0.2)
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+impl Drop for Steal {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -310,6 +373,7 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(Arc::clone(&load).worker(w as u64 + 1)))
         .collect();
+    let steal = Steal::start();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
 
@@ -424,8 +488,9 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     let before_seconds = load.per_second(
         started + Duration::from_secs(1),
         started + Duration::from_secs(5),
+        &steal,
     );
-    let during_seconds = load.per_second(window_start, healed_at);
+    let during_seconds = load.per_second(window_start, healed_at, &steal);
     let (before, during) = (median(&before_seconds), median(&during_seconds));
     let show = |rates: &[f64]| {
         rates
@@ -435,12 +500,20 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
             .join(" ")
     };
     println!(
-        "throughput (median of seconds) before the cut {before:.0}/s, during it {during:.0}/s \
+        "throughput per available CPU (median of seconds) before the cut {before:.0}/s, during it {during:.0}/s \
          ({:.2}); per second before: {}; during: {}; all seconds after the cut: {}",
         during / before,
         show(&before_seconds),
         show(&during_seconds),
-        show(&load.per_second(cut_at, healed_at)),
+        show(&load.per_second(cut_at, healed_at, &steal)),
+    );
+    println!(
+        "CPU stolen by the host: {:.0} % before the cut, {:.0} % during it",
+        (1.0 - steal.available(
+            started + Duration::from_secs(1),
+            started + Duration::from_secs(5)
+        )) * 100.0,
+        (1.0 - steal.available(window_start, healed_at)) * 100.0
     );
     // Every balance is exactly its acknowledged deposits (read through the survivors).
     load.stop.store(false, Ordering::Relaxed);
