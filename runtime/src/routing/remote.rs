@@ -92,7 +92,7 @@ impl Transport {
 
     /// The largest payload the server accepts (`max_payload` of its INFO).
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        self.client.max_payload()
     }
 
     fn fits(&self, payload: &[u8]) -> Result<(), SendError> {
