@@ -48,7 +48,16 @@ async fn secured_cluster_serves_and_fails_over(ns: &str, server: &NatsServer, se
         .iter()
         .map(|id| {
             tokio::task::block_in_place(|| {
-                NodeProcess::spawn_logged(&url, ns, id, FAST, &env_of(&secured.env), &log_of(id))
+                let mut node = NodeProcess::start_logged(
+                    &url,
+                    ns,
+                    id,
+                    FAST,
+                    &env_of(&secured.env),
+                    &log_of(id),
+                );
+                node.wait_ready();
+                node
             })
         })
         .collect();
@@ -881,4 +890,50 @@ async fn tenants_in_two_accounts_cannot_reach_each_other() {
     assert!(server.log().contains("Violation"), "no violation logged");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// The hard case after a clean start: the secured server restarts under a running node. The
+/// node reconnects with the same credentials by itself and serves the state it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reconnects_with_its_credentials_after_a_server_restart() {
+    use aether::{AskOptions, ClusterConfig, CommandId, Runtime};
+    use common::{Counter, CounterCmd, poll_until};
+
+    let password = "pw-restart-secret";
+    let mut server = NatsServer::start_with_config(&format!(
+        "authorization {{ user: aether, password: \"{password}\" }}"
+    ));
+    let rt = Runtime::join_cluster(
+        ClusterConfig::new(
+            NatsConfig::new(server.url()).user_password("aether", password),
+            "restart",
+        )
+        .node_id("node-1"),
+        Runtime::builder().register::<Counter>(),
+    )
+    .await
+    .expect("joins with the password");
+    let counter = rt.actor::<Counter>("c").unwrap();
+    assert_eq!(counter.ask(CounterCmd::Add(2)).await.unwrap(), 2);
+    tokio::task::block_in_place(|| server.restart());
+    // Served again, from the stored state, once the node is back on the restarted server.
+    // A write (a resident actor answers reads from memory): retried with one command id, as
+    // a user retries, so the attempts made while the node reconnects apply it at most once.
+    let id = CommandId::random();
+    poll_until(Duration::from_secs(30), "a write after the restart", || {
+        let counter = counter.clone();
+        async move {
+            counter
+                .ask_with(CounterCmd::Add(1), AskOptions::default().command_id(id))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert_eq!(
+        counter.ask(CounterCmd::Get).await.unwrap(),
+        3,
+        "applied once"
+    );
+    rt.shutdown().await.unwrap();
 }

@@ -74,23 +74,16 @@ pub fn report_paired(f: Figure<'_>, ours: &[f64], baseline: &[f64]) {
     report_ratio(f, median(ratios));
 }
 
-/// Prints an absolute figure against an absolute target (the seeds state their figures so)
-/// and appends it to `target/bench-results.jsonl`.
-pub fn report_value(id: &str, measure: &str, value: f64, unit: &str, target: (&str, f64)) {
-    let met = match target.0 {
+/// Whether `value` meets `target` (`(">=", x)` or `("<=", x)`).
+fn meets(value: f64, target: (&str, f64)) -> bool {
+    match target.0 {
         ">=" => value >= target.1,
         _ => value <= target.1,
-    };
-    println!(
-        "{id:<4} {measure:<84} {value:>9.3} {unit:<3} (target {} {}) {}",
-        target.0,
-        target.1,
-        if met { "MET" } else { "NOT MET" },
-    );
-    let line = format!(
-        "{{\"id\":\"{id}\",\"measure\":\"{measure}\",\"value\":{value:.4},\"unit\":\"{unit}\",\"target\":\"{} {}\",\"met\":{met}}}\n",
-        target.0, target.1
-    );
+    }
+}
+
+/// Appends one JSON line to `target/bench-results.jsonl`.
+fn append_result(line: &str) {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
@@ -101,11 +94,25 @@ pub fn report_value(id: &str, measure: &str, value: f64, unit: &str, target: (&s
     }
 }
 
+/// Prints an absolute figure against an absolute target (the seeds state their figures so)
+/// and appends it to `target/bench-results.jsonl`.
+pub fn report_value(id: &str, measure: &str, value: f64, unit: &str, target: (&str, f64)) {
+    let met = meets(value, target);
+    println!(
+        "{id:<4} {measure:<84} {value:>9.3} {unit:<3} (target {} {}) {}",
+        target.0,
+        target.1,
+        if met { "MET" } else { "NOT MET" },
+    );
+    let line = format!(
+        "{{\"id\":\"{id}\",\"measure\":\"{measure}\",\"value\":{value:.4},\"unit\":\"{unit}\",\"target\":\"{} {}\",\"met\":{met}}}\n",
+        target.0, target.1
+    );
+    append_result(&line);
+}
+
 fn report_ratio(f: Figure<'_>, ratio: f64) {
-    let met = match f.target.0 {
-        ">=" => ratio >= f.target.1,
-        _ => ratio <= f.target.1,
-    };
+    let met = meets(ratio, f.target);
     println!(
         "{:<4} {:<58} ours {:>12.1} {unit:<8} baseline {:>12.1} {unit:<8} ratio {:>6.3} (target {} {}) {}",
         f.id,
@@ -122,14 +129,7 @@ fn report_ratio(f: Figure<'_>, ratio: f64) {
         "{{\"id\":\"{}\",\"measure\":\"{}\",\"ours\":{:.3},\"baseline\":{:.3},\"unit\":\"{}\",\"ratio\":{:.4},\"target\":\"{} {}\",\"met\":{}}}\n",
         f.id, f.measure, f.ours, f.baseline, f.unit, ratio, f.target.0, f.target.1, met
     );
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(format!("{dir}/bench-results.jsonl"))
-    {
-        let _ = file.write_all(line.as_bytes());
-    }
+    append_result(&line);
 }
 
 // ---------------------------------------------------------------------------------------------

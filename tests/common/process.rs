@@ -78,22 +78,8 @@ impl NodeProcess {
         );
     }
 
-    /// Like [`NodeProcess::spawn_with`], logging at debug level into the file `log`.
-    #[allow(dead_code)] // used by some test binaries only
-    pub fn spawn_logged(
-        urls: &str,
-        namespace: &str,
-        id: &str,
-        timing: Timing,
-        env: &[(String, String)],
-        log: &Path,
-    ) -> NodeProcess {
-        let mut node = NodeProcess::start_logged(urls, namespace, id, timing, env, log);
-        node.wait_ready();
-        node
-    }
-
-    /// Starts a node that logs at debug level into the file `log`, without waiting for it.
+    /// Starts a node that logs at debug level into the file `log`, without waiting for it
+    /// (then [`NodeProcess::wait_ready`]).
     #[allow(dead_code)] // used by some test binaries only
     pub fn start_logged(
         urls: &str,
