@@ -479,7 +479,8 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     // the raft groups the frozen server led (nats-server waits 4-9 s before it does: no client
     // can write to those groups meanwhile), whichever is later — to the heal.
     let settled = jetstream_back.unwrap_or(cut_at).max(cut_at);
-    let window_start = settled + FAST_FAILURE + Duration::from_secs(1);
+    // Plus the load's request timeout: workers that sent to the cut-off node wait it out.
+    let window_start = settled + FAST_FAILURE + REQUEST_TIMEOUT + Duration::from_secs(1);
     assert!(
         window_start + Duration::from_secs(5) <= healed_at,
         "JetStream took {:?} to re-elect: too little of the cut is left to measure",
