@@ -22,6 +22,8 @@
 //! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
 //! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | [`bus_publish_notices`](RuntimeConfig::bus_publish_notices) | off | `AETHER_BUS_PUBLISH_NOTICES_MS` (0 = off) |
+//! | [`metrics_addr`](RuntimeConfig::metrics_addr) | none | `AETHER_METRICS_ADDR` (e.g. `127.0.0.1:9464`) |
+//! | [`metrics`](RuntimeConfig::metrics) | off (on with an address) | `AETHER_METRICS` (0/1) |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Every value is checked when the runtime starts ([`RuntimeConfig::validate`]): a zero
@@ -117,6 +119,10 @@ pub struct RuntimeConfig {
     pub(crate) bus_outbound_buffer: usize,
     /// Publish an `EventsPublished` notice per namespace this often; `None`: no notices.
     pub(crate) bus_publish_notices: Option<Duration>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; `None`: no endpoint.
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// Record metrics into the process's `metrics` recorder (implied by `metrics_addr`).
+    pub(crate) metrics: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -137,6 +143,8 @@ impl Default for RuntimeConfig {
             bus_buffer: defaults::BUS_BUFFER,
             bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
             bus_publish_notices: None,
+            metrics_addr: None,
+            metrics: false,
         }
     }
 }
@@ -225,6 +233,17 @@ impl RuntimeConfig {
     pub fn bus_publish_notices(&self) -> Option<Duration> {
         self.bus_publish_notices
     }
+
+    /// The address of the Prometheus endpoint, if one is served (as configured: with port 0,
+    /// `Runtime::metrics_addr` tells the port chosen).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether metrics are recorded (see the `metrics` module).
+    pub fn metrics(&self) -> bool {
+        self.metrics || self.metrics_addr.is_some()
+    }
 }
 
 /// An environment variable held a value that does not parse.
@@ -308,6 +327,19 @@ impl RuntimeConfig {
         }
         if let Some(v) = num::<u64>(&lookup, "AETHER_BUS_PUBLISH_NOTICES_MS")? {
             self.bus_publish_notices = (v > 0).then(|| ms(v));
+        }
+        if let Some(value) = lookup("AETHER_METRICS_ADDR") {
+            let value = value.trim().to_owned();
+            if !value.is_empty() {
+                self.metrics_addr = Some(value.parse().map_err(|_| ConfigError {
+                    name: "AETHER_METRICS_ADDR",
+                    value,
+                    expected: "socket address (such as 127.0.0.1:9464)",
+                })?);
+            }
+        }
+        if let Some(v) = num::<u8>(&lookup, "AETHER_METRICS")? {
+            self.metrics = v != 0;
         }
         Ok(self)
     }

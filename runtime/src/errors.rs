@@ -389,6 +389,15 @@ pub enum StartError {
     /// The node (or cluster client) could not reach or join its cluster.
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The metrics endpoint could not be served: its address is taken or not local to this
+    /// machine, or another `metrics` recorder was installed in this process first.
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

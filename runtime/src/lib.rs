@@ -15,6 +15,7 @@
 //! | [`names`] | namespaces, kinds, actor ids and their encoding |
 //! | [`config`] | every timeout and bound, with defaults |
 //! | [`errors`] | errors of ask, tell and start |
+//! | `metrics` | what a node measures: the facade's handles and the Prometheus endpoint (`docs/metrics.md`) |
 //! | [`runtime`](mod@runtime) | [`Runtime`] and its builder |
 //!
 //! # The path of a command
@@ -53,6 +54,7 @@ test_util! {
     pub mod decoders;
 }
 pub mod errors;
+pub(crate) mod metrics;
 pub mod names;
 pub mod routing;
 pub mod runtime;

@@ -17,8 +17,10 @@ use super::contract::{Behavior, Command};
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, CallError};
+use crate::metrics::Path;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
-use crate::wire::{CodecError, CommandId};
+use crate::wire::{CodecError, CommandId, SpanId, TraceId, span_id};
+use tracing::Instrument;
 
 /// A handle to the actor `A` with a given id: namespace, kind and id, nothing node-specific.
 ///
@@ -217,16 +219,61 @@ pub(crate) async fn ask_on<A: Behavior>(
     env: Box<Envelope<A>>,
 ) -> Result<A::Reply, AskError<A::Error>> {
     check_target::<A>(host, key)?;
+    let span = tracing::debug_span!(
+        "ask",
+        trace_id = %TraceId(env.meta.correlation_id.as_u128()),
+        span_id = %SpanId(span_id(env.meta.command_id)),
+        parent_span_id = env.meta.causation_id.map(|c| tracing::field::display(SpanId(span_id(c)))),
+        namespace = %key.namespace,
+        kind = A::KIND,
+        id = %key.id,
+        node = %host.node,
+        path = tracing::field::Empty,
+        shard = tracing::field::Empty,
+    );
+    match host.meters(A::KIND) {
+        None => {
+            route::<A>(host, key, env, &span)
+                .instrument(span.clone())
+                .await
+                .0
+        }
+        Some(meters) => {
+            let started = tokio::time::Instant::now();
+            let (result, path) = route::<A>(host, key, env, &span)
+                .instrument(span.clone())
+                .await;
+            meters.ask(path, started, &result);
+            result
+        }
+    }
+}
+
+/// Delivers an ask to the local activation, or to the shard's owner over NATS; says which.
+async fn route<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    env: Box<Envelope<A>>,
+    span: &tracing::Span,
+) -> (Result<A::Reply, AskError<A::Error>>, Path) {
     let (shard, env) = match host.remote_shard(A::KIND, &key.id) {
         Some(shard) => (shard, env),
         None => match ask_local::<A>(host, key, env).await {
-            LocalAsk::Answered(result) => return result,
+            LocalAsk::Answered(result) => {
+                span.record("path", "local");
+                return (result, Path::Local);
+            }
             // The shard moved away between the routing decision and delivery: follow it.
             LocalAsk::NotOwner { shard, env } => (shard, env),
         },
     };
+    span.record("path", "remote");
+    span.record("shard", shard);
     let Envelope { cmd, meta, .. } = *env;
-    super::remote::ask::<A>(host, key, shard, cmd, meta).await
+    (
+        super::remote::ask::<A>(host, key, shard, cmd, meta).await,
+        Path::Remote,
+    )
 }
 
 /// The outcome of a local ask.

@@ -276,7 +276,11 @@ async fn deliver_remote(
         }
     };
     let subject = actor_subject(&target.namespace, shard, target.kind.as_str(), &target.id);
-    match transport.request(subject, frame, meta.deadline).await {
+    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id);
+    match transport
+        .request(subject, frame, Some(trace), meta.deadline)
+        .await
+    {
         Ok(RemoteReply::Ok { reply }) => {
             codec::decode("settlement", &reply).unwrap_or_else(|e| Settle::Failed {
                 reason: e.to_string(),

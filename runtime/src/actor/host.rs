@@ -76,6 +76,10 @@ pub(crate) struct Host {
     root: OnceLock<ActorCell>,
     /// Kits of activations whose actor died, until the root restarts them.
     orphans: Mutex<Orphans>,
+    /// This node's name in metrics and spans: the cluster node id, `local` or `client`.
+    pub node: String,
+    /// The metric handles, when metrics are on (see [`crate::metrics`]).
+    meters: Option<crate::metrics::Meters>,
 }
 
 /// Kits of dead activations by their ractor actor, until the root actor hears of the failure.
@@ -106,6 +110,8 @@ pub(crate) struct Stats {
     pub effects_settled: AtomicU64,
     pub effects_retries: AtomicU64,
     pub deadlocks_refused: AtomicU64,
+    /// Activations loading from the store now (a gauge).
+    pub activating: AtomicU64,
 }
 
 impl Stats {
@@ -182,6 +188,8 @@ impl Host {
         transport: Option<Arc<crate::routing::Transport>>,
         bus: crate::bus::Bus,
         tokio: tokio::runtime::Handle,
+        node: String,
+        meters: Option<crate::metrics::Meters>,
     ) -> Arc<Host> {
         let shards = if config.max_resident >= SHARDED_FROM {
             RESIDENT_SHARDS
@@ -209,6 +217,8 @@ impl Host {
             clock_ms: AtomicU64::new(0),
             root: OnceLock::new(),
             orphans: Mutex::new(Orphans::default()),
+            node,
+            meters,
         });
         let mut hosts = HOSTS.lock();
         hosts.retain(|h| h.strong_count() > 0);
@@ -638,6 +648,68 @@ impl Host {
             })
             .collect();
         cells.iter().map(|c| c.outbox.lock().due_count(now)).sum()
+    }
+
+    /// Pending durable effects and reminders in the outboxes of resident actors.
+    pub fn outbox_backlog(&self) -> (usize, usize) {
+        let cells: Vec<Arc<super::delivery::OutboxCell>> = self
+            .registry
+            .iter()
+            .flat_map(|r| {
+                r.lock()
+                    .resident
+                    .iter()
+                    .map(|(_, e)| Arc::clone(&e.outbox))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        cells.iter().fold((0, 0), |(effects, reminders), c| {
+            let (e, r) = c.outbox.lock().backlog();
+            (effects + e, reminders + r)
+        })
+    }
+
+    /// Every metric handle, when metrics are on.
+    pub fn all_meters(&self) -> Option<&crate::metrics::Meters> {
+        self.meters.as_ref()
+    }
+
+    /// The metric handles of `kind`, when metrics are on.
+    pub fn meters(&self, kind: &'static str) -> Option<&crate::metrics::KindMeters> {
+        self.meters.as_ref()?.kind(kind)
+    }
+
+    /// Activations loading from the store now.
+    pub fn activating(&self) -> u64 {
+        self.stats.activating.load(Ordering::Relaxed)
+    }
+
+    /// The counters, as `Runtime::stats` shows them.
+    pub fn stats_snapshot(&self) -> crate::runtime::RuntimeStats {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::runtime::RuntimeStats {
+            activations: get(&s.activations),
+            activation_failures: get(&s.activation_failures),
+            passivations: get(&s.passivations),
+            replayed_events: get(&s.replayed_events),
+            commits: get(&s.commits),
+            conflicts: get(&s.conflicts),
+            deduplicated: get(&s.deduplicated),
+            snapshots_saved: get(&s.snapshots_saved),
+            snapshot_fallbacks: get(&s.snapshot_fallbacks),
+            handler_panics: get(&s.handler_panics),
+            abandoned: get(&s.abandoned),
+            resident: self.resident() as u64,
+            remote_retries: self.transport.as_ref().map_or(0, |t| t.retries()),
+            remote_resends: self.transport.as_ref().map_or(0, |t| t.resends()),
+            effects_applied: get(&s.effects_applied),
+            effects_rejected: get(&s.effects_rejected),
+            effects_duplicates: get(&s.effects_duplicates),
+            effects_settled: get(&s.effects_settled),
+            effects_retries: get(&s.effects_retries),
+            deadlocks_refused: get(&s.deadlocks_refused),
+        }
     }
 
     /// Number of resident actors.

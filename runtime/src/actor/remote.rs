@@ -26,7 +26,11 @@ use super::inbox::{CallMeta, Envelope, Msg};
 use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
-use crate::wire::{BASE_FRAME_FORMAT, Control, RemoteReply, RemoteRequest, Settle, codec};
+use crate::wire::{
+    BASE_FRAME_FORMAT, Control, RemoteReply, RemoteRequest, Settle, SpanId, TraceId, TraceParent,
+    codec,
+};
+use tracing::Instrument;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -73,7 +77,11 @@ pub(crate) async fn ask<A: Behavior>(
     };
     let frame = request::<A>(key, &cmd, &meta, true)?;
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
-    match transport.request(subject, frame, meta.deadline).await {
+    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id);
+    match transport
+        .request(subject, frame, Some(trace), meta.deadline)
+        .await
+    {
         Ok(RemoteReply::Ok { reply }) => {
             Ok(with_decode_host(host, || codec::decode("reply", &reply))?)
         }
@@ -368,8 +376,26 @@ impl HostDispatch {
 }
 
 impl Dispatch for HostDispatch {
-    fn handle(&self, shard: u32, payload: Bytes) -> BoxFuture<Option<Vec<u8>>> {
+    fn handle(
+        &self,
+        shard: u32,
+        payload: Bytes,
+        trace: Option<TraceParent>,
+    ) -> BoxFuture<Option<Vec<u8>>> {
         let host = self.0.upgrade();
+        let span = tracing::debug_span!(
+            "serve",
+            trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
+            parent_span_id = trace.map(|t| tracing::field::display(SpanId(t.span_id))),
+            node = host
+                .as_ref()
+                .map(|h| tracing::field::display(h.node.clone())),
+            shard,
+            kind = tracing::field::Empty,
+            id = tracing::field::Empty,
+            command_id = tracing::field::Empty,
+        );
+        let recorder = span.clone();
         Box::pin(async move {
             let Some(host) = host else {
                 return Some(RemoteReply::Err(node_stopping()).encode());
@@ -405,6 +431,16 @@ impl Dispatch for HostDispatch {
                 .map(|k| Arc::clone(&k.remote));
             let kind = kind?;
             let command_id = request.command_id;
+            recorder.record("kind", key.kind.as_str());
+            recorder.record("id", tracing::field::display(&key.id));
+            recorder.record("command_id", tracing::field::display(command_id));
+            if trace.is_none() {
+                // A sender that sent no header: the frame's ids say the same.
+                recorder.record(
+                    "trace_id",
+                    tracing::field::display(TraceId(request.correlation_id.as_u128())),
+                );
+            }
             tracing::trace!(shard, %command_id, actor = %key, "inbound command");
             let answer = kind.run(Arc::clone(&host), key, request).await;
             tracing::trace!(shard, %command_id, answered = answer.is_some(), "inbound command done");
@@ -425,7 +461,7 @@ impl Dispatch for HostDispatch {
                 })
                 .encode()
             })
-        })
+        }.instrument(span))
     }
 
     fn drain(&self, shards: Vec<u32>) -> Vec<(u32, ShardDrain)> {

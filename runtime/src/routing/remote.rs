@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use crate::errors::RetrySafety;
 use crate::names::{ActorId, Namespace};
-use crate::wire::RemoteReply;
+use crate::wire::{RemoteReply, TRACEPARENT_HEADER, TraceId, TraceParent};
+use tracing::Instrument;
 
 /// The subject of one actor.
 pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId) -> String {
@@ -124,15 +125,23 @@ impl Transport {
     ///   command id, so an attempt that did run is answered from the actor's stored reply.
     /// - The deadline passes: [`SendError::Unreachable`] if no attempt can have run,
     ///   [`SendError::NoReply`] if one might have.
+    ///
+    /// `trace`, when given, travels as the request's `traceparent` header.
     pub async fn request(
         &self,
         subject: String,
         payload: Vec<u8>,
+        trace: Option<TraceParent>,
         deadline: Instant,
     ) -> Result<RemoteReply, SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.fits(&payload)?;
         let payload = Bytes::from(payload);
+        let headers = trace.map(|t| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(TRACEPARENT_HEADER, t.header().as_str());
+            headers
+        });
         let mut backoff = Duration::from_millis(5);
         let mut attempt_timeout = self.first_attempt;
         let mut last_refusal = String::from("no owner answered");
@@ -157,9 +166,12 @@ impl Transport {
                 });
             }
             let wait = attempt_timeout.min(deadline - now);
-            let request = async_nats::Request::new()
+            let mut request = async_nats::Request::new()
                 .payload(payload.clone())
                 .timeout(Some(wait));
+            if let Some(headers) = &headers {
+                request = request.headers(headers.clone());
+            }
             match self.client.send_request(subject.clone(), request).await {
                 Ok(msg) => match RemoteReply::decode(&msg.payload) {
                     Ok(RemoteReply::NotOwner { shard }) => {
@@ -241,11 +253,13 @@ pub type ShardDrain = Pin<Box<dyn Future<Output = usize> + Send>>;
 
 /// What the actor layer does with inbound frames.
 pub trait Dispatch: Send + Sync + 'static {
-    /// Handles one frame for `shard`; returns the encoded answer (`None` for a tell).
+    /// Handles one frame for `shard`, sent with the trace context `trace` (its `traceparent`
+    /// header); returns the encoded answer (`None` for a tell).
     fn handle(
         &self,
         shard: u32,
         payload: Bytes,
+        trace: Option<TraceParent>,
     ) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
     /// Stops every activation of `shards`, which this node no longer serves: running turns
@@ -409,14 +423,30 @@ async fn serve_shard(
         };
         let Some(msg) = msg else { break };
         let reply_to: Option<Subject> = msg.reply.clone();
-        let handling = dispatch.handle(shard, msg.payload);
+        let trace = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(TRACEPARENT_HEADER))
+            .and_then(|v| TraceParent::parse(v.as_str()));
+        let handling = dispatch.handle(shard, msg.payload, trace);
         let client = client.clone();
         handlers.spawn(async move {
             if let Some(answer) = handling.await
                 && let Some(reply_to) = reply_to
-                && let Err(e) = client.publish(reply_to, Bytes::from(answer)).await
             {
-                tracing::warn!(error = %e, "cannot send a reply");
+                let span = tracing::debug_span!(
+                    "reply",
+                    shard,
+                    bytes = answer.len(),
+                    trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
+                );
+                if let Err(e) = client
+                    .publish(reply_to, Bytes::from(answer))
+                    .instrument(span)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot send a reply");
+                }
             }
         });
         // Reap finished handlers so the set stays as small as the work in flight.

@@ -223,6 +223,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Serves Prometheus metrics on `addr` (`GET /metrics`; port 0 picks a free port, see
+    /// `Runtime::metrics_addr`), and records them. Off by default. See `docs/metrics.md`.
+    pub fn metrics_addr(mut self, addr: impl Into<std::net::SocketAddr>) -> Self {
+        self.config.metrics_addr = Some(addr.into());
+        self
+    }
+
+    /// Records metrics into the `metrics` recorder the application installed (StatsD,
+    /// OpenTelemetry, its own Prometheus exporter). Off by default; implied by
+    /// [`metrics_addr`](Self::metrics_addr).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.config.metrics = on;
+        self
+    }
+
     /// Keeps the embedded store under `base/<namespace>` instead of `./aether-data/<namespace>`.
     /// Only for the embedded store: with another store, [`start`](Self::start) refuses it.
     pub fn data_dir(mut self, base: impl Into<PathBuf>) -> Self {

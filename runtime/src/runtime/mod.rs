@@ -109,6 +109,8 @@ pub struct Runtime {
     scheduler: Option<tokio::task::JoinHandle<()>>,
     /// Whether the events live in JetStream (projections then read through a consumer).
     events_in_jetstream: bool,
+    /// Metrics at work (collector, endpoint), when on.
+    reporting: Option<crate::metrics::Reporting>,
 }
 
 impl Runtime {
@@ -240,32 +242,15 @@ impl Runtime {
         Arc::clone(&self.host.snapshots)
     }
 
+    /// The address of this runtime's Prometheus endpoint (`GET /metrics`), when one is
+    /// served: the port actually bound, also when the configured one was 0.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.reporting.as_ref().and_then(|r| r.addr())
+    }
+
     /// The counters.
     pub fn stats(&self) -> RuntimeStats {
-        let s = &self.host.stats;
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        RuntimeStats {
-            activations: get(&s.activations),
-            activation_failures: get(&s.activation_failures),
-            passivations: get(&s.passivations),
-            replayed_events: get(&s.replayed_events),
-            commits: get(&s.commits),
-            conflicts: get(&s.conflicts),
-            deduplicated: get(&s.deduplicated),
-            snapshots_saved: get(&s.snapshots_saved),
-            snapshot_fallbacks: get(&s.snapshot_fallbacks),
-            handler_panics: get(&s.handler_panics),
-            abandoned: get(&s.abandoned),
-            resident: self.host.resident() as u64,
-            remote_retries: self.host.transport.as_ref().map_or(0, |t| t.retries()),
-            remote_resends: self.host.transport.as_ref().map_or(0, |t| t.resends()),
-            effects_applied: get(&s.effects_applied),
-            effects_rejected: get(&s.effects_rejected),
-            effects_duplicates: get(&s.effects_duplicates),
-            effects_settled: get(&s.effects_settled),
-            effects_retries: get(&s.effects_retries),
-            deadlocks_refused: get(&s.deadlocks_refused),
-        }
+        self.host.stats_snapshot()
     }
 
     /// Number of resident (activated) actors.

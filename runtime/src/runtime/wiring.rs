@@ -97,6 +97,17 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
         supervisor,
     } = check(builder)?;
     let hosts_actors = !matches!(role, Role::Client { .. });
+    let node = match &role {
+        Role::Node(cc) => cc.node_id.clone(),
+        Role::Client { .. } => "client".to_owned(),
+        Role::Single { .. } => "local".to_owned(),
+    };
+    // Before anything opens: a taken metrics port refuses the start at once.
+    let metrics = crate::metrics::Setup::prepare(&config)?;
+    let meters = metrics.as_ref().map(|_| {
+        let kinds: Vec<&'static str> = kinds.iter().map(|k| k.name).collect();
+        crate::metrics::Meters::new(namespace.as_str(), &node, &kinds)
+    });
     let backend = backend(role, &namespace, &config).await?;
     let bus = bus_of(bus, backend.nats.clone(), &config, backend.cluster.as_ref());
     let host = Host::new(
@@ -111,6 +122,8 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
         backend.transport,
         bus,
         tokio::runtime::Handle::current(),
+        node,
+        meters,
     );
     let cluster = backend.cluster;
     // The root first: every activation's actor is linked under it, and remote asks and
@@ -147,8 +160,28 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
             host.namespace.clone(),
         ))
     });
+    let reporting = match metrics {
+        Some(setup) => match crate::metrics::Reporting::start(setup, &host, cluster.clone()) {
+            Ok(reporting) => Some(reporting),
+            Err(e) => {
+                if let Some(task) = &bus_forwarder {
+                    task.abort();
+                }
+                if let Some(task) = &scheduler {
+                    task.abort();
+                }
+                if let Some(inbound) = inbound {
+                    inbound.close(Duration::from_secs(1)).await;
+                }
+                root.stop().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     tracing::info!(namespace = %host.namespace, store = %backend.location, "runtime started");
     Ok(Runtime {
+        reporting,
         root_cell: root.cell.clone(),
         root: Some(root),
         host,

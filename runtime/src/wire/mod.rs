@@ -12,6 +12,7 @@ mod command_id;
 mod envelope;
 mod event_type;
 mod remote;
+mod trace;
 
 pub use codec::CodecError;
 pub use command_id::CommandId;
@@ -19,6 +20,8 @@ pub(crate) use envelope::{BASE_COMMIT_FORMAT, SYSTEM_EVENT_PREFIX, now_ms};
 pub use envelope::{COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
 pub(crate) use event_type::event_type_name;
 pub(crate) use remote::{FRAME_FORMAT, Settle};
+pub(crate) use trace::{SpanId, TraceId, span_id};
+pub use trace::{TRACEPARENT_HEADER, TraceParent};
 test_util! {
     pub use remote::{
         BASE_FRAME_FORMAT, Control, EffectOrigin, RemoteReply, RemoteRequest,

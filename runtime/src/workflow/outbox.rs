@@ -232,6 +232,16 @@ impl Outbox {
         self.pending.len()
     }
 
+    /// Pending entries: durable effects, and reminders.
+    pub fn backlog(&self) -> (usize, usize) {
+        let reminders = self
+            .pending
+            .values()
+            .filter(|e| e.reminder.is_some())
+            .count();
+        (self.pending.len() - reminders, reminders)
+    }
+
     /// How many pending entries are due at `now_ms` (including ones in flight).
     pub fn due_count(&self, now_ms: u64) -> usize {
         self.pending

@@ -124,11 +124,19 @@ impl<A: Behavior> Activation<A> {
         let appended = {
             let span =
                 tracing::debug_span!("append", version = self.version, events = events.len());
-            self.host
+            let started = self.host.meters(A::KIND).map(|_| Instant::now());
+            let appended = self
+                .host
                 .events
                 .append(self.key(), self.version, commit)
                 .instrument(span)
-                .await
+                .await;
+            if let Some(started) = started
+                && let Some(meters) = self.host.meters(A::KIND)
+            {
+                meters.append(started.elapsed());
+            }
+            appended
         };
         match appended {
             Ok(a) if a.deduplicated => {

@@ -205,12 +205,27 @@ impl<A: Behavior> Kit<A> {
             Box::pin(inbox.supervise(wait_done(previous))).await;
         }
         let turn = Arc::clone(inbox.turn());
+        let started = Instant::now();
         let load = async {
+            let _loading = Loading::new(&host.stats.activating);
             let _permit = host.replays.acquire().await;
-            let span = tracing::debug_span!("activate", namespace = %key.namespace, kind = A::KIND, id = %key.id);
-            Activation::<A>::load(host, key.clone(), turn, Arc::clone(cell), tx.clone())
-                .instrument(span)
-                .await
+            let span = tracing::debug_span!(
+                "activate",
+                namespace = %key.namespace,
+                kind = A::KIND,
+                id = %key.id,
+                shard = host.shard_of(A::KIND, &key.id),
+                node = %host.node,
+                version = tracing::field::Empty,
+            );
+            let loaded =
+                Activation::<A>::load(host, key.clone(), turn, Arc::clone(cell), tx.clone())
+                    .instrument(span.clone())
+                    .await;
+            if let Ok(act) = &loaded {
+                span.record("version", act.version);
+            }
+            loaded
         };
         // Boxed, like every long path below: an idle activation keeps only the loop's state.
         let loaded = match Box::pin(inbox.supervise(load)).await {
@@ -228,6 +243,9 @@ impl<A: Behavior> Kit<A> {
             }
         };
         Stats::bump(&host.stats.activations);
+        if let Some(meters) = host.meters(A::KIND) {
+            meters.activated(started.elapsed(), act.version - act.snapshot_version);
+        }
         Box::pin(act.index_inherited_work()).await;
         act.pump_if_needed();
         while let Some(work) = inbox.next().await {
@@ -452,6 +470,22 @@ enum Stored {
     Before,
 }
 
+/// Counts an activation as loading while it lives.
+struct Loading<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Loading<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicU64) -> Self {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Loading(gauge)
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Activation<A: Behavior> {
     host: Arc<Host>,
     /// The handler's context, reused turn after turn (no clones on the hot path).
@@ -544,9 +578,15 @@ impl<A: Behavior> Activation<A> {
             Err(StoreError::Corrupt { reason, .. }) => self.snapshot_unusable(&reason),
             Err(e) => return Err(LoadError::from_store("cannot read snapshot", e)),
         }
+        let replay = tracing::debug_span!(
+            "replay",
+            from = self.version + 1,
+            events = tracing::field::Empty,
+        );
         let report = host
             .events
             .read_with_errors(&key, self.version + 1)
+            .instrument(replay.clone())
             .await
             .map_err(|e| LoadError::from_store("cannot read events", e))?;
         if !report.corrupt.is_empty() {
@@ -562,9 +602,12 @@ impl<A: Behavior> Activation<A> {
                 report.commits.len()
             )));
         }
+        let before = self.version;
+        let _replaying = replay.enter();
         for commit in report.commits {
             self.replay_commit(commit).map_err(LoadError::Failed)?;
         }
+        replay.record("events", self.version - before);
         self.stale = false;
         self.outbox_changed = true;
         Ok(())
@@ -633,13 +676,34 @@ impl<A: Behavior> Activation<A> {
             reply: env.reply.take(),
             ack: env.ack.take(),
         });
+        let started = self.host.meters(A::KIND).map(|_| Instant::now());
+        let span = tracing::debug_span!(
+            "handle",
+            trace_id = %crate::wire::TraceId(env.meta.correlation_id.as_u128()),
+            parent_span_id = %crate::wire::SpanId(crate::wire::span_id(env.meta.command_id)),
+            namespace = %self.key().namespace,
+            kind = A::KIND,
+            id = %self.key().id,
+            node = %self.host.node,
+            version = self.version,
+            command_id = %env.meta.command_id,
+        );
         let finished = match env.meta.origin.clone() {
             Some(origin) => {
                 let effect = Box::pin(self.apply_effect(env, *origin));
-                inbox.supervise(effect).await.map(Err)
+                inbox.supervise(effect).instrument(span).await.map(Err)
             }
-            None => inbox.supervise(self.decide(env)).await.map(Ok),
+            None => inbox
+                .supervise(self.decide(env))
+                .instrument(span)
+                .await
+                .map(Ok),
         };
+        if let Some(started) = started
+            && let Some(meters) = self.host.meters(A::KIND)
+        {
+            meters.turn(started.elapsed());
+        }
         self.ctx.turn().end();
         let Some(InFlight {
             mut reply, mut ack, ..

@@ -1,0 +1,125 @@
+//! Trace context: one trace per workflow, in the W3C `traceparent` format.
+//!
+//! Aether needs no trace ids of its own: every call already carries two 128-bit ids that say
+//! where it belongs. The **correlation id** is shared by everything a request from outside
+//! causes (the asks a handler makes, the durable effects its turns store, the effects'
+//! compensations), so it is the **trace id**. The **command id** is unique to one call, so
+//! its low 64 bits are the call's **span id**, and the caller's command id (the causation id)
+//! gives the parent span.
+//!
+//! A remote ask sends this context as a `traceparent` header on its NATS request
+//! (`00-<32 hex trace id>-<16 hex span id>-01`), and the spans the runtime emits carry the
+//! same values as fields (`trace_id`, `span_id`, `parent_span_id`), so a collector, or `grep`
+//! over two nodes' logs, joins a remote ask into one trace. To put Aether's calls inside an
+//! existing trace (an HTTP request's), give the ask that trace's id as its correlation id
+//! ([`TraceParent::parse`] reads the header, `AskOptions::correlation_id` takes the id).
+
+use std::fmt;
+
+use super::CommandId;
+
+/// The NATS header name that carries the trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// One position in a trace: the trace and the span (a call) within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// The trace: the correlation id of the workflow.
+    pub trace_id: u128,
+    /// The span: the call's command id, low 64 bits.
+    pub span_id: u64,
+}
+
+impl TraceParent {
+    /// The context of the call `command_id` in the workflow `correlation_id`.
+    pub fn of(correlation_id: CommandId, command_id: CommandId) -> TraceParent {
+        TraceParent {
+            trace_id: correlation_id.as_u128(),
+            span_id: span_id(command_id),
+        }
+    }
+
+    /// The header value: `00-<trace id>-<span id>-01` (version 0, sampled).
+    pub fn header(&self) -> String {
+        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+    }
+
+    /// Reads a `traceparent` header value. `None` when it is not version 00 of the W3C
+    /// format, or names the all-zero trace or span (which the format declares invalid).
+    pub fn parse(value: &str) -> Option<TraceParent> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || version != "00"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+            || !flags.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lower_hex(trace) || !lower_hex(span) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(span, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id })
+    }
+}
+
+/// The span id of a call: its command id's low 64 bits (never zero).
+pub fn span_id(command_id: CommandId) -> u64 {
+    (command_id.as_u128() as u64).max(1)
+}
+
+/// Shows a trace id as the 32 lowercase hex digits of the W3C format.
+#[derive(Clone, Copy)]
+pub struct TraceId(pub u128);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Shows a span id as the 16 lowercase hex digits of the W3C format.
+#[derive(Clone, Copy)]
+pub struct SpanId(pub u64);
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_round_trips_and_bad_values_are_refused() {
+        let ctx = TraceParent::of(CommandId::random(), CommandId::random());
+        let header = ctx.header();
+        assert_eq!(header.len(), 55);
+        assert_eq!(TraceParent::parse(&header), Some(ctx));
+        // The example of the W3C recommendation.
+        let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(w3c).unwrap();
+        assert_eq!(parsed.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(parsed.span_id, 0x00f067aa0ba902b7);
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+        }
+    }
+}
