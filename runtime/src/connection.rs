@@ -252,6 +252,17 @@ impl NatsConfig {
         NatsConfig::new(urls).overridden_by(get)
     }
 
+    /// Applies every variable of the [module table](self) except `AETHER_NATS_URL`: the
+    /// credentials, TLS and timeout of the environment, on servers chosen otherwise (a tool's
+    /// `--server` flag).
+    pub fn with_env_settings(self) -> Result<Self, ConfigError> {
+        self.overridden_by(|name| {
+            (name != "AETHER_NATS_URL")
+                .then(|| std::env::var(name).ok())
+                .flatten()
+        })
+    }
+
     /// Applies the `AETHER_NATS_*` variables (and `AETHER_CONNECT_TIMEOUT_MS`) that `get` finds.
     pub(crate) fn overridden_by(
         mut self,

@@ -362,6 +362,18 @@ impl Inner {
         if alive.is_empty() {
             return;
         }
+        // Drained nodes stay up but own nothing (see `cluster/drain.rs`); never all of them.
+        let drained = self.drained().await;
+        if !drained.is_empty() {
+            if alive.iter().all(|n| drained.contains(n)) {
+                tracing::warn!(
+                    ?drained,
+                    "every alive node is drained; ignoring the drain set"
+                );
+            } else {
+                alive.retain(|n| !drained.contains(n));
+            }
+        }
         // A new leader publishes once even when nothing changed: its map, written by
         // compare-and-set under its term, is the fence that makes any write a deposed leader
         // still has in flight fail (its revision is stale) or be superseded at once.

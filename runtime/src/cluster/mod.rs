@@ -39,6 +39,7 @@
 
 mod assignment;
 mod config;
+mod drain;
 mod errors;
 mod events;
 mod follow;
@@ -71,7 +72,7 @@ pub(crate) use liveness::{Beat, Grant};
 pub use membership::{NodeRecord, NodeStatus, ShardSet};
 pub use settle::NotSettled;
 pub use shard_map::ShardMap;
-pub use view::{ClusterView, LeaderInfo, RegistryChange};
+pub use view::{ClusterView, LeaderInfo, NodeEntry, RegistryChange};
 
 use self::membership::{Change, Members};
 use self::view::read_entry;
@@ -182,6 +183,8 @@ struct Inner {
     /// The node's monotonic clock origin.
     clock: Instant,
     handoff: handoff::Counters,
+    /// The drained nodes, as the leader last read them (see [`drain`]).
+    drains: Mutex<std::collections::BTreeSet<String>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -324,6 +327,7 @@ impl Cluster {
                 write_record: tokio::sync::Notify::new(),
                 clock: Instant::now(),
                 handoff: handoff::Counters::default(),
+                drains: Mutex::new(std::collections::BTreeSet::new()),
                 stop,
                 tasks: Mutex::new(Vec::new()),
                 config,

@@ -5,6 +5,11 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use super::drain::{DRAINS_KEY, DrainRecord};
 use super::{ClusterError, LEADER_KEY, LeaderRecord, MAP_KEY, NodeRecord, ShardMap};
 use crate::names::Namespace;
 use crate::wire::codec;
@@ -28,7 +33,18 @@ pub enum RegistryChange {
     Gone(String),
 }
 
-/// A read-only view of a namespace's cluster state, straight from its KV buckets.
+/// A node's registry record and how long ago it was written: every node rewrites its record
+/// each heartbeat, so the age is the time since its last heartbeat the registry kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The record.
+    pub record: NodeRecord,
+    /// Time since it was written (by the registry's clock, against this machine's).
+    pub age: Duration,
+}
+
+/// A view of a namespace's cluster state, straight from its KV buckets: reads everything, and
+/// writes only the operator's requests (the drain set).
 pub struct ClusterView {
     nodes: kv::Store,
     leader: kv::Store,
@@ -116,6 +132,102 @@ impl ClusterView {
             }
         }
         Ok(out)
+    }
+
+    /// Every node record in the registry, with the age of each.
+    pub async fn node_entries(&self) -> Result<Vec<NodeEntry>, String> {
+        let mut keys = self.nodes.keys().await.map_err(|e| e.to_string())?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| e.to_string())?;
+            if let Some(entry) = read_entry(&self.nodes, &key).await?
+                && entry.operation == kv::Operation::Put
+                && let Ok(record) = codec::decode::<NodeRecord>("node record", &entry.value)
+            {
+                let age_ns = (now_ns - entry.created.unix_timestamp_nanos()).max(0);
+                out.push(NodeEntry {
+                    record,
+                    age: Duration::from_nanos(age_ns.min(u64::MAX as i128) as u64),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.record.node.cmp(&b.record.node));
+        Ok(out)
+    }
+
+    /// The drained nodes: those the leader keeps out of the shard map while they stay up
+    /// (see [`set_drained`](Self::set_drained)).
+    pub async fn drained(&self) -> Result<BTreeSet<String>, String> {
+        Ok(self.drain_record().await?.0.nodes)
+    }
+
+    async fn drain_record(&self) -> Result<(DrainRecord, Option<u64>), String> {
+        match read_entry(&self.shards, DRAINS_KEY).await? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok((DrainRecord::decode(&e.value)?, Some(e.revision)))
+            }
+            Some(e) => Ok((DrainRecord::default(), Some(e.revision))),
+            None => Ok((DrainRecord::default(), None)),
+        }
+    }
+
+    /// Drains `node` (`drained = true`): the leader moves every shard off it, to the other
+    /// alive nodes, through the usual handoff, and gives it none until it is undrained
+    /// (`drained = false`). Returns the drain set after the change. A compare-and-set: a
+    /// concurrent change by another operator is retried on, never overwritten.
+    pub async fn set_drained(&self, node: &str, drained: bool) -> Result<BTreeSet<String>, String> {
+        crate::names::validate_name(crate::names::NameKind::NodeId, node)
+            .map_err(|e| e.to_string())?;
+        self.change_drains(|set| {
+            if drained {
+                set.insert(node.to_owned());
+            } else {
+                set.remove(node);
+            }
+        })
+        .await
+    }
+
+    /// Undrains every node: shards spread over all alive nodes again.
+    pub async fn clear_drained(&self) -> Result<BTreeSet<String>, String> {
+        self.change_drains(BTreeSet::clear).await
+    }
+
+    async fn change_drains(
+        &self,
+        change: impl Fn(&mut BTreeSet<String>),
+    ) -> Result<BTreeSet<String>, String> {
+        for _ in 0..20 {
+            let (mut record, revision) = self.drain_record().await?;
+            let before = record.nodes.clone();
+            change(&mut record.nodes);
+            if record.nodes == before && revision.is_some() {
+                return Ok(record.nodes);
+            }
+            let bytes =
+                Bytes::from(codec::encode("drain set", &record).map_err(|e| e.to_string())?);
+            let written = match revision {
+                Some(r) => self
+                    .shards
+                    .update(DRAINS_KEY, bytes, r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .shards
+                    .create(DRAINS_KEY, bytes)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if written.is_ok() {
+                return Ok(record.nodes);
+            }
+        }
+        Err("the drain set kept changing under this write; try again".into())
     }
 
     /// Watches the node registry: every record as it is written, and every node that leaves
