@@ -10,6 +10,11 @@ echo "using nats-server: $AETHER_NATS_SERVER ($("$AETHER_NATS_SERVER" --version)
 AETHER_NATS_SERVER_OLD="$(scripts/install-nats-server.sh 2.10.26)"
 export AETHER_NATS_SERVER_OLD
 
+# The dashboard's browser test drives a headless Chromium (Debian's package, installed once).
+AETHER_CHROMIUM="$(scripts/install-chromium.sh)"
+export AETHER_CHROMIUM
+echo "using chromium: $AETHER_CHROMIUM"
+
 # The admin tool's end-to-end tests (tests/cli.rs) run the `aether` binary itself.
 cargo build --locked -p aether-cli
 cargo test --workspace --locked "$@"

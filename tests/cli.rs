@@ -84,14 +84,19 @@ fn status_until(url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         if ok(&status) {
             return status;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {status:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {status:#}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn settled(status: &Value, nodes: usize) -> bool {
     status["nodes"].as_array().is_some_and(|n| {
-        n.len() == nodes && n.iter().all(|n| n["health"] == "ok" || n["health"] == "drained")
+        n.len() == nodes
+            && n.iter()
+                .all(|n| n["health"] == "ok" || n["health"] == "drained")
     }) && status["map"]["nodes"].as_array().is_some()
         && status["moving"].as_array().is_some_and(Vec::is_empty)
 }
@@ -120,12 +125,28 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     assert!(status["leader"]["term"].as_u64().unwrap() >= 1);
     assert_eq!(status["map"]["shard_count"], 1024);
     assert_eq!(
-        nodes.iter().map(|n| n["shards"].as_u64().unwrap()).sum::<u64>(),
+        nodes
+            .iter()
+            .map(|n| n["shards"].as_u64().unwrap())
+            .sum::<u64>(),
         1024
     );
-    assert!(nodes.iter().all(|n| n["heartbeat_age_ms"].as_u64().unwrap() < 5000));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["heartbeat_age_ms"].as_u64().unwrap() < 5000)
+    );
     let table = aether_table(&url, &["cluster", "status"]);
-    for want in ["NODE", "HEALTH", "HEARTBEAT", "SHARDS", "node-1", "node-2", "node-3", "(term "] {
+    for want in [
+        "NODE",
+        "HEALTH",
+        "HEARTBEAT",
+        "SHARDS",
+        "node-1",
+        "node-2",
+        "node-3",
+        "(term ",
+    ] {
         assert!(table.contains(want), "{want:?} missing from:\n{table}");
     }
     let leader = status["leader"]["node"].as_str().unwrap();
@@ -138,12 +159,18 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     let shards = aether_json(&url, &["shards"]);
     let owners = shards["owners"].as_object().unwrap();
     assert_eq!(owners.len(), 3);
-    assert_eq!(owners.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 1024);
+    assert_eq!(
+        owners.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        1024
+    );
     assert_eq!(shards["moving"], 0);
     let all = aether_json(&url, &["shards", "--all"]);
     assert_eq!(all["shards"].as_array().unwrap().len(), 1024);
     let table = aether_table(&url, &["shards"]);
-    assert!(table.contains("OWNER") && table.contains("no shard is moving"), "{table}");
+    assert!(
+        table.contains("OWNER") && table.contains("no shard is moving"),
+        "{table}"
+    );
 
     // An actor's life: locate, events, snapshot.
     assert_eq!(n1.command("open alice"), "ok alice 0");
@@ -157,7 +184,10 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     assert_eq!(located["version"], 3);
     assert!(located["why"].as_str().unwrap().contains("shard"));
     let table = aether_table(&url, &["actor", "locate", "account", "alice"]);
-    assert!(table.contains("owner") && table.contains(owner[2]), "{table}");
+    assert!(
+        table.contains("owner") && table.contains(owner[2]),
+        "{table}"
+    );
 
     let events = aether_json(&url, &["actor", "events", "account", "alice"]);
     let list = events["events"].as_array().unwrap();
@@ -168,13 +198,18 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     assert!(list[2]["payload"].to_string().contains("25"), "{}", list[2]);
     let window = aether_json(
         &url,
-        &["actor", "events", "account", "alice", "--from", "2", "--limit", "1"],
+        &[
+            "actor", "events", "account", "alice", "--from", "2", "--limit", "1",
+        ],
     );
     let window = window["events"].as_array().unwrap();
     assert_eq!(window.len(), 1);
     assert_eq!(window[0]["version"], 2);
     let table = aether_table(&url, &["actor", "events", "account", "alice"]);
-    assert!(table.contains("VERSION") && table.contains("Deposited"), "{table}");
+    assert!(
+        table.contains("VERSION") && table.contains("Deposited"),
+        "{table}"
+    );
 
     // 100 events make a snapshot (the account snapshots every 100).
     assert_eq!(n1.command("open carol"), "ok carol 0");
@@ -195,7 +230,10 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     assert_eq!(snapshot["version"], 100);
     assert!(snapshot["state"].to_string().contains("99"), "{snapshot}");
     let table = aether_table(&url, &["actor", "snapshot", "account", "carol"]);
-    assert!(table.contains("version") && table.contains("100"), "{table}");
+    assert!(
+        table.contains("version") && table.contains("100"),
+        "{table}"
+    );
     assert_eq!(
         aether_json(&url, &["actor", "snapshot", "account", "alice"]),
         Value::Null
@@ -212,7 +250,10 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     let mut stderr = BufReader::new(tail.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("following clins.events.account.*"), "{first}");
+    assert!(
+        first.starts_with("following clins.events.account.*"),
+        "{first}"
+    );
     assert_eq!(ok_balance(&n1.command("deposit carol 5")), 104);
     assert_eq!(ok_balance(&n1.command("deposit alice 7")), 82);
     assert_eq!(ok_balance(&n1.command("deposit alice 8")), 90);
@@ -224,7 +265,11 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines.iter().all(|l| l["id"] == "alice" && l["type"] == "Deposited"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["id"] == "alice" && l["type"] == "Deposited")
+    );
     assert_eq!(lines[0]["version"], 4);
     assert_eq!(lines[1]["version"], 5);
 
@@ -271,12 +316,18 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let (mut n1, sent, failures) = load.join().expect("the load thread");
-    assert!(failures.is_empty(), "commands failed during the drain: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "commands failed during the drain: {failures:?}"
+    );
     let total: u64 = sent.values().sum();
     assert!(total >= 50, "the load ran: {total} deposits");
     for (a, n) in &sent {
         let balance = ok_balance(&n1.command(&format!("balance {a}")));
-        assert_eq!(balance, *n, "{a}: {n} deposits acknowledged, balance {balance}");
+        assert_eq!(
+            balance, *n,
+            "{a}: {n} deposits acknowledged, balance {balance}"
+        );
     }
     let status = aether_json(&url, &["cluster", "status"]);
     assert_eq!(
@@ -291,10 +342,7 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     let status = status_until(&url, "node-3 back in the map", |s| settled(s, 3));
     assert_eq!(status["drained"], serde_json::json!([]));
     assert_eq!(status["map"]["nodes"].as_array().unwrap().len(), 3);
-    let out = aether(
-        &url,
-        &["--namespace", NS, "drain", "node-2", "--no-wait"],
-    );
+    let out = aether(&url, &["--namespace", NS, "drain", "node-2", "--no-wait"]);
     assert!(out.status.success());
     let rebalanced = aether_json(&url, &["rebalance", "--wait", "60"]);
     assert_eq!(rebalanced["done"], true);
@@ -302,19 +350,43 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
 
     // Bad arguments: exit status 2 and a message naming the problem.
     let refusals: &[(&[&str], &str)] = &[
-        (&["--namespace", NS, "actor", "locate", "account"], "required"),
-        (&["--namespace", NS, "actor", "events", "account", "alice", "--from", "0"], "--from"),
+        (
+            &["--namespace", NS, "actor", "locate", "account"],
+            "required",
+        ),
+        (
+            &[
+                "--namespace",
+                NS,
+                "actor",
+                "events",
+                "account",
+                "alice",
+                "--from",
+                "0",
+            ],
+            "--from",
+        ),
         (&["--namespace", "bad ns!", "shards"], "namespace"),
         (&["shards"], "--namespace"),
-        (&["--namespace", NS, "drain", "node-9"], "no node \"node-9\""),
+        (
+            &["--namespace", NS, "drain", "node-9"],
+            "no node \"node-9\"",
+        ),
         (&["--namespace", NS, "actor", "locate", "account", ""], "id"),
-        (&["--namespace", NS, "frobnicate"], "unrecognized subcommand"),
+        (
+            &["--namespace", NS, "frobnicate"],
+            "unrecognized subcommand",
+        ),
     ];
     for (args, says) in refusals {
         let out = aether(&url, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "aether {args:?}: {stderr}");
-        assert!(stderr.contains(says), "aether {args:?} should say {says:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "aether {args:?} should say {says:?}: {stderr}"
+        );
     }
     // A namespace no node runs: exit status 1, and nothing is created for it.
     let out = aether(&url, &["--namespace", "nobody", "cluster", "status"]);
@@ -325,7 +397,14 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     let nowhere = format!("nats://127.0.0.1:{}", free_port());
     let out = aether(
         &nowhere,
-        &["--namespace", NS, "--connect-timeout", "2", "cluster", "status"],
+        &[
+            "--namespace",
+            NS,
+            "--connect-timeout",
+            "2",
+            "cluster",
+            "status",
+        ],
     );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -107,6 +107,8 @@ pub fn all() -> Vec<Decoder> {
         beat: 42,
         handoff_epoch: 3,
         held: (0..64).filter(|s| s % 3 == 0).collect(),
+        resident: 12,
+        commits: 3_456,
     };
     let envelope = commit
         .envelopes()

@@ -34,6 +34,10 @@ pub struct NodeRow {
     pub handoff_epoch: u64,
     pub started_ms: u64,
     pub leader: bool,
+    /// Actors resident on it, as of its last record.
+    pub resident: u64,
+    /// Commits its actors wrote since it started, as of its last record.
+    pub commits: u64,
 }
 
 /// One shard, as the tables show it.
@@ -84,6 +88,8 @@ impl ClusterState {
                     handoff_epoch: r.handoff_epoch,
                     started_ms: r.started_ms,
                     leader: self.leader.as_ref().is_some_and(|l| l.node == r.node),
+                    resident: r.resident,
+                    commits: r.commits,
                 }
             })
             .collect()
@@ -135,6 +141,8 @@ impl ClusterState {
                     "held": n.held,
                     "handoff_epoch": n.handoff_epoch,
                     "started_ms": n.started_ms,
+                    "resident": n.resident,
+                    "commits": n.commits,
                 })
             })
             .collect();

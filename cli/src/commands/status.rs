@@ -62,6 +62,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 n.shards.to_string(),
                 n.held.to_string(),
                 n.handoff_epoch.to_string(),
+                n.resident.to_string(),
+                n.commits.to_string(),
                 output::time(n.started_ms),
             ]
         })
@@ -76,6 +78,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 "SHARDS",
                 "HELD",
                 "EPOCH",
+                "RESIDENT",
+                "COMMITS",
                 "STARTED"
             ],
             &rows

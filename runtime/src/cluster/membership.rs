@@ -98,6 +98,13 @@ pub struct NodeRecord {
     /// it under the gaining map's epoch (see `cluster::handoff`).
     #[serde(default)]
     pub held: ShardSet,
+    /// Actors resident on the node when it wrote this record (0 in records of older nodes).
+    #[serde(default)]
+    pub resident: u64,
+    /// Commits the node's actors have written since it started, when it wrote this record:
+    /// two records give its write rate (0 in records of older nodes).
+    #[serde(default)]
+    pub commits: u64,
 }
 
 /// A node as this node sees it.

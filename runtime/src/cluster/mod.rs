@@ -183,6 +183,8 @@ struct Inner {
     /// The node's monotonic clock origin.
     clock: Instant,
     handoff: handoff::Counters,
+    /// Where this node's advertised load comes from (see [`NodeLoad`]).
+    load: std::sync::OnceLock<LoadSource>,
     /// The drained nodes, as the leader last read them (see [`drain`]).
     drains: Mutex<std::collections::BTreeSet<String>>,
     stop: watch::Sender<bool>,
@@ -328,6 +330,7 @@ impl Cluster {
                 clock: Instant::now(),
                 handoff: handoff::Counters::default(),
                 drains: Mutex::new(std::collections::BTreeSet::new()),
+                load: std::sync::OnceLock::new(),
                 stop,
                 tasks: Mutex::new(Vec::new()),
                 config,
@@ -459,6 +462,11 @@ impl Cluster {
             epoch,
             reason,
         }
+    }
+
+    /// Sets where the load this node advertises in its record comes from (once).
+    pub(crate) fn set_load_source(&self, source: LoadSource) {
+        let _ = self.inner.load.set(source);
     }
 
     /// Subscribes to cluster events from now on.
@@ -601,6 +609,7 @@ impl Inner {
     }
 
     fn record(&self, status: membership::NodeStatus) -> NodeRecord {
+        let load = self.load.get().map(|f| f()).unwrap_or_default();
         NodeRecord {
             node: self.config.node_id.clone(),
             started_ms: self.started_ms,
@@ -609,6 +618,20 @@ impl Inner {
             beat: self.beat.fetch_add(1, Ordering::Relaxed),
             handoff_epoch: self.handoff_epoch.load(Ordering::Acquire),
             held: self.held.lock().clone(),
+            resident: load.resident,
+            commits: load.commits,
         }
     }
 }
+
+/// What a node advertises of its load in its record.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NodeLoad {
+    /// Actors resident now.
+    pub resident: u64,
+    /// Commits written since start.
+    pub commits: u64,
+}
+
+/// Where a node's load comes from (the actor host, set once it exists).
+pub(crate) type LoadSource = Box<dyn Fn() -> NodeLoad + Send + Sync>;

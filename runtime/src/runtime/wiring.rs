@@ -126,6 +126,17 @@ async fn start(builder: RuntimeBuilder) -> Result<Runtime, StartError> {
         meters,
     );
     let cluster = backend.cluster;
+    if let Some(c) = &cluster {
+        let weak = Arc::downgrade(&host);
+        c.set_load_source(Box::new(move || {
+            weak.upgrade()
+                .map(|h| crate::cluster::NodeLoad {
+                    resident: h.resident() as u64,
+                    commits: h.stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                })
+                .unwrap_or_default()
+        }));
+    }
     // The root first: every activation's actor is linked under it, and remote asks and
     // wake-ups may activate actors as soon as the node serves.
     let root =
