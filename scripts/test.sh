@@ -18,3 +18,5 @@ echo "using chromium: $AETHER_CHROMIUM"
 # The admin tool's end-to-end tests (tests/cli.rs) run the `aether` binary itself.
 cargo build --locked -p aether-cli
 cargo test --workspace --locked "$@"
+# The optional OpenTelemetry join (a feature: its test needs the runtime built with it).
+cargo test --locked --features opentelemetry --test opentelemetry "$@"

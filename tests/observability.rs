@@ -36,7 +36,8 @@ async fn node(url: &str, ns: &str, id: &str) -> Runtime {
         config(url, ns, id),
         Runtime::builder()
             .register::<Counter>()
-            .metrics_addr(([127, 0, 0, 1], 0)),
+            .metrics_addr(([127, 0, 0, 1], 0))
+            .trace_one_in(1),
     )
     .await
     .unwrap_or_else(|e| panic!("{id} joins: {e}"))

@@ -24,6 +24,7 @@
 //! | [`bus_publish_notices`](RuntimeConfig::bus_publish_notices) | off | `AETHER_BUS_PUBLISH_NOTICES_MS` (0 = off) |
 //! | [`metrics_addr`](RuntimeConfig::metrics_addr) | none | `AETHER_METRICS_ADDR` (e.g. `127.0.0.1:9464`) |
 //! | [`metrics`](RuntimeConfig::metrics) | off (on with an address) | `AETHER_METRICS` (0/1) |
+//! | [`trace_one_in`](RuntimeConfig::trace_one_in) | 100 (one workflow in 100 traced) | `AETHER_TRACE_ONE_IN` (1 = all, 0 = none) |
 //! | data directory of the embedded store | `./aether-data/<namespace>` | `AETHER_DATA_DIR` |
 //!
 //! Every value is checked when the runtime starts ([`RuntimeConfig::validate`]): a zero
@@ -71,6 +72,8 @@ pub(crate) mod defaults {
     pub const BUS_BUFFER: usize = 1024;
     /// Events queued for NATS by a distributed bus; past it, new ones are dropped and counted.
     pub const BUS_OUTBOUND_BUFFER: usize = 16_384;
+    /// [`RuntimeConfig::trace_one_in`](super::RuntimeConfig::trace_one_in).
+    pub const TRACE_ONE_IN: u32 = 100;
     /// Directory under which the embedded store keeps one folder per namespace.
     pub const DATA_DIR: &str = "aether-data";
 }
@@ -123,6 +126,8 @@ pub struct RuntimeConfig {
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Record metrics into the process's `metrics` recorder (implied by `metrics_addr`).
     pub(crate) metrics: bool,
+    /// Trace one workflow in this many (1: all, 0: none); see `wire::TraceParent`.
+    pub(crate) trace_one_in: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -145,6 +150,7 @@ impl Default for RuntimeConfig {
             bus_publish_notices: None,
             metrics_addr: None,
             metrics: false,
+            trace_one_in: defaults::TRACE_ONE_IN,
         }
     }
 }
@@ -244,6 +250,15 @@ impl RuntimeConfig {
     pub fn metrics(&self) -> bool {
         self.metrics || self.metrics_addr.is_some()
     }
+
+    /// One workflow in this many is traced: its calls get spans on every node (1: all, 0:
+    /// none). The choice is made once per workflow, from its trace id (the correlation id),
+    /// and travels with every call in the `traceparent` header's sampled flag, so a workflow
+    /// is traced on every node or on none. An ask made inside an OpenTelemetry trace is
+    /// always traced (with the `opentelemetry` feature).
+    pub fn trace_one_in(&self) -> u32 {
+        self.trace_one_in
+    }
 }
 
 /// An environment variable held a value that does not parse.
@@ -340,6 +355,9 @@ impl RuntimeConfig {
         }
         if let Some(v) = num::<u8>(&lookup, "AETHER_METRICS")? {
             self.metrics = v != 0;
+        }
+        if let Some(v) = num(&lookup, "AETHER_TRACE_ONE_IN")? {
+            self.trace_one_in = v;
         }
         Ok(self)
     }

@@ -56,6 +56,7 @@ test_util! {
 pub mod errors;
 pub(crate) mod metrics;
 pub mod names;
+pub(crate) mod opentelemetry;
 pub mod routing;
 pub mod runtime;
 pub mod store;

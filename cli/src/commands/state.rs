@@ -8,8 +8,10 @@ use aether_runtime::ClusterView;
 use aether_runtime::cluster::{LeaderInfo, NodeEntry, NodeStatus, ShardMap};
 use serde_json::{Value, json};
 
-/// A node whose record is older than this is reported `silent` (nodes heartbeat every
-/// second or faster by default; the leader declares them failed after 5 s).
+/// A node whose record is older than this is reported `silent`. Nodes rewrite their record
+/// every heartbeat (1 s by default), and the leader declares a node failed after its failure
+/// timeout (3 s by default): a record this old belongs to a node that is failing, or to a
+/// cluster whose leader is not judging (none elected, or cut off).
 pub const SILENT_AFTER: Duration = Duration::from_secs(5);
 
 /// Everything read from the buckets in one go.

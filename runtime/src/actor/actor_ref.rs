@@ -169,6 +169,13 @@ impl<A: Behavior> ActorRef<A> {
         let mut meta = CallMeta::detached(command_id, timeout);
         if let Some(correlation) = options.correlation_id {
             meta.correlation_id = correlation;
+            meta.traced = host.traced(correlation);
+        } else if let Some(trace) = crate::opentelemetry::current_trace_id() {
+            // Asked from inside an OpenTelemetry trace: the workflow joins it, traced.
+            meta.correlation_id = CommandId::from_u128(trace);
+            meta.traced = true;
+        } else {
+            meta.traced = host.traced(command_id);
         }
         ask_on::<A>(host, &self.key, Box::new(Envelope::new(cmd, meta))).await
     }
@@ -219,18 +226,29 @@ pub(crate) async fn ask_on<A: Behavior>(
     env: Box<Envelope<A>>,
 ) -> Result<A::Reply, AskError<A::Error>> {
     check_target::<A>(host, key)?;
-    let span = tracing::debug_span!(
-        "ask",
-        trace_id = %TraceId(env.meta.correlation_id.as_u128()),
-        span_id = %SpanId(span_id(env.meta.command_id)),
-        parent_span_id = env.meta.causation_id.map(|c| tracing::field::display(SpanId(span_id(c)))),
-        namespace = %key.namespace,
-        kind = A::KIND,
-        id = %key.id,
-        node = %host.node,
-        path = tracing::field::Empty,
-        shard = tracing::field::Empty,
-    );
+    let span = if !env.meta.traced {
+        tracing::Span::none()
+    } else {
+        tracing::debug_span!(
+            "ask",
+            trace_id = %TraceId(env.meta.correlation_id.as_u128()),
+            span_id = %SpanId(span_id(env.meta.command_id)),
+            parent_span_id = env.meta.causation_id.map(|c| tracing::field::display(SpanId(span_id(c)))),
+            namespace = %key.namespace,
+            kind = A::KIND,
+            id = %key.id,
+            node = %host.node,
+            path = tracing::field::Empty,
+            shard = tracing::field::Empty,
+        )
+    };
+    let trace_id = env.meta.correlation_id.as_u128();
+    match env.meta.causation_id {
+        Some(cause) => crate::opentelemetry::adopt(&span, trace_id, span_id(cause)),
+        // Asked inside a span of this very trace (see `ask_wire`): that span is the parent.
+        None if crate::opentelemetry::current_trace_id() == Some(trace_id) => {}
+        None => crate::opentelemetry::adopt(&span, trace_id, span_id(env.meta.command_id)),
+    }
     match host.meters(A::KIND) {
         None => {
             route::<A>(host, key, env, &span)
@@ -345,8 +363,11 @@ pub(crate) fn tell_on<A: Behavior>(
     if let Some(shard) = host.remote_shard(A::KIND, &key.id) {
         return super::remote::tell::<A>(host, key, shard, cmd, meta);
     }
-    let meta =
-        meta.unwrap_or_else(|| CallMeta::detached(CommandId::random(), host.config.ask_timeout));
+    let meta = meta.unwrap_or_else(|| {
+        let mut meta = CallMeta::detached(CommandId::random(), host.config.ask_timeout);
+        meta.traced = host.traced(meta.correlation_id);
+        meta
+    });
     let msg = Msg::Command(Box::new(Envelope::new(cmd, meta)));
     match host.deliver_now::<A>(&key.id, msg) {
         Ok(()) => Ok(()),

@@ -193,6 +193,7 @@ impl Turn {
             timeout: meta.timeout,
             chain,
             origin: None,
+            traced: meta.traced,
         })
     }
 
@@ -223,8 +224,8 @@ impl Turn {
     ) -> Result<(), CallError> {
         // A tell does not wait, so it cannot deadlock: no chain, and its own deadline.
         let n = self.children.fetch_add(1, Ordering::Relaxed);
-        let (command_id, correlation_id) =
-            self.with_meta(|meta| (meta.command_id, meta.correlation_id));
+        let (command_id, correlation_id, traced) =
+            self.with_meta(|meta| (meta.command_id, meta.correlation_id, meta.traced));
         let meta = CallMeta {
             command_id: command_id.derive(n),
             correlation_id,
@@ -233,6 +234,7 @@ impl Turn {
             timeout: host.config.ask_timeout,
             chain: Vec::new(),
             origin: None,
+            traced,
         };
         tell_on::<B>(host, target, cmd, Some(meta))
     }

@@ -204,6 +204,7 @@ async fn deliver(host: Arc<Host>, me: ActorKey, entry: OutboxEntry) -> (ActorKey
             seq: entry.seq,
             compensation: entry.compensation,
         })),
+        traced: host.traced(entry.correlation_id),
     };
     let settle = deliver_effect(&host, &entry.target, entry.command, meta).await;
     (entry.target, entry.seq, settle)
@@ -276,7 +277,7 @@ async fn deliver_remote(
         }
     };
     let subject = actor_subject(&target.namespace, shard, target.kind.as_str(), &target.id);
-    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id);
+    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, meta.traced);
     match transport
         .request(subject, frame, Some(trace), meta.deadline)
         .await

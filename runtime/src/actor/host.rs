@@ -669,6 +669,11 @@ impl Host {
         })
     }
 
+    /// Whether the workflow `correlation_id` is traced on this node's settings.
+    pub fn traced(&self, correlation_id: crate::wire::CommandId) -> bool {
+        crate::wire::sampled(correlation_id, self.config.trace_one_in)
+    }
+
     /// Every metric handle, when metrics are on.
     pub fn all_meters(&self) -> Option<&crate::metrics::Meters> {
         self.meters.as_ref()

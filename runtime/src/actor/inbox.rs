@@ -139,6 +139,8 @@ pub(crate) struct CallMeta {
     /// Set when the command is a durable effect (boxed: keeps every other command's
     /// metadata small).
     pub origin: Option<Box<EffectOrigin>>,
+    /// The workflow is traced: this call gets spans (see `wire::TraceParent`).
+    pub traced: bool,
 }
 
 impl CallMeta {
@@ -153,6 +155,7 @@ impl CallMeta {
             timeout,
             chain: Vec::new(),
             origin: None,
+            traced: false,
         }
     }
 }

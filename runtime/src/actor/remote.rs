@@ -77,7 +77,7 @@ pub(crate) async fn ask<A: Behavior>(
     };
     let frame = request::<A>(key, &cmd, &meta, true)?;
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
-    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id);
+    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, meta.traced);
     match transport
         .request(subject, frame, Some(trace), meta.deadline)
         .await
@@ -124,7 +124,10 @@ pub(crate) fn tell<A: Behavior>(
         });
     };
     let meta = meta.unwrap_or_else(|| {
-        CallMeta::detached(crate::wire::CommandId::random(), host.config.ask_timeout)
+        let mut meta =
+            CallMeta::detached(crate::wire::CommandId::random(), host.config.ask_timeout);
+        meta.traced = host.traced(meta.correlation_id);
+        meta
     });
     let frame = request::<A>(key, &cmd, &meta, false)?;
     let limit = transport.max_payload();
@@ -169,12 +172,14 @@ pub(crate) type NotHere = (u32, Vec<u8>, CallMeta);
 /// The kind-erased operations on actors of one kind: inbound commands, durable effects, wake-ups
 /// and deadlock probes, for code that knows an actor only by its key.
 pub(crate) trait RemoteKind: Send + Sync {
-    /// Runs `request` on the local actor; `None` for a tell.
+    /// Runs `request` on the local actor (`traced`: the caller's sampling decision); `None`
+    /// for a tell.
     fn run(
         &self,
         host: Arc<Host>,
         key: ActorKey,
         request: RemoteRequest,
+        traced: bool,
     ) -> BoxFuture<Option<RemoteReply>>;
 
     /// Delivers a durable effect (`meta.origin` set) to the local actor `key` and waits until
@@ -209,6 +214,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
         host: Arc<Host>,
         key: ActorKey,
         request: RemoteRequest,
+        traced: bool,
     ) -> BoxFuture<Option<RemoteReply>> {
         Box::pin(async move {
             let cmd: A::Command =
@@ -227,6 +233,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 timeout,
                 chain: request.chain,
                 origin: request.effect.map(Box::new),
+                traced,
             };
             if meta.origin.is_some() {
                 let answer = match effect_local::<A>(&host, &key, cmd, meta).await {
@@ -383,18 +390,27 @@ impl Dispatch for HostDispatch {
         trace: Option<TraceParent>,
     ) -> BoxFuture<Option<Vec<u8>>> {
         let host = self.0.upgrade();
-        let span = tracing::debug_span!(
-            "serve",
-            trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
-            parent_span_id = trace.map(|t| tracing::field::display(SpanId(t.span_id))),
-            node = host
-                .as_ref()
-                .map(|h| tracing::field::display(h.node.clone())),
-            shard,
-            kind = tracing::field::Empty,
-            id = tracing::field::Empty,
-            command_id = tracing::field::Empty,
-        );
+        // A sender that sent no header is traced as this node would trace the workflow.
+        let sampled = trace.is_none_or(|t| t.sampled);
+        let span = if !sampled {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "serve",
+                trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
+                parent_span_id = trace.map(|t| tracing::field::display(SpanId(t.span_id))),
+                node = host
+                    .as_ref()
+                    .map(|h| tracing::field::display(h.node.clone())),
+                shard,
+                kind = tracing::field::Empty,
+                id = tracing::field::Empty,
+                command_id = tracing::field::Empty,
+            )
+        };
+        if let Some(t) = trace {
+            crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+        }
         let recorder = span.clone();
         Box::pin(async move {
             let Some(host) = host else {
@@ -442,7 +458,8 @@ impl Dispatch for HostDispatch {
                 );
             }
             tracing::trace!(shard, %command_id, actor = %key, "inbound command");
-            let answer = kind.run(Arc::clone(&host), key, request).await;
+            let traced = trace.map_or_else(|| host.traced(request.correlation_id), |t| t.sampled);
+            let answer = kind.run(Arc::clone(&host), key, request, traced).await;
             tracing::trace!(shard, %command_id, answered = answer.is_some(), "inbound command done");
             let limit = host.transport.as_ref().map_or(0, |t| t.max_payload());
             answer.map(|reply| {

@@ -7,7 +7,8 @@
 //! shards on — exactly as if they had left: consistent hashing moves their shards, and only
 //! theirs, to the others, through the usual handoff (drain, release, serve), so no command is
 //! lost or applied twice. A drained node keeps heartbeating, keeps its place in the registry,
-//! and can still lead; its callers' asks go to the new owners. Taking it out of the set
+//! and can still lead; its callers' asks go to the new owners. Restarted while drained (the
+//! rolling upgrade: drain, stop, start the new version, undrain), it joins with no shards. Taking it out of the set
 //! (`aether undrain`, or `aether rebalance` for all) gives it its shards back.
 //!
 //! The leader never drains the last node: a drain set covering every alive node is ignored

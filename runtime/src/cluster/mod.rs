@@ -364,7 +364,9 @@ impl Cluster {
                         node: shard_count,
                     });
                 }
-                if map.nodes.contains(&me) {
+                // A drained node (restarted during maintenance) joins with no shards: the
+                // leader keeps it out of every map until it is undrained.
+                if map.nodes.contains(&me) || cluster.inner.drained().await.contains(&me) {
                     break;
                 }
             }

@@ -434,12 +434,18 @@ async fn serve_shard(
             if let Some(answer) = handling.await
                 && let Some(reply_to) = reply_to
             {
-                let span = tracing::debug_span!(
-                    "reply",
-                    shard,
-                    bytes = answer.len(),
-                    trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
-                );
+                let span = match trace {
+                    Some(t) if t.sampled => tracing::debug_span!(
+                        "reply",
+                        shard,
+                        bytes = answer.len(),
+                        trace_id = %TraceId(t.trace_id),
+                    ),
+                    _ => tracing::Span::none(),
+                };
+                if let Some(t) = trace {
+                    crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+                }
                 if let Err(e) = client
                     .publish(reply_to, Bytes::from(answer))
                     .instrument(span)

@@ -238,6 +238,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Traces one workflow in `n` (1: every one, 0: none; default 100): their calls get
+    /// `tracing` spans on every node, joined into one trace (see `docs/operations.md`).
+    pub fn trace_one_in(mut self, n: u32) -> Self {
+        self.config.trace_one_in = n;
+        self
+    }
+
     /// Keeps the embedded store under `base/<namespace>` instead of `./aether-data/<namespace>`.
     /// Only for the embedded store: with another store, [`start`](Self::start) refuses it.
     pub fn data_dir(mut self, base: impl Into<PathBuf>) -> Self {

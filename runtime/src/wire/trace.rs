@@ -28,20 +28,30 @@ pub struct TraceParent {
     pub trace_id: u128,
     /// The span: the call's command id, low 64 bits.
     pub span_id: u64,
+    /// Whether the workflow is traced (the header's `sampled` flag): a node makes spans for
+    /// a call only when it is.
+    pub sampled: bool,
 }
 
 impl TraceParent {
     /// The context of the call `command_id` in the workflow `correlation_id`.
-    pub fn of(correlation_id: CommandId, command_id: CommandId) -> TraceParent {
+    pub fn of(correlation_id: CommandId, command_id: CommandId, sampled: bool) -> TraceParent {
         TraceParent {
             trace_id: correlation_id.as_u128(),
             span_id: span_id(command_id),
+            sampled,
         }
     }
 
-    /// The header value: `00-<trace id>-<span id>-01` (version 0, sampled).
+    /// The header value: `00-<trace id>-<span id>-<flags>` (version 0; flags `01` when
+    /// sampled, `00` when not).
     pub fn header(&self) -> String {
-        format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id)
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
     }
 
     /// Reads a `traceparent` header value. `None` when it is not version 00 of the W3C
@@ -65,7 +75,30 @@ impl TraceParent {
         }
         let trace_id = u128::from_str_radix(trace, 16).ok()?;
         let span_id = u64::from_str_radix(span, 16).ok()?;
-        (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id })
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some(TraceParent {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
+    }
+}
+
+/// Whether the workflow `correlation_id` is traced when one in `one_in` is (1: all, 0:
+/// none). A function of the id alone, so every node decides the same.
+pub fn sampled(correlation_id: CommandId, one_in: u32) -> bool {
+    match one_in {
+        0 => false,
+        1 => true,
+        n => {
+            let v = correlation_id.as_u128();
+            // A 64-bit mix of both halves: ids chosen by clients need not be random.
+            let mut h = (v as u64) ^ ((v >> 64) as u64).rotate_left(31);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            h % u64::from(n) == 0
+        }
     }
 }
 
@@ -100,15 +133,19 @@ mod tests {
 
     #[test]
     fn the_header_round_trips_and_bad_values_are_refused() {
-        let ctx = TraceParent::of(CommandId::random(), CommandId::random());
-        let header = ctx.header();
-        assert_eq!(header.len(), 55);
-        assert_eq!(TraceParent::parse(&header), Some(ctx));
+        for sampled in [true, false] {
+            let ctx = TraceParent::of(CommandId::random(), CommandId::random(), sampled);
+            let header = ctx.header();
+            assert_eq!(header.len(), 55);
+            assert!(header.ends_with(if sampled { "-01" } else { "-00" }));
+            assert_eq!(TraceParent::parse(&header), Some(ctx));
+        }
         // The example of the W3C recommendation.
         let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(w3c).unwrap();
         assert_eq!(parsed.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(parsed.span_id, 0x00f067aa0ba902b7);
+        assert!(parsed.sampled);
         for bad in [
             "",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -121,5 +158,19 @@ mod tests {
         ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_in_n_workflows_are_sampled_the_same_everywhere() {
+        let ids: Vec<CommandId> = (0..20_000u128).map(CommandId::from_u128).collect();
+        let picked = ids.iter().filter(|id| sampled(**id, 100)).count();
+        assert!(
+            (150..=250).contains(&picked),
+            "{picked} of 20 000 at one in 100"
+        );
+        assert!(ids.iter().all(|id| sampled(*id, 1)));
+        assert!(!ids.iter().any(|id| sampled(*id, 0)));
+        let id = CommandId::random();
+        assert_eq!(sampled(id, 7), sampled(id, 7));
     }
 }

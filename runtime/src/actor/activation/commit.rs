@@ -122,8 +122,11 @@ impl<A: Behavior> Activation<A> {
                 delivery: None,
             });
         let appended = {
-            let span =
-                tracing::debug_span!("append", version = self.version, events = events.len());
+            let span = if self.traced {
+                tracing::debug_span!("append", version = self.version, events = events.len())
+            } else {
+                tracing::Span::none()
+            };
             let started = self.host.meters(A::KIND).map(|_| Instant::now());
             let appended = self
                 .host

@@ -501,6 +501,8 @@ struct Activation<A: Behavior> {
     mailbox: mailbox::WeakSender<Msg<A>>,
     /// The outbox got new entries (or was rebuilt) since the pump was last looked at.
     outbox_changed: bool,
+    /// The running turn's workflow is traced (its spans are made).
+    traced: bool,
 }
 
 impl<A: Behavior> Activation<A> {
@@ -526,6 +528,7 @@ impl<A: Behavior> Activation<A> {
             cell,
             mailbox,
             outbox_changed: false,
+            traced: false,
         };
         act.reload().await?;
         Ok(act)
@@ -677,16 +680,26 @@ impl<A: Behavior> Activation<A> {
             ack: env.ack.take(),
         });
         let started = self.host.meters(A::KIND).map(|_| Instant::now());
-        let span = tracing::debug_span!(
-            "handle",
-            trace_id = %crate::wire::TraceId(env.meta.correlation_id.as_u128()),
-            parent_span_id = %crate::wire::SpanId(crate::wire::span_id(env.meta.command_id)),
-            namespace = %self.key().namespace,
-            kind = A::KIND,
-            id = %self.key().id,
-            node = %self.host.node,
-            version = self.version,
-            command_id = %env.meta.command_id,
+        self.traced = env.meta.traced;
+        let span = if !self.traced {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                "handle",
+                trace_id = %crate::wire::TraceId(env.meta.correlation_id.as_u128()),
+                parent_span_id = %crate::wire::SpanId(crate::wire::span_id(env.meta.command_id)),
+                namespace = %self.key().namespace,
+                kind = A::KIND,
+                id = %self.key().id,
+                node = %self.host.node,
+                version = self.version,
+                command_id = %env.meta.command_id,
+            )
+        };
+        crate::opentelemetry::adopt(
+            &span,
+            env.meta.correlation_id.as_u128(),
+            crate::wire::span_id(env.meta.command_id),
         );
         let finished = match env.meta.origin.clone() {
             Some(origin) => {
