@@ -135,13 +135,16 @@ async fn main() -> anyhow::Result<()> {
     let switch = install_tracing();
 
     // B1's path: one node, memory store, a read per ask.
-    let on = Runtime::builder()
+    let mut on = Runtime::builder()
         .namespace("obs-on")
         .register::<Probe>()
-        .memory_store()
-        .metrics_addr(([127, 0, 0, 1], 0))
-        .start()
-        .await?;
+        .memory_store();
+    // OBS_AA=1: both sides without metrics (an A/A run: how far apart two equal runtimes
+    // measure on this machine).
+    if std::env::var("OBS_AA").is_err() {
+        on = on.metrics_addr(([127, 0, 0, 1], 0));
+    }
+    let on = on.start().await?;
     let off = Runtime::builder()
         .namespace("obs-off")
         .register::<Probe>()
@@ -163,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
     on.shutdown().await?;
     off.shutdown().await?;
 
+    if std::env::var("OBS_B1_ONLY").is_ok() {
+        return Ok(());
+    }
     // B2's path: two nodes per side on one nats-server; node-1 asks actors node-2 owns.
     let server = nats::NatsServer::start();
     let url = server.url();

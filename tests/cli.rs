@@ -336,6 +336,21 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
         "node-3 is out of the map"
     );
 
+    // The rolling upgrade: node-3 stops and starts again while drained, and joins with no
+    // shards (it would wait forever for a map that includes it otherwise).
+    n3.shutdown();
+    let n3 = NodeProcess::spawn_with(&url, NS, "node-3", FAST, &one);
+    let status = status_until(&url, "node-3 back, drained", |s| {
+        s["nodes"].as_array().is_some_and(|n| {
+            n.iter()
+                .any(|n| n["node"] == "node-3" && n["health"] == "drained" && n["shards"] == 0)
+        })
+    });
+    assert_eq!(
+        status["map"]["nodes"],
+        serde_json::json!(["node-1", "node-2"])
+    );
+
     // undrain gives node-3 shards back; rebalance clears every drain.
     let back = aether_json(&url, &["undrain", "node-3", "--wait", "60"]);
     assert_eq!(back["done"], true, "{back:#}");

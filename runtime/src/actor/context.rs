@@ -194,6 +194,7 @@ impl Turn {
             chain,
             origin: None,
             traced: meta.traced,
+            asked_at: None,
         })
     }
 
@@ -235,6 +236,7 @@ impl Turn {
             chain: Vec::new(),
             origin: None,
             traced,
+            asked_at: None,
         };
         tell_on::<B>(host, target, cmd, Some(meta))
     }

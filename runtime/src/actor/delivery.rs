@@ -205,6 +205,7 @@ async fn deliver(host: Arc<Host>, me: ActorKey, entry: OutboxEntry) -> (ActorKey
             compensation: entry.compensation,
         })),
         traced: host.traced(entry.correlation_id),
+        asked_at: None,
     };
     let settle = deliver_effect(&host, &entry.target, entry.command, meta).await;
     (entry.target, entry.seq, settle)

@@ -141,6 +141,9 @@ pub(crate) struct CallMeta {
     pub origin: Option<Box<EffectOrigin>>,
     /// The workflow is traced: this call gets spans (see `wire::TraceParent`).
     pub traced: bool,
+    /// When a local ask was queued (coarse clock), if its latency is measured: the actor
+    /// records it as the queue wait plus its turn (see `metrics`).
+    pub asked_at: Option<Instant>,
 }
 
 impl CallMeta {
@@ -156,6 +159,7 @@ impl CallMeta {
             chain: Vec::new(),
             origin: None,
             traced: false,
+            asked_at: None,
         }
     }
 }

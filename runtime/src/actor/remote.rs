@@ -234,6 +234,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                 chain: request.chain,
                 origin: request.effect.map(Box::new),
                 traced,
+                asked_at: None,
             };
             if meta.origin.is_some() {
                 let answer = match effect_local::<A>(&host, &key, cmd, meta).await {

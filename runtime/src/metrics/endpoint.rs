@@ -25,13 +25,13 @@ use tokio::task::JoinHandle;
 use super::Collector;
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
-const SECONDS_BUCKETS: &[f64] = &[
+pub(crate) const SECONDS_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Replay length buckets, in events.
-const EVENT_BUCKETS: &[f64] = &[
+pub(crate) const EVENT_BUCKETS: &[f64] = &[
     0.0,
     1.0,
     10.0,

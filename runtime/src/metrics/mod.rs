@@ -12,8 +12,9 @@
 //! Two kinds of values, measured two ways:
 //!
 //! - **per call** — asks by path and outcome, ask/turn/append/activation latency, replay
-//!   length — are recorded as they happen, through handles registered once per actor kind at
-//!   start ([`KindMeters`]), so a record is an atomic add, not a registry lookup;
+//!   length — are recorded as they happen into per-thread shards, and handed to the recorder
+//!   when it is read (see [`sharded`]): no registry lookup, and no cache line shared between
+//!   threads on the hot path;
 //! - **state and totals** the runtime already keeps as atomics (resident actors, activations,
 //!   conflicts, handoffs, the leader's term, bus drops per subscription, outbox backlogs) are
 //!   copied into the recorder when it is read: on every scrape of the endpoint, and every few
@@ -25,14 +26,16 @@
 //! metric with its labels and meaning; a test holds that list and the scrape to each other.
 
 pub(crate) mod endpoint;
+mod sharded;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Label};
+use metrics::{Histogram, Label};
+
+use self::sharded::{ShardedCounter, ShardedHistogram};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::actor::host::Host;
 use crate::cluster::Cluster;
@@ -86,21 +89,33 @@ pub(crate) struct Meters {
     kinds: Vec<KindMeters>,
 }
 
-/// The per-call handles of one actor kind.
+/// The per-call metrics of one actor kind (see [`sharded`]).
 pub(crate) struct KindMeters {
     kind: &'static str,
     base: Vec<Label>,
-    ok: [Counter; 2],
-    rejected: [Counter; 2],
-    ask_seconds: [Histogram; 2],
-    turn_seconds: Histogram,
-    append_seconds: Histogram,
-    activation_seconds: Histogram,
-    replay_events: Histogram,
+    ok: [ShardedCounter; 2],
+    rejected: [ShardedCounter; 2],
+    ask_seconds: [ShardedHistogram; 2],
+    turn_seconds: ShardedHistogram,
+    append_seconds: ShardedHistogram,
+    activation_seconds: ShardedHistogram,
+    replay_events: ShardedHistogram,
 }
 
+/// A start time for the latencies above: the TSC clock (`quanta`, which the exporter uses
+/// too) where the machine has a reliable one.
+pub(crate) type Started = quanta::Instant;
+
+/// Now, for [`KindMeters`]' latencies.
+pub(crate) fn now() -> Started {
+    quanta::Instant::now()
+}
+
+/// Nanoseconds per second: latencies are summed in nanoseconds.
+const NANOS: f64 = 1e9;
+
 impl Meters {
-    /// Registers the handles of `kinds` for the runtime of `namespace` on `node`, with the
+    /// Registers the metrics of `kinds` for the runtime of `namespace` on `node`, with the
     /// recorder installed now (install a recorder before: handles of none record nothing).
     pub(crate) fn new(namespace: &str, node: &str, kinds: &[&'static str]) -> Meters {
         let base = vec![
@@ -114,11 +129,18 @@ impl Meters {
         }
     }
 
-    /// The handles of `kind`.
+    /// The metrics of `kind`.
     pub(crate) fn kind(&self, kind: &'static str) -> Option<&KindMeters> {
         self.kinds
             .iter()
             .find(|k| std::ptr::eq(k.kind, kind) || k.kind == kind)
+    }
+
+    /// Hands what the hot path recorded to the recorder.
+    fn export(&self) {
+        for k in &self.kinds {
+            k.export();
+        }
     }
 }
 
@@ -132,16 +154,17 @@ impl KindMeters {
             l
         };
         let asks = |path: Path, outcome: &'static str| {
-            metrics::counter!(
+            ShardedCounter::new(metrics::counter!(
                 "aether_asks_total",
                 with(&[("path", path.label()), ("outcome", outcome)])
-            )
+            ))
         };
+        let seconds = |h: Histogram| ShardedHistogram::new(h, endpoint::SECONDS_BUCKETS, NANOS);
         let ask_seconds = |path: Path| {
-            metrics::histogram!(
+            seconds(metrics::histogram!(
                 "aether_ask_duration_seconds",
                 with(&[("path", path.label())])
-            )
+            ))
         };
         KindMeters {
             kind,
@@ -151,27 +174,43 @@ impl KindMeters {
                 asks(Path::Remote, "rejected"),
             ],
             ask_seconds: [ask_seconds(Path::Local), ask_seconds(Path::Remote)],
-            turn_seconds: metrics::histogram!("aether_turn_duration_seconds", labels.clone()),
-            append_seconds: metrics::histogram!(
+            turn_seconds: seconds(metrics::histogram!(
+                "aether_turn_duration_seconds",
+                labels.clone()
+            )),
+            append_seconds: seconds(metrics::histogram!(
                 "aether_store_append_duration_seconds",
                 labels.clone()
-            ),
-            activation_seconds: metrics::histogram!(
+            )),
+            activation_seconds: seconds(metrics::histogram!(
                 "aether_activation_duration_seconds",
                 labels.clone()
+            )),
+            replay_events: ShardedHistogram::new(
+                metrics::histogram!("aether_replay_events", labels.clone()),
+                endpoint::EVENT_BUCKETS,
+                1.0,
             ),
-            replay_events: metrics::histogram!("aether_replay_events", labels.clone()),
             base: labels,
         }
     }
 
-    /// One ask that went `path`, started at `started`, ended with `result`.
-    pub(crate) fn ask<T, E>(&self, path: Path, started: Instant, result: &Result<T, AskError<E>>) {
+    /// The latency of a remote ask that started at `started` and just ended.
+    pub(crate) fn remote_latency(&self, started: Started) {
+        self.ask_seconds[Path::Remote as usize].record(started.elapsed().as_secs_f64());
+    }
+
+    /// The latency of a local ask, measured by the actor: its queue wait and its turn.
+    pub(crate) fn local_latency(&self, took: Duration) {
+        self.ask_seconds[Path::Local as usize].record(took.as_secs_f64());
+    }
+
+    /// One ask that went `path` and ended with `result` (its latency is recorded apart).
+    pub(crate) fn asked<T, E>(&self, path: Path, result: &Result<T, AskError<E>>) {
         let i = path as usize;
-        self.ask_seconds[i].record(started.elapsed().as_secs_f64());
         match result {
-            Ok(_) => self.ok[i].increment(1),
-            Err(AskError::Rejected(_)) => self.rejected[i].increment(1),
+            Ok(_) => self.ok[i].add(1),
+            Err(AskError::Rejected(_)) => self.rejected[i].add(1),
             // Failures are rare: the registry lookup is fine here.
             Err(AskError::Failed(e)) => {
                 let mut labels = self.base.clone();
@@ -196,6 +235,20 @@ impl KindMeters {
     pub(crate) fn activated(&self, took: Duration, events: u64) {
         self.activation_seconds.record(took.as_secs_f64());
         self.replay_events.record(events as f64);
+    }
+
+    fn export(&self) {
+        for c in self.ok.iter().chain(&self.rejected) {
+            c.export();
+        }
+        for h in self.ask_seconds.iter().chain([
+            &self.turn_seconds,
+            &self.append_seconds,
+            &self.activation_seconds,
+            &self.replay_events,
+        ]) {
+            h.export();
+        }
     }
 }
 
@@ -225,7 +278,7 @@ macro_rules! catalog {
 
 catalog! {
     "aether_asks_total" Counter "Asks that ended, by kind, path (local, remote) and outcome (ok, rejected, or the call error)";
-    "aether_ask_duration_seconds" Histogram "Time from ask to answer, by kind and path";
+    "aether_ask_duration_seconds" Histogram "Time from ask to answer, by kind and path (local asks: the queue wait, to a few milliseconds, plus the turn)";
     "aether_turn_duration_seconds" Histogram "Time of one turn on the actor (handler, append, apply), by kind";
     "aether_store_append_duration_seconds" Histogram "Time of one append to the event store, by kind";
     "aether_activation_duration_seconds" Histogram "Time to activate an actor (snapshot and replay), by kind";
@@ -306,11 +359,14 @@ impl Collector {
         }
     }
 
-    /// Records the current values.
+    /// Records the current values (and hands what the hot path recorded over).
     pub(crate) fn collect(&self) {
         let Some(host) = self.host.upgrade() else {
             return;
         };
+        if let Some(meters) = host.all_meters() {
+            meters.export();
+        }
         let base = &self.base;
         let counter = |name: &'static str, value: u64| {
             metrics::counter!(name, base.clone()).absolute(value);

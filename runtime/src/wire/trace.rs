@@ -97,7 +97,7 @@ pub fn sampled(correlation_id: CommandId, one_in: u32) -> bool {
             h ^= h >> 33;
             h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
             h ^= h >> 33;
-            h % u64::from(n) == 0
+            h.is_multiple_of(u64::from(n))
         }
     }
 }

@@ -127,7 +127,7 @@ impl<A: Behavior> Activation<A> {
             } else {
                 tracing::Span::none()
             };
-            let started = self.host.meters(A::KIND).map(|_| Instant::now());
+            let started = self.host.meters(A::KIND).map(|_| crate::metrics::now());
             let appended = self
                 .host
                 .events

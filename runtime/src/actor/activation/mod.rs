@@ -205,7 +205,7 @@ impl<A: Behavior> Kit<A> {
             Box::pin(inbox.supervise(wait_done(previous))).await;
         }
         let turn = Arc::clone(inbox.turn());
-        let started = Instant::now();
+        let started = crate::metrics::now();
         let load = async {
             let _loading = Loading::new(&host.stats.activating);
             let _permit = host.replays.acquire().await;
@@ -679,7 +679,8 @@ impl<A: Behavior> Activation<A> {
             reply: env.reply.take(),
             ack: env.ack.take(),
         });
-        let started = self.host.meters(A::KIND).map(|_| Instant::now());
+        let started = self.host.meters(A::KIND).map(|_| crate::metrics::now());
+        let asked_at = env.meta.asked_at;
         self.traced = env.meta.traced;
         let span = if !self.traced {
             tracing::Span::none()
@@ -715,7 +716,14 @@ impl<A: Behavior> Activation<A> {
         if let Some(started) = started
             && let Some(meters) = self.host.meters(A::KIND)
         {
-            meters.turn(started.elapsed());
+            let took = started.elapsed();
+            meters.turn(took);
+            if let Some(asked_at) = asked_at {
+                // The queue wait at the coarse clock's resolution (it matters when long), the
+                // turn to the nanosecond.
+                let waited = super::clock::coarse_now().saturating_duration_since(asked_at);
+                meters.local_latency(waited.saturating_sub(took) + took);
+            }
         }
         self.ctx.turn().end();
         let Some(InFlight {
