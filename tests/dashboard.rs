@@ -36,9 +36,15 @@ fn aether_binary() -> PathBuf {
     bin
 }
 
+/// The Chromium binary itself. Debian's `/usr/bin/chromium-headless-shell` is a shell script
+/// that runs it without `exec`: killing the script would leave the browser running, so the
+/// script's target is preferred.
 fn chromium_binary() -> PathBuf {
+    const REAL: &str = "/usr/lib/chromium/chromium-headless-shell";
     let path = std::env::var_os("AETHER_CHROMIUM")
         .map(PathBuf::from)
+        .filter(|p| !is_script(p))
+        .or_else(|| Some(PathBuf::from(REAL)).filter(|p| p.is_file()))
         .or_else(|| {
             ["chromium-headless-shell", "chromium"]
                 .iter()
@@ -55,11 +61,37 @@ fn chromium_binary() -> PathBuf {
     })
 }
 
-/// A child process killed when the test ends, however it ends.
+/// Whether `path` is a script (`#!`) rather than the browser.
+fn is_script(path: &std::path::Path) -> bool {
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"#!")
+}
+
+/// A child process killed when the test ends, however it ends — with every process it
+/// started (Chromium's renderers and helpers): it leads its own process group.
 struct Killed(Child);
+
+impl Killed {
+    fn spawn(command: &mut Command) -> Killed {
+        use std::os::unix::process::CommandExt;
+        Killed(
+            command
+                .process_group(0)
+                .spawn()
+                .expect("the process starts"),
+        )
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // The group's id is the leader's pid; `kill(1)` reaches the whole group with `-pid`.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -111,7 +143,7 @@ impl Browser {
     fn start() -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let port = free_port();
-        let process = Killed(
+        let process = Killed::spawn(
             Command::new(chromium_binary())
                 .args([
                     "--headless",
@@ -125,9 +157,7 @@ impl Browser {
                     "about:blank",
                 ])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("chromium starts"),
+                .stderr(Stdio::null()),
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         let ws_url = loop {
@@ -258,14 +288,12 @@ fn the_dashboard_shows_a_failure_and_the_new_owners_live() {
     }
 
     let port = free_port();
-    let mut dashboard = Killed(
+    let mut dashboard = Killed::spawn(
         Command::new(aether_binary())
             .args(["--server", &url, "--namespace", NS, "dashboard"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the dashboard starts"),
+            .stderr(Stdio::piped()),
     );
     let mut banner = String::new();
     BufReader::new(dashboard.0.stderr.take().unwrap())
