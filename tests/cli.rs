@@ -6,33 +6,16 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::nats::{NatsServer, free_port};
-use common::process::{FAST, NodeProcess};
+use common::process::{FAST, NodeProcess, aether_binary};
 use serde_json::Value;
 
 const NS: &str = "clins";
-
-/// The `aether` binary, built next to the test binaries (`scripts/test.sh` builds it).
-fn aether_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let bin = dir.join("aether");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p aether-cli` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
 
 /// Runs `aether <args>` against `url`.
 fn aether(url: &str, args: &[&str]) -> Output {
@@ -279,8 +262,10 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
         assert_eq!(n1.command(&format!("open {a}")), format!("ok {a} 0"));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let load = {
         let stop = Arc::clone(&stop);
+        let acknowledged = Arc::clone(&acknowledged);
         let accounts = accounts.clone();
         std::thread::spawn(move || {
             let mut sent: BTreeMap<String, u64> = BTreeMap::new();
@@ -291,6 +276,7 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
                 let answer = n1.command(&format!("deposit {a} 1"));
                 if answer.starts_with("ok ") {
                     *sent.entry(a.clone()).or_default() += 1;
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
                 } else {
                     failures.push(answer);
                 }
@@ -299,7 +285,18 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
             (n1, sent, failures)
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The load runs before, during and after the drain (polled, not slept on).
+    let load_reaches = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acknowledged.load(Ordering::Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled below {n} deposits"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    load_reaches(20);
     let drained = aether_json(&url, &["drain", "node-3", "--wait", "60"]);
     assert_eq!(drained["done"], true, "{drained:#}");
     let node3 = drained["state"]["nodes"]
@@ -313,7 +310,7 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     assert_eq!(node3["held"], 0);
     assert_eq!(node3["health"], "drained");
     assert_eq!(drained["state"]["drained"], serde_json::json!(["node-3"]));
-    std::thread::sleep(Duration::from_millis(300));
+    load_reaches(acknowledged.load(Ordering::Relaxed) + 20);
     stop.store(true, Ordering::Relaxed);
     let (mut n1, sent, failures) = load.join().expect("the load thread");
     assert!(

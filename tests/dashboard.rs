@@ -16,25 +16,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::nats::{NatsServer, free_port};
-use common::process::{FAST, NodeProcess};
+use common::process::{FAST, NodeProcess, aether_binary};
 use serde_json::{Value, json};
 
 const NS: &str = "dash";
-
-fn aether_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("aether");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p aether-cli` (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
 
 /// The Chromium binary itself. Debian's `/usr/bin/chromium-headless-shell` is a shell script
 /// that runs it without `exec`: killing the script would leave the browser running, so the

@@ -43,17 +43,16 @@ async fn node(url: &str, ns: &str, id: &str) -> Runtime {
     .unwrap_or_else(|e| panic!("{id} joins: {e}"))
 }
 
-/// Both nodes see one map with both of them.
+/// Both nodes see one map with both of them and serve exactly their shards (the handoff is
+/// over: a shard node-a gave away is no longer served, and so asked, locally).
 async fn settled(a: &Runtime, b: &Runtime) {
-    poll_until(WAIT, "a map with both nodes on both", || {
-        let ok = [a, b].iter().all(|rt| {
-            rt.cluster()
-                .and_then(|c| c.shard_map())
-                .is_some_and(|m| m.nodes.len() == 2)
-        });
-        async move { ok }
-    })
-    .await;
+    for rt in [a, b] {
+        rt.cluster()
+            .expect("a cluster node")
+            .settled_with(2, WAIT)
+            .await
+            .expect("the cluster settles");
+    }
 }
 
 /// An id whose shard `rt`'s cluster assigns to `owner`.

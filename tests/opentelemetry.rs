@@ -57,15 +57,14 @@ async fn one_opentelemetry_trace_across_nodes_and_inside_the_callers_trace() {
     let url = server.url();
     let a = node(&url, "node-a").await;
     let b = node(&url, "node-b").await;
-    poll_until(WAIT, "a map with both nodes", || {
-        let ok = [&a, &b].iter().all(|rt| {
-            rt.cluster()
-                .and_then(|c| c.shard_map())
-                .is_some_and(|m| m.nodes.len() == 2)
-        });
-        async move { ok }
-    })
-    .await;
+    // Both in the map, and the handoff over: node-a no longer serves node-b's shards.
+    for rt in [&a, &b] {
+        rt.cluster()
+            .unwrap()
+            .settled_with(2, WAIT)
+            .await
+            .expect("the cluster settles");
+    }
     let cluster = a.cluster().unwrap();
     let far_id = (0..10_000)
         .map(|i| format!("far-{i}"))

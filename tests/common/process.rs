@@ -41,6 +41,23 @@ pub fn node_binary() -> PathBuf {
     bin
 }
 
+/// The `aether` admin tool, built next to the test binaries (`scripts/test.sh` builds it).
+#[allow(dead_code)] // used by some test binaries only
+pub fn aether_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("aether");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p aether-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 pub struct NodeProcess {
     pub id: String,
     pub child: Child,

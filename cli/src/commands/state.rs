@@ -42,6 +42,23 @@ pub struct NodeRow {
     pub commits: u64,
 }
 
+impl NodeRow {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "node": self.node,
+            "health": self.health,
+            "leader": self.leader,
+            "heartbeat_age_ms": self.age.as_millis() as u64,
+            "shards": self.shards,
+            "held": self.held,
+            "handoff_epoch": self.handoff_epoch,
+            "started_ms": self.started_ms,
+            "resident": self.resident,
+            "commits": self.commits,
+        })
+    }
+}
+
 /// One shard, as the tables show it.
 pub struct ShardRow {
     pub shard: u32,
@@ -130,24 +147,7 @@ impl ClusterState {
     }
 
     pub fn to_json(&self) -> Value {
-        let nodes: Vec<Value> = self
-            .node_rows()
-            .into_iter()
-            .map(|n| {
-                json!({
-                    "node": n.node,
-                    "health": n.health,
-                    "leader": n.leader,
-                    "heartbeat_age_ms": n.age.as_millis() as u64,
-                    "shards": n.shards,
-                    "held": n.held,
-                    "handoff_epoch": n.handoff_epoch,
-                    "started_ms": n.started_ms,
-                    "resident": n.resident,
-                    "commits": n.commits,
-                })
-            })
-            .collect();
+        let nodes: Vec<Value> = self.node_rows().into_iter().map(|n| n.to_json()).collect();
         let moving: Vec<Value> = self
             .shard_rows()
             .into_iter()

@@ -291,17 +291,9 @@ impl Tracker {
                     }
                     _ => 0.0,
                 };
-                json!({
-                    "node": n.node,
-                    "health": n.health,
-                    "leader": n.leader,
-                    "heartbeat_age_ms": n.age.as_millis() as u64,
-                    "shards": n.shards,
-                    "held": n.held,
-                    "resident": n.resident,
-                    "commits": n.commits,
-                    "commits_per_sec": (rate * 10.0).round() / 10.0,
-                })
+                let mut node = n.to_json();
+                node["commits_per_sec"] = json!((rate * 10.0).round() / 10.0);
+                node
             })
             .collect();
         self.samples

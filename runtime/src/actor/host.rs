@@ -636,8 +636,15 @@ impl Host {
     /// Durable effects due now in the outboxes of resident actors (not yet settled).
     pub fn effects_due(&self) -> usize {
         let now = crate::wire::now_ms();
-        let cells: Vec<Arc<super::delivery::OutboxCell>> = self
-            .registry
+        self.outboxes()
+            .iter()
+            .map(|c| c.outbox.lock().due_count(now))
+            .sum()
+    }
+
+    /// The outboxes of resident actors (taken out of the registry's locks before reading).
+    fn outboxes(&self) -> Vec<Arc<super::delivery::OutboxCell>> {
+        self.registry
             .iter()
             .flat_map(|r| {
                 r.lock()
@@ -646,27 +653,17 @@ impl Host {
                     .map(|(_, e)| Arc::clone(&e.outbox))
                     .collect::<Vec<_>>()
             })
-            .collect();
-        cells.iter().map(|c| c.outbox.lock().due_count(now)).sum()
+            .collect()
     }
 
     /// Pending durable effects and reminders in the outboxes of resident actors.
     pub fn outbox_backlog(&self) -> (usize, usize) {
-        let cells: Vec<Arc<super::delivery::OutboxCell>> = self
-            .registry
+        self.outboxes()
             .iter()
-            .flat_map(|r| {
-                r.lock()
-                    .resident
-                    .iter()
-                    .map(|(_, e)| Arc::clone(&e.outbox))
-                    .collect::<Vec<_>>()
+            .fold((0, 0), |(effects, reminders), c| {
+                let (e, r) = c.outbox.lock().backlog();
+                (effects + e, reminders + r)
             })
-            .collect();
-        cells.iter().fold((0, 0), |(effects, reminders), c| {
-            let (e, r) = c.outbox.lock().backlog();
-            (effects + e, reminders + r)
-        })
     }
 
     /// Whether the workflow `correlation_id` is traced on this node's settings.

@@ -120,18 +120,12 @@ impl ClusterView {
 
     /// Every node record in the registry.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, String> {
-        let mut keys = self.nodes.keys().await.map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| e.to_string())?;
-            if let Some(entry) = read_entry(&self.nodes, &key).await?
-                && entry.operation == kv::Operation::Put
-                && let Ok(record) = codec::decode::<NodeRecord>("node record", &entry.value)
-            {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .node_entries()
+            .await?
+            .into_iter()
+            .map(|e| e.record)
+            .collect())
     }
 
     /// Every node record in the registry, with the age of each.
