@@ -1,20 +1,19 @@
 //! B1: local ask throughput ÷ raw ractor `call` throughput, same concurrency, same run.
 //!
 //! Both sides serve a read (no event persisted) from an actor holding a `u64`, at 1 caller
-//! (one actor) and at 64 callers (64 actors, one each). Seven paired rounds of one second
-//! (`AETHER_BENCH_SECS` × 0.5), the order within a pair alternating; the figure is the median
-//! of the per-round ratios (see `support::report_paired`).
+//! (one actor) and at 64 callers (64 actors, one each). Paired rounds (see `support::pairs`),
+//! the order within a pair alternating; the figure is the median of the per-round ratios (see
+//! `support::report_paired`).
 
 mod support;
 
 use aether::prelude::*;
 use support::{
-    Figure, Probe, ProbeCmd, RawCounter, RawMsg, measure_time, median, report_paired, throughput,
+    Figure, Probe, ProbeCmd, RawCounter, RawMsg, measure_time, median, pairs, report_paired,
+    throughput,
 };
 
-const ROUNDS: usize = 7;
-
-async fn raw(concurrency: usize) -> f64 {
+async fn raw(concurrency: usize, round: std::time::Duration) -> f64 {
     let mut refs = Vec::new();
     let mut handles = Vec::new();
     for _ in 0..concurrency {
@@ -25,7 +24,7 @@ async fn raw(concurrency: usize) -> f64 {
         handles.push(h);
     }
     let refs = std::sync::Arc::new(refs);
-    let ops = throughput(concurrency, measure_time() / 2, {
+    let ops = throughput(concurrency, round, {
         let refs = refs.clone();
         move |w| {
             let refs = refs.clone();
@@ -45,7 +44,7 @@ async fn raw(concurrency: usize) -> f64 {
     ops
 }
 
-async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
+async fn ours(rt: &Runtime, concurrency: usize, round: std::time::Duration) -> f64 {
     let refs: Vec<ActorRef<Probe>> = (0..concurrency)
         .map(|i| rt.actor::<Probe>(format!("p{i}")).expect("ref"))
         .collect();
@@ -53,7 +52,7 @@ async fn ours(rt: &Runtime, concurrency: usize) -> f64 {
         r.ask(ProbeCmd::Get).await.expect("activate");
     }
     let refs = std::sync::Arc::new(refs);
-    throughput(concurrency, measure_time() / 2, move |w| {
+    throughput(concurrency, round, move |w| {
         let refs = refs.clone();
         async move {
             let v = refs[w].ask(ProbeCmd::Get).await.expect("ask");
@@ -71,15 +70,37 @@ async fn main() -> anyhow::Result<()> {
         .memory_store()
         .start()
         .await?;
+    // For a profiler: `B1_PROFILE=ours` (or `raw`) runs only that side, at `B1_CONCURRENCY`
+    // (default 1), for `B1_ROUNDS` rounds (default 10), printing each round's rate.
+    if let Ok(side) = std::env::var("B1_PROFILE") {
+        let concurrency = std::env::var("B1_CONCURRENCY")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let rounds: usize = std::env::var("B1_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(10);
+        for _ in 0..rounds {
+            let ops = match side.as_str() {
+                "raw" => raw(concurrency, measure_time() / 2).await,
+                _ => ours(&rt, concurrency, measure_time() / 2).await,
+            };
+            eprintln!("{side} at {concurrency}: {ops:.0} ops/s");
+        }
+        rt.shutdown().await?;
+        return Ok(());
+    }
     for concurrency in [1usize, 64] {
         let (mut r, mut o) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
+        let (rounds, length) = pairs();
+        for round in 0..rounds {
             if round % 2 == 0 {
-                r.push(raw(concurrency).await);
-                o.push(ours(&rt, concurrency).await);
+                r.push(raw(concurrency, length).await);
+                o.push(ours(&rt, concurrency, length).await);
             } else {
-                o.push(ours(&rt, concurrency).await);
-                r.push(raw(concurrency).await);
+                o.push(ours(&rt, concurrency, length).await);
+                r.push(raw(concurrency, length).await);
             }
         }
         report_paired(

@@ -21,12 +21,10 @@ use std::time::Duration;
 
 use aether::prelude::*;
 use aether::{ClusterConfig, Runtime};
-use support::{Figure, Probe, ProbeCmd, measure_time, median, report_paired, throughput};
+use support::{Figure, Probe, ProbeCmd, median, pairs, report_paired, throughput};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
-
-const ROUNDS: usize = 7;
 
 /// A layer that keeps nothing: the registry still records every enabled span (ids, fields,
 /// parents), which is the cost an exporter's layer adds before it sends anything.
@@ -58,8 +56,8 @@ fn tracing_on(switch: &Switch, on: bool) {
     switch.reload(targets).expect("reload the filter");
 }
 
-async fn asks(refs: Arc<Vec<ActorRef<Probe>>>, concurrency: usize) -> f64 {
-    throughput(concurrency, measure_time() / 2, move |w| {
+async fn asks(refs: Arc<Vec<ActorRef<Probe>>>, concurrency: usize, round: Duration) -> f64 {
+    throughput(concurrency, round, move |w| {
         let refs = refs.clone();
         async move {
             let v = refs[w].ask(ProbeCmd::Get).await.expect("ask");
@@ -90,11 +88,12 @@ async fn compare(
     concurrency: usize,
 ) {
     let (mut o, mut b) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    let (rounds, length) = pairs();
+    for round in 0..rounds {
         for first in [round % 2 == 0, round % 2 != 0] {
             tracing_on(switch, first);
             let refs = if first { on.clone() } else { off.clone() };
-            let ops = asks(refs, concurrency).await;
+            let ops = asks(refs, concurrency, length).await;
             if first { o.push(ops) } else { b.push(ops) }
         }
     }

@@ -68,10 +68,33 @@ pub fn report(f: Figure<'_>) {
 /// Reports rounds measured in pairs (baseline and ours back to back, each round's order
 /// alternating): the figure is the median of the per-round ratios, which cancels drift in the
 /// machine's speed between rounds (on a shared two-core machine it is the largest error).
-/// The throughputs shown are the medians of each side.
+/// The throughputs shown are the medians of each side; the spread printed after the ratio is
+/// the interquartile range of the per-round ratios.
 pub fn report_paired(f: Figure<'_>, ours: &[f64], baseline: &[f64]) {
-    let ratios = ours.iter().zip(baseline).map(|(o, b)| o / b).collect();
-    report_ratio(f, median(ratios));
+    let mut ratios: Vec<f64> = ours.iter().zip(baseline).map(|(o, b)| o / b).collect();
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+    let spread = (quartile(1), quartile(3));
+    report_ratio(f, median(ratios.clone()));
+    println!(
+        "     {} pairs, ratios' interquartile range {:.3}..{:.3}",
+        ratios.len(),
+        spread.0,
+        spread.1
+    );
+}
+
+/// How many paired rounds a ratio bench runs, and how long each side of a pair measures: many
+/// short pairs (`AETHER_BENCH_PAIRS`, default 21, a fifth of `AETHER_BENCH_SECS` each) rather
+/// than a few long ones, so both sides of a pair see the same machine — the CPU a shared VM
+/// loses to its neighbours comes and goes within seconds.
+pub fn pairs() -> (usize, Duration) {
+    let pairs = std::env::var("AETHER_BENCH_PAIRS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(21)
+        .max(1);
+    (pairs, measure_time() / 5)
 }
 
 /// Whether `value` meets `target` (`(">=", x)` or `("<=", x)`).

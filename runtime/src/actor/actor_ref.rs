@@ -2,11 +2,9 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -249,21 +247,18 @@ pub(crate) async fn ask_on<A: Behavior>(
         None if crate::opentelemetry::current_trace_id() == Some(trace_id) => {}
         None => crate::opentelemetry::adopt(&span, trace_id, span_id(env.meta.command_id)),
     }
-    match host.meters(A::KIND) {
-        None => {
-            route::<A>(host, key, env, &span, false)
-                .instrument(span.clone())
-                .await
-                .0
-        }
-        Some(meters) => {
-            let (result, path) = route::<A>(host, key, env, &span, true)
-                .instrument(span.clone())
-                .await;
-            meters.asked(path, &result);
-            result
-        }
+    let meters = host.meters(A::KIND);
+    let routed = route::<A>(host, key, env, &span, meters.is_some());
+    // An untraced ask (nearly all of them) skips the span's enter and exit on every poll.
+    let (result, path) = if span.is_none() {
+        routed.await
+    } else {
+        routed.instrument(span.clone()).await
+    };
+    if let Some(meters) = meters {
+        meters.asked(path, &result);
     }
+    result
 }
 
 /// Delivers an ask to the local activation, or to the shard's owner over NATS; says which.
@@ -298,7 +293,8 @@ async fn route<A: Behavior>(
     let Envelope { cmd, mut meta, .. } = *env;
     meta.asked_at = None;
     let started = measured.then(crate::metrics::now);
-    let result = super::remote::ask::<A>(host, key, shard, cmd, meta).await;
+    // Boxed: the remote path's future is large, and a local ask should not carry it.
+    let result = Box::pin(super::remote::ask::<A>(host, key, shard, cmd, meta)).await;
     if let Some(started) = started
         && let Some(meters) = host.meters(A::KIND)
     {
@@ -332,19 +328,25 @@ pub(crate) async fn ask_local<A: Behavior>(
     let (deadline, timeout) = (env.meta.deadline, env.meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
     env.reply = Some(reply_tx);
-    let msg = Msg::Command(env);
-    // Delivery only waits (and only then needs a timer) when the mailbox is full.
-    let mut delivery = std::pin::pin!(host.deliver::<A>(&key.id, msg));
-    let delivered = match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
-        Poll::Ready(result) => result,
-        Poll::Pending => match tokio::time::timeout_at(deadline, delivery).await {
-            Err(_) => {
-                return LocalAsk::Answered(Err(AskError::Failed(CallError::Timeout {
-                    after: timeout,
-                })));
+    let delivered = match host.deliver_now::<A>(&key.id, Msg::Command(env)) {
+        // Only a full mailbox waits (and needs a timer): boxed, so the common ask's future —
+        // created and moved on every call — stays small.
+        Err((Undelivered::Full, msg)) => {
+            match Box::pin(tokio::time::timeout_at(
+                deadline,
+                host.deliver::<A>(&key.id, msg),
+            ))
+            .await
+            {
+                Err(_) => {
+                    return LocalAsk::Answered(Err(AskError::Failed(CallError::Timeout {
+                        after: timeout,
+                    })));
+                }
+                Ok(result) => result,
             }
-            Ok(result) => result,
-        },
+        }
+        other => other,
     };
     match delivered {
         Ok(()) => {}

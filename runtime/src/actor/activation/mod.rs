@@ -707,6 +707,8 @@ impl<A: Behavior> Activation<A> {
                 let effect = Box::pin(self.apply_effect(env, *origin));
                 inbox.supervise(effect).instrument(span).await.map(Err)
             }
+            // An untraced turn skips the span's enter and exit on every poll.
+            None if span.is_none() => inbox.supervise(self.decide(env)).await.map(Ok),
             None => inbox
                 .supervise(self.decide(env))
                 .instrument(span)
