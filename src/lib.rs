@@ -71,7 +71,7 @@ pub mod prelude {
     pub use crate::EventSourcedActor;
     pub use aether_runtime::{
         ActorRef, AskError, AskOptions, Behavior, CallError, ClusterConfig, Command, CommandId,
-        Ctx, Effect, Handle, Persist, Runtime,
+        Ctx, Effect, Handle, OldState, Persist, Runtime,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The derive implements `aether::EventSourcedActor` for the state type: its kind name, its
-//! event and error types, its snapshot interval, and its commands with the reply type of each.
+//! event and error types, its snapshot interval, the version of its state schema
+//! (`state_version = N`, 0 when left out; see `Behavior::migrate_state`), and its commands with the reply type of each.
 //! For `commands(...)` it generates the actor's wire types — an enum `<State>Command` with one
 //! variant per command type and an enum `<State>Reply` with one variant per reply — and
 //! implements `aether::Command<State>` for every command type, so `ask(Deposit(5))` returns a
@@ -22,7 +23,7 @@
 //!
 //! Everything that can be checked at compile time is: the kind is a valid name
 //! (`[A-Za-z0-9_-]`, 1–64 characters), every key is present once and known, `snapshot_every`
-//! is a positive integer, the state is not generic, the command types are distinct, and the
+//! is a positive integer, `state_version` fits a `u32`, the state is not generic, the command types are distinct, and the
 //! state and the named types have the traits the runtime needs. Errors point at the attribute
 //! or the type at fault.
 //!
@@ -41,7 +42,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitInt, LitStr, Path, Token, Type, parse_macro_input};
 
-const KEYS: &str = "kind, commands, command, reply, event, error, snapshot_every";
+const KEYS: &str = "kind, commands, command, reply, event, error, snapshot_every, state_version";
 
 /// One `Command -> Reply` of `commands(...)`.
 struct CommandSpec {
@@ -127,6 +128,7 @@ struct ActorArgs {
     reply: Option<Type>,
     error: Option<Type>,
     snapshot_every: Option<LitInt>,
+    state_version: Option<LitInt>,
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, key: &str, span: Span) -> syn::Result<()> {
@@ -225,6 +227,18 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
                     )),
                 }
             }
+            "state_version" => {
+                let lit: LitInt = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(e.span(), "`state_version` must be an integer: state_version = 2")
+                })?;
+                match lit.base10_parse::<u32>() {
+                    Ok(_) => set_once(&mut args.state_version, lit, "state_version", span),
+                    Err(_) => Err(syn::Error::new(
+                        lit.span(),
+                        "`state_version` must be a non-negative integer that fits in a u32",
+                    )),
+                }
+            }
             _ => Err(syn::Error::new(
                 span,
                 format!("unknown key `{key}` in #[actor(...)]; expected one of: {KEYS}"),
@@ -266,6 +280,10 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let snapshot_every = match &args.snapshot_every {
         Some(lit) => quote!(::core::option::Option::Some(#lit)),
         None => quote!(::core::option::Option::None),
+    };
+    let state_version = match &args.state_version {
+        Some(lit) => quote!(#lit),
+        None => quote!(0),
     };
     let ident = &input.ident;
     let krate = aether_path();
@@ -324,6 +342,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         impl #trait_path for #ident {
             const KIND: &'static str = #kind;
             const SNAPSHOT_EVERY: ::core::option::Option<u64> = #snapshot_every;
+            const STATE_VERSION: u32 = #state_version;
             type Command = #command;
             type Event = #event;
             type Reply = #reply;

@@ -66,7 +66,8 @@ pub mod workflow;
 
 pub use actor::RefError;
 pub use actor::{
-    ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, Persist,
+    ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, OldState,
+    Persist,
 };
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};

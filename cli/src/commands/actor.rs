@@ -204,7 +204,7 @@ pub async fn snapshot(ctx: &Ctx, kind: &str, id: &str) -> anyhow::Result<()> {
         }
         anyhow::bail!("{kind}/{id} has no snapshot");
     };
-    let state = msgpack::to_json(&snapshot.payload);
+    let state = msgpack::snapshot_to_json(&snapshot.payload);
     if ctx.json {
         output::json(&json!({
             "actor": {"namespace": key.namespace.as_str(), "kind": kind, "id": id},

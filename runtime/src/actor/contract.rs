@@ -31,6 +31,12 @@ pub trait EventSourcedActor:
     const KIND: &'static str;
     /// Take a snapshot every this many events (`None`: only on passivation).
     const SNAPSHOT_EVERY: Option<u64> = None;
+    /// The version of the state's schema (`state_version = N` on the derive; 0 when not
+    /// given). Every snapshot records it; a snapshot written at another version is never
+    /// trusted as is: it goes through [`Behavior::migrate_state`] or, when that declines, the
+    /// actor replays its whole history. Raise it whenever the state's fields, or what
+    /// [`Behavior::apply`] folds into them, change.
+    const STATE_VERSION: u32 = 0;
     /// Every command the actor accepts, as it travels (one enum over the command types).
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// Events the actor persists.
@@ -129,6 +135,65 @@ pub trait Handle<C: Command<Self>>: Behavior {
 pub trait Behavior: EventSourcedActor {
     /// Folds one stored event into the state. Pure, infallible, deterministic.
     fn apply(&mut self, event: &Self::Event);
+
+    /// Turns a snapshot written at an older [`STATE_VERSION`](EventSourcedActor::STATE_VERSION)
+    /// into today's state, or declines (`None`, the default): the snapshot is then ignored and
+    /// the actor replays its whole history, which is always correct while the events are kept.
+    ///
+    /// Migrate only when the new state is exactly the fold of the same events by today's
+    /// [`apply`](Behavior::apply) — a renamed field, a new field with a computable value.
+    /// A snapshot from a *newer* version (code rolled back) is never offered here: it is
+    /// ignored.
+    ///
+    /// ```ignore
+    /// fn migrate_state(old: OldState<'_>) -> Option<Self> {
+    ///     match old.version() {
+    ///         1 => old.decode::<AccountV1>().ok().map(|v1| Account {
+    ///             owner: v1.owner,
+    ///             balance_cents: v1.balance * 100,
+    ///         }),
+    ///         _ => None,
+    ///     }
+    /// }
+    /// ```
+    fn migrate_state(old: OldState<'_>) -> Option<Self> {
+        let _ = old;
+        None
+    }
+}
+
+/// A snapshot's state as an older version of the code wrote it, offered to
+/// [`Behavior::migrate_state`].
+#[derive(Clone, Copy)]
+pub struct OldState<'a> {
+    version: u32,
+    bytes: &'a [u8],
+}
+
+impl<'a> OldState<'a> {
+    pub(crate) fn new(version: u32, bytes: &'a [u8]) -> Self {
+        OldState { version, bytes }
+    }
+
+    /// The [`STATE_VERSION`](EventSourcedActor::STATE_VERSION) it was written at.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Decodes the state as the type that version used (a copy of the old struct, kept for
+    /// the migration). Fields are matched by name, so the old type may also be a subset.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CodecError> {
+        codec::decode("old snapshot state", self.bytes)
+    }
+}
+
+impl std::fmt::Debug for OldState<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OldState")
+            .field("version", &self.version)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// The outcome of a handled command: events to persist (possibly none), the reply (of type

@@ -32,4 +32,4 @@ mod residents;
 pub(crate) use actor_ref::make_ref;
 pub use actor_ref::{ActorRef, AskOptions, RefError};
 pub use context::Ctx;
-pub use contract::{Behavior, Command, Effect, EventSourcedActor, Handle, Persist};
+pub use contract::{Behavior, Command, Effect, EventSourcedActor, Handle, OldState, Persist};

@@ -293,7 +293,8 @@ catalog! {
     "aether_conflicts_total" Counter "Appends refused with a version conflict (a stale activation)";
     "aether_deduplicated_total" Counter "Commands answered from a stored reply instead of applied again";
     "aether_snapshots_saved_total" Counter "Snapshots written";
-    "aether_snapshot_fallbacks_total" Counter "Snapshots that could not be used (full replay instead)";
+    "aether_snapshot_fallbacks_total" Counter "Snapshots not used: unreadable, or at another state version and not migrated (full replay instead)";
+    "aether_snapshot_migrations_total" Counter "Snapshots at an older state version migrated by migrate_state";
     "aether_handler_panics_total" Counter "Handler panics (the activation restarted from the store)";
     "aether_abandoned_total" Counter "Commands skipped because their asker had given up";
     "aether_deadlocks_refused_total" Counter "Asks refused with Deadlock";
@@ -386,6 +387,7 @@ impl Collector {
         counter("aether_deduplicated_total", s.deduplicated);
         counter("aether_snapshots_saved_total", s.snapshots_saved);
         counter("aether_snapshot_fallbacks_total", s.snapshot_fallbacks);
+        counter("aether_snapshot_migrations_total", s.snapshot_migrations);
         counter("aether_handler_panics_total", s.handler_panics);
         counter("aether_abandoned_total", s.abandoned);
         counter("aether_deadlocks_refused_total", s.deadlocks_refused);

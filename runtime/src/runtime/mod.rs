@@ -64,8 +64,12 @@ pub struct RuntimeStats {
     pub deduplicated: u64,
     /// Snapshots written.
     pub snapshots_saved: u64,
-    /// Snapshots that could not be read (full replay instead).
+    /// Snapshots not used (unreadable, or written at another state version and not
+    /// migrated): the actor replayed its full history instead.
     pub snapshot_fallbacks: u64,
+    /// Snapshots written at an older state version and migrated by
+    /// [`Behavior::migrate_state`](crate::Behavior::migrate_state).
+    pub snapshot_migrations: u64,
     /// Handler panics.
     pub handler_panics: u64,
     /// Commands skipped because their asker had already given up.

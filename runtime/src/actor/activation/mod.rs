@@ -118,22 +118,46 @@ struct Recent {
 }
 
 /// The snapshot format this code writes; it reads every format up to it.
-const SNAPSHOT_FORMAT: u16 = 2;
+///
+/// - 1, 2: the state inline; written before state versions, so read as state version 0.
+/// - 3: the state encoded on its own, with the state schema's version beside it, so that an
+///   older state can be handed to [`Behavior::migrate_state`] as the bytes it was written as.
+const SNAPSHOT_FORMAT: u16 = 3;
 
 /// The snapshot payload: state plus the dedup window and the outbox, so idempotency and
 /// durable effects survive snapshots.
 #[derive(Serialize)]
-struct SnapshotOut<'a, A> {
+struct SnapshotOut<'a> {
     format: u16,
-    state: &'a A,
+    state_version: u32,
+    #[serde(with = "serde_bytes")]
+    state: &'a [u8],
     recent: &'a VecDeque<Recent>,
     outbox: OutboxImage,
 }
 
+/// Only the format of a snapshot, read first to choose how to read the rest.
 #[derive(Deserialize)]
-struct SnapshotIn<A> {
+struct SnapshotHead {
     format: u16,
+}
+
+/// Formats 1 and 2.
+#[derive(Deserialize)]
+struct SnapshotInline<A> {
     state: A,
+    #[serde(default)]
+    recent: VecDeque<Recent>,
+    #[serde(default)]
+    outbox: OutboxImage,
+}
+
+/// Format 3.
+#[derive(Deserialize)]
+struct SnapshotIn {
+    state_version: u32,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
     #[serde(default)]
     recent: VecDeque<Recent>,
     #[serde(default)]
@@ -561,22 +585,16 @@ impl<A: Behavior> Activation<A> {
         self.recent.clear();
         self.cell.outbox.lock().reset();
         match host.snapshots.latest(&key).await {
-            Ok(Some(snapshot)) => {
-                let decoded = with_decode_host(&host, || {
-                    codec::decode::<SnapshotIn<A>>("snapshot", &snapshot.payload)
-                });
-                match decoded {
-                    Ok(s) if s.format <= SNAPSHOT_FORMAT => {
-                        self.state = s.state;
-                        self.recent = s.recent;
-                        self.cell.outbox.lock().restore(s.outbox);
-                        self.version = snapshot.version;
-                        self.snapshot_version = snapshot.version;
-                    }
-                    Ok(s) => self.snapshot_unusable(&format!("unknown format {}", s.format)),
-                    Err(e) => self.snapshot_unusable(&e.to_string()),
+            Ok(Some(snapshot)) => match self.read_snapshot(&snapshot.payload) {
+                Ok(restored) => {
+                    self.state = restored.state;
+                    self.recent = restored.recent;
+                    self.cell.outbox.lock().restore(restored.outbox);
+                    self.version = snapshot.version;
+                    self.snapshot_version = snapshot.version;
                 }
-            }
+                Err(reason) => self.snapshot_unusable(&reason),
+            },
             Ok(None) => {}
             Err(StoreError::Corrupt { reason, .. }) => self.snapshot_unusable(&reason),
             Err(e) => return Err(LoadError::from_store("cannot read snapshot", e)),
