@@ -87,6 +87,7 @@ async fn store_direct(dir: &std::path::Path) -> f64 {
                 vec![EventData {
                     event_type: "Added".into(),
                     payload: vec![7u8; 8],
+                    schema_version: 0,
                 }],
             );
             let a = store.append(&keys[w], v, commit).await.expect("append");

@@ -44,6 +44,7 @@ fn envelope(version: u64) -> EventEnvelope {
         command_id: CommandId::random(),
         correlation_id: CommandId::random(),
         causation_id: None,
+        schema_version: 0,
     }
 }
 

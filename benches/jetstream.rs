@@ -91,6 +91,7 @@ async fn fill(js: &async_nats::jetstream::Context, ns: &Namespace, id: &str) -> 
             vec![EventData {
                 event_type: "Added".into(),
                 payload: codec::encode("event", &ProbeEvent::Added(1))?,
+                schema_version: 0,
             }],
         );
         let bytes = commit.into_record(&actor, v - 1).encode()?;

@@ -43,6 +43,7 @@ fn commit() -> NewCommit {
         vec![EventData {
             event_type: "Added".into(),
             payload: vec![0x01],
+            schema_version: 0,
         }],
     )
 }

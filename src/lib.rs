@@ -70,8 +70,8 @@ pub use aether_runtime::*;
 pub mod prelude {
     pub use crate::EventSourcedActor;
     pub use aether_runtime::{
-        ActorRef, AskError, AskOptions, Behavior, CallError, ClusterConfig, Command, CommandId,
-        Ctx, Effect, Handle, OldState, Persist, Runtime,
+        ActorRef, AskError, AskOptions, Behavior, CallError, ClusterConfig, CodecError, Command,
+        CommandId, Ctx, Effect, Handle, OldEvent, OldState, Persist, Runtime,
     };
     pub use serde::{Deserialize, Serialize};
 }

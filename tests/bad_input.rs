@@ -283,6 +283,7 @@ async fn undecodable_event_payload_fails_activation_and_keeps_data() {
         events: vec![EventData {
             event_type: "Mystery".into(),
             payload: rmp_serde::to_vec_named(&("not", "an", "event")).unwrap(),
+            schema_version: 0,
         }],
         reply: None,
         outbox: Vec::new(),

@@ -53,6 +53,7 @@ fn child(dir: &str) {
                         .map(|k| EventData {
                             event_type: "Tick".into(),
                             payload: payload(i, version + k),
+                            schema_version: 0,
                         })
                         .collect();
                     let id = CommandId::random();

@@ -40,6 +40,7 @@ fn envelope(
         command_id: CommandId::random(),
         correlation_id: CommandId::random(),
         causation_id: None,
+        schema_version: 0,
     }
 }
 

@@ -160,6 +160,7 @@ async fn namespaces_stay_isolated_over_nats() {
         command_id: CommandId::random(),
         correlation_id: CommandId::random(),
         causation_id: None,
+        schema_version: 0,
     });
     raw.publish(
         "aether.bank.bus.events.counter.x",

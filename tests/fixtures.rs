@@ -95,6 +95,7 @@ fn commit_v2() -> CommitRecord {
                 to: "bob".into(),
                 amount: 5,
             }),
+            schema_version: 0,
         }],
         reply: Some(enc(&95u64)),
         outbox: vec![
@@ -129,6 +130,14 @@ fn commit_v2() -> CommitRecord {
     }
 }
 
+/// A commit whose event carries an event schema version (format 3).
+fn commit_v3() -> CommitRecord {
+    let mut commit = commit_v2();
+    commit.format = 3;
+    commit.events[0].schema_version = 2;
+    commit
+}
+
 /// A commit of the first format: no outbox fields.
 fn commit_v1() -> CommitRecord {
     CommitRecord {
@@ -143,6 +152,7 @@ fn commit_v1() -> CommitRecord {
 #[test]
 fn commits_encode_and_decode_as_checked_in() {
     for (name, commit) in [
+        ("commit-format-3.msgpack", commit_v3()),
         ("commit-format-2.msgpack", commit_v2()),
         ("commit-format-1.msgpack", commit_v1()),
     ] {

@@ -267,3 +267,254 @@ async fn a_snapshot_of_another_state_version_is_ignored_or_migrated_never_truste
     assert_eq!(rt.stats().replayed_events, count);
     rt.shutdown().await.expect("shutdown");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Events: a renamed variant and a split field, read through an upcaster everywhere.
+
+/// v0 of the ledger's events: `Deposited`, and `Moved` with its route in one field ("a->b").
+mod ledger_v0 {
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub enum LedgerEvent {
+        Deposited { amount: u64 },
+        Moved { route: String, amount: u64 },
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Move(pub String, pub u64);
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
+    #[actor(kind = "ledger", event = LedgerEvent, error = Never,
+            commands(Deposit -> (), Move -> (), Show -> Ledger))]
+    pub struct Ledger {
+        pub total: u64,
+        pub moves: Vec<(String, String, u64)>,
+    }
+
+    impl Handle<Deposit> for Ledger {
+        async fn handle(&self, c: Deposit, _: &mut Ctx<Self>) -> Result<Effect<Self, ()>, Never> {
+            Ok(Effect::persist(LedgerEvent::Deposited { amount: c.0 }).reply(()))
+        }
+    }
+
+    impl Handle<Move> for Ledger {
+        async fn handle(&self, c: Move, _: &mut Ctx<Self>) -> Result<Effect<Self, ()>, Never> {
+            Ok(Effect::persist(LedgerEvent::Moved {
+                route: c.0,
+                amount: c.1,
+            })
+            .reply(()))
+        }
+    }
+
+    impl Handle<Show> for Ledger {
+        async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Ledger>, Never> {
+            Ok(Effect::reply(self.clone()))
+        }
+    }
+
+    impl Behavior for Ledger {
+        fn apply(&mut self, event: &LedgerEvent) {
+            match event {
+                LedgerEvent::Deposited { amount } => self.total += amount,
+                LedgerEvent::Moved { route, amount } => {
+                    let (from, to) = route.split_once("->").unwrap_or((route, ""));
+                    self.moves.push((from.into(), to.into(), *amount));
+                }
+            }
+        }
+    }
+}
+
+/// v1: `Deposited` renamed `Credited`, `Moved`'s route split into `from` and `to`.
+mod ledger_v1 {
+    use super::*;
+    use aether::{CodecError, OldEvent};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub enum LedgerEvent {
+        Credited {
+            amount: u64,
+        },
+        Moved {
+            from: String,
+            to: String,
+            amount: u64,
+        },
+    }
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
+    #[actor(kind = "ledger", event = LedgerEvent, error = Never,
+            commands(Deposit -> (), Show -> Ledger), event_version = 1, state_version = 1)]
+    pub struct Ledger {
+        pub total: u64,
+        pub moves: Vec<(String, String, u64)>,
+    }
+
+    impl Handle<Deposit> for Ledger {
+        async fn handle(&self, c: Deposit, _: &mut Ctx<Self>) -> Result<Effect<Self, ()>, Never> {
+            Ok(Effect::persist(LedgerEvent::Credited { amount: c.0 }).reply(()))
+        }
+    }
+
+    impl Handle<Show> for Ledger {
+        async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Ledger>, Never> {
+            Ok(Effect::reply(self.clone()))
+        }
+    }
+
+    impl Behavior for Ledger {
+        fn apply(&mut self, event: &LedgerEvent) {
+            match event {
+                LedgerEvent::Credited { amount } => self.total += amount,
+                LedgerEvent::Moved { from, to, amount } => {
+                    self.moves.push((from.clone(), to.clone(), *amount))
+                }
+            }
+        }
+
+        fn upcast_event(old: OldEvent<'_>) -> Result<LedgerEvent, CodecError> {
+            match old.version() {
+                0 => Ok(match old.decode::<ledger_v0::LedgerEvent>()? {
+                    ledger_v0::LedgerEvent::Deposited { amount } => {
+                        LedgerEvent::Credited { amount }
+                    }
+                    ledger_v0::LedgerEvent::Moved { route, amount } => {
+                        let (from, to) = route.split_once("->").unwrap_or((&route, ""));
+                        LedgerEvent::Moved {
+                            from: from.into(),
+                            to: to.into(),
+                            amount,
+                        }
+                    }
+                }),
+                _ => old.decode_current(),
+            }
+        }
+    }
+
+    /// A read model: every event seen, as v1 events.
+    #[derive(Default, Clone)]
+    pub struct Seen(pub std::sync::Arc<parking_lot::Mutex<(Vec<LedgerEvent>, Option<Offset>)>>);
+
+    impl ReadModel for Seen {
+        async fn offset(&mut self) -> Result<Option<Offset>, ReadModelError> {
+            Ok(self.0.lock().1)
+        }
+
+        async fn apply(&mut self, event: &StoredEvent) -> Result<(), ReadModelError> {
+            let decoded = event.decode::<Ledger>()?;
+            let mut seen = self.0.lock();
+            seen.0.extend(decoded);
+            seen.1 = Some(event.offset);
+            Ok(())
+        }
+
+        async fn clear(&mut self) -> Result<(), ReadModelError> {
+            *self.0.lock() = Default::default();
+            Ok(())
+        }
+    }
+}
+
+use aether::bus::{Filter, Offset, ProjectionOptions, ReadModel, ReadModelError, StoredEvent};
+
+#[tokio::test]
+async fn old_events_are_upcast_in_replay_on_the_bus_and_in_projections() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rt = start::<ledger_v0::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_v0::Ledger>("l").expect("ref");
+    l.ask(Deposit(50)).await.expect("deposit");
+    l.ask(ledger_v0::Move("alice->bob".into(), 20))
+        .await
+        .expect("move");
+    l.ask(Deposit(5)).await.expect("deposit");
+    let before = l.ask(Show).await.expect("show");
+    let v0_events = rt.event_store().read(l.key(), 1).await.expect("read");
+    rt.shutdown().await.expect("shutdown");
+    assert_eq!(v0_events.len(), 3);
+    assert!(v0_events.iter().all(|e| e.schema_version == 0));
+
+    let rt = start::<ledger_v1::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_v1::Ledger>("l").expect("ref");
+    // Replay: the v0 snapshot is of another state version, so the three v0 events are
+    // replayed through the upcaster, to the same state.
+    let after = l.ask(Show).await.expect("show");
+    assert_eq!(
+        (after.total, after.moves.clone()),
+        (before.total, before.moves)
+    );
+    assert_eq!(rt.stats().replayed_events, 3);
+
+    // The bus: a v0 event published by a node still on the old code reaches a v1 subscriber
+    // upcast.
+    let mut sub = rt
+        .bus()
+        .subscribe("evolution.events.>", Filter::all())
+        .await
+        .expect("subscribe");
+    let published = v0_events[1].clone();
+    rt.bus()
+        .publish(&published.namespace.clone(), published)
+        .expect("publish");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), sub.recv())
+        .await
+        .expect("delivered")
+        .expect("open");
+    assert_eq!(
+        got.decode::<ledger_v1::Ledger>().expect("decodes"),
+        Some(ledger_v1::LedgerEvent::Moved {
+            from: "alice".into(),
+            to: "bob".into(),
+            amount: 20
+        })
+    );
+
+    // New events are written at version 1 (a format-3 commit) and read as they are.
+    l.ask(Deposit(7)).await.expect("deposit");
+    let stored = rt.event_store().read(l.key(), 4).await.expect("read");
+    assert_eq!(stored[0].schema_version, 1);
+
+    // A projection from the start of the log sees old and new events as v1 events.
+    let seen = ledger_v1::Seen::default();
+    let projection = rt
+        .projection("ledger-view", seen.clone(), ProjectionOptions::default())
+        .await
+        .expect("projection");
+    projection
+        .caught_up(std::time::Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    projection.stop().await.expect("stop");
+    assert_eq!(
+        seen.0.lock().0,
+        vec![
+            ledger_v1::LedgerEvent::Credited { amount: 50 },
+            ledger_v1::LedgerEvent::Moved {
+                from: "alice".into(),
+                to: "bob".into(),
+                amount: 20
+            },
+            ledger_v1::LedgerEvent::Credited { amount: 5 },
+            ledger_v1::LedgerEvent::Credited { amount: 7 },
+        ]
+    );
+    rt.shutdown().await.expect("shutdown");
+
+    // Rolled back to v0: an event of a newer version is refused with a typed error, never
+    // read as something else; nothing stored is touched.
+    let rt = start::<ledger_v0::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_v0::Ledger>("l").expect("ref");
+    match l.ask(Show).await {
+        Err(AskError::Failed(CallError::ActivationFailed { reason, .. })) => {
+            assert!(reason.contains("newer than this code"), "{reason}")
+        }
+        other => panic!("a newer event must not be read by older code: {other:?}"),
+    }
+    assert_eq!(
+        rt.event_store().read(l.key(), 1).await.expect("read").len(),
+        4
+    );
+    rt.shutdown().await.expect("shutdown");
+}

@@ -146,6 +146,7 @@ async fn a_reply_read_from_the_state_never_leaves_a_failed_commit_folded_in() {
         vec![EventData {
             event_type: "Deposited".into(),
             payload: rmp_serde::to_vec_named(&account::AccountEvent::Deposited(100)).unwrap(),
+            schema_version: 0,
         }],
     );
     store.append(dave.key(), version, foreign).await.unwrap();

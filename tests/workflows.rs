@@ -105,7 +105,10 @@ async fn a_transfer_is_a_debit_and_a_durable_credit_traced_by_causation() {
         .expect("the debit");
     assert_eq!(out.outbox.len(), 1);
     assert_eq!(&out.outbox[0].target, b.key());
-    assert_eq!(out.format, aether::wire::COMMIT_FORMAT);
+    assert_eq!(
+        out.format, 2,
+        "durable effects, no versioned event: format 2"
+    );
     let payee = history(&store, b.key()).await;
     let credits: Vec<&CommitRecord> = payee
         .iter()

@@ -11,7 +11,9 @@
 //!
 //! The derive implements `aether::EventSourcedActor` for the state type: its kind name, its
 //! event and error types, its snapshot interval, the version of its state schema
-//! (`state_version = N`, 0 when left out; see `Behavior::migrate_state`), and its commands with the reply type of each.
+//! (`state_version = N`, 0 when left out; see `Behavior::migrate_state`), the version of its
+//! event schema (`event_version = N`, 0 when left out; see `Behavior::upcast_event`), and its
+//! commands with the reply type of each.
 //! For `commands(...)` it generates the actor's wire types — an enum `<State>Command` with one
 //! variant per command type and an enum `<State>Reply` with one variant per reply — and
 //! implements `aether::Command<State>` for every command type, so `ask(Deposit(5))` returns a
@@ -23,7 +25,7 @@
 //!
 //! Everything that can be checked at compile time is: the kind is a valid name
 //! (`[A-Za-z0-9_-]`, 1–64 characters), every key is present once and known, `snapshot_every`
-//! is a positive integer, `state_version` fits a `u32`, the state is not generic, the command types are distinct, and the
+//! is a positive integer, `state_version` and `event_version` fit a `u32`, the state is not generic, the command types are distinct, and the
 //! state and the named types have the traits the runtime needs. Errors point at the attribute
 //! or the type at fault.
 //!
@@ -42,7 +44,8 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitInt, LitStr, Path, Token, Type, parse_macro_input};
 
-const KEYS: &str = "kind, commands, command, reply, event, error, snapshot_every, state_version";
+const KEYS: &str =
+    "kind, commands, command, reply, event, error, snapshot_every, state_version, event_version";
 
 /// One `Command -> Reply` of `commands(...)`.
 struct CommandSpec {
@@ -129,6 +132,7 @@ struct ActorArgs {
     error: Option<Type>,
     snapshot_every: Option<LitInt>,
     state_version: Option<LitInt>,
+    event_version: Option<LitInt>,
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, key: &str, span: Span) -> syn::Result<()> {
@@ -239,6 +243,18 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
                     )),
                 }
             }
+            "event_version" => {
+                let lit: LitInt = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(e.span(), "`event_version` must be an integer: event_version = 2")
+                })?;
+                match lit.base10_parse::<u32>() {
+                    Ok(_) => set_once(&mut args.event_version, lit, "event_version", span),
+                    Err(_) => Err(syn::Error::new(
+                        lit.span(),
+                        "`event_version` must be a non-negative integer that fits in a u32",
+                    )),
+                }
+            }
             _ => Err(syn::Error::new(
                 span,
                 format!("unknown key `{key}` in #[actor(...)]; expected one of: {KEYS}"),
@@ -282,6 +298,10 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         None => quote!(::core::option::Option::None),
     };
     let state_version = match &args.state_version {
+        Some(lit) => quote!(#lit),
+        None => quote!(0),
+    };
+    let event_version = match &args.event_version {
         Some(lit) => quote!(#lit),
         None => quote!(0),
     };
@@ -343,6 +363,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             const KIND: &'static str = #kind;
             const SNAPSHOT_EVERY: ::core::option::Option<u64> = #snapshot_every;
             const STATE_VERSION: u32 = #state_version;
+            const EVENT_VERSION: u32 = #event_version;
             type Command = #command;
             type Event = #event;
             type Reply = #reply;

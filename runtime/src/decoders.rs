@@ -52,10 +52,12 @@ fn sample_commit() -> CommitRecord {
             EventData {
                 event_type: "Deposited".into(),
                 payload: encode(&("amount", 5u64)),
+                schema_version: 0,
             },
             EventData {
                 event_type: "aether.Received".into(),
                 payload: vec![0x90],
+                schema_version: 0,
             },
         ],
         reply: Some(encode(&12u64)),

@@ -66,8 +66,8 @@ pub mod workflow;
 
 pub use actor::RefError;
 pub use actor::{
-    ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, OldState,
-    Persist,
+    ActorRef, AskOptions, Behavior, Command, Ctx, Effect, EventSourcedActor, Handle, OldEvent,
+    OldState, Persist,
 };
 pub use bus::{Bus, BusEvent, Filter, IdPattern, Pattern, Projection, ReadModel, SystemEvent};
 pub use cluster::{Cluster, ClusterConfig, ClusterEvent, ClusterView};
@@ -79,4 +79,4 @@ pub use names::{ActorId, ActorKey, Kind, NameError, Namespace};
 pub use ractor;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeStats};
 pub use store::StoreError;
-pub use wire::{CommandId, EventEnvelope};
+pub use wire::{CodecError, CommandId, EventEnvelope};

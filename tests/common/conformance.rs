@@ -324,6 +324,7 @@ pub async fn bad_commits_are_rejected<S: TestStore>(f: Fixture<S>) {
         vec![EventData {
             event_type: "Huge".into(),
             payload: vec![0u8; 2 * 1024 * 1024],
+            schema_version: 0,
         }],
     );
     match s.append(&a, 0, huge).await {

@@ -41,6 +41,7 @@ pub fn commit_of(values: &[u64]) -> NewCommit {
             .map(|v| EventData {
                 event_type: "Added".into(),
                 payload: rmp_serde::to_vec_named(v).expect("encodes"),
+                schema_version: 0,
             })
             .collect(),
     )

@@ -137,6 +137,7 @@ pub async fn events(
                 json!({
                     "version": e.version,
                     "type": e.event_type,
+                    "schema_version": e.schema_version,
                     "timestamp_ms": e.timestamp_ms,
                     "command_id": e.command_id.to_string(),
                     "correlation_id": e.correlation_id.to_string(),

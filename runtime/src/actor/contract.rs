@@ -37,6 +37,12 @@ pub trait EventSourcedActor:
     /// actor replays its whole history. Raise it whenever the state's fields, or what
     /// [`Behavior::apply`] folds into them, change.
     const STATE_VERSION: u32 = 0;
+    /// The version of the event schema (`event_version = N` on the derive; 0 when not
+    /// given). Every stored event records the version it was written at; an older one is
+    /// passed through [`Behavior::upcast_event`] wherever it is read — replay, the bus,
+    /// durable subscriptions and projections — and a newer one is refused with a typed error.
+    /// Raise it when an event is renamed or reshaped.
+    const EVENT_VERSION: u32 = 0;
     /// Every command the actor accepts, as it travels (one enum over the command types).
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// Events the actor persists.
@@ -159,6 +165,94 @@ pub trait Behavior: EventSourcedActor {
     fn migrate_state(old: OldState<'_>) -> Option<Self> {
         let _ = old;
         None
+    }
+
+    /// Turns an event written at an older
+    /// [`EVENT_VERSION`](EventSourcedActor::EVENT_VERSION) into today's event type. The
+    /// default decodes the old bytes as today's type, which is right for every event whose
+    /// shape did not change; override it for those that did, and fall back to
+    /// [`OldEvent::decode_current`] for the rest. An error fails the read with that error:
+    /// an event is never replaced by a default.
+    ///
+    /// ```ignore
+    /// fn upcast_event(old: OldEvent<'_>) -> Result<AccountEvent, CodecError> {
+    ///     match (old.version(), old.event_type()) {
+    ///         // v0 called it `Deposited { amount }`; v1 `Credited { cents }`.
+    ///         (0, "Deposited") => match old.decode::<AccountEventV0>()? {
+    ///             AccountEventV0::Deposited { amount } => Ok(AccountEvent::Credited { cents: amount * 100 }),
+    ///         },
+    ///         _ => old.decode_current(),
+    ///     }
+    /// }
+    /// ```
+    fn upcast_event(old: OldEvent<'_>) -> Result<Self::Event, CodecError> {
+        old.decode_current::<Self::Event>()
+    }
+}
+
+/// A stored event written at an older event schema version, offered to
+/// [`Behavior::upcast_event`].
+#[derive(Clone, Copy)]
+pub struct OldEvent<'a> {
+    version: u32,
+    event_type: &'a str,
+    bytes: &'a [u8],
+}
+
+impl<'a> OldEvent<'a> {
+    /// The [`EVENT_VERSION`](EventSourcedActor::EVENT_VERSION) it was written at.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Its type name as stored (the enum variant's name when it was written).
+    pub fn event_type(&self) -> &str {
+        self.event_type
+    }
+
+    /// Decodes it as the type that version used (a copy of the old enum, kept for upcasting).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CodecError> {
+        codec::decode("old event", self.bytes)
+    }
+
+    /// Decodes it as today's event type: for events whose shape did not change.
+    pub fn decode_current<E: DeserializeOwned>(&self) -> Result<E, CodecError> {
+        codec::decode("event payload", self.bytes)
+    }
+}
+
+impl std::fmt::Debug for OldEvent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OldEvent")
+            .field("version", &self.version)
+            .field("event_type", &self.event_type)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Decodes a stored event of actor type `A` written at event schema `version`: as is at the
+/// current version, upcast from an older one, refused from a newer one.
+pub(crate) fn decode_event<A: Behavior>(
+    event_type: &str,
+    version: u32,
+    payload: &[u8],
+) -> Result<A::Event, CodecError> {
+    match version.cmp(&A::EVENT_VERSION) {
+        std::cmp::Ordering::Equal => codec::decode("event payload", payload),
+        std::cmp::Ordering::Less => A::upcast_event(OldEvent {
+            version,
+            event_type,
+            bytes: payload,
+        }),
+        std::cmp::Ordering::Greater => Err(CodecError {
+            what: "event payload",
+            reason: format!(
+                "{event_type} was written at event version {version}, newer than this code's {} for kind {}: upgrade before reading it",
+                A::EVENT_VERSION,
+                A::KIND
+            ),
+        }),
     }
 }
 

@@ -32,4 +32,7 @@ mod residents;
 pub(crate) use actor_ref::make_ref;
 pub use actor_ref::{ActorRef, AskOptions, RefError};
 pub use context::Ctx;
-pub use contract::{Behavior, Command, Effect, EventSourcedActor, Handle, OldState, Persist};
+pub(crate) use contract::decode_event;
+pub use contract::{
+    Behavior, Command, Effect, EventSourcedActor, Handle, OldEvent, OldState, Persist,
+};

@@ -78,6 +78,15 @@ pub struct StoredEvent {
     pub envelope: EventEnvelope,
 }
 
+impl StoredEvent {
+    /// The event decoded as one of actor type `A`'s, upcast from an older event version (see
+    /// [`Behavior::upcast_event`](crate::Behavior::upcast_event)): `Ok(None)` when it comes
+    /// from another kind, an error when it is `A`'s and does not decode.
+    pub fn decode<A: crate::Behavior>(&self) -> Result<Option<A::Event>, crate::wire::CodecError> {
+        super::event::decode_envelope::<A>(&self.envelope)
+    }
+}
+
 /// Where durable readers get commits from: a JetStream consumer, or an event store's log.
 ///
 /// Implementations are cancel-safe: dropping a `next` future loses nothing.

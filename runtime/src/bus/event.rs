@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::pattern::{events_topic, system_topic};
-use crate::actor::EventSourcedActor;
+use crate::actor::Behavior;
 use crate::names::{ActorKey, Namespace};
 use crate::wire::{CodecError, EventEnvelope};
 
@@ -295,8 +295,8 @@ impl BusEvent {
     /// payload does not decode (written by other code, or corrupt).
     ///
     /// ```
-    /// # use aether_runtime::{BusEvent, EventSourcedActor};
-    /// fn on_event<A: EventSourcedActor>(event: &BusEvent) -> Result<(), aether_runtime::wire::CodecError>
+    /// # use aether_runtime::{Behavior, BusEvent};
+    /// fn on_event<A: Behavior>(event: &BusEvent) -> Result<(), aether_runtime::wire::CodecError>
     /// where
     ///     A::Event: std::fmt::Debug,
     /// {
@@ -306,10 +306,26 @@ impl BusEvent {
     ///     Ok(())
     /// }
     /// ```
-    pub fn decode<A: EventSourcedActor>(&self) -> Result<Option<A::Event>, CodecError> {
+    pub fn decode<A: Behavior>(&self) -> Result<Option<A::Event>, CodecError> {
         match &self.body {
-            EventBody::Actor(e) if e.actor.kind.as_str() == A::KIND => e.decode().map(Some),
+            EventBody::Actor(e) => decode_envelope::<A>(e),
             _ => Ok(None),
         }
     }
+}
+
+/// `envelope`'s event as one of actor type `A`'s, upcast from an older event version (see
+/// [`Behavior::upcast_event`]); `Ok(None)` when it comes from another kind.
+pub(crate) fn decode_envelope<A: Behavior>(
+    envelope: &EventEnvelope,
+) -> Result<Option<A::Event>, CodecError> {
+    if envelope.actor.kind.as_str() != A::KIND {
+        return Ok(None);
+    }
+    crate::actor::decode_event::<A>(
+        &envelope.event_type,
+        envelope.schema_version,
+        &envelope.payload,
+    )
+    .map(Some)
 }

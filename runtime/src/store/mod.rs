@@ -114,9 +114,12 @@ impl NewCommit {
     pub fn into_record(self, actor: &ActorKey, expected_version: u64) -> CommitRecord {
         let workflow =
             !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
+        let versioned = self.events.iter().any(|e| e.schema_version != 0);
         CommitRecord {
-            format: if workflow {
+            format: if versioned {
                 crate::wire::COMMIT_FORMAT
+            } else if workflow {
+                crate::wire::WORKFLOW_COMMIT_FORMAT
             } else {
                 crate::wire::BASE_COMMIT_FORMAT
             },

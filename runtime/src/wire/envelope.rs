@@ -17,10 +17,18 @@ use crate::names::{ActorKey, Namespace};
 /// |---|---|
 /// | 1 | the commit: events, ids, reply |
 /// | 2 | durable effects: `outbox`, `settled`, `delivery` (written only when one is present, so a commit without them stays format 1 and readable by older nodes) |
-pub const COMMIT_FORMAT: u16 = 2;
+/// | 3 | event schema versions: an event's `schema_version` (written only when not 0, so an actor that never declared `event_version` keeps writing formats 1 and 2; a reader that predates versions refuses format 3 instead of misreading a reshaped event) |
+pub const COMMIT_FORMAT: u16 = 3;
 
 /// The format of a commit that carries no durable-effect field.
 pub const BASE_COMMIT_FORMAT: u16 = 1;
+
+/// The format of a commit with durable-effect fields and no versioned event.
+pub(crate) const WORKFLOW_COMMIT_FORMAT: u16 = 2;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 
 /// The prefix of the runtime's own bookkeeping events (`aether.Received`, ...). Stored in the
 /// actor's stream like any event (they take a version), never passed to `apply`, and left out of
@@ -35,6 +43,11 @@ pub struct EventData {
     /// The event, MessagePack with field names (`rmp_serde::to_vec_named`).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The version of the actor's event schema it was written at (`event_version` on the
+    /// derive; 0, and not written, when not declared). Older versions are upcast when read:
+    /// see `Behavior::upcast_event`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u32,
 }
 
 /// The stored form of one commit: every event of one command, with the metadata shared by all.
@@ -178,6 +191,7 @@ impl CommitRecord {
                 version: self.first_version + i as u64,
                 event_type: e.event_type.clone(),
                 payload: e.payload.clone(),
+                schema_version: e.schema_version,
                 timestamp_ms: self.timestamp_ms,
                 command_id: self.command_id,
                 correlation_id: self.correlation_id,
@@ -200,6 +214,9 @@ pub struct EventEnvelope {
     /// The encoded event.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The version of the event schema it was written at (see [`EventData::schema_version`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u32,
     /// Commit time, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     /// The command that produced the event.
@@ -211,8 +228,10 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
-    /// The payload decoded as `E` (an actor's event type). Fails with a typed error when the
-    /// bytes are not an `E`.
+    /// The payload decoded as `E` (an actor's event type), as it was written: no upcasting
+    /// of an older event version. Fails with a typed error when the bytes are not an `E`.
+    /// For an actor's events prefer `BusEvent::decode::<A>()` or `StoredEvent::decode::<A>()`,
+    /// which upcast (see `Behavior::upcast_event`).
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, CodecError> {
         codec::decode("event payload", &self.payload)
     }

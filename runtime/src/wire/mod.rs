@@ -16,7 +16,9 @@ mod trace;
 
 pub use codec::CodecError;
 pub use command_id::CommandId;
-pub(crate) use envelope::{BASE_COMMIT_FORMAT, SYSTEM_EVENT_PREFIX, now_ms};
+pub(crate) use envelope::{
+    BASE_COMMIT_FORMAT, SYSTEM_EVENT_PREFIX, WORKFLOW_COMMIT_FORMAT, now_ms,
+};
 pub use envelope::{COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
 pub(crate) use event_type::event_type_name;
 pub(crate) use remote::{FRAME_FORMAT, Settle};

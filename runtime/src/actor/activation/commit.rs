@@ -76,6 +76,7 @@ impl<A: Behavior> Activation<A> {
                 Ok(payload) => data.push(EventData {
                     event_type: event_type_name(event).to_owned(),
                     payload,
+                    schema_version: A::EVENT_VERSION,
                 }),
                 Err(e) => {
                     self.cell.outbox.lock().aborted(staged);
@@ -88,6 +89,7 @@ impl<A: Behavior> Activation<A> {
             data.push(EventData {
                 event_type: format!("{SYSTEM_EVENT_PREFIX}{mark}"),
                 payload: codec::encode("bookkeeping event", &Mark { reason: mark })?,
+                schema_version: 0,
             });
         }
         if let Err(e) = self.index_before(&staged).await {

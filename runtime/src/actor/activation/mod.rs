@@ -651,10 +651,14 @@ impl<A: Behavior> Activation<A> {
                 continue;
             }
             let version = commit.first_version + i as u64;
-            let event: A::Event =
-                with_decode_host(&host, || codec::decode("event payload", &data.payload)).map_err(
-                    |e| format!("event {version} ({}) does not decode: {e}", data.event_type),
-                )?;
+            let event: A::Event = with_decode_host(&host, || {
+                crate::actor::decode_event::<A>(
+                    &data.event_type,
+                    data.schema_version,
+                    &data.payload,
+                )
+            })
+            .map_err(|e| format!("event {version} ({}) does not decode: {e}", data.event_type))?;
             let state = &mut self.state;
             std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event)))
                 .map_err(|p| format!("apply panicked on event {version}: {}", panic_text(&*p)))?;

@@ -600,6 +600,7 @@ mod tests {
             vec![EventData {
                 event_type: "E".into(),
                 payload: vec![0x90],
+                schema_version: 0,
             }],
         )
     }
