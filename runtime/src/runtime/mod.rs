@@ -68,7 +68,7 @@ pub struct RuntimeStats {
     /// migrated): the actor replayed its full history instead.
     pub snapshot_fallbacks: u64,
     /// Snapshots written at an older state version and migrated by
-    /// [`Behavior::migrate_state`](crate::Behavior::migrate_state).
+    /// [`Behavior::migrate_state`].
     pub snapshot_migrations: u64,
     /// Handler panics.
     pub handler_panics: u64,
