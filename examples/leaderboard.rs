@@ -62,7 +62,11 @@ impl ReadModel for Leaderboard {
     }
 
     async fn apply(&mut self, event: &StoredEvent) -> Result<(), ReadModelError> {
-        let account: AccountEvent = event.envelope.decode()?;
+        // Typed and upcast from older event versions; `None` for another kind's event.
+        let Some(account) = event.decode::<Account>()? else {
+            self.0.lock().offset = Some(event.offset);
+            return Ok(());
+        };
         let id = event.envelope.actor.id.to_string();
         // One lock scope: the change and the offset land together.
         let mut guard = self.0.lock();

@@ -432,9 +432,19 @@ async fn old_events_are_upcast_in_replay_on_the_bus_and_in_projections() {
     l.ask(Deposit(5)).await.expect("deposit");
     let before = l.ask(Show).await.expect("show");
     let v0_events = rt.event_store().read(l.key(), 1).await.expect("read");
+    let v0_commits = rt
+        .event_store()
+        .read_with_errors(l.key(), 1)
+        .await
+        .expect("read")
+        .commits;
     rt.shutdown().await.expect("shutdown");
     assert_eq!(v0_events.len(), 3);
     assert!(v0_events.iter().all(|e| e.schema_version == 0));
+    assert!(
+        v0_commits.iter().all(|c| c.format == 1),
+        "unversioned events keep the first commit format"
+    );
 
     let rt = start::<ledger_v1::Ledger>(dir.path()).await;
     let l = rt.actor::<ledger_v1::Ledger>("l").expect("ref");
@@ -471,10 +481,30 @@ async fn old_events_are_upcast_in_replay_on_the_bus_and_in_projections() {
         })
     );
 
-    // New events are written at version 1 (a format-3 commit) and read as they are.
+    // New events are written at version 1 (a format-3 commit) and read as they are, on the
+    // bus too.
     l.ask(Deposit(7)).await.expect("deposit");
     let stored = rt.event_store().read(l.key(), 4).await.expect("read");
     assert_eq!(stored[0].schema_version, 1);
+    let commits = rt
+        .event_store()
+        .read_with_errors(l.key(), 4)
+        .await
+        .expect("read")
+        .commits;
+    assert_eq!(
+        commits[0].format, 3,
+        "a versioned event makes a format-3 commit"
+    );
+    let live = tokio::time::timeout(std::time::Duration::from_secs(5), sub.recv())
+        .await
+        .expect("delivered")
+        .expect("open");
+    assert_eq!(live.envelope().expect("actor event").schema_version, 1);
+    assert_eq!(
+        live.decode::<ledger_v1::Ledger>().expect("decodes"),
+        Some(ledger_v1::LedgerEvent::Credited { amount: 7 })
+    );
 
     // A projection from the start of the log sees old and new events as v1 events.
     let seen = ledger_v1::Seen::default();
@@ -516,5 +546,66 @@ async fn old_events_are_upcast_in_replay_on_the_bus_and_in_projections() {
         rt.event_store().read(l.key(), 1).await.expect("read").len(),
         4
     );
+    rt.shutdown().await.expect("shutdown");
+}
+
+/// An upcaster with a bug: it panics on old events.
+mod ledger_panicky {
+    use super::*;
+    use aether::{CodecError, OldEvent};
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
+    #[actor(kind = "ledger", event = ledger_v1::LedgerEvent, error = Never,
+            commands(Show -> Ledger), event_version = 1, state_version = 1)]
+    pub struct Ledger {
+        pub total: u64,
+    }
+
+    impl Handle<Show> for Ledger {
+        async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Ledger>, Never> {
+            Ok(Effect::reply(self.clone()))
+        }
+    }
+
+    impl Behavior for Ledger {
+        fn apply(&mut self, _: &ledger_v1::LedgerEvent) {
+            self.total += 1;
+        }
+
+        fn upcast_event(_: OldEvent<'_>) -> Result<ledger_v1::LedgerEvent, CodecError> {
+            panic!("upcaster bug")
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_upcaster_fails_the_activation_with_a_typed_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rt = start::<ledger_v0::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_v0::Ledger>("l").expect("ref");
+    l.ask(Deposit(1)).await.expect("deposit");
+    rt.shutdown().await.expect("shutdown");
+
+    let rt = start::<ledger_panicky::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_panicky::Ledger>("l").expect("ref");
+    for _ in 0..2 {
+        match l.ask(Show).await {
+            Err(AskError::Failed(CallError::ActivationFailed { reason, .. })) => {
+                assert!(reason.contains("upcast_event panicked"), "{reason}")
+            }
+            other => panic!("expected ActivationFailed, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        rt.stats().handler_panics,
+        0,
+        "not taken for a handler panic"
+    );
+    rt.shutdown().await.expect("shutdown");
+
+    // The history is intact: the old code still reads it.
+    let rt = start::<ledger_v0::Ledger>(dir.path()).await;
+    let l = rt.actor::<ledger_v0::Ledger>("l").expect("ref");
+    assert_eq!(l.ask(Show).await.expect("show").total, 1);
     rt.shutdown().await.expect("shutdown");
 }

@@ -18,7 +18,12 @@ pub fn to_json(bytes: &[u8]) -> Value {
 pub fn snapshot_to_json(payload: &[u8]) -> Value {
     let mut value = to_json(payload);
     if let Some(map) = value.as_object_mut()
+        && map
+            .get("format")
+            .and_then(Value::as_u64)
+            .is_some_and(|f| f >= 3)
         && let Some(Value::Object(state)) = map.get("state")
+        && state.len() == 1
         && let Some(Value::String(h)) = state.get("bytes")
         && let Some(raw) = unhex(h)
     {
@@ -170,6 +175,27 @@ mod tests {
         assert_eq!(
             snapshot_to_json(&payload),
             json!({"format": 3, "state_version": 2, "state": {"balance": 99}})
+        );
+        // A format-2 state that happens to have a field named `bytes` stays as it is.
+        #[derive(serde::Serialize)]
+        struct Inline {
+            format: u16,
+            state: Bytesy,
+        }
+        #[derive(serde::Serialize)]
+        struct Bytesy {
+            bytes: String,
+        }
+        let inline = rmp_serde::to_vec_named(&Inline {
+            format: 2,
+            state: Bytesy {
+                bytes: "abcd".into(),
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            snapshot_to_json(&inline),
+            json!({"format": 2, "state": {"bytes": "abcd"}})
         );
     }
 }

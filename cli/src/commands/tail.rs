@@ -105,6 +105,7 @@ fn print_event(as_json: bool, event: &BusEvent) {
                         "id": e.actor.id.to_string(),
                         "version": e.version,
                         "type": e.event_type,
+                        "schema_version": e.schema_version,
                         "timestamp_ms": e.timestamp_ms,
                         "command_id": e.command_id.to_string(),
                         "payload": msgpack::to_json(&e.payload),

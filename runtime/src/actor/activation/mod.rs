@@ -119,7 +119,8 @@ struct Recent {
 
 /// The snapshot format this code writes; it reads every format up to it.
 ///
-/// - 1, 2: the state inline; written before state versions, so read as state version 0.
+/// - 1, 2: the state inline; written before state versions: used while the code's state
+///   version is 0, ignored (full replay) once it declares one.
 /// - 3: the state encoded on its own, with the state schema's version beside it, so that an
 ///   older state can be handed to [`Behavior::migrate_state`] as the bytes it was written as.
 const SNAPSHOT_FORMAT: u16 = 3;
@@ -651,14 +652,26 @@ impl<A: Behavior> Activation<A> {
                 continue;
             }
             let version = commit.first_version + i as u64;
-            let event: A::Event = with_decode_host(&host, || {
-                crate::actor::decode_event::<A>(
-                    &data.event_type,
-                    data.schema_version,
-                    &data.payload,
-                )
+            // A panicking upcaster (user code) fails the load like a panicking `apply`.
+            let decoded = with_decode_host(&host, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    crate::actor::decode_event::<A>(
+                        &data.event_type,
+                        data.schema_version,
+                        &data.payload,
+                    )
+                }))
             })
-            .map_err(|e| format!("event {version} ({}) does not decode: {e}", data.event_type))?;
+            .map_err(|p| {
+                format!(
+                    "upcast_event panicked on event {version} ({}): {}",
+                    data.event_type,
+                    panic_text(&*p)
+                )
+            })?;
+            let event: A::Event = decoded.map_err(|e| {
+                format!("event {version} ({}) does not decode: {e}", data.event_type)
+            })?;
             let state = &mut self.state;
             std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event)))
                 .map_err(|p| format!("apply panicked on event {version}: {}", panic_text(&*p)))?;
