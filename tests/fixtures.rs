@@ -277,65 +277,48 @@ pub enum PiggyEvent {
 #[error("never")]
 pub struct Never;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
-#[actor(kind = "piggy", event = PiggyEvent, error = Never,
-        commands(Deposit -> u64, Show -> Piggy), state_version = 1)]
-pub struct Piggy {
-    pub total: u64,
-    pub deposits: Vec<u64>,
+/// The piggy bank, defined by its `#[actor(...)]` attribute: the same actor at two state
+/// versions.
+macro_rules! piggy {
+    ($(#[$attr:meta])*) => {
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
+        $(#[$attr])*
+        pub struct Piggy {
+            pub total: u64,
+            pub deposits: Vec<u64>,
+        }
+
+        impl Handle<Deposit> for Piggy {
+            async fn handle(&self, c: Deposit, _: &mut Ctx<Self>) -> Result<Effect<Self, u64>, Never> {
+                Ok(Effect::persist(PiggyEvent::Deposited(c.0)).reply_with(|s: &Self| s.total))
+            }
+        }
+
+        impl Handle<Show> for Piggy {
+            async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Piggy>, Never> {
+                Ok(Effect::reply(self.clone()))
+            }
+        }
+
+        impl Behavior for Piggy {
+            fn apply(&mut self, event: &PiggyEvent) {
+                let PiggyEvent::Deposited(n) = event;
+                self.total += n;
+                self.deposits.push(*n);
+            }
+        }
+    };
 }
 
-impl Handle<Deposit> for Piggy {
-    async fn handle(&self, cmd: Deposit, _: &mut Ctx<Self>) -> Result<Effect<Self, u64>, Never> {
-        Ok(Effect::persist(PiggyEvent::Deposited(cmd.0)).reply_with(|s: &Self| s.total))
-    }
-}
-
-impl Handle<Show> for Piggy {
-    async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Piggy>, Never> {
-        Ok(Effect::reply(self.clone()))
-    }
-}
-
-impl Behavior for Piggy {
-    fn apply(&mut self, event: &PiggyEvent) {
-        let PiggyEvent::Deposited(n) = event;
-        self.total += n;
-        self.deposits.push(*n);
-    }
-}
+piggy!(#[actor(kind = "piggy", event = PiggyEvent, error = Never,
+               commands(Deposit -> u64, Show -> Piggy), state_version = 1)]);
 
 /// The same actor before it declared a state version (0): what wrote format-2 snapshots.
 mod unversioned {
     use super::*;
 
-    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, EventSourcedActor)]
-    #[actor(kind = "piggy", event = PiggyEvent, error = Never,
-            commands(Deposit -> u64, Show -> Piggy))]
-    pub struct Piggy {
-        pub total: u64,
-        pub deposits: Vec<u64>,
-    }
-
-    impl Handle<Deposit> for Piggy {
-        async fn handle(&self, c: Deposit, _: &mut Ctx<Self>) -> Result<Effect<Self, u64>, Never> {
-            Ok(Effect::persist(PiggyEvent::Deposited(c.0)).reply_with(|s: &Self| s.total))
-        }
-    }
-
-    impl Handle<Show> for Piggy {
-        async fn handle(&self, _: Show, _: &mut Ctx<Self>) -> Result<Effect<Self, Piggy>, Never> {
-            Ok(Effect::reply(self.clone()))
-        }
-    }
-
-    impl Behavior for Piggy {
-        fn apply(&mut self, event: &PiggyEvent) {
-            let PiggyEvent::Deposited(n) = event;
-            self.total += n;
-            self.deposits.push(*n);
-        }
-    }
+    piggy!(#[actor(kind = "piggy", event = PiggyEvent, error = Never,
+                   commands(Deposit -> u64, Show -> Piggy))]);
 }
 
 fn piggy_after_three() -> Piggy {

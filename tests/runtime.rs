@@ -536,6 +536,60 @@ async fn stale_activation_loses_the_race_and_reloads() {
 }
 
 #[tokio::test]
+async fn an_ask_at_a_full_mailbox_waits_for_room_or_times_out() {
+    let rt = Runtime::builder()
+        .namespace("backpressure")
+        .register::<Counter>()
+        .memory_store()
+        .mailbox_capacity(1)
+        .start()
+        .await
+        .unwrap();
+    let c = rt.actor::<Counter>("b").unwrap();
+    c.ask(CounterCmd::Get).await.unwrap();
+    // A slow turn runs (queued first, so it is the mailbox's one message until its turn
+    // starts); then one told command fills the mailbox of 1.
+    c.tell(CounterCmd::SlowAdd { n: 1, millis: 1500 }).unwrap();
+    poll_until(
+        WAIT,
+        "the slow turn to start and the mailbox to fill",
+        || async { c.tell(CounterCmd::Add(10)).is_ok() },
+    )
+    .await;
+    assert!(
+        matches!(
+            c.tell(CounterCmd::Add(0)),
+            Err(aether::CallError::MailboxFull { .. })
+        ),
+        "the mailbox is full"
+    );
+    // An ask with too little time fails with a timeout while it waits for room...
+    let hurried = c
+        .ask_with(
+            CounterCmd::Add(100),
+            AskOptions::default().timeout(Duration::from_millis(50)),
+        )
+        .await;
+    assert!(
+        matches!(
+            &hurried,
+            Err(AskError::Failed(aether::CallError::Timeout { .. }))
+        ),
+        "{hurried:?}"
+    );
+    // ... and a patient one waits for room and is served after the queue.
+    let patient = c
+        .ask_with(CounterCmd::Add(5), AskOptions::default().timeout(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(
+        patient, 16,
+        "slow 1 + told 10 + 5; the timed-out 100 never ran"
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn tell_is_fire_and_forget_and_bounded() {
     let rt = Runtime::builder()
         .namespace("tell")

@@ -146,6 +146,21 @@ fn set_once<T>(slot: &mut Option<T>, value: T, key: &str, span: Span) -> syn::Re
     Ok(())
 }
 
+/// The value of a schema version key (`state_version = 2`): an integer that fits a `u32`.
+fn version(meta: &syn::meta::ParseNestedMeta, key: &str) -> syn::Result<LitInt> {
+    let lit: LitInt = meta
+        .value()?
+        .parse()
+        .map_err(|e| syn::Error::new(e.span(), format!("`{key}` must be an integer: {key} = 2")))?;
+    lit.base10_parse::<u32>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!("`{key}` must be a non-negative integer that fits in a u32"),
+        )
+    })?;
+    Ok(lit)
+}
+
 fn check_kind(kind: &LitStr) -> syn::Result<()> {
     let value = kind.value();
     let reason = if value.is_empty() {
@@ -232,28 +247,12 @@ fn parse_args(input: &DeriveInput) -> syn::Result<(ActorArgs, Span)> {
                 }
             }
             "state_version" => {
-                let lit: LitInt = meta.value()?.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "`state_version` must be an integer: state_version = 2")
-                })?;
-                match lit.base10_parse::<u32>() {
-                    Ok(_) => set_once(&mut args.state_version, lit, "state_version", span),
-                    Err(_) => Err(syn::Error::new(
-                        lit.span(),
-                        "`state_version` must be a non-negative integer that fits in a u32",
-                    )),
-                }
+                let lit = version(&meta, "state_version")?;
+                set_once(&mut args.state_version, lit, "state_version", span)
             }
             "event_version" => {
-                let lit: LitInt = meta.value()?.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "`event_version` must be an integer: event_version = 2")
-                })?;
-                match lit.base10_parse::<u32>() {
-                    Ok(_) => set_once(&mut args.event_version, lit, "event_version", span),
-                    Err(_) => Err(syn::Error::new(
-                        lit.span(),
-                        "`event_version` must be a non-negative integer that fits in a u32",
-                    )),
-                }
+                let lit = version(&meta, "event_version")?;
+                set_once(&mut args.event_version, lit, "event_version", span)
             }
             _ => Err(syn::Error::new(
                 span,
