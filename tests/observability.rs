@@ -464,7 +464,17 @@ async fn a_cross_node_ask_is_one_trace_with_its_context_in_the_nats_headers() {
     // A plain subscriber on the shards' subjects gets a copy of every request, headers too.
     let raw = async_nats::connect(url.as_str()).await.unwrap();
     let mut copies = raw.subscribe("aether.trace.shard.>").await.unwrap();
-    raw.flush().await.unwrap();
+    // `flush` only writes the SUB out; the server may still take another connection's request
+    // first. A probe of our own coming back proves the subscription is active (no node serves
+    // `shard.probe`: shard subscriptions need a number and a kind after `shard`).
+    raw.publish("aether.trace.shard.probe", "probe".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(WAIT, copies.next())
+        .await
+        .expect("the probe comes back")
+        .unwrap();
+    assert_eq!(probe.subject.as_str(), "aether.trace.shard.probe");
 
     let far_id = id_owned_by(&a, "node-b", "far");
     let far = a.actor::<Counter>(&far_id).unwrap();
