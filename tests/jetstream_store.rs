@@ -157,13 +157,9 @@ async fn replay_starts_after_the_snapshot_position() {
 }
 
 #[tokio::test]
-async fn retention_purges_only_what_a_snapshot_covers() {
+async fn truncation_purges_only_the_commits_before_the_horizon() {
     let server = NatsServer::start();
-    let options = JetStreamOptions {
-        retention: Some(5),
-        ..Default::default()
-    };
-    let store = store_on(&server.url(), "keep", options).await;
+    let store = store_on(&server.url(), "keep", JetStreamOptions::default()).await;
     let a = key("keep", "account", "a");
     let b = key("keep", "account", "b");
     let mut v = 0;
@@ -175,35 +171,35 @@ async fn retention_purges_only_what_a_snapshot_covers() {
             .last_version;
         store.append(&b, i, commit_of(&[i])).await.unwrap();
     }
-    store
-        .save(
-            &a,
-            aether::store::Snapshot {
-                version: 15,
-                payload: b"s".to_vec(),
-                timestamp_ms: 0,
-            },
-        )
-        .await
-        .unwrap();
+    assert_eq!(store.history_start(&a).await.unwrap(), 1);
+    assert_eq!(store.truncate_before(&a, 11).await.unwrap(), 11);
+    assert_eq!(store.history_start(&a).await.unwrap(), 11);
     let left: Vec<u64> = store
-        .read(&a, 1)
+        .read(&a, 11)
         .await
         .unwrap()
         .iter()
         .map(|e| e.version)
         .collect();
-    assert_eq!(
-        left,
-        (11..=20).collect::<Vec<_>>(),
-        "kept the 5 before the snapshot"
-    );
+    assert_eq!(left, (11..=20).collect::<Vec<_>>());
+    // Reading before the horizon says so, with where history starts.
+    match store.read(&a, 1).await {
+        Err(StoreError::HistoryTruncated {
+            requested,
+            starts_at,
+            ..
+        }) => assert_eq!((requested, starts_at), (1, 11)),
+        other => panic!("expected HistoryTruncated, got {other:?}"),
+    }
     assert_eq!(store.latest_version(&a).await.unwrap(), 20);
     assert_eq!(
         store.read(&b, 1).await.unwrap().len(),
         20,
         "other actors untouched"
     );
+    // Past the head, the latest commit stays: it carries the version appends check against.
+    assert_eq!(store.truncate_before(&a, 1_000).await.unwrap(), 20);
+    assert_eq!(store.latest_version(&a).await.unwrap(), 20);
     // Appends continue on top.
     assert_eq!(
         store
@@ -213,6 +209,7 @@ async fn retention_purges_only_what_a_snapshot_covers() {
             .last_version,
         21
     );
+    assert_eq!(store.read(&a, 20).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -255,12 +252,8 @@ async fn unreachable_server_is_unavailable() {
 #[tokio::test]
 async fn namespaces_are_isolated_in_storage() {
     let server = NatsServer::start();
-    let options = JetStreamOptions {
-        retention: Some(0),
-        ..Default::default()
-    };
-    let a = store_on(&server.url(), "tenant-a", options.clone()).await;
-    let b = store_on(&server.url(), "tenant-b", options).await;
+    let a = store_on(&server.url(), "tenant-a", JetStreamOptions::default()).await;
+    let b = store_on(&server.url(), "tenant-b", JetStreamOptions::default()).await;
     assert_eq!(a.stream_name(), "tenant-a_events");
     assert_eq!(b.stream_name(), "tenant-b_events");
     // The same kind and id in both namespaces are two different actors.
@@ -293,9 +286,10 @@ async fn namespaces_are_isolated_in_storage() {
         timestamp_ms: 0,
     };
     a.save(&in_a, snap(3)).await.unwrap();
+    assert_eq!(a.truncate_before(&in_a, 4).await.unwrap(), 3);
     assert!(b.latest(&in_b).await.unwrap().is_none());
     assert_eq!(
-        a.read(&in_a, 1).await.unwrap().len(),
+        a.read(&in_a, 3).await.unwrap().len(),
         1,
         "a purged up to its snapshot"
     );

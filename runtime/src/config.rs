@@ -16,6 +16,7 @@
 //! | [`shard_count`](RuntimeConfig::shard_count) | 1 024 | `AETHER_SHARD_COUNT` |
 //! | [`max_commit_bytes`](RuntimeConfig::max_commit_bytes) | 1 MiB | `AETHER_MAX_COMMIT_BYTES` |
 //! | [`snapshot_on_passivation`](RuntimeConfig::snapshot_on_passivation) | on | `AETHER_SNAPSHOT_ON_PASSIVATION` (0/1) |
+//! | [`retention`](RuntimeConfig::retention) | off (all history kept) | `AETHER_RETENTION_KEEP_EVENTS` (events kept behind each snapshot) |
 //! | [`shutdown_timeout`](RuntimeConfig::shutdown_timeout) | 10 s | `AETHER_SHUTDOWN_TIMEOUT_MS` |
 //! | [`remote_attempt_timeout`](RuntimeConfig::remote_attempt_timeout) | 1 s (doubling per resend) | `AETHER_REMOTE_ATTEMPT_TIMEOUT_MS` |
 //! | [`effect_retry_max`](RuntimeConfig::effect_retry_max) | 10 s (from 100 ms, doubling) | `AETHER_EFFECT_RETRY_MAX_MS` |
@@ -103,6 +104,9 @@ pub struct RuntimeConfig {
     pub(crate) max_commit_bytes: usize,
     /// Snapshot an actor on passivation when it stored events since its last snapshot.
     pub(crate) snapshot_on_passivation: bool,
+    /// After each snapshot, remove the actor's events older than this many events before it
+    /// (`None`: keep all history). See [`RuntimeConfig::retention`].
+    pub(crate) retention: Option<u64>,
     /// How long shutdown waits for actors to finish and passivate.
     pub(crate) shutdown_timeout: Duration,
     /// How long the first attempt of a cross-node ask waits before it is sent again with the
@@ -142,6 +146,7 @@ impl Default for RuntimeConfig {
             shard_count: defaults::SHARD_COUNT,
             max_commit_bytes: defaults::MAX_COMMIT_BYTES,
             snapshot_on_passivation: true,
+            retention: None,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             remote_attempt_timeout: defaults::REMOTE_ATTEMPT_TIMEOUT,
             effect_retry_max: defaults::EFFECT_RETRY_MAX,
@@ -201,6 +206,21 @@ impl RuntimeConfig {
     /// Snapshot an actor on passivation when it stored events since its last snapshot.
     pub fn snapshot_on_passivation(&self) -> bool {
         self.snapshot_on_passivation
+    }
+
+    /// Retention: after saving a snapshot at version `v`, the runtime removes the actor's
+    /// commits that end before `v + 1 - keep` (see
+    /// [`EventStore::truncate_before`](crate::store::EventStore::truncate_before)); `None`
+    /// keeps all history. The space comes back on every store: JetStream purges, the embedded
+    /// store deletes and compacts.
+    ///
+    /// With history removed, an actor loads only from its snapshot: a version of the code that
+    /// cannot use that snapshot (a newer `state_version` written it, or it declines to migrate
+    /// it) fails to activate with [`StoreError::HistoryTruncated`](crate::store::StoreError)
+    /// instead of replaying — roll back across a state-version change only with retention off.
+    /// Projections reading the namespace log from the start see only what is left.
+    pub fn retention(&self) -> Option<u64> {
+        self.retention
     }
 
     /// How long shutdown waits for actors to finish and passivate.
@@ -324,6 +344,9 @@ impl RuntimeConfig {
         }
         if let Some(v) = num::<u8>(&lookup, "AETHER_SNAPSHOT_ON_PASSIVATION")? {
             self.snapshot_on_passivation = v != 0;
+        }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_RETENTION_KEEP_EVENTS")? {
+            self.retention = Some(v);
         }
         if let Some(v) = num::<u64>(&lookup, "AETHER_SHUTDOWN_TIMEOUT_MS")? {
             self.shutdown_timeout = ms(v);

@@ -317,6 +317,7 @@ impl CallError {
             | StoreError::ServerTooOld { .. }
             | StoreError::InvalidCommit(_)
             | StoreError::Unsupported(_)
+            | StoreError::HistoryTruncated { .. }
             | StoreError::Failed(_)) => CallError::StoreRefused {
                 reason: other.to_string(),
             },

@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
         $crate::conformance_case!($make, bad_commits_are_rejected);
         $crate::conformance_case!($make, streams_are_isolated);
         $crate::conformance_case!($make, commit_log_is_in_commit_order);
+        $crate::conformance_case!($make, truncation_removes_only_old_history);
     };
 }
 
@@ -425,4 +426,63 @@ pub async fn commit_log_is_in_commit_order<S: TestStore>(f: Fixture<S>) {
     let tail = s.read_log(all.head, 10).await.unwrap();
     assert!(tail.entries.is_empty());
     assert_eq!(tail.head, all.head);
+}
+
+pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
+    let s = &f.store;
+    let a = actor(&f, "old");
+    let b = actor(&f, "other");
+    // Commits of 1 and 2 events: versions 1, 2-3, 4, 5-6, 7, 8-9.
+    let mut v = 0;
+    for i in 0..6u64 {
+        let values: Vec<u64> = (0..1 + i % 2).map(|j| i * 10 + j).collect();
+        v = s.append(&a, v, commit_of(&values)).await.unwrap().last_version;
+        s.append(&b, i, commit_of(&[i])).await.unwrap();
+    }
+    assert_eq!(v, 9);
+    assert_eq!(s.history_start(&a).await.unwrap(), 1);
+    assert_eq!(s.truncate_before(&a, 1).await.unwrap(), 1, "nothing before 1");
+    // Version 5 sits in the commit 5-6: that commit stays, the ones ending before 5 go.
+    assert_eq!(s.truncate_before(&a, 5).await.unwrap(), 5);
+    assert_eq!(s.history_start(&a).await.unwrap(), 5);
+    let tail = s.read(&a, 5).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8, 9]
+    );
+    assert_eq!(values_of(&tail), vec![30, 31, 40, 50, 51]);
+    for from in [0, 1, 4] {
+        match s.read(&a, from).await {
+            Err(StoreError::HistoryTruncated {
+                actor, starts_at, ..
+            }) => {
+                assert_eq!((actor, starts_at), (a.clone(), 5));
+            }
+            other => panic!("a read from {from} must say history starts at 5: {other:?}"),
+        }
+    }
+    // The latest commit always stays: it holds the version the next append is checked against.
+    assert_eq!(s.truncate_before(&a, 100).await.unwrap(), 8);
+    assert_eq!(s.latest_version(&a).await.unwrap(), 9);
+    assert_eq!(
+        s.append(&a, 9, commit_of(&[99])).await.unwrap().last_version,
+        10
+    );
+    assert_eq!(s.read(&a, 8).await.unwrap().len(), 3);
+    // Other actors keep all of theirs; the namespace log skips what was removed.
+    assert_eq!(s.history_start(&b).await.unwrap(), 1);
+    assert_eq!(s.read(&b, 1).await.unwrap().len(), 6);
+    let log = s.read_log(0, 1000).await.unwrap();
+    let of_a: Vec<u64> = log
+        .entries
+        .iter()
+        .filter(|e| e.commit.actor == a)
+        .map(|e| e.commit.last_version())
+        .collect();
+    assert_eq!(of_a, vec![9, 10]);
+    assert_eq!(log.entries.len(), 8);
+    // An actor without history starts at 1, and truncating it changes nothing.
+    let none = actor(&f, "none");
+    assert_eq!(s.truncate_before(&none, 10).await.unwrap(), 1);
+    assert_eq!(s.latest_version(&none).await.unwrap(), 0);
 }

@@ -295,6 +295,7 @@ catalog! {
     "aether_snapshots_saved_total" Counter "Snapshots written";
     "aether_snapshot_fallbacks_total" Counter "Snapshots not used: unreadable, or at another state version and not migrated (full replay instead)";
     "aether_snapshot_migrations_total" Counter "Snapshots at an older state version migrated by migrate_state";
+    "aether_history_truncations_total" Counter "Times retention removed history behind a snapshot";
     "aether_handler_panics_total" Counter "Handler panics (the activation restarted from the store)";
     "aether_abandoned_total" Counter "Commands skipped because their asker had given up";
     "aether_deadlocks_refused_total" Counter "Asks refused with Deadlock";
@@ -388,6 +389,7 @@ impl Collector {
         counter("aether_snapshots_saved_total", s.snapshots_saved);
         counter("aether_snapshot_fallbacks_total", s.snapshot_fallbacks);
         counter("aether_snapshot_migrations_total", s.snapshot_migrations);
+        counter("aether_history_truncations_total", s.history_truncations);
         counter("aether_handler_panics_total", s.handler_panics);
         counter("aether_abandoned_total", s.abandoned);
         counter("aether_deadlocks_refused_total", s.deadlocks_refused);

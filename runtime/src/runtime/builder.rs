@@ -164,6 +164,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Retention: after each snapshot, remove the actor's events older than `keep` events
+    /// before it (`None`, the default: keep all history). Works on every store, cluster nodes
+    /// included; see [`RuntimeConfig::retention`] for what it costs.
+    pub fn retention(mut self, keep: Option<u64>) -> Self {
+        self.config.retention = keep;
+        self
+    }
+
     /// Most activations loading from the store at once (protects the store during failover).
     pub fn max_concurrent_replays(mut self, max: usize) -> Self {
         self.config.max_concurrent_replays = max;

@@ -70,6 +70,9 @@ pub struct RuntimeStats {
     /// Snapshots written at an older state version and migrated by
     /// [`Behavior::migrate_state`].
     pub snapshot_migrations: u64,
+    /// Times retention removed history behind a snapshot
+    /// ([`RuntimeConfig::retention`](crate::RuntimeConfig::retention)).
+    pub history_truncations: u64,
     /// Handler panics.
     pub handler_panics: u64,
     /// Commands skipped because their asker had already given up.

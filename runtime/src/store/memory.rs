@@ -12,10 +12,11 @@ use parking_lot::Mutex;
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
     NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
-    check_namespace, decode_commit, decode_snapshot, encode_commit, encode_snapshot,
+    check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit, encode_snapshot,
     snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
+use crate::wire::CommitRecord;
 
 /// The wake-up index of a memory store: `(due ms, revision)` per actor, and the last revision
 /// given out.
@@ -73,6 +74,17 @@ impl MemoryStore {
                 wakeup_feed: LocalWakeups::new(),
             }),
         }
+    }
+}
+
+/// The first version a stream still holds: one past the end of the commit before its first.
+fn stream_start(stream: &Stream) -> u64 {
+    match stream.first() {
+        Some((last, bytes)) => CommitRecord::decode(bytes)
+            .map(|c| c.first_version)
+            // A damaged first record: its own version is the best known lower bound.
+            .unwrap_or(*last),
+        None => 1,
     }
 }
 
@@ -169,7 +181,32 @@ impl EventStore for MemoryStore {
                 Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
             }
         }
+        check_horizon(actor, &report)?;
         Ok(report)
+    }
+
+    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let mut streams = self.inner.streams.lock();
+        let Some(stream) = streams.by_actor.get_mut(actor) else {
+            return Ok(1);
+        };
+        // Every commit ending before `version`, but never the latest.
+        let cut = stream
+            .partition_point(|(v, _)| *v < version)
+            .min(stream.len().saturating_sub(1));
+        stream.drain(..cut);
+        Ok(stream_start(stream))
+    }
+
+    async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        Ok(self
+            .inner
+            .streams
+            .lock()
+            .get(actor)
+            .map_or(1, |s| stream_start(s)))
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
@@ -198,6 +235,18 @@ impl EventStore for MemoryStore {
             head,
         };
         for (position, actor, version, bytes) in records {
+            // Removed by retention: the stream now starts after this commit.
+            let removed = bytes.is_none()
+                && self
+                    .inner
+                    .streams
+                    .lock()
+                    .get(&actor)
+                    .and_then(|s| s.first())
+                    .is_some_and(|(first_last, _)| version < *first_last);
+            if removed {
+                continue;
+            }
             let decoded = bytes
                 .ok_or_else(|| "the commit is missing from its stream".to_owned())
                 .and_then(|b| decode_commit(&actor, version, &b));

@@ -43,6 +43,17 @@
 //! do and removes it. Each node watches the index ([`EventStore::watch_wakeups`]) and wakes the
 //! actors of the shards it serves.
 //!
+//! # Retention
+//!
+//! History grows forever unless something removes it. With a snapshot stored at version `v`,
+//! the commits before it are no longer needed to load the actor, and
+//! [`EventStore::truncate_before`] removes them (the latest commit always stays: it carries
+//! the actor's current version). The runtime does so after each snapshot it saves when
+//! [`RuntimeConfig::retention`](crate::RuntimeConfig::retention) is set, keeping that many
+//! events behind the snapshot. Afterwards [`EventStore::history_start`] says where the
+//! history starts, and a read from before it fails with [`StoreError::HistoryTruncated`]
+//! instead of returning a history with a hole. The namespace log skips removed commits.
+//!
 //! # Idempotent appends
 //!
 //! A commit carries the [`CommandId`] of its command. When an append finds the stream already
@@ -273,6 +284,21 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// The versions asked for were removed by retention (see
+    /// [`EventStore::truncate_before`]): the actor's history now starts at `starts_at`.
+    /// Nothing was changed.
+    #[error(
+        "history of {actor} before version {starts_at} was removed by retention \
+         (asked from version {requested}); it loads from its snapshot"
+    )]
+    HistoryTruncated {
+        /// The actor.
+        actor: ActorKey,
+        /// The first version asked for.
+        requested: u64,
+        /// The first version still stored.
+        starts_at: u64,
+    },
     /// A name given to the store is invalid. Nothing was contacted.
     #[error(transparent)]
     InvalidName(#[from] crate::names::NameError),
@@ -344,6 +370,30 @@ pub trait EventStore: Send + Sync + 'static {
             });
         }
         Ok(report.events())
+    }
+
+    /// Removes the actor's commits that end before `version` — never its latest commit, which
+    /// holds its current version — and returns where its history now starts: the first
+    /// version still stored (1 when nothing was ever removed, or for an actor without events).
+    /// See the [module docs](self#retention).
+    ///
+    /// Only call it behind a snapshot the running code can load: an actor whose early history
+    /// is gone can no longer be rebuilt by a full replay. The runtime calls it after saving a
+    /// snapshot when [`RuntimeConfig::retention`](crate::RuntimeConfig::retention) is set.
+    ///
+    /// The default fails with [`StoreError::Unsupported`], and nothing is removed.
+    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+        let _ = (actor, version);
+        Err(StoreError::Unsupported(
+            "this store cannot remove history (truncate_before)".into(),
+        ))
+    }
+
+    /// The first version of the actor still stored: 1 unless
+    /// [`EventStore::truncate_before`] removed history.
+    async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        let _ = actor;
+        Ok(1)
     }
 
     /// Up to `max` commits of the whole namespace stored after log position `after` (0: from the
@@ -522,6 +572,22 @@ struct SnapshotRecord {
     /// lets a replay start there instead of at the beginning.
     #[serde(default)]
     position: Option<u64>,
+}
+
+/// Fails a read from `from_version` when retention removed that part of the history: the
+/// first commit found starts after the version asked for (history has no gaps otherwise).
+fn check_horizon(actor: &ActorKey, report: &ReadReport) -> Result<(), StoreError> {
+    let requested = report.from_version.max(1);
+    match report.commits.first() {
+        Some(first) if report.corrupt.is_empty() && first.first_version > requested => {
+            Err(StoreError::HistoryTruncated {
+                actor: actor.clone(),
+                requested,
+                starts_at: first.first_version,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks that `actor` belongs to `namespace`.

@@ -180,7 +180,27 @@ pub(super) async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapsho
                     version,
                 },
             );
+            if let Some(keep) = host.config.retention {
+                truncate_behind(host, key, version, keep).await;
+            }
         }
         Err(e) => tracing::warn!(actor = %key, version, error = %e, "snapshot not saved"),
+    }
+}
+
+/// Retention: removes the history more than `keep` events behind the snapshot just saved at
+/// `version`. That snapshot was written by this code, so this code can always load the actor;
+/// the store keeps the latest commit whatever `keep` says.
+async fn truncate_behind(host: &Host, key: &ActorKey, version: u64, keep: u64) {
+    let before = (version + 1).saturating_sub(keep);
+    if before <= 1 {
+        return;
+    }
+    match host.events.truncate_before(key, before).await {
+        Ok(start) => {
+            Stats::bump(&host.stats.history_truncations);
+            tracing::debug!(actor = %key, snapshot = version, starts_at = start, "history truncated");
+        }
+        Err(e) => tracing::warn!(actor = %key, version, error = %e, "history not truncated"),
     }
 }

@@ -50,7 +50,7 @@ use tokio::sync::oneshot;
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
     NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
-    actor_of_token, check_namespace, decode_commit, decode_snapshot, encode_commit,
+    actor_of_token, check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit,
     encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
@@ -68,6 +68,10 @@ pub struct EmbeddedOptions {
     pub max_batch: usize,
     /// Most stream heads (latest versions) kept in memory by the writer. Default 100 000.
     pub head_cache_entries: usize,
+    /// Compact the store in the background once retention has removed this many bytes of
+    /// history since the last compaction, so the disk space is given back (removed records
+    /// are otherwise dropped whenever the engine next compacts their files). Default 64 MiB.
+    pub compact_after_removed_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -77,6 +81,7 @@ impl Default for EmbeddedOptions {
             cache_bytes: 32 * 1024 * 1024,
             max_batch: 512,
             head_cache_entries: 100_000,
+            compact_after_removed_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -93,6 +98,68 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     wakeup_feed: LocalWakeups,
+    compactor: Compactor,
+}
+
+/// Gives back the space of removed records: flushes the memtables (so the journal holding the
+/// removed records can go) and rewrites the tables without them. One run at a time.
+#[derive(Clone)]
+pub(super) struct Compactor {
+    db: Database,
+    events: Keyspace,
+    log: Keyspace,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Compactor {
+    fn new(db: &Database, events: &Keyspace, log: &Keyspace) -> Self {
+        Compactor {
+            db: db.clone(),
+            events: events.clone(),
+            log: log.clone(),
+            running: std::sync::Arc::default(),
+        }
+    }
+
+    /// Starts a compaction on its own thread unless one is running.
+    pub(super) fn start(&self) {
+        use std::sync::atomic::Ordering;
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("aether-store-compact".into())
+            .spawn(move || {
+                if let Err(e) = this.compact() {
+                    tracing::warn!(error = %e, "embedded store: compaction failed");
+                }
+                this.running.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "embedded store: cannot start a compaction");
+            self.running.store(false, Ordering::Release);
+        }
+    }
+
+    /// Compacts now, waiting for a running compaction first.
+    fn run(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        while self.running.swap(true, Ordering::AcqRel) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let result = self.compact();
+        self.running.store(false, Ordering::Release);
+        result
+    }
+
+    fn compact(&self) -> Result<(), StoreError> {
+        for keyspace in [&self.events, &self.log] {
+            keyspace.rotate_memtable_and_wait().map_err(engine_error)?;
+            keyspace.major_compact().map_err(engine_error)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -139,6 +206,14 @@ enum WriteOp {
         actor: ActorKey,
         revision: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Retention: remove the commits ending before `before` (never the latest); answered with
+    /// where the history then starts.
+    Truncate {
+        prefix: Vec<u8>,
+        actor: ActorKey,
+        before: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     /// Tests: behave as after a failed sync (answered once in effect).
     #[cfg(test)]
@@ -243,6 +318,7 @@ impl EmbeddedStore {
             .max()
             .unwrap_or(0);
         let wakeup_feed = LocalWakeups::new();
+        let compactor = Compactor::new(&db, &events, &log);
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             db,
@@ -257,6 +333,9 @@ impl EmbeddedStore {
             head_cache_entries: options.head_cache_entries.max(1),
             feed: wakeup_feed.clone(),
             failed: None,
+            removed_bytes: 0,
+            compact_after: options.compact_after_removed_bytes.max(1),
+            compactor: compactor.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("aether-store-{namespace}"))
@@ -275,7 +354,22 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             wakeup_feed,
+            compactor,
         })
+    }
+
+    /// Compacts the store now and waits: the space of history removed by retention is given
+    /// back to the file system. It also runs on its own (see
+    /// [`EmbeddedOptions::compact_after_removed_bytes`]); writes go on meanwhile.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        self.handles()?;
+        let compactor = self.compactor.clone();
+        Self::blocking(move || compactor.run()).await
+    }
+
+    /// Bytes the store's files take on disk (journal and tables).
+    pub fn disk_space(&self) -> Result<u64, StoreError> {
+        self.compactor.db.disk_space().map_err(engine_error)
     }
 
     /// The directory the store lives in.
@@ -359,6 +453,19 @@ fn actor_of_event_key(key: &[u8]) -> Option<ActorKey> {
     actor_of_token(std::str::from_utf8(token).ok()?)
 }
 
+/// The first version `actor`'s stream still holds (1 for an empty stream).
+fn start_in(events: &Keyspace, actor: &ActorKey, prefix: &[u8]) -> Result<u64, StoreError> {
+    match events.prefix(prefix).next() {
+        None => Ok(1),
+        Some(guard) => {
+            let (key, value) = guard.into_inner().map_err(engine_error)?;
+            let position = key_version(&key).ok_or_else(|| engine_error("malformed event key"))?;
+            // A damaged first record: its own version is the best known lower bound.
+            Ok(decode_commit(actor, position, &value).map_or(position, |c| c.first_version))
+        }
+    }
+}
+
 fn latest_in(events: &Keyspace, prefix: &[u8]) -> Result<u64, StoreError> {
     match events.prefix(prefix).next_back() {
         None => Ok(0),
@@ -436,9 +543,31 @@ impl EventStore for EmbeddedStore {
                     Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
                 }
             }
+            check_horizon(&actor, &report)?;
             Ok(report)
         })
         .await
+    }
+
+    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::Truncate {
+            prefix: stream_prefix(actor),
+            actor: actor.clone(),
+            before: version,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+    }
+
+    async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let events = self.handles()?.events;
+        let actor = actor.clone();
+        Self::blocking(move || start_in(&events, &actor, &stream_prefix(&actor))).await
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
@@ -466,6 +595,17 @@ impl EventStore for EmbeddedStore {
                 let version = key_version(&pointer)
                     .ok_or_else(|| engine_error(format!("log entry {position} is malformed")))?;
                 let bytes = events.get(&pointer).map_err(engine_error)?;
+                // Removed by retention: the stream now starts after this commit.
+                if bytes.is_none()
+                    && events
+                        .prefix(stream_prefix(&actor))
+                        .next()
+                        .and_then(|g| g.key().ok())
+                        .and_then(|k| key_version(&k))
+                        .is_some_and(|first| version < first)
+                {
+                    continue;
+                }
                 let decoded = bytes
                     .ok_or_else(|| "the commit is missing from its stream".to_owned())
                     .and_then(|b| decode_commit(&actor, version, &b));

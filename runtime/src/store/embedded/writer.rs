@@ -28,6 +28,12 @@ pub(super) struct Writer {
     pub(super) heads: HashMap<Vec<u8>, u64>,
     pub(super) max_batch: usize,
     pub(super) head_cache_entries: usize,
+    /// Bytes of history removed by retention since the last compaction started.
+    pub(super) removed_bytes: u64,
+    /// Compact once that many bytes were removed (see [`EmbeddedOptions`]).
+    pub(super) compact_after: u64,
+    /// Runs compactions off the writer thread.
+    pub(super) compactor: Compactor,
 }
 
 /// An answer to send once the batch is durable.
@@ -118,6 +124,35 @@ impl Writer {
         })
     }
 
+    /// Stages the removal of `actor`'s commits that end before `before`, never its latest:
+    /// returns where its history will start and the bytes removed.
+    fn stage_truncation(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        actor: &ActorKey,
+        prefix: &[u8],
+        before: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let head = self.head(prefix)?;
+        let end = before.min(head);
+        let mut removed = 0u64;
+        let mut last_removed = None;
+        if end > 0 {
+            let range = event_key(prefix, 0)..event_key(prefix, end);
+            for guard in self.events.range(range) {
+                let (key, value) = guard.into_inner().map_err(engine_error)?;
+                removed += (key.len() + value.len()) as u64;
+                last_removed = key_version(&key);
+                batch.remove(&self.events, key.to_vec());
+            }
+        }
+        let start = match last_removed {
+            Some(v) => v + 1,
+            None => start_in(&self.events, actor, prefix)?,
+        };
+        Ok((start, removed))
+    }
+
     /// Answers every op with the failure that poisoned the store.
     pub(super) fn refuse_all(ops: Vec<WriteOp>, reason: &str) {
         let refused = || {
@@ -135,7 +170,7 @@ impl Writer {
                 | WriteOp::ClearWakeup { reply, .. } => {
                     let _ = reply.send(Err(refused()));
                 }
-                WriteOp::SetWakeup { reply, .. } => {
+                WriteOp::SetWakeup { reply, .. } | WriteOp::Truncate { reply, .. } => {
                     let _ = reply.send(Err(refused()));
                 }
                 #[cfg(test)]
@@ -160,6 +195,7 @@ impl Writer {
         let mut staged_heads: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut staged_snapshots: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut next_log = self.next_log;
+        let mut removed_bytes = 0u64;
         for op in ops {
             match op {
                 WriteOp::Append {
@@ -268,6 +304,20 @@ impl Writer {
                     });
                     pending.push(Pending::Revision(reply, revision));
                 }
+                WriteOp::Truncate {
+                    prefix,
+                    actor,
+                    before,
+                    reply,
+                } => match self.stage_truncation(&mut batch, &actor, &prefix, before) {
+                    Ok((start, bytes)) => {
+                        removed_bytes += bytes;
+                        pending.push(Pending::Revision(reply, start));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 #[cfg(test)]
                 WriteOp::Poison(reason, done) => {
                     self.failed = Some(reason);
@@ -327,6 +377,11 @@ impl Writer {
                 }
                 for change in announce {
                     self.feed.publish(change);
+                }
+                self.removed_bytes += removed_bytes;
+                if removed_bytes > 0 && self.removed_bytes >= self.compact_after {
+                    self.removed_bytes = 0;
+                    self.compactor.start();
                 }
             }
             Err(e) => {

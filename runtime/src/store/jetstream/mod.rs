@@ -47,9 +47,10 @@
 //!
 //! # Retention
 //!
-//! With [`JetStreamOptions::retention`] set to `Some(keep)`, saving a snapshot at version `v`
-//! purges the actor's commits that end at or before `v - keep`. The actor then loads from its
-//! snapshot; a full replay from version 1 is no longer possible. Off by default.
+//! [`EventStore::truncate_before`] purges the actor's older commits from the stream (a purge
+//! filtered on its subject, up to a sequence), so the stream's size shrinks; the runtime calls
+//! it after each snapshot when `RuntimeConfig::retention` is set, on single nodes and cluster
+//! nodes alike. The actor's latest commit always stays.
 
 pub(crate) mod direct_get;
 mod snapshots;
@@ -72,7 +73,8 @@ use parking_lot::Mutex;
 use self::direct_get::{RawMsg, ReadFailure};
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream, check_namespace, decode_commit,
+    Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream, check_horizon, check_namespace,
+    decode_commit,
     decode_snapshot_at, encode_commit, encode_snapshot_at, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
@@ -108,9 +110,6 @@ pub struct JetStreamOptions {
     pub request_timeout: Duration,
     /// How long the server remembers message ids for deduplication.
     pub duplicate_window: Duration,
-    /// Purge commits covered by a snapshot, keeping this many events before it (`None`: keep
-    /// everything).
-    pub retention: Option<u64>,
     /// How replays read.
     pub replay: ReplayMode,
     /// Messages per batched direct get request.
@@ -124,7 +123,6 @@ impl Default for JetStreamOptions {
             max_commit_bytes: super::DEFAULT_MAX_COMMIT_BYTES,
             request_timeout: Duration::from_secs(3),
             duplicate_window: Duration::from_secs(120),
-            retention: None,
             replay: ReplayMode::Batched,
             batch_size: 1000,
         }
@@ -436,34 +434,47 @@ impl JetStreamStore {
             })
     }
 
-    /// Purges the actor's commits that end at or before `upto`.
-    async fn purge_covered(&self, subject: &str, upto: u64) -> Result<(), StoreError> {
+    /// Purges the actor's commits that end before `before` — never the latest, which carries
+    /// the actor's current version, checked by the next append — and returns the first
+    /// version still stored.
+    async fn purge_before(&self, subject: &str, before: u64) -> Result<u64, StoreError> {
         let Some(head) = self.fetch_last(subject).await? else {
-            return Ok(());
+            return Ok(1);
         };
         let msgs = self.read_subject(subject, 1, head.position.seq).await?;
-        // Keep every commit ending after `upto`, and always the latest one: it carries the
-        // actor's current version, which the next append is checked against.
-        let keep_from = msgs
+        let Some(first_kept) = msgs
             .iter()
-            .find(|m| {
-                m.headers
-                    .get(VERSION_HEADER)
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                    .is_some_and(|v| v > upto)
-            })
-            .or(msgs.last());
-        let Some(first_kept) = keep_from else {
-            return Ok(());
+            .find(|m| header_u64(m, VERSION_HEADER).is_some_and(|v| v >= before))
+            .or(msgs.last())
+        else {
+            return Ok(1);
         };
-        self.stream
-            .purge()
-            .filter(subject)
-            .sequence(first_kept.seq)
-            .await
-            .map_err(|e| unavailable("retention purge failed", e))?;
-        Ok(())
+        let start = first_version_of(first_kept);
+        if msgs.first().is_some_and(|m| m.seq < first_kept.seq) {
+            self.stream
+                .purge()
+                .filter(subject)
+                .sequence(first_kept.seq)
+                .await
+                .map_err(|e| unavailable("retention purge failed", e))?;
+        }
+        Ok(start)
     }
+}
+
+/// A numeric header of a stored message.
+fn header_u64(msg: &RawMsg, name: &str) -> Option<u64> {
+    msg.headers
+        .get(name)
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+}
+
+/// The first version a stored commit holds (its own last version when the header is missing:
+/// the best known lower bound).
+fn first_version_of(msg: &RawMsg) -> u64 {
+    header_u64(msg, FIRST_VERSION_HEADER)
+        .or_else(|| header_u64(msg, VERSION_HEADER))
+        .unwrap_or(1)
 }
 
 #[async_trait]
@@ -686,7 +697,44 @@ impl EventStore for JetStreamStore {
                 Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
             }
         }
+        check_horizon(actor, &report)?;
         Ok(report)
+    }
+
+    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        self.purge_before(&self.subject(actor), version).await
+    }
+
+    async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        let subject = self.subject(actor);
+        let first = direct_get::batch_once(
+            &self.client,
+            &self.stream_name,
+            &subject,
+            1,
+            1,
+            self.options.request_timeout,
+        )
+        .await;
+        match first {
+            Ok((msgs, _)) => Ok(msgs.first().map_or(1, first_version_of)),
+            Err(ReadFailure::Failed(reason)) => Err(StoreError::Unavailable(format!(
+                "cannot read the start of {subject}: {reason}"
+            ))),
+            Err(ReadFailure::NoAnswer | ReadFailure::BatchUnsupported) => {
+                // Fall back to a full read (rare: servers without batched direct get).
+                let report = self.read_with_errors(actor, 0).await;
+                match report {
+                    Ok(r) => Ok(r.commits.first().map_or(1, |c| c.first_version)),
+                    Err(StoreError::HistoryTruncated { starts_at, .. }) => Ok(starts_at),
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {

@@ -46,12 +46,6 @@ impl SnapshotStore for JetStreamStore {
                         Position { version, seq },
                     );
                 }
-                if let Some(keep) = self.options.retention {
-                    let upto = version.saturating_sub(keep);
-                    if upto > 0 {
-                        self.purge_covered(&subject, upto).await?;
-                    }
-                }
                 return Ok(());
             }
         }
