@@ -436,12 +436,20 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
     let mut v = 0;
     for i in 0..6u64 {
         let values: Vec<u64> = (0..1 + i % 2).map(|j| i * 10 + j).collect();
-        v = s.append(&a, v, commit_of(&values)).await.unwrap().last_version;
+        v = s
+            .append(&a, v, commit_of(&values))
+            .await
+            .unwrap()
+            .last_version;
         s.append(&b, i, commit_of(&[i])).await.unwrap();
     }
     assert_eq!(v, 9);
     assert_eq!(s.history_start(&a).await.unwrap(), 1);
-    assert_eq!(s.truncate_before(&a, 1).await.unwrap(), 1, "nothing before 1");
+    assert_eq!(
+        s.truncate_before(&a, 1).await.unwrap(),
+        1,
+        "nothing before 1"
+    );
     // Version 5 sits in the commit 5-6: that commit stays, the ones ending before 5 go.
     assert_eq!(s.truncate_before(&a, 5).await.unwrap(), 5);
     assert_eq!(s.history_start(&a).await.unwrap(), 5);
@@ -465,7 +473,10 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
     assert_eq!(s.truncate_before(&a, 100).await.unwrap(), 8);
     assert_eq!(s.latest_version(&a).await.unwrap(), 9);
     assert_eq!(
-        s.append(&a, 9, commit_of(&[99])).await.unwrap().last_version,
+        s.append(&a, 9, commit_of(&[99]))
+            .await
+            .unwrap()
+            .last_version,
         10
     );
     assert_eq!(s.read(&a, 8).await.unwrap().len(), 3);

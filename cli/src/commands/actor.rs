@@ -121,8 +121,13 @@ pub async fn events(
         return Err(Usage("--from counts from 1 (the first event)".into()).into());
     }
     let store = ctx.store().await?;
+    // Retention may have removed the start of the history: show what is left, and say so.
+    let starts_at = store
+        .history_start(&key)
+        .await
+        .context("cannot read where the actor's history starts")?;
     let report = store
-        .read_with_errors(&key, from)
+        .read_with_errors(&key, from.max(starts_at))
         .await
         .context("cannot read the actor's events")?;
     let mut events = report.events();
@@ -153,14 +158,24 @@ pub async fn events(
         output::json(&json!({
             "actor": {"namespace": key.namespace.as_str(), "kind": kind, "id": id},
             "from": from,
+            "history_starts_at": starts_at,
             "events": list,
             "more": total > events.len(),
             "corrupt": corrupt,
         }));
         return Ok(());
     }
+    if from < starts_at {
+        println!(
+            "{kind}/{id}: history starts at version {starts_at} (earlier events were removed by \
+             retention; the actor loads from its snapshot)"
+        );
+    }
     if events.is_empty() {
-        println!("{kind}/{id} has no events from version {from}");
+        println!(
+            "{kind}/{id} has no events from version {}",
+            from.max(starts_at)
+        );
     } else {
         let rows: Vec<Vec<String>> = events
             .iter()

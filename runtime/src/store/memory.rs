@@ -206,7 +206,7 @@ impl EventStore for MemoryStore {
             .streams
             .lock()
             .get(actor)
-            .map_or(1, |s| stream_start(s)))
+            .map_or(1, stream_start))
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {

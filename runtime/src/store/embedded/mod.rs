@@ -32,6 +32,15 @@
 //!   before the log existed gets one at open, stream by stream.
 //!
 //! The stream token is `<namespace>.<kind>.<encoded id>` (see [`crate::names`]).
+//!
+//! # Retention
+//!
+//! [`EventStore::truncate_before`] deletes an actor's old commits through the writer, in one
+//! synced batch like any write. Their `log` entries stay (a few dozen bytes each) and
+//! [`EventStore::read_log`] skips them. A delete only writes a tombstone; the space comes back
+//! when the engine rewrites the files, which a background compaction forces once
+//! [`EmbeddedOptions::compact_after_removed_bytes`] have been removed (or
+//! [`EmbeddedStore::compact`] now).
 
 mod writer;
 

@@ -74,8 +74,7 @@ use self::direct_get::{RawMsg, ReadFailure};
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
     Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream, check_horizon, check_namespace,
-    decode_commit,
-    decode_snapshot_at, encode_commit, encode_snapshot_at, snapshot_version,
+    decode_commit, decode_snapshot_at, encode_commit, encode_snapshot_at, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
