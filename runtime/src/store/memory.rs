@@ -201,12 +201,7 @@ impl EventStore for MemoryStore {
 
     async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
-        Ok(self
-            .inner
-            .streams
-            .lock()
-            .get(actor)
-            .map_or(1, stream_start))
+        Ok(self.inner.streams.lock().get(actor).map_or(1, stream_start))
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {

@@ -111,21 +111,30 @@ pub struct EmbeddedStore {
 }
 
 /// Gives back the space of removed records: flushes the memtables (so the journal holding the
-/// removed records can go) and rewrites the tables without them. One run at a time.
+/// removed records can go) and rewrites the tables without them. One run at a time; after
+/// [`Compactor::close`] it holds no handle on the directory.
 #[derive(Clone)]
 pub(super) struct Compactor {
+    engine: std::sync::Arc<Mutex<Option<Engine>>>,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a compaction works on.
+#[derive(Clone)]
+struct Engine {
     db: Database,
     events: Keyspace,
     log: Keyspace,
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Compactor {
     fn new(db: &Database, events: &Keyspace, log: &Keyspace) -> Self {
         Compactor {
-            db: db.clone(),
-            events: events.clone(),
-            log: log.clone(),
+            engine: std::sync::Arc::new(Mutex::new(Some(Engine {
+                db: db.clone(),
+                events: events.clone(),
+                log: log.clone(),
+            }))),
             running: std::sync::Arc::default(),
         }
     }
@@ -151,19 +160,41 @@ impl Compactor {
         }
     }
 
-    /// Compacts now, waiting for a running compaction first.
-    fn run(&self) -> Result<(), StoreError> {
+    /// Waits for a running compaction, then holds the slot.
+    fn acquire(&self) {
         use std::sync::atomic::Ordering;
         while self.running.swap(true, Ordering::AcqRel) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// Compacts now, waiting for a running compaction first.
+    fn run(&self) -> Result<(), StoreError> {
+        self.acquire();
         let result = self.compact();
-        self.running.store(false, Ordering::Release);
+        self.running
+            .store(false, std::sync::atomic::Ordering::Release);
         result
     }
 
+    /// Waits for a running compaction and lets go of the engine (the directory's lock).
+    fn close(&self) {
+        self.acquire();
+        drop(self.engine.lock().take());
+        self.running
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn disk_space(&self) -> Result<u64, StoreError> {
+        let engine = self.engine.lock().clone().ok_or(StoreError::Closed)?;
+        engine.db.disk_space().map_err(engine_error)
+    }
+
     fn compact(&self) -> Result<(), StoreError> {
-        for keyspace in [&self.events, &self.log] {
+        let Some(engine) = self.engine.lock().clone() else {
+            return Err(StoreError::Closed);
+        };
+        for keyspace in [&engine.events, &engine.log] {
             keyspace.rotate_memtable_and_wait().map_err(engine_error)?;
             keyspace.major_compact().map_err(engine_error)?;
         }
@@ -378,7 +409,7 @@ impl EmbeddedStore {
 
     /// Bytes the store's files take on disk (journal and tables).
     pub fn disk_space(&self) -> Result<u64, StoreError> {
-        self.compactor.db.disk_space().map_err(engine_error)
+        self.compactor.disk_space()
     }
 
     /// The directory the store lives in.
@@ -411,6 +442,7 @@ impl EmbeddedStore {
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
+        self.compactor.close();
         drop(self.handles.write().take());
     }
 }
