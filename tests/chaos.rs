@@ -35,7 +35,7 @@ use aether::wire::CommitRecord;
 use aether::{ActorId, ActorKey, ClusterView, Kind, Namespace, Runtime};
 use common::map_watch::MapWatch;
 use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
-use common::process::{FAST, NodeProcess, poll};
+use common::process::{FAST, NodeProcess, node_binary, poll};
 use common::workload::error_kind;
 use parking_lot::Mutex;
 
@@ -477,6 +477,7 @@ fn spawn(urls: &str, ns: &str, id: &str, replicas: &str) -> NodeProcess {
     );
     tokio::task::block_in_place(move || {
         NodeProcess::spawn_with(
+            &node_binary(),
             &urls,
             &ns,
             &id,
@@ -631,7 +632,14 @@ async fn random_transfers_survive_a_lost_nats_server_and_a_leader_crash() {
     let mut joining = {
         let urls = urls_alive.clone();
         tokio::task::block_in_place(move || {
-            NodeProcess::start(&urls, NS, "node-5", FAST, &[("AETHER_REPLICAS", "3")])
+            NodeProcess::start(
+                &node_binary(),
+                &urls,
+                NS,
+                "node-5",
+                FAST,
+                &[("AETHER_REPLICAS", "3")],
+            )
         })
     };
     poll(Duration::from_secs(60), "a map with node-5", async || {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::nats::{NatsServer, free_port};
-use common::process::{FAST, NodeProcess, aether_binary};
+use common::process::{FAST, NodeProcess, aether_binary, node_binary};
 use serde_json::Value;
 
 const NS: &str = "clins";
@@ -95,9 +95,9 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     let server = NatsServer::start();
     let url = server.url();
     let one = [("AETHER_REPLICAS", "1")];
-    let mut n1 = NodeProcess::spawn_with(&url, NS, "node-1", FAST, &one);
-    let n2 = NodeProcess::spawn_with(&url, NS, "node-2", FAST, &one);
-    let n3 = NodeProcess::spawn_with(&url, NS, "node-3", FAST, &one);
+    let mut n1 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-1", FAST, &one);
+    let n2 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-2", FAST, &one);
+    let n3 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-3", FAST, &one);
 
     // cluster status: three healthy nodes, one leader, every shard placed once.
     let status = status_until(&url, "three settled nodes", |s| settled(s, 3));
@@ -336,7 +336,7 @@ fn every_subcommand_reports_a_running_cluster_and_drain_loses_nothing() {
     // The rolling upgrade: node-3 stops and starts again while drained, and joins with no
     // shards (it would wait forever for a map that includes it otherwise).
     n3.shutdown();
-    let n3 = NodeProcess::spawn_with(&url, NS, "node-3", FAST, &one);
+    let n3 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-3", FAST, &one);
     let status = status_until(&url, "node-3 back, drained", |s| {
         s["nodes"].as_array().is_some_and(|n| {
             n.iter()

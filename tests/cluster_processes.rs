@@ -10,7 +10,7 @@ use aether::ClusterView;
 use aether::bus::{Bus, BusConfig, EventBody, Filter, SystemEvent};
 use aether::cluster::ShardMap;
 use common::nats::{NatsCluster, wait_for_jetstream};
-use common::process::{FAST, NodeProcess, poll};
+use common::process::{FAST, NodeProcess, node_binary, poll};
 use futures_util::StreamExt;
 
 const HEARTBEAT_MS: u64 = FAST.heartbeat_ms;
@@ -35,7 +35,7 @@ async fn node_processes_agree_fail_over_and_fence_a_paused_leader() {
     let ns = "procs";
     let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
         .iter()
-        .map(|id| tokio::task::block_in_place(|| NodeProcess::spawn(&urls, ns, id)))
+        .map(|id| tokio::task::block_in_place(|| NodeProcess::spawn(&node_binary(), &urls, ns, id)))
         .collect();
     let view = ClusterView::connect(&urls, ns).await.unwrap();
     // What the nodes say on the bus about the cluster (system events, over NATS).

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::nats::{NatsServer, free_port};
-use common::process::{FAST, NodeProcess, aether_binary};
+use common::process::{FAST, NodeProcess, aether_binary, node_binary};
 use serde_json::{Value, json};
 
 const NS: &str = "dash";
@@ -265,9 +265,9 @@ fn the_dashboard_shows_a_failure_and_the_new_owners_live() {
     let server = NatsServer::start();
     let url = server.url();
     let one = [("AETHER_REPLICAS", "1")];
-    let mut n1 = NodeProcess::spawn_with(&url, NS, "node-1", FAST, &one);
-    let _n2 = NodeProcess::spawn_with(&url, NS, "node-2", FAST, &one);
-    let mut n3 = NodeProcess::spawn_with(&url, NS, "node-3", FAST, &one);
+    let mut n1 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-1", FAST, &one);
+    let _n2 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-2", FAST, &one);
+    let mut n3 = NodeProcess::spawn_with(&node_binary(), &url, NS, "node-3", FAST, &one);
     for i in 0..9 {
         assert!(n1.command(&format!("open acct{i}")).starts_with("ok "));
     }

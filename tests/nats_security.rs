@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aether::bus::{Bus, BusConfig, Filter};
 use aether::{ClusterView, ConnectError, NatsConfig};
 use common::nats::NatsServer;
-use common::process::{FAST, NodeProcess, poll};
+use common::process::{FAST, NodeProcess, node_binary, poll};
 
 /// What a scenario gives the nodes, and what must never show up in their output.
 struct Secured {
@@ -49,6 +49,7 @@ async fn secured_cluster_serves_and_fails_over(ns: &str, server: &NatsServer, se
         .map(|id| {
             tokio::task::block_in_place(|| {
                 let mut node = NodeProcess::start_logged(
+                    &node_binary(),
                     &url,
                     ns,
                     id,
@@ -122,7 +123,15 @@ async fn secured_cluster_serves_and_fails_over(ns: &str, server: &NatsServer, se
         let id = format!("intruder-{i}");
         let started = Instant::now();
         let mut node = tokio::task::block_in_place(|| {
-            NodeProcess::start_logged(&url, ns, &id, FAST, &env_of(wrong), &log_of(&id))
+            NodeProcess::start_logged(
+                &node_binary(),
+                &url,
+                ns,
+                &id,
+                FAST,
+                &env_of(wrong),
+                &log_of(&id),
+            )
         });
         let status = tokio::task::block_in_place(|| node.wait_exit(Duration::from_secs(15)));
         let took = started.elapsed();

@@ -38,7 +38,7 @@ use aether::wire::{BASE_FRAME_FORMAT, RemoteReply, RemoteRequest};
 use aether::{ActorId, ClusterView, CommandId};
 use bytes::Bytes;
 use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
-use common::process::{FAST, NodeProcess, poll};
+use common::process::{FAST, NodeProcess, node_binary, poll};
 use common::proxy::{Mode, Proxy};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -314,7 +314,14 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     let spawn = |id: &str, url: &str| {
         let (url, id, ns) = (url.to_owned(), id.to_owned(), ns.to_owned());
         tokio::task::block_in_place(move || {
-            NodeProcess::spawn_with(&url, &ns, &id, FAST, &[("AETHER_REPLICAS", replicas)])
+            NodeProcess::spawn_with(
+                &node_binary(),
+                &url,
+                &ns,
+                &id,
+                FAST,
+                &[("AETHER_REPLICAS", replicas)],
+            )
         })
     };
     // The victim joins first when it must be the leader (the first node takes the lease).

@@ -14,14 +14,21 @@ use account::{Account, Balance, CancelPayment, Deposit, Open, SchedulePayment};
 use aether::prelude::*;
 use aether::{ActorKey, ClusterView, Runtime};
 use common::nats::{NatsServer, wait_for_jetstream};
-use common::process::{FAST, NodeProcess, poll};
+use common::process::{FAST, NodeProcess, node_binary, poll};
 
 const AMOUNT: u64 = 7;
 
 fn spawn(url: &str, ns: &str, id: &str) -> NodeProcess {
     let (url, ns, id) = (url.to_owned(), ns.to_owned(), id.to_owned());
     tokio::task::block_in_place(move || {
-        NodeProcess::spawn_with(&url, &ns, &id, FAST, &[("AETHER_REPLICAS", "1")])
+        NodeProcess::spawn_with(
+            &node_binary(),
+            &url,
+            &ns,
+            &id,
+            FAST,
+            &[("AETHER_REPLICAS", "1")],
+        )
     })
 }
 

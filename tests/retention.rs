@@ -14,7 +14,7 @@ use std::time::Duration;
 use aether::prelude::*;
 use aether::store::{EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore};
 use aether::{ActorKey, AskError, CallError, ClusterConfig, Runtime, StoreError};
-use common::nats::{NatsCluster, NatsServer};
+use aether_testkit::nats::{NatsCluster, NatsServer};
 use common::{key, ns};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -368,6 +368,6 @@ async fn a_cluster_node_purges_jetstream_behind_its_snapshots_r1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_purges_jetstream_behind_its_snapshots_r3() {
     let cluster = NatsCluster::start();
-    common::nats::wait_for_jetstream(&cluster.urls()).await;
+    aether_testkit::nats::wait_for_jetstream(&cluster.urls()).await;
     jetstream_retention(&cluster.urls(), 3).await;
 }
