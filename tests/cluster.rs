@@ -677,3 +677,50 @@ async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// The test kit's in-process cluster: three nodes settle into one map, every node routes to
+/// every owner, and after a graceful stop the two left serve everything with the state kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_testkit_cluster_settles_routes_and_survives_a_stop() {
+    use aether_testkit::cluster::TestCluster;
+    let server = NatsServer::start();
+    let mut cluster = TestCluster::start(&server.url(), "kit", 3, |b| b.register::<Counter>())
+        .await
+        .expect("three nodes join");
+    cluster.settled().await.expect("three nodes settle");
+    let ids: Vec<String> = (0..24).map(|i| format!("k-{i}")).collect();
+    let owners: std::collections::BTreeSet<String> = ids
+        .iter()
+        .filter_map(|id| {
+            let node = cluster.node(0).unwrap();
+            node.cluster().unwrap().locate_kind("counter", id).owner
+        })
+        .collect();
+    assert_eq!(
+        owners.len(),
+        3,
+        "24 ids spread over the three nodes: {owners:?}"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let via = cluster.node(i % 3).unwrap();
+        let total = via
+            .actor::<Counter>(id)
+            .unwrap()
+            .ask(CounterCmd::Add(1))
+            .await;
+        assert_eq!(total.unwrap(), 1, "{id}");
+    }
+    cluster.stop(1).await;
+    cluster.settled().await.expect("two nodes settle");
+    assert_eq!(cluster.running().count(), 2);
+    for id in &ids {
+        let via = cluster.node(2).unwrap();
+        let total = via
+            .actor::<Counter>(id)
+            .unwrap()
+            .ask(CounterCmd::Add(1))
+            .await;
+        assert_eq!(total.unwrap(), 2, "{id}");
+    }
+    cluster.shutdown().await;
+}
