@@ -54,6 +54,8 @@ pub struct NodeProcess {
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
+    /// Waited for: the pid is no longer ours to signal.
+    reaped: bool,
     /// How it was started, for [`NodeProcess::restart`].
     launch: Launch,
 }
@@ -123,6 +125,7 @@ impl NodeProcess {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("child status") {
+                self.reaped = true;
                 return status;
             }
             assert!(
@@ -199,6 +202,7 @@ impl NodeProcess {
             stdin: child.stdin.take(),
             child,
             lines,
+            reaped: false,
             launch: Launch {
                 binary: binary.to_path_buf(),
                 urls: urls.to_owned(),
@@ -212,8 +216,9 @@ impl NodeProcess {
         }
     }
 
-    /// Kills the process if it runs, starts it again with the same binary, id and settings,
-    /// and waits until it serves (a node restarted after a crash).
+    /// Kills the process if it runs, starts it again with the same binary, id, settings and
+    /// environment, and waits until it serves (a node restarted after a crash). Its stderr
+    /// goes where [`NodeProcess::start`] sends it, also for a node started logged.
     pub fn restart(&mut self) {
         self.signal(libc::SIGCONT);
         self.kill();
@@ -245,8 +250,14 @@ impl NodeProcess {
     }
 
     /// Sends `signal` (e.g. `libc::SIGSTOP`) to the process.
+    /// Nothing happens once the process has been reaped (its pid may belong to another by
+    /// then).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling a child process we own.
+        if self.reaped {
+            return;
+        }
+        // SAFETY: signalling a child process we own that has not been reaped: its pid is
+        // still ours (an exited child stays a zombie until we wait for it).
         unsafe {
             libc::kill(self.child.id() as i32, signal);
         }
@@ -256,6 +267,7 @@ impl NodeProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 
     /// SIGSTOP: the node stays but does nothing (a long GC pause, a frozen VM).
@@ -274,6 +286,7 @@ impl NodeProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.reaped = true;
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -492,6 +492,20 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
         .collect();
     assert_eq!(of_a, vec![9, 10]);
     assert_eq!(log.entries.len(), 8);
+    // Paging one by one steps over the removed commits: no empty page before the end.
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let page = s.read_log(after, 1).await.unwrap();
+        let Some(entry) = page.entries.first() else {
+            assert_eq!(after, log.head, "an empty page only at the head");
+            break;
+        };
+        after = entry.position;
+        paged.push(entry.position);
+    }
+    let positions: Vec<u64> = log.entries.iter().map(|e| e.position).collect();
+    assert_eq!(paged, positions);
     // An actor without history starts at 1, and truncating it changes nothing.
     let none = actor(&f, "none");
     assert_eq!(s.truncate_before(&none, 10).await.unwrap(), 1);

@@ -82,7 +82,8 @@ fn stream_start(stream: &Stream) -> u64 {
     match stream.first() {
         Some((last, bytes)) => CommitRecord::decode(bytes)
             .map(|c| c.first_version)
-            // A damaged first record: its own version is the best known lower bound.
+            // A damaged first record: where it starts is unknown; the history is readable
+            // from after its last version at the earliest.
             .unwrap_or(*last),
         None => 1,
     }
@@ -210,18 +211,25 @@ impl EventStore for MemoryStore {
             let start = usize::try_from(after)
                 .unwrap_or(usize::MAX)
                 .min(streams.log.len());
+            // Commits removed by retention (the stream now starts after them) are skipped and
+            // do not count toward `max`: a page is empty only at the log's end.
             let records: Vec<(u64, ActorKey, u64, Option<Vec<u8>>)> = streams.log[start..]
                 .iter()
-                .take(max)
                 .enumerate()
-                .map(|(i, (actor, version))| {
-                    let bytes = streams.get(actor).and_then(|s| {
+                .filter_map(|(i, (actor, version))| {
+                    let stream = streams.get(actor);
+                    let bytes = stream.and_then(|s| {
                         s.binary_search_by_key(version, |(v, _)| *v)
                             .ok()
                             .map(|at| s[at].1.clone())
                     });
-                    ((start + i + 1) as u64, actor.clone(), *version, bytes)
+                    let removed = bytes.is_none()
+                        && stream
+                            .and_then(|s| s.first())
+                            .is_some_and(|(first_last, _)| version < first_last);
+                    (!removed).then(|| ((start + i + 1) as u64, actor.clone(), *version, bytes))
                 })
+                .take(max)
                 .collect();
             (streams.log.len() as u64, records)
         };
@@ -230,18 +238,6 @@ impl EventStore for MemoryStore {
             head,
         };
         for (position, actor, version, bytes) in records {
-            // Removed by retention: the stream now starts after this commit.
-            let removed = bytes.is_none()
-                && self
-                    .inner
-                    .streams
-                    .lock()
-                    .get(&actor)
-                    .and_then(|s| s.first())
-                    .is_some_and(|(first_last, _)| version < *first_last);
-            if removed {
-                continue;
-            }
             let decoded = bytes
                 .ok_or_else(|| "the commit is missing from its stream".to_owned())
                 .and_then(|b| decode_commit(&actor, version, &b));

@@ -289,7 +289,7 @@ pub enum StoreError {
     /// Nothing was changed.
     #[error(
         "history of {actor} before version {starts_at} was removed by retention \
-         (asked from version {requested}); it loads from its snapshot"
+         (asked from version {requested}): the actor loads only from a snapshot"
     )]
     HistoryTruncated {
         /// The actor.
@@ -578,8 +578,16 @@ struct SnapshotRecord {
 /// first commit found starts after the version asked for (history has no gaps otherwise).
 fn check_horizon(actor: &ActorKey, report: &ReadReport) -> Result<(), StoreError> {
     let requested = report.from_version.max(1);
+    // A damaged record before the first clean commit may be where the history goes on: then
+    // it is damage (reported with the read), not a start of history.
+    let damaged_before = |first: &CommitRecord| {
+        report
+            .corrupt
+            .iter()
+            .any(|c| c.position < first.first_version)
+    };
     match report.commits.first() {
-        Some(first) if report.corrupt.is_empty() && first.first_version > requested => {
+        Some(first) if first.first_version > requested && !damaged_before(first) => {
             Err(StoreError::HistoryTruncated {
                 actor: actor.clone(),
                 requested,

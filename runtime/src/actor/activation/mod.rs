@@ -446,6 +446,9 @@ enum LoadError {
     Unavailable(String),
     /// The history is damaged or does not decode: reported as `ActivationFailed`.
     Failed(String),
+    /// The events read started before the history's start (retention): retried by
+    /// `reload`, then reported as one of the others.
+    Truncated(String),
 }
 
 impl LoadError {
@@ -463,10 +466,12 @@ impl LoadError {
             LoadError::Unavailable(reason) => AskError::Failed(CallError::Unavailable {
                 reason: reason.clone(),
             }),
-            LoadError::Failed(reason) => AskError::Failed(CallError::ActivationFailed {
-                actor: actor.clone(),
-                reason: reason.clone(),
-            }),
+            LoadError::Failed(reason) | LoadError::Truncated(reason) => {
+                AskError::Failed(CallError::ActivationFailed {
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                })
+            }
         }
     }
 }
@@ -474,7 +479,9 @@ impl LoadError {
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LoadError::Unavailable(r) | LoadError::Failed(r) => f.write_str(r),
+            LoadError::Unavailable(r) | LoadError::Failed(r) | LoadError::Truncated(r) => {
+                f.write_str(r)
+            }
         }
     }
 }
@@ -578,6 +585,29 @@ impl<A: Behavior> Activation<A> {
 
     /// Rebuilds state from the store: snapshot (if readable) plus the tail of events.
     async fn reload(&mut self) -> Result<(), LoadError> {
+        // A snapshot saved — and the history truncated behind it (retention) — between reading
+        // the snapshot and reading the events makes the event read start before the history's
+        // start; so does a lagging replica's older snapshot. Both pass: read both again.
+        let mut attempt = 0u32;
+        loop {
+            match self.reload_once().await {
+                Err(LoadError::Truncated(reason)) if attempt < 4 => {
+                    attempt += 1;
+                    tracing::debug!(actor = %self.key(), %reason, attempt, "reloading after a truncation");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
+                }
+                // Still older than the history with a snapshot in hand: the snapshot read lags.
+                Err(LoadError::Truncated(reason)) if self.snapshot_version > 0 => {
+                    return Err(LoadError::Unavailable(reason));
+                }
+                // No snapshot this code can use, and the history before it is gone.
+                Err(LoadError::Truncated(reason)) => return Err(LoadError::Failed(reason)),
+                other => return other,
+            }
+        }
+    }
+
+    async fn reload_once(&mut self) -> Result<(), LoadError> {
         let key = self.key().clone();
         let host = Arc::clone(&self.host);
         self.state = A::default();
@@ -610,7 +640,12 @@ impl<A: Behavior> Activation<A> {
             .read_with_errors(&key, self.version + 1)
             .instrument(replay.clone())
             .await
-            .map_err(|e| LoadError::from_store("cannot read events", e))?;
+            .map_err(|e| match e {
+                StoreError::HistoryTruncated { .. } => {
+                    LoadError::Truncated(format!("cannot read events: {e}"))
+                }
+                e => LoadError::from_store("cannot read events", e),
+            })?;
         if !report.corrupt.is_empty() {
             let positions: Vec<String> = report
                 .corrupt

@@ -9,6 +9,11 @@
 //! in `snapshot_fallbacks`, and logged). Stores keep a snapshot only when it is newer than the
 //! one they hold, so a migrated snapshot is replaced once the actor has stored new events and
 //! snapshots again; until then each activation migrates it anew.
+//!
+//! With retention on (`RuntimeConfig::retention`), each saved snapshot is followed by
+//! [`EventStore::truncate_before`](crate::store::EventStore::truncate_before): the history
+//! more than `keep` events behind it is removed, and a snapshot that cannot be used can then no
+//! longer fall back to a full replay — the activation fails, saying why.
 
 use super::*;
 use crate::actor::contract::OldState;
@@ -189,8 +194,8 @@ pub(super) async fn save_snapshot(host: &Host, key: &ActorKey, snapshot: Snapsho
 }
 
 /// Retention: removes the history more than `keep` events behind the snapshot just saved at
-/// `version`. That snapshot was written by this code, so this code can always load the actor;
-/// the store keeps the latest commit whatever `keep` says.
+/// `version` (or a newer one the store already held: its save keeps the newest). The store
+/// keeps the latest commit whatever `keep` says.
 async fn truncate_behind(host: &Host, key: &ActorKey, version: u64, keep: u64) {
     let before = (version + 1).saturating_sub(keep);
     if before <= 1 {

@@ -110,95 +110,122 @@ pub struct EmbeddedStore {
     compactor: Compactor,
 }
 
-/// Gives back the space of removed records: flushes the memtables (so the journal holding the
-/// removed records can go) and rewrites the tables without them. One run at a time; after
-/// [`Compactor::close`] it holds no handle on the directory.
+/// Gives back the space of removed records: flushes the memtables (so the journal files holding
+/// the removed records can go) and rewrites the event tables without them. One run at a time;
+/// after [`Compactor::close`] it starts none and holds no handle on the directory.
 #[derive(Clone)]
 pub(super) struct Compactor {
     engine: std::sync::Arc<Mutex<Option<Engine>>>,
     running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// What a compaction works on.
+/// What a compaction works on: the database and every keyspace (each memtable may hold on to
+/// a journal file).
 #[derive(Clone)]
 struct Engine {
     db: Database,
     events: Keyspace,
-    log: Keyspace,
+    others: [Keyspace; 3],
+}
+
+/// Holds the compactor's single slot; frees it when dropped, a panic included.
+struct Slot<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Slot<'_> {
+    /// Takes the slot if it is free.
+    fn try_take(running: &std::sync::atomic::AtomicBool) -> Option<Slot<'_>> {
+        (!running.swap(true, std::sync::atomic::Ordering::AcqRel)).then_some(Slot(running))
+    }
+
+    /// Waits for the slot.
+    fn take(running: &std::sync::atomic::AtomicBool) -> Slot<'_> {
+        loop {
+            if let Some(slot) = Slot::try_take(running) {
+                return slot;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Compactor {
-    fn new(db: &Database, events: &Keyspace, log: &Keyspace) -> Self {
+    fn new(db: &Database, handles: &Handles) -> Self {
         Compactor {
             engine: std::sync::Arc::new(Mutex::new(Some(Engine {
                 db: db.clone(),
-                events: events.clone(),
-                log: log.clone(),
+                events: handles.events.clone(),
+                others: [
+                    handles.snapshots.clone(),
+                    handles.log.clone(),
+                    handles.wakeups.clone(),
+                ],
             }))),
             running: std::sync::Arc::default(),
         }
     }
 
-    /// Starts a compaction on its own thread unless one is running.
-    pub(super) fn start(&self) {
-        use std::sync::atomic::Ordering;
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
+    /// Starts a compaction on its own thread unless one is running or the store is closing;
+    /// says whether it started one.
+    pub(super) fn start(&self) -> bool {
+        if self.engine.lock().is_none() || self.running.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
         }
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name("aether-store-compact".into())
             .spawn(move || {
+                let Some(_slot) = Slot::try_take(&this.running) else {
+                    return;
+                };
                 if let Err(e) = this.compact() {
                     tracing::warn!(error = %e, "embedded store: compaction failed");
                 }
-                this.running.store(false, Ordering::Release);
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "embedded store: cannot start a compaction");
-            self.running.store(false, Ordering::Release);
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "embedded store: cannot start a compaction");
+                false
+            }
         }
     }
 
-    /// Waits for a running compaction, then holds the slot.
-    fn acquire(&self) {
-        use std::sync::atomic::Ordering;
-        while self.running.swap(true, Ordering::AcqRel) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-
-    /// Compacts now, waiting for a running compaction first.
+    /// Compacts now, after a running compaction if there is one.
     fn run(&self) -> Result<(), StoreError> {
-        self.acquire();
-        let result = self.compact();
-        self.running
-            .store(false, std::sync::atomic::Ordering::Release);
-        result
+        let _slot = Slot::take(&self.running);
+        self.compact()
     }
 
-    /// Waits for a running compaction and lets go of the engine (the directory's lock).
+    /// Lets go of the engine (the directory's lock) once a running compaction is over; no
+    /// compaction starts afterwards.
     fn close(&self) {
-        self.acquire();
-        drop(self.engine.lock().take());
-        self.running
-            .store(false, std::sync::atomic::Ordering::Release);
+        let engine = self.engine.lock().take();
+        let _slot = Slot::take(&self.running);
+        drop(engine);
     }
 
     fn disk_space(&self) -> Result<u64, StoreError> {
-        let engine = self.engine.lock().clone().ok_or(StoreError::Closed)?;
-        engine.db.disk_space().map_err(engine_error)
+        match &*self.engine.lock() {
+            Some(engine) => engine.db.disk_space().map_err(engine_error),
+            None => Err(StoreError::Closed),
+        }
     }
 
     fn compact(&self) -> Result<(), StoreError> {
         let Some(engine) = self.engine.lock().clone() else {
             return Err(StoreError::Closed);
         };
-        for keyspace in [&engine.events, &engine.log] {
+        for keyspace in engine.others.iter().chain([&engine.events]) {
             keyspace.rotate_memtable_and_wait().map_err(engine_error)?;
-            keyspace.major_compact().map_err(engine_error)?;
         }
-        Ok(())
+        // Retention removes events only: the other keyspaces are left to the engine.
+        engine.events.major_compact().map_err(engine_error)
     }
 }
 
@@ -358,7 +385,15 @@ impl EmbeddedStore {
             .max()
             .unwrap_or(0);
         let wakeup_feed = LocalWakeups::new();
-        let compactor = Compactor::new(&db, &events, &log);
+        let compactor = Compactor::new(
+            &db,
+            &Handles {
+                events: events.clone(),
+                snapshots: snapshots.clone(),
+                log: log.clone(),
+                wakeups: wakeups.clone(),
+            },
+        );
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             db,
@@ -501,7 +536,8 @@ fn start_in(events: &Keyspace, actor: &ActorKey, prefix: &[u8]) -> Result<u64, S
         Some(guard) => {
             let (key, value) = guard.into_inner().map_err(engine_error)?;
             let position = key_version(&key).ok_or_else(|| engine_error("malformed event key"))?;
-            // A damaged first record: its own version is the best known lower bound.
+            // A damaged first record: where it starts is unknown; the history is readable
+            // from after its last version at the earliest.
             Ok(decode_commit(actor, position, &value).map_or(position, |c| c.first_version))
         }
     }
@@ -627,7 +663,12 @@ impl EventStore for EmbeddedStore {
             };
             let start = after.saturating_add(1).to_be_bytes();
             let end = u64::MAX.to_be_bytes();
-            for guard in log.range(start..=end).take(max) {
+            // Commits removed by retention are skipped and do not count toward `max`: a page
+            // is empty only at the log's end.
+            for guard in log.range(start..=end) {
+                if page.entries.len() >= max {
+                    break;
+                }
                 let (key, pointer) = guard.into_inner().map_err(engine_error)?;
                 let position =
                     key_version(&key).ok_or_else(|| engine_error("malformed log key"))?;

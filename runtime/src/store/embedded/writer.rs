@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most commits one truncation removes (see [`Writer::stage_truncation`]).
+const MAX_TRUNCATED_COMMITS: usize = 10_000;
+
 /// Longest wait for the rest of a batch (see [`Writer::run`]); well under one sync (~200 µs).
 const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
 
@@ -135,21 +138,26 @@ impl Writer {
     ) -> Result<(u64, u64), StoreError> {
         let head = self.head(prefix)?;
         let end = before.min(head);
+        // Read first, stage after: a failed read stages nothing. At most
+        // `MAX_TRUNCATED_COMMITS` per call, so the first truncation of a long history does not
+        // hold every other writer up; the next snapshot's truncation goes on from there.
+        let mut doomed = Vec::new();
         let mut removed = 0u64;
-        let mut last_removed = None;
         if end > 0 {
             let range = event_key(prefix, 0)..event_key(prefix, end);
-            for guard in self.events.range(range) {
+            for guard in self.events.range(range).take(MAX_TRUNCATED_COMMITS) {
                 let (key, value) = guard.into_inner().map_err(engine_error)?;
                 removed += (key.len() + value.len()) as u64;
-                last_removed = key_version(&key);
-                batch.remove(&self.events, key.to_vec());
+                doomed.push(key);
             }
         }
-        let start = match last_removed {
+        let start = match doomed.last().and_then(|k| key_version(k)) {
             Some(v) => v + 1,
             None => start_in(&self.events, actor, prefix)?,
         };
+        for key in doomed {
+            batch.remove(&self.events, key.to_vec());
+        }
         Ok((start, removed))
     }
 
@@ -379,9 +387,11 @@ impl Writer {
                     self.feed.publish(change);
                 }
                 self.removed_bytes += removed_bytes;
-                if removed_bytes > 0 && self.removed_bytes >= self.compact_after {
+                if removed_bytes > 0
+                    && self.removed_bytes >= self.compact_after
+                    && self.compactor.start()
+                {
                     self.removed_bytes = 0;
-                    self.compactor.start();
                 }
             }
             Err(e) => {

@@ -468,8 +468,7 @@ fn header_u64(msg: &RawMsg, name: &str) -> Option<u64> {
         .and_then(|v| v.as_str().parse::<u64>().ok())
 }
 
-/// The first version a stored commit holds (its own last version when the header is missing:
-/// the best known lower bound).
+/// The first version a stored commit holds (its own last version when the header is missing).
 fn first_version_of(msg: &RawMsg) -> u64 {
     header_u64(msg, FIRST_VERSION_HEADER)
         .or_else(|| header_u64(msg, VERSION_HEADER))
@@ -710,30 +709,21 @@ impl EventStore for JetStreamStore {
         check_namespace(&self.namespace, actor)?;
         self.ensure_connected()?;
         let subject = self.subject(actor);
-        let first = direct_get::batch_once(
-            &self.client,
-            &self.stream_name,
-            &subject,
-            1,
-            1,
-            self.options.request_timeout,
-        )
-        .await;
-        match first {
-            Ok((msgs, _)) => Ok(msgs.first().map_or(1, first_version_of)),
-            Err(ReadFailure::Failed(reason)) => Err(StoreError::Unavailable(format!(
-                "cannot read the start of {subject}: {reason}"
-            ))),
-            Err(ReadFailure::NoAnswer | ReadFailure::BatchUnsupported) => {
-                // Fall back to a full read (rare: servers without batched direct get).
-                let report = self.read_with_errors(actor, 0).await;
-                match report {
-                    Ok(r) => Ok(r.commits.first().map_or(1, |c| c.first_version)),
-                    Err(StoreError::HistoryTruncated { starts_at, .. }) => Ok(starts_at),
-                    Err(e) => Err(e),
-                }
-            }
-        }
+        // From the stream's leader: a replica may not have applied a purge yet.
+        let first = direct_get::one_by_one_upto(&self.stream, &subject, 1, u64::MAX, 1)
+            .await
+            .map_err(|f| {
+                StoreError::Unavailable(format!(
+                    "cannot read the start of {subject}: {}",
+                    match f {
+                        ReadFailure::Failed(reason) => reason,
+                        ReadFailure::BatchUnsupported | ReadFailure::NoAnswer => {
+                            "unexpected answer".to_owned()
+                        }
+                    }
+                ))
+            })?;
+        Ok(first.first().map_or(1, first_version_of))
     }
 
     async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
