@@ -105,7 +105,12 @@ async fn raw_replay(store: &MemoryStore, key: &ActorKey) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let (rounds, length) = pairs();
+    // `P1_ONLY=c` (for a profiler) measures only the recovery.
+    let only_recovery = std::env::var("P1_ONLY").is_ok_and(|v| v == "c");
     for (id, concurrency) in [("P1a", 1usize), ("P1b", 64)] {
+        if only_recovery {
+            break;
+        }
         let (mut persisted, mut plain) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             if round % 2 == 0 {
