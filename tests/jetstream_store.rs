@@ -172,7 +172,8 @@ async fn truncation_purges_only_the_commits_before_the_horizon() {
         store.append(&b, i, commit_of(&[i])).await.unwrap();
     }
     assert_eq!(store.history_start(&a).await.unwrap(), 1);
-    assert_eq!(store.truncate_before(&a, 11).await.unwrap(), 11);
+    let truncated = store.truncate_before(&a, 11).await.unwrap();
+    assert_eq!((truncated.starts_at, truncated.removed), (11, 10));
     assert_eq!(store.history_start(&a).await.unwrap(), 11);
     let left: Vec<u64> = store
         .read(&a, 11)
@@ -198,7 +199,8 @@ async fn truncation_purges_only_the_commits_before_the_horizon() {
         "other actors untouched"
     );
     // Past the head, the latest commit stays: it carries the version appends check against.
-    assert_eq!(store.truncate_before(&a, 1_000).await.unwrap(), 20);
+    let truncated = store.truncate_before(&a, 1_000).await.unwrap();
+    assert_eq!((truncated.starts_at, truncated.removed), (20, 9));
     assert_eq!(store.latest_version(&a).await.unwrap(), 20);
     // Appends continue on top.
     assert_eq!(
@@ -286,7 +288,7 @@ async fn namespaces_are_isolated_in_storage() {
         timestamp_ms: 0,
     };
     a.save(&in_a, snap(3)).await.unwrap();
-    assert_eq!(a.truncate_before(&in_a, 4).await.unwrap(), 3);
+    assert_eq!(a.truncate_before(&in_a, 4).await.unwrap().starts_at, 3);
     assert!(b.latest(&in_b).await.unwrap().is_none());
     assert_eq!(
         a.read(&in_a, 3).await.unwrap().len(),

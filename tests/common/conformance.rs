@@ -445,13 +445,21 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
     }
     assert_eq!(v, 9);
     assert_eq!(s.history_start(&a).await.unwrap(), 1);
+    let truncated = s.truncate_before(&a, 1).await.unwrap();
     assert_eq!(
-        s.truncate_before(&a, 1).await.unwrap(),
-        1,
+        (truncated.starts_at, truncated.removed),
+        (1, 0),
         "nothing before 1"
     );
-    // Version 5 sits in the commit 5-6: that commit stays, the ones ending before 5 go.
-    assert_eq!(s.truncate_before(&a, 5).await.unwrap(), 5);
+    // Version 5 sits in the commit 5-6: that commit stays, the 3 ending before 5 go.
+    let truncated = s.truncate_before(&a, 5).await.unwrap();
+    assert_eq!((truncated.starts_at, truncated.removed), (5, 3));
+    let again = s.truncate_before(&a, 5).await.unwrap();
+    assert_eq!(
+        (again.starts_at, again.removed),
+        (5, 0),
+        "nothing more to remove"
+    );
     assert_eq!(s.history_start(&a).await.unwrap(), 5);
     let tail = s.read(&a, 5).await.unwrap();
     assert_eq!(
@@ -470,7 +478,8 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
         }
     }
     // The latest commit always stays: it holds the version the next append is checked against.
-    assert_eq!(s.truncate_before(&a, 100).await.unwrap(), 8);
+    let truncated = s.truncate_before(&a, 100).await.unwrap();
+    assert_eq!((truncated.starts_at, truncated.removed), (8, 2));
     assert_eq!(s.latest_version(&a).await.unwrap(), 9);
     assert_eq!(
         s.append(&a, 9, commit_of(&[99]))
@@ -508,6 +517,7 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
     assert_eq!(paged, positions);
     // An actor without history starts at 1, and truncating it changes nothing.
     let none = actor(&f, "none");
-    assert_eq!(s.truncate_before(&none, 10).await.unwrap(), 1);
+    let truncated = s.truncate_before(&none, 10).await.unwrap();
+    assert_eq!((truncated.starts_at, truncated.removed), (1, 0));
     assert_eq!(s.latest_version(&none).await.unwrap(), 0);
 }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
-    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
+    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream,
     check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit, encode_snapshot,
     snapshot_version,
 };
@@ -186,18 +186,28 @@ impl EventStore for MemoryStore {
         Ok(report)
     }
 
-    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+    async fn truncate_before(
+        &self,
+        actor: &ActorKey,
+        version: u64,
+    ) -> Result<Truncated, StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
         let mut streams = self.inner.streams.lock();
         let Some(stream) = streams.by_actor.get_mut(actor) else {
-            return Ok(1);
+            return Ok(Truncated {
+                starts_at: 1,
+                removed: 0,
+            });
         };
         // Every commit ending before `version`, but never the latest.
         let cut = stream
             .partition_point(|(v, _)| *v < version)
             .min(stream.len().saturating_sub(1));
         stream.drain(..cut);
-        Ok(stream_start(stream))
+        Ok(Truncated {
+            starts_at: stream_start(stream),
+            removed: cut as u64,
+        })
     }
 
     async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {

@@ -160,6 +160,15 @@ pub struct Appended {
     pub deduplicated: bool,
 }
 
+/// What [`EventStore::truncate_before`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    /// The first version of the actor still stored.
+    pub starts_at: u64,
+    /// Commits removed by this call (0: there was nothing before the version to remove).
+    pub removed: u64,
+}
+
 /// A record that could not be decoded, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptRecord {
@@ -373,8 +382,9 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Removes the actor's commits that end before `version` — never its latest commit, which
-    /// holds its current version — and returns where its history now starts: the first
-    /// version still stored (1 when nothing was ever removed, or for an actor without events).
+    /// holds its current version — and says where its history now starts (the first version
+    /// still stored: 1 when nothing was ever removed, or for an actor without events) and how
+    /// many commits went.
     /// See the [module docs](self#retention).
     ///
     /// Only call it behind a snapshot the running code can load: an actor whose early history
@@ -382,7 +392,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// snapshot when [`RuntimeConfig::retention`](crate::RuntimeConfig::retention) is set.
     ///
     /// The default fails with [`StoreError::Unsupported`], and nothing is removed.
-    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+    async fn truncate_before(
+        &self,
+        actor: &ActorKey,
+        version: u64,
+    ) -> Result<Truncated, StoreError> {
         let _ = (actor, version);
         Err(StoreError::Unsupported(
             "this store cannot remove history (truncate_before)".into(),

@@ -202,9 +202,23 @@ async fn truncate_behind(host: &Host, key: &ActorKey, version: u64, keep: u64) {
         return;
     }
     match host.events.truncate_before(key, before).await {
-        Ok(start) => {
+        Ok(truncated) if truncated.removed > 0 => {
             Stats::bump(&host.stats.history_truncations);
-            tracing::debug!(actor = %key, snapshot = version, starts_at = start, "history truncated");
+            tracing::debug!(
+                actor = %key,
+                snapshot = version,
+                starts_at = truncated.starts_at,
+                removed = truncated.removed,
+                "history truncated"
+            );
+        }
+        Ok(_) => {}
+        // A store without retention: said once per process, not at every snapshot.
+        Err(e @ StoreError::Unsupported(_)) => {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "retention is set but the store cannot remove history");
+            }
         }
         Err(e) => tracing::warn!(actor = %key, version, error = %e, "history not truncated"),
     }

@@ -58,7 +58,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
-    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream,
+    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream,
     actor_of_token, check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit,
     encode_snapshot, snapshot_version,
 };
@@ -280,7 +280,7 @@ enum WriteOp {
         prefix: Vec<u8>,
         actor: ActorKey,
         before: u64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<Truncated, StoreError>>,
     },
     /// Tests: behave as after a failed sync (answered once in effect).
     #[cfg(test)]
@@ -626,7 +626,11 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
-    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+    async fn truncate_before(
+        &self,
+        actor: &ActorKey,
+        version: u64,
+    ) -> Result<Truncated, StoreError> {
         check_namespace(&self.namespace, actor)?;
         let (reply, answer) = oneshot::channel();
         self.send(WriteOp::Truncate {

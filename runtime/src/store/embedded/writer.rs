@@ -44,6 +44,7 @@ enum Pending {
     Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
     Unit(oneshot::Sender<Result<(), StoreError>>),
     Revision(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Truncated(oneshot::Sender<Result<Truncated, StoreError>>, Truncated),
 }
 
 impl Writer {
@@ -128,14 +129,14 @@ impl Writer {
     }
 
     /// Stages the removal of `actor`'s commits that end before `before`, never its latest:
-    /// returns where its history will start and the bytes removed.
+    /// returns where its history will start with the commits removed, and the bytes removed.
     fn stage_truncation(
         &mut self,
         batch: &mut fjall::OwnedWriteBatch,
         actor: &ActorKey,
         prefix: &[u8],
         before: u64,
-    ) -> Result<(u64, u64), StoreError> {
+    ) -> Result<(Truncated, u64), StoreError> {
         let head = self.head(prefix)?;
         let end = before.min(head);
         // Read first, stage after: a failed read stages nothing. At most
@@ -155,10 +156,17 @@ impl Writer {
             Some(v) => v + 1,
             None => start_in(&self.events, actor, prefix)?,
         };
+        let count = doomed.len() as u64;
         for key in doomed {
             batch.remove(&self.events, key.to_vec());
         }
-        Ok((start, removed))
+        Ok((
+            Truncated {
+                starts_at: start,
+                removed: count,
+            },
+            removed,
+        ))
     }
 
     /// Answers every op with the failure that poisoned the store.
@@ -178,7 +186,10 @@ impl Writer {
                 | WriteOp::ClearWakeup { reply, .. } => {
                     let _ = reply.send(Err(refused()));
                 }
-                WriteOp::SetWakeup { reply, .. } | WriteOp::Truncate { reply, .. } => {
+                WriteOp::SetWakeup { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                WriteOp::Truncate { reply, .. } => {
                     let _ = reply.send(Err(refused()));
                 }
                 #[cfg(test)]
@@ -318,9 +329,9 @@ impl Writer {
                     before,
                     reply,
                 } => match self.stage_truncation(&mut batch, &actor, &prefix, before) {
-                    Ok((start, bytes)) => {
+                    Ok((truncated, bytes)) => {
                         removed_bytes += bytes;
-                        pending.push(Pending::Revision(reply, start));
+                        pending.push(Pending::Truncated(reply, truncated));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -381,6 +392,9 @@ impl Writer {
                         Pending::Revision(reply, revision) => {
                             let _ = reply.send(Ok(revision));
                         }
+                        Pending::Truncated(reply, truncated) => {
+                            let _ = reply.send(Ok(truncated));
+                        }
                     }
                 }
                 for change in announce {
@@ -408,6 +422,9 @@ impl Writer {
                             let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
                         }
                         Pending::Revision(reply, _) => {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
+                        }
+                        Pending::Truncated(reply, _) => {
                             let _ = reply.send(Err(StoreError::OutcomeUnknown(reason.clone())));
                         }
                     }

@@ -73,8 +73,9 @@ use parking_lot::Mutex;
 use self::direct_get::{RawMsg, ReadFailure};
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, Wakeup, WakeupStream, check_horizon, check_namespace,
-    decode_commit, decode_snapshot_at, encode_commit, encode_snapshot_at, snapshot_version,
+    Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream, check_horizon,
+    check_namespace, decode_commit, decode_snapshot_at, encode_commit, encode_snapshot_at,
+    snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -436,9 +437,13 @@ impl JetStreamStore {
     /// Purges the actor's commits that end before `before` — never the latest, which carries
     /// the actor's current version, checked by the next append — and returns the first
     /// version still stored.
-    async fn purge_before(&self, subject: &str, before: u64) -> Result<u64, StoreError> {
+    async fn purge_before(&self, subject: &str, before: u64) -> Result<Truncated, StoreError> {
+        let nothing = Truncated {
+            starts_at: 1,
+            removed: 0,
+        };
         let Some(head) = self.fetch_last(subject).await? else {
-            return Ok(1);
+            return Ok(nothing);
         };
         let msgs = self.read_subject(subject, 1, head.position.seq).await?;
         let Some(first_kept) = msgs
@@ -446,10 +451,11 @@ impl JetStreamStore {
             .find(|m| header_u64(m, VERSION_HEADER).is_some_and(|v| v >= before))
             .or(msgs.last())
         else {
-            return Ok(1);
+            return Ok(nothing);
         };
         let start = first_version_of(first_kept);
-        if msgs.first().is_some_and(|m| m.seq < first_kept.seq) {
+        let removed = msgs.iter().take_while(|m| m.seq < first_kept.seq).count() as u64;
+        if removed > 0 {
             self.stream
                 .purge()
                 .filter(subject)
@@ -457,7 +463,10 @@ impl JetStreamStore {
                 .await
                 .map_err(|e| unavailable("retention purge failed", e))?;
         }
-        Ok(start)
+        Ok(Truncated {
+            starts_at: start,
+            removed,
+        })
     }
 }
 
@@ -699,7 +708,11 @@ impl EventStore for JetStreamStore {
         Ok(report)
     }
 
-    async fn truncate_before(&self, actor: &ActorKey, version: u64) -> Result<u64, StoreError> {
+    async fn truncate_before(
+        &self,
+        actor: &ActorKey,
+        version: u64,
+    ) -> Result<Truncated, StoreError> {
         check_namespace(&self.namespace, actor)?;
         self.ensure_connected()?;
         self.purge_before(&self.subject(actor), version).await
