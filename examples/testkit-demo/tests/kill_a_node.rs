@@ -1,5 +1,6 @@
 //! Three node processes of this crate's binary on a real nats-server; one is killed (SIGKILL)
-//! and the counters it served answer from the survivors with their state intact.
+//! and the counters it served answer from the survivors with their state intact; then it is
+//! restarted and serves again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -57,7 +58,37 @@ fn the_counters_of_a_killed_node_answer_from_the_survivors() {
         assert_ne!(nodes[0].command(&format!("owner {id}")), "node-3");
     }
     println!("{on_node_3} of 30 counters failed over from node-3");
-    for node in nodes.drain(..2) {
+
+    // The crashed node comes back (same id, same settings) and takes a share again; every
+    // counter still has its value, whoever serves it now.
+    nodes[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids
+        .iter()
+        .any(|id| nodes[0].command(&format!("owner {id}")) == "node-3")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node-3 never owned a counter"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let answer = nodes[1].command(&format!("get {id}"));
+            if answer == "2" {
+                break;
+            }
+            assert!(
+                answer.starts_with("error") && Instant::now() < deadline,
+                "{id} after the restart: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("node-3 restarted and serves again");
+    for node in nodes.drain(..) {
         node.shutdown();
     }
 }
