@@ -39,7 +39,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::{ConfigError, InvalidConfig, duration};
 
@@ -368,6 +372,17 @@ impl NatsConfig {
         name: &str,
         request_timeout: Duration,
     ) -> Result<async_nats::Client, ConnectError> {
+        self.open(name, request_timeout, None).await
+    }
+
+    /// [`NatsConfig::connect_once`], reporting every loss and recovery of the connection to
+    /// `link` when given.
+    async fn open(
+        &self,
+        name: &str,
+        request_timeout: Duration,
+        link: Option<&Link>,
+    ) -> Result<async_nats::Client, ConnectError> {
         if let Some((first, second)) = self.auth_conflict {
             return Err(ConnectError::Invalid {
                 reason: format!("two ways of authenticating: {first} and {second}; choose one"),
@@ -382,16 +397,30 @@ impl NatsConfig {
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(request_timeout))
             .require_tls(self.require_tls)
-            .event_callback(|event| async move {
-                // After the first connection the client reconnects on its own; say why it
-                // cannot (refused credentials after a rotation, an expired certificate).
-                use async_nats::Event;
-                match event {
-                    Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
-                    Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-                    Event::Disconnected => tracing::info!("disconnected from NATS"),
-                    Event::Connected => tracing::info!("connected to NATS"),
-                    other => tracing::debug!(event = %other, "NATS connection event"),
+            .event_callback({
+                let link = link.cloned();
+                move |event| {
+                    // Noted as the event is delivered, ahead of the logging below.
+                    if let Some(link) = &link {
+                        link.note(&event);
+                    }
+                    async move {
+                        // After the first connection the client reconnects on its own; say why
+                        // it cannot (refused credentials after a rotation, an expired
+                        // certificate).
+                        use async_nats::Event;
+                        match event {
+                            Event::ClientError(e) => {
+                                tracing::warn!(error = %e, "NATS client error")
+                            }
+                            Event::ServerError(e) => {
+                                tracing::warn!(error = %e, "NATS server error")
+                            }
+                            Event::Disconnected => tracing::info!("disconnected from NATS"),
+                            Event::Connected => tracing::info!("connected to NATS"),
+                            other => tracing::debug!(event = %other, "NATS connection event"),
+                        }
+                    }
                 }
             });
         match &self.auth {
@@ -433,15 +462,18 @@ impl NatsConfig {
     /// Connects, trying again until `patience` has passed while no server accepts connections
     /// (a node may start before its servers do). Refused credentials, a failed TLS handshake
     /// and unreadable files fail at once: retrying would not help.
+    ///
+    /// Every loss and recovery of the connection afterwards is reported to `link`.
     pub(crate) async fn connect(
         &self,
         name: &str,
         request_timeout: Duration,
         patience: Duration,
+        link: &Link,
     ) -> Result<async_nats::Client, ConnectError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match self.connect_once(name, request_timeout).await {
+            match self.open(name, request_timeout, Some(link)).await {
                 Ok(client) => return Ok(client),
                 Err(e @ ConnectError::Unreachable { .. })
                     if tokio::time::Instant::now() < deadline =>
@@ -452,6 +484,64 @@ impl NatsConfig {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The state of one client's connection, as its events report it: how many times it was lost,
+/// and since when it is up. A cluster node fences itself on every loss (its actors may be
+/// given away while it cannot be heard), and trusts what the server says of *other*
+/// connections only once its own has been up for a while (see `cluster/liveness.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct Link(Arc<watch::Sender<LinkState>>);
+
+/// See [`Link`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkState {
+    /// Connections lost so far.
+    pub losses: u64,
+    /// When the current connection came up; `None` while disconnected.
+    pub up_since: Option<Instant>,
+}
+
+impl Link {
+    /// A link that is up from now (it is made just before the first connection).
+    pub(crate) fn new() -> Link {
+        Link(Arc::new(
+            watch::channel(LinkState {
+                losses: 0,
+                up_since: Some(Instant::now()),
+            })
+            .0,
+        ))
+    }
+
+    fn note(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => self.0.send_modify(|s| {
+                s.losses += 1;
+                s.up_since = None;
+            }),
+            async_nats::Event::Connected => self.0.send_modify(|s| {
+                s.up_since.get_or_insert_with(Instant::now);
+            }),
+            _ => {}
+        }
+    }
+
+    /// The state now.
+    pub(crate) fn state(&self) -> LinkState {
+        *self.0.borrow()
+    }
+
+    /// Wakes on every change.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LinkState> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link::new()
     }
 }
 

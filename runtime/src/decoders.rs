@@ -193,9 +193,31 @@ pub fn all() -> Vec<Decoder> {
             name: "heartbeat",
             sample: encode(&crate::cluster::Beat {
                 node: "node-1".into(),
+                server: "NDZXHBJHZ5TFUVQNG3WYWKS6SPTC7WGAQ5LQGCM5VDDO5NMHVNKFRWQ6".into(),
             }),
             decode: |b| {
                 codec::decode::<crate::cluster::Beat>("beat", b)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        Decoder {
+            name: "connection check",
+            sample: encode(&crate::cluster::Check {
+                node: "node-2".into(),
+                server: "NDZXHBJHZ5TFUVQNG3WYWKS6SPTC7WGAQ5LQGCM5VDDO5NMHVNKFRWQ6".into(),
+            }),
+            decode: |b| {
+                codec::decode::<crate::cluster::Check>("connection check", b)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        Decoder {
+            name: "connection check verdict",
+            sample: encode(&crate::cluster::Verdict { gone: true }),
+            decode: |b| {
+                codec::decode::<crate::cluster::Verdict>("verdict", b)
                     .map(drop)
                     .map_err(|e| e.to_string())
             },

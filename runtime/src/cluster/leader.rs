@@ -292,7 +292,7 @@ impl Inner {
         };
         let now = Instant::now();
         let timeout = self.config.failure_timeout;
-        let (silent, mut alive) = {
+        let (silent, mut alive, suspects) = {
             let registry = self.registry.lock();
             // This node's own beats and records come back the same ways as everyone's. If
             // neither does, what is silent is its own view, not the other nodes: declare
@@ -322,11 +322,24 @@ impl Inner {
             let granted_until =
                 acquired_at.checked_sub(self.config.lease - self.config.lease * 2 / 3);
             let from = sight.recovered.max(granted_until);
+            // Nodes silent for two beats get their connection checked (see
+            // `cluster/liveness.rs`) — once this leader's view has been trustworthy for a
+            // failure timeout: a new leader, or one that was blind, relies on the timeout alone.
+            let suspects = if from.is_none_or(|f| now >= f + timeout) {
+                registry.suspects(now, self.suspect_after(), timeout, from)
+            } else {
+                Vec::new()
+            };
             (
                 registry.silent(now, timeout, from),
                 registry.alive(now, timeout, from),
+                suspects,
             )
         };
+        let gone = self.check_suspects(suspects).await;
+        alive.retain(|n| !gone.iter().any(|(record, _)| &record.node == n));
+        let mut silent = silent;
+        silent.extend(gone);
         // Declared only by a leader still acting, and only over the very record found silent:
         // a record written meanwhile wins (compare-and-set on its revision). Bounded, all at
         // once: the registry's bucket may be stalled (a raft election), and the map below does
@@ -389,6 +402,68 @@ impl Inner {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "shard map not published"),
             Err(_) => tracing::warn!("shard map not published in time; trying again"),
+        }
+    }
+
+    /// Checks the connections of nodes silent for two beats (see
+    /// [`Inner::connection_gone`]) and returns those whose connection is gone, to be declared
+    /// failed now rather than after the failure timeout. Their beats are not granted from the
+    /// check on, until the map leaves them out.
+    async fn check_suspects(
+        &self,
+        suspects: Vec<(NodeRecord, u64, String)>,
+    ) -> Vec<(NodeRecord, u64)> {
+        {
+            // Grants are refused only while they could carry a map giving the node shards.
+            let map = self.map.read().clone();
+            let stale = self.config.failure_timeout * 2;
+            self.condemned.lock().retain(|node, since| {
+                since.elapsed() < stale
+                    && map
+                        .as_ref()
+                        .is_some_and(|m| m.nodes.iter().any(|n| n == node))
+            });
+        }
+        let me = &self.config.node_id;
+        let checks = suspects
+            .into_iter()
+            .filter(|(record, ..)| &record.node != me)
+            .map(|(record, revision, server)| async move {
+                let started = Instant::now();
+                self.condemned
+                    .lock()
+                    .entry(record.node.clone())
+                    .or_insert(started);
+                let gone = self.connection_gone(&record.node, &server).await;
+                // Heard from meanwhile: back, whatever the server said a moment ago.
+                let back = {
+                    let now = Instant::now();
+                    self.registry.lock().heard_within(
+                        &record.node,
+                        now,
+                        now.duration_since(started),
+                    )
+                };
+                if gone && !back {
+                    tracing::warn!(
+                        node = %record.node,
+                        %server,
+                        "the node's NATS connection is gone: declaring it failed"
+                    );
+                    Some((record, revision))
+                } else {
+                    self.condemned.lock().remove(&record.node);
+                    None
+                }
+            });
+        match tokio::time::timeout(
+            self.config.heartbeat,
+            futures_util::future::join_all(checks),
+        )
+        .await
+        {
+            Ok(verdicts) => verdicts.into_iter().flatten().collect(),
+            Err(_) => Vec::new(),
         }
     }
 

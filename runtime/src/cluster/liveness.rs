@@ -63,11 +63,39 @@ pub(crate) fn beat_subject(namespace: &crate::names::Namespace) -> String {
     format!("aether.{namespace}.cluster.beat")
 }
 
+/// The subject node `node` answers connection checks on (see [`Check`]).
+pub(crate) fn check_subject(namespace: &crate::names::Namespace, node: &str) -> String {
+    format!("aether.{namespace}.cluster.check.{node}")
+}
+
 /// A node saying it is alive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Beat {
     /// The beating node.
     pub node: String,
+    /// The `server_id` of the NATS server the beat is sent through (empty from older nodes,
+    /// which are then never declared failed on a lost connection, only on the timeout).
+    #[serde(default)]
+    pub server: String,
+}
+
+/// The leader asking a node on the same server as a silent node whether that node's
+/// connection to the server is gone. An empty request on a node's check subject only asks
+/// whether the node itself is connected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Check {
+    /// The silent node.
+    pub node: String,
+    /// The server it last beat through.
+    pub server: String,
+}
+
+/// The answer to a [`Check`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Verdict {
+    /// The server answered "no responders" for the silent node's check subject, asked over a
+    /// connection to that very server that had been up for at least a failure timeout.
+    pub gone: bool,
 }
 
 /// The acting leader's answer to a [`Beat`].
@@ -117,7 +145,7 @@ impl Inner {
                         self.since_clock().saturating_sub(self.last_beat_ms.load(Ordering::Acquire)),
                     );
                     if silent >= fence_after && !*self.fenced.borrow() {
-                        self.fence(silent);
+                        self.fence("its beats were not granted", Some(silent));
                     }
                     if *self.fenced.borrow() {
                         // Nothing to do until a beat is granted (the beats task unfences).
@@ -133,31 +161,30 @@ impl Inner {
         }
     }
 
-    /// Sends a beat every heartbeat; each waits for its grant on a task of its own, so a beat
-    /// that is never answered delays neither the next one nor the fence.
+    /// Sends a beat four times per heartbeat; each waits for its grant on a task of its own, so
+    /// a beat that is never answered delays neither the next one nor the fence.
     async fn beats(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.heartbeat);
+        let mut tick = tokio::time::interval(self.beat_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let subject = beat_subject(&self.namespace);
-        let payload = match codec::encode(
-            "beat",
-            &Beat {
-                node: self.config.node_id.clone(),
-            },
-        ) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a beat; fencing for good");
-                return;
-            }
-        };
         // A grant that arrives later than this is of no use: the fence has struck by then.
         let wait = self.fence_after().max(Duration::from_millis(10));
         loop {
             tick.tick().await;
             let sent = self.since_clock();
+            let beat = Beat {
+                node: self.config.node_id.clone(),
+                server: self.client.server_info().server_id,
+            };
+            let payload = match codec::encode("beat", &beat) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a beat; fencing for good");
+                    return;
+                }
+            };
             let inner = Arc::clone(&self);
-            let (subject, payload) = (subject.clone(), payload.clone());
+            let subject = subject.clone();
             tokio::spawn(async move {
                 let request = async_nats::Request::new()
                     .payload(payload)
@@ -187,10 +214,179 @@ impl Inner {
         if *self.fenced.borrow() {
             // One rejoin at a time: grants of beats a heartbeat apart can arrive together.
             let _rejoining = self.rejoining.lock().await;
-            if *self.fenced.borrow() && !self.beat_lease_expired() {
+            // Only a beat sent after the fence began lifts it: one sent before a lost connection
+            // may be granted after the reconnection, by a leader that has since found this node's
+            // connection gone and given its shards away.
+            if *self.fenced.borrow()
+                && sent > self.fenced_since_ms.load(Ordering::Acquire)
+                && !self.beat_lease_expired()
+            {
                 self.unfence(grant.epoch).await;
             }
         }
+    }
+
+    /// How often a node beats: four times per heartbeat, so that two missed beats — the
+    /// suspicion that makes the leader check the node's connection — take half a heartbeat.
+    pub(super) fn beat_every(&self) -> Duration {
+        (self.config.heartbeat / 4).max(Duration::from_millis(5))
+    }
+
+    /// How long a node may be silent before the leader checks its connection: two beats.
+    pub(super) fn suspect_after(&self) -> Duration {
+        self.beat_every() * 2
+    }
+
+    /// Fences this node on every loss of its NATS connection, at once: while it cannot be
+    /// heard the leader may find the connection gone and give its shards away (see
+    /// [`Inner::connection_gone`]); it serves again only once a beat sent on a connection
+    /// made since is granted.
+    pub(super) async fn watch_link(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut link = self.link.subscribe();
+        let mut losses = link.borrow_and_update().losses;
+        loop {
+            tokio::select! {
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            let now = link.borrow_and_update().losses;
+            if now > losses {
+                losses = now;
+                self.fence("its NATS connection was lost", None);
+            }
+        }
+    }
+
+    /// Answers checks on this node's own subject: an empty request only proves this node is
+    /// connected (the server would answer "no responders" otherwise); a [`Check`] asks it to
+    /// look at another node's connection to the server this node is connected to.
+    pub(super) async fn answer_checks(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let subject = check_subject(&self.namespace, &self.config.node_id);
+        loop {
+            let mut checks = match self.client.subscribe(subject.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot answer connection checks; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            loop {
+                let message = tokio::select! {
+                    m = checks.next() => m,
+                    _ = stop.changed() => return,
+                };
+                let Some(message) = message else { break };
+                let Some(reply) = message.reply else { continue };
+                if message.payload.is_empty() {
+                    let _ = self.client.publish(reply, Bytes::new()).await;
+                    continue;
+                }
+                let check = match codec::decode::<Check>("connection check", &message.payload) {
+                    Ok(check) => check,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "undecodable connection check ignored");
+                        continue;
+                    }
+                };
+                let inner = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let gone = inner.check_directly(&check.node, &check.server).await;
+                    if let Ok(bytes) = codec::encode("verdict", &Verdict { gone }) {
+                        let _ = inner.client.publish(reply, Bytes::from(bytes)).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Whether `node`'s connection to NATS server `server` is gone, as that server says: the
+    /// leader asks it directly when it is connected to the same server, and otherwise asks a
+    /// live node connected to it. `false` when nobody can tell (no such node, a timeout, a
+    /// route between servers in the way): then only the failure timeout declares the node.
+    ///
+    /// Why the server's word is enough to give the node's shards away before the failure
+    /// timeout: a node whose connection is gone cannot write (every write goes through it),
+    /// it fenced itself when it saw the loss (`watch_link`), and it serves again only once a
+    /// beat sent on a new connection is granted — which the leader refuses while it checks and
+    /// until its map leaves the node out (`condemned`). A check is trusted only over a
+    /// connection to the node's own server (through a route, "no responders" could mean a
+    /// broken route) that has been up for a failure timeout (right after a server restart
+    /// every node is still reconnecting).
+    pub(super) async fn connection_gone(&self, node: &str, server: &str) -> bool {
+        if self.client.server_info().server_id == server {
+            return self.check_directly(node, server).await;
+        }
+        let relays = self.registry.lock().on_server(
+            server,
+            Instant::now(),
+            self.suspect_after(),
+            &[node, &self.config.node_id],
+        );
+        let Ok(check) = codec::encode(
+            "connection check",
+            &Check {
+                node: node.to_owned(),
+                server: server.to_owned(),
+            },
+        ) else {
+            return false;
+        };
+        let check = Bytes::from(check);
+        for relay in relays.iter().take(2) {
+            let request = async_nats::Request::new()
+                .payload(check.clone())
+                .timeout(Some(self.check_timeout() * 2));
+            let answer = self
+                .client
+                .send_request(check_subject(&self.namespace, relay), request)
+                .await;
+            if let Ok(answer) = answer
+                && let Ok(verdict) = codec::decode::<Verdict>("verdict", &answer.payload)
+            {
+                return verdict.gone;
+            }
+        }
+        false
+    }
+
+    /// Asks this node's own server whether `node` is subscribed to its check subject: "no
+    /// responders" means its connection is gone. Trusted only if this node is connected to
+    /// `server` and has been for a failure timeout, before and after asking.
+    async fn check_directly(&self, node: &str, server: &str) -> bool {
+        let settled = |inner: &Self| {
+            let link = inner.link.state();
+            inner.client.server_info().server_id == server
+                && link
+                    .up_since
+                    .is_some_and(|up| up.elapsed() >= inner.config.failure_timeout)
+        };
+        if !settled(self) {
+            return false;
+        }
+        let losses = self.link.state().losses;
+        let request = async_nats::Request::new().timeout(Some(self.check_timeout()));
+        let answer = self
+            .client
+            .send_request(check_subject(&self.namespace, node), request)
+            .await;
+        matches!(answer, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders)
+            && settled(self)
+            && self.link.state().losses == losses
+    }
+
+    /// How long a connection check waits for the node's answer (a node that is connected but
+    /// slow to answer is not gone).
+    fn check_timeout(&self) -> Duration {
+        (self.config.heartbeat / 10).max(Duration::from_millis(20))
     }
 
     /// Writes this node's record every heartbeat, and at once when the handoff asks: its
@@ -241,10 +437,18 @@ impl Inner {
                         continue;
                     }
                 };
-                self.registry.lock().heard(&beat.node, Instant::now());
+                let server = (!beat.server.is_empty()).then_some(beat.server.as_str());
+                self.registry
+                    .lock()
+                    .heard(&beat.node, Instant::now(), server);
                 let (Some(term), Some(reply)) = (self.acting_term(), message.reply) else {
                     continue;
                 };
+                if self.condemned.lock().contains_key(&beat.node) {
+                    // Its connection is being checked, or was found gone: a grant now could
+                    // carry a map that still gives it shards (see `connection_gone`).
+                    continue;
+                }
                 let grant = Grant {
                     leader: self.config.node_id.clone(),
                     term,
@@ -261,12 +465,14 @@ impl Inner {
     /// timeout (it is cut off from NATS or from the leader, paused, or starved). Its actors are
     /// drained by the handoff; placement routes even local callers away, so nothing is read or
     /// decided from state another node may have moved on from.
-    fn fence(&self, silent: Duration) {
+    fn fence(&self, why: &str, silent: Option<Duration>) {
         tracing::warn!(
             node = %self.config.node_id,
             ?silent,
-            "beats not granted: fencing this node (it serves nothing until they are)"
+            "{why}: fencing this node (it serves nothing until a beat is granted again)"
         );
+        self.fenced_since_ms
+            .store(self.since_clock(), Ordering::Release);
         self.fenced.send_replace(true);
     }
 

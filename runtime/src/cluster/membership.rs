@@ -115,6 +115,8 @@ pub(crate) struct Seen {
     pub at: Instant,
     /// The KV revision of the record (to replace it only if it did not change meanwhile).
     pub revision: u64,
+    /// The NATS server the node's last beat came through (its `server_id`), if it said.
+    pub server: Option<String>,
 }
 
 /// The registry as seen through the watch.
@@ -142,12 +144,14 @@ impl Members {
             return None;
         }
         let node = record.node.clone();
+        let server = self.nodes.get(&node).and_then(|s| s.server.clone());
         let previous = self.nodes.insert(
             node.clone(),
             Seen {
                 record: record.clone(),
                 at: now,
                 revision,
+                server,
             },
         );
         let was = previous.map(|p| p.record.status);
@@ -162,11 +166,59 @@ impl Members {
 
     /// Notes a beat from `node` heard at `now` (see `cluster::liveness`): it counts as hearing
     /// from the node, like a record change. Nodes without a record yet are ignored (they join
-    /// through the registry).
-    pub fn heard(&mut self, node: &str, now: Instant) {
+    /// through the registry). `server` is the NATS server the beat came through, if it said.
+    pub fn heard(&mut self, node: &str, now: Instant, server: Option<&str>) {
         if let Some(seen) = self.nodes.get_mut(node) {
+            if now >= seen.at
+                && let Some(server) = server
+                && seen.server.as_deref() != Some(server)
+            {
+                seen.server = Some(server.to_owned());
+            }
             seen.at = seen.at.max(now);
         }
+    }
+
+    /// Nodes that advertise `Alive` and have been silent for `after` or more but less than
+    /// `timeout` (counting from `from` at the earliest, as in [`Members::alive`]), and whose
+    /// server is known: the ones whose connection the leader may check (see
+    /// `cluster/liveness.rs`), with the revision of their last record and their server.
+    pub fn suspects(
+        &self,
+        now: Instant,
+        after: std::time::Duration,
+        timeout: std::time::Duration,
+        from: Option<Instant>,
+    ) -> Vec<(NodeRecord, u64, String)> {
+        self.nodes
+            .values()
+            .filter(|s| {
+                let silent = now.duration_since(Self::since(s.at, from));
+                s.record.status == NodeStatus::Alive && silent >= after && silent < timeout
+            })
+            .filter_map(|s| Some((s.record.clone(), s.revision, s.server.clone()?)))
+            .collect()
+    }
+
+    /// Nodes other than `except` that advertise `Alive`, were heard within `within` of `now`,
+    /// and beat through `server`: they can check a connection to that server for the leader.
+    pub fn on_server(
+        &self,
+        server: &str,
+        now: Instant,
+        within: std::time::Duration,
+        except: &[&str],
+    ) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|s| {
+                s.record.status == NodeStatus::Alive
+                    && s.server.as_deref() == Some(server)
+                    && now.duration_since(s.at) < within
+                    && !except.contains(&s.record.node.as_str())
+            })
+            .map(|s| s.record.node.clone())
+            .collect()
     }
 
     /// Applies a delete or purge.

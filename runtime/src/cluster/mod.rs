@@ -68,7 +68,7 @@ pub use config::ClusterConfig;
 pub use errors::ClusterError;
 pub use events::ClusterEvent;
 pub use handoff::HandoffStats;
-pub(crate) use liveness::{Beat, Grant};
+pub(crate) use liveness::{Beat, Check, Grant, Verdict};
 pub use membership::{NodeRecord, NodeStatus, ShardSet};
 pub use settle::NotSettled;
 pub use shard_map::ShardMap;
@@ -170,6 +170,15 @@ struct Inner {
     /// it failed and give its shards away at any moment, so it serves nothing — local callers
     /// included — until a beat is granted again. See [`liveness`].
     fenced: watch::Sender<bool>,
+    /// When the current fence began, in milliseconds since `clock`: only a beat sent after it
+    /// can lift it (a grant of an older beat may answer a connection since lost).
+    fenced_since_ms: AtomicU64,
+    /// This node's NATS connection: every loss fences the node (see [`liveness`]).
+    link: crate::connection::Link,
+    /// As leader: nodes whose connection is being checked or that were declared failed on
+    /// its loss, with when; their beats are not granted until the map leaves them out (see
+    /// [`liveness`]).
+    condemned: Mutex<std::collections::BTreeMap<String, Instant>>,
     /// Whether this node (as leader) hears itself (its beats or records), and since when
     /// again after it did not.
     sight: Mutex<Sight>,
@@ -250,6 +259,7 @@ impl Cluster {
     pub(crate) async fn join(
         config: ClusterConfig,
         client: async_nats::Client,
+        link: crate::connection::Link,
         shard_count: u32,
     ) -> Result<Cluster, ClusterError> {
         let namespace = Namespace::new(&config.namespace)?;
@@ -323,6 +333,9 @@ impl Cluster {
                 registry_rev,
                 registry_synced: AtomicBool::new(false),
                 fenced: watch::channel(false).0,
+                fenced_since_ms: AtomicU64::new(0),
+                link,
+                condemned: Mutex::new(std::collections::BTreeMap::new()),
                 sight: Mutex::new(Sight::default()),
                 last_beat_ms: AtomicU64::new(0),
                 rejoining: tokio::sync::Mutex::new(()),
@@ -346,6 +359,8 @@ impl Cluster {
             })?;
         let tasks = vec![
             tokio::spawn(Arc::clone(&cluster.inner).listen_beats()),
+            tokio::spawn(Arc::clone(&cluster.inner).answer_checks()),
+            tokio::spawn(Arc::clone(&cluster.inner).watch_link()),
             tokio::spawn(Arc::clone(&cluster.inner).heartbeats()),
             tokio::spawn(Arc::clone(&cluster.inner).watch_registry()),
             tokio::spawn(Arc::clone(&cluster.inner).watch_map()),

@@ -397,12 +397,14 @@ async fn node_backend(
     config: &RuntimeConfig,
 ) -> Result<Backend, StartError> {
     // A node may start before its NATS servers accept connections.
+    let link = crate::connection::Link::new();
     let client = cc
         .nats
         .connect(
             &format!("aether-{}", cc.node_id),
             cc.nats.connect_timeout,
             cc.join_timeout,
+            &link,
         )
         .await
         .map_err(|e| StartError::Cluster(e.into()))?;
@@ -431,7 +433,7 @@ async fn node_backend(
         store.stream_name(),
         cc.node_id
     );
-    let joined = Cluster::join(cc, client.clone(), config.shard_count)
+    let joined = Cluster::join(cc, client.clone(), link, config.shard_count)
         .await
         .map_err(StartError::Cluster)?;
     Ok(Backend {

@@ -1,0 +1,253 @@
+//! How fast a dead node is told from a slow one (`cluster/liveness.rs`).
+//!
+//! A node that dies loses its NATS connection, and the server drops its subscriptions at once.
+//! The leader checks the connection of any node silent for two beats; the server's "no
+//! responders" — asked over a connection to the node's own server, directly or through another
+//! node on it — lets it declare the node failed long before the failure timeout. A node that is
+//! merely slow or paused keeps its connection, so it is left to the failure timeout.
+//!
+//! The tests set a long failure timeout (12 s): a declaration well within it can only come from
+//! the connection check.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aether::ClusterView;
+use aether::cluster::{NodeStatus, RegistryChange};
+use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
+use common::process::{NodeProcess, Timing, node_binary, poll};
+use futures_util::StreamExt;
+
+/// A long failure timeout, so that only the connection check can declare a node early.
+const SLOW: Timing = Timing {
+    heartbeat_ms: 1000,
+    failure_ms: 12_000,
+    lease_ms: 3000,
+};
+
+fn failure_timeout() -> Duration {
+    Duration::from_millis(SLOW.failure_ms)
+}
+
+/// A node on `url`; one replica unless the servers are a cluster.
+fn spawn(url: &str, ns: &str, id: &str, replicas: &str) -> NodeProcess {
+    tokio::task::block_in_place(|| {
+        NodeProcess::spawn_with(
+            &node_binary(),
+            url,
+            ns,
+            id,
+            SLOW,
+            &[("AETHER_REPLICAS", replicas)],
+        )
+    })
+}
+
+async fn map_of(view: &ClusterView, nodes: &[&str]) {
+    poll(
+        Duration::from_secs(30),
+        &format!("a map of {nodes:?}"),
+        async || {
+            view.shard_map().await.ok().flatten().filter(|m| {
+                m.nodes.len() == nodes.len() && nodes.iter().all(|n| m.nodes.iter().any(|m| m == n))
+            })
+        },
+    )
+    .await;
+}
+
+/// Opens and funds `accounts` through `node`.
+fn fund(node: &mut NodeProcess, accounts: &[String]) {
+    for account in accounts {
+        tokio::task::block_in_place(|| {
+            assert_eq!(
+                node.command(&format!("open {account}")),
+                format!("ok {account} 0")
+            );
+            assert_eq!(
+                node.command(&format!("deposit {account} 7")),
+                format!("ok {account} 7")
+            );
+        });
+    }
+}
+
+/// Every account answers through `node` with its balance, within `within`.
+async fn all_answer(node: &mut NodeProcess, accounts: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    for account in accounts {
+        loop {
+            let said = tokio::task::block_in_place(|| node.command(&format!("balance {account}")));
+            if said == format!("ok {account} 7") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{account} does not answer through {}: {said}",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Kills `victim` and waits for a map without it; returns how long that took, after checking
+/// that the failure timeout cannot explain it and that the registry says `Failed`.
+async fn kill_and_see_it_declared(view: &ClusterView, victim: &mut NodeProcess) -> Duration {
+    let killed = Instant::now();
+    victim.kill();
+    poll(
+        failure_timeout() / 2,
+        "a map without the killed node",
+        async || {
+            view.shard_map()
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| !m.nodes.contains(&victim.id))
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < failure_timeout() / 2,
+        "declared after {took:?}: the failure timeout, not the connection check"
+    );
+    let record = view.node(&victim.id).await.unwrap().expect("its record");
+    assert_eq!(
+        record.status,
+        NodeStatus::Failed,
+        "declared failed, not left"
+    );
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_declared_failed_once_the_server_drops_its_connection() {
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let ns = "gone";
+    let started = Instant::now();
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| spawn(&url, ns, id, "1"))
+        .collect();
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
+    fund(&mut nodes[0], &accounts);
+
+    // The leader trusts the server's word once its own connection is a failure timeout old
+    // (right after a server restart, every node is still reconnecting).
+    tokio::time::sleep_until((started + failure_timeout() + Duration::from_secs(1)).into()).await;
+    let leader = view.leader().await.unwrap().expect("a leader").node;
+    let at = nodes
+        .iter()
+        .position(|n| n.id != leader)
+        .expect("a follower");
+    let mut victim = nodes.remove(at);
+    let took = kill_and_see_it_declared(&view, &mut victim).await;
+    println!(
+        "{} declared failed {took:?} after SIGKILL (heartbeat 1 s, failure timeout 12 s)",
+        victim.id
+    );
+    // Its accounts answer on the survivors, with what it had stored.
+    all_answer(&mut nodes[0], &accounts, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let ns = "slow";
+    let started = Instant::now();
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| spawn(&url, ns, id, "1"))
+        .collect();
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let accounts: Vec<String> = (0..24).map(|i| format!("slow-{i}")).collect();
+    fund(&mut nodes[0], &accounts);
+    tokio::time::sleep_until((started + failure_timeout() + Duration::from_secs(1)).into()).await;
+    let leader = view.leader().await.unwrap().expect("a leader").node;
+    let paused = nodes
+        .iter()
+        .position(|n| n.id != leader)
+        .expect("a follower");
+    let id = nodes[paused].id.clone();
+
+    // Watch every record and map while the node is paused for a third of the failure
+    // timeout: silent for many beats, checked many times, but its connection is there.
+    let mut records = view.watch_nodes().await.unwrap();
+    let mut maps = view.watch_maps().await.unwrap();
+    nodes[paused].pause();
+    let until = tokio::time::Instant::now() + failure_timeout() / 3;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => break,
+            Some(Ok(change)) = records.next() => {
+                if let RegistryChange::Put(r) = change {
+                    assert!(
+                        !(r.node == id && r.status == NodeStatus::Failed),
+                        "a paused node, still connected, was declared failed"
+                    );
+                }
+            }
+            Some(Ok(map)) = maps.next() => {
+                assert!(map.nodes.contains(&id), "a paused node lost its shards: {:?}", map.nodes);
+            }
+        }
+    }
+    nodes[paused].resume();
+    // It serves again: every account answers through it, its own ones included.
+    all_answer(&mut nodes[paused], &accounts, Duration::from_secs(10)).await;
+    let map = view.shard_map().await.unwrap().expect("a map");
+    assert_eq!(map.nodes.len(), 3, "still three nodes: {:?}", map.nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_another_server_is_checked_through_a_node_on_its_own() {
+    // The leader on s1; two nodes on s2. When one of them dies, s1 hears of it only through
+    // its route to s2 — not enough (a broken route looks the same) — so the leader asks the
+    // other node on s2 to check.
+    let cluster = NatsCluster::start();
+    let urls = cluster.urls();
+    wait_for_jetstream(&urls).await;
+    let (s1, s2) = (cluster.servers[0].url(), cluster.servers[1].url());
+    let ns = "relay";
+    let started = Instant::now();
+    let mut first = spawn(&s1, ns, "node-1", "3");
+    let view = ClusterView::connect(urls.as_str(), ns).await.unwrap();
+    poll(Duration::from_secs(20), "node-1 leads", async || {
+        view.leader()
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.node == "node-1")
+    })
+    .await;
+    let mut victim = spawn(&s2, ns, "node-2", "3");
+    let mut relay = spawn(&s2, ns, "node-3", "3");
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let accounts: Vec<String> = (0..24).map(|i| format!("relayed-{i}")).collect();
+    fund(&mut first, &accounts);
+
+    // Both the leader's connection and the relay's must be a failure timeout old.
+    let relay_started = Instant::now();
+    tokio::time::sleep_until(
+        (started.max(relay_started) + failure_timeout() + Duration::from_secs(1)).into(),
+    )
+    .await;
+    assert_eq!(
+        view.leader().await.unwrap().expect("a leader").node,
+        "node-1",
+        "the leader stayed on s1"
+    );
+    let took = kill_and_see_it_declared(&view, &mut victim).await;
+    println!("node-2 (on s2) declared failed {took:?} after SIGKILL, checked through node-3");
+    all_answer(&mut relay, &accounts, Duration::from_secs(10)).await;
+}
