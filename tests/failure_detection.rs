@@ -251,3 +251,131 @@ async fn a_node_on_another_server_is_checked_through_a_node_on_its_own() {
     println!("node-2 (on s2) declared failed {took:?} after SIGKILL, checked through node-3");
     all_answer(&mut relay, &accounts, Duration::from_secs(10)).await;
 }
+
+/// The default cluster timing (heartbeat 1 s, failure timeout 3 s, lease 3 s).
+const DEFAULT: Timing = Timing {
+    heartbeat_ms: 1000,
+    failure_ms: 3000,
+    lease_ms: 3000,
+};
+
+/// Busy loops that keep every core saturated until dropped.
+struct Burners(Vec<std::process::Child>);
+
+impl Burners {
+    fn start(n: usize) -> Burners {
+        Burners(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("a busy loop starts")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
+    // 20 s by default; AETHER_SOAK_SECS=600 for the ten-minute run.
+    let soak = Duration::from_secs(
+        std::env::var("AETHER_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let ns = "busy";
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| {
+            tokio::task::block_in_place(|| {
+                NodeProcess::spawn_with(
+                    &node_binary(),
+                    &url,
+                    ns,
+                    id,
+                    DEFAULT,
+                    &[("AETHER_REPLICAS", "1")],
+                )
+            })
+        })
+        .collect();
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let accounts: Vec<String> = (0..64).map(|i| format!("busy-{i}")).collect();
+    fund(&mut nodes[0], &accounts);
+    let mut records = view.watch_nodes().await.unwrap();
+    let mut maps = view.watch_maps().await.unwrap();
+
+    // Two busy loops on two cores, and every node serving deposits to random accounts (most
+    // of them owned by another node) as fast as it can.
+    let burners = Burners::start(2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = nodes
+        .into_iter()
+        .map(|mut node| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let account = format!("busy-{}", fastrand::u32(..64));
+                    if node
+                        .command(&format!("deposit {account} 1"))
+                        .starts_with("ok ")
+                    {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (node, ok, failed)
+            })
+        })
+        .collect();
+    let until = tokio::time::Instant::now() + soak;
+    let mut seen = 0u64;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => break,
+            Some(Ok(change)) = records.next() => {
+                if let RegistryChange::Put(r) = change {
+                    seen += 1;
+                    assert_ne!(
+                        r.status,
+                        NodeStatus::Failed,
+                        "{} declared failed while saturated (not dead)",
+                        r.node
+                    );
+                }
+            }
+            Some(Ok(map)) = maps.next() => {
+                assert_eq!(map.nodes.len(), 3, "a node lost its shards: {:?}", map.nodes);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(burners);
+    let mut answered = 0;
+    for worker in load {
+        let (node, ok, failed) = tokio::task::block_in_place(|| worker.join().expect("load"));
+        println!("{}: {ok} deposits, {failed} refused", node.id);
+        answered += ok;
+    }
+    println!("{soak:?} saturated: {seen} node records written, none failed; {answered} deposits");
+    assert!(seen > 0, "the registry was watched");
+    assert!(answered > 0, "the nodes served");
+}

@@ -15,7 +15,8 @@ pub struct ClusterConfig {
     pub(crate) namespace: String,
     /// This node's id: unique in the cluster, `[A-Za-z0-9_-]{1,64}`. Default: `node-<random>`.
     pub(crate) node_id: String,
-    /// How often a node heartbeats (default 1 s). The leader ticks at the same rate.
+    /// How often a node heartbeats (default 1 s): it writes its record once and beats four
+    /// times per heartbeat, and the leader acts four times per heartbeat.
     pub(crate) heartbeat: Duration,
     /// A node silent for this long is declared failed (default 3 s).
     pub(crate) failure_timeout: Duration,

@@ -8,7 +8,7 @@
 //!
 //! # The protocol
 //!
-//! - **Beats.** Every heartbeat, each node sends a core NATS request on
+//! - **Beats.** Four times per heartbeat, each node sends a core NATS request on
 //!   `aether.<ns>.cluster.beat` carrying its id ([`Beat`]). Every node subscribes to that
 //!   subject (a plain subscription, so each gets a copy) and notes, by its own clock, when it
 //!   last heard each node. These notes feed the same registry as the KV records, so a follower
@@ -32,6 +32,49 @@
 //!   the grant's epoch (the one it already watched, or the bucket's), then unfences; the handoff
 //!   serves exactly what that map gives it.
 //!
+//! # A dead node, told from a slow one
+//!
+//! Waiting a failure timeout is the only way to tell a *paused* node from a dead one, but not
+//! the only way to tell a *dead* one: when a process dies, the kernel closes its socket and
+//! the NATS server drops its connection and subscriptions at once. So:
+//!
+//! - Every node subscribes to its own **check subject**, `aether.<ns>.cluster.check.<node>`,
+//!   and says in every beat which server (`server_id`) it is connected to.
+//! - The leader checks the connection of every node **silent for two beats** (half a
+//!   heartbeat): a request on the node's check subject over a connection to the node's own
+//!   server. "No responders" means the server holds no connection of that node: the leader
+//!   declares it failed at once, without waiting for the failure timeout. A node that is
+//!   merely slow, paused or starved keeps its connection; its check gets an answer or a
+//!   timeout, and only the failure timeout can declare it.
+//! - When the node was on another server than the leader, the leader asks a live node on
+//!   that server to check ([`Check`], [`Verdict`]): through a route, "no responders" could
+//!   also mean a broken route between two servers, and the node may be serving behind it.
+//!   When no live node shares the server, the failure timeout decides.
+//!
+//! Why the server's word is enough to give a node's shards away before the node has fenced
+//! on its own:
+//!
+//! - a node whose connection is gone cannot write: every append goes through that
+//!   connection;
+//! - a node **fences itself on every lost connection**, when its client reports it, and it is
+//!   unfenced only by a grant of a beat **sent after** the fence began (a grant of an older
+//!   beat may answer a connection since lost);
+//! - the leader grants no beat of a node from the moment it checks it (`condemned`) until
+//!   its adopted map leaves the node out, so the grant that lifts the fence carries a map in
+//!   which the node owns nothing it lost;
+//! - a check is trusted only over a connection that has been up for a failure timeout, before
+//!   and after asking: right after a server restart every node is still reconnecting;
+//! - a leader uses checks only once its view has been trustworthy for a failure timeout (a
+//!   new leader, or one that was blind to its own beats, relies on the timeout alone).
+//!
+//! One case is weaker than the fence: a node whose connection the server closed but which has
+//! not noticed yet (the server's close is lost on the way) may still answer its *local*
+//! callers from memory until it notices or its fence strikes. It cannot write, so no decision
+//! made there is stored; a read there may miss a write made on the node that took over.
+//!
+//! With the defaults (heartbeat 1 s, failure timeout 3 s) a killed node is declared failed
+//! 0.5 to 0.75 s after its death, instead of 2 to 3 s (B7, `tests/failure_detection.rs`).
+//!
 //! The KV record each node writes every heartbeat stays, for what it describes rather than for
 //! liveness: the node's status (alive, leaving), its handoff epoch and the shards it may hold.
 //! The leader still counts a record change as hearing from the node: a late record only makes
@@ -39,8 +82,8 @@
 //!
 //! # What it costs
 //!
-//! One request and one reply per node per heartbeat, and one small message per node per
-//! heartbeat to every other node. When the *lease* bucket's raft group is the one cut off, the
+//! Four requests and replies per node per heartbeat, four small messages per node per
+//! heartbeat to every other node, and a check (one request) per silent node per leader tick. When the *lease* bucket's raft group is the one cut off, the
 //! leader cannot renew, stops granting after two thirds of a lease, and every node fences until
 //! JetStream elects the group's new leader and a node takes the lease: a cluster cannot have a
 //! leader that no store agrees on.
@@ -462,7 +505,8 @@ impl Inner {
     }
 
     /// Stops serving everything: no beat of this node has been granted for almost a failure
-    /// timeout (it is cut off from NATS or from the leader, paused, or starved). Its actors are
+    /// timeout (it is cut off from NATS or from the leader, paused, or starved), or its NATS
+    /// connection was lost (the leader may find it gone at any moment). Its actors are
     /// drained by the handoff; placement routes even local callers away, so nothing is read or
     /// decided from state another node may have moved on from.
     fn fence(&self, why: &str, silent: Option<Duration>) {

@@ -27,10 +27,11 @@
 //! every node's beats, the acting leader grants them, and a node whose beats go ungranted
 //! fences itself. Every node also watches the registry and notes when each record last
 //! changed, by its own clock; a beat or a record change both count as hearing from a node.
-//! Four times per heartbeat the leader declares nodes silent for the failure timeout `Failed`,
-//! and when the set of alive nodes differs from the current map's, publishes a new map
-//! (epoch + 1, its term) computed by `cluster/assignment.rs` — every shard assigned, each to an alive
-//! node. Nodes watch the map; the shards it gives this node tell routing which shards to serve.
+//! Four times per heartbeat the leader declares `Failed` the nodes silent for the failure
+//! timeout, and those silent for two beats whose connection the NATS server says is gone (a
+//! dead process; a paused one keeps its connection). When the set of alive nodes differs
+//! from the current map's, it publishes a new map (epoch + 1, its term) computed by
+//! `cluster/assignment.rs` — every shard assigned, each to an alive node. Nodes watch the map; the shards it gives this node tell routing which shards to serve.
 //!
 //! Nothing here waits on a stalled raft group longer than it must: lease rounds, the leader's
 //! duties, record writes and the handoff run apart and bounded, reads any replica may answer
