@@ -1,7 +1,13 @@
-//! B6: heap bytes per idle, activated actor ÷ a raw ractor actor holding the same state.
+//! B6: heap bytes per idle, activated actor ÷ a raw ractor actor holding the same state; and
+//! M1: a million resident actors on one node.
 //!
 //! A counting global allocator measures live heap bytes before and after bringing N actors to
 //! life (each has handled one message and sits idle). Both sides hold a `u64` counter.
+//!
+//! M1 activates 1 000 000 such actors (`AETHER_BENCH_ACTORS` to change it) in one runtime whose
+//! resident cap is exactly that many, and reports heap bytes per idle actor (target ≤ 4 KiB)
+//! and activations per second. Then it checks that the cap and the LRU order are exact: a
+//! thousand more actors passivate exactly the thousand least recently used ones.
 // A counting global allocator has to implement `GlobalAlloc`, an unsafe trait.
 #![allow(unsafe_code)]
 
@@ -10,8 +16,10 @@ mod support;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use std::time::Instant;
+
 use aether::prelude::*;
-use support::{Figure, Probe, ProbeCmd, RawCounter, RawMsg, report};
+use support::{Figure, Probe, ProbeCmd, RawCounter, RawMsg, report, report_value};
 
 struct Counting;
 
@@ -91,5 +99,86 @@ async fn main() -> anyhow::Result<()> {
     for r in raw_refs {
         r.stop(None);
     }
+    drop(raw_handles);
+    million().await
+}
+
+/// M1: a million idle resident actors; the cap and the LRU order stay exact.
+async fn million() -> anyhow::Result<()> {
+    let n: usize = std::env::var("AETHER_BENCH_ACTORS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = Runtime::builder()
+        .namespace("bench-million")
+        .register::<Probe>()
+        .memory_store()
+        .idle_passivation(None)
+        .max_resident(n)
+        .start()
+        .await?;
+    let refs: Vec<ActorRef<Probe>> = (0..n + 1000)
+        .map(|i| rt.actor::<Probe>(format!("m-{i:07}")))
+        .collect::<Result<_, _>>()?;
+    let before = live();
+    let started = Instant::now();
+    // The first thousand one by one (the least recently used from here on), the rest by 64
+    // callers at once.
+    for r in &refs[..1000] {
+        r.ask(ProbeCmd::Get).await?;
+    }
+    let refs = std::sync::Arc::new(refs);
+    let callers: Vec<_> = (0..64)
+        .map(|c| {
+            let refs = std::sync::Arc::clone(&refs);
+            tokio::spawn(async move {
+                for r in refs[1000..n].iter().skip(c).step_by(64) {
+                    r.ask(ProbeCmd::Get).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await??;
+    }
+    let took = started.elapsed();
+    let per_actor = (live() - before) as f64 / n as f64;
+    assert_eq!(rt.resident_count(), n, "every actor resident");
+    report_value(
+        "M1a",
+        &format!("heap bytes per idle resident actor, {n} actors"),
+        per_actor,
+        "B",
+        ("<=", 4096.0),
+    );
+    report_value(
+        "M1b",
+        &format!("activations per second, {n} actors, 64 callers"),
+        n as f64 / took.as_secs_f64(),
+        "/s",
+        (">=", 100_000.0),
+    );
+
+    // The cap is exact: a thousand more activations passivate a thousand actors...
+    let activations = rt.stats().activations;
+    for r in &refs[n..] {
+        r.ask(ProbeCmd::Get).await?;
+    }
+    assert_eq!(rt.resident_count(), n, "the cap holds");
+    assert_eq!(rt.stats().activations - activations, 1000);
+    // ...and exactly the least recently used ones: the first thousand.
+    let resident =
+        |range: std::ops::Range<usize>| refs[range].iter().filter(|r| rt.is_resident(r)).count();
+    assert_eq!(
+        resident(0..1000),
+        0,
+        "the least recently used were passivated"
+    );
+    assert_eq!(resident(1000..n + 1000), n, "every other actor is resident");
+    println!(
+        "M1   cap and LRU exact: {n} resident after 1000 more; the 1000 least recently used passivated"
+    );
+    rt.shutdown().await?;
     Ok(())
 }

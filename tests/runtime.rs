@@ -157,6 +157,67 @@ async fn resident_cap_passivates_least_recently_used() {
     rt.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_resident_cap_is_exact_and_passivates_the_least_recently_used() {
+    // Past 4 096 the registry is split into shards; the cap and the order stay global.
+    const CAP: usize = 5000;
+    let rt = Runtime::builder()
+        .namespace("lru-large")
+        .register::<Counter>()
+        .memory_store()
+        .max_resident(CAP)
+        .idle_passivation(None)
+        .start()
+        .await
+        .unwrap();
+    let refs: Vec<_> = (0..CAP + 200)
+        .map(|i| rt.actor::<Counter>(format!("c-{i}")).unwrap())
+        .collect();
+    // Activated by many callers at once: the cap is reached but never passed.
+    let first: Vec<_> = refs[..CAP].to_vec();
+    let callers: Vec<_> = first
+        .chunks(CAP / 8)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                for r in chunk {
+                    r.ask(CounterCmd::Add(1)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        rt.resident_count(),
+        CAP,
+        "every actor resident, none passivated"
+    );
+    assert_eq!(rt.stats().passivations, 0);
+    // Used again in an order of our choosing, the even ones first: the odd ones are the most
+    // recently used, whatever registry shard each is in.
+    for r in refs[..CAP]
+        .iter()
+        .step_by(2)
+        .chain(refs[1..CAP].iter().step_by(2))
+    {
+        r.ask(CounterCmd::Get).await.unwrap();
+    }
+    // 200 more: exactly the 200 least recently used go — the first 200 even ones.
+    for r in &refs[CAP..] {
+        r.ask(CounterCmd::Add(1)).await.unwrap();
+    }
+    assert_eq!(rt.resident_count(), CAP, "the cap holds exactly");
+    let gone: Vec<usize> = (0..CAP).filter(|&i| !rt.is_resident(&refs[i])).collect();
+    let expected: Vec<usize> = (0..CAP).step_by(2).take(200).collect();
+    assert_eq!(gone, expected, "the least recently used were passivated");
+    assert!(refs[CAP..].iter().all(|r| rt.is_resident(r)));
+    // A passivated one comes back with its state.
+    assert_eq!(refs[0].ask(CounterCmd::Get).await.unwrap(), 1);
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn idle_actors_are_passivated() {
     let rt = Runtime::builder()

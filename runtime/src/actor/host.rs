@@ -65,8 +65,14 @@ pub(crate) struct Host {
     pub bus: crate::bus::Bus,
     pub replays: Semaphore,
     pub stats: Stats,
-    /// The resident registry, in shards (one when `max_resident` is small, so LRU is exact).
+    /// The resident registry, in shards (one when `max_resident` is small).
     registry: Box<[Mutex<Residents>]>,
+    /// Residents across all shards (the cap is enforced on it).
+    resident_total: Arc<std::sync::atomic::AtomicUsize>,
+    /// Held while passivating past the cap across shards (see [`Host::enforce_cap`]).
+    evicting: Mutex<()>,
+    /// The origin of [`Entry::used_ns`](super::residents::Entry).
+    epoch: std::time::Instant,
     next_generation: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tokio: tokio::runtime::Handle,
@@ -198,7 +204,13 @@ impl Host {
         } else {
             1
         };
-        let per_shard = config.max_resident.div_ceil(shards);
+        // One shard caps itself; several are capped together (`enforce_cap`).
+        let per_shard = if shards == 1 {
+            config.max_resident
+        } else {
+            usize::MAX
+        };
+        let resident_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let host = Arc::new(Host {
             namespace,
             replays: Semaphore::new(config.max_concurrent_replays),
@@ -211,8 +223,11 @@ impl Host {
             bus,
             stats: Stats::default(),
             registry: (0..shards)
-                .map(|_| Mutex::new(Residents::new(per_shard)))
+                .map(|_| Mutex::new(Residents::new(per_shard, Arc::clone(&resident_total))))
                 .collect(),
+            resident_total,
+            evicting: Mutex::new(()),
+            epoch: std::time::Instant::now(),
             next_generation: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             tokio,
@@ -340,7 +355,7 @@ impl Host {
                 .map(|(shard, k)| (shard, k.clone()))
                 .collect();
             for (shard, key) in leaving {
-                if let Some(entry) = reg.resident.pop(&key) {
+                if let Some(entry) = reg.pop(&key) {
                     reg.evict(key, entry);
                     out.entry(shard).or_default().0 += 1;
                     count += 1;
@@ -376,6 +391,7 @@ impl Host {
         let view = (A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
+        let used_ns = self.used_ns();
         let mut reg = self.shard(A::KIND, id).lock();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err((Undelivered::Shutdown, msg));
@@ -384,6 +400,7 @@ impl Host {
         for _ in 0..2 {
             if let Some(entry) = reg.resident.get_mut(key) {
                 entry.last_used_ms = now;
+                entry.used_ns = used_ns;
                 let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>() else {
                     return Err((Undelivered::Unavailable, msg));
                 };
@@ -395,7 +412,7 @@ impl Host {
                     Err(mailbox::TrySendError::Closed(m)) => {
                         // The activation ended without leaving the map (it failed): replace it.
                         msg = m;
-                        reg.resident.pop(key);
+                        reg.pop(key);
                         continue;
                     }
                 }
@@ -411,11 +428,17 @@ impl Host {
                 id: id.clone(),
             };
             let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
-            match tx.try_send(msg) {
-                Ok(()) => return Ok(TryDeliver::Sent),
-                Err(mailbox::TrySendError::Full(m)) => return Ok(TryDeliver::Full(tx, m)),
-                Err(mailbox::TrySendError::Closed(m)) => msg = m,
-            }
+            let delivered = match tx.try_send(msg) {
+                Ok(()) => TryDeliver::Sent,
+                Err(mailbox::TrySendError::Full(m)) => TryDeliver::Full(tx, m),
+                Err(mailbox::TrySendError::Closed(m)) => {
+                    msg = m;
+                    continue;
+                }
+            };
+            drop(reg);
+            self.enforce_cap();
+            return Ok(delivered);
         }
         Err((Undelivered::Unavailable, msg))
     }
@@ -433,7 +456,7 @@ impl Host {
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
         let weak = tx.downgrade();
         let outbox = Arc::new(super::delivery::OutboxCell::default());
-        reg.resident.put(
+        reg.put(
             key,
             Entry {
                 sender: Box::new(tx.clone()),
@@ -441,11 +464,12 @@ impl Host {
                 done: done_rx,
                 generation,
                 last_used_ms: now,
+                used_ns: self.used_ns(),
                 outbox: Arc::clone(&outbox),
             },
         );
         while reg.resident.len() > reg.capacity {
-            match reg.resident.pop_lru() {
+            match reg.pop_lru() {
                 Some((k, e)) => reg.evict(k, e),
                 None => break,
             }
@@ -585,7 +609,7 @@ impl Host {
             .peek(&key)
             .is_some_and(|e| e.generation == generation)
         {
-            reg.resident.pop(&key);
+            reg.pop(&key);
         }
         if reg
             .stopping
@@ -604,7 +628,7 @@ impl Host {
         };
         let done = {
             let mut reg = self.shard(kind, id).lock();
-            match reg.resident.pop(&key) {
+            match reg.pop(&key) {
                 Some(entry) => {
                     let done = entry.done.clone();
                     reg.evict(key, entry);
@@ -622,7 +646,7 @@ impl Host {
         let mut waits: Vec<Done> = Vec::new();
         for shard in self.registry.iter() {
             let mut reg = shard.lock();
-            while let Some((k, e)) = reg.resident.pop_lru() {
+            while let Some((k, e)) = reg.pop_lru() {
                 reg.evict(k, e);
             }
             waits.extend(reg.stopping.values().map(|(_, d)| d.clone()));
@@ -720,7 +744,46 @@ impl Host {
 
     /// Number of resident actors.
     pub fn resident(&self) -> usize {
-        self.registry.iter().map(|r| r.lock().resident.len()).sum()
+        self.resident_total.load(Ordering::Acquire)
+    }
+
+    /// Nanoseconds since this host started: when an actor was last used.
+    fn used_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Passivates least recently used actors while more than `max_resident` are resident,
+    /// when the table is split into shards (one shard caps itself as it grows). The victim
+    /// is the least recently used of the shards' least recently used actors, so the cap is
+    /// exact and the order global, as with one shard. Called with no shard lock held.
+    fn enforce_cap(&self) {
+        let cap = self.config.max_resident;
+        if self.registry.len() == 1 || self.resident_total.load(Ordering::Acquire) <= cap {
+            return;
+        }
+        // One evictor at a time, so two callers over the cap by one do not both evict.
+        let _evicting = self.evicting.lock();
+        while self.resident_total.load(Ordering::Acquire) > cap {
+            let mut oldest: Option<(usize, u64)> = None;
+            for (i, shard) in self.registry.iter().enumerate() {
+                if let Some((_, e)) = shard.lock().resident.peek_lru()
+                    && oldest.is_none_or(|(_, used)| e.used_ns < used)
+                {
+                    oldest = Some((i, e.used_ns));
+                }
+            }
+            let Some((i, used)) = oldest else { return };
+            let mut reg = self.registry[i].lock();
+            // Used again meanwhile: look again.
+            if reg
+                .resident
+                .peek_lru()
+                .is_some_and(|(_, e)| e.used_ns == used)
+                && let Some((key, entry)) = reg.pop_lru()
+            {
+                reg.evict(key, entry);
+            }
+        }
     }
 
     /// Whether `id` of `kind` is resident.
@@ -786,7 +849,7 @@ async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
                 .peek_lru()
                 .is_some_and(|(_, e)| now.saturating_sub(e.last_used_ms) >= idle_ms)
             {
-                if let Some((k, e)) = reg.resident.pop_lru() {
+                if let Some((k, e)) = reg.pop_lru() {
                     reg.evict(k, e);
                 }
             }

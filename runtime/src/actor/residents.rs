@@ -9,7 +9,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lru::LruCache;
 
@@ -81,32 +81,70 @@ pub(super) struct Entry {
     /// Closes (the sender is dropped) when the activation has fully stopped.
     pub(super) done: Done,
     pub(super) generation: u64,
+    /// The coarse clock at its last use (idle passivation).
     pub(super) last_used_ms: u64,
+    /// Nanoseconds since the host started, at its last use: orders the least recently used
+    /// actors of different shards (the cap's victim).
+    pub(super) used_ns: u64,
     /// The activation's outbox (to see whether durable effects are waiting).
     pub(super) outbox: Arc<super::delivery::OutboxCell>,
 }
 
 /// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards, each an LRU
-/// of its own: less contention on the ask path (with 64, two cores rarely take the same lock),
-/// at the price of LRU order being kept per shard rather than globally (immaterial at that
-/// size; exact below it).
+/// of its own: less contention on the ask path (with 64, two cores rarely take the same lock).
+/// The cap stays exact and the order global: the shards share one count of residents, and
+/// past the cap the host passivates the least recently used of the shards' least recently
+/// used actors, compared by the time of their last use (`Host::enforce_cap`).
 pub(super) const SHARDED_FROM: usize = 4096;
 pub(super) const RESIDENT_SHARDS: usize = 64;
 
 pub(crate) struct Residents {
+    /// The activations, least recently used first. Read and promote through it; add and
+    /// remove through [`Residents::put`], [`Residents::pop`] and [`Residents::pop_lru`], which
+    /// keep the shared count.
     pub(super) resident: LruCache<RegKey, Entry>,
+    /// This shard's own cap: the host's when it is the only shard, unbounded otherwise (the
+    /// host enforces the cap across shards).
     pub(super) capacity: usize,
+    /// Residents of every shard of the host's table.
+    total: Arc<AtomicUsize>,
     /// Activations asked to stop that have not finished yet.
     pub(super) stopping: HashMap<RegKey, (u64, Done)>,
 }
 
 impl Residents {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, total: Arc<AtomicUsize>) -> Self {
         Residents {
             resident: LruCache::unbounded(),
             capacity: capacity.max(1),
+            total,
             stopping: HashMap::new(),
         }
+    }
+
+    /// Adds (or replaces) a resident activation, most recently used.
+    pub(super) fn put(&mut self, key: RegKey, entry: Entry) {
+        if self.resident.put(key, entry).is_none() {
+            self.total.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes a resident activation.
+    pub(super) fn pop<Q>(&mut self, key: &Q) -> Option<Entry>
+    where
+        RegKey: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let entry = self.resident.pop(key)?;
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        Some(entry)
+    }
+
+    /// Removes this shard's least recently used activation.
+    pub(super) fn pop_lru(&mut self) -> Option<(RegKey, Entry)> {
+        let popped = self.resident.pop_lru()?;
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        Some(popped)
     }
 
     pub(super) fn evict(&mut self, key: RegKey, entry: Entry) {

@@ -323,13 +323,8 @@ impl Inner {
                 acquired_at.checked_sub(self.config.lease - self.config.lease * 2 / 3);
             let from = sight.recovered.max(granted_until);
             // Nodes silent for two beats get their connection checked (see
-            // `cluster/liveness.rs`) — once this leader's view has been trustworthy for a
-            // failure timeout: a new leader, or one that was blind, relies on the timeout alone.
-            let suspects = if from.is_none_or(|f| now >= f + timeout) {
-                registry.suspects(now, self.suspect_after(), timeout, from)
-            } else {
-                Vec::new()
-            };
+            // `cluster/liveness.rs`).
+            let suspects = registry.suspects(now, self.suspect_after(), timeout, from);
             (
                 registry.silent(now, timeout, from),
                 registry.alive(now, timeout, from),

@@ -62,10 +62,12 @@
 //! - the leader grants no beat of a node from the moment it checks it (`condemned`) until
 //!   its adopted map leaves the node out, so the grant that lifts the fence carries a map in
 //!   which the node owns nothing it lost;
-//! - a check is trusted only over a connection that has been up for a failure timeout, before
-//!   and after asking: right after a server restart every node is still reconnecting;
-//! - a leader uses checks only once its view has been trustworthy for a failure timeout (a
-//!   new leader, or one that was blind to its own beats, relies on the timeout alone).
+//! - a check is trusted only over a connection to the node's server on which the checking
+//!   node has heard the node since it came up, before and after asking: right after a server
+//!   restart, a node not heard since may still be reconnecting, and is left to the timeout;
+//! - a new leader needs no grace for checks (unlike for the timeout): its predecessor stopped
+//!   granting before it took the lease, so no grant it did not hear can lift a fence begun on
+//!   a loss it finds.
 //!
 //! One case is weaker than the fence: a node whose connection the server closed but which has
 //! not noticed yet (the server's close is lost on the way) may still answer its *local*
@@ -362,8 +364,8 @@ impl Inner {
     /// beat sent on a new connection is granted — which the leader refuses while it checks and
     /// until its map leaves the node out (`condemned`). A check is trusted only over a
     /// connection to the node's own server (through a route, "no responders" could mean a
-    /// broken route) that has been up for a failure timeout (right after a server restart
-    /// every node is still reconnecting).
+    /// broken route) on which the node was heard since it came up (see
+    /// [`Inner::check_directly`]).
     pub(super) async fn connection_gone(&self, node: &str, server: &str) -> bool {
         if self.client.server_info().server_id == server {
             return self.check_directly(node, server).await;
@@ -403,14 +405,21 @@ impl Inner {
 
     /// Asks this node's own server whether `node` is subscribed to its check subject: "no
     /// responders" means its connection is gone. Trusted only if this node is connected to
-    /// `server` and has been for a failure timeout, before and after asking.
+    /// `server`, and heard `node` after its own connection came up (so `node` had connected
+    /// since: after a server restart, a node not heard since may still be reconnecting), both
+    /// before and after asking.
     async fn check_directly(&self, node: &str, server: &str) -> bool {
         let settled = |inner: &Self| {
             let link = inner.link.state();
             inner.client.server_info().server_id == server
-                && link
-                    .up_since
-                    .is_some_and(|up| up.elapsed() >= inner.config.failure_timeout)
+                && link.up_since.is_some_and(|up| {
+                    inner
+                        .registry
+                        .lock()
+                        .nodes
+                        .get(node)
+                        .is_some_and(|seen| seen.at > up)
+                })
         };
         if !settled(self) {
             return false;
