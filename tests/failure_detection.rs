@@ -154,6 +154,81 @@ async fn a_killed_node_is_declared_failed_once_the_server_drops_its_connection()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_before_its_lease_expires() {
+    // A lease as long as the failure timeout: only the connection check can explain a new
+    // leader within half of it.
+    const LONG_LEASE: Timing = Timing {
+        lease_ms: 12_000,
+        ..SLOW
+    };
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let ns = "deposed";
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| {
+            tokio::task::block_in_place(|| {
+                NodeProcess::spawn_with(
+                    &node_binary(),
+                    &url,
+                    ns,
+                    id,
+                    LONG_LEASE,
+                    &[("AETHER_REPLICAS", "1")],
+                )
+            })
+        })
+        .collect();
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let accounts: Vec<String> = (0..24).map(|i| format!("led-{i}")).collect();
+    fund(&mut nodes[0], &accounts);
+    let leader = view.leader().await.unwrap().expect("a leader");
+    let at = nodes
+        .iter()
+        .position(|n| n.id == leader.node)
+        .expect("the leader is a node");
+    let mut victim = nodes.remove(at);
+    let killed = Instant::now();
+    victim.kill();
+    let successor = poll(failure_timeout() / 2, "a new leader", async || {
+        view.leader()
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.node != leader.node && l.term > leader.term)
+    })
+    .await;
+    let elected = killed.elapsed();
+    let took = {
+        poll(
+            failure_timeout() / 2,
+            "a map without the killed leader",
+            async || {
+                view.shard_map()
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|m| !m.nodes.contains(&victim.id))
+            },
+        )
+        .await;
+        killed.elapsed()
+    };
+    assert!(
+        took < failure_timeout() / 2,
+        "the lease or the failure timeout, not the connection check: {took:?}"
+    );
+    println!(
+        "leader {} killed: {} leads after {elected:?}, the map leaves it out after {took:?} \
+         (lease and failure timeout 12 s)",
+        leader.node, successor.node
+    );
+    all_answer(&mut nodes[0], &accounts, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
     let server = NatsServer::start();
     let url = server.url();

@@ -13,6 +13,9 @@ use super::*;
 impl Inner {
     /// The term this node may act under right now, if it is leader.
     pub(super) fn acting_term(&self) -> Option<u64> {
+        if self.suspended.load(Ordering::Acquire) {
+            return None;
+        }
         let lease = (*self.lease.lock())?;
         let valid_for = self.config.lease * 2 / 3;
         (Instant::now() < lease.renewed_at + valid_for).then_some(lease.term)
@@ -84,7 +87,11 @@ impl Inner {
             // has its leader again) should not wait behind it.
             let bound = self.config.lease / 3;
             if leader {
-                if last_renewal.is_none_or(|at| at.elapsed() >= renew_every) {
+                // A leader whose connection was lost renews at once once it is back: it acts
+                // again only after a renewal on the new connection.
+                if self.suspended.load(Ordering::Acquire)
+                    || last_renewal.is_none_or(|at| at.elapsed() >= renew_every)
+                {
                     last_renewal = Some(Instant::now());
                     let _ = tokio::time::timeout(bound, self.step()).await;
                 }
@@ -92,6 +99,8 @@ impl Inner {
                 last_attempt = Some(Instant::now());
                 last_renewal = Some(Instant::now());
                 let _ = tokio::time::timeout(bound, self.step()).await;
+            } else {
+                let _ = tokio::time::timeout(bound, self.end_a_dead_lease()).await;
             }
         }
     }
@@ -105,6 +114,7 @@ impl Inner {
             // A lease being recorded (term follows in the next put), or our own renewal.
             return;
         }
+        *self.observed_lease.lock() = Some((record.node.clone(), entry.revision));
         // Another node holds the lease under a newer term: whatever this node thought, it
         // lost the lead (its renewals hung, e.g. on a cut link, and will fail when they land).
         if let Some(ours) = self.lease.lock().map(|l| l.term)
@@ -192,6 +202,7 @@ impl Inner {
                             renewed_at: sent,
                             acquired_at: Instant::now(),
                         });
+                        self.suspended.store(false, Ordering::Release);
                         *self.leader.write() = Some(LeaderInfo {
                             node: self.config.node_id.clone(),
                             term,
@@ -211,6 +222,9 @@ impl Inner {
                     && entry.operation == kv::Operation::Put
                     && let Ok(record) = codec::decode::<LeaderRecord>("leader record", &entry.value)
                 {
+                    if record.term != 0 && record.node != self.config.node_id {
+                        *self.observed_lease.lock() = Some((record.node.clone(), entry.revision));
+                    }
                     let info = LeaderInfo {
                         term: if record.term == 0 {
                             entry.revision
@@ -247,6 +261,7 @@ impl Inner {
                     renewed_at: sent,
                     ..lease
                 });
+                self.suspended.store(false, Ordering::Release);
             }
             Err(e) => {
                 let lost = matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
@@ -257,6 +272,41 @@ impl Inner {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
                 }
             }
+        }
+    }
+
+    /// As a follower: when the leader has been silent for two beats and its NATS server says
+    /// its connection is gone ([`Inner::connection_gone`]), deletes the lease it holds (only
+    /// that revision), so that a live node takes the lead now rather than when the lease
+    /// expires. Safe for the same reasons as declaring a node failed on that word: the old
+    /// leader cannot renew or publish without a connection, and once back it acts again only
+    /// after a renewal, which fails on the deleted revision.
+    async fn end_a_dead_lease(&self) {
+        let Some((leader, revision)) = self.observed_lease.lock().clone() else {
+            return;
+        };
+        let server = {
+            let registry = self.registry.lock();
+            if registry.heard_within(&leader, Instant::now(), self.suspect_after()) {
+                return;
+            }
+            match registry.nodes.get(&leader).and_then(|s| s.server.clone()) {
+                Some(server) => server,
+                None => return,
+            }
+        };
+        if !self.connection_gone(&leader, &server).await {
+            return;
+        }
+        tracing::warn!(%leader, %server, "the leader's NATS connection is gone: ending its lease");
+        if self
+            .buckets
+            .leader
+            .delete_expect_revision(LEADER_KEY, Some(revision))
+            .await
+            .is_ok()
+        {
+            *self.observed_lease.lock() = None;
         }
     }
 
@@ -319,17 +369,16 @@ impl Inner {
             // A new leader's grace (see `cluster/liveness.rs`): the previous leader granted beats until
             // a third of a lease before this one could acquire, maybe some this one never
             // heard; count every node's silence from then at the earliest.
-            let granted_until =
-                acquired_at.checked_sub(self.config.lease - self.config.lease * 2 / 3);
-            let from = sight.recovered.max(granted_until);
-            // Nodes silent for two beats get their connection checked (see
-            // `cluster/liveness.rs`).
-            let suspects = registry.suspects(now, self.suspect_after(), timeout, from);
-            (
-                registry.silent(now, timeout, from),
-                registry.alive(now, timeout, from),
-                suspects,
-            )
+            // Its lease may have been ended early by a follower that found the previous
+            // leader's connection gone (`end_a_dead_lease`), so the previous leader may have
+            // granted beats until just before: count from the acquisition.
+            let from = sight.recovered.max(Some(acquired_at));
+            let silent = registry.silent(now, timeout, from);
+            // Nodes silent for two beats, counted from when each was last heard (a check's
+            // safety needs no grace), get their connection checked (`cluster/liveness.rs`).
+            let mut suspects = registry.suspects(now, self.suspect_after(), None);
+            suspects.retain(|(r, ..)| !silent.iter().any(|(s, _)| s.node == r.node));
+            (silent, registry.alive(now, timeout, from), suspects)
         };
         let gone = self.check_suspects(suspects).await;
         alive.retain(|n| !gone.iter().any(|(record, _)| &record.node == n));

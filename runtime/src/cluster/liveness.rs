@@ -24,10 +24,12 @@
 //!   failed before the node has fenced (the tenth is the allowance for clock rates).
 //! - **A new leader's grace.** Grants come from one leader at a time, but the next leader may
 //!   not have heard a beat the previous one granted (a route between two servers can break
-//!   alone). A grant is given only while the granting lease is valid, which ends a third of a
-//!   lease before the server can expire it and let the next leader in. So the next leader
-//!   counts every node's silence from a third of a lease before it acquired the lease, at the
-//!   earliest: no node it declares failed can still be serving on an older grant.
+//!   alone). A grant is given only while the granting lease is valid and the granting node
+//!   connected, and the next leader gets the lease only once it expired (a third of a lease
+//!   after the last grant) or once a follower found the holder's connection gone and ended it
+//!   (see below). So the next leader counts every node's silence from when it acquired the
+//!   lease, at the earliest: no node it declares failed can still be serving on an older
+//!   grant.
 //! - **Rejoining.** A fenced node whose beat is granted again adopts a map at least as new as
 //!   the grant's epoch (the one it already watched, or the bucket's), then unfences; the handoff
 //!   serves exactly what that map gives it.
@@ -74,8 +76,14 @@
 //! callers from memory until it notices or its fence strikes. It cannot write, so no decision
 //! made there is stored; a read there may miss a write made on the node that took over.
 //!
+//! The leader is checked the same way by every follower: when it has been silent for two beats
+//! and its server says its connection is gone, a follower deletes the lease it holds (that
+//! revision only) and a live node takes the lead at once, instead of when the lease expires.
+//! A leader that loses its connection stops acting (no grants, no maps) until a renewal
+//! succeeds on its new connection — which fails if its lease was ended meanwhile.
+//!
 //! With the defaults (heartbeat 1 s, failure timeout 3 s) a killed node is declared failed
-//! 0.5 to 0.75 s after its death, instead of 2 to 3 s (B7, `tests/failure_detection.rs`).
+//! about half a second after its death, instead of 2 to 3 s (B7, `tests/failure_detection.rs`).
 //!
 //! The KV record each node writes every heartbeat stays, for what it describes rather than for
 //! liveness: the node's status (alive, leaving), its handoff epoch and the shards it may hold.
@@ -302,6 +310,11 @@ impl Inner {
             let now = link.borrow_and_update().losses;
             if now > losses {
                 losses = now;
+                // As leader, it stops acting until a renewal succeeds on a new connection: a
+                // follower may find this connection gone and end the lease meanwhile.
+                if self.lease.lock().is_some() {
+                    self.suspended.store(true, Ordering::Release);
+                }
                 self.fence("its NATS connection was lost", None);
             }
         }

@@ -179,22 +179,21 @@ impl Members {
         }
     }
 
-    /// Nodes that advertise `Alive` and have been silent for `after` or more but less than
-    /// `timeout` (counting from `from` at the earliest, as in [`Members::alive`]), and whose
-    /// server is known: the ones whose connection the leader may check (see
-    /// `cluster/liveness.rs`), with the revision of their last record and their server.
+    /// Nodes that advertise `Alive` and have been silent for `after` or more (counting from
+    /// `from` at the earliest, as in [`Members::alive`]), and whose server is known: the ones
+    /// whose connection the leader may check (see `cluster/liveness.rs`), with the revision of
+    /// their last record and their server.
     pub fn suspects(
         &self,
         now: Instant,
         after: std::time::Duration,
-        timeout: std::time::Duration,
         from: Option<Instant>,
     ) -> Vec<(NodeRecord, u64, String)> {
         self.nodes
             .values()
             .filter(|s| {
                 let silent = now.duration_since(Self::since(s.at, from));
-                s.record.status == NodeStatus::Alive && silent >= after && silent < timeout
+                s.record.status == NodeStatus::Alive && silent >= after
             })
             .filter_map(|s| Some((s.record.clone(), s.revision, s.server.clone()?)))
             .collect()

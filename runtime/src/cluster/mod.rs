@@ -180,6 +180,12 @@ struct Inner {
     /// its loss, with when; their beats are not granted until the map leaves them out (see
     /// [`liveness`]).
     condemned: Mutex<std::collections::BTreeMap<String, Instant>>,
+    /// The lease another node holds, as last seen on the lease key: its holder and the key's
+    /// revision (a follower ends it early when the holder's connection is gone).
+    observed_lease: Mutex<Option<(String, u64)>>,
+    /// As leader: the connection was lost, so this node does not act until a renewal succeeds
+    /// on a connection made since (another node may have ended the lease meanwhile).
+    suspended: AtomicBool,
     /// Whether this node (as leader) hears itself (its beats or records), and since when
     /// again after it did not.
     sight: Mutex<Sight>,
@@ -337,6 +343,8 @@ impl Cluster {
                 fenced_since_ms: AtomicU64::new(0),
                 link,
                 condemned: Mutex::new(std::collections::BTreeMap::new()),
+                observed_lease: Mutex::new(None),
+                suspended: AtomicBool::new(false),
                 sight: Mutex::new(Sight::default()),
                 last_beat_ms: AtomicU64::new(0),
                 rejoining: tokio::sync::Mutex::new(()),
