@@ -1,4 +1,4 @@
-//! B7, B8 and B9: failover and rebalancing under load, with cluster nodes as real processes.
+//! B7, B7L, B8 and B9: failover and rebalancing under load, with cluster nodes as real processes.
 //!
 //! The bench starts a nats-server and re-executes itself as node processes (environment
 //! `AETHER_BENCH_NODE=<id>`), which run with the **default** cluster timing (heartbeat 1 s,
@@ -7,7 +7,8 @@
 //! - B7: SIGKILL a node that has ≥ 1 000 active actors; time until every one of them has
 //!   answered again on the survivors (target 1.5 s), with its parts: detection (until the
 //!   leader marks the node failed: its connection check, `cluster/liveness.rs`), reassignment (until the map without it is published) and activation (the
-//!   rest: handoff, subscription, replay on first ask).
+//!   rest: handoff, subscription, replay on first ask). B7L: the same with the leader killed
+//!   (a follower finds its connection gone and ends its lease; the new leader declares it).
 //! - B8: under a steady write load (every command with a fresh id, retried with the same id
 //!   until acknowledged), a node joins, then a node leaves gracefully: lost commands (must be
 //!   0), commands applied twice (must be 0, read back from the event log), and the throughput
@@ -52,13 +53,14 @@ async fn client(url: &str, ns: &str) -> anyhow::Result<Runtime> {
 async fn bench_main() -> anyhow::Result<()> {
     let server = nats::NatsServer::start();
     let url = server.url();
-    b7(&url).await?;
+    b7(&url, "failover", false).await?;
+    b7(&url, "failover-leader", true).await?;
     b8_b9(&url).await?;
     Ok(())
 }
 
-async fn b7(url: &str) -> anyhow::Result<()> {
-    let ns = "failover";
+/// B7 (a follower killed) or B7L (the leader killed: a follower ends its lease first).
+async fn b7(url: &str, ns: &str, kill_leader: bool) -> anyhow::Result<()> {
     let nodes: Vec<Node> = ["node-1", "node-2", "node-3"]
         .iter()
         .map(|id| Node::start(url, ns, id))
@@ -78,8 +80,8 @@ async fn b7(url: &str) -> anyhow::Result<()> {
     let mut nodes = nodes;
     let victim_at = nodes
         .iter()
-        .position(|n| n.id != leader.node)
-        .expect("a follower");
+        .position(|n| (n.id == leader.node) == kill_leader)
+        .expect("a node to kill");
     let victim = nodes[victim_at].id.clone();
     let map = view
         .shard_map()
@@ -188,18 +190,24 @@ async fn b7(url: &str) -> anyhow::Result<()> {
         .lock()
         .map(|t| t.duration_since(killed).as_secs_f64());
     println!(
-        "B7 parts: detection {:.2} s (the connection check after two missed beats; failure \
+        "{} parts: detection {:.2} s (the connection check after two missed beats; failure \
          timeout 3 s, heartbeat 1 s), reassignment {:.2} s, \
          handoff + activation of {} actors {:.2} s",
+        if kill_leader { "B7L" } else { "B7" },
         detection.unwrap_or(f64::NAN),
         remapped.zip(detection).map_or(f64::NAN, |(r, d)| r - d),
         refs.len(),
         remapped.map_or(f64::NAN, |r| total - r),
     );
     report(Figure {
-        id: "B7",
+        id: if kill_leader { "B7L" } else { "B7" },
         measure: &format!(
-            "SIGKILL to all {} actors of the node answering again",
+            "SIGKILL {} to all {} of its actors answering again",
+            if kill_leader {
+                "the leader"
+            } else {
+                "a follower"
+            },
             refs.len()
         ),
         ours: total,
