@@ -114,12 +114,18 @@ async fn kill_and_see_it_declared(view: &ClusterView, victim: &mut NodeProcess) 
         took < failure_timeout() / 2,
         "declared after {took:?}: the failure timeout, not the connection check"
     );
-    let record = view.node(&victim.id).await.unwrap().expect("its record");
-    assert_eq!(
-        record.status,
-        NodeStatus::Failed,
-        "declared failed, not left"
-    );
+    poll(
+        Duration::from_secs(5),
+        "its record saying Failed",
+        async || {
+            view.node(&victim.id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.status == NodeStatus::Failed)
+        },
+    )
+    .await;
     took
 }
 
@@ -361,18 +367,23 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
     let url = server.url();
     wait_for_jetstream(&url).await;
     let ns = "busy";
+    // Logged, to find out afterwards whether a connection check or a lease ending misfired.
+    let logs = tempfile::tempdir().unwrap();
     let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
         .iter()
         .map(|id| {
             tokio::task::block_in_place(|| {
-                NodeProcess::spawn_with(
+                let mut node = NodeProcess::start_logged(
                     &node_binary(),
                     &url,
                     ns,
                     id,
                     DEFAULT,
-                    &[("AETHER_REPLICAS", "1")],
-                )
+                    &[("AETHER_REPLICAS".into(), "1".into())],
+                    &logs.path().join(format!("{id}.log")),
+                );
+                node.wait_ready();
+                node
             })
         })
         .collect();
@@ -380,6 +391,7 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
     map_of(&view, &["node-1", "node-2", "node-3"]).await;
     let accounts: Vec<String> = (0..64).map(|i| format!("busy-{i}")).collect();
     fund(&mut nodes[0], &accounts);
+    let leader = view.leader().await.unwrap().expect("a leader");
     let mut records = view.watch_nodes().await.unwrap();
     let mut maps = view.watch_maps().await.unwrap();
 
@@ -431,13 +443,43 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(burners);
-    let mut answered = 0;
+    let (mut answered, mut refused) = (0, 0);
     for worker in load {
         let (node, ok, failed) = tokio::task::block_in_place(|| worker.join().expect("load"));
         println!("{}: {ok} deposits, {failed} refused", node.id);
         answered += ok;
+        refused += failed;
     }
-    println!("{soak:?} saturated: {seen} node records written, none failed; {answered} deposits");
+    let map = view.shard_map().await.unwrap().expect("a map");
+    assert_eq!(
+        map.nodes.len(),
+        3,
+        "a node lost its shards: {:?}",
+        map.nodes
+    );
+    // Every node stayed connected: no connection check found one gone, no lease was ended on
+    // one, no node fenced itself.
+    let said = |what: &str| -> usize {
+        ["node-1", "node-2", "node-3"]
+            .iter()
+            .map(|id| {
+                std::fs::read_to_string(logs.path().join(format!("{id}.log")))
+                    .unwrap_or_default()
+                    .matches(what)
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(said("connection is gone"), 0, "a connection check misfired");
+    assert_eq!(said("fencing this node"), 0, "a node fenced itself");
+    let now = view.leader().await.unwrap();
+    println!(
+        "{soak:?} saturated: {seen} node records written, none failed; {answered} deposits, \
+         {refused} refused; leader {leader:?} at the start, {now:?} at the end; lease renewals \
+         that failed: {}",
+        said("lease renewal failed")
+    );
     assert!(seen > 0, "the registry was watched");
     assert!(answered > 0, "the nodes served");
+    assert_eq!(refused, 0, "deposits were refused: a node stopped serving");
 }

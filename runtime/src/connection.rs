@@ -490,7 +490,7 @@ impl NatsConfig {
 /// The state of one client's connection, as its events report it: how many times it was lost,
 /// and since when it is up. A cluster node fences itself on every loss (its actors may be
 /// given away while it cannot be heard), and trusts what the server says of *other*
-/// connections only once its own has been up for a while (see `cluster/liveness.rs`).
+/// connections only for nodes it heard since its own came up (see `cluster/liveness.rs`).
 #[derive(Debug, Clone)]
 pub(crate) struct Link(Arc<watch::Sender<LinkState>>);
 
@@ -517,10 +517,12 @@ impl Link {
 
     fn note(&self, event: &async_nats::Event) {
         match event {
-            async_nats::Event::Disconnected => self.0.send_modify(|s| {
-                s.losses += 1;
-                s.up_since = None;
-            }),
+            async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                self.0.send_modify(|s| {
+                    s.losses += 1;
+                    s.up_since = None;
+                })
+            }
             async_nats::Event::Connected => self.0.send_modify(|s| {
                 s.up_since.get_or_insert_with(Instant::now);
             }),

@@ -3,10 +3,13 @@
 //!
 //! # The resident registry
 //!
-//! Resident actors are kept in one LRU map from `(kind, id)` to the actor's mailbox. Delivery
-//! looks the actor up, activating it on a miss, and queues the command in its mailbox. The map
-//! is bounded by `max_resident`: inserting past the bound passivates the least recently used
-//! actor; an idle sweeper passivates actors unused for `idle_passivation`.
+//! Resident actors are kept in an LRU map from `(kind, id)` to the actor's mailbox (split into
+//! 64 shards from 4 096 residents up, see `residents.rs`). Delivery looks the actor up,
+//! activating it on a miss, and queues the command in its mailbox. The map is bounded by
+//! `max_resident`: inserting past the bound passivates the least recently used actor (across
+//! shards: the oldest of their least recently used, by a stamp of last use; concurrent
+//! activations may pass the bound for a moment, until each has passivated one); an idle
+//! sweeper passivates actors unused for `idle_passivation`.
 //!
 //! Passivation is ordered so an actor never runs twice at once: the old activation is removed
 //! from the map and asked to stop; it finishes its queued commands, closes its mailbox (late
@@ -391,8 +394,9 @@ impl Host {
         let view = (A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
-        let used_ns = self.used_ns();
         let mut reg = self.shard(A::KIND, id).lock();
+        // Stamped under the lock, so each shard's order and its stamps agree.
+        let used_ns = self.used_ns();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err((Undelivered::Shutdown, msg));
         }

@@ -92,9 +92,10 @@ pub(super) struct Entry {
 
 /// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards, each an LRU
 /// of its own: less contention on the ask path (with 64, two cores rarely take the same lock).
-/// The cap stays exact and the order global: the shards share one count of residents, and
-/// past the cap the host passivates the least recently used of the shards' least recently
-/// used actors, compared by the time of their last use (`Host::enforce_cap`).
+/// The cap and the order stay global: the shards share one count of residents, and past the
+/// cap the host passivates the least recently used of the shards' least recently used actors,
+/// compared by the time of their last use (`Host::enforce_cap`). Activations racing on other
+/// cores may pass the cap for a moment; each then passivates one, so the count returns to it.
 pub(super) const SHARDED_FROM: usize = 4096;
 pub(super) const RESIDENT_SHARDS: usize = 64;
 

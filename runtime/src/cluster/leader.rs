@@ -7,6 +7,12 @@
 //! another. While acting it leads ([`Inner::lead`]): it declares silent nodes failed and, when
 //! the set of alive nodes differs from the current map's, publishes a new map by
 //! compare-and-set under its term. A lost renewal, a resignation or a newer term ends it.
+//!
+//! A leader whose NATS connection drops stops acting (`suspended`) until a renewal succeeds
+//! on a connection made since. Followers check a leader silent for two beats the way the
+//! leader checks nodes (`cluster/liveness.rs`): when its server says its connection is gone,
+//! one deletes that revision of the lease ([`Inner::end_a_dead_lease`]) and a live node takes
+//! the lead at once instead of when the lease expires.
 
 use super::*;
 
@@ -73,7 +79,10 @@ impl Inner {
                         last_attempt = Some(Instant::now());
                         false
                     }
-                    Some(Ok(_)) => true,
+                    Some(Ok(_)) => {
+                        *self.observed_lease.lock() = None;
+                        true
+                    }
                     Some(Err(_)) | None => {
                         changes = None;
                         false
@@ -89,8 +98,12 @@ impl Inner {
             if leader {
                 // A leader whose connection was lost renews at once once it is back: it acts
                 // again only after a renewal on the new connection.
-                if self.suspended.load(Ordering::Acquire)
-                    || last_renewal.is_none_or(|at| at.elapsed() >= renew_every)
+                let suspended = self.suspended.load(Ordering::Acquire);
+                // Not while disconnected: renewals queued then would land late, all but one
+                // failing on the revision and losing the lease.
+                let connected = self.link.state().up_since.is_some();
+                if connected
+                    && (suspended || last_renewal.is_none_or(|at| at.elapsed() >= renew_every))
                 {
                     last_renewal = Some(Instant::now());
                     let _ = tokio::time::timeout(bound, self.step()).await;
@@ -181,6 +194,7 @@ impl Inner {
 
     pub(super) async fn acquire(&self) {
         let sent = Instant::now();
+        let losses = self.link.state().losses;
         match self
             .buckets
             .leader
@@ -202,7 +216,7 @@ impl Inner {
                             renewed_at: sent,
                             acquired_at: Instant::now(),
                         });
-                        self.suspended.store(false, Ordering::Release);
+                        self.resume_if_connected_since(losses);
                         *self.leader.write() = Some(LeaderInfo {
                             node: self.config.node_id.clone(),
                             term,
@@ -249,6 +263,7 @@ impl Inner {
     pub(super) async fn renew(&self, lease: Lease) {
         tracing::trace!(node = %self.config.node_id, revision = lease.revision, "renewing the lease");
         let sent = Instant::now();
+        let losses = self.link.state().losses;
         match self
             .buckets
             .leader
@@ -261,7 +276,7 @@ impl Inner {
                     renewed_at: sent,
                     ..lease
                 });
-                self.suspended.store(false, Ordering::Release);
+                self.resume_if_connected_since(losses);
             }
             Err(e) => {
                 let lost = matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
@@ -272,6 +287,16 @@ impl Inner {
                     tracing::warn!(error = %e, "lease renewal failed; retrying");
                 }
             }
+        }
+    }
+
+    /// After a renewal (or acquisition) that succeeded: acts again, unless the connection
+    /// was lost since the request went out (`losses` then) or is down — the success may
+    /// predate the loss, and a follower may have ended the lease after it.
+    fn resume_if_connected_since(&self, losses: u64) {
+        let link = self.link.state();
+        if link.losses == losses && link.up_since.is_some() {
+            self.suspended.store(false, Ordering::Release);
         }
     }
 
@@ -457,27 +482,30 @@ impl Inner {
         &self,
         suspects: Vec<(NodeRecord, u64, String)>,
     ) -> Vec<(NodeRecord, u64)> {
-        {
-            // Grants are refused only while they could carry a map giving the node shards.
-            let map = self.map.read().clone();
-            let stale = self.config.failure_timeout * 2;
-            self.condemned.lock().retain(|node, since| {
-                since.elapsed() < stale
-                    && map
-                        .as_ref()
-                        .is_some_and(|m| m.nodes.iter().any(|n| n == node))
-            });
-        }
+        let Some(term) = self.acting_term() else {
+            return Vec::new();
+        };
+        self.prune_condemned(term);
         let me = &self.config.node_id;
         let checks = suspects
             .into_iter()
             .filter(|(record, ..)| &record.node != me)
             .map(|(record, revision, server)| async move {
                 let started = Instant::now();
-                self.condemned
-                    .lock()
-                    .entry(record.node.clone())
-                    .or_insert(started);
+                let declared = {
+                    let mut condemned = self.condemned.lock();
+                    let entry = condemned.entry(record.node.clone()).or_insert(Condemned {
+                        since: started,
+                        declared: false,
+                        term,
+                    });
+                    entry.since = entry.since.max(started);
+                    entry.declared
+                };
+                if declared {
+                    // Found gone before; the map without it is on its way: keep it out.
+                    return Some((record, revision));
+                }
                 let gone = self.connection_gone(&record.node, &server).await;
                 // Heard from meanwhile: back, whatever the server said a moment ago.
                 let back = {
@@ -488,27 +516,46 @@ impl Inner {
                         now.duration_since(started),
                     )
                 };
+                let mut condemned = self.condemned.lock();
                 if gone && !back {
                     tracing::warn!(
                         node = %record.node,
                         %server,
                         "the node's NATS connection is gone: declaring it failed"
                     );
+                    if let Some(entry) = condemned.get_mut(&record.node) {
+                        entry.declared = true;
+                    }
                     Some((record, revision))
                 } else {
-                    self.condemned.lock().remove(&record.node);
+                    if condemned.get(&record.node).is_some_and(|c| !c.declared) {
+                        condemned.remove(&record.node);
+                    }
                     None
                 }
             });
-        match tokio::time::timeout(
-            self.config.heartbeat,
-            futures_util::future::join_all(checks),
-        )
-        .await
-        {
-            Ok(verdicts) => verdicts.into_iter().flatten().collect(),
-            Err(_) => Vec::new(),
-        }
+        // Each check is bounded (a request with a timeout, or two through relays).
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Forgets condemned nodes whose beats may be granted again: declared ones once the map
+    /// this leader adopted leaves them out (a grant then carries a map without them), checks
+    /// abandoned long ago, and everything from an earlier term.
+    fn prune_condemned(&self, term: u64) {
+        let map = self.map.read().clone();
+        let bound = self.config.heartbeat;
+        self.condemned.lock().retain(|node, c| {
+            c.term == term
+                && c.holds(bound)
+                && (!c.declared
+                    || map
+                        .as_ref()
+                        .is_some_and(|m| m.nodes.iter().any(|n| n == node)))
+        });
     }
 
     /// Writes a new map, fenced: the lease must still be valid and still ours, and the map is
@@ -568,6 +615,7 @@ impl Inner {
                 .map_err(|e| e.to_string()),
         };
         written?;
+        self.published_epoch.fetch_max(epoch, Ordering::AcqRel);
         tracing::info!(epoch, term, nodes = ?alive, "published shard map");
         Ok(())
     }

@@ -16,12 +16,14 @@
 //! - **Grants.** Only the node *acting* as leader (its lease renewed less than two thirds of a
 //!   lease ago) answers a beat, with a [`Grant`]: its id, its term and the epoch of its current
 //!   map. A grant means: "I heard you when I sent this; I will not declare you failed before a
-//!   failure timeout has passed since then."
+//!   failure timeout has passed since then — unless your NATS server tells me your connection
+//!   is gone" (see below: a node fences itself on a lost connection at once).
 //! - **The fence.** A node measures its standing from the *send* time of the last beat that was
 //!   granted. When that is 9/10 of a failure timeout old, it fences itself: placement answers
 //!   `Unassigned` for every shard (local callers included), and the handoff drains its actors.
 //!   Since a grant is only given after the beat arrived, the leader cannot declare the node
-//!   failed before the node has fenced (the tenth is the allowance for clock rates).
+//!   failed on the timeout before the node has fenced (the tenth is the allowance for clock
+//!   rates).
 //! - **A new leader's grace.** Grants come from one leader at a time, but the next leader may
 //!   not have heard a beat the previous one granted (a route between two servers can break
 //!   alone). A grant is given only while the granting lease is valid and the granting node
@@ -56,8 +58,9 @@
 //! Why the server's word is enough to give a node's shards away before the node has fenced
 //! on its own:
 //!
-//! - a node whose connection is gone cannot write: every append goes through that
-//!   connection;
+//! - a node whose connection is gone gets nothing through until it reconnects, and what it
+//!   queued meanwhile (async-nats sends it after the reconnection) still carries the store's
+//!   version check: an append that lands after the new owner wrote is refused;
 //! - a node **fences itself on every lost connection**, when its client reports it, and it is
 //!   unfenced only by a grant of a beat **sent after** the fence began (a grant of an older
 //!   beat may answer a connection since lost);
@@ -73,8 +76,13 @@
 //!
 //! One case is weaker than the fence: a node whose connection the server closed but which has
 //! not noticed yet (the server's close is lost on the way) may still answer its *local*
-//! callers from memory until it notices or its fence strikes. It cannot write, so no decision
-//! made there is stored; a read there may miss a write made on the node that took over.
+//! callers from memory until it notices or its fence strikes. Its writes are refused by the
+//! version check once the new owner wrote, so no decision made there is stored twice; a read
+//! there may miss a write made on the node that took over.
+//!
+//! A node says which server it is on only once it has answered a request on its own check
+//! subject: where its account may not subscribe to it, nobody checks it (a missing
+//! subscription would look like a gone connection) and the failure timeout alone decides.
 //!
 //! The leader is checked the same way by every follower: when it has been silent for two beats
 //! and its server says its connection is gone, a follower deletes the lease it holds (that
@@ -147,7 +155,8 @@ pub(crate) struct Check {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Verdict {
     /// The server answered "no responders" for the silent node's check subject, asked over a
-    /// connection to that very server that had been up for at least a failure timeout.
+    /// connection to that very server on which the silent node had been heard since it came
+    /// up.
     pub gone: bool,
 }
 
@@ -224,10 +233,18 @@ impl Inner {
         let wait = self.fence_after().max(Duration::from_millis(10));
         loop {
             tick.tick().await;
+            if self.link.state().up_since.is_none() {
+                // Queued now, it would reach the leader late and name the server left behind.
+                continue;
+            }
             let sent = self.since_clock();
             let beat = Beat {
                 node: self.config.node_id.clone(),
-                server: self.client.server_info().server_id,
+                server: if self.checkable.load(Ordering::Acquire) {
+                    self.client.server_info().server_id
+                } else {
+                    String::new()
+                },
             };
             let payload = match codec::encode("beat", &beat) {
                 Ok(bytes) => Bytes::from(bytes),
@@ -270,11 +287,9 @@ impl Inner {
             // Only a beat sent after the fence began lifts it: one sent before a lost connection
             // may be granted after the reconnection, by a leader that has since found this node's
             // connection gone and given its shards away.
-            if *self.fenced.borrow()
-                && sent > self.fenced_since_ms.load(Ordering::Acquire)
-                && !self.beat_lease_expired()
-            {
-                self.unfence(grant.epoch).await;
+            let fence = *self.fence_state.lock();
+            if *self.fenced.borrow() && sent > fence.since_ms && !self.beat_lease_expired() {
+                self.unfence(grant.epoch, fence.generation).await;
             }
         }
     }
@@ -297,8 +312,18 @@ impl Inner {
     pub(super) async fn watch_link(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut link = self.link.subscribe();
-        let mut losses = link.borrow_and_update().losses;
+        // From zero: a loss while joining counts too.
+        let mut losses = 0;
         loop {
+            let now = link.borrow_and_update().losses;
+            if now > losses {
+                losses = now;
+                // As leader (or about to be), it stops acting until a renewal succeeds on a new
+                // connection: a follower may find this connection gone and end the lease
+                // meanwhile.
+                self.suspended.store(true, Ordering::Release);
+                self.fence("its NATS connection was lost", None);
+            }
             tokio::select! {
                 changed = link.changed() => {
                     if changed.is_err() {
@@ -306,16 +331,6 @@ impl Inner {
                     }
                 }
                 _ = stop.changed() => return,
-            }
-            let now = link.borrow_and_update().losses;
-            if now > losses {
-                losses = now;
-                // As leader, it stops acting until a renewal succeeds on a new connection: a
-                // follower may find this connection gone and end the lease meanwhile.
-                if self.lease.lock().is_some() {
-                    self.suspended.store(true, Ordering::Release);
-                }
-                self.fence("its NATS connection was lost", None);
             }
         }
     }
@@ -337,6 +352,7 @@ impl Inner {
                     }
                 }
             };
+            tokio::spawn(Arc::clone(&self).prove_checkable(subject.clone()));
             loop {
                 let message = tokio::select! {
                     m = checks.next() => m,
@@ -362,6 +378,38 @@ impl Inner {
                         let _ = inner.client.publish(reply, Bytes::from(bytes)).await;
                     }
                 });
+            }
+        }
+    }
+
+    /// Asks this node's own check subject until it answers, then lets the beats say which
+    /// server this node is on. Until then (or for good, when the account may not subscribe
+    /// to the subject) nobody checks this node's connection: a leader would take the silence
+    /// of a missing subscription for a gone connection. Its failures are then found by the
+    /// failure timeout alone.
+    async fn prove_checkable(self: Arc<Self>, subject: String) {
+        let mut stop = self.stop.subscribe();
+        for attempt in 0u32.. {
+            let request = async_nats::Request::new().timeout(Some(Duration::from_secs(1)));
+            if self
+                .client
+                .send_request(subject.clone(), request)
+                .await
+                .is_ok()
+            {
+                self.checkable.store(true, Ordering::Release);
+                return;
+            }
+            if attempt == 10 {
+                tracing::warn!(
+                    %subject,
+                    "this node does not answer on its check subject (may it subscribe to it?): \
+                     its failure will be detected by the failure timeout only"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
             }
         }
     }
@@ -509,15 +557,23 @@ impl Inner {
                 let (Some(term), Some(reply)) = (self.acting_term(), message.reply) else {
                     continue;
                 };
-                if self.condemned.lock().contains_key(&beat.node) {
+                if self
+                    .condemned
+                    .lock()
+                    .get(&beat.node)
+                    .is_some_and(|c| c.term == term && c.holds(self.config.heartbeat))
+                {
                     // Its connection is being checked, or was found gone: a grant now could
                     // carry a map that still gives it shards (see `connection_gone`).
                     continue;
                 }
+                // The newest map this leader knows of: its own last one may not have come
+                // back through its watch yet.
+                let adopted = self.map.read().as_ref().map_or(0, |m| m.epoch);
                 let grant = Grant {
                     leader: self.config.node_id.clone(),
                     term,
-                    epoch: self.map.read().as_ref().map_or(0, |m| m.epoch),
+                    epoch: adopted.max(self.published_epoch.load(Ordering::Acquire)),
                 };
                 if let Ok(bytes) = codec::encode("grant", &grant) {
                     let _ = self.client.publish(reply, Bytes::from(bytes)).await;
@@ -537,15 +593,16 @@ impl Inner {
             ?silent,
             "{why}: fencing this node (it serves nothing until a beat is granted again)"
         );
-        self.fenced_since_ms
-            .store(self.since_clock(), Ordering::Release);
+        let mut fence = self.fence_state.lock();
+        fence.since_ms = self.since_clock();
+        fence.generation += 1;
         self.fenced.send_replace(true);
     }
 
     /// A beat was granted again after a fence: catch up with a map at least as new as the
     /// grant's before the handoff serves anything (the map this node holds may be long
     /// superseded, and a replica it reads from may still be catching up).
-    async fn unfence(&self, epoch: u64) {
+    async fn unfence(&self, epoch: u64, generation: u64) {
         let adopted = self.map.read().as_ref().map_or(0, |m| m.epoch);
         if adopted < epoch
             && let Ok(Some(entry)) = super::read_entry(&self.buckets.shards, MAP_KEY).await
@@ -561,6 +618,12 @@ impl Inner {
                 granted = epoch,
                 "beats granted again, but the map here is older than the leader's; waiting"
             );
+            return;
+        }
+        // The read above may have taken a while: a fence that began meanwhile (a lost
+        // connection), or a grant grown too old, keeps this one.
+        let fence = self.fence_state.lock();
+        if fence.generation != generation || self.beat_lease_expired() {
             return;
         }
         tracing::info!(node = %self.config.node_id, epoch = adopted, "beats granted again: rejoining");

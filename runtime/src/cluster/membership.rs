@@ -169,11 +169,10 @@ impl Members {
     /// through the registry). `server` is the NATS server the beat came through, if it said.
     pub fn heard(&mut self, node: &str, now: Instant, server: Option<&str>) {
         if let Some(seen) = self.nodes.get_mut(node) {
-            if now >= seen.at
-                && let Some(server) = server
-                && seen.server.as_deref() != Some(server)
-            {
-                seen.server = Some(server.to_owned());
+            // The latest beat says where the node is, or that it cannot be checked (an older
+            // node, or one whose check subject does not answer).
+            if now >= seen.at && seen.server.as_deref() != server {
+                seen.server = server.map(str::to_owned);
             }
             seen.at = seen.at.max(now);
         }

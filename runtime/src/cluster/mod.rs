@@ -91,6 +91,33 @@ pub(crate) struct LeaderRecord {
     pub term: u64,
 }
 
+/// A node whose connection the leader is checking, or found gone (see `Inner::condemned`).
+#[derive(Debug, Clone, Copy)]
+struct Condemned {
+    /// When the check began.
+    since: Instant,
+    /// Declared failed on the check: held until the leader's adopted map leaves it out.
+    declared: bool,
+    /// The leader's term: a later term starts afresh.
+    term: u64,
+}
+
+impl Condemned {
+    /// Whether the node's beats must not be granted now: declared, or under a check that
+    /// began less than `bound` ago (a check takes a few hundred milliseconds at most; an
+    /// older one was abandoned).
+    fn holds(&self, bound: Duration) -> bool {
+        self.declared || self.since.elapsed() < bound
+    }
+}
+
+/// See `Inner::fence_state`.
+#[derive(Debug, Default, Clone, Copy)]
+struct FenceState {
+    since_ms: u64,
+    generation: u64,
+}
+
 /// This node's lease while it is leader.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -171,15 +198,23 @@ struct Inner {
     /// it failed and give its shards away at any moment, so it serves nothing — local callers
     /// included — until a beat is granted again. See [`liveness`].
     fenced: watch::Sender<bool>,
-    /// When the current fence began, in milliseconds since `clock`: only a beat sent after it
-    /// can lift it (a grant of an older beat may answer a connection since lost).
-    fenced_since_ms: AtomicU64,
+    /// When the current fence began (milliseconds since `clock`: only a beat sent after it can
+    /// lift it, as a grant of an older beat may answer a connection since lost) and how many
+    /// fences there were (an unfence waiting on a read gives up if another began meanwhile).
+    /// Fencing and unfencing take this lock, so neither overtakes the other.
+    fence_state: Mutex<FenceState>,
     /// This node's NATS connection: every loss fences the node (see [`liveness`]).
     link: crate::connection::Link,
     /// As leader: nodes whose connection is being checked or that were declared failed on
     /// its loss, with when; their beats are not granted until the map leaves them out (see
     /// [`liveness`]).
-    condemned: Mutex<std::collections::BTreeMap<String, Instant>>,
+    condemned: Mutex<std::collections::BTreeMap<String, Condemned>>,
+    /// As leader: the epoch of the last map it published (grants carry at least this one, so
+    /// a node rejoining after a fence reads a map its own watch may not have shown it yet).
+    published_epoch: AtomicU64,
+    /// This node answered a request on its own check subject: beats say which server it is
+    /// on, so the leader may check its connection (see [`liveness`]).
+    checkable: AtomicBool,
     /// The lease another node holds, as last seen on the lease key: its holder and the key's
     /// revision (a follower ends it early when the holder's connection is gone).
     observed_lease: Mutex<Option<(String, u64)>>,
@@ -340,9 +375,11 @@ impl Cluster {
                 registry_rev,
                 registry_synced: AtomicBool::new(false),
                 fenced: watch::channel(false).0,
-                fenced_since_ms: AtomicU64::new(0),
+                fence_state: Mutex::new(FenceState::default()),
                 link,
                 condemned: Mutex::new(std::collections::BTreeMap::new()),
+                published_epoch: AtomicU64::new(0),
+                checkable: AtomicBool::new(false),
                 observed_lease: Mutex::new(None),
                 suspended: AtomicBool::new(false),
                 sight: Mutex::new(Sight::default()),
