@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use aether::ClusterView;
 use aether::cluster::{NodeStatus, RegistryChange};
+use aether::routing::shard_of;
 use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
 use common::process::{NodeProcess, Timing, node_binary, poll};
+use common::proxy::{Mode, Proxy};
 use futures_util::StreamExt;
 
 /// A long failure timeout, so that only the connection check can declare a node early.
@@ -235,6 +237,101 @@ async fn a_killed_leader_is_replaced_before_its_lease_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
+    // node-3 reaches the server through a proxy. The proxy closes its connection and holds
+    // every new one: the server drops node-3's subscriptions, the leader finds it gone and
+    // gives its accounts away; node-3 fenced itself when it saw the loss, so it answers
+    // nothing from its stale state, and after it reconnects it serves only what the new map
+    // gives it.
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let ns = "dropped";
+    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2"]
+        .iter()
+        .map(|id| spawn(&url, ns, id, "1"))
+        .collect();
+    let mut cut = tokio::task::block_in_place(|| {
+        NodeProcess::spawn_with(
+            &node_binary(),
+            &proxy.url(),
+            ns,
+            "node-3",
+            SLOW,
+            &[("AETHER_REPLICAS", "1"), ("AETHER_ASK_TIMEOUT_MS", "1500")],
+        )
+    });
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let map = view.shard_map().await.unwrap().expect("a map");
+    let theirs: Vec<String> = (0..)
+        .map(|i| format!("held-{i}"))
+        .filter(|id| map.owner(shard_of(ns, "account", id, map.shard_count())) == Some("node-3"))
+        .take(4)
+        .collect();
+    fund(&mut nodes[0], &theirs);
+    // node-3 has them resident, at 7.
+    all_answer(&mut cut, &theirs, Duration::from_secs(10)).await;
+
+    proxy.set(Mode::BlackHole);
+    proxy.reset();
+    poll(
+        failure_timeout() / 2,
+        "node-3 declared failed",
+        async || {
+            view.node("node-3")
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.status == NodeStatus::Failed)
+        },
+    )
+    .await;
+    // Its accounts move on without it.
+    for account in &theirs {
+        let said =
+            tokio::task::block_in_place(|| nodes[0].command(&format!("deposit {account} 1")));
+        assert_eq!(
+            said,
+            format!("ok {account} 8"),
+            "the new owner has the stored state"
+        );
+    }
+    // Cut off, node-3 answers nothing: every read through it fails (it cannot reach the new
+    // owners, and it does not answer from its own copy, which says 7).
+    for account in &theirs {
+        let said = tokio::task::block_in_place(|| cut.command(&format!("balance {account}")));
+        assert!(
+            said.starts_with("err"),
+            "a read through a cut-off node: {said}"
+        );
+    }
+    proxy.set(Mode::Forward);
+    // Back: it rejoins, and every read through it sees the deposits made meanwhile.
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for account in &theirs {
+        loop {
+            let said = tokio::task::block_in_place(|| cut.command(&format!("balance {account}")));
+            assert_ne!(
+                said,
+                format!("ok {account} 7"),
+                "a stale read after the rejoin"
+            );
+            if said == format!("ok {account} 8") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{account} does not answer: {said}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
     let server = NatsServer::start();
     let url = server.url();
@@ -444,11 +541,14 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(burners);
     let (mut answered, mut refused) = (0, 0);
+    // The nodes are kept running until everything is checked (dropping one kills it).
+    let mut running = Vec::new();
     for worker in load {
         let (node, ok, failed) = tokio::task::block_in_place(|| worker.join().expect("load"));
         println!("{}: {ok} deposits, {failed} refused", node.id);
         answered += ok;
         refused += failed;
+        running.push(node);
     }
     let map = view.shard_map().await.unwrap().expect("a map");
     assert_eq!(
@@ -482,4 +582,5 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
     assert!(seen > 0, "the registry was watched");
     assert!(answered > 0, "the nodes served");
     assert_eq!(refused, 0, "deposits were refused: a node stopped serving");
+    drop(running);
 }
