@@ -59,6 +59,59 @@ async fn map_of(view: &ClusterView, nodes: &[&str]) {
     .await;
 }
 
+/// Three nodes on one fresh nats-server, with `timing`, serving a complete map; their logs go
+/// into `logs` when given.
+async fn three_nodes(
+    ns: &str,
+    timing: Timing,
+    logs: Option<&std::path::Path>,
+) -> (NatsServer, ClusterView, Vec<NodeProcess>) {
+    let server = NatsServer::start();
+    let url = server.url();
+    wait_for_jetstream(&url).await;
+    let nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| {
+            tokio::task::block_in_place(|| {
+                let env = [("AETHER_REPLICAS".to_owned(), "1".to_owned())];
+                let mut node = match logs {
+                    Some(dir) => NodeProcess::start_logged(
+                        &node_binary(),
+                        &url,
+                        ns,
+                        id,
+                        timing,
+                        &env,
+                        &dir.join(format!("{id}.log")),
+                    ),
+                    None => NodeProcess::start(
+                        &node_binary(),
+                        &url,
+                        ns,
+                        id,
+                        timing,
+                        &[("AETHER_REPLICAS", "1")],
+                    ),
+                };
+                node.wait_ready();
+                node
+            })
+        })
+        .collect();
+    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
+    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    (server, view, nodes)
+}
+
+/// Where the leader (`leader`) or a follower (`!leader`) is in `nodes`.
+async fn position_of(view: &ClusterView, nodes: &[NodeProcess], leader: bool) -> usize {
+    let current = view.leader().await.unwrap().expect("a leader").node;
+    nodes
+        .iter()
+        .position(|n| (n.id == current) == leader)
+        .expect("such a node")
+}
+
 /// Opens and funds `accounts` through `node`.
 fn fund(node: &mut NodeProcess, accounts: &[String]) {
     for account in accounts {
@@ -133,24 +186,11 @@ async fn kill_and_see_it_declared(view: &ClusterView, victim: &mut NodeProcess) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_declared_failed_once_the_server_drops_its_connection() {
-    let server = NatsServer::start();
-    let url = server.url();
-    wait_for_jetstream(&url).await;
-    let ns = "gone";
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| spawn(&url, ns, id, "1"))
-        .collect();
-    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
-    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let (_server, view, mut nodes) = three_nodes("gone", SLOW, None).await;
     let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
     fund(&mut nodes[0], &accounts);
 
-    let leader = view.leader().await.unwrap().expect("a leader").node;
-    let at = nodes
-        .iter()
-        .position(|n| n.id != leader)
-        .expect("a follower");
+    let at = position_of(&view, &nodes, false).await;
     let mut victim = nodes.remove(at);
     let took = kill_and_see_it_declared(&view, &mut victim).await;
     println!(
@@ -169,34 +209,11 @@ async fn a_killed_leader_is_replaced_before_its_lease_expires() {
         lease_ms: 12_000,
         ..SLOW
     };
-    let server = NatsServer::start();
-    let url = server.url();
-    wait_for_jetstream(&url).await;
-    let ns = "deposed";
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| {
-            tokio::task::block_in_place(|| {
-                NodeProcess::spawn_with(
-                    &node_binary(),
-                    &url,
-                    ns,
-                    id,
-                    LONG_LEASE,
-                    &[("AETHER_REPLICAS", "1")],
-                )
-            })
-        })
-        .collect();
-    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
-    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let (_server, view, mut nodes) = three_nodes("deposed", LONG_LEASE, None).await;
     let accounts: Vec<String> = (0..24).map(|i| format!("led-{i}")).collect();
     fund(&mut nodes[0], &accounts);
     let leader = view.leader().await.unwrap().expect("a leader");
-    let at = nodes
-        .iter()
-        .position(|n| n.id == leader.node)
-        .expect("the leader is a node");
+    let at = position_of(&view, &nodes, true).await;
     let mut victim = nodes.remove(at);
     let killed = Instant::now();
     victim.kill();
@@ -333,23 +350,10 @@ async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
-    let server = NatsServer::start();
-    let url = server.url();
-    wait_for_jetstream(&url).await;
-    let ns = "slow";
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| spawn(&url, ns, id, "1"))
-        .collect();
-    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
-    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let (_server, view, mut nodes) = three_nodes("slow", SLOW, None).await;
     let accounts: Vec<String> = (0..24).map(|i| format!("slow-{i}")).collect();
     fund(&mut nodes[0], &accounts);
-    let leader = view.leader().await.unwrap().expect("a leader").node;
-    let paused = nodes
-        .iter()
-        .position(|n| n.id != leader)
-        .expect("a follower");
+    let paused = position_of(&view, &nodes, false).await;
     let id = nodes[paused].id.clone();
 
     // Watch every record and map while the node is paused for a third of the failure
@@ -460,32 +464,9 @@ async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(20),
     );
-    let server = NatsServer::start();
-    let url = server.url();
-    wait_for_jetstream(&url).await;
-    let ns = "busy";
     // Logged, to find out afterwards whether a connection check or a lease ending misfired.
     let logs = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<NodeProcess> = ["node-1", "node-2", "node-3"]
-        .iter()
-        .map(|id| {
-            tokio::task::block_in_place(|| {
-                let mut node = NodeProcess::start_logged(
-                    &node_binary(),
-                    &url,
-                    ns,
-                    id,
-                    DEFAULT,
-                    &[("AETHER_REPLICAS".into(), "1".into())],
-                    &logs.path().join(format!("{id}.log")),
-                );
-                node.wait_ready();
-                node
-            })
-        })
-        .collect();
-    let view = ClusterView::connect(url.as_str(), ns).await.unwrap();
-    map_of(&view, &["node-1", "node-2", "node-3"]).await;
+    let (_server, view, mut nodes) = three_nodes("busy", DEFAULT, Some(logs.path())).await;
     let accounts: Vec<String> = (0..64).map(|i| format!("busy-{i}")).collect();
     fund(&mut nodes[0], &accounts);
     let leader = view.leader().await.unwrap().expect("a leader");

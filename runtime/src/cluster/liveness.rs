@@ -630,3 +630,54 @@ impl Inner {
         self.fenced.send_replace(false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A beat from a node of an earlier version, which did not say which server it is on.
+    #[derive(Serialize)]
+    struct OldBeat {
+        node: String,
+    }
+
+    #[test]
+    fn a_beat_from_an_older_node_decodes_without_a_server() {
+        let bytes = codec::encode(
+            "beat",
+            &OldBeat {
+                node: "node-1".into(),
+            },
+        )
+        .expect("encodes");
+        let beat: Beat = codec::decode("beat", &bytes).expect("an old beat decodes");
+        assert_eq!(beat.node, "node-1");
+        assert!(
+            beat.server.is_empty(),
+            "no server: the node is never checked"
+        );
+    }
+
+    #[test]
+    fn a_registry_forgets_the_server_when_a_beat_no_longer_names_it() {
+        let mut members = super::super::Members::default();
+        let record = super::super::NodeRecord {
+            node: "node-1".into(),
+            started_ms: 0,
+            capacity: 1,
+            status: super::super::NodeStatus::Alive,
+            beat: 0,
+            handoff_epoch: 0,
+            held: Default::default(),
+            resident: 0,
+            commits: 0,
+        };
+        let now = Instant::now();
+        members.put(record, 1, now);
+        members.heard("node-1", now, Some("S1"));
+        assert_eq!(members.nodes["node-1"].server.as_deref(), Some("S1"));
+        // A rollback to a build that does not say: nobody may check it any more.
+        members.heard("node-1", now + Duration::from_millis(250), None);
+        assert_eq!(members.nodes["node-1"].server, None);
+    }
+}
