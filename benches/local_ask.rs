@@ -62,8 +62,21 @@ async fn ours(rt: &Runtime, concurrency: usize, round: std::time::Duration) -> f
     .await
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `B1_WORKERS=1` runs both sides on one worker thread: CPU per ask without the cost of
+    // waking the other worker (for a profiler).
+    let workers = std::env::var("B1_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let rt = Runtime::builder()
         .namespace("bench-ask")
         .register::<Probe>()

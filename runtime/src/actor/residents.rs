@@ -83,9 +83,9 @@ pub(super) struct Entry {
     pub(super) generation: u64,
     /// The coarse clock at its last use (idle passivation).
     pub(super) last_used_ms: u64,
-    /// Nanoseconds since the host started, at its last use: orders the least recently used
-    /// actors of different shards (the cap's victim).
-    pub(super) used_ns: u64,
+    /// Its last use's place in the host's order of uses (`Host::use_seq`): orders the least
+    /// recently used actors of different shards (the cap's victim).
+    pub(super) used_seq: u64,
     /// The activation's outbox (to see whether durable effects are waiting).
     pub(super) outbox: Arc<super::delivery::OutboxCell>,
 }
@@ -94,7 +94,7 @@ pub(super) struct Entry {
 /// of its own: less contention on the ask path (with 64, two cores rarely take the same lock).
 /// The cap and the order stay global: the shards share one count of residents, and past the
 /// cap the host passivates the least recently used of the shards' least recently used actors,
-/// compared by the time of their last use (`Host::enforce_cap`). Activations racing on other
+/// compared by the order of their last use (`Host::enforce_cap`). Activations racing on other
 /// cores may pass the cap for a moment; each then passivates one, so the count returns to it.
 pub(super) const SHARDED_FROM: usize = 4096;
 pub(super) const RESIDENT_SHARDS: usize = 64;
