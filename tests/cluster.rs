@@ -678,6 +678,65 @@ async fn a_leader_cut_off_past_its_lease_reports_leadership_lost() {
     b.shutdown().await.unwrap();
 }
 
+/// A renewal that landed after the leader stopped waiting for it (its round timed out on a
+/// slow link) moves the lease's revision on: the next renewal fails on the revision although
+/// the lease is still this node's. The leader reads the key, sees its own record under its
+/// own term, and carries on from that revision instead of giving the lead up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_landing_renewal_of_its_own_does_not_cost_the_leader_its_lease() {
+    use aether::bus::Filter;
+    use futures_util::StreamExt;
+
+    let server = NatsServer::start();
+    let a = node(&server.url(), "late", "node-1", 1).await;
+    let (leader, term, _) = converged(&[&a], &["node-1"]).await;
+    assert_eq!(leader, "node-1");
+    let mut lost = a
+        .bus()
+        .subscribe("late.system.LeadershipLost", Filter::all())
+        .await
+        .unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("late_leader")
+        .await
+        .unwrap();
+    // The late renewal: the leader's own record, written again under the current revision.
+    let landed = loop {
+        let entry = kv
+            .entry("leader")
+            .await
+            .unwrap()
+            .expect("the lease is held");
+        if let Ok(revision) = kv.update("leader", entry.value, entry.revision).await {
+            break revision;
+        }
+        // A real renewal went in between: take the new revision.
+    };
+    // Two renewals after it: the leader went on from the revision it did not write knowingly.
+    poll_until(WAIT, "two renewals past the late one", || {
+        let kv = kv.clone();
+        async move {
+            kv.entry("leader")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|e| e.revision >= landed + 2)
+        }
+    })
+    .await;
+    let held = a.cluster().unwrap().leader().expect("a leader");
+    assert_eq!(
+        (held.node.as_str(), held.term),
+        ("node-1", term),
+        "the same lease"
+    );
+    assert!(a.cluster().unwrap().is_leader());
+    let lost_meanwhile = tokio::time::timeout(Duration::from_millis(50), lost.next()).await;
+    assert!(lost_meanwhile.is_err(), "no LeadershipLost");
+    a.shutdown().await.unwrap();
+}
+
 /// The test kit's in-process cluster: three nodes settle into one map, every node routes to
 /// every owner, and after a graceful stop the two left serve everything with the state kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

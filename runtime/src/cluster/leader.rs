@@ -6,7 +6,10 @@
 //! lease old (`acting_term`), so it stops before the server can expire the lease and elect
 //! another. While acting it leads ([`Inner::lead`]): it declares silent nodes failed and, when
 //! the set of alive nodes differs from the current map's, publishes a new map by
-//! compare-and-set under its term. A lost renewal, a resignation or a newer term ends it.
+//! compare-and-set under its term. A lost renewal, a resignation or a newer term ends it. A
+//! renewal refused on the revision is not lost by itself: a renewal of ours whose round timed
+//! out may have landed since, so the leader reads the key and goes on when it still holds its
+//! own record under its own term ([`Inner::renew`]).
 //!
 //! A leader whose NATS connection drops stops acting (`suspended`) until a renewal succeeds
 //! on a connection made since. Followers check a leader silent for two beats the way the
@@ -260,34 +263,79 @@ impl Inner {
         }
     }
 
+    /// Renews the lease under its last known revision.
+    ///
+    /// A renewal whose round timed out may still land later (it is a compare-and-set that
+    /// reached the server): the next one then fails on the revision although the lease is
+    /// still ours. So a revision mismatch reads the key first, and when it names this node
+    /// under the same term — only this node writes that term, and a deletion or a new
+    /// acquisition would have replaced it — the lease carries on from the stored revision,
+    /// its validity still counted from the last renewal this node saw succeed.
     pub(super) async fn renew(&self, lease: Lease) {
-        tracing::trace!(node = %self.config.node_id, revision = lease.revision, "renewing the lease");
-        let sent = Instant::now();
-        let losses = self.link.state().losses;
-        match self
-            .buckets
-            .leader
-            .update(LEADER_KEY, self.leader_bytes(lease.term), lease.revision)
-            .await
-        {
-            Ok(revision) => {
-                *self.lease.lock() = Some(Lease {
-                    revision,
-                    renewed_at: sent,
-                    ..lease
-                });
-                self.resume_if_connected_since(losses);
-            }
-            Err(e) => {
-                let lost = matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision)
-                    || sent.duration_since(lease.renewed_at) >= self.config.lease * 2 / 3;
-                if lost {
-                    self.lose(lease.term);
-                } else {
-                    tracing::warn!(error = %e, "lease renewal failed; retrying");
+        let mut lease = lease;
+        // Once with the known revision, once more with the one our late renewal left.
+        for attempt in 0..2 {
+            tracing::trace!(node = %self.config.node_id, revision = lease.revision, "renewing the lease");
+            let sent = Instant::now();
+            let losses = self.link.state().losses;
+            match self
+                .buckets
+                .leader
+                .update(LEADER_KEY, self.leader_bytes(lease.term), lease.revision)
+                .await
+            {
+                Ok(revision) => {
+                    *self.lease.lock() = Some(Lease {
+                        revision,
+                        renewed_at: sent,
+                        ..lease
+                    });
+                    self.resume_if_connected_since(losses);
+                    return;
+                }
+                Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
+                    match self.own_later_revision(&lease).await {
+                        Some(revision) if attempt == 0 => {
+                            tracing::debug!(
+                                node = %self.config.node_id,
+                                term = lease.term,
+                                from = lease.revision,
+                                to = revision,
+                                "an earlier lease renewal landed late; renewing from its revision"
+                            );
+                            lease.revision = revision;
+                            let mut held = self.lease.lock();
+                            if held.is_some_and(|l| l.term == lease.term) {
+                                *held = Some(lease);
+                            }
+                        }
+                        _ => {
+                            self.lose(lease.term);
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if sent.duration_since(lease.renewed_at) >= self.config.lease * 2 / 3 {
+                        self.lose(lease.term);
+                    } else {
+                        tracing::warn!(error = %e, "lease renewal failed; retrying");
+                    }
+                    return;
                 }
             }
         }
+    }
+
+    /// The revision of the lease key when it still names this node under `lease`'s term (a
+    /// renewal of ours landed after we stopped waiting for it), newer than the one we know.
+    async fn own_later_revision(&self, lease: &Lease) -> Option<u64> {
+        let entry = read_entry(&self.buckets.leader, LEADER_KEY).await.ok()??;
+        if entry.operation != kv::Operation::Put || entry.revision <= lease.revision {
+            return None;
+        }
+        let record = codec::decode::<LeaderRecord>("leader record", &entry.value).ok()?;
+        (record.node == self.config.node_id && record.term == lease.term).then_some(entry.revision)
     }
 
     /// After a renewal (or acquisition) that succeeded: acts again, unless the connection
