@@ -135,8 +135,61 @@ impl<A: Behavior> ActorRef<A> {
         cmd: C,
         options: AskOptions,
     ) -> Result<C::Reply, AskError<A::Error>> {
-        let reply = self.ask_wire(cmd.into_command(), options).await?;
+        let reply = match self.ask_fast(cmd.into_command(), options) {
+            Fast::Waiting(reply, command_id) => match reply.await {
+                Ok(result) => result,
+                Err(_) => Err(stopped_before_replying(command_id)),
+            },
+            // Boxed: the general path's future is large, and the common ask should not carry
+            // it (it is created and moved on every call).
+            Fast::Start(cmd, options) => Box::pin(self.ask_wire(cmd, options)).await,
+            Fast::Refused(host, env) => Box::pin(ask_on::<A>(&host, &self.key, env)).await,
+        }?;
         typed_reply::<A, C>(reply)
+    }
+
+    /// The common ask without layers: a bound ref, outside a handler, to an actor served
+    /// here, untraced and unmetered, whose mailbox has room. Queues the command and hands
+    /// back the reply channel, so the ask's future is one `await` on it instead of five
+    /// nested state machines that each move the reply on the way up (about a quarter of a
+    /// local ask's CPU on the caller's side, by the B1 profile). Anything else goes the
+    /// general way, which decides and reports exactly as before (`ask_wire`, `ask_on`).
+    fn ask_fast(&self, cmd: A::Command, options: AskOptions) -> Fast<A> {
+        let Some(host) = &self.host else {
+            return Fast::Start(cmd, options);
+        };
+        let general = options.correlation_id.is_some()
+            || CurrentTurn::get().is_some()
+            || host.meters(A::KIND).is_some()
+            || host.kind_of::<A>().is_none()
+            || self.key.namespace != host.namespace
+            || host.remote_shard(A::KIND, &self.key.id).is_some()
+            || crate::opentelemetry::current_trace_id().is_some();
+        if general {
+            return Fast::Start(cmd, options);
+        }
+        let command_id = options.command_id.unwrap_or_else(CommandId::random);
+        if host.traced(command_id) {
+            let options = AskOptions {
+                command_id: Some(command_id),
+                ..options
+            };
+            return Fast::Start(cmd, options);
+        }
+        let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let mut env = Box::new(Envelope::new(cmd, CallMeta::detached(command_id, timeout)));
+        env.reply = Some(reply_tx);
+        match host.deliver_now::<A>(&self.key.id, Msg::Command(env)) {
+            Ok(()) => Fast::Waiting(reply_rx, command_id),
+            // A full mailbox, a shard moving away, a refusal: the general path tries again
+            // with the same envelope and waits, follows the shard or reports.
+            Err((_, Msg::Command(mut env))) => {
+                env.reply = None;
+                Fast::Refused(Arc::clone(host), env)
+            }
+            Err((refusal, _)) => Fast::Waiting(refused_now::<A>(refusal.to_ask()), command_id),
+        }
     }
 
     /// The untyped ask: the actor's wire command in, its wire reply out.
@@ -197,6 +250,38 @@ impl<A: Behavior> ActorRef<A> {
                 reason,
             })?
     }
+}
+
+/// Where [`ActorRef::ask_fast`] left an ask.
+enum Fast<A: Behavior> {
+    /// Queued: the reply comes on this channel.
+    Waiting(ReplyRx<A>, CommandId),
+    /// Not for the fast path: the general ask, from the start.
+    Start(A::Command, AskOptions),
+    /// Built but not queued: the general ask, from the routing on.
+    Refused(Arc<Host>, Box<Envelope<A>>),
+}
+
+type ReplyRx<A> = oneshot::Receiver<
+    Result<
+        <A as super::EventSourcedActor>::Reply,
+        AskError<<A as super::EventSourcedActor>::Error>,
+    >,
+>;
+
+/// A reply channel that already holds `error`.
+fn refused_now<A: Behavior>(error: AskError<A::Error>) -> ReplyRx<A> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Err(error));
+    rx
+}
+
+/// The answer of an ask whose activation dropped its reply channel.
+fn stopped_before_replying<E>(command_id: CommandId) -> AskError<E> {
+    AskError::Failed(CallError::OutcomeUnknown {
+        command_id,
+        reason: "the actor stopped before replying".into(),
+    })
 }
 
 /// The reply of command `C` out of `A`'s wire reply, or a typed error when it answers another
@@ -360,10 +445,7 @@ pub(crate) async fn ask_local<A: Behavior>(
     // activation module), and a stopped activation drops the sender, which ends this wait.
     LocalAsk::Answered(match reply_rx.await {
         Ok(result) => result,
-        Err(_) => Err(AskError::Failed(CallError::OutcomeUnknown {
-            command_id,
-            reason: "the actor stopped before replying".into(),
-        })),
+        Err(_) => Err(stopped_before_replying(command_id)),
     })
 }
 
