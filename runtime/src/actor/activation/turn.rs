@@ -35,6 +35,9 @@ impl<A: Behavior> Activation<A> {
     }
 
     /// A command from an ask or a tell: handle, persist, reply.
+    ///
+    /// One state machine down to the handler (its future inline), and the store path boxed:
+    /// a query — most turns — resumes and moves its reply through as few layers as possible.
     pub(super) async fn decide(
         &mut self,
         env: Box<Envelope<A>>,
@@ -49,7 +52,31 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        let result = self.decide_inner(env, ids).await;
+        let turn = Arc::as_ptr(self.ctx.turn());
+        // In a block: the command and its metadata move on (into the handler's future and
+        // the turn) and keep no slot in this future's state.
+        let fut = {
+            let Envelope { cmd, meta, .. } = *env;
+            self.ctx.begin(self.version, meta);
+            A::dispatch(&self.state, cmd, &mut self.ctx)
+        };
+        let outcome = InTurn { turn, fut }.await;
+        let result = match outcome {
+            Err(rejection) => return Err(AskError::Rejected(rejection)),
+            Ok(Effect {
+                events,
+                reply,
+                plan: None,
+            }) if events.is_empty() => {
+                return Ok(match reply {
+                    Answer::Now(reply) => reply,
+                    Answer::FromState(read) => read(&self.state),
+                });
+            }
+            // Boxed: the append path is large, and a query never takes it — keeping it out of
+            // this future keeps the hot path's state machine (moved on every turn) small.
+            Ok(effect) => Box::pin(self.store_effect(effect, ids)).await,
+        };
         // A turn that asked or told other actors changed them already: whatever went wrong
         // after, the command may be partly applied. Only a retry with the same id is safe.
         match result {
@@ -65,21 +92,21 @@ impl<A: Behavior> Activation<A> {
         }
     }
 
-    pub(super) async fn decide_inner(
+    /// The outcome of a handler that decided events or durable effects: fold a reply read
+    /// from the new state, store everything as one commit, answer.
+    async fn store_effect(
         &mut self,
-        env: Box<Envelope<A>>,
+        effect: Effect<A>,
         ids: CommitIds,
     ) -> Result<A::Reply, AskError<A::Error>> {
-        let effect = match self.run_handler(env).await {
-            Ok(effect) => effect,
-            Err(Failure::Rejected(e)) => return Err(AskError::Rejected(e)),
-            Err(Failure::Invalid(e)) => return Err(*e),
-        };
         let Effect {
             events,
             reply,
             plan,
         } = effect;
+        if let Some(e) = plan.as_ref().and_then(|p| p.error.clone()) {
+            return Err(AskError::from(e));
+        }
         if events.is_empty() && plan.as_ref().is_none_or(|p| p.is_empty()) {
             return Ok(match reply {
                 Answer::Now(reply) => reply,
@@ -97,12 +124,9 @@ impl<A: Behavior> Activation<A> {
                 (read(&self.state), true)
             }
         };
-        let encoded = codec::encode("reply", &reply);
-        // Boxed: the append path is large, and a query never takes it — keeping it out of
-        // this future keeps the hot path's state machine (moved on every turn) small.
-        let stored = match encoded {
+        let stored = match codec::encode("reply", &reply) {
             Ok(bytes) => {
-                Box::pin(self.persist(
+                self.persist(
                     events,
                     plan.map(|p| *p).unwrap_or_default(),
                     Some(bytes),
@@ -110,7 +134,7 @@ impl<A: Behavior> Activation<A> {
                     None,
                     "Scheduled",
                     folded,
-                ))
+                )
                 .await
             }
             Err(e) => Err(e.into()),
