@@ -76,6 +76,8 @@ pub(crate) struct Host {
     evicting: Mutex<()>,
     /// The next [`Entry::used_seq`](super::residents::Entry): uses, in order, across shards.
     uses: AtomicU64,
+    /// Decides which workflows are traced (`trace_one_in`), without a division per ask.
+    sampler: crate::wire::Sampler,
     next_generation: AtomicU64,
     pub shutting_down: AtomicBool,
     pub tokio: tokio::runtime::Handle,
@@ -217,6 +219,7 @@ impl Host {
         let host = Arc::new(Host {
             namespace,
             replays: Semaphore::new(config.max_concurrent_replays),
+            sampler: crate::wire::Sampler::new(config.trace_one_in),
             config,
             events,
             snapshots,
@@ -698,7 +701,7 @@ impl Host {
 
     /// Whether the workflow `correlation_id` is traced on this node's settings.
     pub fn traced(&self, correlation_id: crate::wire::CommandId) -> bool {
-        crate::wire::sampled(correlation_id, self.config.trace_one_in)
+        self.sampler.sampled(correlation_id)
     }
 
     /// Every metric handle, when metrics are on.
