@@ -36,8 +36,10 @@ use super::activation::{Hosted, Kit, Life, Live, Orphan, Start};
 use super::contract::Behavior;
 use super::inbox::Msg;
 use super::mailbox;
+use super::residents::{
+    Borrowed, Entry, KeyView, RESIDENT_SHARDS, RegKey, Residents, SHARDED_FROM,
+};
 pub(crate) use super::residents::{Done, DoneTx, done_channel, wait_done};
-use super::residents::{Entry, KeyView, RESIDENT_SHARDS, RegKey, Residents, SHARDED_FROM};
 use crate::config::RuntimeConfig;
 use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
@@ -283,16 +285,9 @@ impl Host {
         self.kind_info(A::KIND).map(|k| &k.kind)
     }
 
-    /// The registry shard of an actor.
-    fn shard(&self, kind: &str, id: &ActorId) -> &Mutex<Residents> {
-        if self.registry.len() == 1 {
-            return &self.registry[0];
-        }
-        let mut h: u32 = 0x811c_9dc5;
-        for b in kind.bytes().chain(id.as_str().bytes()) {
-            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-        }
-        &self.registry[h as usize % self.registry.len()]
+    /// The registry shard of the actor whose key hashes to `hash` (`residents::key_hash`).
+    fn shard_at(&self, hash: u64) -> &Mutex<Residents> {
+        &self.registry[(hash % self.registry.len() as u64) as usize]
     }
 
     /// The registration of the kind named `name` (from a frame, an outbox entry).
@@ -394,10 +389,10 @@ impl Host {
         id: &ActorId,
         mut msg: Msg<A>,
     ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
-        let view = (A::KIND, id.as_str());
+        let view = Borrowed::new(A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
-        let mut reg = self.shard(A::KIND, id).lock();
+        let mut reg = self.shard_at(view.hash).lock();
         // Stamped under the lock, so each shard's order and its stamps agree.
         let used_seq = self.use_seq();
         if self.shutting_down.load(Ordering::Acquire) {
@@ -430,10 +425,7 @@ impl Host {
                     return Err((Undelivered::NotOwner(shard), msg));
                 }
             }
-            let owned = RegKey {
-                kind: A::KIND,
-                id: id.clone(),
-            };
+            let owned = RegKey::from_view(&view, A::KIND, id.clone());
             let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
             let delivered = match tx.try_send(msg) {
                 Ok(()) => TryDeliver::Sent,
@@ -581,9 +573,9 @@ impl Host {
     /// Queues `msg` for actor `id` only if it is resident and has room now: never activates,
     /// never waits. For deadlock probes, which concern running turns only.
     pub fn deliver_if_resident<A: Behavior>(&self, id: &ActorId, msg: Msg<A>) {
-        let view = (A::KIND, id.as_str());
+        let view = Borrowed::new(A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
-        let reg = self.shard(A::KIND, id).lock();
+        let reg = self.shard_at(view.hash).lock();
         if let Some(entry) = reg.resident.peek(key)
             && let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>()
         {
@@ -606,11 +598,8 @@ impl Host {
     /// Called by an activation as it ends: forget it in the map, so the next message activates
     /// the actor afresh.
     pub fn forget(&self, kind: &'static str, id: &ActorId, generation: u64) {
-        let key = RegKey {
-            kind,
-            id: id.clone(),
-        };
-        let mut reg = self.shard(kind, id).lock();
+        let key = RegKey::new(kind, id.clone());
+        let mut reg = self.shard_at(key.key_hash()).lock();
         if reg
             .resident
             .peek(&key)
@@ -629,12 +618,9 @@ impl Host {
 
     /// Passivates one actor and waits until it has stopped. `false` if it was not resident.
     pub async fn passivate(&self, kind: &'static str, id: &ActorId) -> bool {
-        let key = RegKey {
-            kind,
-            id: id.clone(),
-        };
+        let key = RegKey::new(kind, id.clone());
         let done = {
-            let mut reg = self.shard(kind, id).lock();
+            let mut reg = self.shard_at(key.key_hash()).lock();
             match reg.pop(&key) {
                 Some(entry) => {
                     let done = entry.done.clone();
@@ -800,11 +786,8 @@ impl Host {
 
     /// Whether `id` of `kind` is resident.
     pub fn is_resident(&self, kind: &'static str, id: &ActorId) -> bool {
-        let key = RegKey {
-            kind,
-            id: id.clone(),
-        };
-        self.shard(kind, id).lock().resident.contains(&key)
+        let key = RegKey::new(kind, id.clone());
+        self.shard_at(key.key_hash()).lock().resident.contains(&key)
     }
 }
 
@@ -816,12 +799,9 @@ impl crate::workflow::scheduler::Wakeable for Host {
     }
 
     fn is_resident(&self, actor: &ActorKey) -> bool {
-        let view = (actor.kind.as_str(), actor.id.as_str());
+        let view = Borrowed::new(actor.kind.as_str(), actor.id.as_str());
         let key: &dyn KeyView = &view;
-        self.shard(actor.kind.as_str(), &actor.id)
-            .lock()
-            .resident
-            .contains(key)
+        self.shard_at(view.hash).lock().resident.contains(key)
     }
 
     fn wake(self: &Arc<Self>, actor: &ActorKey, revision: u64, due_ms: u64) {

@@ -15,10 +15,65 @@ use lru::LruCache;
 
 use crate::names::ActorId;
 
-#[derive(Clone, PartialEq, Eq)]
+/// The key of a resident activation: its kind, its id, and their hash (computed once, and
+/// used both to pick the registry shard and inside the shard's map).
+#[derive(Clone)]
 pub(crate) struct RegKey {
     pub(super) kind: &'static str,
     pub(super) id: ActorId,
+    hash: u64,
+}
+
+impl RegKey {
+    pub(super) fn new(kind: &'static str, id: ActorId) -> Self {
+        let hash = key_hash(kind, id.as_str());
+        RegKey { kind, id, hash }
+    }
+
+    /// Takes a borrowed key's hash along, instead of hashing again.
+    pub(super) fn from_view(view: &Borrowed<'_>, kind: &'static str, id: ActorId) -> Self {
+        RegKey {
+            kind,
+            id,
+            hash: view.hash,
+        }
+    }
+}
+
+impl PartialEq for RegKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyView) == (other as &dyn KeyView)
+    }
+}
+
+impl Eq for RegKey {}
+
+/// The hash of a registry key: eight bytes at a time, multiply and rotate (in the manner of
+/// rustc's FxHash), with the lengths mixed in so `("ab", "c")` and `("a", "bc")` differ. One
+/// pass per ask, where hashing byte by byte for the shard and again for the map took two.
+pub(super) fn key_hash(kind: &str, id: &str) -> u64 {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mut h: u64 = (kind.len() as u64) << 32 | id.len() as u64;
+    for part in [kind.as_bytes(), id.as_bytes()] {
+        let mut chunks = part.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word))
+                .wrapping_mul(K)
+                .rotate_left(26);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(word))
+                .wrapping_mul(K)
+                .rotate_left(26);
+        }
+    }
+    // Spread the high bits down: the shard is picked from the low bits.
+    h ^ (h >> 29)
 }
 
 /// A borrowed view of a [`RegKey`], so lookups need no `ActorId` clone (an atomic
@@ -26,6 +81,7 @@ pub(crate) struct RegKey {
 pub(super) trait KeyView {
     fn kind(&self) -> &str;
     fn id(&self) -> &str;
+    fn key_hash(&self) -> u64;
 }
 
 impl KeyView for RegKey {
@@ -35,14 +91,37 @@ impl KeyView for RegKey {
     fn id(&self) -> &str {
         self.id.as_str()
     }
+    fn key_hash(&self) -> u64 {
+        self.hash
+    }
 }
 
-impl KeyView for (&str, &str) {
+/// A key made of borrowed strings, hashed once.
+pub(super) struct Borrowed<'a> {
+    kind: &'a str,
+    id: &'a str,
+    pub(super) hash: u64,
+}
+
+impl<'a> Borrowed<'a> {
+    pub(super) fn new(kind: &'a str, id: &'a str) -> Self {
+        Borrowed {
+            kind,
+            id,
+            hash: key_hash(kind, id),
+        }
+    }
+}
+
+impl KeyView for Borrowed<'_> {
     fn kind(&self) -> &str {
-        self.0
+        self.kind
     }
     fn id(&self) -> &str {
-        self.1
+        self.id
+    }
+    fn key_hash(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -54,14 +133,15 @@ impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for RegKey {
 
 impl std::hash::Hash for dyn KeyView + '_ {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.kind().hash(state);
-        self.id().hash(state);
+        state.write_u64(self.key_hash());
     }
 }
 
 impl PartialEq for dyn KeyView + '_ {
     fn eq(&self, other: &Self) -> bool {
-        self.kind() == other.kind() && self.id() == other.id()
+        self.key_hash() == other.key_hash()
+            && self.id() == other.id()
+            && self.kind() == other.kind()
     }
 }
 
@@ -196,5 +276,39 @@ pub(crate) async fn wait_done(done: Done) {
             return;
         }
         woken.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hash_apart_and_spread_over_the_shards() {
+        assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
+        assert_ne!(key_hash("counter", "x"), key_hash("counter", "x\0"));
+        assert_eq!(key_hash("counter", "c-1"), key_hash("counter", "c-1"));
+        // 64 000 ids over 64 shards: each shard within a fifth of its fair share.
+        let mut per_shard = [0usize; RESIDENT_SHARDS];
+        for i in 0..64_000 {
+            let id = format!("account-{i}");
+            per_shard[(key_hash("account", &id) % RESIDENT_SHARDS as u64) as usize] += 1;
+        }
+        let (min, max) = (per_shard.iter().min(), per_shard.iter().max());
+        assert!(
+            min.is_some_and(|&m| m >= 800) && max.is_some_and(|&m| m <= 1200),
+            "{per_shard:?}"
+        );
+    }
+
+    #[test]
+    fn a_borrowed_view_finds_its_owned_key() {
+        let mut map: HashMap<RegKey, u32> = HashMap::new();
+        let id = ActorId::new("c-7").expect("id");
+        map.insert(RegKey::new("counter", id), 7);
+        let view = Borrowed::new("counter", "c-7");
+        assert_eq!(map.get(&view as &dyn KeyView), Some(&7));
+        let other = Borrowed::new("counter", "c-8");
+        assert_eq!(map.get(&other as &dyn KeyView), None);
     }
 }
