@@ -327,7 +327,18 @@ impl<A: Behavior> Inbox<A> {
     /// Runs `work` while keeping every deadline (see the module docs). `None` when `work` was
     /// cancelled because the deadline of the command in flight ([`Inbox::current`]) passed.
     pub async fn supervise<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        let mut work = std::pin::pin!(work);
+        let work = std::pin::pin!(work);
+        self.supervise_pinned(work).await
+    }
+
+    /// [`Inbox::supervise`] of work pinned by the caller. A turn's work lives in the turn's
+    /// future once this way: an `async fn` that takes a future by value and pins it keeps
+    /// room for both the argument and the pinned copy, which made every turn's boxed future
+    /// twice the size of its work.
+    pub async fn supervise_pinned<T>(
+        &mut self,
+        mut work: Pin<&mut impl Future<Output = T>>,
+    ) -> Option<T> {
         // Fast path: most turns finish without waiting, and need no timer.
         if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
         {

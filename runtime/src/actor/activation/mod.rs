@@ -778,12 +778,14 @@ impl<A: Behavior> Activation<A> {
                 inbox.supervise(effect).instrument(span).await.map(Err)
             }
             // An untraced turn skips the span's enter and exit on every poll.
-            None if span.is_none() => inbox.supervise(self.decide(env)).await.map(Ok),
-            None => inbox
-                .supervise(self.decide(env))
-                .instrument(span)
-                .await
-                .map(Ok),
+            None if span.is_none() => {
+                let work = std::pin::pin!(self.decide(env));
+                inbox.supervise_pinned(work).await.map(Ok)
+            }
+            None => {
+                let work = std::pin::pin!(self.decide(env));
+                inbox.supervise_pinned(work).instrument(span).await.map(Ok)
+            }
         };
         if let Some(started) = started
             && let Some(meters) = self.host.meters(A::KIND)
