@@ -136,10 +136,16 @@ impl<A: Behavior> ActorRef<A> {
         options: AskOptions,
     ) -> Result<C::Reply, AskError<A::Error>> {
         let reply = match self.ask_fast(cmd.into_command(), options) {
-            Fast::Waiting(reply, command_id) => match reply.await {
-                Ok(result) => result,
-                Err(_) => Err(stopped_before_replying(command_id)),
-            },
+            Fast::Waiting(reply, command_id) => {
+                let result = match reply.await {
+                    Ok(result) => result,
+                    Err(_) => Err(stopped_before_replying(command_id)),
+                };
+                if let Some(meters) = self.host.as_ref().and_then(|h| h.meters(A::KIND)) {
+                    meters.asked(Path::Local, &result);
+                }
+                result
+            }
             // Boxed: the general path's future is large, and the common ask should not carry
             // it (it is created and moved on every call).
             Fast::Start(cmd, options) => Box::pin(self.ask_wire(cmd, options)).await,
@@ -149,7 +155,8 @@ impl<A: Behavior> ActorRef<A> {
     }
 
     /// The common ask without layers: a bound ref, outside a handler, to an actor served
-    /// here, untraced and unmetered, whose mailbox has room. Queues the command and hands
+    /// here, untraced, whose mailbox has room (metered or not: the actor times it, and the
+    /// outcome is counted in `ask_with`, as on the general path). Queues the command and hands
     /// back the reply channel, so the ask's future is one `await` on it instead of five
     /// nested state machines that each move the reply on the way up (about a quarter of a
     /// local ask's CPU on the caller's side, by the B1 profile). Anything else goes the
@@ -160,7 +167,6 @@ impl<A: Behavior> ActorRef<A> {
         };
         let general = options.correlation_id.is_some()
             || CurrentTurn::get().is_some()
-            || host.meters(A::KIND).is_some()
             || host.kind_of::<A>().is_none()
             || self.key.namespace != host.namespace
             || host.remote_shard(A::KIND, &self.key.id).is_some()
@@ -180,6 +186,10 @@ impl<A: Behavior> ActorRef<A> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut env = Box::new(Envelope::new(cmd, CallMeta::detached(command_id, timeout)));
         env.reply = Some(reply_tx);
+        if host.meters(A::KIND).is_some() {
+            // The actor records the ask's latency: its queue wait and its turn (see `route`).
+            env.meta.asked_at = Some(super::clock::coarse_now());
+        }
         match host.deliver_now::<A>(&self.key.id, Msg::Command(env)) {
             Ok(()) => Fast::Waiting(reply_rx, command_id),
             // A full mailbox, a shard moving away, a refusal: the general path tries again
