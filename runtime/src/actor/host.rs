@@ -77,7 +77,9 @@ pub(crate) struct Host {
     /// Held while passivating past the cap across shards (see [`Host::enforce_cap`]).
     evicting: Mutex<()>,
     /// The next [`Entry::used_seq`](super::residents::Entry): uses, in order, across shards.
-    uses: AtomicU64,
+    /// Alone on its cache lines: every ask writes it, and the fields every ask reads (the
+    /// registry, the clock, the shutdown flag) should not be invalidated on the other core.
+    uses: CacheAligned<AtomicU64>,
     /// Decides which workflows are traced (`trace_one_in`), without a division per ask.
     sampler: crate::wire::Sampler,
     next_generation: AtomicU64,
@@ -191,6 +193,10 @@ impl Undelivered {
 /// Every live host of this process, for binding refs that arrive without one.
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
+/// A value on cache lines of its own (128 bytes: adjacent-line prefetching pairs lines).
+#[repr(align(128))]
+struct CacheAligned<T>(T);
+
 impl Host {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -235,7 +241,7 @@ impl Host {
                 .collect(),
             resident_total,
             evicting: Mutex::new(()),
-            uses: AtomicU64::new(1),
+            uses: CacheAligned(AtomicU64::new(1)),
             next_generation: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             tokio,
@@ -747,7 +753,7 @@ impl Host {
         if self.registry.len() == 1 {
             return 0;
         }
-        self.uses.fetch_add(1, Ordering::Relaxed)
+        self.uses.0.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Passivates least recently used actors while more than `max_resident` are resident,
