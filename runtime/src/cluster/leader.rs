@@ -285,12 +285,30 @@ impl Inner {
                 .await
             {
                 Ok(revision) => {
-                    *self.lease.lock() = Some(Lease {
-                        revision,
-                        renewed_at: sent,
-                        ..lease
-                    });
-                    self.resume_if_connected_since(losses);
+                    let kept = {
+                        let mut held = self.lease.lock();
+                        // Resigned (or lost) while the renewal was out: it stays given up.
+                        let kept = held.is_some_and(|l| l.term == lease.term);
+                        if kept {
+                            *held = Some(Lease {
+                                revision,
+                                renewed_at: sent,
+                                ..lease
+                            });
+                        }
+                        kept
+                    };
+                    if kept {
+                        self.resume_if_connected_since(losses);
+                    } else {
+                        // A resignation's delete may have missed this revision: delete it
+                        // here, so the others take the lead at once, not a lease later.
+                        let _ = self
+                            .buckets
+                            .leader
+                            .delete_expect_revision(LEADER_KEY, Some(revision))
+                            .await;
+                    }
                     return;
                 }
                 Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
@@ -305,9 +323,11 @@ impl Inner {
                             );
                             lease.revision = revision;
                             let mut held = self.lease.lock();
-                            if held.is_some_and(|l| l.term == lease.term) {
-                                *held = Some(lease);
+                            if !held.is_some_and(|l| l.term == lease.term) {
+                                // Resigned or lost while we read: not renewed again.
+                                return;
                             }
+                            *held = Some(lease);
                         }
                         _ => {
                             self.lose(lease.term);
