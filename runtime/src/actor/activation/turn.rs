@@ -16,21 +16,30 @@ impl<A: Behavior> Activation<A> {
         &mut self,
         env: Box<Envelope<A>>,
     ) -> Result<Effect<A>, Failure<A>> {
-        let turn = Arc::as_ptr(self.ctx.turn());
-        // In a block: the command and its metadata move on (into the handler's future and
-        // the turn) and keep no slot in this future's state.
-        let fut = {
-            let Envelope { cmd, meta, .. } = *env;
-            self.ctx.begin(self.version, meta);
-            A::dispatch(&self.state, cmd, &mut self.ctx)
-        };
-        let outcome = InTurn { turn, fut }.await;
+        let outcome = self.handler_turn(*env).await;
         match outcome {
             Err(rejection) => Err(Failure::Rejected(rejection)),
             Ok(effect) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
                 Some(e) => Err(Failure::Invalid(Box::new(AskError::from(e)))),
                 None => Ok(effect),
             },
+        }
+    }
+
+    /// Starts the turn for `env` and returns the handler's future, to be awaited in place
+    /// (it polls inside the turn, see [`InTurn`]). Not an `async fn`: the caller's state
+    /// machine holds the handler's future directly, one layer less on every turn. The
+    /// command and its metadata move on into the future and the turn.
+    fn handler_turn(
+        &mut self,
+        env: Envelope<A>,
+    ) -> InTurn<impl Future<Output = Result<Effect<A>, A::Error>> + Send + '_> {
+        let turn = Arc::as_ptr(self.ctx.turn());
+        let Envelope { cmd, meta, .. } = env;
+        self.ctx.begin(self.version, meta);
+        InTurn {
+            turn,
+            fut: A::dispatch(&self.state, cmd, &mut self.ctx),
         }
     }
 
@@ -52,15 +61,7 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        let turn = Arc::as_ptr(self.ctx.turn());
-        // In a block: the command and its metadata move on (into the handler's future and
-        // the turn) and keep no slot in this future's state.
-        let fut = {
-            let Envelope { cmd, meta, .. } = *env;
-            self.ctx.begin(self.version, meta);
-            A::dispatch(&self.state, cmd, &mut self.ctx)
-        };
-        let outcome = InTurn { turn, fut }.await;
+        let outcome = self.handler_turn(*env).await;
         let result = match outcome {
             Err(rejection) => return Err(AskError::Rejected(rejection)),
             Ok(Effect {
