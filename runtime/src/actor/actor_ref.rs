@@ -14,6 +14,7 @@ use super::context::CurrentTurn;
 use super::contract::{Behavior, Command};
 use super::host::{Host, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
+use super::residents::key_hash;
 use crate::errors::{AskError, CallError};
 use crate::metrics::Path;
 use crate::names::{ActorId, ActorKey, Kind, NameError, Namespace};
@@ -34,6 +35,9 @@ use tracing::Instrument;
 pub struct ActorRef<A: Behavior> {
     key: ActorKey,
     host: Option<Arc<Host>>,
+    /// The registry's hash of the actor's kind and id (`residents::key_hash`), computed once
+    /// per ref rather than once per ask.
+    reg_hash: u64,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -71,20 +75,24 @@ impl AskOptions {
 
 impl<A: Behavior> ActorRef<A> {
     pub(crate) fn bound(key: ActorKey, host: Arc<Host>) -> Self {
+        ActorRef::made(key, Some(host))
+    }
+
+    fn made(key: ActorKey, host: Option<Arc<Host>>) -> Self {
         ActorRef {
+            reg_hash: key_hash(A::KIND, key.id.as_str()),
             key,
-            host: Some(host),
+            host,
             _actor: PhantomData,
         }
     }
 
     /// An unbound ref (binds on first use; see the type docs).
     pub fn new(namespace: Namespace, id: ActorId) -> Result<Self, crate::names::NameError> {
-        Ok(ActorRef {
-            key: ActorKey::new(namespace, Kind::new(A::KIND)?, id),
-            host: None,
-            _actor: PhantomData,
-        })
+        Ok(ActorRef::made(
+            ActorKey::new(namespace, Kind::new(A::KIND)?, id),
+            None,
+        ))
     }
 
     /// The actor's full key.
@@ -136,12 +144,12 @@ impl<A: Behavior> ActorRef<A> {
         options: AskOptions,
     ) -> Result<C::Reply, AskError<A::Error>> {
         let reply = match self.ask_fast(cmd.into_command(), options) {
-            Fast::Waiting(reply, command_id) => {
+            Fast::Waiting(reply, command_id, meters) => {
                 let result = match reply.await {
                     Ok(result) => result,
                     Err(_) => Err(stopped_before_replying(command_id)),
                 };
-                if let Some(meters) = self.host.as_ref().and_then(|h| h.meters(A::KIND)) {
+                if let Some(meters) = meters {
                     meters.asked(Path::Local, &result);
                 }
                 result
@@ -161,7 +169,7 @@ impl<A: Behavior> ActorRef<A> {
     /// nested state machines that each move the reply on the way up (about a quarter of a
     /// local ask's CPU on the caller's side, by the B1 profile). Anything else goes the
     /// general way, which decides and reports exactly as before (`ask_wire`, `ask_on`).
-    fn ask_fast(&self, cmd: A::Command, options: AskOptions) -> Fast<A> {
+    fn ask_fast(&self, cmd: A::Command, options: AskOptions) -> Fast<'_, A> {
         let Some(host) = &self.host else {
             return Fast::Start(cmd, options);
         };
@@ -186,19 +194,22 @@ impl<A: Behavior> ActorRef<A> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut env = Box::new(Envelope::new(cmd, CallMeta::detached(command_id, timeout)));
         env.reply = Some(reply_tx);
-        if host.meters(A::KIND).is_some() {
+        let meters = host.meters(A::KIND);
+        if meters.is_some() {
             // The actor records the ask's latency: its queue wait and its turn (see `route`).
             env.meta.asked_at = Some(super::clock::coarse_now());
         }
-        match host.deliver_now::<A>(&self.key.id, Msg::Command(env)) {
-            Ok(()) => Fast::Waiting(reply_rx, command_id),
+        match host.deliver_hashed::<A>(&self.key.id, self.reg_hash, Msg::Command(env)) {
+            Ok(()) => Fast::Waiting(reply_rx, command_id, meters),
             // A full mailbox, a shard moving away, a refusal: the general path tries again
             // with the same envelope and waits, follows the shard or reports.
             Err((_, Msg::Command(mut env))) => {
                 env.reply = None;
                 Fast::Refused(Arc::clone(host), env)
             }
-            Err((refusal, _)) => Fast::Waiting(refused_now::<A>(refusal.to_ask()), command_id),
+            Err((refusal, _)) => {
+                Fast::Waiting(refused_now::<A>(refusal.to_ask()), command_id, meters)
+            }
         }
     }
 
@@ -263,9 +274,13 @@ impl<A: Behavior> ActorRef<A> {
 }
 
 /// Where [`ActorRef::ask_fast`] left an ask.
-enum Fast<A: Behavior> {
-    /// Queued: the reply comes on this channel.
-    Waiting(ReplyRx<A>, CommandId),
+enum Fast<'a, A: Behavior> {
+    /// Queued: the reply comes on this channel; the outcome is counted on the meters.
+    Waiting(
+        ReplyRx<A>,
+        CommandId,
+        Option<&'a crate::metrics::KindMeters>,
+    ),
     /// Not for the fast path: the general ask, from the start.
     Start(A::Command, AskOptions),
     /// Built but not queued: the general ask, from the routing on.
@@ -523,6 +538,7 @@ impl<A: Behavior> Clone for ActorRef<A> {
         ActorRef {
             key: self.key.clone(),
             host: self.host.clone(),
+            reg_hash: self.reg_hash,
             _actor: PhantomData,
         }
     }
@@ -589,11 +605,10 @@ impl<'de, A: Behavior> Deserialize<'de> for ActorRef<A> {
                 .filter(|h| h.namespace == repr.namespace)
                 .cloned()
         });
-        Ok(ActorRef {
-            key: ActorKey::new(repr.namespace, repr.kind, repr.id),
+        Ok(ActorRef::made(
+            ActorKey::new(repr.namespace, repr.kind, repr.id),
             host,
-            _actor: PhantomData,
-        })
+        ))
     }
 }
 

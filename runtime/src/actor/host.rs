@@ -393,9 +393,18 @@ impl Host {
     fn try_deliver<A: Behavior>(
         self: &Arc<Self>,
         id: &ActorId,
+        msg: Msg<A>,
+    ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
+        self.try_deliver_at::<A>(Borrowed::new(A::KIND, id.as_str()), id, msg)
+    }
+
+    /// [`Host::try_deliver`] with the key already hashed.
+    fn try_deliver_at<A: Behavior>(
+        self: &Arc<Self>,
+        view: Borrowed<'_>,
+        id: &ActorId,
         mut msg: Msg<A>,
     ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
-        let view = Borrowed::new(A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
         let mut reg = self.shard_at(view.hash).lock();
@@ -596,6 +605,21 @@ impl Host {
         msg: Msg<A>,
     ) -> Result<(), (Undelivered, Msg<A>)> {
         match self.try_deliver::<A>(id, msg)? {
+            TryDeliver::Sent => Ok(()),
+            TryDeliver::Full(_, m) => Err((Undelivered::Full, m)),
+        }
+    }
+
+    /// [`Host::deliver_now`] for a caller that holds the key's hash (`residents::key_hash`
+    /// of `A::KIND` and `id`): an [`ActorRef`](super::ActorRef) keeps it.
+    pub fn deliver_hashed<A: Behavior>(
+        self: &Arc<Self>,
+        id: &ActorId,
+        hash: u64,
+        msg: Msg<A>,
+    ) -> Result<(), (Undelivered, Msg<A>)> {
+        let view = Borrowed::hashed(A::KIND, id.as_str(), hash);
+        match self.try_deliver_at::<A>(view, id, msg)? {
             TryDeliver::Sent => Ok(()),
             TryDeliver::Full(_, m) => Err((Undelivered::Full, m)),
         }

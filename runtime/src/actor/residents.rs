@@ -111,6 +111,12 @@ impl<'a> Borrowed<'a> {
             hash: key_hash(kind, id),
         }
     }
+
+    /// A view whose hash the caller computed before (with [`key_hash`] of the same strings).
+    pub(super) fn hashed(kind: &'a str, id: &'a str, hash: u64) -> Self {
+        debug_assert_eq!(hash, key_hash(kind, id), "a stale key hash");
+        Borrowed { kind, id, hash }
+    }
 }
 
 impl KeyView for Borrowed<'_> {
