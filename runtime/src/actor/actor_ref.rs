@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::context::CurrentTurn;
 use super::contract::{Behavior, Command};
-use super::host::{Host, Undelivered};
+use super::host::{Host, MailboxCache, Undelivered};
 use super::inbox::{CallMeta, Envelope, Msg};
 use super::residents::key_hash;
 use crate::errors::{AskError, CallError};
@@ -38,6 +38,9 @@ pub struct ActorRef<A: Behavior> {
     /// The registry's hash of the actor's kind and id (`residents::key_hash`), computed once
     /// per ref rather than once per ask.
     reg_hash: u64,
+    /// The actor's mailbox, once an ask delivered to it here: the next asks go straight into
+    /// it while it is open (see [`Host::deliver_cached`]). Copied by clones, not serialized.
+    mailbox: MailboxCache<A>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -81,6 +84,7 @@ impl<A: Behavior> ActorRef<A> {
     fn made(key: ActorKey, host: Option<Arc<Host>>) -> Self {
         ActorRef {
             reg_hash: key_hash(A::KIND, key.id.as_str()),
+            mailbox: MailboxCache::new(),
             key,
             host,
             _actor: PhantomData,
@@ -199,7 +203,12 @@ impl<A: Behavior> ActorRef<A> {
             // The actor records the ask's latency: its queue wait and its turn (see `route`).
             env.meta.asked_at = Some(super::clock::coarse_now());
         }
-        match host.deliver_hashed::<A>(&self.key.id, self.reg_hash, Msg::Command(env)) {
+        match host.deliver_cached::<A>(
+            &self.key.id,
+            self.reg_hash,
+            Msg::Command(env),
+            &self.mailbox,
+        ) {
             Ok(()) => Fast::Waiting(reply_rx, command_id, meters),
             // A full mailbox, a shard moving away, a refusal: the general path tries again
             // with the same envelope and waits, follows the shard or reports.
@@ -539,6 +548,7 @@ impl<A: Behavior> Clone for ActorRef<A> {
             key: self.key.clone(),
             host: self.host.clone(),
             reg_hash: self.reg_hash,
+            mailbox: self.mailbox.clone(),
             _actor: PhantomData,
         }
     }

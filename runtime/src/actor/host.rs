@@ -37,7 +37,7 @@ use super::contract::Behavior;
 use super::inbox::Msg;
 use super::mailbox;
 use super::residents::{
-    Borrowed, Entry, KeyView, RESIDENT_SHARDS, RegKey, Residents, SHARDED_FROM,
+    Borrowed, Entry, KeyView, RESIDENT_SHARDS, RegKey, ResidentMailbox, Residents, SHARDED_FROM,
 };
 pub(crate) use super::residents::{Done, DoneTx, done_channel, wait_done};
 use crate::config::RuntimeConfig;
@@ -76,7 +76,7 @@ pub(crate) struct Host {
     resident_total: Arc<std::sync::atomic::AtomicUsize>,
     /// Held while passivating past the cap across shards (see [`Host::enforce_cap`]).
     evicting: Mutex<()>,
-    /// The next [`Entry::used_seq`](super::residents::Entry): uses, in order, across shards.
+    /// The next use's place in the order of uses across shards (`mailbox::LastUse`).
     /// Alone on its cache lines: every ask writes it, and the fields every ask reads (the
     /// registry, the clock, the shutdown flag) should not be invalidated on the other core.
     uses: CacheAligned<AtomicU64>,
@@ -137,20 +137,25 @@ impl Stats {
     }
 }
 
-fn passivate_fn<A: Behavior>(sender: &(dyn Any + Send + Sync)) {
-    if let Some(tx) = sender.downcast_ref::<mailbox::Sender<Msg<A>>>() {
-        match tx.try_send(Msg::Passivate) {
-            Ok(()) | Err(mailbox::TrySendError::Closed(_)) => {}
-            Err(mailbox::TrySendError::Full(_)) => {
-                // Busy actor: queue the request behind its work, without blocking the caller.
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(Msg::Passivate).await;
-                });
-            }
-        }
+impl<A: Behavior> ResidentMailbox for mailbox::Sender<Msg<A>> {
+    fn passivate(&self) {
+        // Behind the queued work, full or not; later senders find the mailbox closed and
+        // come back to the registry.
+        self.close_with(Msg::Passivate);
+    }
+
+    fn last_use(&self) -> &mailbox::LastUse {
+        mailbox::Sender::last_use(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
+
+/// Where an ask may keep its actor's mailbox, to deliver without the registry next time
+/// (see [`Host::deliver_cached`]).
+pub(crate) type MailboxCache<A> = OnceLock<mailbox::WeakSender<Msg<A>>>;
 
 /// Outcome of the non-blocking part of delivery.
 enum TryDeliver<A: Behavior> {
@@ -355,7 +360,6 @@ impl Host {
         for registry in self.registry.iter() {
             let mut reg = registry.lock();
             let leaving: Vec<(u32, RegKey)> = reg
-                .resident
                 .iter()
                 .map(|(k, _)| (self.shard_of(k.kind, &k.id), k))
                 .filter(|(shard, _)| lost.contains(shard))
@@ -395,32 +399,40 @@ impl Host {
         id: &ActorId,
         msg: Msg<A>,
     ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
-        self.try_deliver_at::<A>(Borrowed::new(A::KIND, id.as_str()), id, msg)
+        self.try_deliver_at::<A>(Borrowed::new(A::KIND, id.as_str()), id, msg, None)
     }
 
-    /// [`Host::try_deliver`] with the key already hashed.
+    /// [`Host::try_deliver`] with the key already hashed; fills `cache` (when empty) with
+    /// the mailbox it delivered to.
     fn try_deliver_at<A: Behavior>(
         self: &Arc<Self>,
         view: Borrowed<'_>,
         id: &ActorId,
         mut msg: Msg<A>,
+        cache: Option<&MailboxCache<A>>,
     ) -> Result<TryDeliver<A>, (Undelivered, Msg<A>)> {
         let key: &dyn KeyView = &view;
         let now = self.now_ms();
         let mut reg = self.shard_at(view.hash).lock();
-        // Stamped under the lock, so each shard's order and its stamps agree.
-        let used_seq = self.use_seq();
         if self.shutting_down.load(Ordering::Acquire) {
             return Err((Undelivered::Shutdown, msg));
         }
         // At most two rounds: a closed mailbox found in the map is replaced once.
         for _ in 0..2 {
-            if let Some(entry) = reg.resident.get_mut(key) {
-                entry.last_used_ms = now;
-                entry.used_seq = used_seq;
-                let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>() else {
+            if let Some(entry) = reg.get(key) {
+                let Some(tx) = entry
+                    .sender
+                    .as_any()
+                    .downcast_ref::<mailbox::Sender<Msg<A>>>()
+                else {
                     return Err((Undelivered::Unavailable, msg));
                 };
+                tx.last_use().touch(self.use_seq(), now);
+                if let Some(cache) = cache
+                    && cache.get().is_none()
+                {
+                    let _ = cache.set(tx.downgrade());
+                }
                 match tx.try_send(msg) {
                     Ok(()) => return Ok(TryDeliver::Sent),
                     Err(mailbox::TrySendError::Full(m)) => {
@@ -442,6 +454,11 @@ impl Host {
             }
             let owned = RegKey::from_view(&view, A::KIND, id.clone());
             let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
+            if let Some(cache) = cache
+                && cache.get().is_none()
+            {
+                let _ = cache.set(tx.downgrade());
+            }
             let delivered = match tx.try_send(msg) {
                 Ok(()) => TryDeliver::Sent,
                 Err(mailbox::TrySendError::Full(m)) => TryDeliver::Full(tx, m),
@@ -465,6 +482,7 @@ impl Host {
         now: u64,
     ) -> mailbox::Sender<Msg<A>> {
         let (tx, rx) = mailbox::channel(self.config.mailbox_capacity);
+        tx.last_use().touch(self.use_seq(), now);
         let (done_tx, done_rx) = done_channel();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let predecessor = reg.stopping.get(&key).map(|(_, done)| done.clone());
@@ -474,16 +492,13 @@ impl Host {
             key,
             Entry {
                 sender: Box::new(tx.clone()),
-                passivate: passivate_fn::<A>,
                 done: done_rx,
                 generation,
-                last_used_ms: now,
-                used_seq: self.use_seq(),
                 outbox: Arc::clone(&outbox),
             },
         );
-        while reg.resident.len() > reg.capacity {
-            match reg.pop_lru() {
+        while reg.len() > reg.capacity {
+            match reg.pop_oldest() {
                 Some((k, e)) => reg.evict(k, e),
                 None => break,
             }
@@ -591,8 +606,11 @@ impl Host {
         let view = Borrowed::new(A::KIND, id.as_str());
         let key: &dyn KeyView = &view;
         let reg = self.shard_at(view.hash).lock();
-        if let Some(entry) = reg.resident.peek(key)
-            && let Some(tx) = entry.sender.downcast_ref::<mailbox::Sender<Msg<A>>>()
+        if let Some(entry) = reg.get(key)
+            && let Some(tx) = entry
+                .sender
+                .as_any()
+                .downcast_ref::<mailbox::Sender<Msg<A>>>()
         {
             let _ = tx.try_send(msg);
         }
@@ -610,16 +628,32 @@ impl Host {
         }
     }
 
-    /// [`Host::deliver_now`] for a caller that holds the key's hash (`residents::key_hash`
-    /// of `A::KIND` and `id`): an [`ActorRef`](super::ActorRef) keeps it.
-    pub fn deliver_hashed<A: Behavior>(
+    /// [`Host::deliver_now`] for an [`ActorRef`](super::ActorRef), which keeps the key's
+    /// hash (`residents::key_hash` of `A::KIND` and `id`) and a `cache` of the actor's
+    /// mailbox: while that mailbox is open, the command goes straight into it, stamped with
+    /// its use (the registry's order of uses stays exact, see `Residents`), without the
+    /// registry's lock and lookup. A closed mailbox — passivated, failed, handed off, which
+    /// the registry closes before anything else — sends the command through the registry,
+    /// exactly as if there were no cache; so does a full one.
+    pub fn deliver_cached<A: Behavior>(
         self: &Arc<Self>,
         id: &ActorId,
         hash: u64,
         msg: Msg<A>,
+        cache: &MailboxCache<A>,
     ) -> Result<(), (Undelivered, Msg<A>)> {
+        let mut msg = msg;
+        if let Some(tx) = cache.get()
+            && !self.shutting_down.load(Ordering::Acquire)
+        {
+            tx.last_use().touch(self.use_seq(), self.now_ms());
+            match tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(mailbox::TrySendError::Full(m) | mailbox::TrySendError::Closed(m)) => msg = m,
+            }
+        }
         let view = Borrowed::hashed(A::KIND, id.as_str(), hash);
-        match self.try_deliver_at::<A>(view, id, msg)? {
+        match self.try_deliver_at::<A>(view, id, msg, Some(cache))? {
             TryDeliver::Sent => Ok(()),
             TryDeliver::Full(_, m) => Err((Undelivered::Full, m)),
         }
@@ -630,11 +664,7 @@ impl Host {
     pub fn forget(&self, kind: &'static str, id: &ActorId, generation: u64) {
         let key = RegKey::new(kind, id.clone());
         let mut reg = self.shard_at(key.key_hash()).lock();
-        if reg
-            .resident
-            .peek(&key)
-            .is_some_and(|e| e.generation == generation)
-        {
+        if reg.get(&key).is_some_and(|e| e.generation == generation) {
             reg.pop(&key);
         }
         if reg
@@ -669,7 +699,7 @@ impl Host {
         let mut waits: Vec<Done> = Vec::new();
         for shard in self.registry.iter() {
             let mut reg = shard.lock();
-            while let Some((k, e)) = reg.pop_lru() {
+            for (k, e) in reg.take_all() {
                 reg.evict(k, e);
             }
             waits.extend(reg.stopping.values().map(|(_, d)| d.clone()));
@@ -697,7 +727,6 @@ impl Host {
             .iter()
             .flat_map(|r| {
                 r.lock()
-                    .resident
                     .iter()
                     .map(|(_, e)| Arc::clone(&e.outbox))
                     .collect::<Vec<_>>()
@@ -770,13 +799,10 @@ impl Host {
         self.resident_total.load(Ordering::Acquire)
     }
 
-    /// The place of a use in the order of all uses of this host's actors, for the cap's
-    /// victim across shards: one uncontended atomic increment, where a clock read cost the
-    /// ask path about 30 ns. One shard orders its actors by itself, so it needs none.
+    /// The place of a use in the order of all uses of this host's actors (the order the
+    /// resident cap passivates in, see `Residents`): one atomic increment, where a clock read
+    /// cost the ask path about 30 ns.
     fn use_seq(&self) -> u64 {
-        if self.registry.len() == 1 {
-            return 0;
-        }
         self.uses.0.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -794,20 +820,17 @@ impl Host {
         while self.resident_total.load(Ordering::Acquire) > cap {
             let mut oldest: Option<(usize, u64)> = None;
             for (i, shard) in self.registry.iter().enumerate() {
-                if let Some((_, e)) = shard.lock().resident.peek_lru()
-                    && oldest.is_none_or(|(_, used)| e.used_seq < used)
+                if let Some((seq, _)) = shard.lock().oldest()
+                    && oldest.is_none_or(|(_, used)| seq < used)
                 {
-                    oldest = Some((i, e.used_seq));
+                    oldest = Some((i, seq));
                 }
             }
             let Some((i, used)) = oldest else { return };
             let mut reg = self.registry[i].lock();
             // Used again meanwhile: look again.
-            if reg
-                .resident
-                .peek_lru()
-                .is_some_and(|(_, e)| e.used_seq == used)
-                && let Some((key, entry)) = reg.pop_lru()
+            if reg.oldest().is_some_and(|(seq, _)| seq == used)
+                && let Some((key, entry)) = reg.pop_oldest()
             {
                 reg.evict(key, entry);
             }
@@ -817,7 +840,7 @@ impl Host {
     /// Whether `id` of `kind` is resident.
     pub fn is_resident(&self, kind: &'static str, id: &ActorId) -> bool {
         let key = RegKey::new(kind, id.clone());
-        self.shard_at(key.key_hash()).lock().resident.contains(&key)
+        self.shard_at(key.key_hash()).lock().contains(&key)
     }
 }
 
@@ -831,7 +854,7 @@ impl crate::workflow::scheduler::Wakeable for Host {
     fn is_resident(&self, actor: &ActorKey) -> bool {
         let view = Borrowed::new(actor.kind.as_str(), actor.id.as_str());
         let key: &dyn KeyView = &view;
-        self.shard_at(view.hash).lock().resident.contains(key)
+        self.shard_at(view.hash).lock().contains(key)
     }
 
     fn wake(self: &Arc<Self>, actor: &ActorKey, revision: u64, due_ms: u64) {
@@ -867,11 +890,10 @@ async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
         for shard in host.registry.iter() {
             let mut reg = shard.lock();
             while reg
-                .resident
-                .peek_lru()
-                .is_some_and(|(_, e)| now.saturating_sub(e.last_used_ms) >= idle_ms)
+                .oldest()
+                .is_some_and(|(_, used_ms)| now.saturating_sub(used_ms) >= idle_ms)
             {
-                if let Some((k, e)) = reg.pop_lru() {
+                if let Some((k, e)) = reg.pop_oldest() {
                     reg.evict(k, e);
                 }
             }

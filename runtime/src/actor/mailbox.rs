@@ -16,11 +16,15 @@
 //!   strong sender is gone, it still receives what was queued, then `None`.
 //! - Dropping the receiver drops what is still queued (reply channels inside close, so askers
 //!   are told) and fails every waiting sender.
+//! - A sender can close the mailbox behind a last message ([`Sender::close_with`]): the host
+//!   passivates an actor this way, so nothing sent after the request lands behind it.
+//! - Each mailbox carries its actor's [`LastUse`], stamped by whoever delivers to it (the
+//!   registry, or an `ActorRef` that kept a [`WeakSender`]): the resident cap's order.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 
 use parking_lot::Mutex;
@@ -32,7 +36,37 @@ struct Shared<T> {
     room: Notify,
     /// Strong senders alive.
     senders: AtomicUsize,
+    /// `State::closed`, readable without the lock (a refused send skips it).
+    closed: AtomicBool,
+    /// The actor's last use.
+    used: LastUse,
     capacity: usize,
+}
+
+/// When an actor was last used: its place in the host's order of uses (`Host::use_seq`) and
+/// the host's coarse clock then (idle passivation). Written without a lock by every delivery.
+#[derive(Default)]
+pub(crate) struct LastUse {
+    seq: AtomicU64,
+    ms: AtomicU64,
+}
+
+impl LastUse {
+    /// Records a use: the `seq`-th of the host, at `ms`.
+    pub fn touch(&self, seq: u64, ms: u64) {
+        self.seq.store(seq, Ordering::Relaxed);
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The place of the last use in the host's order of uses.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// The coarse clock at the last use.
+    pub fn ms(&self) -> u64 {
+        self.ms.load(Ordering::Relaxed)
+    }
 }
 
 struct State<T> {
@@ -52,6 +86,8 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         room: Notify::new(),
         senders: AtomicUsize::new(1),
+        closed: AtomicBool::new(false),
+        used: LastUse::default(),
         capacity: capacity.max(1),
     });
     (
@@ -99,14 +135,17 @@ pub(crate) struct Receiver<T> {
     shared: Arc<Shared<T>>,
 }
 
-impl<T> Sender<T> {
-    /// Queues `msg` if there is room now.
-    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        let mut state = self.shared.state.lock();
-        if state.closed {
+impl<T> Shared<T> {
+    /// Queues `msg` if the mailbox is open (and, for a weak sender, still connected) and has
+    /// room.
+    fn try_push(&self, msg: T, weak: bool) -> Result<(), TrySendError<T>> {
+        let mut state = self.state.lock();
+        // Checked under the lock: the last strong sender's drop takes it before waking the
+        // receiver, so a message queued here is seen before the receiver's `None`.
+        if state.closed || (weak && self.senders.load(Ordering::Acquire) == 0) {
             return Err(TrySendError::Closed(msg));
         }
-        if state.queue.len() >= self.shared.capacity {
+        if state.queue.len() >= self.capacity {
             return Err(TrySendError::Full(msg));
         }
         state.queue.push_back(msg);
@@ -116,6 +155,41 @@ impl<T> Sender<T> {
             waker.wake();
         }
         Ok(())
+    }
+
+    fn set_closed(&self, state: &mut State<T>) {
+        state.closed = true;
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues `msg` if there is room now.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.shared.try_push(msg, false)
+    }
+
+    /// Queues `msg` as the last message, full or not, and closes the mailbox: later sends
+    /// fail as closed, and the receiver still gets everything queued, `msg` last. Dropped if
+    /// the mailbox is closed already.
+    pub fn close_with(&self, msg: T) {
+        let mut state = self.shared.state.lock();
+        if state.closed {
+            return;
+        }
+        state.queue.push_back(msg);
+        self.shared.set_closed(&mut state);
+        let receiver = state.receiver.take();
+        drop(state);
+        if let Some(waker) = receiver {
+            waker.wake();
+        }
+        self.shared.room.notify_waiters();
+    }
+
+    /// The actor's last use.
+    pub fn last_use(&self) -> &LastUse {
+        &self.shared.used
     }
 
     /// Queues `msg`, waiting for room. Fails only when the mailbox is closed.
@@ -164,6 +238,20 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> WeakSender<T> {
+    /// Queues `msg` if there is room now and a strong sender still exists. Cheap to call
+    /// on a closed mailbox: it is refused before the lock.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(TrySendError::Closed(msg));
+        }
+        self.shared.try_push(msg, true)
+    }
+
+    /// The actor's last use.
+    pub fn last_use(&self) -> &LastUse {
+        &self.shared.used
+    }
+
     /// A strong sender, unless every strong sender is gone.
     pub fn upgrade(&self) -> Option<Sender<T>> {
         self.shared
@@ -244,7 +332,7 @@ impl<T> Receiver<T> {
 
     /// Refuses new messages; those already queued can still be received.
     pub fn close(&mut self) {
-        self.shared.state.lock().closed = true;
+        self.shared.set_closed(&mut self.shared.state.lock());
         self.shared.room.notify_waiters();
     }
 }
@@ -253,7 +341,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let queued = {
             let mut state = self.shared.state.lock();
-            state.closed = true;
+            self.shared.set_closed(&mut state);
             std::mem::take(&mut state.queue)
         };
         self.shared.room.notify_waiters();
@@ -356,6 +444,37 @@ mod tests {
             .expect("woken")
             .expect("task");
         assert_eq!(got, (Some(2), false), "arrived while the receiver waited");
+    }
+
+    #[tokio::test]
+    async fn close_with_queues_a_last_message_even_when_full_and_refuses_later_ones() {
+        let (tx, mut rx) = channel::<u32>(1);
+        tx.try_send(1).expect("room");
+        let weak = tx.downgrade();
+        tx.close_with(99);
+        assert!(matches!(tx.try_send(2), Err(TrySendError::Closed(2))));
+        assert!(matches!(weak.try_send(3), Err(TrySendError::Closed(3))));
+        tx.close_with(100); // closed already: dropped
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(99), "the last message comes last");
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_weak_sender_sends_while_a_strong_one_lives_and_shares_the_last_use() {
+        let (tx, mut rx) = channel::<u32>(1);
+        let weak = tx.downgrade();
+        weak.try_send(1).expect("room");
+        assert!(matches!(weak.try_send(2), Err(TrySendError::Full(2))));
+        assert_eq!(rx.recv().await, Some(1));
+        weak.last_use().touch(7, 70);
+        assert_eq!((tx.last_use().seq(), tx.last_use().ms()), (7, 70));
+        drop(tx);
+        assert!(
+            matches!(weak.try_send(3), Err(TrySendError::Closed(3))),
+            "no strong sender: the receiver may have seen the end already"
+        );
+        assert_eq!(rx.recv().await, None);
     }
 
     #[tokio::test]

@@ -1,18 +1,21 @@
 //! The table of resident activations and the signal that one has stopped.
 //!
-//! [`Residents`] is one LRU of the activations of one shard of the host's table (a table of
-//! at least `SHARDED_FROM` entries is split into `RESIDENT_SHARDS` of them, so two cores
-//! rarely take the same lock): lookups by `(kind, id)` without cloning the id, the least
-//! recently used passivated beyond the cap, and the activations asked to stop that have not
-//! finished yet, so a new activation of the same actor waits for its predecessor ([`Done`]).
+//! [`Residents`] holds the activations of one shard of the host's table (a table of at least
+//! `SHARDED_FROM` entries is split into `RESIDENT_SHARDS` of them, so two cores rarely take the
+//! same lock): lookups by `(kind, id)` without cloning the id, the exact order of their last
+//! uses (the least recently used is passivated beyond the cap), and the activations asked to
+//! stop that have not finished yet, so a new activation of the same actor waits for its
+//! predecessor ([`Done`]).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use lru::LruCache;
+use hashbrown::HashTable;
 
+use super::mailbox::LastUse;
 use crate::names::ActorId;
 
 /// The key of a resident activation: its kind, its id, and their hash (computed once, and
@@ -159,37 +162,64 @@ impl std::hash::Hash for RegKey {
     }
 }
 
+/// A resident activation's mailbox, as the registry sees it (whatever the actor's type).
+pub(super) trait ResidentMailbox: Send + Sync {
+    /// Asks the activation to passivate: closes its mailbox behind the request, so whatever
+    /// is sent later comes back to the registry (and waits for a new activation).
+    fn passivate(&self);
+    /// When the actor was last used.
+    fn last_use(&self) -> &LastUse;
+    /// The typed mailbox (`mailbox::Sender<Msg<A>>`), for a downcast.
+    fn as_any(&self) -> &dyn Any;
+}
+
 pub(super) struct Entry {
-    /// `mailbox::Sender<Msg<A>>` for the actor's type `A`.
-    pub(super) sender: Box<dyn Any + Send + Sync>,
-    /// Asks the activation behind `sender` to passivate.
-    pub(super) passivate: fn(&(dyn Any + Send + Sync)),
+    /// The activation's mailbox.
+    pub(super) sender: Box<dyn ResidentMailbox>,
     /// Closes (the sender is dropped) when the activation has fully stopped.
     pub(super) done: Done,
     pub(super) generation: u64,
-    /// The coarse clock at its last use (idle passivation).
-    pub(super) last_used_ms: u64,
-    /// Its last use's place in the host's order of uses (`Host::use_seq`): orders the least
-    /// recently used actors of different shards (the cap's victim).
-    pub(super) used_seq: u64,
     /// The activation's outbox (to see whether durable effects are waiting).
     pub(super) outbox: Arc<super::delivery::OutboxCell>,
 }
 
-/// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards, each an LRU
-/// of its own: less contention on the ask path (with 64, two cores rarely take the same lock).
-/// The cap and the order stay global: the shards share one count of residents, and past the
-/// cap the host passivates the least recently used of the shards' least recently used actors,
-/// compared by the order of their last use (`Host::enforce_cap`). Activations racing on other
-/// cores may pass the cap for a moment; each then passivates one, so the count returns to it.
+/// Registries of at least this capacity are split into [`RESIDENT_SHARDS`] shards: less
+/// contention on the ask path (with 64, two cores rarely take the same lock). The cap and the
+/// order stay global: the shards share one count of residents, and past the cap the host
+/// passivates the least recently used of the shards' least recently used actors, compared by
+/// the order of their last use (`Host::enforce_cap`). Activations racing on other cores may
+/// pass the cap for a moment; each then passivates one, so the count returns to it.
 pub(super) const SHARDED_FROM: usize = 4096;
 pub(super) const RESIDENT_SHARDS: usize = 64;
 
+/// A place in the order of uses: an activation (by generation and key hash) and its last use
+/// when the mark was made (or renewed).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Mark {
+    seq: u64,
+    generation: u64,
+    hash: u64,
+}
+
+/// One shard of the host's registry: its activations, the order of their last uses, and
+/// the activations asked to stop that have not finished yet.
+///
+/// **The order is exact without being kept on every use.** A use only stamps the actor's
+/// [`LastUse`] — from the registry, or from an `ActorRef` that delivers straight into the
+/// mailbox without the registry's lock. The order is a min-heap with one *mark* per
+/// activation, made when it is added: a mark's `seq` is never newer than its actor's last use.
+/// To find the least recently used, the top mark is compared with its actor's stamp: stale
+/// (used since), it is renewed with the stamp and sinks; current, it is the answer — every
+/// other actor's last use is at least its mark, which is at least the top's. Each renewal
+/// pays for uses that happened since, so a use costs one atomic store, and finding the least
+/// recently used a logarithmic amount per use since the last search. Marks of activations
+/// removed in other ways are dropped when they reach the top, and all are rebuilt when they
+/// outnumber the activations twice.
 pub(crate) struct Residents {
-    /// The activations, least recently used first. Read and promote through it; add and
-    /// remove through [`Residents::put`], [`Residents::pop`] and [`Residents::pop_lru`], which
-    /// keep the shared count.
-    pub(super) resident: LruCache<RegKey, Entry>,
+    /// The activations, hashed by their key's precomputed hash.
+    table: HashTable<(RegKey, Entry)>,
+    /// The order of uses, least recent on top (see the type docs).
+    order: BinaryHeap<Reverse<Mark>>,
     /// This shard's own cap: the host's when it is the only shard, unbounded otherwise (the
     /// host enforces the cap across shards).
     pub(super) capacity: usize,
@@ -202,40 +232,137 @@ pub(crate) struct Residents {
 impl Residents {
     pub(super) fn new(capacity: usize, total: Arc<AtomicUsize>) -> Self {
         Residents {
-            resident: LruCache::unbounded(),
+            table: HashTable::new(),
+            order: BinaryHeap::new(),
             capacity: capacity.max(1),
             total,
             stopping: HashMap::new(),
         }
     }
 
-    /// Adds (or replaces) a resident activation, most recently used.
+    /// The resident activation of `key`.
+    pub(super) fn get(&self, key: &dyn KeyView) -> Option<&Entry> {
+        self.table
+            .find(key.key_hash(), |(k, _)| k as &dyn KeyView == key)
+            .map(|(_, e)| e)
+    }
+
+    /// Whether `key` has a resident activation.
+    pub(super) fn contains(&self, key: &dyn KeyView) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Resident activations in this shard.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The resident activations, in no order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&RegKey, &Entry)> {
+        self.table.iter().map(|(k, e)| (k, e))
+    }
+
+    /// Adds (or replaces) a resident activation; its mailbox's last use places it.
     pub(super) fn put(&mut self, key: RegKey, entry: Entry) {
-        if self.resident.put(key, entry).is_none() {
-            self.total.fetch_add(1, Ordering::AcqRel);
+        let mark = Mark {
+            seq: entry.sender.last_use().seq(),
+            generation: entry.generation,
+            hash: key.hash,
+        };
+        match self
+            .table
+            .entry(key.hash, |(k, _)| k == &key, |(k, _)| k.hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut found) => found.get_mut().1 = entry,
+            hashbrown::hash_table::Entry::Vacant(room) => {
+                room.insert((key, entry));
+                self.total.fetch_add(1, Ordering::AcqRel);
+            }
         }
+        self.order.push(Reverse(mark));
     }
 
     /// Removes a resident activation.
-    pub(super) fn pop<Q>(&mut self, key: &Q) -> Option<Entry>
-    where
-        RegKey: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        let entry = self.resident.pop(key)?;
+    pub(super) fn pop(&mut self, key: &dyn KeyView) -> Option<Entry> {
+        let found = self
+            .table
+            .find_entry(key.key_hash(), |(k, _)| k as &dyn KeyView == key)
+            .ok()?;
+        let ((_, entry), _) = found.remove();
         self.total.fetch_sub(1, Ordering::AcqRel);
+        if self.order.len() > 2 * self.table.len() + 32 {
+            self.rebuild_order();
+        }
         Some(entry)
     }
 
+    /// The least recently used activation's last use (its place in the host's order of uses,
+    /// and the coarse clock then); renews stale marks on the way (see the type docs).
+    pub(super) fn oldest(&mut self) -> Option<(u64, u64)> {
+        loop {
+            let mut top = self.order.peek_mut()?;
+            let Reverse(mark) = *top;
+            match self
+                .table
+                .find(mark.hash, |(_, e)| e.generation == mark.generation)
+            {
+                None => {
+                    // Removed by other means: its mark goes.
+                    std::collections::binary_heap::PeekMut::pop(top);
+                }
+                Some((_, e)) => {
+                    let used = e.sender.last_use();
+                    let seq = used.seq();
+                    if seq > mark.seq {
+                        // Used since: the mark sinks to its place.
+                        top.0.seq = seq;
+                    } else {
+                        return Some((mark.seq, used.ms()));
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes this shard's least recently used activation.
-    pub(super) fn pop_lru(&mut self) -> Option<(RegKey, Entry)> {
-        let popped = self.resident.pop_lru()?;
+    pub(super) fn pop_oldest(&mut self) -> Option<(RegKey, Entry)> {
+        self.oldest()?;
+        let Reverse(mark) = self.order.pop()?;
+        let found = self
+            .table
+            .find_entry(mark.hash, |(_, e)| e.generation == mark.generation)
+            .ok()?;
+        let (popped, _) = found.remove();
         self.total.fetch_sub(1, Ordering::AcqRel);
         Some(popped)
     }
 
+    /// Removes every resident activation.
+    pub(super) fn take_all(&mut self) -> Vec<(RegKey, Entry)> {
+        let all: Vec<(RegKey, Entry)> = self.table.drain().collect();
+        self.total.fetch_sub(all.len(), Ordering::AcqRel);
+        self.order.clear();
+        all
+    }
+
+    /// One current mark per activation, the orphans dropped.
+    fn rebuild_order(&mut self) {
+        let marks: Vec<Reverse<Mark>> = self
+            .table
+            .iter()
+            .map(|(k, e)| {
+                Reverse(Mark {
+                    seq: e.sender.last_use().seq(),
+                    generation: e.generation,
+                    hash: k.hash,
+                })
+            })
+            .collect();
+        self.order = BinaryHeap::from(marks);
+    }
+
     pub(super) fn evict(&mut self, key: RegKey, entry: Entry) {
-        (entry.passivate)(&*entry.sender);
+        entry.sender.passivate();
         self.stopping.insert(key, (entry.generation, entry.done));
     }
 }
@@ -305,6 +432,70 @@ mod tests {
             min.is_some_and(|&m| m >= 800) && max.is_some_and(|&m| m <= 1200),
             "{per_shard:?}"
         );
+    }
+
+    /// A resident entry for tests: its mailbox (to stamp uses) and the entry.
+    fn resident(generation: u64) -> (super::super::mailbox::Sender<u32>, Entry) {
+        struct Plain(super::super::mailbox::Sender<u32>);
+        impl ResidentMailbox for Plain {
+            fn passivate(&self) {}
+            fn last_use(&self) -> &LastUse {
+                self.0.last_use()
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+        let (tx, rx) = super::super::mailbox::channel::<u32>(1);
+        std::mem::forget(rx);
+        let (done_tx, done) = done_channel();
+        std::mem::forget(done_tx);
+        let entry = Entry {
+            sender: Box::new(Plain(tx.clone())),
+            done,
+            generation,
+            outbox: Arc::default(),
+        };
+        (tx, entry)
+    }
+
+    #[test]
+    fn the_least_recently_used_is_exact_when_uses_only_stamp_the_mailbox() {
+        let mut residents = Residents::new(usize::MAX, Arc::default());
+        let mut mailboxes = Vec::new();
+        let mut seq = 0u64;
+        for i in 0..100u64 {
+            let (tx, entry) = resident(i);
+            seq += 1;
+            tx.last_use().touch(seq, seq);
+            residents.put(
+                RegKey::new("counter", ActorId::new(format!("c-{i}")).expect("id")),
+                entry,
+            );
+            mailboxes.push(tx);
+        }
+        // Used again, without the registry, in a scrambled order: 37 × i mod 100.
+        for i in 0..100u64 {
+            seq += 1;
+            mailboxes[(i * 37 % 100) as usize]
+                .last_use()
+                .touch(seq, seq);
+        }
+        // One removed by other means leaves a mark behind that must not count.
+        let gone = Borrowed::new("counter", "c-0");
+        assert!(residents.pop(&gone).is_some());
+        let mut order = Vec::new();
+        while let Some((key, _)) = residents.pop_oldest() {
+            order.push(key.id.as_str().to_owned());
+        }
+        let expected: Vec<String> = (1..100u64)
+            .map(|i| i * 37 % 100)
+            .filter(|&n| n != 0)
+            .map(|n| format!("c-{n}"))
+            .collect();
+        assert_eq!(order, expected);
+        assert_eq!(residents.len(), 0);
+        assert_eq!(residents.total.load(Ordering::Acquire), 0);
     }
 
     #[test]
