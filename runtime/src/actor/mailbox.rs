@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 
 use parking_lot::Mutex;
@@ -36,8 +36,6 @@ struct Shared<T> {
     room: Notify,
     /// Strong senders alive.
     senders: AtomicUsize,
-    /// `State::closed`, readable without the lock (a refused send skips it).
-    closed: AtomicBool,
     /// The actor's last use.
     used: LastUse,
     capacity: usize,
@@ -86,7 +84,6 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         }),
         room: Notify::new(),
         senders: AtomicUsize::new(1),
-        closed: AtomicBool::new(false),
         used: LastUse::default(),
         capacity: capacity.max(1),
     });
@@ -156,11 +153,6 @@ impl<T> Shared<T> {
         }
         Ok(())
     }
-
-    fn set_closed(&self, state: &mut State<T>) {
-        state.closed = true;
-        self.closed.store(true, Ordering::Release);
-    }
 }
 
 impl<T> Sender<T> {
@@ -178,7 +170,7 @@ impl<T> Sender<T> {
             return;
         }
         state.queue.push_back(msg);
-        self.shared.set_closed(&mut state);
+        state.closed = true;
         let receiver = state.receiver.take();
         drop(state);
         if let Some(waker) = receiver {
@@ -238,12 +230,8 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> WeakSender<T> {
-    /// Queues `msg` if there is room now and a strong sender still exists. Cheap to call
-    /// on a closed mailbox: it is refused before the lock.
+    /// Queues `msg` if there is room now and a strong sender still exists.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(TrySendError::Closed(msg));
-        }
         self.shared.try_push(msg, true)
     }
 
@@ -332,7 +320,7 @@ impl<T> Receiver<T> {
 
     /// Refuses new messages; those already queued can still be received.
     pub fn close(&mut self) {
-        self.shared.set_closed(&mut self.shared.state.lock());
+        self.shared.state.lock().closed = true;
         self.shared.room.notify_waiters();
     }
 }
@@ -341,7 +329,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let queued = {
             let mut state = self.shared.state.lock();
-            self.shared.set_closed(&mut state);
+            state.closed = true;
             std::mem::take(&mut state.queue)
         };
         self.shared.room.notify_waiters();

@@ -18,7 +18,7 @@
 //! Effects an actor sends to itself (reminders, and sends to itself) are recognised by
 //! membership in `pending` instead of the mark, because reminders come due out of order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,9 @@ pub(crate) struct Outbox {
     pending: BTreeMap<u64, OutboxEntry>,
     /// The position the next entry gets.
     next_seq: u64,
-    inbound: HashMap<ActorKey, u64>,
+    /// (A B-tree: 24 bytes in every activation's outbox where a hash map takes 48, and
+    /// most actors never receive a durable effect.)
+    inbound: BTreeMap<ActorKey, u64>,
     /// Settled by receivers, not yet recorded by a commit.
     acked: Vec<u64>,
     /// What this activation knows of its entry in the store's wake-up index.

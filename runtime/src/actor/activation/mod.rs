@@ -427,7 +427,6 @@ impl<A: Behavior> ractor::Actor for Hosted<A> {
             life.id = Some(myself.get_id());
             if let Some(kit) = life.kit.as_mut() {
                 // Boxed: the live future would otherwise sit inline in ractor's loop future.
-                // Boxed: the live future would otherwise sit inline in ractor's loop future.
                 Box::pin(kit.live(predecessor)).await;
             }
             // A clean end: dropping the kit signals that the actor has stopped.
