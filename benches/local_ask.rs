@@ -77,12 +77,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let rt = Runtime::builder()
+    let mut builder = Runtime::builder()
         .namespace("bench-ask")
         .register::<Probe>()
-        .memory_store()
-        .start()
-        .await?;
+        .memory_store();
+    // `B1_METRICS=1`: with the Prometheus endpoint on (for profiling the metrics' cost).
+    if std::env::var("B1_METRICS").is_ok() {
+        builder = builder.metrics_addr(([127, 0, 0, 1], 0));
+    }
+    let rt = builder.start().await?;
     // For a profiler: `B1_PROFILE=ours` (or `raw`) runs only that side, at `B1_CONCURRENCY`
     // (default 1), for `B1_ROUNDS` rounds (default 10), printing each round's rate.
     if let Ok(side) = std::env::var("B1_PROFILE") {

@@ -3,10 +3,15 @@
 //! A recorder's counter or histogram is one shared object per series: every ask of a kind
 //! would touch the same cache lines from every worker thread, and moving those lines between
 //! cores cost a local ask a quarter of its throughput (B1). So the hot path records into
-//! **shards**: each thread adds to its own cache line (an uncontended relaxed add), and the
-//! shards are summed and handed to the recorder through the `metrics` facade when it is read
+//! **shards**, summed and handed to the recorder through the `metrics` facade when it is read
 //! ([`ShardedCounter::export`], [`ShardedHistogram::export`]: before every scrape, and every
 //! few seconds for recorders nobody scrapes).
+//!
+//! The first [`OWNED`] threads that record (the runtime's workers, in practice) each *own* a
+//! shard for as long as they live: only they write it, so an add is a plain load and store
+//! (no locked instruction; the exporter's relaxed loads see each value whole). Threads beyond
+//! them share one last shard with atomic adds. A thread's shard goes back to a free list when
+//! the thread exits (its stores happen before the next owner's, through the list's lock).
 //!
 //! A histogram shard counts samples per bucket — the same buckets the Prometheus exporter is
 //! given — and sums them per bucket. An export hands each bucket's new samples to the facade
@@ -19,23 +24,62 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
-/// Shards per metric: more than the threads that record at once, so two rarely share one.
-const SHARDS: usize = 16;
+/// Shards owned by one thread each.
+const OWNED: usize = 16;
+/// Shards per metric: the owned ones, and the one the other threads share.
+const SHARDS: usize = OWNED + 1;
 
 /// One shard, alone on its cache lines.
 #[repr(align(128))]
 struct Padded<T>(T);
 
-thread_local! {
-    /// This thread's shard.
-    static SHARD: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Relaxed) % SHARDS
-    };
+/// Owned shards given back by threads that exited.
+static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Owned shards never given out yet start here.
+static FRESH: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's shard: owned (below [`OWNED`]) or the shared one.
+struct Claim(usize);
+
+impl Claim {
+    fn take() -> Claim {
+        if let Some(index) = FREE.lock().pop() {
+            return Claim(index);
+        }
+        Claim(FRESH.fetch_add(1, Relaxed).min(OWNED))
+    }
 }
 
-fn shard() -> usize {
-    SHARD.try_with(|s| *s).unwrap_or(0)
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.0 < OWNED {
+            FREE.lock().push(self.0);
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: Claim = Claim::take();
+}
+
+/// This thread's shard, and whether it owns it (the shared one while its thread-locals are
+/// being destroyed).
+fn shard() -> (usize, bool) {
+    SHARD
+        .try_with(|c| (c.0, c.0 < OWNED))
+        .unwrap_or((OWNED, false))
+}
+
+/// Adds `n` to `cell`: a plain load and store in an owned shard, an atomic add in the shared
+/// one.
+#[inline]
+fn add(cell: &AtomicU64, n: u64, owned: bool) {
+    if owned {
+        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+    } else {
+        cell.fetch_add(n, Relaxed);
+    }
 }
 
 /// A counter added to per thread, exported as its total.
@@ -53,7 +97,8 @@ impl ShardedCounter {
     }
 
     pub(crate) fn add(&self, n: u64) {
-        self.shards[shard()].0.fetch_add(n, Relaxed);
+        let (i, owned) = shard();
+        add(&self.shards[i].0, n, owned);
     }
 
     /// Sets the recorder's counter to the total.
@@ -63,10 +108,16 @@ impl ShardedCounter {
     }
 }
 
-/// One shard of a histogram: per bucket, the samples and their sum (in `1 / scale` units).
+/// One shard of a histogram: per bucket, the samples and their sum (in `1 / scale` units),
+/// side by side so a record touches one cache line.
 struct Cells {
-    counts: Box<[AtomicU64]>,
-    sums: Box<[AtomicU64]>,
+    buckets: Box<[Bucket]>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    count: AtomicU64,
+    sum: AtomicU64,
 }
 
 /// A histogram with fixed buckets, recorded per thread, exported into the facade's.
@@ -84,15 +135,13 @@ pub(crate) struct ShardedHistogram {
 impl ShardedHistogram {
     pub(crate) fn new(handle: Histogram, bounds: &'static [f64], scale: f64) -> Self {
         let buckets = bounds.len() + 1;
-        let zeros = || (0..buckets).map(|_| AtomicU64::new(0)).collect();
         ShardedHistogram {
             bounds,
             scale,
             shards: (0..SHARDS)
                 .map(|_| {
                     Padded(Cells {
-                        counts: zeros(),
-                        sums: zeros(),
+                        buckets: (0..buckets).map(|_| Bucket::default()).collect(),
                     })
                 })
                 .collect(),
@@ -103,10 +152,12 @@ impl ShardedHistogram {
 
     pub(crate) fn record(&self, value: f64) {
         let bucket = self.bounds.partition_point(|b| *b < value);
-        let cells = &self.shards[shard()].0;
-        // The sum first: an export that sees the count sees the sum too (see `export`).
-        cells.sums[bucket].fetch_add((value * self.scale).max(0.0) as u64, Relaxed);
-        cells.counts[bucket].fetch_add(1, Relaxed);
+        let (i, owned) = shard();
+        let cell = &self.shards[i].0.buckets[bucket];
+        // The sum first (an export that sees the count mostly sees the sum too; `export`
+        // keeps a mean that is ahead of its sum inside the bucket).
+        add(&cell.sum, (value * self.scale).max(0.0) as u64, owned);
+        add(&cell.count, 1, owned);
     }
 
     /// Hands the samples recorded since the last export to the facade's histogram.
@@ -116,12 +167,12 @@ impl ShardedHistogram {
             let count: u64 = self
                 .shards
                 .iter()
-                .map(|s| s.0.counts[bucket].load(Relaxed))
+                .map(|s| s.0.buckets[bucket].count.load(Relaxed))
                 .sum();
             let sum: u64 = self
                 .shards
                 .iter()
-                .map(|s| s.0.sums[bucket].load(Relaxed))
+                .map(|s| s.0.buckets[bucket].sum.load(Relaxed))
                 .sum();
             let new = count.saturating_sub(done.0);
             if new == 0 {
@@ -150,6 +201,46 @@ impl ShardedHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_and_shared_shards_lose_no_add_whatever_the_threads() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let c = std::sync::Arc::new(ShardedCounter::new(metrics::counter!("adds")));
+            // More threads at once than there are owned shards: some share the last one.
+            let together: Vec<_> = (0..OWNED + 8)
+                .map(|_| {
+                    let c = std::sync::Arc::clone(&c);
+                    std::thread::spawn(move || {
+                        for _ in 0..10_000 {
+                            c.add(1);
+                        }
+                    })
+                })
+                .collect();
+            for t in together {
+                t.join().expect("thread");
+            }
+            // Then threads one after another, each taking a shard an exited one gave back.
+            for _ in 0..2 * OWNED {
+                let c = std::sync::Arc::clone(&c);
+                std::thread::spawn(move || c.add(5)).join().expect("thread");
+            }
+            c.export();
+        });
+        let total = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| match value {
+                metrics_util::debugging::DebugValue::Counter(n) if key.key().name() == "adds" => {
+                    Some(n)
+                }
+                _ => None,
+            });
+        assert_eq!(total, Some(((OWNED + 8) * 10_000 + 2 * OWNED * 5) as u64));
+    }
 
     #[test]
     fn a_histogram_exports_exact_bucket_counts_and_sums() {
