@@ -196,13 +196,18 @@ impl<A: Behavior> ActorRef<A> {
         }
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let mut env = Box::new(Envelope::new(cmd, CallMeta::detached(command_id, timeout)));
-        env.reply = Some(reply_tx);
         let meters = host.meters(A::KIND);
-        if meters.is_some() {
-            // The actor records the ask's latency: its queue wait and its turn (see `route`).
-            env.meta.asked_at = Some(super::clock::coarse_now());
-        }
+        // Built in one piece, so it can be written straight into its box.
+        let env = Box::new(Envelope::asked(
+            cmd,
+            CallMeta {
+                // The actor records the ask's latency: its queue wait and its turn (see
+                // `route`).
+                asked_at: meters.map(|_| super::clock::coarse_now()),
+                ..CallMeta::detached(command_id, timeout)
+            },
+            reply_tx,
+        ));
         match host.deliver_cached::<A>(
             &self.key.id,
             self.reg_hash,

@@ -142,10 +142,10 @@ impl Turn {
         })
     }
 
-    /// Starts a turn for the command of `meta`.
-    pub(crate) fn begin(&self, meta: CallMeta) {
-        // The previous command's metadata is dropped after the lock is released.
-        let _previous = std::mem::replace(&mut *self.meta.lock(), meta);
+    /// Starts a turn for the command of `meta`, which receives the previous command's
+    /// metadata in exchange (the caller drops it, after the lock is released).
+    pub(crate) fn begin(&self, meta: &mut CallMeta) {
+        std::mem::swap(&mut *self.meta.lock(), meta);
         self.children.store(0, Ordering::Relaxed);
         self.running.store(true, Ordering::Release);
     }
@@ -252,7 +252,7 @@ impl<A: Behavior> Ctx<A> {
     }
 
     /// Prepares the context for the next turn.
-    pub(crate) fn begin(&mut self, version: u64, meta: CallMeta) {
+    pub(crate) fn begin(&mut self, version: u64, meta: &mut CallMeta) {
         self.version = version;
         self.turn.begin(meta);
     }

@@ -110,6 +110,14 @@ impl<A: Behavior> Envelope<A> {
         }
     }
 
+    /// An ask's command, answered on `reply`.
+    pub fn asked(cmd: A::Command, meta: CallMeta, reply: ReplyTx<A>) -> Self {
+        Envelope {
+            reply: Some(reply),
+            ..Envelope::new(cmd, meta)
+        }
+    }
+
     /// Whether someone waits for the outcome.
     fn awaited(&self) -> bool {
         self.reply.is_some() || self.ack.is_some()

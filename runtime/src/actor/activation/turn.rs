@@ -16,7 +16,7 @@ impl<A: Behavior> Activation<A> {
         &mut self,
         env: Box<Envelope<A>>,
     ) -> Result<Effect<A>, Failure<A>> {
-        let outcome = self.handler_turn(*env).await;
+        let outcome = self.handler_turn(env).await;
         match outcome {
             Err(rejection) => Err(Failure::Rejected(rejection)),
             Ok(effect) => match effect.plan.as_ref().and_then(|p| p.error.clone()) {
@@ -29,14 +29,15 @@ impl<A: Behavior> Activation<A> {
     /// Starts the turn for `env` and returns the handler's future, to be awaited in place
     /// (it polls inside the turn, see [`InTurn`]). Not an `async fn`: the caller's state
     /// machine holds the handler's future directly, one layer less on every turn. The
-    /// command and its metadata move on into the future and the turn.
+    /// command moves on into the future; its metadata trades places with the previous
+    /// command's in the turn, without leaving the envelope's box (which then drops the old).
     fn handler_turn(
         &mut self,
-        env: Envelope<A>,
+        mut env: Box<Envelope<A>>,
     ) -> InTurn<impl Future<Output = Result<Effect<A>, A::Error>> + Send + '_> {
         let turn = Arc::as_ptr(self.ctx.turn());
-        let Envelope { cmd, meta, .. } = env;
-        self.ctx.begin(self.version, meta);
+        self.ctx.begin(self.version, &mut env.meta);
+        let cmd = env.cmd;
         InTurn {
             turn,
             fut: A::dispatch(&self.state, cmd, &mut self.ctx),
@@ -61,7 +62,7 @@ impl<A: Behavior> Activation<A> {
             Stats::bump(&self.host.stats.deduplicated);
             return reply;
         }
-        let outcome = self.handler_turn(*env).await;
+        let outcome = self.handler_turn(env).await;
         let result = match outcome {
             Err(rejection) => return Err(AskError::Rejected(rejection)),
             Ok(Effect {
