@@ -3,18 +3,22 @@
 //!
 //! # The resident registry
 //!
-//! Resident actors are kept in an LRU map from `(kind, id)` to the actor's mailbox (split into
-//! 64 shards from 4 096 residents up, see `residents.rs`). Delivery looks the actor up,
-//! activating it on a miss, and queues the command in its mailbox. The map is bounded by
-//! `max_resident`: inserting past the bound passivates the least recently used actor (across
-//! shards: the oldest of their least recently used, by a stamp of last use; concurrent
-//! activations may pass the bound for a moment, until each has passivated one); an idle
-//! sweeper passivates actors unused for `idle_passivation`.
+//! Resident actors are kept in a map from `(kind, id)` to the actor's mailbox (split into 64
+//! shards from 4 096 residents up, see `residents.rs`). Delivery looks the actor up,
+//! activating it on a miss, stamps the mailbox with the use (its place in the host's order of
+//! uses) and queues the command. An [`ActorRef`](super::ActorRef) keeps the mailbox it
+//! delivered to and, while that mailbox is open, queues into it directly, stamping it the same
+//! way ([`Host::deliver_cached`]). The map is bounded by `max_resident`: inserting past the
+//! bound passivates the least recently used actor, found exactly from the stamps (across
+//! shards: the oldest of their least recently used; concurrent activations may pass the bound
+//! for a moment, until each has passivated one); an idle sweeper passivates actors unused for
+//! `idle_passivation`.
 //!
 //! Passivation is ordered so an actor never runs twice at once: the old activation is removed
-//! from the map and asked to stop; it finishes its queued commands, closes its mailbox (late
-//! senders see it closed and come back to the map), snapshots, and signals that it is done. A
-//! new activation of the same actor waits for that signal before it reads the store.
+//! from the map, and its mailbox is closed behind a request to stop (late senders, a ref's
+//! kept mailbox included, see it closed and come back to the map); it finishes its queued
+//! commands, snapshots, and signals that it is done. A new activation of the same actor waits
+//! for that signal before it reads the store.
 //!
 //! Activating an actor spawns a ractor actor linked under the runtime's root (see
 //! [`activation`](super::activation)); the registry holds the activation's mailbox, not the
