@@ -157,6 +157,41 @@ async fn resident_cap_passivates_least_recently_used() {
     rt.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_ref_whose_actor_passivated_keeps_asking_and_the_order_of_uses_holds() {
+    // A ref keeps its actor's mailbox after the first ask and queues into it directly; once
+    // the actor passivates, that mailbox is closed and the ref must go through the registry
+    // again, with its uses still counted in the cap's order.
+    let rt = Runtime::builder()
+        .namespace("kept-mailbox")
+        .register::<Counter>()
+        .memory_store()
+        .max_resident(2)
+        .start()
+        .await
+        .unwrap();
+    let a = rt.actor::<Counter>("a").unwrap();
+    let b = rt.actor::<Counter>("b").unwrap();
+    let c = rt.actor::<Counter>("c").unwrap();
+    a.ask(CounterCmd::Add(1)).await.unwrap();
+    a.ask(CounterCmd::Add(1)).await.unwrap(); // through the kept mailbox
+    assert!(rt.passivate(&a).await, "a was resident");
+    b.ask(CounterCmd::Add(5)).await.unwrap();
+    // a comes back through the registry (its kept mailbox is closed), then is used again.
+    assert_eq!(a.ask(CounterCmd::Get).await.unwrap(), 2);
+    assert_eq!(a.ask(CounterCmd::Get).await.unwrap(), 2);
+    // c comes in: b is the least recently used.
+    c.ask(CounterCmd::Add(7)).await.unwrap();
+    assert!(rt.is_resident(&a));
+    assert!(!rt.is_resident(&b), "b was least recently used");
+    assert!(rt.is_resident(&c));
+    // A clone asks as well as the original, and b comes back with its state.
+    assert_eq!(a.clone().ask(CounterCmd::Get).await.unwrap(), 2);
+    assert_eq!(b.ask(CounterCmd::Get).await.unwrap(), 5);
+    assert_eq!(rt.resident_count(), 2);
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_resident_cap_is_exact_and_passivates_the_least_recently_used() {
     // Past 4 096 the registry is split into shards; the cap and the order stay global.

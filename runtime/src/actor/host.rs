@@ -157,9 +157,49 @@ impl<A: Behavior> ResidentMailbox for mailbox::Sender<Msg<A>> {
     }
 }
 
-/// Where an ask may keep its actor's mailbox, to deliver without the registry next time
-/// (see [`Host::deliver_cached`]).
-pub(crate) type MailboxCache<A> = OnceLock<mailbox::WeakSender<Msg<A>>>;
+/// Where an [`ActorRef`](super::ActorRef) keeps its actor's mailbox, to deliver without the
+/// registry next time (see [`Host::deliver_cached`]). Kept once: when that mailbox closes
+/// (the activation passivated, failed or moved away), the ref goes through the registry from
+/// then on, as it did before it kept one; a fresh ref (`Runtime::actor`) keeps the next.
+pub(crate) struct MailboxCache<A: Behavior> {
+    kept: OnceLock<mailbox::WeakSender<Msg<A>>>,
+    /// The kept mailbox was found closed.
+    closed: AtomicBool,
+}
+
+impl<A: Behavior> MailboxCache<A> {
+    /// Nothing kept yet.
+    pub fn new() -> Self {
+        MailboxCache {
+            kept: OnceLock::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The kept mailbox, unless it was found closed.
+    fn open(&self) -> Option<&mailbox::WeakSender<Msg<A>>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.kept.get()
+    }
+
+    /// Keeps `tx` if nothing was kept yet.
+    fn keep(&self, tx: &mailbox::Sender<Msg<A>>) {
+        if self.kept.get().is_none() {
+            let _ = self.kept.set(tx.downgrade());
+        }
+    }
+}
+
+impl<A: Behavior> Clone for MailboxCache<A> {
+    fn clone(&self) -> Self {
+        MailboxCache {
+            kept: self.kept.clone(),
+            closed: AtomicBool::new(self.closed.load(Ordering::Relaxed)),
+        }
+    }
+}
 
 /// Outcome of the non-blocking part of delivery.
 enum TryDeliver<A: Behavior> {
@@ -431,14 +471,13 @@ impl Host {
                 else {
                     return Err((Undelivered::Unavailable, msg));
                 };
-                tx.last_use().touch(self.use_seq(), now);
-                if let Some(cache) = cache
-                    && cache.get().is_none()
-                {
-                    let _ = cache.set(tx.downgrade());
-                }
-                match tx.try_send(msg) {
-                    Ok(()) => return Ok(TryDeliver::Sent),
+                match tx.try_send_used(msg, self.use_clock()) {
+                    Ok(()) => {
+                        if let Some(cache) = cache {
+                            cache.keep(tx);
+                        }
+                        return Ok(TryDeliver::Sent);
+                    }
                     Err(mailbox::TrySendError::Full(m)) => {
                         return Ok(TryDeliver::Full(tx.clone(), m));
                     }
@@ -458,13 +497,13 @@ impl Host {
             }
             let owned = RegKey::from_view(&view, A::KIND, id.clone());
             let tx = self.spawn_activation::<A>(&mut reg, owned, id.clone(), now);
-            if let Some(cache) = cache
-                && cache.get().is_none()
-            {
-                let _ = cache.set(tx.downgrade());
-            }
-            let delivered = match tx.try_send(msg) {
-                Ok(()) => TryDeliver::Sent,
+            let delivered = match tx.try_send_used(msg, self.use_clock()) {
+                Ok(()) => {
+                    if let Some(cache) = cache {
+                        cache.keep(&tx);
+                    }
+                    TryDeliver::Sent
+                }
                 Err(mailbox::TrySendError::Full(m)) => TryDeliver::Full(tx, m),
                 Err(mailbox::TrySendError::Closed(m)) => {
                     msg = m;
@@ -636,9 +675,10 @@ impl Host {
     /// hash (`residents::key_hash` of `A::KIND` and `id`) and a `cache` of the actor's
     /// mailbox: while that mailbox is open, the command goes straight into it, stamped with
     /// its use (the registry's order of uses stays exact, see `Residents`), without the
-    /// registry's lock and lookup. A closed mailbox — passivated, failed, handed off, which
-    /// the registry closes before anything else — sends the command through the registry,
-    /// exactly as if there were no cache; so does a full one.
+    /// registry's lock and lookup. A mailbox is closed when its actor leaves the registry
+    /// (passivated, handed off: the registry removes it, then closes it behind the request to
+    /// stop) or its activation ends; a closed one sends the command through the registry, as
+    /// if there were no cache, and so does a full one.
     pub fn deliver_cached<A: Behavior>(
         self: &Arc<Self>,
         id: &ActorId,
@@ -647,13 +687,16 @@ impl Host {
         cache: &MailboxCache<A>,
     ) -> Result<(), (Undelivered, Msg<A>)> {
         let mut msg = msg;
-        if let Some(tx) = cache.get()
+        if let Some(tx) = cache.open()
             && !self.shutting_down.load(Ordering::Acquire)
         {
-            tx.last_use().touch(self.use_seq(), self.now_ms());
-            match tx.try_send(msg) {
+            match tx.try_send_used(msg, self.use_clock()) {
                 Ok(()) => return Ok(()),
-                Err(mailbox::TrySendError::Full(m) | mailbox::TrySendError::Closed(m)) => msg = m,
+                Err(mailbox::TrySendError::Full(m)) => msg = m,
+                Err(mailbox::TrySendError::Closed(m)) => {
+                    cache.closed.store(true, Ordering::Relaxed);
+                    msg = m;
+                }
             }
         }
         let view = Borrowed::hashed(A::KIND, id.as_str(), hash);
@@ -808,6 +851,15 @@ impl Host {
     /// cost the ask path about 30 ns.
     fn use_seq(&self) -> u64 {
         self.uses.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The counter and clock a delivery stamps its mailbox from (under the mailbox's lock,
+    /// see `mailbox::UseClock`).
+    fn use_clock(&self) -> mailbox::UseClock<'_> {
+        mailbox::UseClock {
+            uses: &self.uses.0,
+            ms: &self.clock_ms,
+        }
     }
 
     /// Passivates least recently used actors while more than `max_resident` are resident,

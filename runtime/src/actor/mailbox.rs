@@ -41,8 +41,9 @@ struct Shared<T> {
     capacity: usize,
 }
 
-/// When an actor was last used: its place in the host's order of uses (`Host::use_seq`) and
-/// the host's coarse clock then (idle passivation). Written without a lock by every delivery.
+/// When an actor was last used: its place in the host's order of uses and the host's coarse
+/// clock then (idle passivation). Stamped by every delivery, under the mailbox's lock, so a
+/// mailbox's stamps only grow (see [`UseClock`]); read without it.
 #[derive(Default)]
 pub(crate) struct LastUse {
     seq: AtomicU64,
@@ -50,7 +51,8 @@ pub(crate) struct LastUse {
 }
 
 impl LastUse {
-    /// Records a use: the `seq`-th of the host, at `ms`.
+    /// Records a use: the `seq`-th of the host, at `ms` (for a mailbox nobody else has yet,
+    /// or a test; deliveries stamp through [`UseClock`]).
     pub fn touch(&self, seq: u64, ms: u64) {
         self.seq.store(seq, Ordering::Relaxed);
         self.ms.store(ms, Ordering::Relaxed);
@@ -65,6 +67,19 @@ impl LastUse {
     pub fn ms(&self) -> u64 {
         self.ms.load(Ordering::Relaxed)
     }
+}
+
+/// Where a delivery's stamp comes from: the host's counter of uses and its coarse clock.
+/// Both are read under the mailbox's lock, after the message is queued: two deliveries to one
+/// mailbox take the lock one after the other, so the second's count is the larger (the
+/// counter's increments are totally ordered, and the lock orders the two), and a stamp never
+/// goes back.
+#[derive(Clone, Copy)]
+pub(crate) struct UseClock<'a> {
+    /// The host's counter of uses.
+    pub uses: &'a AtomicU64,
+    /// The host's coarse clock, in milliseconds.
+    pub ms: &'a AtomicU64,
 }
 
 struct State<T> {
@@ -134,8 +149,13 @@ pub(crate) struct Receiver<T> {
 
 impl<T> Shared<T> {
     /// Queues `msg` if the mailbox is open (and, for a weak sender, still connected) and has
-    /// room.
-    fn try_push(&self, msg: T, weak: bool) -> Result<(), TrySendError<T>> {
+    /// room, and stamps the use on `clock` when there is one.
+    fn try_push(
+        &self,
+        msg: T,
+        weak: bool,
+        clock: Option<UseClock<'_>>,
+    ) -> Result<(), TrySendError<T>> {
         let mut state = self.state.lock();
         // Checked under the lock: the last strong sender's drop takes it before waking the
         // receiver, so a message queued here is seen before the receiver's `None`.
@@ -146,6 +166,12 @@ impl<T> Shared<T> {
             return Err(TrySendError::Full(msg));
         }
         state.queue.push_back(msg);
+        if let Some(clock) = clock {
+            self.used.touch(
+                clock.uses.fetch_add(1, Ordering::Relaxed),
+                clock.ms.load(Ordering::Relaxed),
+            );
+        }
         let receiver = state.receiver.take();
         drop(state);
         if let Some(waker) = receiver {
@@ -158,7 +184,13 @@ impl<T> Shared<T> {
 impl<T> Sender<T> {
     /// Queues `msg` if there is room now.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.shared.try_push(msg, false)
+        self.shared.try_push(msg, false, None)
+    }
+
+    /// [`try_send`](Self::try_send), stamping the actor's [`LastUse`] from `clock` when the
+    /// message is queued.
+    pub fn try_send_used(&self, msg: T, clock: UseClock<'_>) -> Result<(), TrySendError<T>> {
+        self.shared.try_push(msg, false, Some(clock))
     }
 
     /// Queues `msg` as the last message, full or not, and closes the mailbox: later sends
@@ -230,12 +262,14 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> WeakSender<T> {
-    /// Queues `msg` if there is room now and a strong sender still exists.
-    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.shared.try_push(msg, true)
+    /// Queues `msg` if there is room now and a strong sender still exists, stamping the
+    /// actor's [`LastUse`] from `clock` when it is queued.
+    pub fn try_send_used(&self, msg: T, clock: UseClock<'_>) -> Result<(), TrySendError<T>> {
+        self.shared.try_push(msg, true, Some(clock))
     }
 
     /// The actor's last use.
+    #[cfg(test)]
     pub fn last_use(&self) -> &LastUse {
         &self.shared.used
     }
@@ -436,30 +470,51 @@ mod tests {
 
     #[tokio::test]
     async fn close_with_queues_a_last_message_even_when_full_and_refuses_later_ones() {
+        let (uses, ms) = (AtomicU64::new(0), AtomicU64::new(0));
+        let clock = UseClock {
+            uses: &uses,
+            ms: &ms,
+        };
         let (tx, mut rx) = channel::<u32>(1);
         tx.try_send(1).expect("room");
         let weak = tx.downgrade();
         tx.close_with(99);
         assert!(matches!(tx.try_send(2), Err(TrySendError::Closed(2))));
-        assert!(matches!(weak.try_send(3), Err(TrySendError::Closed(3))));
+        assert!(matches!(
+            weak.try_send_used(3, clock),
+            Err(TrySendError::Closed(3))
+        ));
         tx.close_with(100); // closed already: dropped
         assert_eq!(rx.recv().await, Some(1));
         assert_eq!(rx.recv().await, Some(99), "the last message comes last");
         assert_eq!(rx.recv().await, None);
+        assert_eq!(uses.load(Ordering::Relaxed), 0, "a refused send is no use");
     }
 
     #[tokio::test]
-    async fn a_weak_sender_sends_while_a_strong_one_lives_and_shares_the_last_use() {
+    async fn a_weak_sender_sends_while_a_strong_one_lives_and_stamps_each_use() {
+        let (uses, ms) = (AtomicU64::new(40), AtomicU64::new(7));
+        let clock = UseClock {
+            uses: &uses,
+            ms: &ms,
+        };
         let (tx, mut rx) = channel::<u32>(1);
         let weak = tx.downgrade();
-        weak.try_send(1).expect("room");
-        assert!(matches!(weak.try_send(2), Err(TrySendError::Full(2))));
+        weak.try_send_used(1, clock).expect("room");
+        assert_eq!((tx.last_use().seq(), tx.last_use().ms()), (40, 7));
+        assert!(matches!(
+            weak.try_send_used(2, clock),
+            Err(TrySendError::Full(2))
+        ));
+        assert_eq!(tx.last_use().seq(), 40, "a full mailbox took no use");
         assert_eq!(rx.recv().await, Some(1));
-        weak.last_use().touch(7, 70);
-        assert_eq!((tx.last_use().seq(), tx.last_use().ms()), (7, 70));
+        ms.store(9, Ordering::Relaxed);
+        tx.try_send_used(3, clock).expect("room");
+        assert_eq!((weak.last_use().seq(), weak.last_use().ms()), (41, 9));
+        assert_eq!(rx.recv().await, Some(3));
         drop(tx);
         assert!(
-            matches!(weak.try_send(3), Err(TrySendError::Closed(3))),
+            matches!(weak.try_send_used(4, clock), Err(TrySendError::Closed(4))),
             "no strong sender: the receiver may have seen the end already"
         );
         assert_eq!(rx.recv().await, None);

@@ -262,7 +262,8 @@ impl Residents {
         self.table.iter().map(|(k, e)| (k, e))
     }
 
-    /// Adds (or replaces) a resident activation; its mailbox's last use places it.
+    /// Adds a resident activation; its mailbox's last use places it. (One already resident
+    /// under the key — the registry never does this — is replaced and asked to stop.)
     pub(super) fn put(&mut self, key: RegKey, entry: Entry) {
         let mark = Mark {
             seq: entry.sender.last_use().seq(),
@@ -273,7 +274,10 @@ impl Residents {
             .table
             .entry(key.hash, |(k, _)| k == &key, |(k, _)| k.hash)
         {
-            hashbrown::hash_table::Entry::Occupied(mut found) => found.get_mut().1 = entry,
+            hashbrown::hash_table::Entry::Occupied(mut found) => {
+                let old = std::mem::replace(&mut found.get_mut().1, entry);
+                self.evict(key, old);
+            }
             hashbrown::hash_table::Entry::Vacant(room) => {
                 room.insert((key, entry));
                 self.total.fetch_add(1, Ordering::AcqRel);
