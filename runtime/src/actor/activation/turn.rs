@@ -31,6 +31,9 @@ impl<A: Behavior> Activation<A> {
     /// machine holds the handler's future directly, one layer less on every turn. The
     /// command moves on into the future; its metadata trades places with the previous
     /// command's in the turn, without leaving the envelope's box (which then drops the old).
+    // The box is the point: the caller's envelope is boxed, and taking it by value would copy
+    // all of it out.
+    #[allow(clippy::boxed_local)]
     fn handler_turn(
         &mut self,
         mut env: Box<Envelope<A>>,
