@@ -193,6 +193,78 @@ async fn a_ref_whose_actor_passivated_keeps_asking_and_the_order_of_uses_holds()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_through_kept_mailboxes_racing_passivations_are_applied_exactly_once() {
+    // The hard case of a ref that keeps its actor's mailbox: the actor passivates (asked to,
+    // and pushed out by the cap) while asks keep arriving through the kept mailbox. Every
+    // ask must be answered and applied once, by one activation at a time.
+    const ACTORS: usize = 5;
+    const ASKERS: usize = 6;
+    const ASKS: usize = 300;
+    let rt = Arc::new(
+        Runtime::builder()
+            .namespace("kept-race")
+            .register::<Counter>()
+            .memory_store()
+            .max_resident(3)
+            .start()
+            .await
+            .unwrap(),
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let passivator = {
+        let (rt, done) = (Arc::clone(&rt), Arc::clone(&done));
+        tokio::spawn(async move {
+            let refs: Vec<_> = (0..ACTORS)
+                .map(|i| rt.actor::<Counter>(format!("a{i}")).unwrap())
+                .collect();
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                rt.passivate(&refs[i % ACTORS]).await;
+                i += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let askers: Vec<_> = (0..ASKERS)
+        .map(|seed| {
+            let rt = Arc::clone(&rt);
+            tokio::spawn(async move {
+                // One ref per actor, kept for the whole run: asks go through kept mailboxes.
+                let refs: Vec<_> = (0..ACTORS)
+                    .map(|i| rt.actor::<Counter>(format!("a{i}")).unwrap())
+                    .collect();
+                let mut rng = fastrand::Rng::with_seed(seed as u64);
+                let mut added = [0u64; ACTORS];
+                for _ in 0..ASKS {
+                    let (i, n) = (rng.usize(..ACTORS), rng.u64(1..10));
+                    refs[i].ask(CounterCmd::Add(n)).await.unwrap();
+                    added[i] += n;
+                }
+                added
+            })
+        })
+        .collect();
+    let mut expected = [0u64; ACTORS];
+    for asker in askers {
+        for (e, a) in expected.iter_mut().zip(asker.await.unwrap()) {
+            *e += a;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    passivator.await.unwrap();
+    assert!(
+        rt.stats().passivations > 10,
+        "the asks raced passivations: {:?}",
+        rt.stats()
+    );
+    for (i, e) in expected.iter().enumerate() {
+        let r = rt.actor::<Counter>(format!("a{i}")).unwrap();
+        assert_eq!(r.ask(CounterCmd::Get).await.unwrap(), *e, "actor a{i}");
+    }
+    assert!(rt.resident_count() <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_resident_cap_is_exact_and_passivates_the_least_recently_used() {
     // Past 4 096 the registry is split into shards; the cap and the order stay global.
     const CAP: usize = 5000;

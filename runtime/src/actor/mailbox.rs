@@ -468,13 +468,14 @@ mod tests {
         assert_eq!(got, (Some(2), false), "arrived while the receiver waited");
     }
 
+    fn clock_of<'a>(uses: &'a AtomicU64, ms: &'a AtomicU64) -> UseClock<'a> {
+        UseClock { uses, ms }
+    }
+
     #[tokio::test]
     async fn close_with_queues_a_last_message_even_when_full_and_refuses_later_ones() {
         let (uses, ms) = (AtomicU64::new(0), AtomicU64::new(0));
-        let clock = UseClock {
-            uses: &uses,
-            ms: &ms,
-        };
+        let clock = clock_of(&uses, &ms);
         let (tx, mut rx) = channel::<u32>(1);
         tx.try_send(1).expect("room");
         let weak = tx.downgrade();
@@ -494,10 +495,7 @@ mod tests {
     #[tokio::test]
     async fn a_weak_sender_sends_while_a_strong_one_lives_and_stamps_each_use() {
         let (uses, ms) = (AtomicU64::new(40), AtomicU64::new(7));
-        let clock = UseClock {
-            uses: &uses,
-            ms: &ms,
-        };
+        let clock = clock_of(&uses, &ms);
         let (tx, mut rx) = channel::<u32>(1);
         let weak = tx.downgrade();
         weak.try_send_used(1, clock).expect("room");
