@@ -7,8 +7,10 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use aether::store::{EventStore, FaultInjection, NewCommit, Snapshot, SnapshotStore, StoreError};
-use aether::wire::EventData;
+use aether::store::{
+    EventStore, FaultInjection, NewCommit, Replayed, Snapshot, SnapshotStore, StoreError,
+};
+use aether::wire::{CommitRecord, EventData};
 use aether::{ActorKey, CommandId};
 
 use super::{commit_of, key};
@@ -44,6 +46,7 @@ macro_rules! conformance_suite {
         $crate::conformance_case!($make, streams_are_isolated);
         $crate::conformance_case!($make, commit_log_is_in_commit_order);
         $crate::conformance_case!($make, truncation_removes_only_old_history);
+        $crate::conformance_case!($make, replay_hands_over_what_a_read_finds);
     };
 }
 
@@ -520,4 +523,79 @@ pub async fn truncation_removes_only_old_history<S: TestStore>(f: Fixture<S>) {
     let truncated = s.truncate_before(&none, 10).await.unwrap();
     assert_eq!((truncated.starts_at, truncated.removed), (1, 0));
     assert_eq!(s.latest_version(&none).await.unwrap(), 0);
+}
+
+/// Replays `actor` from `from`, keeping the commits handed over; `stop_after`: how many the
+/// visitor takes before it stops the replay.
+async fn replayed<S: TestStore>(
+    s: &S,
+    actor: &ActorKey,
+    from: u64,
+    stop_after: usize,
+) -> Result<(Vec<CommitRecord>, Replayed), StoreError> {
+    let mut handed = Vec::new();
+    let found = s
+        .replay(actor, from, &mut |commit| {
+            handed.push(commit);
+            handed.len() < stop_after
+        })
+        .await?;
+    Ok((handed, found))
+}
+
+pub async fn replay_hands_over_what_a_read_finds<S: TestStore>(f: Fixture<S>) {
+    let s = &f.store;
+    let clean = actor(&f, "clean");
+    s.append(&clean, 0, commit_of(&[1])).await.unwrap();
+    s.append(&clean, 1, commit_of(&[2, 3])).await.unwrap();
+    s.append(&clean, 3, commit_of(&[4])).await.unwrap();
+    for from in [0, 1, 2, 3, 4, 5] {
+        let (handed, found) = replayed(&**s, &clean, from, usize::MAX).await.unwrap();
+        let read = s.read_with_errors(&clean, from).await.unwrap();
+        assert_eq!(
+            handed, read.commits,
+            "from {from}: the commits a read finds, in order"
+        );
+        assert_eq!(found.commits, read.commits.len());
+        assert!(found.corrupt.is_empty());
+    }
+    // The visitor stops the replay: nothing more is handed over, the rest is still counted.
+    let (handed, found) = replayed(&**s, &clean, 1, 1).await.unwrap();
+    assert_eq!(handed.len(), 1);
+    assert_eq!((found.commits, found.corrupt.len()), (3, 0));
+
+    // Damage in the middle: the commits before it are handed over, the rest counted.
+    let damaged = actor(&f, "damaged-replay");
+    s.append(&damaged, 0, commit_of(&[1])).await.unwrap();
+    s.append(&damaged, 1, commit_of(&[2, 3])).await.unwrap();
+    s.inject_raw_commit(&damaged, 4, b"\xc1 not a record".to_vec())
+        .await
+        .unwrap();
+    s.append(&damaged, 4, commit_of(&[5])).await.unwrap();
+    let (handed, found) = replayed(&**s, &damaged, 1, usize::MAX).await.unwrap();
+    assert_eq!(
+        handed
+            .iter()
+            .map(CommitRecord::last_version)
+            .collect::<Vec<_>>(),
+        vec![1, 3],
+        "nothing after the damage is applied"
+    );
+    assert_eq!(found.commits, 3, "every clean commit is counted");
+    assert_eq!(found.corrupt.len(), 1);
+    assert_eq!(found.corrupt[0].position, 4);
+    assert!(
+        found.corrupt[0].reason.contains("commit record"),
+        "{:?}",
+        found.corrupt[0]
+    );
+
+    // Retention removed the start: a replay from before it says where history starts now.
+    s.truncate_before(&clean, 4).await.unwrap();
+    match replayed(&**s, &clean, 1, usize::MAX).await {
+        Err(StoreError::HistoryTruncated { starts_at, .. }) => assert_eq!(starts_at, 4),
+        other => panic!("a replay from 1 must say history starts at 4: {other:?}"),
+    }
+    let (handed, _) = replayed(&**s, &clean, 4, usize::MAX).await.unwrap();
+    assert_eq!(handed.len(), 1);
 }

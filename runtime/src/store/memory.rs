@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
-    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream,
-    check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit, encode_snapshot,
-    snapshot_version,
+    NewCommit, ReadReport, ReplayVisitor, Replayed, Replayer, Snapshot, SnapshotStore, StoreError,
+    Truncated, Wakeup, WakeupStream, check_horizon, check_namespace, decode_commit,
+    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommitRecord;
@@ -22,8 +23,9 @@ use crate::wire::CommitRecord;
 /// given out.
 type WakeupTable = (HashMap<ActorKey, (u64, u64)>, u64);
 
-/// One stream: `(last version, encoded record)` in version order.
-type Stream = Vec<(u64, Vec<u8>)>;
+/// One stream: `(last version, encoded record)` in version order. A read shares the records'
+/// bytes (a reference count each) instead of copying them under the lock.
+type Stream = Vec<(u64, Bytes)>;
 
 /// An in-memory event and snapshot store. Cheap to clone; clones share the data.
 #[derive(Clone)]
@@ -73,6 +75,20 @@ impl MemoryStore {
                 wakeups: Arc::new(Mutex::new((HashMap::new(), 0))),
                 wakeup_feed: LocalWakeups::new(),
             }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// The stored records holding a version ≥ `from_version`, shared, not copied.
+    fn records_from(&self, actor: &ActorKey, from_version: u64) -> Vec<(u64, Bytes)> {
+        let streams = self.inner.streams.lock();
+        match streams.get(actor) {
+            Some(stream) => {
+                let at = stream.partition_point(|(v, _)| *v < from_version);
+                stream[at..].to_vec()
+            }
+            None => Vec::new(),
         }
     }
 }
@@ -142,7 +158,7 @@ impl EventStore for MemoryStore {
             .by_actor
             .entry(actor.clone())
             .or_default()
-            .push((last_version, bytes));
+            .push((last_version, Bytes::from(bytes)));
         streams.log.push((actor.clone(), last_version));
         Ok(Appended {
             first_version: record.first_version,
@@ -162,16 +178,7 @@ impl EventStore for MemoryStore {
         from_version: u64,
     ) -> Result<ReadReport, StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
-        let records: Vec<(u64, Vec<u8>)> = {
-            let streams = self.inner.streams.lock();
-            match streams.get(actor) {
-                Some(stream) => {
-                    let at = stream.partition_point(|(v, _)| *v < from_version);
-                    stream[at..].to_vec()
-                }
-                None => Vec::new(),
-            }
-        };
+        let records = self.records_from(actor, from_version);
         let mut report = ReadReport {
             from_version,
             ..ReadReport::default()
@@ -184,6 +191,21 @@ impl EventStore for MemoryStore {
         }
         check_horizon(actor, &report)?;
         Ok(report)
+    }
+
+    async fn replay(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+        each: &mut ReplayVisitor<'_>,
+    ) -> Result<Replayed, StoreError> {
+        check_namespace(&self.inner.namespace, actor)?;
+        let records = self.records_from(actor, from_version);
+        let mut replayer = Replayer::new(actor, from_version, each);
+        for (position, bytes) in &records {
+            replayer.record(*position, bytes)?;
+        }
+        Ok(replayer.finish())
     }
 
     async fn truncate_before(
@@ -223,7 +245,7 @@ impl EventStore for MemoryStore {
                 .min(streams.log.len());
             // Commits removed by retention (the stream now starts after them) are skipped and
             // do not count toward `max`: a page is empty only at the log's end.
-            let records: Vec<(u64, ActorKey, u64, Option<Vec<u8>>)> = streams.log[start..]
+            let records: Vec<(u64, ActorKey, u64, Option<Bytes>)> = streams.log[start..]
                 .iter()
                 .enumerate()
                 .filter_map(|(i, (actor, version))| {
@@ -350,8 +372,8 @@ impl FaultInjection for MemoryStore {
         let mut streams = self.inner.streams.lock();
         let stream = streams.by_actor.entry(actor.clone()).or_default();
         match stream.binary_search_by_key(&position, |(v, _)| *v) {
-            Ok(i) => stream[i].1 = bytes,
-            Err(i) => stream.insert(i, (position, bytes)),
+            Ok(i) => stream[i].1 = Bytes::from(bytes),
+            Err(i) => stream.insert(i, (position, Bytes::from(bytes))),
         }
         Ok(())
     }

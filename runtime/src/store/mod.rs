@@ -169,6 +169,91 @@ pub struct Truncated {
     pub removed: u64,
 }
 
+/// What [`EventStore::replay`] found besides the commits it handed over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Every commit that decoded, whether handed over or (after damage) only counted.
+    pub commits: usize,
+    /// Every record that did not decode, in stream order. From the first one on, no commit is
+    /// handed over: what follows a damaged record cannot be applied in order.
+    pub corrupt: Vec<CorruptRecord>,
+}
+
+/// The consumer of [`EventStore::replay`]: takes each commit in order, and returns `false` to
+/// stop the replay (it keeps its own reason).
+pub type ReplayVisitor<'a> = dyn FnMut(CommitRecord) -> bool + Send + 'a;
+
+/// Feeds decoded commits to a [`ReplayVisitor`] one at a time, with the checks of
+/// [`EventStore::read_with_errors`]: a history that starts after the requested version is
+/// [`StoreError::HistoryTruncated`], and damage stops the handing over.
+pub(crate) struct Replayer<'v, 'a> {
+    actor: &'v ActorKey,
+    requested: u64,
+    each: &'v mut ReplayVisitor<'a>,
+    found: Replayed,
+    stopped: bool,
+}
+
+impl<'v, 'a> Replayer<'v, 'a> {
+    pub(crate) fn new(
+        actor: &'v ActorKey,
+        from_version: u64,
+        each: &'v mut ReplayVisitor<'a>,
+    ) -> Self {
+        Replayer {
+            actor,
+            requested: from_version.max(1),
+            each,
+            found: Replayed::default(),
+            stopped: false,
+        }
+    }
+
+    /// One stored record, at `position` (its last version).
+    pub(crate) fn record(&mut self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        match decode_commit(self.actor, position, bytes) {
+            Ok(commit) => self.commit(commit),
+            Err(reason) => {
+                self.damaged(position, reason);
+                Ok(())
+            }
+        }
+    }
+
+    /// One decoded commit. After damage, or once the visitor stopped, it is only counted: the
+    /// rest of the stream is still read, so that every damaged record is reported (damage
+    /// explains a failure better than what the visitor ran into).
+    pub(crate) fn commit(&mut self, commit: CommitRecord) -> Result<(), StoreError> {
+        self.found.commits += 1;
+        if self.found.commits == 1
+            && commit.first_version > self.requested
+            // A damaged record before the first clean commit may be where the history goes
+            // on: then it is damage, not a start of history.
+            && self.found.corrupt.is_empty()
+        {
+            return Err(StoreError::HistoryTruncated {
+                actor: self.actor.clone(),
+                requested: self.requested,
+                starts_at: commit.first_version,
+            });
+        }
+        if !self.stopped && self.found.corrupt.is_empty() {
+            self.stopped = !(self.each)(commit);
+        }
+        Ok(())
+    }
+
+    /// A record that did not decode.
+    pub(crate) fn damaged(&mut self, position: u64, reason: String) {
+        self.found.corrupt.push(CorruptRecord { position, reason });
+    }
+
+    /// What was found.
+    pub(crate) fn finish(self) -> Replayed {
+        self.found
+    }
+}
+
 /// A record that could not be decoded, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptRecord {
@@ -363,6 +448,37 @@ pub trait EventStore: Send + Sync + 'static {
         actor: &ActorKey,
         from_version: u64,
     ) -> Result<ReadReport, StoreError>;
+
+    /// Hands every commit holding a version ≥ `from_version` to `each`, in order, as
+    /// [`EventStore::read_with_errors`] reads them, without holding the whole history in
+    /// memory at once: how an activation replays. From the first damaged record on, or once
+    /// `each` returned `false`, commits are only counted (so every damaged record is still
+    /// reported). Fails as `read_with_errors` does (a history truncated past `from_version`
+    /// included).
+    ///
+    /// The default reads the whole report first; the built-in stores decode one record at a
+    /// time.
+    async fn replay(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+        each: &mut ReplayVisitor<'_>,
+    ) -> Result<Replayed, StoreError> {
+        let report = self.read_with_errors(actor, from_version).await?;
+        let mut replayer = Replayer::new(actor, from_version, each);
+        // The report lists damage apart from the commits: replay the clean commits before
+        // the first damaged record, then count the rest.
+        let first_damage = report.corrupt.first().map_or(u64::MAX, |c| c.position);
+        for commit in report.commits {
+            if commit.last_version() > first_damage && replayer.found.corrupt.is_empty() {
+                replayer.damaged(first_damage, String::new());
+            }
+            replayer.commit(commit)?;
+        }
+        let mut found = replayer.finish();
+        found.corrupt = report.corrupt;
+        Ok(found)
+    }
 
     /// The events from `from_version` on, in order. Fails on the first damaged record.
     async fn read(
@@ -664,7 +780,7 @@ pub(crate) fn decode_commit(
     position: u64,
     bytes: &[u8],
 ) -> Result<CommitRecord, String> {
-    let record = CommitRecord::decode(bytes).map_err(|e| e.to_string())?;
+    let record = CommitRecord::decode_of(bytes, Some(actor)).map_err(|e| e.to_string())?;
     if &record.actor != actor {
         return Err(format!("record belongs to {}, not {actor}", record.actor));
     }

@@ -140,14 +140,23 @@ impl CommitRecord {
         self.first_version + self.events.len() as u64 - 1
     }
 
-    /// Encodes the record.
+    /// Encodes the record: named MessagePack, the bytes `rmp_serde::to_vec_named` writes.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode("commit record", self)
+        super::record_codec::encode(self)
     }
 
     /// Decodes a record and checks its shape (known format, at least one event, version ≥ 1).
     pub fn decode(bytes: &[u8]) -> Result<CommitRecord, CodecError> {
-        let record: CommitRecord = codec::decode("commit record", bytes)?;
+        Self::decode_of(bytes, None)
+    }
+
+    /// [`CommitRecord::decode`] for a record read from `actor`'s stream: a record of that actor
+    /// shares its key instead of decoding and validating the names again.
+    pub(crate) fn decode_of(
+        bytes: &[u8],
+        actor: Option<&ActorKey>,
+    ) -> Result<CommitRecord, CodecError> {
+        let record = super::record_codec::decode(bytes, actor)?;
         let invalid = |reason: String| CodecError {
             what: "commit record",
             reason,

@@ -634,9 +634,23 @@ impl<A: Behavior> Activation<A> {
             from = self.version + 1,
             events = tracing::field::Empty,
         );
-        let report = host
+        // The store hands the commits over one at a time: a long history is never held in
+        // memory whole, and each record is applied while its bytes are still in cache.
+        let before = self.version;
+        let mut failed = None;
+        let found = host
             .events
-            .read_with_errors(&key, self.version + 1)
+            .replay(
+                &key,
+                self.version + 1,
+                &mut |commit| match self.replay_commit(commit) {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        failed = Some(reason);
+                        false
+                    }
+                },
+            )
             .instrument(replay.clone())
             .await
             .map_err(|e| match e {
@@ -645,23 +659,21 @@ impl<A: Behavior> Activation<A> {
                 }
                 e => LoadError::from_store("cannot read events", e),
             })?;
-        if !report.corrupt.is_empty() {
-            let positions: Vec<String> = report
+        if !found.corrupt.is_empty() {
+            let positions: Vec<String> = found
                 .corrupt
                 .iter()
                 .map(|c| format!("{} ({})", c.position, c.reason))
                 .collect();
             return Err(LoadError::Failed(format!(
                 "{} damaged record(s) at position(s) {}; {} clean commit(s) kept in the store",
-                report.corrupt.len(),
+                found.corrupt.len(),
                 positions.join(", "),
-                report.commits.len()
+                found.commits
             )));
         }
-        let before = self.version;
-        let _replaying = replay.enter();
-        for commit in report.commits {
-            self.replay_commit(commit).map_err(LoadError::Failed)?;
+        if let Some(reason) = failed {
+            return Err(LoadError::Failed(reason));
         }
         replay.record("events", self.version - before);
         self.stale = false;

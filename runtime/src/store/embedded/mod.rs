@@ -58,9 +58,9 @@ use tokio::sync::oneshot;
 
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
-    NewCommit, ReadReport, Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream,
-    actor_of_token, check_horizon, check_namespace, decode_commit, decode_snapshot, encode_commit,
-    encode_snapshot, snapshot_version,
+    NewCommit, ReadReport, ReplayVisitor, Replayed, Replayer, Snapshot, SnapshotStore, StoreError,
+    Truncated, Wakeup, WakeupStream, actor_of_token, check_horizon, check_namespace, decode_commit,
+    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -624,6 +624,38 @@ impl EventStore for EmbeddedStore {
             Ok(report)
         })
         .await
+    }
+
+    async fn replay(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+        each: &mut ReplayVisitor<'_>,
+    ) -> Result<Replayed, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        let events = self.handles()?.events;
+        let prefix = stream_prefix(actor);
+        // The engine's values are shared slices: read them all off the runtime's threads,
+        // then decode and hand over one at a time.
+        let records = Self::blocking(move || {
+            let start = event_key(&prefix, from_version);
+            let end = event_key(&prefix, u64::MAX);
+            events
+                .range(start..=end)
+                .map(|guard| {
+                    let (key, value) = guard.into_inner().map_err(engine_error)?;
+                    let position =
+                        key_version(&key).ok_or_else(|| engine_error("malformed event key"))?;
+                    Ok((position, value))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+        let mut replayer = Replayer::new(actor, from_version, each);
+        for (position, value) in &records {
+            replayer.record(*position, value)?;
+        }
+        Ok(replayer.finish())
     }
 
     async fn truncate_before(
