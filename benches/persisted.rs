@@ -8,7 +8,8 @@
 //!   store, then the time to the first answer (activation, replay, the ask) ÷ a raw loop that
 //!   reads the same stored records and decodes and applies their events. Also per event.
 //!
-//! Paired rounds (see `support::pairs`), the order within a pair alternating.
+//! Paired rounds (see `support::pairs`), the order within a pair alternating. `P1_ONLY=c`
+//! measures only the recovery; `P1_ROUNDS=1` prints each round of it.
 
 mod support;
 
@@ -161,6 +162,11 @@ async fn main() -> anyhow::Result<()> {
             ours.push(recover(&events, &snapshots).await);
             raw.push(raw_replay(&store, &key).await);
         }
+    }
+    // `P1_ROUNDS=1` prints every round's time: the rounds of one run can differ by 2x when
+    // the machine's other core is busy.
+    if std::env::var("P1_ROUNDS").is_ok() {
+        eprintln!("P1c rounds, ours (ms): {ours:.2?}\nP1c rounds, raw (ms): {raw:.2?}");
     }
     let ours_ms = median(ours.clone());
     report_paired(

@@ -372,6 +372,17 @@ impl ActorKey {
         }
     }
 
+    /// A key for a record about to be decoded over: valid, shared (cloning it allocates
+    /// nothing), and never the address of an actor.
+    pub(crate) fn placeholder() -> ActorKey {
+        static KEY: std::sync::LazyLock<ActorKey> = std::sync::LazyLock::new(|| ActorKey {
+            namespace: Namespace(Arc::from("-")),
+            kind: Kind(Arc::from("-")),
+            id: ActorId(Arc::from("-")),
+        });
+        KEY.clone()
+    }
+
     /// `<namespace>.<kind>.<encoded-id>`: one dot-separated, subject-safe name for the stream.
     pub(crate) fn stream_token(&self) -> String {
         let mut out = String::with_capacity(

@@ -536,7 +536,7 @@ async fn replayed<S: TestStore>(
     let mut handed = Vec::new();
     let found = s
         .replay(actor, from, &mut |commit| {
-            handed.push(commit);
+            handed.push(commit.clone());
             handed.len() < stop_after
         })
         .await?;
@@ -563,6 +563,18 @@ pub async fn replay_hands_over_what_a_read_finds<S: TestStore>(f: Fixture<S>) {
     let (handed, found) = replayed(&**s, &clean, 1, 1).await.unwrap();
     assert_eq!(handed.len(), 1);
     assert_eq!((found.commits, found.corrupt.len()), (3, 0));
+
+    // A history longer than a store's page of records: every commit, in order, once.
+    let long = actor(&f, "long-replay");
+    for v in 0..520u64 {
+        s.append(&long, v, commit_of(&[v])).await.unwrap();
+    }
+    for from in [1, 256, 257, 300] {
+        let (handed, found) = replayed(&**s, &long, from, usize::MAX).await.unwrap();
+        let versions: Vec<u64> = handed.iter().map(CommitRecord::last_version).collect();
+        assert_eq!(versions, (from..=520).collect::<Vec<_>>(), "from {from}");
+        assert_eq!(found.commits, versions.len());
+    }
 
     // Damage in the middle: the commits before it are handed over, the rest counted.
     let damaged = actor(&f, "damaged-replay");

@@ -200,12 +200,37 @@ impl EventStore for MemoryStore {
         each: &mut ReplayVisitor<'_>,
     ) -> Result<Replayed, StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
-        let records = self.records_from(actor, from_version);
+        // A page of records at a time, copied out under the lock into one reused buffer: a
+        // long history is never listed whole, and a replay writes nothing the store shares.
+        // (Cloning each record's `Bytes` would: its reference count, a cache line that moves
+        // between cores on every read when the last reader ran on another one.)
+        const PAGE: usize = 256;
         let mut replayer = Replayer::new(actor, from_version, each);
-        for (position, bytes) in &records {
-            replayer.record(*position, bytes)?;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut page: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(PAGE);
+        let mut from = from_version;
+        loop {
+            bytes.clear();
+            page.clear();
+            {
+                let streams = self.inner.streams.lock();
+                if let Some(stream) = streams.get(actor) {
+                    let at = stream.partition_point(|(v, _)| *v < from);
+                    for (position, record) in stream[at..].iter().take(PAGE) {
+                        let start = bytes.len();
+                        bytes.extend_from_slice(record);
+                        page.push((*position, start..bytes.len()));
+                    }
+                }
+            }
+            for (position, range) in &page {
+                replayer.record(*position, &bytes[range.clone()])?;
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => from = last + 1,
+                _ => return Ok(replayer.finish()),
+            }
         }
-        Ok(replayer.finish())
     }
 
     async fn truncate_before(

@@ -181,12 +181,23 @@ pub struct Replayed {
 
 /// The consumer of [`EventStore::replay`]: takes each commit in order, and returns `false` to
 /// stop the replay (it keeps its own reason).
-pub type ReplayVisitor<'a> = dyn FnMut(CommitRecord) -> bool + Send + 'a;
+///
+/// The record is lent: a store may decode the next commit into the same record, reusing its
+/// buffers, so take out (`std::mem::take`) what must outlive the call.
+pub type ReplayVisitor<'a> = dyn FnMut(&mut CommitRecord) -> bool + Send + 'a;
 
 /// Feeds decoded commits to a [`ReplayVisitor`] one at a time, with the checks of
 /// [`EventStore::read_with_errors`]: a history that starts after the requested version is
-/// [`StoreError::HistoryTruncated`], and damage stops the handing over.
+/// [`StoreError::HistoryTruncated`], and damage stops the handing over. Every stored record is
+/// decoded into one record, whose buffers are reused.
 pub(crate) struct Replayer<'v, 'a> {
+    feed: Feed<'v, 'a>,
+    /// The record each stored record is decoded into.
+    scratch: CommitRecord,
+}
+
+/// The part of a [`Replayer`] that sees the decoded commits.
+struct Feed<'v, 'a> {
     actor: &'v ActorKey,
     requested: u64,
     each: &'v mut ReplayVisitor<'a>,
@@ -201,18 +212,21 @@ impl<'v, 'a> Replayer<'v, 'a> {
         each: &'v mut ReplayVisitor<'a>,
     ) -> Self {
         Replayer {
-            actor,
-            requested: from_version.max(1),
-            each,
-            found: Replayed::default(),
-            stopped: false,
+            feed: Feed {
+                actor,
+                requested: from_version.max(1),
+                each,
+                found: Replayed::default(),
+                stopped: false,
+            },
+            scratch: CommitRecord::blank(actor.clone()),
         }
     }
 
     /// One stored record, at `position` (its last version).
     pub(crate) fn record(&mut self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        match decode_commit(self.actor, position, bytes) {
-            Ok(commit) => self.commit(commit),
+        match decode_commit_over(&mut self.scratch, self.feed.actor, position, bytes) {
+            Ok(()) => self.feed.commit(&mut self.scratch),
             Err(reason) => {
                 self.damaged(position, reason);
                 Ok(())
@@ -220,10 +234,35 @@ impl<'v, 'a> Replayer<'v, 'a> {
         }
     }
 
-    /// One decoded commit. After damage, or once the visitor stopped, it is only counted: the
-    /// rest of the stream is still read, so that every damaged record is reported (damage
-    /// explains a failure better than what the visitor ran into).
-    pub(crate) fn commit(&mut self, commit: CommitRecord) -> Result<(), StoreError> {
+    /// One decoded commit (for a store that decodes them itself).
+    pub(crate) fn commit(&mut self, commit: &mut CommitRecord) -> Result<(), StoreError> {
+        self.feed.commit(commit)
+    }
+
+    /// A record that did not decode.
+    pub(crate) fn damaged(&mut self, position: u64, reason: String) {
+        self.feed
+            .found
+            .corrupt
+            .push(CorruptRecord { position, reason });
+    }
+
+    /// Whether a damaged record was seen.
+    fn saw_damage(&self) -> bool {
+        !self.feed.found.corrupt.is_empty()
+    }
+
+    /// What was found.
+    pub(crate) fn finish(self) -> Replayed {
+        self.feed.found
+    }
+}
+
+impl Feed<'_, '_> {
+    /// After damage, or once the visitor stopped, a commit is only counted: the rest of the
+    /// stream is still read, so that every damaged record is reported (damage explains a
+    /// failure better than what the visitor ran into).
+    fn commit(&mut self, commit: &mut CommitRecord) -> Result<(), StoreError> {
         self.found.commits += 1;
         if self.found.commits == 1
             && commit.first_version > self.requested
@@ -241,16 +280,6 @@ impl<'v, 'a> Replayer<'v, 'a> {
             self.stopped = !(self.each)(commit);
         }
         Ok(())
-    }
-
-    /// A record that did not decode.
-    pub(crate) fn damaged(&mut self, position: u64, reason: String) {
-        self.found.corrupt.push(CorruptRecord { position, reason });
-    }
-
-    /// What was found.
-    pub(crate) fn finish(self) -> Replayed {
-        self.found
     }
 }
 
@@ -469,11 +498,11 @@ pub trait EventStore: Send + Sync + 'static {
         // The report lists damage apart from the commits: replay the clean commits before
         // the first damaged record, then count the rest.
         let first_damage = report.corrupt.first().map_or(u64::MAX, |c| c.position);
-        for commit in report.commits {
-            if commit.last_version() > first_damage && replayer.found.corrupt.is_empty() {
+        for mut commit in report.commits {
+            if commit.last_version() > first_damage && !replayer.saw_damage() {
                 replayer.damaged(first_damage, String::new());
             }
-            replayer.commit(commit)?;
+            replayer.commit(&mut commit)?;
         }
         let mut found = replayer.finish();
         found.corrupt = report.corrupt;
@@ -780,7 +809,22 @@ pub(crate) fn decode_commit(
     position: u64,
     bytes: &[u8],
 ) -> Result<CommitRecord, String> {
-    let record = CommitRecord::decode_of(bytes, Some(actor)).map_err(|e| e.to_string())?;
+    let mut record = CommitRecord::blank(actor.clone());
+    decode_commit_over(&mut record, actor, position, bytes)?;
+    Ok(record)
+}
+
+/// [`decode_commit`] into `record`, reusing its buffers. On an error, `record` is left a mix of
+/// old and new fields.
+pub(crate) fn decode_commit_over(
+    record: &mut CommitRecord,
+    actor: &ActorKey,
+    position: u64,
+    bytes: &[u8],
+) -> Result<(), String> {
+    record
+        .decode_over(bytes, Some(actor))
+        .map_err(|e| e.to_string())?;
     if &record.actor != actor {
         return Err(format!("record belongs to {}, not {actor}", record.actor));
     }
@@ -791,7 +835,7 @@ pub(crate) fn decode_commit(
             record.last_version()
         ));
     }
-    Ok(record)
+    Ok(())
 }
 
 pub(crate) fn encode_snapshot(actor: &ActorKey, snapshot: Snapshot) -> Result<Vec<u8>, StoreError> {

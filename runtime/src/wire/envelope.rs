@@ -147,44 +147,60 @@ impl CommitRecord {
 
     /// Decodes a record and checks its shape (known format, at least one event, version ≥ 1).
     pub fn decode(bytes: &[u8]) -> Result<CommitRecord, CodecError> {
-        Self::decode_of(bytes, None)
+        let record = super::record_codec::decode(bytes, None)?;
+        record.check_shape()?;
+        Ok(record)
     }
 
-    /// [`CommitRecord::decode`] for a record read from `actor`'s stream: a record of that actor
-    /// shares its key instead of decoding and validating the names again.
-    pub(crate) fn decode_of(
+    /// [`CommitRecord::decode`] into `self`, for a record read from `actor`'s stream: a
+    /// record of that actor shares its key instead of decoding and validating the names
+    /// again, and `self`'s buffers are reused. On an error, `self` is left a mix of old and
+    /// new fields.
+    pub(crate) fn decode_over(
+        &mut self,
         bytes: &[u8],
         actor: Option<&ActorKey>,
-    ) -> Result<CommitRecord, CodecError> {
-        let record = super::record_codec::decode(bytes, actor)?;
+    ) -> Result<(), CodecError> {
+        super::record_codec::decode_into(bytes, actor, self)?;
+        self.check_shape()
+    }
+
+    /// A record for [`CommitRecord::decode_over`] to fill.
+    pub(crate) fn blank(actor: ActorKey) -> CommitRecord {
+        super::record_codec::blank(actor)
+    }
+
+    /// The shape every stored record has: a known format, at least one event, versions from 1
+    /// that do not overflow.
+    fn check_shape(&self) -> Result<(), CodecError> {
         let invalid = |reason: String| CodecError {
             what: "commit record",
             reason,
         };
-        if record.format > COMMIT_FORMAT {
+        if self.format > COMMIT_FORMAT {
             return Err(invalid(format!(
                 "format {} is newer than this reader ({COMMIT_FORMAT})",
-                record.format
+                self.format
             )));
         }
-        if record.events.is_empty() {
+        if self.events.is_empty() {
             return Err(invalid("a commit holds no events".into()));
         }
-        if record.first_version == 0 {
+        if self.first_version == 0 {
             return Err(invalid("versions start at 1".into()));
         }
-        if record
+        if self
             .first_version
-            .checked_add(record.events.len() as u64 - 1)
+            .checked_add(self.events.len() as u64 - 1)
             .is_none()
         {
             return Err(invalid(format!(
                 "{} events from version {} run past the largest version",
-                record.events.len(),
-                record.first_version
+                self.events.len(),
+                self.first_version
             )));
         }
-        Ok(record)
+        Ok(())
     }
 
     /// The user events of this commit as self-contained envelopes (the runtime's bookkeeping

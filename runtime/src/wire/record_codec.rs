@@ -225,80 +225,132 @@ fn array_len(out: &mut Vec<u8>, len: usize) -> Result<(), CodecError> {
 // Reading
 // ---------------------------------------------------------------------------------------------
 
-/// Decodes a commit record (without the shape checks of [`CommitRecord::decode`]).
+/// Decodes a commit record into `out`, reusing its buffers (without the shape checks of
+/// [`CommitRecord::decode`]). On an error, `out` holds a mix of old and new fields.
 ///
 /// `expected`: the actor whose stream the bytes come from, if known. A record of that actor
 /// shares its key; a record of another actor is decoded in full, so the caller can say whose
 /// it is.
+pub(crate) fn decode_into(
+    bytes: &[u8],
+    expected: Option<&ActorKey>,
+    out: &mut CommitRecord,
+) -> Result<(), CodecError> {
+    if fast(bytes, expected, out).is_none() {
+        *out = codec::decode(WHAT, bytes)?;
+    }
+    Ok(())
+}
+
+/// [`decode_into`] a new record.
 pub(crate) fn decode(
     bytes: &[u8],
     expected: Option<&ActorKey>,
 ) -> Result<CommitRecord, CodecError> {
-    match fast(bytes, expected) {
-        Some(record) => Ok(record),
-        None => codec::decode(WHAT, bytes),
-    }
+    let mut out = blank(expected.map_or_else(ActorKey::placeholder, ActorKey::clone));
+    decode_into(bytes, expected, &mut out)?;
+    Ok(out)
 }
 
-/// The common shape, read in place; `None` hands the bytes to serde.
-fn fast(bytes: &[u8], expected: Option<&ActorKey>) -> Option<CommitRecord> {
-    let mut r = Reader { buf: bytes };
-    let fields = r.map_len()?;
-    let mut format = None;
-    let mut actor = None;
-    let mut first_version = None;
-    let mut command_id = None;
-    let mut correlation_id = None;
-    let mut causation_id = None;
-    let mut timestamp_ms = None;
-    let mut events = None;
-    let mut reply = None;
-    for _ in 0..fields {
-        // A repeated field is an error for serde: let it say so.
-        match r.str_bytes()? {
-            b"format" if format.is_none() => {
-                format = Some(u16::try_from(r.uint()?).ok()?);
-            }
-            b"actor" if actor.is_none() => actor = Some(r.actor(expected)?),
-            b"first_version" if first_version.is_none() => first_version = Some(r.uint()?),
-            b"command_id" if command_id.is_none() => command_id = Some(r.command_id()?),
-            b"correlation_id" if correlation_id.is_none() => {
-                correlation_id = Some(r.command_id()?);
-            }
-            b"causation_id" if causation_id.is_none() => {
-                causation_id = Some(if r.nil() { None } else { Some(r.command_id()?) });
-            }
-            b"timestamp_ms" if timestamp_ms.is_none() => timestamp_ms = Some(r.uint()?),
-            b"events" if events.is_none() => events = Some(r.events()?),
-            b"reply" if reply.is_none() => {
-                reply = Some(if r.nil() {
-                    None
-                } else {
-                    Some(r.bin()?.to_vec())
-                });
-            }
-            // The workflow fields, a field from a newer writer, a repeat: serde's job.
-            _ => return None,
-        }
-    }
-    if !r.buf.is_empty() {
-        return None;
-    }
-    Some(CommitRecord {
-        format: format?,
-        actor: actor?,
-        first_version: first_version?,
-        command_id: command_id?,
-        correlation_id: correlation_id?,
-        causation_id: causation_id?,
-        timestamp_ms: timestamp_ms?,
-        events: events?,
-        // Absent: serde's default.
-        reply: reply.unwrap_or(None),
+/// A record to decode into: every field is overwritten by [`decode_into`].
+pub(crate) fn blank(actor: ActorKey) -> CommitRecord {
+    CommitRecord {
+        format: 0,
+        actor,
+        first_version: 0,
+        command_id: CommandId::from_u128(0),
+        correlation_id: CommandId::from_u128(0),
+        causation_id: None,
+        timestamp_ms: 0,
+        events: Vec::new(),
+        reply: None,
         outbox: Vec::new(),
         settled: Vec::new(),
         delivery: None,
-    })
+    }
+}
+
+/// The common shape, read in place into `out`; `None` hands the bytes to serde.
+fn fast(bytes: &[u8], expected: Option<&ActorKey>, out: &mut CommitRecord) -> Option<()> {
+    const FORMAT: u16 = 1;
+    const ACTOR: u16 = 1 << 1;
+    const FIRST_VERSION: u16 = 1 << 2;
+    const COMMAND_ID: u16 = 1 << 3;
+    const CORRELATION_ID: u16 = 1 << 4;
+    const CAUSATION_ID: u16 = 1 << 5;
+    const TIMESTAMP_MS: u16 = 1 << 6;
+    const EVENTS: u16 = 1 << 7;
+    const REPLY: u16 = 1 << 8;
+    const REQUIRED: u16 = REPLY - 1;
+
+    let mut r = Reader { buf: bytes };
+    let fields = r.map_len()?;
+    let mut seen = 0u16;
+    for _ in 0..fields {
+        let field = match r.str_bytes()? {
+            b"format" => {
+                out.format = u16::try_from(r.uint()?).ok()?;
+                FORMAT
+            }
+            b"actor" => {
+                r.actor(expected, &mut out.actor)?;
+                ACTOR
+            }
+            b"first_version" => {
+                out.first_version = r.uint()?;
+                FIRST_VERSION
+            }
+            b"command_id" => {
+                out.command_id = r.command_id()?;
+                COMMAND_ID
+            }
+            b"correlation_id" => {
+                out.correlation_id = r.command_id()?;
+                CORRELATION_ID
+            }
+            b"causation_id" => {
+                out.causation_id = if r.nil() { None } else { Some(r.command_id()?) };
+                CAUSATION_ID
+            }
+            b"timestamp_ms" => {
+                out.timestamp_ms = r.uint()?;
+                TIMESTAMP_MS
+            }
+            b"events" => {
+                r.events(&mut out.events)?;
+                EVENTS
+            }
+            b"reply" => {
+                if r.nil() {
+                    out.reply = None;
+                } else {
+                    let reply = r.bin()?;
+                    let kept = out.reply.get_or_insert_with(Vec::new);
+                    kept.clear();
+                    kept.extend_from_slice(reply);
+                }
+                REPLY
+            }
+            // The workflow fields, a field from a newer writer: serde's job.
+            _ => return None,
+        };
+        // A repeated field is an error for serde: let it say so.
+        if seen & field != 0 {
+            return None;
+        }
+        seen |= field;
+    }
+    if !r.buf.is_empty() || seen & REQUIRED != REQUIRED {
+        return None;
+    }
+    if seen & REPLY == 0 {
+        // Absent: serde's default.
+        out.reply = None;
+    }
+    out.outbox.clear();
+    out.settled.clear();
+    out.delivery = None;
+    Some(())
 }
 
 /// A cursor over MessagePack, taking only the forms serde reads the same way.
@@ -399,8 +451,9 @@ impl<'a> Reader<'a> {
         Some(CommandId::from_u128(u128::from_be_bytes(bytes)))
     }
 
-    /// The actor key map: the expected key when the names match it, else validated names.
-    fn actor(&mut self, expected: Option<&ActorKey>) -> Option<ActorKey> {
+    /// The actor key map, into `out`: the expected key when the names match it (shared, and
+    /// kept as it is when `out` already is that key), else validated names.
+    fn actor(&mut self, expected: Option<&ActorKey>, out: &mut ActorKey) -> Option<()> {
         if self.map_len()? != 3 || self.str_bytes()? != b"namespace" {
             return None;
         }
@@ -413,31 +466,37 @@ impl<'a> Reader<'a> {
             return None;
         }
         let id = self.str_bytes()?;
+        let is = |key: &ActorKey| {
+            key.namespace.as_str().as_bytes() == namespace
+                && key.kind.as_str().as_bytes() == kind
+                && key.id.as_str().as_bytes() == id
+        };
         match expected {
             // Equal to valid names: valid UTF-8 and valid names, nothing to check.
-            Some(key)
-                if key.namespace.as_str().as_bytes() == namespace
-                    && key.kind.as_str().as_bytes() == kind
-                    && key.id.as_str().as_bytes() == id =>
-            {
-                Some(key.clone())
+            Some(key) if is(key) => {
+                if !is(out) {
+                    *out = key.clone();
+                }
             }
             _ => {
                 let text = |b| std::str::from_utf8(b).ok();
-                Some(ActorKey::new(
+                *out = ActorKey::new(
                     Namespace::new(text(namespace)?).ok()?,
                     Kind::new(text(kind)?).ok()?,
                     ActorId::new(text(id)?).ok()?,
-                ))
+                );
             }
         }
+        Some(())
     }
 
-    fn events(&mut self) -> Option<Vec<EventData>> {
+    /// The events, into `out`, reusing its events' buffers.
+    fn events(&mut self, out: &mut Vec<EventData>) -> Option<()> {
         let n = self.array_len()?;
         // Each event takes at least a few bytes: a bogus length cannot reserve much.
-        let mut events = Vec::with_capacity(n.min(self.buf.len() / 4));
-        for _ in 0..n {
+        // Exactly: a commit mostly holds one event, and `reserve` would round up to four.
+        out.reserve_exact(n.min(self.buf.len() / 4).saturating_sub(out.len()));
+        for i in 0..n {
             let fields = self.map_len()?;
             let (mut event_type, mut payload, mut schema_version) = (None, None, None);
             for _ in 0..fields {
@@ -450,13 +509,25 @@ impl<'a> Reader<'a> {
                     _ => return None,
                 }
             }
-            events.push(EventData {
-                event_type: event_type?.to_owned(),
-                payload: payload?.to_vec(),
-                schema_version: schema_version.unwrap_or(0),
-            });
+            let (event_type, payload) = (event_type?, payload?);
+            let schema_version = schema_version.unwrap_or(0);
+            match out.get_mut(i) {
+                Some(event) => {
+                    event.event_type.clear();
+                    event.event_type.push_str(event_type);
+                    event.payload.clear();
+                    event.payload.extend_from_slice(payload);
+                    event.schema_version = schema_version;
+                }
+                None => out.push(EventData {
+                    event_type: event_type.to_owned(),
+                    payload: payload.to_vec(),
+                    schema_version,
+                }),
+            }
         }
-        Some(events)
+        out.truncate(n);
+        Some(())
     }
 }
 
@@ -580,6 +651,26 @@ mod tests {
             prop_assert_eq!(&decode(&bytes, Some(&other)).expect("decodes").actor, &record.actor);
         }
 
+        /// A record decoded over another (its buffers reused) is the record, whatever the
+        /// other held: more or fewer events, a reply or none, workflow fields or none.
+        #[test]
+        fn decodes_over_any_previous_record(
+            first in record_strategy(),
+            second in record_strategy(),
+            damaged in any::<bool>(),
+        ) {
+            let mut scratch = decode(&encode(&first).expect("encodes"), None).expect("decodes");
+            if damaged {
+                // A failed decode leaves a mix of fields: the next one must not care.
+                let mut bytes = encode(&second).expect("encodes");
+                bytes.truncate(bytes.len() / 2);
+                prop_assert!(decode_into(&bytes, Some(&first.actor), &mut scratch).is_err());
+            }
+            let bytes = encode(&second).expect("encodes");
+            decode_into(&bytes, Some(&first.actor), &mut scratch).expect("decodes");
+            prop_assert_eq!(&scratch, &second);
+        }
+
         /// Damage of any kind gives what serde gives: the same record, or the same error.
         #[test]
         fn damage_decodes_as_serde_decodes(
@@ -628,7 +719,8 @@ mod tests {
             delivery: None,
         };
         let bytes = encode(&record).expect("encodes");
-        let read = fast(&bytes, Some(&actor)).expect("the common shape takes the fast path");
+        let mut read = blank(ActorKey::placeholder());
+        fast(&bytes, Some(&actor), &mut read).expect("the common shape takes the fast path");
         assert_eq!(read, record);
         // The stream's key is shared, not decoded again.
         assert_eq!(read.actor.id.as_str().as_ptr(), actor.id.as_str().as_ptr());
@@ -636,7 +728,7 @@ mod tests {
         let mut settled = record.clone();
         settled.settled = vec![3];
         let bytes = encode(&settled).expect("encodes");
-        assert!(fast(&bytes, None).is_none());
+        assert!(fast(&bytes, None, &mut blank(ActorKey::placeholder())).is_none());
         assert_eq!(decode(&bytes, None).expect("serde decodes"), settled);
     }
 }

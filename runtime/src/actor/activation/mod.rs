@@ -681,7 +681,8 @@ impl<A: Behavior> Activation<A> {
         Ok(())
     }
 
-    fn replay_commit(&mut self, commit: CommitRecord) -> Result<(), String> {
+    /// Applies one stored commit (lent by the store: its reply is taken, the rest left).
+    fn replay_commit(&mut self, commit: &mut CommitRecord) -> Result<(), String> {
         if commit.last_version() <= self.version {
             return Ok(());
         }
@@ -692,14 +693,15 @@ impl<A: Behavior> Activation<A> {
                 commit.first_version
             ));
         }
-        let host = Arc::clone(&self.host);
+        let host = &self.host;
+        let mut applied = 0;
         for (i, data) in commit.events.iter().enumerate() {
             if data.is_system() {
                 continue;
             }
             let version = commit.first_version + i as u64;
             // A panicking upcaster (user code) fails the load like a panicking `apply`.
-            let decoded = with_decode_host(&host, || {
+            let decoded = with_decode_host(host, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
                     crate::actor::decode_event::<A>(
                         &data.event_type,
@@ -721,11 +723,16 @@ impl<A: Behavior> Activation<A> {
             let state = &mut self.state;
             std::panic::catch_unwind(AssertUnwindSafe(|| state.apply(&event)))
                 .map_err(|p| format!("apply panicked on event {version}: {}", panic_text(&*p)))?;
-            Stats::bump(&host.stats.replayed_events);
+            applied += 1;
         }
+        host.stats
+            .replayed_events
+            .fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
         self.version = commit.last_version();
-        self.cell.outbox.lock().apply_commit(&commit);
-        self.remember(commit.command_id, commit.reply);
+        if !(commit.outbox.is_empty() && commit.settled.is_empty() && commit.delivery.is_none()) {
+            self.cell.outbox.lock().apply_commit(commit);
+        }
+        self.remember(commit.command_id, commit.reply.take());
         Ok(())
     }
 
