@@ -106,11 +106,11 @@ async fn raw_replay(store: &MemoryStore, key: &ActorKey) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let (rounds, length) = pairs();
-    // `P1_ONLY=c` (for a profiler) measures only the recovery.
+    // `P1_ONLY=c` (for a profiler) measures only the recovery; `P1_ONLY=P1b` only P1b.
     let only_recovery = std::env::var("P1_ONLY").is_ok_and(|v| v == "c");
     for (id, concurrency) in [("P1a", 1usize), ("P1b", 64)] {
-        if only_recovery {
-            break;
+        if only_recovery || std::env::var("P1_ONLY").is_ok_and(|v| v != id) {
+            continue;
         }
         let (mut persisted, mut plain) = (Vec::new(), Vec::new());
         for round in 0..rounds {
@@ -138,6 +138,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    if std::env::var("P1_ONLY").is_ok_and(|v| v != "c") {
+        return Ok(());
+    }
     // P1c: one history of 20 000 events, written through the runtime.
     let (store, events, snapshots) = memory();
     {

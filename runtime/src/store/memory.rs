@@ -3,7 +3,9 @@
 //! Records are kept encoded, exactly as a durable store keeps them, so decoding, damage
 //! reporting and size limits behave as they do on disk. Nothing survives the process.
 
-use std::collections::HashMap;
+// foldhash (seeded per process), not SipHash: a store for tests and benches, where speed
+// matters more than SipHash's stronger guarantees.
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
