@@ -223,13 +223,13 @@ impl<'v, 'a> Replayer<'v, 'a> {
         }
     }
 
-    /// One stored record, at `position` (its last version).
-    pub(crate) fn record(&mut self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    /// One stored record, at `position` (its last version). `Ok(true)`: it decoded.
+    pub(crate) fn record(&mut self, position: u64, bytes: &[u8]) -> Result<bool, StoreError> {
         match decode_commit_over(&mut self.scratch, self.feed.actor, position, bytes) {
-            Ok(()) => self.feed.commit(&mut self.scratch),
+            Ok(()) => self.feed.commit(&mut self.scratch).map(|()| true),
             Err(reason) => {
                 self.damaged(position, reason);
-                Ok(())
+                Ok(false)
             }
         }
     }

@@ -73,9 +73,9 @@ use parking_lot::Mutex;
 use self::direct_get::{RawMsg, ReadFailure};
 use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LogEntry, LogPage, NewCommit, ReadReport,
-    Snapshot, SnapshotStore, StoreError, Truncated, Wakeup, WakeupStream, check_horizon,
-    check_namespace, decode_commit, decode_snapshot_at, encode_commit, encode_snapshot_at,
-    snapshot_version,
+    ReplayVisitor, Replayed, Replayer, Snapshot, SnapshotStore, StoreError, Truncated, Wakeup,
+    WakeupStream, check_horizon, check_namespace, decode_commit, decode_snapshot_at, encode_commit,
+    encode_snapshot_at, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommandId;
@@ -385,6 +385,51 @@ impl JetStreamStore {
         })
     }
 
+    /// The messages of `subject` that may hold versions ≥ `from_version`, in order, each with
+    /// the version its header names (the last of its commit), or why it names none. A message
+    /// whose commit ends before `from_version` is left out.
+    async fn stored_from(
+        &self,
+        subject: &str,
+        from_version: u64,
+    ) -> Result<Vec<(Result<u64, String>, RawMsg)>, StoreError> {
+        let Some(head) = self.fetch_last(subject).await? else {
+            return Ok(Vec::new());
+        };
+        // Start after the best known position below `from_version`.
+        let hints = [
+            self.heads.lock().get(subject).copied(),
+            self.snapshot_positions.lock().get(subject).copied(),
+        ];
+        let start = hints
+            .iter()
+            .flatten()
+            .filter(|p| p.version < from_version)
+            .map(|p| p.seq + 1)
+            .max()
+            .unwrap_or(1);
+        let msgs = self.read_subject(subject, start, head.position.seq).await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|msg| {
+                let position = msg
+                    .headers
+                    .get(VERSION_HEADER)
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .ok_or_else(|| format!("message {} has no {VERSION_HEADER} header", msg.seq));
+                match position {
+                    Ok(p) if p < from_version => None,
+                    position => Some((position, msg)),
+                }
+            })
+            .collect())
+    }
+
+    /// Notes where a clean commit read from `subject` sits, so the next read starts there.
+    fn remember_read(&self, subject: &str, version: u64, seq: u64) {
+        remember(&self.heads, subject, Position { version, seq });
+    }
+
     /// Every message of `subject` from sequence `start` through `until` (the leader's last
     /// sequence for the subject, read just before).
     async fn read_subject(
@@ -651,61 +696,50 @@ impl EventStore for JetStreamStore {
     ) -> Result<ReadReport, StoreError> {
         check_namespace(&self.namespace, actor)?;
         self.ensure_connected()?;
-        let subject = self.subject(actor);
         let mut report = ReadReport {
             from_version,
             ..ReadReport::default()
         };
-        let Some(head) = self.fetch_last(&subject).await? else {
-            return Ok(report);
-        };
-        // Start after the best known position below `from_version`.
-        let hints = [
-            self.heads.lock().get(&subject).copied(),
-            self.snapshot_positions.lock().get(&subject).copied(),
-        ];
-        let start = hints
-            .iter()
-            .flatten()
-            .filter(|p| p.version < from_version)
-            .map(|p| p.seq + 1)
-            .max()
-            .unwrap_or(1);
-        let msgs = self
-            .read_subject(&subject, start, head.position.seq)
-            .await?;
-        for msg in msgs {
-            let header_version = msg
-                .headers
-                .get(VERSION_HEADER)
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            let Some(position) = header_version else {
-                report.corrupt.push(CorruptRecord {
-                    position: msg.seq,
-                    reason: format!("message {} has no {VERSION_HEADER} header", msg.seq),
-                });
-                continue;
-            };
-            if position < from_version {
-                continue;
-            }
-            match decode_commit(actor, position, &msg.payload) {
+        let subject = self.subject(actor);
+        for (position, msg) in self.stored_from(&subject, from_version).await? {
+            let at = *position.as_ref().unwrap_or(&msg.seq);
+            match position.and_then(|p| decode_commit(actor, p, &msg.payload)) {
                 Ok(record) => {
-                    remember(
-                        &self.heads,
-                        &subject,
-                        Position {
-                            version: record.last_version(),
-                            seq: msg.seq,
-                        },
-                    );
+                    self.remember_read(&subject, record.last_version(), msg.seq);
                     report.commits.push(record);
                 }
-                Err(reason) => report.corrupt.push(CorruptRecord { position, reason }),
+                Err(reason) => report.corrupt.push(CorruptRecord {
+                    position: at,
+                    reason,
+                }),
             }
         }
         check_horizon(actor, &report)?;
         Ok(report)
+    }
+
+    async fn replay(
+        &self,
+        actor: &ActorKey,
+        from_version: u64,
+        each: &mut ReplayVisitor<'_>,
+    ) -> Result<Replayed, StoreError> {
+        check_namespace(&self.namespace, actor)?;
+        self.ensure_connected()?;
+        let subject = self.subject(actor);
+        let stored = self.stored_from(&subject, from_version).await?;
+        let mut replayer = Replayer::new(actor, from_version, each);
+        for (position, msg) in stored {
+            match position {
+                Ok(position) => {
+                    if replayer.record(position, &msg.payload)? {
+                        self.remember_read(&subject, position, msg.seq);
+                    }
+                }
+                Err(reason) => replayer.damaged(msg.seq, reason),
+            }
+        }
+        Ok(replayer.finish())
     }
 
     async fn truncate_before(
