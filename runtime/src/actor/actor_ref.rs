@@ -541,14 +541,6 @@ thread_local! {
 
 /// Runs `f` (a decode) with `host` as the runtime that decoded refs bind to.
 pub(crate) fn with_decode_host<T>(host: &Arc<Host>, f: impl FnOnce() -> T) -> T {
-    // Already set (one event after another in a replay): nothing to swap.
-    let set = DECODE_HOST.with(|h| {
-        h.try_borrow()
-            .is_ok_and(|h| h.as_ref().is_some_and(|h| Arc::ptr_eq(h, host)))
-    });
-    if set {
-        return f();
-    }
     let previous = DECODE_HOST.with(|h| h.replace(Some(Arc::clone(host))));
     let out = f();
     DECODE_HOST.with(|h| *h.borrow_mut() = previous);

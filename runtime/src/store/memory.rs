@@ -228,8 +228,8 @@ impl EventStore for MemoryStore {
             for (position, range) in &page {
                 replayer.record(*position, &bytes[range.clone()])?;
             }
-            match page.last() {
-                Some((last, _)) if page.len() == PAGE => from = last + 1,
+            match page.last().and_then(|(last, _)| last.checked_add(1)) {
+                Some(next) if page.len() == PAGE => from = next,
                 _ => return Ok(replayer.finish()),
             }
         }
@@ -413,5 +413,71 @@ impl FaultInjection for MemoryStore {
         check_namespace(&self.inner.namespace, actor)?;
         self.inner.snapshots.lock().insert(actor.clone(), bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::names::{ActorId, Kind};
+    use crate::wire::{CommandId, EventData};
+
+    fn commit(value: u64) -> NewCommit {
+        NewCommit::new(
+            CommandId::random(),
+            vec![EventData {
+                event_type: "Added".into(),
+                payload: vec![u8::try_from(value % 128).expect("small")],
+                schema_version: 0,
+            }],
+        )
+    }
+
+    /// Retention running while a long replay is between two pages: the replay says the history
+    /// was truncated (the activation reads again from the newer snapshot), it does not hand
+    /// over a history with a hole.
+    #[tokio::test]
+    async fn a_truncation_between_two_pages_of_a_replay_is_reported_as_truncation() {
+        let namespace = Namespace::new("pages").expect("namespace");
+        let store = MemoryStore::new(namespace.clone());
+        let actor = ActorKey::new(
+            namespace,
+            Kind::new("counter").expect("kind"),
+            ActorId::new("long").expect("id"),
+        );
+        for v in 0..600 {
+            store.append(&actor, v, commit(v)).await.expect("append");
+        }
+        let mut handed = Vec::new();
+        let outcome = store
+            .replay(&actor, 1, &mut |c| {
+                handed.push(c.last_version());
+                if c.last_version() == 10 {
+                    // No await inside: the memory store's truncation finishes at once.
+                    let truncated = store
+                        .truncate_before(&actor, 400)
+                        .now_or_never()
+                        .expect("finishes at once")
+                        .expect("truncates");
+                    assert_eq!(truncated.starts_at, 400);
+                }
+                true
+            })
+            .await;
+        match outcome {
+            Err(StoreError::HistoryTruncated {
+                requested,
+                starts_at,
+                ..
+            }) => assert_eq!((requested, starts_at), (257, 400)),
+            other => panic!("expected HistoryTruncated, got {other:?}"),
+        }
+        assert_eq!(
+            handed,
+            (1..=256).collect::<Vec<u64>>(),
+            "no commit past the hole"
+        );
     }
 }

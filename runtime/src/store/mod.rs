@@ -203,6 +203,8 @@ struct Feed<'v, 'a> {
     each: &'v mut ReplayVisitor<'a>,
     found: Replayed,
     stopped: bool,
+    /// The first version after the last commit handed over.
+    next: Option<u64>,
 }
 
 impl<'v, 'a> Replayer<'v, 'a> {
@@ -218,6 +220,7 @@ impl<'v, 'a> Replayer<'v, 'a> {
                 each,
                 found: Replayed::default(),
                 stopped: false,
+                next: None,
             },
             scratch: CommitRecord::blank(actor.clone()),
         }
@@ -276,9 +279,22 @@ impl Feed<'_, '_> {
                 starts_at: commit.first_version,
             });
         }
-        if !self.stopped && self.found.corrupt.is_empty() {
-            self.stopped = !(self.each)(commit);
+        if self.stopped || !self.found.corrupt.is_empty() {
+            return Ok(());
         }
+        // A store that reads in pages lets go of the stream between them: retention may have
+        // removed what came next meanwhile. History has no gaps otherwise.
+        if let Some(next) = self.next
+            && commit.first_version > next
+        {
+            return Err(StoreError::HistoryTruncated {
+                actor: self.actor.clone(),
+                requested: next,
+                starts_at: commit.first_version,
+            });
+        }
+        self.next = commit.last_version().checked_add(1);
+        self.stopped = !(self.each)(commit);
         Ok(())
     }
 }
@@ -482,8 +498,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`EventStore::read_with_errors`] reads them, without holding the whole history in
     /// memory at once: how an activation replays. From the first damaged record on, or once
     /// `each` returned `false`, commits are only counted (so every damaged record is still
-    /// reported). Fails as `read_with_errors` does (a history truncated past `from_version`
-    /// included).
+    /// reported). Fails as `read_with_errors` does: [`StoreError::HistoryTruncated`] when
+    /// retention removed the history from `from_version` on — or, for a store that reads in
+    /// pages, removed the next page's start while the replay ran (the caller reads again from
+    /// a newer snapshot). Damage is told from truncation in stream order: a damaged record
+    /// before the first clean commit is damage.
     ///
     /// The default reads the whole report first; the built-in stores decode one record at a
     /// time.

@@ -847,7 +847,12 @@ impl<A: Behavior> Activation<A> {
     /// snapshot, leave the wake-up index right.
     async fn stop(&mut self) {
         self.cell.stop_pump();
-        if self.host.config.snapshot_on_passivation && self.version > self.snapshot_version {
+        // Not after a reload that failed: the state may be a prefix of the history, applied
+        // up to a damaged record.
+        if self.host.config.snapshot_on_passivation
+            && self.version > self.snapshot_version
+            && !self.stale
+        {
             self.save_snapshot_now().await;
         }
         self.settle_index().await;
