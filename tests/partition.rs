@@ -455,11 +455,18 @@ async fn cut_off_a_node(ns: &str, how: Cut, leader: bool) {
     )
     .await;
     let map_seen = Instant::now();
+    // Each look at the registry is bounded: right after the heal, the observer's own read (an
+    // ordered KV consumer, on a raft group that is still settling) can wait out the 5 s
+    // request timeout, which says nothing about node-2 (one CI run measured 5.16 s here,
+    // other runs 0.1–0.6 s). A look that hangs is dropped and the next one asked.
     let serving = poll(
         Duration::from_secs(30),
         "node-2 serving again",
         async || {
-            let nodes = view.nodes().await.ok()?;
+            let nodes = tokio::time::timeout(Duration::from_millis(500), view.nodes())
+                .await
+                .ok()?
+                .ok()?;
             nodes.into_iter().find(|n| n.node == "node-2").filter(|n| {
                 n.status == NodeStatus::Alive
                     && n.handoff_epoch >= back.epoch
