@@ -34,6 +34,104 @@ mod embedded {
     });
 }
 
+/// A store with the trait's default `replay` (built on `read_with_errors`), as a store written
+/// outside this crate would have: the memory store with every method passed through but that.
+mod default_replay {
+    use super::*;
+    use aether::store::{
+        Appended, FaultInjection, LogPage, NewCommit, ReadReport, Snapshot, StoreError, Truncated,
+        WakeupStream,
+    };
+    use aether::{ActorKey, Namespace};
+    use async_trait::async_trait;
+
+    struct ReportOnly(MemoryStore);
+
+    #[async_trait]
+    impl EventStore for ReportOnly {
+        fn namespace(&self) -> &Namespace {
+            self.0.namespace()
+        }
+        async fn append(
+            &self,
+            actor: &ActorKey,
+            expected_version: u64,
+            commit: NewCommit,
+        ) -> Result<Appended, StoreError> {
+            self.0.append(actor, expected_version, commit).await
+        }
+        async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+            self.0.latest_version(actor).await
+        }
+        async fn read_with_errors(
+            &self,
+            actor: &ActorKey,
+            from_version: u64,
+        ) -> Result<ReadReport, StoreError> {
+            self.0.read_with_errors(actor, from_version).await
+        }
+        async fn truncate_before(
+            &self,
+            actor: &ActorKey,
+            version: u64,
+        ) -> Result<Truncated, StoreError> {
+            self.0.truncate_before(actor, version).await
+        }
+        async fn history_start(&self, actor: &ActorKey) -> Result<u64, StoreError> {
+            self.0.history_start(actor).await
+        }
+        async fn read_log(&self, after: u64, max: usize) -> Result<LogPage, StoreError> {
+            self.0.read_log(after, max).await
+        }
+        async fn set_wakeup(&self, actor: &ActorKey, due_ms: u64) -> Result<u64, StoreError> {
+            self.0.set_wakeup(actor, due_ms).await
+        }
+        async fn clear_wakeup(&self, actor: &ActorKey, revision: u64) -> Result<(), StoreError> {
+            self.0.clear_wakeup(actor, revision).await
+        }
+        async fn watch_wakeups(&self) -> Result<WakeupStream, StoreError> {
+            self.0.watch_wakeups().await
+        }
+    }
+
+    #[async_trait]
+    impl SnapshotStore for ReportOnly {
+        async fn save(&self, actor: &ActorKey, snapshot: Snapshot) -> Result<(), StoreError> {
+            self.0.save(actor, snapshot).await
+        }
+        async fn latest(&self, actor: &ActorKey) -> Result<Option<Snapshot>, StoreError> {
+            self.0.latest(actor).await
+        }
+    }
+
+    #[async_trait]
+    impl FaultInjection for ReportOnly {
+        async fn inject_raw_commit(
+            &self,
+            actor: &ActorKey,
+            position: u64,
+            bytes: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.0.inject_raw_commit(actor, position, bytes).await
+        }
+        async fn inject_raw_snapshot(
+            &self,
+            actor: &ActorKey,
+            bytes: Vec<u8>,
+        ) -> Result<(), StoreError> {
+            self.0.inject_raw_snapshot(actor, bytes).await
+        }
+    }
+
+    conformance_suite!(|namespace: &'static str| async move {
+        Fixture {
+            store: Arc::new(ReportOnly(MemoryStore::new(ns(namespace)))),
+            namespace,
+            guard: Box::new(()),
+        }
+    });
+}
+
 #[tokio::test]
 async fn embedded_data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -250,11 +250,6 @@ impl<'v, 'a> Replayer<'v, 'a> {
             .push(CorruptRecord { position, reason });
     }
 
-    /// Whether a damaged record was seen.
-    fn saw_damage(&self) -> bool {
-        !self.feed.found.corrupt.is_empty()
-    }
-
     /// What was found.
     pub(crate) fn finish(self) -> Replayed {
         self.feed.found
@@ -495,8 +490,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<ReadReport, StoreError>;
 
     /// Hands every commit holding a version ≥ `from_version` to `each`, in order, as
-    /// [`EventStore::read_with_errors`] reads them, without holding the whole history in
-    /// memory at once: how an activation replays. From the first damaged record on, or once
+    /// [`EventStore::read_with_errors`] reads them, without holding the whole history decoded
+    /// at once: how an activation replays. From the first damaged record on, or once
     /// `each` returned `false`, commits are only counted (so every damaged record is still
     /// reported). Fails as `read_with_errors` does: [`StoreError::HistoryTruncated`] when
     /// retention removed the history from `from_version` on — or, for a store that reads in
@@ -505,7 +500,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// before the first clean commit is damage.
     ///
     /// The default reads the whole report first; the built-in stores decode one record at a
-    /// time.
+    /// time (the memory store also copies its records out a page at a time; the embedded and
+    /// JetStream stores read the raw records first, shared slices and messages).
     async fn replay(
         &self,
         actor: &ActorKey,
@@ -514,18 +510,18 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Replayed, StoreError> {
         let report = self.read_with_errors(actor, from_version).await?;
         let mut replayer = Replayer::new(actor, from_version, each);
-        // The report lists damage apart from the commits: replay the clean commits before
-        // the first damaged record, then count the rest.
-        let first_damage = report.corrupt.first().map_or(u64::MAX, |c| c.position);
+        // The report lists damage apart from the commits: put both back in stream order.
+        let mut corrupt = report.corrupt.into_iter().peekable();
         for mut commit in report.commits {
-            if commit.last_version() > first_damage && !replayer.saw_damage() {
-                replayer.damaged(first_damage, String::new());
+            while let Some(bad) = corrupt.next_if(|c| c.position < commit.last_version()) {
+                replayer.damaged(bad.position, bad.reason);
             }
             replayer.commit(&mut commit)?;
         }
-        let mut found = replayer.finish();
-        found.corrupt = report.corrupt;
-        Ok(found)
+        for bad in corrupt {
+            replayer.damaged(bad.position, bad.reason);
+        }
+        Ok(replayer.finish())
     }
 
     /// The events from `from_version` on, in order. Fails on the first damaged record.

@@ -634,8 +634,8 @@ impl<A: Behavior> Activation<A> {
             from = self.version + 1,
             events = tracing::field::Empty,
         );
-        // The store hands the commits over one at a time: a long history is never held in
-        // memory whole, and each record is applied while its bytes are still in cache.
+        // The store hands the commits over one at a time: a long history is never held
+        // decoded whole, and each record is applied while its bytes are still in cache.
         let before = self.version;
         let mut failed = None;
         let found = host
