@@ -4,10 +4,15 @@
 //! A counting global allocator measures live heap bytes before and after bringing N actors to
 //! life (each has handled one message and sits idle). Both sides hold a `u64` counter.
 //!
+//! B6 compares awake actors (hibernation off): an activation against the bare ractor actor it
+//! runs in.
+//!
 //! M1 activates 1 000 000 such actors (`AETHER_BENCH_ACTORS` to change it) in one runtime whose
-//! resident cap is exactly that many, and reports heap bytes per idle actor (target ≤ 4 KiB)
+//! resident cap is exactly that many, waits until every one has hibernated (idle for
+//! `hibernate_after`, here 1 s: still resident, state in memory, ractor actor stopped), and
+//! reports heap bytes per idle actor (target ≤ 4 KiB) beside the figure while they were awake,
 //! and activations per second. Then it checks that the cap and the LRU order are exact: a
-//! thousand more actors passivate exactly the thousand least recently used ones.
+//! thousand more actors passivate exactly the thousand least recently used (hibernating) ones.
 // A counting global allocator has to implement `GlobalAlloc`, an unsafe trait.
 #![allow(unsafe_code)]
 
@@ -75,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         .register::<Probe>()
         .memory_store()
         .idle_passivation(None)
+        .hibernate_after(None)
         .start()
         .await?;
     let refs: Vec<ActorRef<Probe>> = (0..N)
@@ -114,6 +120,7 @@ async fn million() -> anyhow::Result<()> {
         .register::<Probe>()
         .memory_store()
         .idle_passivation(None)
+        .hibernate_after(Some(std::time::Duration::from_secs(1)))
         .max_resident(n)
         .start()
         .await?;
@@ -143,11 +150,38 @@ async fn million() -> anyhow::Result<()> {
         caller.await??;
     }
     let took = started.elapsed();
-    let per_actor = (live() - before) as f64 / n as f64;
+    let awake = (live() - before) as f64 / n as f64;
     assert_eq!(rt.resident_count(), n, "every actor resident");
+    // Idle: every actor hibernates (the first ones may have already).
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    while rt.stats().hibernating < n as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} actors hibernated",
+            rt.stats().hibernating
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The stopped ractor actors are freed once the root has read their last reports: measure
+    // when the heap has settled (two readings half a second apart within 1 %).
+    let mut per_actor = (live() - before) as f64 / n as f64;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = (live() - before) as f64 / n as f64;
+        let settled = (per_actor - now).abs() <= per_actor * 0.01;
+        per_actor = now;
+        if settled {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the heap did not settle");
+    }
+    assert_eq!(rt.resident_count(), n, "every actor still resident");
+    println!(
+        "M1a  awake, right after the activations: {awake:.0} B per actor; hibernated: {per_actor:.0} B"
+    );
     report_value(
         "M1a",
-        &format!("heap bytes per idle resident actor, {n} actors"),
+        &format!("heap bytes per idle (hibernated) resident actor, {n} actors"),
         per_actor,
         "B",
         ("<=", 4096.0),

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | [`ask_timeout`](RuntimeConfig::ask_timeout) | 5 s | `AETHER_ASK_TIMEOUT_MS` |
 //! | [`idle_passivation`](RuntimeConfig::idle_passivation) | 10 min | `AETHER_IDLE_PASSIVATION_MS` (0 = never) |
+//! | [`hibernate_after`](RuntimeConfig::hibernate_after) | 30 s | `AETHER_HIBERNATE_AFTER_MS` (0 = never) |
 //! | [`max_resident`](RuntimeConfig::max_resident) | 100 000 actors | `AETHER_MAX_RESIDENT` |
 //! | [`mailbox_capacity`](RuntimeConfig::mailbox_capacity) | 1 024 commands | `AETHER_MAILBOX_CAPACITY` |
 //! | [`dedup_window`](RuntimeConfig::dedup_window) | 64 commands per actor | `AETHER_DEDUP_WINDOW` |
@@ -49,6 +50,8 @@ pub(crate) mod defaults {
     pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
     /// How long an actor may sit idle before it is passivated.
     pub const IDLE_PASSIVATION: Duration = Duration::from_secs(600);
+    /// How long a resident actor may sit idle before it hibernates.
+    pub const HIBERNATE_AFTER: Duration = Duration::from_secs(30);
     /// Most actors resident on one node.
     pub const MAX_RESIDENT: usize = 100_000;
     /// Most commands queued for one actor.
@@ -89,6 +92,9 @@ pub struct RuntimeConfig {
     pub(crate) ask_timeout: Duration,
     /// Passivate actors idle for this long; `None` keeps them until evicted or shut down.
     pub(crate) idle_passivation: Option<Duration>,
+    /// Hibernate resident actors idle for this long; `None`: never. See
+    /// [`RuntimeConfig::hibernate_after`].
+    pub(crate) hibernate_after: Option<Duration>,
     /// Most resident actors; beyond it the least recently used are passivated.
     pub(crate) max_resident: usize,
     /// Most commands queued per actor; senders wait (ask) or fail (tell) when full.
@@ -139,6 +145,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             ask_timeout: defaults::ASK_TIMEOUT,
             idle_passivation: Some(defaults::IDLE_PASSIVATION),
+            hibernate_after: Some(defaults::HIBERNATE_AFTER),
             max_resident: defaults::MAX_RESIDENT,
             mailbox_capacity: defaults::MAILBOX_CAPACITY,
             dedup_window: defaults::DEDUP_WINDOW,
@@ -170,6 +177,18 @@ impl RuntimeConfig {
     /// Passivate actors idle for this long; `None` keeps them until evicted or shut down.
     pub fn idle_passivation(&self) -> Option<Duration> {
         self.idle_passivation
+    }
+
+    /// Hibernate resident actors idle for this long; `None`: never.
+    ///
+    /// A hibernating actor stays resident — its state, its dedup window and its outbox stay
+    /// in memory, and it counts toward [`max_resident`](RuntimeConfig::max_resident) — but
+    /// its ractor actor stops, and with it the actor's task and channels: about three quarters
+    /// of what an idle resident actor costs. The next message spawns a ractor actor again
+    /// (no replay: the state is at hand). Actors with durable work pending (effects,
+    /// reminders) stay awake.
+    pub fn hibernate_after(&self) -> Option<Duration> {
+        self.hibernate_after
     }
 
     /// Most resident actors; beyond it the least recently used are passivated.
@@ -324,6 +343,9 @@ impl RuntimeConfig {
         if let Some(v) = num::<u64>(&lookup, "AETHER_IDLE_PASSIVATION_MS")? {
             self.idle_passivation = (v > 0).then(|| ms(v));
         }
+        if let Some(v) = num::<u64>(&lookup, "AETHER_HIBERNATE_AFTER_MS")? {
+            self.hibernate_after = (v > 0).then(|| ms(v));
+        }
         if let Some(v) = num(&lookup, "AETHER_MAX_RESIDENT")? {
             self.max_resident = v;
         }
@@ -394,6 +416,9 @@ impl RuntimeConfig {
         duration("ask_timeout", self.ask_timeout)?;
         if let Some(idle) = self.idle_passivation {
             duration("idle_passivation", idle)?;
+        }
+        if let Some(after) = self.hibernate_after {
+            duration("hibernate_after", after)?;
         }
         at_least_one("max_resident", self.max_resident)?;
         at_least_one("mailbox_capacity", self.mailbox_capacity)?;
@@ -501,11 +526,13 @@ mod tests {
             .with_overrides(|n| match n {
                 "AETHER_ASK_TIMEOUT_MS" => Some("250".into()),
                 "AETHER_IDLE_PASSIVATION_MS" => Some("0".into()),
+                "AETHER_HIBERNATE_AFTER_MS" => Some("1500".into()),
                 _ => None,
             })
             .unwrap();
         assert_eq!(cfg.ask_timeout, Duration::from_millis(250));
         assert_eq!(cfg.idle_passivation, None);
+        assert_eq!(cfg.hibernate_after, Some(Duration::from_millis(1500)));
         let bus = RuntimeConfig::default()
             .with_overrides(|n| (n == "AETHER_BUS_BUFFER").then(|| "8".into()))
             .unwrap();
@@ -526,11 +553,14 @@ mod tests {
     #[test]
     fn every_bad_limit_is_named() {
         type Set = fn(&mut RuntimeConfig);
-        let cases: [(&str, Set); 17] = [
+        let cases: [(&str, Set); 18] = [
             ("ask_timeout", |c| c.ask_timeout = Duration::ZERO),
             ("ask_timeout", |c| c.ask_timeout = Duration::MAX),
             ("idle_passivation", |c| {
                 c.idle_passivation = Some(Duration::ZERO)
+            }),
+            ("hibernate_after", |c| {
+                c.hibernate_after = Some(Duration::ZERO)
             }),
             ("max_resident", |c| c.max_resident = 0),
             ("mailbox_capacity", |c| c.mailbox_capacity = 0),

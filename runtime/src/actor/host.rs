@@ -14,6 +14,17 @@
 //! for a moment, until each has passivated one); an idle sweeper passivates actors unused for
 //! `idle_passivation`.
 //!
+//! # Hibernation
+//!
+//! The same sweeper asks actors unused for `hibernate_after` to hibernate: the activation
+//! leaves its ractor actor, keeping its state, and parks on its mailbox (see
+//! [`activation`](super::activation)). It stays in the registry, so it stays resident and in
+//! the LRU order; the next message spawns a ractor actor for it again. The sweeper finds the
+//! candidates without walking the registry: every activation that starts or wakes joins the
+//! *awake* queue, in the order of the coarse clock, and the sweeper looks only at the front
+//! of it, where the actors awake longest are. One that was used since it joined goes to the
+//! back again.
+//!
 //! Passivation is ordered so an actor never runs twice at once: the old activation is removed
 //! from the map, and its mailbox is closed behind a request to stop (late senders, a ref's
 //! kept mailbox included, see it closed and come back to the map); it finishes its queued
@@ -26,7 +37,7 @@
 //! panic.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -99,6 +110,47 @@ pub(crate) struct Host {
     pub node: String,
     /// The metric handles, when metrics are on (see [`crate::metrics`]).
     meters: Option<crate::metrics::Meters>,
+    /// Awake activations, oldest first, for the hibernation sweep (see the module docs).
+    awake: Mutex<VecDeque<Awake>>,
+}
+
+/// An awake activation in the hibernation sweep's queue.
+struct Awake {
+    /// The coarse clock when it joined the queue (the queue is in this order).
+    since_ms: u64,
+    mailbox: Box<dyn Drowsy>,
+}
+
+/// What the hibernation sweep needs of an awake activation's mailbox.
+pub(crate) trait Drowsy: Send {
+    /// The coarse clock at the actor's last use.
+    fn used_ms(&self) -> u64;
+    /// Asks the actor to hibernate, without stamping a use.
+    fn hibernate(&self) -> Asked;
+}
+
+/// How a request to hibernate went.
+pub(crate) enum Asked {
+    /// Queued: the actor hibernates, or joins the awake queue again if it cannot.
+    Sent,
+    /// The mailbox is full: the actor is busy.
+    Busy,
+    /// The actor is gone.
+    Gone,
+}
+
+impl<A: Behavior> Drowsy for mailbox::WeakSender<Msg<A>> {
+    fn used_ms(&self) -> u64 {
+        self.last_use().ms()
+    }
+
+    fn hibernate(&self) -> Asked {
+        match self.try_send_quiet(Msg::Hibernate) {
+            Ok(()) => Asked::Sent,
+            Err(mailbox::TrySendError::Full(_)) => Asked::Busy,
+            Err(mailbox::TrySendError::Closed(_)) => Asked::Gone,
+        }
+    }
 }
 
 /// Kits of dead activations by their ractor actor, until the root actor hears of the failure.
@@ -133,6 +185,9 @@ pub(crate) struct Stats {
     pub deadlocks_refused: AtomicU64,
     /// Activations loading from the store now (a gauge).
     pub activating: AtomicU64,
+    /// Resident actors hibernating now (a gauge).
+    pub hibernating: AtomicU64,
+    pub hibernations: AtomicU64,
 }
 
 impl Stats {
@@ -299,14 +354,17 @@ impl Host {
             orphans: Mutex::new(Orphans::default()),
             node,
             meters,
+            awake: Mutex::new(VecDeque::new()),
         });
         let mut hosts = HOSTS.lock();
         hosts.retain(|h| h.strong_count() > 0);
         hosts.push(Arc::downgrade(&host));
         drop(hosts);
-        if let Some(idle) = host.config.idle_passivation {
-            let tick = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
-            host.tokio.spawn(sweep(Arc::downgrade(&host), idle, tick));
+        let (idle, hibernate) = (host.config.idle_passivation, host.config.hibernate_after);
+        if let Some(shortest) = idle.into_iter().chain(hibernate).min() {
+            let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+            host.tokio
+                .spawn(sweep(Arc::downgrade(&host), idle, hibernate, tick));
         }
         host
     }
@@ -830,6 +888,8 @@ impl Host {
             handler_panics: get(&s.handler_panics),
             abandoned: get(&s.abandoned),
             resident: self.resident() as u64,
+            hibernating: get(&s.hibernating),
+            hibernations: get(&s.hibernations),
             remote_retries: self.transport.as_ref().map_or(0, |t| t.retries()),
             remote_resends: self.transport.as_ref().map_or(0, |t| t.resends()),
             effects_applied: get(&s.effects_applied),
@@ -838,6 +898,57 @@ impl Host {
             effects_settled: get(&s.effects_settled),
             effects_retries: get(&s.effects_retries),
             deadlocks_refused: get(&s.deadlocks_refused),
+        }
+    }
+
+    /// Puts an activation that started or woke at the back of the awake queue, for the
+    /// hibernation sweep (a no-op when hibernation is off).
+    pub(crate) fn note_awake(&self, mailbox: Box<dyn Drowsy>) {
+        if self.config.hibernate_after.is_some() {
+            let since_ms = self.clock_ms.load(Ordering::Relaxed);
+            self.awake.lock().push_back(Awake { since_ms, mailbox });
+        }
+    }
+
+    /// Asks the activations unused for `after_ms` to hibernate (see the module docs): looks at
+    /// the front of the awake queue only, in batches, so delivery's `note_awake` never waits
+    /// long behind it.
+    fn hibernate_idle(&self, now: u64, after_ms: u64) {
+        const BATCH: usize = 4096;
+        loop {
+            let batch: Vec<Awake> = {
+                let mut awake = self.awake.lock();
+                let mut batch = Vec::new();
+                while batch.len() < BATCH
+                    && awake
+                        .front()
+                        .is_some_and(|a| now.saturating_sub(a.since_ms) >= after_ms)
+                {
+                    batch.extend(awake.pop_front());
+                }
+                batch
+            };
+            let full = batch.len() == BATCH;
+            let mut again = Vec::new();
+            for mut entry in batch {
+                if now.saturating_sub(entry.mailbox.used_ms()) < after_ms {
+                    entry.since_ms = now;
+                    again.push(entry);
+                    continue;
+                }
+                match entry.mailbox.hibernate() {
+                    Asked::Sent | Asked::Gone => {}
+                    Asked::Busy => {
+                        entry.since_ms = now;
+                        again.push(entry);
+                    }
+                }
+            }
+            // Stamped `now`: behind everything queued before, in the queue's order.
+            self.awake.lock().extend(again);
+            if !full {
+                return;
+            }
         }
     }
 
@@ -929,10 +1040,17 @@ fn unreachable_kind(kind: &str) -> Kind {
     Kind::new(kind).unwrap_or_else(|_| Kind::new("unknown").expect("'unknown' is a valid kind"))
 }
 
-/// Passivates actors idle for `idle`; advances the coarse clock.
-async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
+/// Passivates actors idle for `idle`, asks those idle for `hibernate` to hibernate; advances
+/// the coarse clock.
+async fn sweep(
+    host: Weak<Host>,
+    idle: Option<Duration>,
+    hibernate: Option<Duration>,
+    tick: Duration,
+) {
     let started = tokio::time::Instant::now();
-    let idle_ms = idle.as_millis() as u64;
+    let idle_ms = idle.map(|d| d.as_millis() as u64);
+    let hibernate_ms = hibernate.map(|d| d.as_millis() as u64);
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -943,6 +1061,10 @@ async fn sweep(host: Weak<Host>, idle: Duration, tick: Duration) {
         }
         let now = started.elapsed().as_millis() as u64;
         host.clock_ms.store(now, Ordering::Relaxed);
+        if let Some(after_ms) = hibernate_ms {
+            host.hibernate_idle(now, after_ms);
+        }
+        let Some(idle_ms) = idle_ms else { continue };
         for shard in host.registry.iter() {
             let mut reg = shard.lock();
             while reg

@@ -70,6 +70,9 @@ pub(crate) enum Msg<A: Behavior> {
     Kick,
     /// Deadlock detection between turns.
     Control(Box<Control>),
+    /// From the host's sweeper: the actor has been idle for `hibernate_after`; hibernate if
+    /// nothing else is waiting.
+    Hibernate,
 }
 
 /// The reply channel of an ask.
@@ -190,6 +193,9 @@ pub(crate) enum Work<A: Behavior> {
     Forward,
     /// The scheduler woke the actor: make sure its delivery pump runs.
     Wake,
+    /// Nothing is queued and the sweeper found the actor idle: hibernate, if the activation
+    /// has no durable work either.
+    Hibernate,
 }
 
 /// The mailbox plus commands taken out of it early, while the actor was busy. See the
@@ -206,6 +212,8 @@ pub(crate) struct Inbox<A: Behavior> {
     kicked: bool,
     /// A wake came in and was not yet handed out.
     woken: bool,
+    /// The sweeper asked the actor to hibernate, and it has not answered yet.
+    drowsy: bool,
     host: Arc<Host>,
     /// The running turn: what it waits on, which command it is.
     turn: Arc<Turn>,
@@ -229,11 +237,18 @@ impl<A: Behavior> Inbox<A> {
             drained: false,
             kicked: false,
             woken: false,
+            drowsy: false,
             host: Arc::clone(host),
             turn,
             outbox,
             current: None,
         }
+    }
+
+    /// Parks the mailbox's wait on `waker` (see [`mailbox::Receiver::park`]): `false` when
+    /// something is already there to receive.
+    pub fn park(&self, waker: &std::task::Waker) -> bool {
+        self.queue.is_empty() && !self.closing && !self.drained && self.rx.park(waker)
     }
 
     /// The running turn of this mailbox's activation.
@@ -281,6 +296,7 @@ impl<A: Behavior> Inbox<A> {
                 self.woken = true;
             }
             Some(Msg::Kick) => self.kicked = true,
+            Some(Msg::Hibernate) => self.drowsy = true,
             Some(Msg::Control(control)) => self.control(*control),
             None => self.drained = true,
         }
@@ -304,6 +320,10 @@ impl<A: Behavior> Inbox<A> {
             }
             if self.drained {
                 return None;
+            }
+            // Only with nothing queued and no passivation under way.
+            if std::mem::take(&mut self.drowsy) && !self.closing {
+                return Some(Work::Hibernate);
             }
             match self.rx.recv_queued().await {
                 // It arrived while the actor was idle: served now, it has not waited.

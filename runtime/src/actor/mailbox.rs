@@ -268,8 +268,13 @@ impl<T> WeakSender<T> {
         self.shared.try_push(msg, true, Some(clock))
     }
 
+    /// Queues `msg` without stamping a use (the runtime's own requests, which must not keep
+    /// an idle actor looking used).
+    pub fn try_send_quiet(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.shared.try_push(msg, true, None)
+    }
+
     /// The actor's last use.
-    #[cfg(test)]
     pub fn last_use(&self) -> &LastUse {
         &self.shared.used
     }
@@ -350,6 +355,23 @@ impl<T> Receiver<T> {
             }
         })
         .await
+    }
+
+    /// Hands the wait for the next message to `waker`, when nothing is queued and the
+    /// mailbox is open: the next message, a close or the last sender's drop wakes it, exactly
+    /// as they wake a waiting `recv`. `false` (and nothing registered) when there is something
+    /// to receive already. A hibernating activation parks itself this way (see
+    /// [`activation`](super::activation)).
+    pub fn park(&self, waker: &Waker) -> bool {
+        let mut state = self.shared.state.lock();
+        if !state.queue.is_empty()
+            || state.closed
+            || self.shared.senders.load(Ordering::Acquire) == 0
+        {
+            return false;
+        }
+        state.receiver = Some(waker.clone());
+        true
     }
 
     /// Refuses new messages; those already queued can still be received.

@@ -140,6 +140,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Hibernate actors idle this long (`None`: never): they stay resident, with their state in
+    /// memory, but their ractor actor stops until the next message (see
+    /// [`RuntimeConfig::hibernate_after`](crate::RuntimeConfig::hibernate_after)).
+    pub fn hibernate_after(mut self, after: Option<Duration>) -> Self {
+        self.config.hibernate_after = after;
+        self
+    }
+
     /// Most resident actors; the least recently used are passivated beyond it.
     pub fn max_resident(mut self, max: usize) -> Self {
         self.config.max_resident = max;

@@ -77,8 +77,13 @@ pub struct RuntimeStats {
     pub handler_panics: u64,
     /// Commands skipped because their asker had already given up.
     pub abandoned: u64,
-    /// Actors resident right now.
+    /// Actors resident right now (hibernating ones included).
     pub resident: u64,
+    /// Resident actors hibernating right now: their state is in memory, their ractor actor
+    /// stopped ([`RuntimeConfig::hibernate_after`](crate::RuntimeConfig::hibernate_after)).
+    pub hibernating: u64,
+    /// Times an idle resident actor hibernated.
+    pub hibernations: u64,
     /// Asks to other nodes sent again because their shard was between owners (cluster only;
     /// never counts an ask that may have run).
     pub remote_retries: u64,

@@ -188,6 +188,16 @@ pub(crate) struct Kit<A: Behavior> {
     #[allow(dead_code)] // held, never read: dropping it is the signal
     done: DoneTx,
     generation: u64,
+    /// The loaded activation, while it hibernates (see *Hibernation*).
+    parked: Option<Box<Activation<A>>>,
+}
+
+/// How [`Kit::live`] ended.
+enum Ended {
+    /// Passivated (or failed to load): the activation is over.
+    Stopped,
+    /// Asked to hibernate, and nothing was waiting: the activation is in the kit.
+    Hibernating,
 }
 
 impl<A: Behavior> Kit<A> {
@@ -212,11 +222,12 @@ impl<A: Behavior> Kit<A> {
             cell,
             done,
             generation,
+            parked: None,
         }
     }
 
-    /// Runs the activation until it passivates (or fails to load).
-    async fn live(&mut self, predecessor: Option<Done>) {
+    /// Runs the activation until it passivates (or fails to load) or hibernates.
+    async fn live(&mut self, predecessor: Option<Done>) -> Ended {
         let Kit {
             host,
             key,
@@ -224,8 +235,41 @@ impl<A: Behavior> Kit<A> {
             tx,
             cell,
             generation,
+            parked,
             ..
         } = self;
+        let act = match parked.take() {
+            Some(act) => act,
+            None => match Box::pin(Self::activate(
+                host,
+                key,
+                inbox,
+                tx,
+                cell,
+                *generation,
+                predecessor,
+            ))
+            .await
+            {
+                Some(act) => act,
+                None => return Ended::Stopped,
+            },
+        };
+        host.note_awake(Box::new(tx.clone()));
+        Self::serve_all(host, key, inbox, tx, *generation, parked, act).await
+    }
+
+    /// Loads the activation (after its predecessor stopped); `None` if it failed, every
+    /// queued command answered.
+    async fn activate(
+        host: &Arc<Host>,
+        key: &ActorKey,
+        inbox: &mut Inbox<A>,
+        tx: &mailbox::WeakSender<Msg<A>>,
+        cell: &Arc<OutboxCell>,
+        generation: u64,
+        predecessor: Option<Done>,
+    ) -> Option<Box<Activation<A>>> {
         if let Some(previous) = predecessor {
             Box::pin(inbox.supervise(wait_done(previous))).await;
         }
@@ -257,14 +301,14 @@ impl<A: Behavior> Kit<A> {
             Some(loaded) => loaded,
             None => Err(LoadError::Failed("activation was cancelled".to_owned())),
         };
-        let mut act = match loaded {
+        let act = match loaded {
             Ok(act) => act,
             Err(error) => {
                 Stats::bump(&host.stats.activation_failures);
                 tracing::warn!(%error, "activation failed");
-                host.forget(A::KIND, &key.id, *generation);
+                host.forget(A::KIND, &key.id, generation);
                 Box::pin(inbox.fail_all(|| error.to_ask(key))).await;
-                return;
+                return None;
             }
         };
         Stats::bump(&host.stats.activations);
@@ -273,6 +317,19 @@ impl<A: Behavior> Kit<A> {
         }
         Box::pin(act.index_inherited_work()).await;
         act.pump_if_needed();
+        Some(Box::new(act))
+    }
+
+    /// Serves the inbox until the activation passivates or hibernates.
+    async fn serve_all(
+        host: &Arc<Host>,
+        key: &ActorKey,
+        inbox: &mut Inbox<A>,
+        tx: &mailbox::WeakSender<Msg<A>>,
+        generation: u64,
+        parked: &mut Option<Box<Activation<A>>>,
+        mut act: Box<Activation<A>>,
+    ) -> Ended {
         while let Some(work) = inbox.next().await {
             match work {
                 Work::Wake => act.pump_if_needed(),
@@ -292,10 +349,18 @@ impl<A: Behavior> Kit<A> {
                         act.pump_if_needed();
                     }
                 }
+                Work::Hibernate if act.may_hibernate() => {
+                    act.cell.stop_pump();
+                    *parked = Some(act);
+                    return Ended::Hibernating;
+                }
+                // Durable work pending: awake for now, asked again later.
+                Work::Hibernate => host.note_awake(Box::new(tx.clone())),
             }
         }
         Box::pin(act.stop()).await;
-        host.forget(A::KIND, &key.id, *generation);
+        host.forget(A::KIND, &key.id, generation);
+        Ended::Stopped
     }
 
     /// Answers the command that was in flight when the handler panicked, and hands the rest
@@ -423,18 +488,84 @@ impl<A: Behavior> ractor::Actor for Hosted<A> {
         state: &mut Self::State,
     ) -> Result<(), ractor::ActorProcessingErr> {
         if let Some(start) = state.take() {
-            let (mut life, predecessor) = *start;
+            let (mut life, mut predecessor) = *start;
             life.id = Some(myself.get_id());
-            if let Some(kit) = life.kit.as_mut() {
+            while let Some(kit) = life.kit.as_mut() {
                 // Boxed: the live future would otherwise sit inline in ractor's loop future.
-                Box::pin(kit.live(predecessor)).await;
+                match Box::pin(kit.live(predecessor.take())).await {
+                    Ended::Stopped => break,
+                    Ended::Hibernating => {
+                        // Parked: the kit waits on its mailbox, and this ractor actor stops.
+                        // Something arrived meanwhile: serve it here.
+                        if let Some(kit) = life.kit.take() {
+                            life.kit = Dormant::park(kit);
+                        }
+                    }
+                }
             }
-            // A clean end: dropping the kit signals that the actor has stopped.
+            // A clean end: dropping the kit (if still here) signals that the actor stopped.
             life.id = None;
             drop(life);
         }
         myself.stop(Some("passivated".into()));
         Ok(())
+    }
+}
+
+/// A hibernating activation: its kit, parked on its mailbox until the next message, close
+/// or last sender's drop wakes it (see *Hibernation* in the module docs). It is the waker the
+/// mailbox holds; waking it spawns a ractor actor that serves the kit again.
+struct Dormant<A: Behavior> {
+    slot: parking_lot::Mutex<Slot<A>>,
+}
+
+enum Slot<A: Behavior> {
+    /// Registered with the mailbox; the kit is on its way in.
+    Parking,
+    /// Woken: the kit went (or goes) back to work.
+    Woken,
+    Parked(Box<Kit<A>>),
+}
+
+impl<A: Behavior> Dormant<A> {
+    /// Parks `kit` on its mailbox; hands it back when there is something to serve already.
+    fn park(kit: Box<Kit<A>>) -> Option<Box<Kit<A>>> {
+        let dormant = Arc::new(Dormant {
+            slot: parking_lot::Mutex::new(Slot::Parking),
+        });
+        let waker = std::task::Waker::from(Arc::clone(&dormant));
+        if !kit.inbox.park(&waker) {
+            return Some(kit);
+        }
+        let mut slot = dormant.slot.lock();
+        if matches!(*slot, Slot::Woken) {
+            // Woken between the registration and now: serve it in place.
+            return Some(kit);
+        }
+        let stats = &kit.host.stats;
+        Stats::bump(&stats.hibernations);
+        Stats::bump(&stats.hibernating);
+        *slot = Slot::Parked(kit);
+        None
+    }
+}
+
+impl<A: Behavior> std::task::Wake for Dormant<A> {
+    fn wake(self: Arc<Self>) {
+        let parked = std::mem::replace(&mut *self.slot.lock(), Slot::Woken);
+        if let Slot::Parked(kit) = parked {
+            let host = Arc::clone(&kit.host);
+            host.stats
+                .hibernating
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            host.spawn_hosted(
+                Life {
+                    kit: Some(kit),
+                    id: None,
+                },
+                None,
+            );
+        }
     }
 }
 
@@ -563,6 +694,13 @@ impl<A: Behavior> Activation<A> {
         };
         act.reload().await?;
         Ok(act)
+    }
+
+    /// Whether the activation may hibernate: no durable work pending, no wake-up entry it
+    /// still has to settle. (Its pump, stopped on hibernation, has nothing to do then.)
+    fn may_hibernate(&self) -> bool {
+        let outbox = self.cell.outbox.lock();
+        outbox.is_idle() && !outbox.index.woken && outbox.index.revision.is_none()
     }
 
     /// Starts the delivery pump when the outbox has pending work, or the scheduler woke us.

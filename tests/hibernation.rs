@@ -1,0 +1,230 @@
+//! Hibernation: an idle resident actor leaves its ractor actor, keeps its state in memory, and
+//! the next message wakes it without a replay. It stays resident: the cap, the LRU order,
+//! passivation and shutdown treat it like any other.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether::Runtime;
+use aether::prelude::*;
+use aether::store::SnapshotStore;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn hibernating_runtime(namespace: &str, after_ms: u64, max_resident: usize) -> Runtime {
+    Runtime::builder()
+        .namespace(namespace)
+        .register::<Counter>()
+        .memory_store()
+        .idle_passivation(None)
+        .hibernate_after(Some(Duration::from_millis(after_ms)))
+        .max_resident(max_resident)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// The ractor actors running activations (linked under the runtime's root).
+fn running(rt: &Runtime) -> usize {
+    rt.root().get_children().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_hibernate_and_wake_with_their_state_without_a_replay() {
+    let rt = hibernating_runtime("hibernate-wake", 50, 1000).await;
+    let refs: Vec<ActorRef<Counter>> = (0..20)
+        .map(|i| rt.actor::<Counter>(format!("c-{i}")).unwrap())
+        .collect();
+    for (i, r) in refs.iter().enumerate() {
+        r.ask(CounterCmd::AddMany(vec![i as u64, 1])).await.unwrap();
+    }
+    assert_eq!(running(&rt), 20);
+    poll_until(WAIT, "every actor hibernating", || async {
+        rt.stats().hibernating == 20
+    })
+    .await;
+    let stats = rt.stats();
+    assert_eq!(stats.resident, 20, "hibernating actors stay resident");
+    assert_eq!(stats.hibernations, 20);
+    poll_until(WAIT, "their ractor actors stopped", || async {
+        running(&rt) == 0
+    })
+    .await;
+    assert!(refs.iter().all(|r| rt.is_resident(r)));
+
+    // Asks through the same refs (they keep the mailbox) and through fresh ones wake them.
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(r.ask(CounterCmd::Get).await.unwrap(), i as u64 + 1);
+        let fresh = rt.actor::<Counter>(format!("c-{i}")).unwrap();
+        assert_eq!(fresh.ask(CounterCmd::Add(10)).await.unwrap(), i as u64 + 11);
+    }
+    let after = rt.stats();
+    assert_eq!(after.activations, 20, "woken, not activated again");
+    assert_eq!(after.replayed_events, 0, "nothing replayed");
+    assert_eq!(after.passivations, 0);
+    // Every commit went on at the version the state had: no gap, no double.
+    for (i, r) in refs.iter().enumerate() {
+        let versions: Vec<u64> = rt
+            .event_store()
+            .read(r.key(), 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, vec![1, 2, 3], "actor {i}");
+    }
+    // And they hibernate again.
+    poll_until(WAIT, "every actor hibernating again", || async {
+        let s = rt.stats();
+        s.hibernating == 20 && s.hibernations == 40
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernating_actors_are_evicted_in_lru_order_and_snapshot_on_the_way_out() {
+    let rt = hibernating_runtime("hibernate-evict", 30, 4).await;
+    let snapshots: Arc<dyn SnapshotStore> = rt.snapshot_store();
+    let refs: Vec<ActorRef<Counter>> = (0..6)
+        .map(|i| rt.actor::<Counter>(format!("e-{i}")).unwrap())
+        .collect();
+    for r in &refs[..4] {
+        r.ask(CounterCmd::Add(7)).await.unwrap();
+    }
+    poll_until(WAIT, "four actors hibernating", || async {
+        rt.stats().hibernating == 4
+    })
+    .await;
+    // Two more: the two least recently used (hibernating) are passivated, and snapshot.
+    for r in &refs[4..] {
+        r.ask(CounterCmd::Add(1)).await.unwrap();
+    }
+    poll_until(WAIT, "two passivations", || async {
+        rt.stats().passivations == 2
+    })
+    .await;
+    assert_eq!(rt.resident_count(), 4);
+    assert!(!rt.is_resident(&refs[0]) && !rt.is_resident(&refs[1]));
+    assert!(refs[2..].iter().all(|r| rt.is_resident(r)));
+    for r in &refs[..2] {
+        let snapshot = snapshots.latest(r.key()).await.unwrap();
+        assert_eq!(snapshot.map(|s| s.version), Some(1), "{}", r.key());
+    }
+    assert_eq!(rt.stats().hibernating, 2);
+    // The evicted come back from their snapshots.
+    let replayed = rt.stats().replayed_events;
+    assert_eq!(refs[0].ask(CounterCmd::Get).await.unwrap(), 7);
+    assert_eq!(rt.stats().replayed_events, replayed);
+
+    // Shutdown passivates the hibernating ones too, each with its snapshot.
+    poll_until(WAIT, "the resident ones hibernating", || async {
+        rt.stats().hibernating == 4
+    })
+    .await;
+    rt.shutdown().await.unwrap();
+    for r in &refs[1..] {
+        assert!(
+            snapshots.latest(r.key()).await.unwrap().is_some(),
+            "{} snapshot at shutdown",
+            r.key()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_racing_hibernation_are_applied_exactly_once() {
+    // Hibernation every few milliseconds, while 24 callers ask 6 actors at random moments:
+    // messages land while an actor decides to hibernate, parks, and wakes.
+    let rt = hibernating_runtime("hibernate-race", 1, 1000).await;
+    let mut callers = Vec::new();
+    for c in 0..24u64 {
+        let rt = rt.actor::<Counter>(format!("r-{}", c % 6)).unwrap();
+        callers.push(tokio::spawn(async move {
+            let mut seed = c.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for _ in 0..60 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                if seed % 3 == 0 {
+                    tokio::time::sleep(Duration::from_millis(seed % 12)).await;
+                }
+                rt.ask(CounterCmd::Add(1)).await.unwrap();
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    for i in 0..6 {
+        let c = rt.actor::<Counter>(format!("r-{i}")).unwrap();
+        assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 240);
+        let versions: Vec<u64> = rt
+            .event_store()
+            .read(c.key(), 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, (1..=240).collect::<Vec<_>>());
+    }
+    let stats = rt.stats();
+    assert!(stats.hibernations > 0, "the race was run: {stats:?}");
+    assert_eq!(stats.activations, 6, "woken, never reloaded");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_after_waking_restarts_from_the_store() {
+    let rt = hibernating_runtime("hibernate-panic", 20, 1000).await;
+    let c = rt.actor::<Counter>("p").unwrap();
+    c.ask(CounterCmd::Add(5)).await.unwrap();
+    poll_until(WAIT, "hibernating", || async {
+        rt.stats().hibernating == 1
+    })
+    .await;
+    match c.ask(CounterCmd::Panic).await {
+        Err(AskError::Failed(CallError::HandlerPanicked { .. })) => {}
+        other => panic!("expected HandlerPanicked, got {other:?}"),
+    }
+    assert_eq!(c.ask(CounterCmd::Add(1)).await.unwrap(), 6);
+    let stats = rt.stats();
+    assert_eq!(stats.handler_panics, 1);
+    assert_eq!(stats.activations, 2, "the fresh activation reloaded");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hibernation_can_be_turned_off() {
+    let rt = Runtime::builder()
+        .namespace("hibernate-off")
+        .register::<Counter>()
+        .memory_store()
+        .hibernate_after(None)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(rt.config().hibernate_after(), None);
+    let c = rt.actor::<Counter>("awake").unwrap();
+    c.ask(CounterCmd::Add(1)).await.unwrap();
+    assert_eq!(rt.stats().hibernations, 0);
+    assert_eq!(running(&rt), 1);
+    rt.shutdown().await.unwrap();
+    let defaults = Runtime::builder()
+        .namespace("hibernate-default")
+        .register::<Counter>()
+        .memory_store()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        defaults.config().hibernate_after(),
+        Some(Duration::from_secs(30))
+    );
+    defaults.shutdown().await.unwrap();
+}
