@@ -285,6 +285,8 @@ catalog! {
     "aether_replay_events" Histogram "Events replayed per activation, by kind";
     "aether_actors_resident" Gauge "Actors resident on this node";
     "aether_actors_activating" Gauge "Activations loading from the store now";
+    "aether_actors_hibernating" Gauge "Resident actors hibernating now (state in memory, no ractor actor)";
+    "aether_hibernations_total" Counter "Times an idle resident actor hibernated";
     "aether_activations_total" Counter "Actors activated (including reactivations)";
     "aether_activation_failures_total" Counter "Activations that failed to load";
     "aether_passivations_total" Counter "Actors passivated (idle, evicted, moved, shut down)";
@@ -379,6 +381,8 @@ impl Collector {
         let s = host.stats_snapshot();
         gauge("aether_actors_resident", s.resident as f64);
         gauge("aether_actors_activating", host.activating() as f64);
+        gauge("aether_actors_hibernating", s.hibernating as f64);
+        counter("aether_hibernations_total", s.hibernations);
         counter("aether_activations_total", s.activations);
         counter("aether_activation_failures_total", s.activation_failures);
         counter("aether_passivations_total", s.passivations);
