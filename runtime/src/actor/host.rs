@@ -799,8 +799,9 @@ impl Host {
         true
     }
 
-    /// Passivates every resident actor and waits (up to `timeout`) for all to stop.
-    pub async fn passivate_all(&self, timeout: Duration) -> bool {
+    /// Asks every resident actor to passivate (hibernating ones wake to do it); returns what
+    /// to wait on for all of them to stop.
+    pub fn evict_all(&self) -> Vec<Done> {
         let mut waits: Vec<Done> = Vec::new();
         for shard in self.registry.iter() {
             let mut reg = shard.lock();
@@ -809,6 +810,12 @@ impl Host {
             }
             waits.extend(reg.stopping.values().map(|(_, d)| d.clone()));
         }
+        waits
+    }
+
+    /// Passivates every resident actor and waits (up to `timeout`) for all to stop.
+    pub async fn passivate_all(&self, timeout: Duration) -> bool {
+        let waits = self.evict_all();
         let all = async {
             for done in waits {
                 wait_done(done).await;
@@ -1050,7 +1057,9 @@ async fn sweep(
 ) {
     let started = tokio::time::Instant::now();
     let idle_ms = idle.map(|d| d.as_millis() as u64);
-    let hibernate_ms = hibernate.map(|d| d.as_millis() as u64);
+    // At least a millisecond: at 0 every entry, even one put back just now, would be due, and
+    // a queue of busy actors would keep the sweep going round.
+    let hibernate_ms = hibernate.map(|d| (d.as_millis() as u64).max(1));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

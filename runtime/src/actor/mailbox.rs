@@ -87,6 +87,8 @@ struct State<T> {
     closed: bool,
     /// The receiver, waiting for a message.
     receiver: Option<Waker>,
+    /// `receiver` is a parked activation's waker (see [`Receiver::park`]).
+    parked: bool,
 }
 
 /// Creates a mailbox that holds at most `capacity` messages (at least one).
@@ -96,6 +98,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             queue: VecDeque::new(),
             closed: false,
             receiver: None,
+            parked: false,
         }),
         room: Notify::new(),
         senders: AtomicUsize::new(1),
@@ -156,10 +159,24 @@ impl<T> Shared<T> {
         weak: bool,
         clock: Option<UseClock<'_>>,
     ) -> Result<(), TrySendError<T>> {
+        self.push_unless(msg, weak, clock, false)
+    }
+
+    /// [`Shared::try_push`]; with `not_parked`, a parked receiver counts as closed.
+    fn push_unless(
+        &self,
+        msg: T,
+        weak: bool,
+        clock: Option<UseClock<'_>>,
+        not_parked: bool,
+    ) -> Result<(), TrySendError<T>> {
         let mut state = self.state.lock();
         // Checked under the lock: the last strong sender's drop takes it before waking the
         // receiver, so a message queued here is seen before the receiver's `None`.
-        if state.closed || (weak && self.senders.load(Ordering::Acquire) == 0) {
+        if state.closed
+            || (weak && self.senders.load(Ordering::Acquire) == 0)
+            || (not_parked && state.parked)
+        {
             return Err(TrySendError::Closed(msg));
         }
         if state.queue.len() >= self.capacity {
@@ -173,6 +190,7 @@ impl<T> Shared<T> {
             );
         }
         let receiver = state.receiver.take();
+        state.parked = false;
         drop(state);
         if let Some(waker) = receiver {
             waker.wake();
@@ -204,6 +222,7 @@ impl<T> Sender<T> {
         state.queue.push_back(msg);
         state.closed = true;
         let receiver = state.receiver.take();
+        state.parked = false;
         drop(state);
         if let Some(waker) = receiver {
             waker.wake();
@@ -253,7 +272,11 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last sender: a waiting receiver learns that nothing more will come.
-            let receiver = self.shared.state.lock().receiver.take();
+            let receiver = {
+                let mut state = self.shared.state.lock();
+                state.parked = false;
+                state.receiver.take()
+            };
             if let Some(waker) = receiver {
                 waker.wake();
             }
@@ -269,9 +292,10 @@ impl<T> WeakSender<T> {
     }
 
     /// Queues `msg` without stamping a use (the runtime's own requests, which must not keep
-    /// an idle actor looking used).
+    /// an idle actor looking used), and never to a parked receiver: that counts as closed
+    /// (a request to hibernate must not wake a hibernating actor).
     pub fn try_send_quiet(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.shared.try_push(msg, true, None)
+        self.shared.push_unless(msg, true, None, true)
     }
 
     /// The actor's last use.
@@ -346,6 +370,7 @@ impl<T> Receiver<T> {
                 Ok(msg) => Poll::Ready((Some(msg), queued)),
                 Err(TryRecvError::Disconnected) => Poll::Ready((None, queued)),
                 Err(TryRecvError::Empty) => {
+                    state.parked = false;
                     match &mut state.receiver {
                         Some(waker) => waker.clone_from(cx.waker()),
                         None => state.receiver = Some(cx.waker().clone()),
@@ -371,6 +396,7 @@ impl<T> Receiver<T> {
             return false;
         }
         state.receiver = Some(waker.clone());
+        state.parked = true;
         true
     }
 

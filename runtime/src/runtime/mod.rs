@@ -365,6 +365,12 @@ impl Drop for Runtime {
             cluster.stop();
         }
         if self.root.is_some() {
+            // Passivate now rather than from the root's watcher, which needs tokio to run on:
+            // a hibernating actor's kit waits in its mailbox, which the registry holds, and a
+            // runtime dropped as its tokio runtime ends would otherwise keep them, and the
+            // host, alive. Closing the mailboxes hands every kit to a task.
+            self.host.shutting_down.store(true, Ordering::Release);
+            drop(self.host.evict_all());
             self.root_cell.stop(Some("runtime dropped".into()));
         }
         if let Some(scheduler) = &self.scheduler {
