@@ -196,7 +196,71 @@ async fn a_handler_panic_after_waking_restarts_from_the_store() {
     let stats = rt.stats();
     assert_eq!(stats.handler_panics, 1);
     assert_eq!(stats.activations, 2, "the fresh activation reloaded");
+    poll_until(WAIT, "hibernating again", || async {
+        rt.stats().hibernating == 1
+    })
+    .await;
+    // The activation that died left its place in the sweep's queue behind: asking a
+    // hibernating actor to hibernate must not wake it (it would wake and hibernate again every
+    // period). Ten periods later, with no message sent, it has not woken.
+    let parked = rt.stats().hibernations;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = rt.stats();
+    assert_eq!(stats.hibernations, parked, "{stats:?}");
+    assert_eq!(stats.hibernating, 1);
     rt.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_runtime_dropped_with_hibernating_actors_releases_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |after: Option<Duration>| {
+        Runtime::builder()
+            .namespace("hibernate-drop")
+            .register::<Counter>()
+            .data_dir(dir.path())
+            .hibernate_after(after)
+            .start()
+    };
+    let tokio = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Dropped without `shutdown`, as its tokio runtime ends, with one actor hibernating and
+    // one awake: neither kit may keep the runtime (and the embedded store's lock on its
+    // directory) alive.
+    tokio().block_on(async {
+        let rt = build(Some(Duration::from_millis(10))).await.unwrap();
+        let c = rt.actor::<Counter>("c").unwrap();
+        c.ask(CounterCmd::Add(4)).await.unwrap();
+        poll_until(WAIT, "hibernating", || async {
+            rt.stats().hibernating == 1
+        })
+        .await;
+        let awake = rt.actor::<Counter>("awake").unwrap();
+        awake.ask(CounterCmd::Add(1)).await.unwrap();
+        drop(rt);
+    });
+    tokio().block_on(async {
+        // Dropped like a crash: the store's lock goes once its last owner is gone, which may
+        // take a moment (the store's own threads), never forever.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let rt = loop {
+            match build(None).await {
+                Ok(rt) => break rt,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the directory is still locked after {WAIT:?}: {e}"),
+            }
+        };
+        let c = rt.actor::<Counter>("c").unwrap();
+        assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 4);
+        rt.shutdown().await.unwrap();
+    });
 }
 
 #[tokio::test]

@@ -371,6 +371,11 @@ impl Drop for Runtime {
             // host, alive. Closing the mailboxes hands every kit to a task.
             self.host.shutting_down.store(true, Ordering::Release);
             drop(self.host.evict_all());
+            // Nobody restarts an activation from here on. An activation's task dropped by a
+            // tokio runtime that ends would otherwise leave its kit with the host as an orphan
+            // (as if its handler had panicked): a cycle that kept the host and its store
+            // (and the embedded store's lock on its directory) alive for good.
+            self.host.close_orphans();
             self.root_cell.stop(Some("runtime dropped".into()));
         }
         if let Some(scheduler) = &self.scheduler {
