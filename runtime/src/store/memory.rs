@@ -209,7 +209,9 @@ impl EventStore for MemoryStore {
         const PAGE: usize = 256;
         let mut replayer = Replayer::new(actor, from_version, each);
         let mut bytes: Vec<u8> = Vec::new();
-        let mut page: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(PAGE);
+        // Sized by what there is to read: an actor with no history (most activations of a
+        // new actor) allocates nothing.
+        let mut page: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         let mut from = from_version;
         loop {
             bytes.clear();
@@ -218,6 +220,7 @@ impl EventStore for MemoryStore {
                 let streams = self.inner.streams.lock();
                 if let Some(stream) = streams.get(actor) {
                     let at = stream.partition_point(|(v, _)| *v < from);
+                    page.reserve(stream.len().saturating_sub(at).min(PAGE));
                     for (position, record) in stream[at..].iter().take(PAGE) {
                         let start = bytes.len();
                         bytes.extend_from_slice(record);
