@@ -28,6 +28,11 @@ const SLOW: Timing = Timing {
     lease_ms: 3000,
 };
 
+/// One test of this file at a time: the soak saturates both cores on purpose, and the others
+/// time failure detection against deadlines that such load would stretch (a detection test
+/// beside the soak once took over its 6 s).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn failure_timeout() -> Duration {
     Duration::from_millis(SLOW.failure_ms)
 }
@@ -186,6 +191,7 @@ async fn kill_and_see_it_declared(view: &ClusterView, victim: &mut NodeProcess) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_declared_failed_once_the_server_drops_its_connection() {
+    let _serial = SERIAL.lock().await;
     let (_server, view, mut nodes) = three_nodes("gone", SLOW, None).await;
     let accounts: Vec<String> = (0..24).map(|i| format!("acct-{i}")).collect();
     fund(&mut nodes[0], &accounts);
@@ -203,6 +209,7 @@ async fn a_killed_node_is_declared_failed_once_the_server_drops_its_connection()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_before_its_lease_expires() {
+    let _serial = SERIAL.lock().await;
     // A lease as long as the failure timeout: only the connection check can explain a new
     // leader within half of it.
     const LONG_LEASE: Timing = Timing {
@@ -255,6 +262,7 @@ async fn a_killed_leader_is_replaced_before_its_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
+    let _serial = SERIAL.lock().await;
     // node-3 reaches the server through a proxy. The proxy closes its connection and holds
     // every new one: the server drops node-3's subscriptions, the leader finds it gone and
     // gives its accounts away; node-3 fenced itself when it saw the loss, so it answers
@@ -350,6 +358,7 @@ async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
+    let _serial = SERIAL.lock().await;
     let (_server, view, mut nodes) = three_nodes("slow", SLOW, None).await;
     let accounts: Vec<String> = (0..24).map(|i| format!("slow-{i}")).collect();
     fund(&mut nodes[0], &accounts);
@@ -387,6 +396,7 @@ async fn a_paused_node_keeps_its_shards_until_the_failure_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_another_server_is_checked_through_a_node_on_its_own() {
+    let _serial = SERIAL.lock().await;
     // The leader on s1; two nodes on s2. When one of them dies, s1 hears of it only through
     // its route to s2 — not enough (a broken route looks the same) — so the leader asks the
     // other node on s2 to check.
@@ -457,6 +467,7 @@ impl Drop for Burners {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_node_is_declared_failed_while_both_cores_are_saturated() {
+    let _serial = SERIAL.lock().await;
     // 20 s by default; AETHER_SOAK_SECS=600 for the ten-minute run.
     let soak = Duration::from_secs(
         std::env::var("AETHER_SOAK_SECS")
