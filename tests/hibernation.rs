@@ -67,15 +67,8 @@ async fn idle_actors_hibernate_and_wake_with_their_state_without_a_replay() {
     assert_eq!(after.passivations, 0);
     // Every commit went on at the version the state had: no gap, no double.
     for (i, r) in refs.iter().enumerate() {
-        let versions: Vec<u64> = rt
-            .event_store()
-            .read(r.key(), 1)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
-        assert_eq!(versions, vec![1, 2, 3], "actor {i}");
+        let stored = versions(&rt, r).await;
+        assert_eq!(stored, vec![1, 2, 3], "actor {i}");
     }
     // And they hibernate again.
     poll_until(WAIT, "every actor hibernating again", || async {
@@ -163,19 +156,81 @@ async fn asks_racing_hibernation_are_applied_exactly_once() {
     for i in 0..6 {
         let c = rt.actor::<Counter>(format!("r-{i}")).unwrap();
         assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 240);
-        let versions: Vec<u64> = rt
-            .event_store()
-            .read(c.key(), 1)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
-        assert_eq!(versions, (1..=240).collect::<Vec<_>>());
+        let stored = versions(&rt, &c).await;
+        assert_eq!(stored, (1..=240).collect::<Vec<_>>());
     }
     let stats = rt.stats();
     assert!(stats.hibernations > 0, "the race was run: {stats:?}");
     assert_eq!(stats.activations, 6, "woken, never reloaded");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_between_random_pairs_with_cycles_while_actors_hibernate() {
+    // Each transfer asks another actor from inside a turn (`AddVia`: the target adds `n`,
+    // then the caller records `n`), between random pairs, so cycles form (a→b while b→a),
+    // and every actor hibernates between its turns: asks from turns and deadlock probes must
+    // wake it, and a refused cycle must leave nothing half done.
+    let rt = hibernating_runtime("hibernate-pairs", 1, 1000).await;
+    const ACCOUNTS: u64 = 8;
+    let mut callers = Vec::new();
+    for c in 0..16u64 {
+        let refs: Vec<ActorRef<Counter>> = (0..ACCOUNTS)
+            .map(|i| rt.actor::<Counter>(format!("p-{i}")).unwrap())
+            .collect();
+        callers.push(tokio::spawn(async move {
+            let mut seed = (c + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let mut moved = 0u64;
+            let mut refused = 0u64;
+            for _ in 0..40 {
+                let from = (next() % ACCOUNTS) as usize;
+                let to = (from + 1 + (next() % (ACCOUNTS - 1)) as usize) % ACCOUNTS as usize;
+                let n = 1 + next() % 5;
+                if next() % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(next() % 8)).await;
+                }
+                let target = refs[to].clone();
+                match refs[from].ask(CounterCmd::AddVia { target, n }).await {
+                    Ok(_) => moved += n,
+                    Err(AskError::Rejected(CounterError::Downstream(why)))
+                        if why.contains("eadlock") =>
+                    {
+                        refused += 1
+                    }
+                    Err(other) => panic!("transfer {from} -> {to}: {other:?}"),
+                }
+            }
+            (moved, refused)
+        }));
+    }
+    let (mut moved, mut refused) = (0, 0);
+    for caller in callers {
+        let (m, r) = caller.await.unwrap();
+        moved += m;
+        refused += r;
+    }
+    // Every completed transfer counted twice (target and caller), a refused one not at all;
+    // every history gapless.
+    let mut total = 0;
+    for i in 0..ACCOUNTS {
+        let c = rt.actor::<Counter>(format!("p-{i}")).unwrap();
+        total += c.ask(CounterCmd::Get).await.unwrap();
+        let stored = versions(&rt, &c).await;
+        assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
+    }
+    assert_eq!(total, 2 * moved, "{refused} transfers refused as cycles");
+    let stats = rt.stats();
+    assert!(
+        stats.hibernations > 0,
+        "actors hibernated meanwhile: {stats:?}"
+    );
+    assert_eq!(stats.activations, ACCOUNTS, "woken, never reloaded");
     rt.shutdown().await.unwrap();
 }
 

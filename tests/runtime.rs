@@ -851,15 +851,8 @@ async fn many_concurrent_asks_keep_versions_gapless() {
     for i in 0..4 {
         let c = rt.actor::<Counter>(format!("acct-{i}")).unwrap();
         assert_eq!(c.ask(CounterCmd::Get).await.unwrap(), 200);
-        let versions: Vec<u64> = rt
-            .event_store()
-            .read(c.key(), 1)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
-        assert_eq!(versions, (1..=200).collect::<Vec<_>>());
+        let stored = versions(&rt, &c).await;
+        assert_eq!(stored, (1..=200).collect::<Vec<_>>());
     }
     rt.shutdown().await.unwrap();
 }

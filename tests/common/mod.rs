@@ -265,5 +265,16 @@ pub async fn memory_runtime(namespace: &str) -> Runtime {
         .expect("runtime starts")
 }
 
+/// The versions of every event stored for `actor`, in order (gapless history: `1..=n`).
+pub async fn versions(rt: &Runtime, actor: &ActorRef<Counter>) -> Vec<u64> {
+    rt.event_store()
+        .read(actor.key(), 1)
+        .await
+        .expect("history reads")
+        .iter()
+        .map(|e| e.version)
+        .collect()
+}
+
 /// Keeps an `Arc` alive for the duration of a test (for fixtures that own a temp dir).
 pub struct Keep(pub Vec<Arc<dyn std::any::Any + Send + Sync>>);
