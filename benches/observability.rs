@@ -2,14 +2,20 @@
 //! tracing on ÷ the same paths with both off, in the same run.
 //!
 //! - **on**: the runtime serves its Prometheus endpoint (the recorder installed, every ask,
-//!   turn and append recorded; nobody scrapes) and a `tracing` subscriber records every span
-//!   the runtime emits (`aether_runtime` at debug: ask, serve, activate, replay, handle,
-//!   append, reply), as an exporter would, with no collector behind it;
+//!   turn and append recorded; nobody scrapes), and the spans of the traced workflows (the
+//!   default sampling) go to an OpenTelemetry exporter with no collector behind it: the set-up
+//!   of `docs/operations.md` (a `tracing-opentelemetry` layer over a batch span processor)
+//!   whose exporter fails every batch, as an OTLP exporter does while its collector is down;
 //! - **off**: a runtime without metrics, and the subscriber's filter switched off.
 //!
 //! The two runtimes (two pairs of cluster nodes for B2) live side by side in one process; the
 //! rounds alternate on and off, and the figure is the median of the per-round ratios. Target
 //! ≥ 0.9 for each.
+//!
+//! To take the cost apart: `OBS_TRACING=0` (metrics only), `OBS_AA=1` (no metrics on either
+//! side), `OBS_EXPORTER=fmt` (spans formatted by `tracing-subscriber`'s fmt layer instead, as
+//! a node logging them would), `OBS_ONE_IN=n` (trace one workflow in `n` on both sides),
+//! `OBS_B1_ONLY=1` (skip B2).
 
 #[path = "../tests/common/nats.rs"]
 #[allow(dead_code)]
@@ -26,21 +32,47 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 
-/// A layer that keeps nothing: the registry still records every enabled span (ids, fields,
-/// parents), which is the cost an exporter's layer adds before it sends anything.
-struct Recording;
+/// An OpenTelemetry exporter with no collector behind it: every batch fails to send, as an
+/// OTLP exporter's would with the collector down, and is dropped.
+#[derive(Debug)]
+struct NoCollector;
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recording {}
+impl opentelemetry_sdk::trace::SpanExporter for NoCollector {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+            "no collector".into(),
+        ))
+    }
+}
 
 type Switch = reload::Handle<Targets, tracing_subscriber::Registry>;
 
+/// The exporter of the docs (`docs/operations.md`, "Exporting to OpenTelemetry"): a
+/// `tracing-opentelemetry` layer over a batch span processor, whose exporter finds no
+/// collector. `OBS_EXPORTER=fmt` formats every span with `tracing-subscriber`'s fmt layer
+/// instead (into a sink), as a node that logs its spans would.
 fn install_tracing() -> Switch {
+    use opentelemetry::trace::TracerProvider as _;
     let (filter, switch) = reload::Layer::new(Targets::new().with_default(LevelFilter::OFF));
-    let fmt = (std::env::var("OBS_FMT").as_deref() != Ok("0"))
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::sink));
+    let fmt = std::env::var("OBS_EXPORTER").as_deref() == Ok("fmt");
+    let otel = (!fmt).then(|| {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(NoCollector)
+            .build();
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("observability-bench"))
+    });
+    let fmt = fmt.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::io::sink)
+    });
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(Recording)
+        .with(otel)
         .with(fmt);
     tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
     switch
@@ -112,8 +144,16 @@ async fn compare(
     );
 }
 
+/// The runtime's default sampling, or one in `OBS_ONE_IN`.
+fn sampling(builder: aether::RuntimeBuilder) -> anyhow::Result<aether::RuntimeBuilder> {
+    Ok(match std::env::var("OBS_ONE_IN") {
+        Ok(n) => builder.trace_one_in(n.parse()?),
+        Err(_) => builder,
+    })
+}
+
 async fn node(url: &str, ns: &str, id: &str, metrics: bool) -> anyhow::Result<Runtime> {
-    let mut builder = Runtime::builder().register::<Probe>();
+    let mut builder = sampling(Runtime::builder().register::<Probe>())?;
     if metrics {
         builder = builder.metrics_addr(([127, 0, 0, 1], 0));
     }
@@ -143,13 +183,12 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("OBS_AA").is_err() {
         on = on.metrics_addr(([127, 0, 0, 1], 0));
     }
-    let on = on.start().await?;
+    let on = sampling(on)?.start().await?;
     let off = Runtime::builder()
         .namespace("obs-off")
         .register::<Probe>()
-        .memory_store()
-        .start()
-        .await?;
+        .memory_store();
+    let off = sampling(off)?.start().await?;
     for concurrency in [1usize, 64] {
         let ids: Vec<String> = (0..concurrency).map(|i| format!("p{i}")).collect();
         compare(

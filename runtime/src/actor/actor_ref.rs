@@ -198,14 +198,10 @@ impl<A: Behavior> ActorRef<A> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let meters = host.meters(A::KIND);
         // Built in one piece, so it can be written straight into its box.
+        // The actor records the ask's latency: its queue wait and its turn (see `route`).
         let env = Box::new(Envelope::asked(
             cmd,
-            CallMeta {
-                // The actor records the ask's latency: its queue wait and its turn (see
-                // `route`).
-                asked_at: meters.map(|_| super::clock::coarse_now()),
-                ..CallMeta::detached(command_id, timeout)
-            },
+            CallMeta::asked(command_id, timeout, meters.is_some()),
             reply_tx,
         ));
         match host.deliver_cached::<A>(

@@ -3,7 +3,7 @@
 //! Every ask carries a deadline (`now + timeout`). Reading the precise monotonic clock costs
 //! about 40 ns on a virtual machine (a quarter of a local ask's own work), while the kernel's
 //! coarse clock (`CLOCK_MONOTONIC_COARSE`, updated every scheduler tick) is a plain memory read
-//! of about 8 ns. A deadline does not need nanoseconds: [`deadline_in`] builds it from the
+//! of about 8 ns. A deadline does not need nanoseconds: [`now_and_deadline`] builds it from the
 //! coarse clock and adds one tick of slack, so it is never earlier than the precise
 //! `Instant::now() + timeout` and at most two ticks (8 ms at the usual 250 Hz) later. TiKV
 //! makes the same trade for the same reason.
@@ -16,13 +16,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The instant `timeout` from now, never earlier than `Instant::now() + timeout` and at most
-/// two coarse clock ticks later. A timeout too large to represent gives a deadline a century
-/// away.
-pub(crate) fn deadline_in(timeout: Duration) -> Instant {
+/// Now (as [`coarse_now`]), and the instant `timeout` from now: never earlier than
+/// `Instant::now() + timeout` and at most two coarse clock ticks later. One clock read gives
+/// both (an ask's deadline, and when it was asked for its latency). A timeout too large to
+/// represent gives a deadline a century away.
+pub(crate) fn now_and_deadline(timeout: Duration) -> (Instant, Instant) {
     let (now, slack) = imp::now_with_slack();
-    now.checked_add(timeout.saturating_add(slack))
-        .unwrap_or_else(|| far_future(now))
+    let deadline = now
+        .checked_add(timeout.saturating_add(slack))
+        .unwrap_or_else(|| far_future(now));
+    (now, deadline)
 }
 
 /// Now, to within a coarse clock tick (a few milliseconds), for a fraction of the cost of
@@ -124,7 +127,7 @@ mod tests {
             Duration::from_secs(5),
         ] {
             let before = Instant::now();
-            let deadline = deadline_in(timeout);
+            let (_, deadline) = now_and_deadline(timeout);
             let after = Instant::now();
             assert!(
                 deadline >= before + timeout,
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn an_unrepresentable_timeout_gives_a_far_deadline_not_a_panic() {
-        let deadline = deadline_in(Duration::MAX);
+        let (_, deadline) = now_and_deadline(Duration::MAX);
         assert!(deadline > Instant::now() + Duration::from_secs(365 * 24 * 3600));
     }
 }

@@ -867,6 +867,7 @@ impl Host {
     }
 
     /// The metric handles of `kind`, when metrics are on.
+    #[inline]
     pub fn meters(&self, kind: &'static str) -> Option<&crate::metrics::KindMeters> {
         self.meters.as_ref()?.kind(kind)
     }

@@ -161,16 +161,23 @@ impl CallMeta {
     /// The metadata of a command that starts a chain of its own, due `timeout` from now (see
     /// [`clock`](super::clock) for how little that reading costs).
     pub fn detached(command_id: CommandId, timeout: Duration) -> Self {
+        Self::asked(command_id, timeout, false)
+    }
+
+    /// [`detached`](Self::detached), and `measured`: note when it was asked (`asked_at`, from
+    /// the same clock read as the deadline) for the actor to record its latency.
+    pub fn asked(command_id: CommandId, timeout: Duration, measured: bool) -> Self {
+        let (now, deadline) = super::clock::now_and_deadline(timeout);
         CallMeta {
             command_id,
             correlation_id: command_id,
             causation_id: None,
-            deadline: super::clock::deadline_in(timeout),
+            deadline,
             timeout,
             chain: Vec::new(),
             origin: None,
             traced: false,
-            asked_at: None,
+            asked_at: measured.then_some(now),
         }
     }
 }

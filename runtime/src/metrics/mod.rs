@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use metrics::{Histogram, Label};
 
-use self::sharded::{ShardedCounter, ShardedHistogram};
+use self::sharded::{Here, ShardedCounter, ShardedHistogram};
 use tokio::task::JoinHandle;
 
 use crate::actor::host::Host;
@@ -102,17 +102,39 @@ pub(crate) struct KindMeters {
     replay_events: ShardedHistogram,
 }
 
-/// A start time for the latencies above: the TSC clock (`quanta`, which the exporter uses
-/// too) where the machine has a reliable one.
-pub(crate) type Started = quanta::Instant;
+/// A start time for the latencies above: a raw reading of `quanta`'s clock (the TSC where the
+/// machine has a reliable one, as the exporter uses), scaled to nanoseconds only when the
+/// latency is taken. Read through a clock of our own: `quanta::Instant::now` looks up a
+/// thread-local override and scales every reading, which a turn timed twice per ask felt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started(u64);
+
+impl Started {
+    /// The time since this start.
+    pub(crate) fn elapsed(self) -> Duration {
+        let clock = clock();
+        clock.delta(self.0, clock.raw())
+    }
+}
+
+/// The process's latency clock (calibrated once, on first use).
+fn clock() -> &'static quanta::Clock {
+    static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
 
 /// Now, for [`KindMeters`]' latencies.
 pub(crate) fn now() -> Started {
-    quanta::Instant::now()
+    Started(clock().raw())
 }
 
-/// Nanoseconds per second: latencies are summed in nanoseconds.
+/// Nanoseconds per second: latencies are recorded in nanoseconds.
 const NANOS: f64 = 1e9;
+
+/// `d` in nanoseconds (saturating: past 584 years, who is counting).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 impl Meters {
     /// Registers the metrics of `kinds` for the runtime of `namespace` on `node`, with the
@@ -130,6 +152,7 @@ impl Meters {
     }
 
     /// The metrics of `kind`.
+    #[inline]
     pub(crate) fn kind(&self, kind: &'static str) -> Option<&KindMeters> {
         self.kinds
             .iter()
@@ -197,12 +220,17 @@ impl KindMeters {
 
     /// The latency of a remote ask that started at `started` and just ended.
     pub(crate) fn remote_latency(&self, started: Started) {
-        self.ask_seconds[Path::Remote as usize].record(started.elapsed().as_secs_f64());
+        self.ask_seconds[Path::Remote as usize].record(nanos(started.elapsed()));
     }
 
-    /// The latency of a local ask, measured by the actor: its queue wait and its turn.
-    pub(crate) fn local_latency(&self, took: Duration) {
-        self.ask_seconds[Path::Local as usize].record(took.as_secs_f64());
+    /// One turn of a local ask: the turn took `took`, and the ask waited `waited` in all
+    /// (measured by the actor: its queue wait and its turn), when known.
+    pub(crate) fn local_turn(&self, took: Duration, waited: Option<Duration>) {
+        let here = Here::now();
+        self.turn_seconds.record_in(here, nanos(took));
+        if let Some(waited) = waited {
+            self.ask_seconds[Path::Local as usize].record_in(here, nanos(waited));
+        }
     }
 
     /// One ask that went `path` and ended with `result` (its latency is recorded apart).
@@ -221,20 +249,15 @@ impl KindMeters {
         }
     }
 
-    /// One turn (handler, append, apply, reply) that took `took`.
-    pub(crate) fn turn(&self, took: Duration) {
-        self.turn_seconds.record(took.as_secs_f64());
-    }
-
     /// One append to the event store that took `took`.
     pub(crate) fn append(&self, took: Duration) {
-        self.append_seconds.record(took.as_secs_f64());
+        self.append_seconds.record(nanos(took));
     }
 
     /// One activation that took `took` and replayed `events` events.
     pub(crate) fn activated(&self, took: Duration, events: u64) {
-        self.activation_seconds.record(took.as_secs_f64());
-        self.replay_events.record(events as f64);
+        self.activation_seconds.record(nanos(took));
+        self.replay_events.record(events);
     }
 
     fn export(&self) {

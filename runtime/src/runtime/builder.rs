@@ -254,7 +254,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Traces one workflow in `n` (1: every one, 0: none; default 100): their calls get
+    /// Traces one workflow in `n` (1: every one, 0: none; default 1 000): their calls get
     /// `tracing` spans on every node, joined into one trace (see `docs/operations.md`).
     pub fn trace_one_in(mut self, n: u32) -> Self {
         self.config.trace_one_in = n;

@@ -947,13 +947,13 @@ impl<A: Behavior> Activation<A> {
             && let Some(meters) = self.host.meters(A::KIND)
         {
             let took = started.elapsed();
-            meters.turn(took);
-            if let Some(asked_at) = asked_at {
-                // The queue wait at the coarse clock's resolution (it matters when long), the
-                // turn to the nanosecond.
+            // The queue wait at the coarse clock's resolution (it matters when long), the
+            // turn to the nanosecond.
+            let waited = asked_at.map(|asked_at| {
                 let waited = super::clock::coarse_now().saturating_duration_since(asked_at);
-                meters.local_latency(waited.saturating_sub(took) + took);
-            }
+                waited.saturating_sub(took) + took
+            });
+            meters.local_turn(took, waited);
         }
         self.ctx.turn().end();
         let Some(InFlight {
