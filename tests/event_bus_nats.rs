@@ -1,12 +1,15 @@
 //! The event bus across nodes, on a real nats-server: live delivery between runtimes,
 //! namespace isolation over NATS, no self-redelivery, durable subscriptions that resume in
-//! order, projections that crash mid-batch and still apply each event once, cluster events.
+//! order, projections that crash mid-batch and still apply each event once, cluster events,
+//! bursts that cross in batches.
 
 mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use aether::bus::{
     Bus, BusConfig, BusEvent, DurableError, DurableSubscription, EventBody, Filter,
@@ -516,7 +519,6 @@ async fn cluster_events_are_system_events_on_the_bus() {
 /// `EventsPublished`, with the events A forwarded over NATS counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publication_notices_reach_other_nodes() {
-    use futures_util::StreamExt;
     let server = NatsServer::start();
     let a = Runtime::builder()
         .namespace("notices")
@@ -559,4 +561,118 @@ async fn publication_notices_reach_other_nodes() {
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// An actor event of `actor` at `version`, for publishing by hand.
+fn event_of(namespace: &str, actor: &str, version: u64) -> EventEnvelope {
+    EventEnvelope {
+        namespace: ns(namespace),
+        actor: key(namespace, "counter", actor),
+        version,
+        event_type: "Added".into(),
+        payload: rmp_serde::to_vec_named(&version).unwrap(),
+        timestamp_ms: 0,
+        command_id: CommandId::random(),
+        correlation_id: CommandId::random(),
+        causation_id: None,
+        schema_version: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_cross_in_batches_each_event_once_and_in_order() {
+    // Bursts on two topics, interleaved at random: what is queued behind one another on one
+    // topic leaves in one message, and every event arrives once, in its topic's order.
+    const N: usize = 3000;
+    let server = NatsServer::start();
+    let config = BusConfig {
+        buffer: 2 * N,
+        outbound_buffer: 2 * N,
+        ..BusConfig::default()
+    };
+    let a = Bus::connect(&server.url(), config.clone()).await.unwrap();
+    let b = Bus::connect(&server.url(), config).await.unwrap();
+    let mut sub = b.subscribe("burst.events.>", Filter::all()).await.unwrap();
+    // A plain NATS subscriber counts the messages the events travel in.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut wire = raw.subscribe("aether.burst.bus.>").await.unwrap();
+    raw.flush().await.unwrap();
+    let namespace = ns("burst");
+    let mut next = HashMap::from([("x", 0u64), ("y", 0u64)]);
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..N {
+        let actor = if rng.u8(0..10) == 0 { "y" } else { "x" };
+        let version = next.get_mut(actor).unwrap();
+        *version += 1;
+        a.publish(&namespace, event_of("burst", actor, *version))
+            .unwrap();
+    }
+    a.flush().await;
+    let got = receive(&mut sub, N).await;
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in &got {
+        let env = e.envelope().unwrap();
+        seen.entry(env.actor.id.to_string())
+            .or_default()
+            .push(env.version);
+    }
+    for (actor, last) in &next {
+        assert_eq!(
+            seen.get(*actor).cloned().unwrap_or_default(),
+            (1..=*last).collect::<Vec<_>>(),
+            "{actor}: every event once, in order"
+        );
+    }
+    let (sent, received) = (a.stats().remote_sent, b.stats().remote_received);
+    assert_eq!((sent, received), (N as u64, N as u64));
+    assert_eq!(b.stats().malformed, 0);
+    let (mut messages, mut events) = (0, 0);
+    while events < N {
+        let msg = tokio::time::timeout(WAIT, wire.next())
+            .await
+            .expect("the burst's messages")
+            .unwrap();
+        messages += 1;
+        events += msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Aether-Bus-Batch"))
+            .map_or(1, |n| n.as_str().parse::<usize>().unwrap());
+    }
+    assert_eq!(events, N);
+    assert!(
+        messages < N / 2,
+        "{N} events in {messages} messages: batched"
+    );
+
+    // A batch whose header says more events than it holds delivers those it holds and counts
+    // the missing one; a size out of range, and a batch with garbage in the middle, deliver
+    // nothing past what decodes.
+    let subject = "aether.burst.bus.events.counter.z";
+    let body = |v| rmp_serde::to_vec_named(&EventBody::Actor(event_of("burst", "z", v))).unwrap();
+    let publish = |count: &str, payload: Vec<u8>| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Aether-Bus-Batch", count);
+        raw.publish_with_headers(subject, headers, payload.into())
+    };
+    publish("3", [body(1), body(2)].concat()).await.unwrap();
+    publish("100000", [body(3), body(4)].concat())
+        .await
+        .unwrap();
+    publish("two", [body(5), body(6)].concat()).await.unwrap();
+    publish("3", [body(7), b"garbage".to_vec(), body(8)].concat())
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let z = receive(&mut sub, 3).await;
+    let versions: Vec<u64> = z.iter().map(|e| e.envelope().unwrap().version).collect();
+    assert_eq!(versions, [1, 2, 7]);
+    poll_until(WAIT, "the bad batches to be counted", || {
+        let malformed = b.stats().malformed;
+        // 1 missing + 1 + 1 bad sizes + 2 past the garbage.
+        async move { malformed >= 5 }
+    })
+    .await;
+    assert_eq!(b.stats().malformed, 5);
+    assert!(drain(&mut sub).is_empty(), "nothing else was delivered");
 }

@@ -10,7 +10,11 @@
 //! `ns` replaced by `aether.ns.bus` (so `*.events.>` becomes `aether.*.bus.events.>`).
 //!
 //! Publishing goes through a bounded queue and one task per bus: the publisher never waits on
-//! the network, and a full queue drops (counted in `remote_dropped`). Receiving runs one task per
+//! the network, and a full queue drops (counted in `remote_dropped`). Events already queued
+//! behind one another on the same topic leave in one message, a **batch**: their bodies one
+//! after the other, and the header `Aether-Bus-Batch` saying how many. The task never waits
+//! to fill a batch; a burst simply costs one publish instead of hundreds. A message without
+//! that header holds one event, as it always did. Receiving runs one task per
 //! subscription, which drops the bus's own echoes and any message whose body does not belong to
 //! the subject it came on (a body naming another namespace is never delivered).
 //!
@@ -55,6 +59,19 @@ use crate::wire::{CommitRecord, codec};
 
 /// The header naming the bus that published a live message.
 pub const ORIGIN_HEADER: &str = "Aether-Bus-Origin";
+
+/// The header of a message that holds a batch of events: how many (2 to [`BATCH_EVENTS`]).
+pub const BATCH_HEADER: &str = "Aether-Bus-Batch";
+
+/// Most events in one batch.
+pub const BATCH_EVENTS: usize = 256;
+
+/// A batch takes no more events once it is this large (an event alone may be larger, and
+/// is sent alone): well under NATS's default payload limit of 1 MiB.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Live subjects already built, by topic (cleared when it grows past this many).
+const SUBJECTS_KEPT: usize = 4096;
 
 /// Longest wait for the server to confirm a subscription or take a flush.
 const SERVER_WAIT: Duration = Duration::from_secs(5);
@@ -259,43 +276,138 @@ impl NatsSide {
 }
 
 /// Publishes queued events in order, one task per bus.
+/// Events on one topic that leave in one message.
+struct Batch {
+    topic: Arc<BusEvent>,
+    count: usize,
+    payload: Vec<u8>,
+}
+
+/// The publishing task of a bus: sends what `enqueue` queued, batching what is already queued
+/// on the same topic (see the [module docs](self)).
 async fn pump(
     client: async_nats::Client,
     mut rx: mpsc::Receiver<Outbound>,
     origin: String,
     counters: Arc<Counters>,
 ) {
-    while let Some(item) = rx.recv().await {
+    let mut subjects: hashbrown::HashMap<String, async_nats::Subject> = hashbrown::HashMap::new();
+    let mut batch: Option<Batch> = None;
+    loop {
+        // With a batch open, take only what is queued already: never wait to fill it.
+        let item = if batch.is_some() {
+            rx.try_recv().ok()
+        } else {
+            match rx.recv().await {
+                Some(item) => Some(item),
+                None => return,
+            }
+        };
         match item {
-            Outbound::Flush(done) => {
+            None => {
+                if let Some(full) = batch.take() {
+                    send(&client, &mut subjects, &origin, &counters, full).await;
+                }
+            }
+            Some(Outbound::Flush(done)) => {
+                if let Some(full) = batch.take() {
+                    send(&client, &mut subjects, &origin, &counters, full).await;
+                }
                 if let Err(e) = client.flush().await {
                     tracing::debug!(target: "aether::bus", error = %e, "bus flush failed");
                 }
                 let _ = done.send(());
             }
-            Outbound::Event(event) => {
-                let payload = match codec::encode("bus event", event.body()) {
-                    Ok(bytes) => Bytes::from(bytes),
+            Some(Outbound::Event(event)) => {
+                let body = match codec::encode("bus event", event.body()) {
+                    Ok(body) => body,
                     Err(e) => {
                         tracing::warn!(target: "aether::bus", error = %e, "bus event not sent");
                         Counters::bump(&counters.remote_dropped, 1);
                         continue;
                     }
                 };
-                let mut headers = HeaderMap::new();
-                headers.insert(ORIGIN_HEADER, origin.as_str());
-                match client
-                    .publish_with_headers(live_subject(event.topic()), headers, payload)
-                    .await
+                if let Some(open) = &batch
+                    && (open.topic.topic() != event.topic()
+                        || open.count == BATCH_EVENTS
+                        || open.payload.len() + body.len() > BATCH_BYTES)
+                    && let Some(full) = batch.take()
                 {
-                    Ok(()) => Counters::bump(&counters.remote_sent, 1),
-                    Err(e) => {
-                        tracing::debug!(target: "aether::bus", error = %e, "bus event not sent");
-                        Counters::bump(&counters.remote_dropped, 1);
+                    send(&client, &mut subjects, &origin, &counters, full).await;
+                }
+                match &mut batch {
+                    Some(open) => {
+                        open.payload.extend_from_slice(&body);
+                        open.count += 1;
+                    }
+                    None => {
+                        batch = Some(Batch {
+                            topic: event,
+                            count: 1,
+                            payload: body,
+                        })
                     }
                 }
             }
         }
+    }
+}
+
+/// Publishes one batch (one event, or several on one topic) on its topic's live subject.
+async fn send(
+    client: &async_nats::Client,
+    subjects: &mut hashbrown::HashMap<String, async_nats::Subject>,
+    origin: &str,
+    counters: &Counters,
+    batch: Batch,
+) {
+    let topic = batch.topic.topic();
+    let subject = match subjects.get(topic) {
+        Some(subject) => subject.clone(),
+        None => {
+            if subjects.len() >= SUBJECTS_KEPT {
+                subjects.clear();
+            }
+            let subject = async_nats::Subject::from(live_subject(topic));
+            subjects.insert(topic.to_owned(), subject.clone());
+            subject
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(ORIGIN_HEADER, origin);
+    if batch.count > 1 {
+        headers.insert(BATCH_HEADER, batch.count.to_string().as_str());
+    }
+    let n = batch.count as u64;
+    match client
+        .publish_with_headers(subject, headers, Bytes::from(batch.payload))
+        .await
+    {
+        Ok(()) => Counters::bump(&counters.remote_sent, n),
+        Err(e) => {
+            tracing::debug!(target: "aether::bus", error = %e, "bus event not sent");
+            Counters::bump(&counters.remote_dropped, n);
+        }
+    }
+}
+
+/// Whether `subject` is the live subject of `topic` (what [`live_subject`] builds), without
+/// building it.
+fn is_live_subject(topic: &str, subject: &str) -> bool {
+    let (ns, rest) = match topic.split_once('.') {
+        Some((ns, rest)) => (ns, Some(rest)),
+        None => (topic, None),
+    };
+    let Some(after) = subject
+        .strip_prefix("aether.")
+        .and_then(|s| s.strip_prefix(ns))
+        .and_then(|s| s.strip_prefix(".bus"))
+    else {
+        return false;
+    };
+    match rest {
+        Some(rest) => after.strip_prefix('.') == Some(rest),
+        None => after.is_empty(),
     }
 }
 
@@ -307,43 +419,61 @@ async fn forward(
     counters: Arc<Counters>,
 ) {
     while let Some(msg) = sub.next().await {
-        let own = msg
-            .headers
-            .as_ref()
+        let headers = msg.headers.as_ref();
+        let count = match headers.and_then(|h| h.get(BATCH_HEADER)) {
+            None => 1,
+            Some(n) => match n.as_str().parse::<usize>() {
+                Ok(n) if (2..=BATCH_EVENTS).contains(&n) => n,
+                _ => {
+                    Counters::bump(&counters.malformed, 1);
+                    tracing::warn!(target: "aether::bus", subject = %msg.subject, count = n.as_str(), "bus message with an invalid batch size; dropped");
+                    continue;
+                }
+            },
+        };
+        let own = headers
             .and_then(|h| h.get(ORIGIN_HEADER))
             .is_some_and(|v| v.as_str() == origin);
         if own {
-            Counters::bump(&counters.echoes_ignored, 1);
+            Counters::bump(&counters.echoes_ignored, count as u64);
             continue;
         }
-        let decoded = codec::decode::<EventBody>("bus event", &msg.payload)
-            .map_err(|e| e.to_string())
-            .and_then(BusEvent::from_body);
-        let event = match decoded {
-            Ok(event) if live_subject(event.topic()) == msg.subject.as_str() => event,
-            Ok(event) => {
-                Counters::bump(&counters.malformed, 1);
-                tracing::warn!(target: "aether::bus", subject = %msg.subject, topic = event.topic(), "bus message names another topic than its subject; dropped");
-                continue;
+        let mut rest: &[u8] = &msg.payload;
+        let mut whole = true;
+        for i in 0..count {
+            let decoded = codec::decode_next::<EventBody>("bus event", &mut rest)
+                .map_err(|e| e.to_string())
+                .and_then(BusEvent::from_body);
+            let event = match decoded {
+                Ok(event) if is_live_subject(event.topic(), msg.subject.as_str()) => event,
+                Ok(event) => {
+                    Counters::bump(&counters.malformed, 1);
+                    tracing::warn!(target: "aether::bus", subject = %msg.subject, topic = event.topic(), "bus message names another topic than its subject; dropped");
+                    continue;
+                }
+                Err(reason) => {
+                    // The rest of the message cannot be found past an unreadable body.
+                    Counters::bump(&counters.malformed, (count - i) as u64);
+                    tracing::warn!(target: "aether::bus", subject = %msg.subject, %reason, "bus message does not decode; dropped");
+                    whole = false;
+                    break;
+                }
+            };
+            Counters::bump(&counters.remote_received, 1);
+            if slot.pattern.matches(event.topic()) && slot.filter.matches(&event) {
+                match slot.offer(&Arc::new(event)) {
+                    Offer::Delivered => Counters::bump(&counters.delivered, 1),
+                    Offer::Dropped => Counters::bump(&counters.dropped, 1),
+                    Offer::Closed => return,
+                }
             }
-            Err(reason) => {
-                Counters::bump(&counters.malformed, 1);
-                tracing::warn!(target: "aether::bus", subject = %msg.subject, %reason, "bus message does not decode; dropped");
-                continue;
-            }
-        };
-        Counters::bump(&counters.remote_received, 1);
-        if slot.pattern.matches(event.topic()) && slot.filter.matches(&event) {
-            match slot.offer(&Arc::new(event)) {
-                Offer::Delivered => Counters::bump(&counters.delivered, 1),
-                Offer::Dropped => Counters::bump(&counters.dropped, 1),
-                Offer::Closed => return,
-            }
+        }
+        if whole && !rest.is_empty() {
+            tracing::debug!(target: "aether::bus", subject = %msg.subject, bytes = rest.len(), "bus message has bytes past its events; they were ignored");
         }
     }
 }
 
-/// Whether the server offers the consumer-reset API (nats-server 2.14+).
 fn server_can_reset(version: &str) -> bool {
     let mut parts = version
         .trim_start_matches('v')
@@ -607,5 +737,33 @@ impl CommitSource for JsSource {
             .await
             .map_err(|e| unavailable("cannot read the consumer", e))?;
         Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_subject_is_recognised_without_being_built() {
+        for topic in [
+            "bank.events.account.alice",
+            "bank.system.NodeJoined",
+            "bank",
+            "b.x",
+        ] {
+            assert!(is_live_subject(topic, &live_subject(topic)), "{topic}");
+        }
+        for (topic, subject) in [
+            ("bank.events.a", "aether.bank.bus.events.b"),
+            ("bank.events.a", "aether.bankx.bus.events.a"),
+            ("bank.events.a", "aether.bank.bus.events.a.b"),
+            ("bank.events.a", "aether.bank.busevents.a"),
+            ("bank", "aether.bank.bus.x"),
+            ("bank.x", "aether.bank.bus"),
+            ("bank.x", "nats.bank.bus.x"),
+        ] {
+            assert!(!is_live_subject(topic, subject), "{topic} on {subject}");
+        }
     }
 }

@@ -25,6 +25,19 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     })
 }
 
+/// Decodes the first MessagePack value of `bytes` into `T` and moves `bytes` past it (for
+/// messages that hold several values one after the other).
+pub fn decode_next<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &mut &[u8],
+) -> Result<T, CodecError> {
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    T::deserialize(&mut de).map_err(|e| CodecError {
+        what,
+        reason: format!("cannot decode: {e}"),
+    })
+}
+
 /// Decodes named (or positional) MessagePack into `T`.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|e| CodecError {
