@@ -645,34 +645,44 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
         "{N} events in {messages} messages: batched"
     );
 
-    // A batch whose header says more events than it holds delivers those it holds and counts
-    // the missing one; a size out of range, and a batch with garbage in the middle, deliver
-    // nothing past what decodes.
+    // Batches made by hand: each body behind its length (four bytes, big-endian). One whose
+    // header says more events than it holds delivers those it holds and counts the missing
+    // one; a size out of range or unreadable delivers nothing; a body that does not decode
+    // costs only itself; a frame longer than the message ends it.
     let subject = "aether.burst.bus.events.counter.z";
     let body = |v| rmp_serde::to_vec_named(&EventBody::Actor(event_of("burst", "z", v))).unwrap();
+    let framed = |bodies: &[Vec<u8>]| -> Vec<u8> {
+        bodies
+            .iter()
+            .flat_map(|b| (b.len() as u32).to_be_bytes().into_iter().chain(b.clone()))
+            .collect()
+    };
     let publish = |count: &str, payload: Vec<u8>| {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Aether-Bus-Batch", count);
         raw.publish_with_headers(subject, headers, payload.into())
     };
-    publish("3", [body(1), body(2)].concat()).await.unwrap();
-    publish("100000", [body(3), body(4)].concat())
+    publish("3", framed(&[body(1), body(2)])).await.unwrap();
+    publish("100000", framed(&[body(3), body(4)]))
         .await
         .unwrap();
-    publish("two", [body(5), body(6)].concat()).await.unwrap();
-    publish("3", [body(7), b"garbage".to_vec(), body(8)].concat())
+    publish("two", framed(&[body(5), body(6)])).await.unwrap();
+    publish("3", framed(&[body(7), b"garbage".to_vec(), body(8)]))
         .await
         .unwrap();
+    let mut cut = framed(&[body(9)]);
+    cut.extend_from_slice(&[0, 0, 1, 0, 1, 2, 3]);
+    publish("2", cut).await.unwrap();
     raw.flush().await.unwrap();
-    let z = receive(&mut sub, 3).await;
+    let z = receive(&mut sub, 5).await;
     let versions: Vec<u64> = z.iter().map(|e| e.envelope().unwrap().version).collect();
-    assert_eq!(versions, [1, 2, 7]);
+    assert_eq!(versions, [1, 2, 7, 8, 9]);
     poll_until(WAIT, "the bad batches to be counted", || {
         let malformed = b.stats().malformed;
-        // 1 missing + 1 + 1 bad sizes + 2 past the garbage.
         async move { malformed >= 5 }
     })
     .await;
+    // The missing third, the two bad sizes, the garbage, the cut frame.
     assert_eq!(b.stats().malformed, 5);
     assert!(drain(&mut sub).is_empty(), "nothing else was delivered");
 }

@@ -13,8 +13,9 @@
 //! the network, and a full queue drops (counted in `remote_dropped`). Events already queued
 //! behind one another on the same topic leave in one message, a **batch**: their bodies one
 //! after the other, and the header `Aether-Bus-Batch` saying how many. The task never waits
-//! to fill a batch; a burst simply costs one publish instead of hundreds. A message without
-//! that header holds one event, as it always did. Receiving runs one task per
+//! to fill a batch; a burst simply costs one publish instead of hundreds. In a batch each body
+//! is preceded by its length (four bytes, big-endian), so a body that does not decode costs
+//! only itself. A message without that header holds one event, unframed, as it always did. Receiving runs one task per
 //! subscription, which drops the bus's own echoes and any message whose body does not belong to
 //! the subject it came on (a body naming another namespace is never delivered).
 //!
@@ -276,11 +277,49 @@ impl NatsSide {
 }
 
 /// Publishes queued events in order, one task per bus.
-/// Events on one topic that leave in one message.
+/// Events on one topic that leave in one message: each body behind its length (see the
+/// [module docs](self)).
 struct Batch {
     topic: Arc<BusEvent>,
     count: usize,
     payload: Vec<u8>,
+}
+
+/// The length in front of each body of a batch.
+const FRAME: usize = 4;
+
+impl Batch {
+    fn new(topic: Arc<BusEvent>) -> Batch {
+        Batch {
+            topic,
+            count: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Appends `event`'s body, framed.
+    fn push(&mut self, event: &BusEvent) -> Result<(), codec::CodecError> {
+        let mark = self.payload.len();
+        self.payload.extend_from_slice(&[0; FRAME]);
+        if let Err(e) = codec::encode_into("bus event", &mut self.payload, event.body()) {
+            self.payload.truncate(mark);
+            return Err(e);
+        }
+        let len = u32::try_from(self.payload.len() - mark - FRAME).unwrap_or(u32::MAX);
+        self.payload[mark..mark + FRAME].copy_from_slice(&len.to_be_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Takes the last event out into a batch of its own (it made this one too large).
+    fn split_last(&mut self, mark: usize) -> Batch {
+        self.count -= 1;
+        Batch {
+            topic: Arc::clone(&self.topic),
+            count: 1,
+            payload: self.payload.split_off(mark),
+        }
+    }
 }
 
 /// The publishing task of a bus: sends what `enqueue` queued, batching what is already queued
@@ -303,11 +342,12 @@ async fn pump(
                 None => return,
             }
         };
-        match item {
+        let event = match item {
             None => {
                 if let Some(full) = batch.take() {
                     send(&client, &mut subjects, &origin, &counters, full).await;
                 }
+                continue;
             }
             Some(Outbound::Flush(done)) => {
                 if let Some(full) = batch.take() {
@@ -317,37 +357,34 @@ async fn pump(
                     tracing::debug!(target: "aether::bus", error = %e, "bus flush failed");
                 }
                 let _ = done.send(());
+                continue;
             }
-            Some(Outbound::Event(event)) => {
-                let body = match codec::encode("bus event", event.body()) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        tracing::warn!(target: "aether::bus", error = %e, "bus event not sent");
-                        Counters::bump(&counters.remote_dropped, 1);
-                        continue;
-                    }
-                };
-                if let Some(open) = &batch
-                    && (open.topic.topic() != event.topic()
-                        || open.count == BATCH_EVENTS
-                        || open.payload.len() + body.len() > BATCH_BYTES)
-                    && let Some(full) = batch.take()
-                {
-                    send(&client, &mut subjects, &origin, &counters, full).await;
-                }
-                match &mut batch {
-                    Some(open) => {
-                        open.payload.extend_from_slice(&body);
-                        open.count += 1;
-                    }
-                    None => {
-                        batch = Some(Batch {
-                            topic: event,
-                            count: 1,
-                            payload: body,
-                        })
-                    }
-                }
+            Some(Outbound::Event(event)) => event,
+        };
+        if let Some(open) = &batch
+            && (open.topic.topic() != event.topic()
+                || open.count == BATCH_EVENTS
+                || open.payload.len() >= BATCH_BYTES)
+            && let Some(full) = batch.take()
+        {
+            send(&client, &mut subjects, &origin, &counters, full).await;
+        }
+        let open = batch.get_or_insert_with(|| Batch::new(Arc::clone(&event)));
+        let mark = open.payload.len();
+        if let Err(e) = open.push(&event) {
+            tracing::warn!(target: "aether::bus", error = %e, "bus event not sent");
+            Counters::bump(&counters.remote_dropped, 1);
+            if open.count == 0 {
+                batch = None;
+            }
+            continue;
+        }
+        // A large event joins no batch: a message too large for the server would lose the
+        // others with it.
+        if open.count > 1 && open.payload.len() - mark > BATCH_BYTES {
+            let alone = open.split_last(mark);
+            if let Some(full) = batch.replace(alone) {
+                send(&client, &mut subjects, &origin, &counters, full).await;
             }
         }
     }
@@ -375,20 +412,51 @@ async fn send(
     };
     let mut headers = HeaderMap::new();
     headers.insert(ORIGIN_HEADER, origin);
-    if batch.count > 1 {
+    let payload = Bytes::from(batch.payload);
+    let payload = if batch.count > 1 {
         headers.insert(BATCH_HEADER, batch.count.to_string().as_str());
-    }
+        payload
+    } else {
+        // One event travels unframed, as before batches.
+        payload.slice(FRAME..)
+    };
     let n = batch.count as u64;
-    match client
-        .publish_with_headers(subject, headers, Bytes::from(batch.payload))
-        .await
-    {
+    match client.publish_with_headers(subject, headers, payload).await {
         Ok(()) => Counters::bump(&counters.remote_sent, n),
         Err(e) => {
             tracing::debug!(target: "aether::bus", error = %e, "bus event not sent");
             Counters::bump(&counters.remote_dropped, n);
         }
     }
+}
+
+/// The bodies of a message: the whole payload for one event, each framed body for a batch of
+/// `count`. A frame longer than what is left ends the walk with an error.
+fn bodies(payload: &[u8], count: usize) -> impl Iterator<Item = Result<&[u8], ()>> {
+    let mut rest = payload;
+    let mut broken = false;
+    (0..count).map_while(move |_| {
+        if broken {
+            return None;
+        }
+        if count == 1 {
+            return Some(Ok(std::mem::take(&mut rest)));
+        }
+        let framed = rest.split_first_chunk::<FRAME>().and_then(|(len, after)| {
+            let len = u32::from_be_bytes(*len) as usize;
+            (len <= after.len()).then(|| after.split_at(len))
+        });
+        match framed {
+            Some((body, after)) => {
+                rest = after;
+                Some(Ok(body))
+            }
+            None => {
+                broken = true;
+                Some(Err(()))
+            }
+        }
+    })
 }
 
 /// Whether `subject` is the live subject of `topic` (what [`live_subject`] builds), without
@@ -438,10 +506,16 @@ async fn forward(
             Counters::bump(&counters.echoes_ignored, count as u64);
             continue;
         }
-        let mut rest: &[u8] = &msg.payload;
-        let mut whole = true;
-        for i in 0..count {
-            let decoded = codec::decode_next::<EventBody>("bus event", &mut rest)
+        let mut seen = 0;
+        for body in bodies(&msg.payload, count) {
+            seen += 1;
+            let Ok(body) = body else {
+                // A frame longer than the message: the rest cannot be found.
+                Counters::bump(&counters.malformed, (count - seen + 1) as u64);
+                tracing::warn!(target: "aether::bus", subject = %msg.subject, "bus batch ends inside a body; the rest dropped");
+                break;
+            };
+            let decoded = codec::decode::<EventBody>("bus event", body)
                 .map_err(|e| e.to_string())
                 .and_then(BusEvent::from_body);
             let event = match decoded {
@@ -452,11 +526,9 @@ async fn forward(
                     continue;
                 }
                 Err(reason) => {
-                    // The rest of the message cannot be found past an unreadable body.
-                    Counters::bump(&counters.malformed, (count - i) as u64);
+                    Counters::bump(&counters.malformed, 1);
                     tracing::warn!(target: "aether::bus", subject = %msg.subject, %reason, "bus message does not decode; dropped");
-                    whole = false;
-                    break;
+                    continue;
                 }
             };
             Counters::bump(&counters.remote_received, 1);
@@ -467,9 +539,6 @@ async fn forward(
                     Offer::Closed => return,
                 }
             }
-        }
-        if whole && !rest.is_empty() {
-            tracing::debug!(target: "aether::bus", subject = %msg.subject, bytes = rest.len(), "bus message has bytes past its events; they were ignored");
         }
     }
 }
@@ -743,6 +812,58 @@ impl CommitSource for JsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(topic_id: &str, bytes: usize) -> Arc<BusEvent> {
+        let ns = Namespace::new("t").expect("namespace");
+        let envelope = crate::wire::EventEnvelope {
+            namespace: ns.clone(),
+            actor: crate::names::ActorKey::new(
+                ns,
+                crate::names::Kind::new("k").expect("kind"),
+                crate::names::ActorId::new(topic_id).expect("id"),
+            ),
+            version: 1,
+            event_type: "E".into(),
+            payload: vec![7; bytes],
+            timestamp_ms: 0,
+            command_id: crate::wire::CommandId::random(),
+            correlation_id: crate::wire::CommandId::random(),
+            causation_id: None,
+            schema_version: 0,
+        };
+        Arc::new(BusEvent::from_body(EventBody::Actor(envelope)).expect("event"))
+    }
+
+    #[test]
+    fn a_batch_frames_its_bodies_and_gives_a_large_one_back() {
+        let small = event("a", 10);
+        let mut batch = Batch::new(Arc::clone(&small));
+        batch.push(&small).expect("encodes");
+        batch.push(&small).expect("encodes");
+        let decoded: Vec<EventBody> = bodies(&batch.payload, batch.count)
+            .map(|b| codec::decode("bus event", b.expect("framed")).expect("decodes"))
+            .collect();
+        assert_eq!(decoded, [small.body().clone(), small.body().clone()]);
+        // A body too large to share a message is split off, whole.
+        let large = event("a", BATCH_BYTES + 1);
+        let mark = batch.payload.len();
+        batch.push(&large).expect("encodes");
+        let alone = batch.split_last(mark);
+        assert_eq!((batch.count, alone.count), (2, 1));
+        assert_eq!(batch.payload.len(), mark);
+        let body = bodies(&alone.payload, 2)
+            .next()
+            .expect("one")
+            .expect("framed");
+        assert_eq!(
+            codec::decode::<EventBody>("bus event", body).expect("decodes"),
+            *large.body()
+        );
+        // A frame longer than what is left ends the walk.
+        let mut cut = alone.payload.clone();
+        cut.truncate(cut.len() - 1);
+        assert_eq!(bodies(&cut, 2).collect::<Vec<_>>(), [Err(())]);
+    }
 
     #[test]
     fn a_live_subject_is_recognised_without_being_built() {

@@ -25,16 +25,20 @@ pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Ve
     })
 }
 
-/// Decodes the first MessagePack value of `bytes` into `T` and moves `bytes` past it (for
-/// messages that hold several values one after the other).
-pub fn decode_next<T: DeserializeOwned>(
+/// Encodes `value` as named MessagePack at the end of `out` (which is left as it was on an
+/// error).
+pub fn encode_into<T: Serialize + ?Sized>(
     what: &'static str,
-    bytes: &mut &[u8],
-) -> Result<T, CodecError> {
-    let mut de = rmp_serde::Deserializer::new(bytes);
-    T::deserialize(&mut de).map_err(|e| CodecError {
-        what,
-        reason: format!("cannot decode: {e}"),
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), CodecError> {
+    let mark = out.len();
+    rmp_serde::encode::write_named(out, value).map_err(|e| {
+        out.truncate(mark);
+        CodecError {
+            what,
+            reason: format!("cannot encode: {e}"),
+        }
     })
 }
 
