@@ -21,10 +21,17 @@ use aether::{ClusterConfig, Runtime};
 use futures_util::StreamExt;
 use support::{Figure, Probe, ProbeCmd, measure_time, median, report, throughput};
 
-async fn raw(client: async_nats::Client, concurrency: usize) -> f64 {
+async fn raw(
+    client: async_nats::Client,
+    responder_client: async_nats::Client,
+    concurrency: usize,
+) -> f64 {
     let subject = "rawbench.echo";
-    let mut sub = client.subscribe(subject).await.expect("subscribe");
-    let responder_client = client.clone();
+    let mut sub = responder_client
+        .subscribe(subject)
+        .await
+        .expect("subscribe");
+    responder_client.flush().await.expect("flush");
     let responder = tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             if let Some(reply) = msg.reply {
@@ -77,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
 
     // B2
     let client = async_nats::connect(&url).await?;
+    let responder = if std::env::var("B2_ONE_CONN").is_ok() {
+        client.clone()
+    } else {
+        async_nats::connect(&url).await?
+    };
     for concurrency in [1usize, 64] {
         let ids = remote_ids(&n1, "node-2", &format!("warm{concurrency}"), concurrency);
         let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
@@ -89,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let (mut r, mut o) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            r.push(raw(client.clone(), concurrency).await);
+            r.push(raw(client.clone(), responder.clone(), concurrency).await);
             let refs = refs.clone();
             o.push(
                 throughput(concurrency, measure_time(), move |w| {
