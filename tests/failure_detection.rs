@@ -108,6 +108,35 @@ async fn three_nodes(
     (server, view, nodes)
 }
 
+/// Waits until `node` beats naming its NATS server. A node does once it has proved it answers
+/// on its check subject; before that the leader cannot check its connection, and a node cut
+/// off would be found by the failure timeout alone.
+async fn checkable(url: &str, ns: &str, node: &str) {
+    #[derive(serde::Deserialize)]
+    struct Beat {
+        node: String,
+        #[serde(default)]
+        server: String,
+    }
+    let nats = async_nats::connect(url).await.unwrap();
+    let mut beats = nats
+        .subscribe(format!("aether.{ns}.cluster.beat"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = beats.next().await {
+            if let Ok(beat) = rmp_serde::from_slice::<Beat>(&msg.payload)
+                && beat.node == node
+                && !beat.server.is_empty()
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{node} never beat naming its server"));
+}
+
 /// Where the leader (`leader`) or a follower (`!leader`) is in `nodes`.
 async fn position_of(view: &ClusterView, nodes: &[NodeProcess], leader: bool) -> usize {
     let current = view.leader().await.unwrap().expect("a leader").node;
@@ -299,10 +328,14 @@ async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
     // node-3 has them resident, at 7.
     all_answer(&mut cut, &theirs, Duration::from_secs(10)).await;
 
+    checkable(&url, ns, "node-3").await;
+    let leader = view.leader().await.unwrap().expect("a leader").node;
     proxy.set(Mode::BlackHole);
     proxy.reset();
+    let cut_at = Instant::now();
+    // Polled up to the failure timeout and then judged, so that a miss says how long it took.
     poll(
-        failure_timeout() / 2,
+        failure_timeout() + Duration::from_secs(3),
         "node-3 declared failed",
         async || {
             view.node("node-3")
@@ -313,6 +346,12 @@ async fn a_node_whose_connection_drops_serves_nothing_it_lost_and_rejoins() {
         },
     )
     .await;
+    let took = cut_at.elapsed();
+    assert!(
+        took < failure_timeout() / 2,
+        "node-3 declared failed after {took:?} (leader {leader}): the failure timeout, not the \
+         connection check"
+    );
     // Its accounts move on without it.
     for account in &theirs {
         let said =
