@@ -164,7 +164,8 @@ pub struct BusStats {
     pub remote_received: u64,
     /// This bus's own events coming back from NATS, ignored.
     pub echoes_ignored: u64,
-    /// Messages from NATS that did not decode or named another topic than their subject.
+    /// Events from NATS that did not decode or named another topic than their subject, and
+    /// batches whose size or framing did not hold (see `bus::nats`).
     pub malformed: u64,
 }
 

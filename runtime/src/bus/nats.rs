@@ -67,9 +67,12 @@ pub const BATCH_HEADER: &str = "Aether-Bus-Batch";
 /// Most events in one batch.
 pub const BATCH_EVENTS: usize = 256;
 
-/// A batch takes no more events once it is this large (an event alone may be larger, and
-/// is sent alone): well under NATS's default payload limit of 1 MiB.
+/// Most bytes in one batch (less when the server's `max_payload` is smaller): an event that
+/// would make a batch larger leaves in a message of its own.
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// Room kept under the server's `max_payload` for a batch's headers.
+const HEADERS_ROOM: usize = 1024;
 
 /// Live subjects already built, by topic (cleared when it grows past this many).
 const SUBJECTS_KEPT: usize = 4096;
@@ -276,7 +279,6 @@ impl NatsSide {
     }
 }
 
-/// Publishes queued events in order, one task per bus.
 /// Events on one topic that leave in one message: each body behind its length (see the
 /// [module docs](self)).
 struct Batch {
@@ -361,10 +363,16 @@ async fn pump(
             }
             Some(Outbound::Event(event)) => event,
         };
+        // A batch never grows past what the server takes: a refused message would lose every
+        // event in it, where alone each would have gone through.
+        let limit = match client.max_payload() {
+            0 => BATCH_BYTES,
+            max => BATCH_BYTES.min(max.saturating_sub(HEADERS_ROOM)),
+        };
         if let Some(open) = &batch
             && (open.topic.topic() != event.topic()
                 || open.count == BATCH_EVENTS
-                || open.payload.len() >= BATCH_BYTES)
+                || open.payload.len() >= limit)
             && let Some(full) = batch.take()
         {
             send(&client, &mut subjects, &origin, &counters, full).await;
@@ -379,9 +387,7 @@ async fn pump(
             }
             continue;
         }
-        // A large event joins no batch: a message too large for the server would lose the
-        // others with it.
-        if open.count > 1 && open.payload.len() - mark > BATCH_BYTES {
+        if open.count > 1 && open.payload.len() > limit {
             let alone = open.split_last(mark);
             if let Some(full) = batch.replace(alone) {
                 send(&client, &mut subjects, &origin, &counters, full).await;
@@ -431,32 +437,59 @@ async fn send(
 }
 
 /// The bodies of a message: the whole payload for one event, each framed body for a batch of
-/// `count`. A frame longer than what is left ends the walk with an error.
-fn bodies(payload: &[u8], count: usize) -> impl Iterator<Item = Result<&[u8], ()>> {
-    let mut rest = payload;
-    let mut broken = false;
-    (0..count).map_while(move |_| {
-        if broken {
+/// `count`. A frame longer than what is left ends the walk with an error; [`Bodies::rest`]
+/// is what is left after the last body.
+struct Bodies<'a> {
+    rest: &'a [u8],
+    left: usize,
+    framed: bool,
+}
+
+fn bodies(payload: &[u8], count: usize) -> Bodies<'_> {
+    Bodies {
+        rest: payload,
+        left: count,
+        framed: count > 1,
+    }
+}
+
+impl Bodies<'_> {
+    /// Bytes after the last body (none in a well-formed message).
+    fn rest(&self) -> usize {
+        self.rest.len()
+    }
+}
+
+impl<'a> Iterator for Bodies<'a> {
+    type Item = Result<&'a [u8], ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
             return None;
         }
-        if count == 1 {
-            return Some(Ok(std::mem::take(&mut rest)));
+        self.left -= 1;
+        if !self.framed {
+            return Some(Ok(std::mem::take(&mut self.rest)));
         }
-        let framed = rest.split_first_chunk::<FRAME>().and_then(|(len, after)| {
-            let len = u32::from_be_bytes(*len) as usize;
-            (len <= after.len()).then(|| after.split_at(len))
-        });
+        let framed = self
+            .rest
+            .split_first_chunk::<FRAME>()
+            .and_then(|(len, after)| {
+                let len = u32::from_be_bytes(*len) as usize;
+                (len <= after.len()).then(|| after.split_at(len))
+            });
         match framed {
             Some((body, after)) => {
-                rest = after;
+                self.rest = after;
                 Some(Ok(body))
             }
             None => {
-                broken = true;
+                // Nothing past a broken frame can be found: the walk ends here.
+                self.left = 0;
                 Some(Err(()))
             }
         }
-    })
+    }
 }
 
 /// Whether `subject` is the live subject of `topic` (what [`live_subject`] builds), without
@@ -507,12 +540,15 @@ async fn forward(
             continue;
         }
         let mut seen = 0;
-        for body in bodies(&msg.payload, count) {
+        let mut walk = bodies(&msg.payload, count);
+        let mut whole = true;
+        for body in walk.by_ref() {
             seen += 1;
             let Ok(body) = body else {
                 // A frame longer than the message: the rest cannot be found.
                 Counters::bump(&counters.malformed, (count - seen + 1) as u64);
                 tracing::warn!(target: "aether::bus", subject = %msg.subject, "bus batch ends inside a body; the rest dropped");
+                whole = false;
                 break;
             };
             let decoded = codec::decode::<EventBody>("bus event", body)
@@ -540,9 +576,15 @@ async fn forward(
                 }
             }
         }
+        if whole && walk.rest() > 0 {
+            // More than the header announced: what it holds is delivered, the rest counted.
+            Counters::bump(&counters.malformed, 1);
+            tracing::warn!(target: "aether::bus", subject = %msg.subject, bytes = walk.rest(), "bus batch holds more than its header says; the rest ignored");
+        }
     }
 }
 
+/// Whether the server offers the consumer-reset API (nats-server 2.14+).
 fn server_can_reset(version: &str) -> bool {
     let mut parts = version
         .trim_start_matches('v')
