@@ -13,7 +13,6 @@ use aether::bus::{
     ProjectionOptions, ProjectionState, PublishError, SubscribeError, SubscribeOptions,
     SubscriptionKind, SystemEvent,
 };
-use aether::prelude::*;
 use aether::store::MemoryStore;
 use aether::{ActorKey, EventEnvelope, Runtime};
 use common::ledger::{Crash, Ledger, LedgerDb, assert_exactly_once};
@@ -21,28 +20,6 @@ use common::*;
 use parking_lot::Mutex;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn envelope(
-    namespace: &str,
-    kind: &str,
-    id: &str,
-    version: u64,
-    event_type: &str,
-) -> EventEnvelope {
-    let actor = key(namespace, kind, id);
-    EventEnvelope {
-        namespace: actor.namespace.clone(),
-        actor,
-        version,
-        event_type: event_type.into(),
-        payload: rmp_serde::to_vec_named(&version).unwrap(),
-        timestamp_ms: 0,
-        command_id: CommandId::random(),
-        correlation_id: CommandId::random(),
-        causation_id: None,
-        schema_version: 0,
-    }
-}
 
 /// A short, unique label for a received event: topic, type and version.
 fn label(event: &BusEvent) -> String {

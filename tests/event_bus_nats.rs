@@ -563,22 +563,6 @@ async fn publication_notices_reach_other_nodes() {
     b.shutdown().await.unwrap();
 }
 
-/// An actor event of `actor` at `version`, for publishing by hand.
-fn event_of(namespace: &str, actor: &str, version: u64) -> EventEnvelope {
-    EventEnvelope {
-        namespace: ns(namespace),
-        actor: key(namespace, "counter", actor),
-        version,
-        event_type: "Added".into(),
-        payload: rmp_serde::to_vec_named(&version).unwrap(),
-        timestamp_ms: 0,
-        command_id: CommandId::random(),
-        correlation_id: CommandId::random(),
-        causation_id: None,
-        schema_version: 0,
-    }
-}
-
 // One thread: the whole burst is queued before the publishing task runs, so how it is cut
 // into messages depends on the seed alone, not on how fast that task keeps up.
 #[tokio::test]
@@ -606,8 +590,11 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
         let actor = if rng.u8(0..10) == 0 { "y" } else { "x" };
         let version = next.get_mut(actor).unwrap();
         *version += 1;
-        a.publish(&namespace, event_of("burst", actor, *version))
-            .unwrap();
+        a.publish(
+            &namespace,
+            envelope("burst", "counter", actor, *version, "Added"),
+        )
+        .unwrap();
     }
     a.flush().await;
     let got = receive(&mut sub, N).await;
@@ -653,7 +640,12 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
     // costs only itself; a frame longer than the message ends it; bodies past the count are
     // not delivered.
     let subject = "aether.burst.bus.events.counter.z";
-    let body = |v| rmp_serde::to_vec_named(&EventBody::Actor(event_of("burst", "z", v))).unwrap();
+    let body = |v| {
+        rmp_serde::to_vec_named(&EventBody::Actor(envelope(
+            "burst", "counter", "z", v, "Added",
+        )))
+        .unwrap()
+    };
     let framed = |bodies: &[Vec<u8>]| -> Vec<u8> {
         bodies
             .iter()

@@ -47,6 +47,29 @@ pub fn commit_of(values: &[u64]) -> NewCommit {
     )
 }
 
+/// An actor event of `kind`/`id` at `version`, its payload the version, for publishing by hand.
+pub fn envelope(
+    namespace: &str,
+    kind: &str,
+    id: &str,
+    version: u64,
+    event_type: &str,
+) -> aether::EventEnvelope {
+    let actor = key(namespace, kind, id);
+    aether::EventEnvelope {
+        namespace: actor.namespace.clone(),
+        actor,
+        version,
+        event_type: event_type.into(),
+        payload: rmp_serde::to_vec_named(&version).expect("encodes"),
+        timestamp_ms: 0,
+        command_id: CommandId::random(),
+        correlation_id: CommandId::random(),
+        causation_id: None,
+        schema_version: 0,
+    }
+}
+
 /// Sends the runtime's `tracing` output to the test's output when `AETHER_TEST_LOG` names a
 /// level (`debug`, `info`, ...). Call at the start of a test you want to look into.
 pub fn init_test_log() {
