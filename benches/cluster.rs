@@ -26,7 +26,10 @@ async fn raw(
     responder_client: async_nats::Client,
     concurrency: usize,
 ) -> f64 {
-    let subject = "rawbench.echo";
+    // A subject of its own per round: no round's requests meet the last round's unsubscribe.
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let subject: &'static str = format!("rawbench.echo.{round}").leak();
     let mut sub = responder_client
         .subscribe(subject)
         .await
@@ -89,7 +92,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         async_nats::connect(&url).await?
     };
-    for concurrency in [1usize, 64] {
+    // Knobs for profiling one side: `B2_IN_FLIGHT=64` measures only that level, `B2_SIDE=ours`
+    // or `raw` only that side (its figure then compares against 0).
+    let levels: Vec<usize> = match std::env::var("B2_IN_FLIGHT") {
+        Ok(n) => vec![n.parse()?],
+        Err(_) => vec![1, 64],
+    };
+    let side = std::env::var("B2_SIDE").unwrap_or_default();
+    for concurrency in levels {
         let ids = remote_ids(&n1, "node-2", &format!("warm{concurrency}"), concurrency);
         let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
             ids.iter()
@@ -101,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
         }
         let (mut r, mut o) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            r.push(raw(client.clone(), responder.clone(), concurrency).await);
+            if side != "ours" {
+                r.push(raw(client.clone(), responder.clone(), concurrency).await);
+            }
+            if side == "raw" {
+                continue;
+            }
             let refs = refs.clone();
             o.push(
                 throughput(concurrency, measure_time(), move |w| {
@@ -113,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
                 .await,
             );
         }
+        if !side.is_empty() {
+            println!("B2 {concurrency} in flight, {side} only: ours {o:?} raw {r:?} ops/s");
+            continue;
+        }
         report(Figure {
             id: "B2",
             measure: &format!("cross-node ask / raw NATS request-reply, {concurrency} in flight"),
@@ -123,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    if !side.is_empty() {
+        return Ok(());
+    }
     // B10
     let cold_ids = remote_ids(&n1, "node-2", "cold", 200);
     let mut cold = Vec::new();

@@ -437,6 +437,7 @@ async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
             command: rmp_serde::to_vec_named(&CounterCmd::Get).unwrap(),
             effect: None,
             control: None,
+            traced: None,
         }
         .encode()
         .unwrap()
@@ -782,4 +783,77 @@ async fn the_testkit_cluster_settles_routes_and_survives_a_stop() {
         assert_eq!(total.unwrap(), 2, "{id}");
     }
     cluster.shutdown().await;
+}
+
+/// A remote ask that finds its actor's mailbox full waits on the owner for room, until its
+/// deadline: one with too little time fails and never runs; a patient one is served after the
+/// queue. (An ask that finds room is answered by the activation itself; this is the other
+/// path.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_ask_at_a_full_mailbox_waits_for_room_or_fails_unapplied() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let n1 = node(&url, "fullbox", "node-1", 1).await;
+    let n2 = Runtime::join_cluster(
+        fast(&url, "fullbox", "node-2", 1),
+        Runtime::builder()
+            .register::<Counter>()
+            .register::<Tally>()
+            .mailbox_capacity(1),
+    )
+    .await
+    .unwrap();
+    converged(&[&n1, &n2], &["node-1", "node-2"]).await;
+    for rt in [&n1, &n2] {
+        rt.cluster()
+            .unwrap()
+            .settled_with(2, WAIT)
+            .await
+            .expect("both nodes serve their shards");
+    }
+    let id = id_owned_by(&n1, "counter", "node-2", "full");
+    let far = n1.actor::<Counter>(&id).unwrap();
+    assert_eq!(far.ask(CounterCmd::Get).await.unwrap(), 0);
+    // On the owner: a slow turn runs, and one told command fills the mailbox of 1.
+    let near = n2.actor::<Counter>(&id).unwrap();
+    near.tell(CounterCmd::SlowAdd { n: 1, millis: 1500 })
+        .unwrap();
+    poll_until(
+        WAIT,
+        "the slow turn to start and the mailbox to fill",
+        || async { near.tell(CounterCmd::Add(10)).is_ok() },
+    )
+    .await;
+    assert!(
+        matches!(
+            near.tell(CounterCmd::Add(0)),
+            Err(aether::CallError::MailboxFull { .. })
+        ),
+        "the mailbox is full"
+    );
+    let hurried = far
+        .ask_with(
+            CounterCmd::Add(100),
+            AskOptions::default().timeout(Duration::from_millis(300)),
+        )
+        .await;
+    assert!(
+        matches!(
+            &hurried,
+            Err(AskError::Failed(
+                aether::CallError::Timeout { .. } | aether::CallError::OutcomeUnknown { .. }
+            ))
+        ),
+        "{hurried:?}"
+    );
+    let patient = far
+        .ask_with(CounterCmd::Add(5), AskOptions::default().timeout(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(
+        patient, 16,
+        "slow 1 + told 10 + 5; the hurried 100 never ran"
+    );
+    n1.shutdown().await.unwrap();
+    n2.shutdown().await.unwrap();
 }

@@ -196,6 +196,7 @@ fn request(format: u16) -> RemoteRequest {
         command: enc(&("Credit", 5u64)),
         effect: None,
         control: None,
+        traced: None,
     }
 }
 

@@ -240,6 +240,7 @@ async fn a_node_fed_hostile_frames_keeps_serving() {
         command: rmp_serde::to_vec_named(&CounterCmd::Get).unwrap(),
         effect: None,
         control: None,
+        traced: None,
     }
     .encode()
     .unwrap();

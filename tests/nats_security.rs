@@ -819,6 +819,7 @@ async fn tenants_in_two_accounts_cannot_reach_each_other() {
         command: rmp_serde::to_vec_named(&CounterCmd::Add(100)).unwrap(),
         effect: None,
         control: None,
+        traced: None,
     }
     .encode()
     .unwrap();

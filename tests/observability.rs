@@ -32,12 +32,17 @@ fn config(url: &str, ns: &str, node: &str) -> ClusterConfig {
 }
 
 async fn node(url: &str, ns: &str, id: &str) -> Runtime {
+    node_tracing(url, ns, id, 1).await
+}
+
+/// A node that traces one workflow in `one_in`.
+async fn node_tracing(url: &str, ns: &str, id: &str, one_in: u32) -> Runtime {
     Runtime::join_cluster(
         config(url, ns, id),
         Runtime::builder()
             .register::<Counter>()
             .metrics_addr(([127, 0, 0, 1], 0))
-            .trace_one_in(1),
+            .trace_one_in(one_in),
     )
     .await
     .unwrap_or_else(|e| panic!("{id} joins: {e}"))
@@ -586,6 +591,105 @@ async fn a_cross_node_ask_is_one_trace_with_its_context_in_the_nats_headers() {
             && field(s, "node") == Some("node-b")
     });
     assert_eq!(remote_serves.len(), 1, "served on node-b in the same trace");
+
+    for rt in [a, b] {
+        rt.shutdown().await.unwrap();
+    }
+}
+
+/// An untraced call carries its sampling decision in the frame and no `traceparent` header
+/// (a header on every request is expensive), and a receiver that would trace the workflow
+/// itself follows the sender's decision: a workflow is traced on every node or on none, even
+/// when the nodes sample at different rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untraced_call_says_so_in_its_frame_and_the_receiver_follows_it() {
+    let spans = capture();
+    let server = NatsServer::start();
+    let url = server.url();
+    // node-a traces every workflow, node-b none.
+    let a = node_tracing(&url, "untraced", "node-a", 1).await;
+    let b = node_tracing(&url, "untraced", "node-b", 0).await;
+    settled(&a, &b).await;
+    let raw = async_nats::connect(url.as_str()).await.unwrap();
+    let mut copies = raw.subscribe("aether.untraced.shard.>").await.unwrap();
+    raw.publish("aether.untraced.shard.probe", "probe".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(WAIT, copies.next())
+        .await
+        .expect("the probe comes back")
+        .unwrap();
+    assert_eq!(probe.subject.as_str(), "aether.untraced.shard.probe");
+
+    // node-b asks an actor on node-a: untraced by node-b's choice.
+    let on_a = id_owned_by(&b, "node-a", "on-a");
+    let command_id = aether::CommandId::random();
+    b.actor::<Counter>(&on_a)
+        .unwrap()
+        .ask_with(
+            CounterCmd::Add(2),
+            aether::AskOptions::default().command_id(command_id),
+        )
+        .await
+        .unwrap();
+    let copy = tokio::time::timeout(WAIT, copies.next())
+        .await
+        .expect("the request is seen")
+        .unwrap();
+    assert!(
+        copy.headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .is_none(),
+        "an untraced call sends no traceparent header: {:?}",
+        copy.headers
+    );
+    let frame = aether::wire::RemoteRequest::decode(&copy.payload).unwrap();
+    assert_eq!(frame.command_id, command_id);
+    assert_eq!(frame.traced, Some(false), "the frame says: not traced");
+    let trace_id = format!("{:032x}", command_id.as_u128());
+    // node-a answered (the ask returned) without a span for the workflow, though it traces
+    // every workflow of its own.
+    for name in ["serve", "handle", "append", "reply"] {
+        let found = spans.find(|s| s.name == name && field(s, "trace_id") == Some(&trace_id));
+        assert!(found.is_empty(), "no {name} span on node-a: {found:?}");
+    }
+
+    // node-a asks an actor on node-b: traced by node-a's choice, so node-b traces it too.
+    let on_b = id_owned_by(&a, "node-b", "on-b");
+    let command_id = aether::CommandId::random();
+    a.actor::<Counter>(&on_b)
+        .unwrap()
+        .ask_with(
+            CounterCmd::Add(3),
+            aether::AskOptions::default().command_id(command_id),
+        )
+        .await
+        .unwrap();
+    let copy = tokio::time::timeout(WAIT, copies.next())
+        .await
+        .expect("the request is seen")
+        .unwrap();
+    let header = copy
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned())
+        .expect("a traced call sends a traceparent header");
+    assert!(header.ends_with("-01"), "sampled: {header}");
+    let frame = aether::wire::RemoteRequest::decode(&copy.payload).unwrap();
+    assert_eq!(frame.traced, Some(true));
+    let trace_id = format!("{:032x}", command_id.as_u128());
+    let serves = spans.find(|s| s.name == "serve" && field(s, "trace_id") == Some(&trace_id));
+    assert_eq!(serves.len(), 1, "node-b serves it traced: {serves:?}");
+    assert_eq!(field(&serves[0], "node"), Some("node-b"));
+    poll_until(WAIT, "the reply span on node-b", || {
+        let found = !spans
+            .find(|s| s.name == "reply" && field(s, "trace_id") == Some(&trace_id))
+            .is_empty();
+        async move { found }
+    })
+    .await;
 
     for rt in [a, b] {
         rt.shutdown().await.unwrap();

@@ -113,6 +113,7 @@ impl Load {
             command: rmp_serde::to_vec_named(cmd).expect("encodes"),
             effect: None,
             control: None,
+            traced: None,
         }
         .encode()
         .expect("frame");

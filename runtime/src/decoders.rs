@@ -94,6 +94,7 @@ pub fn all() -> Vec<Decoder> {
         command: encode(&("Deposit", 5u64)),
         effect: None,
         control: None,
+        traced: None,
     };
     let map = ShardMap {
         epoch: 3,

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::context::CurrentTurn;
 use super::contract::{Behavior, Command};
 use super::host::{Host, MailboxCache, Undelivered};
-use super::inbox::{CallMeta, Envelope, Msg};
+use super::inbox::{CallMeta, Envelope, Msg, ReplyTx};
 use super::residents::key_hash;
 use crate::errors::{AskError, CallError};
 use crate::metrics::Path;
@@ -202,7 +202,7 @@ impl<A: Behavior> ActorRef<A> {
         let env = Box::new(Envelope::asked(
             cmd,
             CallMeta::asked(command_id, timeout, meters.is_some()),
-            reply_tx,
+            ReplyTx::Local(reply_tx),
         ));
         match host.deliver_cached::<A>(
             &self.key.id,
@@ -312,7 +312,7 @@ fn refused_now<A: Behavior>(error: AskError<A::Error>) -> ReplyRx<A> {
 }
 
 /// The answer of an ask whose activation dropped its reply channel.
-fn stopped_before_replying<E>(command_id: CommandId) -> AskError<E> {
+pub(crate) fn stopped_before_replying<E>(command_id: CommandId) -> AskError<E> {
     AskError::Failed(CallError::OutcomeUnknown {
         command_id,
         reason: "the actor stopped before replying".into(),
@@ -447,7 +447,7 @@ pub(crate) async fn ask_local<A: Behavior>(
     let command_id = env.meta.command_id;
     let (deadline, timeout) = (env.meta.deadline, env.meta.timeout);
     let (reply_tx, reply_rx) = oneshot::channel();
-    env.reply = Some(reply_tx);
+    env.reply = Some(ReplyTx::Local(reply_tx));
     let delivered = match host.deliver_now::<A>(&key.id, Msg::Command(env)) {
         // Only a full mailbox waits (and needs a timer): boxed, so the common ask's future —
         // created and moved on every call — stays small.

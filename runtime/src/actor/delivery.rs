@@ -268,6 +268,7 @@ async fn deliver_remote(
         command,
         effect: meta.origin.map(|o| *o),
         control: None,
+        traced: Some(meta.traced),
     };
     let frame = match frame.encode() {
         Ok(frame) => frame,
@@ -278,9 +279,12 @@ async fn deliver_remote(
         }
     };
     let subject = actor_subject(&target.namespace, shard, target.kind.as_str(), &target.id);
-    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, meta.traced);
+    // Only a traced call carries the header; the frame says the decision either way.
+    let trace = meta
+        .traced
+        .then(|| crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, true));
     match transport
-        .request(subject, frame, Some(trace), meta.deadline)
+        .request(subject, frame, trace, meta.deadline)
         .await
     {
         Ok(RemoteReply::Ok { reply }) => {
@@ -338,6 +342,7 @@ pub(crate) fn send_control(host: &Arc<Host>, target: &ActorKey, control: Control
         command: Vec::new(),
         effect: None,
         control: Some(control),
+        traced: None,
     };
     let Ok(frame) = frame.encode() else { return };
     let subject = actor_subject(&target.namespace, shard, target.kind.as_str(), &target.id);

@@ -75,13 +75,40 @@ pub(crate) enum Msg<A: Behavior> {
     Hibernate,
 }
 
-/// The reply channel of an ask.
-pub(crate) type ReplyTx<A> = oneshot::Sender<
-    Result<
-        <A as super::EventSourcedActor>::Reply,
-        AskError<<A as super::EventSourcedActor>::Error>,
-    >,
+/// What an ask's turn ends with.
+pub(crate) type AskResult<A> = Result<
+    <A as super::EventSourcedActor>::Reply,
+    AskError<<A as super::EventSourcedActor>::Error>,
 >;
+
+/// Where an ask's outcome goes.
+pub(crate) enum ReplyTx<A: Behavior> {
+    /// An asker on this node waits on the channel.
+    Local(oneshot::Sender<AskResult<A>>),
+    /// An asker on another node waits on its NATS reply subject: the activation encodes the
+    /// outcome and publishes it from its own task (see [`RemoteAnswer`]).
+    Remote(super::remote::RemoteAnswer),
+}
+
+impl<A: Behavior> ReplyTx<A> {
+    /// Answers the asker.
+    pub fn send(self, result: AskResult<A>) {
+        match self {
+            ReplyTx::Local(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTx::Remote(to) => to.send::<A>(result),
+        }
+    }
+
+    /// Whether the asker has stopped waiting (known only for a local asker).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            ReplyTx::Local(tx) => tx.is_closed(),
+            ReplyTx::Remote(_) => false,
+        }
+    }
+}
 
 /// The channel on which a durable effect's receiver settles it.
 pub(crate) type AckTx = oneshot::Sender<Settle>;
@@ -130,7 +157,7 @@ impl<A: Behavior> Envelope<A> {
     /// sender delivers it again).
     pub fn fail(&mut self, err: impl FnOnce() -> AskError<A::Error>) {
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Err(err()));
+            tx.send(Err(err()));
         }
         self.ack = None;
     }
@@ -428,7 +455,7 @@ impl<A: Behavior> Inbox<A> {
                         && c.deadline <= now
                     {
                         if let Some(tx) = c.reply.take() {
-                            let _ = tx.send(Err(AskError::Failed(CallError::OutcomeUnknown {
+                            tx.send(Err(AskError::Failed(CallError::OutcomeUnknown {
                                 command_id: c.command_id,
                                 reason: "the deadline passed while the command was being handled"
                                     .into(),
@@ -466,7 +493,7 @@ impl<A: Behavior> Inbox<A> {
         let mut names: Vec<String> = env.meta.chain.iter().map(|k| k.to_string()).collect();
         names.push(format!("{} (waiting on {blocked_on})", self.me()));
         if let Some(tx) = env.reply.take() {
-            let _ = tx.send(Err(AskError::Failed(CallError::Deadlock {
+            tx.send(Err(AskError::Failed(CallError::Deadlock {
                 chain: names.join(" -> "),
             })));
         }

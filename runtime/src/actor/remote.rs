@@ -19,16 +19,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::actor_ref::{LocalAsk, ask_local, with_decode_host};
+use super::actor_ref::{LocalAsk, ask_local, stopped_before_replying, with_decode_host};
 use super::contract::Behavior;
 use super::host::{Host, Undelivered, wait_done};
-use super::inbox::{CallMeta, Envelope, Msg};
+use super::inbox::{AskResult, CallMeta, Envelope, Msg, ReplyTx};
 use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey};
-use crate::routing::{Dispatch, SendError, ShardDrain, remote::actor_subject};
+use crate::routing::{Answer, Dispatch, Pending, SendError, ShardDrain, remote::actor_subject};
 use crate::wire::{
-    BASE_FRAME_FORMAT, Control, RemoteReply, RemoteRequest, Settle, SpanId, TraceId, TraceParent,
-    codec,
+    BASE_FRAME_FORMAT, CommandId, Control, RemoteReply, RemoteRequest, Settle, SpanId, TraceId,
+    TraceParent, codec,
 };
 use tracing::Instrument;
 
@@ -57,6 +57,7 @@ fn request<A: Behavior>(
         command: codec::encode("command", cmd)?,
         effect: None,
         control: None,
+        traced: Some(meta.traced),
     }
     .encode()
 }
@@ -77,9 +78,13 @@ pub(crate) async fn ask<A: Behavior>(
     };
     let frame = request::<A>(key, &cmd, &meta, true)?;
     let subject = actor_subject(&key.namespace, shard, A::KIND, &key.id);
-    let trace = crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, meta.traced);
+    // Only a traced call carries the `traceparent` header: the frame says the decision either
+    // way, and a header costs the sender, the server and the receiver on every request.
+    let trace = meta
+        .traced
+        .then(|| crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, true));
     match transport
-        .request(subject, frame, Some(trace), meta.deadline)
+        .request(subject, frame, trace, meta.deadline)
         .await
     {
         Ok(RemoteReply::Ok { reply }) => {
@@ -161,6 +166,81 @@ fn answer<E: serde::Serialize>(result: Result<Vec<u8>, AskError<E>>) -> RemoteRe
     }
 }
 
+/// A typed ask outcome as the answer frame a remote asker decodes.
+fn encode_answer<A: Behavior>(result: AskResult<A>) -> RemoteReply {
+    answer(result.and_then(|reply| Ok(codec::encode("reply", &reply)?)))
+}
+
+/// Sends `frame` on `to`, if the sender waits for an answer.
+fn reply(to: Option<Answer>, frame: RemoteReply) {
+    if let Some(to) = to {
+        send_fitted(to, frame, None);
+    }
+}
+
+/// Sends `frame` on `to`. An answer larger than the server's max payload cannot cross NATS:
+/// the sender hears that the outcome is unknown (`command_id`: the command ran; its answer is
+/// what is lost), or, for an answer to a command that never ran, why.
+fn send_fitted(to: Answer, frame: RemoteReply, command_id: Option<CommandId>) {
+    let bytes = frame.encode();
+    let limit = to.max_payload();
+    if limit == 0 || bytes.len() <= limit {
+        return to.send(bytes);
+    }
+    let reason = format!(
+        "the answer ({} bytes) exceeds the server's max payload ({limit} bytes)",
+        bytes.len()
+    );
+    let error = match command_id {
+        Some(command_id) => CallError::OutcomeUnknown {
+            command_id,
+            reason: format!("{reason}; the command may have been applied"),
+        },
+        None => CallError::unavailable(reason),
+    };
+    to.send(RemoteReply::Err(error).encode());
+}
+
+/// The answer to an ask from another node, held with the command by the activation that
+/// serves it: the turn's outcome is encoded and published from the activation's own task, so
+/// the owner spends no task of its own on a remote ask. Dropped unanswered (the activation
+/// stopped, or cancelled the turn at its deadline), it tells the asker the outcome is unknown,
+/// as a local asker hears when its reply channel closes.
+pub(crate) struct RemoteAnswer {
+    to: Option<Answer>,
+    command_id: CommandId,
+}
+
+impl RemoteAnswer {
+    fn new(to: Answer, command_id: CommandId) -> Self {
+        RemoteAnswer {
+            to: Some(to),
+            command_id,
+        }
+    }
+
+    /// Answers with the turn's outcome.
+    pub fn send<A: Behavior>(self, result: AskResult<A>) {
+        self.send_frame(encode_answer::<A>(result));
+    }
+
+    /// Answers with `frame`.
+    fn send_frame(mut self, frame: RemoteReply) {
+        if let Some(to) = self.to.take() {
+            send_fitted(to, frame, Some(self.command_id));
+        }
+    }
+}
+
+impl Drop for RemoteAnswer {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let stopped: AskError<()> = stopped_before_replying(self.command_id);
+            send_fitted(to, answer(Err(stopped)), Some(self.command_id));
+        }
+    }
+}
+
 fn node_stopping() -> CallError {
     CallError::unavailable("the owning node is shutting down")
 }
@@ -172,15 +252,18 @@ pub(crate) type NotHere = (u32, Vec<u8>, CallMeta);
 /// The kind-erased operations on actors of one kind: inbound commands, durable effects, wake-ups
 /// and deadlock probes, for code that knows an actor only by its key.
 pub(crate) trait RemoteKind: Send + Sync {
-    /// Runs `request` on the local actor (`traced`: the caller's sampling decision); `None`
-    /// for a tell.
+    /// Runs `request` on the local actor (`traced`: the caller's sampling decision), answering
+    /// on `answer` when the sender waits for one. Hands an ask to the actor's mailbox with the
+    /// answer, for the activation to send; returns the work that has to wait (a full mailbox,
+    /// a durable effect's settlement).
     fn run(
         &self,
         host: Arc<Host>,
         key: ActorKey,
         request: RemoteRequest,
         traced: bool,
-    ) -> BoxFuture<Option<RemoteReply>>;
+        answer: Option<Answer>,
+    ) -> Option<Pending>;
 
     /// Delivers a durable effect (`meta.origin` set) to the local actor `key` and waits until
     /// it is settled or the deadline passes.
@@ -215,55 +298,85 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
         key: ActorKey,
         request: RemoteRequest,
         traced: bool,
-    ) -> BoxFuture<Option<RemoteReply>> {
-        Box::pin(async move {
-            let cmd: A::Command =
-                match with_decode_host(&host, || codec::decode("command", &request.command)) {
-                    Ok(cmd) => cmd,
-                    Err(e) => {
-                        return request.expects_reply.then(|| RemoteReply::Err(e.into()));
+        answer: Option<Answer>,
+    ) -> Option<Pending> {
+        let cmd: A::Command =
+            match with_decode_host(&host, || codec::decode("command", &request.command)) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    if request.expects_reply {
+                        reply(answer, RemoteReply::Err(e.into()));
                     }
-                };
-            let timeout = Duration::from_millis(request.timeout_ms);
-            let meta = CallMeta {
-                command_id: request.command_id,
-                correlation_id: request.correlation_id,
-                causation_id: request.causation_id,
-                deadline: Instant::now() + timeout,
-                timeout,
-                chain: request.chain,
-                origin: request.effect.map(Box::new),
-                traced,
-                asked_at: None,
+                    return None;
+                }
             };
-            if meta.origin.is_some() {
-                let answer = match effect_local::<A>(&host, &key, cmd, meta).await {
+        let timeout = Duration::from_millis(request.timeout_ms);
+        let command_id = request.command_id;
+        let meta = CallMeta {
+            command_id,
+            correlation_id: request.correlation_id,
+            causation_id: request.causation_id,
+            deadline: Instant::now() + timeout,
+            timeout,
+            chain: request.chain,
+            origin: request.effect.map(Box::new),
+            traced,
+            asked_at: None,
+        };
+        if meta.origin.is_some() {
+            return Some(Box::pin(async move {
+                let settled = match effect_local::<A>(&host, &key, cmd, meta).await {
                     Ok(settle) => match codec::encode("settlement", &settle) {
                         Ok(reply) => RemoteReply::Ok { reply },
                         Err(e) => RemoteReply::Err(e.into()),
                     },
                     Err((shard, _)) => RemoteReply::NotOwner { shard },
                 };
-                return Some(answer);
-            }
-            if !request.expects_reply {
-                let msg = Msg::Command(Box::new(Envelope::new(cmd, meta)));
-                if let Err((refusal, _)) = host.deliver_now::<A>(&key.id, msg) {
+                reply(answer, settled);
+            }));
+        }
+        let mut env = Box::new(Envelope::new(cmd, meta));
+        let to = match answer {
+            Some(to) if request.expects_reply => to,
+            // A tell (or an ask sent without a reply subject, which nobody can answer).
+            _ => {
+                if let Err((refusal, _)) = host.deliver_now::<A>(&key.id, Msg::Command(env)) {
                     // Tells are at most once: one that finds its shard moving is not resent.
                     tracing::debug!(?refusal, actor = %key, "remote tell dropped");
                 }
                 return None;
             }
-            Some(
-                match ask_local::<A>(&host, &key, Box::new(Envelope::new(cmd, meta))).await {
-                    LocalAsk::Answered(result) => {
-                        answer(result.and_then(|reply| Ok(codec::encode("reply", &reply)?)))
-                    }
+        };
+        // The activation answers: it encodes the outcome and publishes it as its turn ends.
+        env.reply = Some(ReplyTx::Remote(RemoteAnswer::new(to, command_id)));
+        let (refusal, mut env) = match host.deliver_now::<A>(&key.id, Msg::Command(env)) {
+            Ok(()) => return None,
+            Err((refusal, Msg::Command(env))) => (refusal, env),
+            // Not the command that went in: cannot happen. Dropping it (and its answer, with
+            // it) tells the sender the outcome is unknown.
+            Err(_) => return None,
+        };
+        let Some(ReplyTx::Remote(to)) = env.reply.take() else {
+            return None;
+        };
+        match refusal {
+            // A full mailbox: wait for room (until the deadline) on the shard's task.
+            Undelivered::Full => Some(Box::pin(async move {
+                to.send_frame(match ask_local::<A>(&host, &key, env).await {
+                    LocalAsk::Answered(result) => encode_answer::<A>(result),
                     // Not queued: the sender retries with the same command id at the new owner.
                     LocalAsk::NotOwner { shard, .. } => RemoteReply::NotOwner { shard },
-                },
-            )
-        })
+                });
+            })),
+            Undelivered::NotOwner(shard) => {
+                to.send_frame(RemoteReply::NotOwner { shard });
+                None
+            }
+            refusal => {
+                to.send::<A>(Err(refusal.to_ask()));
+                None
+            }
+        }
     }
 
     fn effect(
@@ -389,97 +502,73 @@ impl Dispatch for HostDispatch {
         shard: u32,
         payload: Bytes,
         trace: Option<TraceParent>,
-    ) -> BoxFuture<Option<Vec<u8>>> {
-        let host = self.0.upgrade();
-        // A sender that sent no header is traced as this node would trace the workflow.
-        let sampled = trace.is_none_or(|t| t.sampled);
-        let span = if !sampled {
-            tracing::Span::none()
-        } else {
-            tracing::debug_span!(
-                "serve",
-                trace_id = trace.map(|t| tracing::field::display(TraceId(t.trace_id))),
-                parent_span_id = trace.map(|t| tracing::field::display(SpanId(t.span_id))),
-                node = host
-                    .as_ref()
-                    .map(|h| tracing::field::display(h.node.clone())),
-                shard,
-                kind = tracing::field::Empty,
-                id = tracing::field::Empty,
-                command_id = tracing::field::Empty,
-            )
+        answer: Option<Answer>,
+    ) -> Option<Pending> {
+        let Some(host) = self.0.upgrade() else {
+            reply(answer, RemoteReply::Err(node_stopping()));
+            return None;
         };
-        if let Some(t) = trace {
-            crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+        let request = match RemoteRequest::decode(&payload) {
+            Ok(request) => request,
+            Err(e) => {
+                // Answer even an undecodable frame: its sender may be waiting.
+                reply(answer, RemoteReply::Err(e.into()));
+                return None;
+            }
+        };
+        // The sender's sampling decision: its header's, else its frame's; a sender that said
+        // neither (a raw client) is traced as this node would trace the workflow.
+        let traced = trace
+            .map(|t| t.sampled)
+            .or(request.traced)
+            .unwrap_or_else(|| host.traced(request.correlation_id));
+        let span = if traced {
+            let span = tracing::debug_span!(
+                "serve",
+                trace_id = %TraceId(trace.map_or(request.correlation_id.as_u128(), |t| t.trace_id)),
+                parent_span_id = trace.map(|t| tracing::field::display(SpanId(t.span_id))),
+                node = %host.node,
+                shard,
+                kind = %request.kind,
+                id = %request.id,
+                command_id = %request.command_id,
+            );
+            if let Some(t) = trace {
+                crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+            }
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.enter();
+        if let Some(control) = request.control.clone() {
+            // Deadlock probes concern running turns only: never an answer, never an error.
+            if let Ok(key) = HostDispatch::check(&host, shard, &request)
+                && let Some(info) = host.kind_named(key.kind.as_str())
+            {
+                info.remote.control(&host, &key.id, control);
+            }
+            return None;
         }
-        let recorder = span.clone();
-        Box::pin(async move {
-            let Some(host) = host else {
-                return Some(RemoteReply::Err(node_stopping()).encode());
-            };
-            let request = match RemoteRequest::decode(&payload) {
-                Ok(request) => request,
-                Err(e) => {
-                    // Answer even an undecodable frame: its sender may be waiting.
-                    return Some(RemoteReply::Err(e.into()).encode());
-                }
-            };
-            let expects_reply = request.expects_reply;
-            if let Some(control) = request.control.clone() {
-                // Deadlock probes concern running turns only: never an answer, never an error.
-                if let Ok(key) = HostDispatch::check(&host, shard, &request)
-                    && let Some(info) = host.kind_named(key.kind.as_str())
-                {
-                    info.remote.control(&host, &key.id, control);
+        let key = match HostDispatch::check(&host, shard, &request) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::debug!(shard, command_id = %request.command_id, refusal = ?e, "inbound command refused");
+                if request.expects_reply {
+                    reply(answer, e);
                 }
                 return None;
             }
-            let key = match HostDispatch::check(&host, shard, &request) {
-                Ok(key) => key,
-                Err(e) => {
-                    tracing::debug!(shard, command_id = %request.command_id, refusal = ?e, "inbound command refused");
-                    return expects_reply.then(|| e.encode());
-                }
-            };
-            let kind = host
-                .kinds
-                .iter()
-                .find(|k| k.name == request.kind)
-                .map(|k| Arc::clone(&k.remote));
-            let kind = kind?;
-            let command_id = request.command_id;
-            recorder.record("kind", key.kind.as_str());
-            recorder.record("id", tracing::field::display(&key.id));
-            recorder.record("command_id", tracing::field::display(command_id));
-            if trace.is_none() {
-                // A sender that sent no header: the frame's ids say the same.
-                recorder.record(
-                    "trace_id",
-                    tracing::field::display(TraceId(request.correlation_id.as_u128())),
-                );
-            }
-            tracing::trace!(shard, %command_id, actor = %key, "inbound command");
-            let traced = trace.map_or_else(|| host.traced(request.correlation_id), |t| t.sampled);
-            let answer = kind.run(Arc::clone(&host), key, request, traced).await;
-            tracing::trace!(shard, %command_id, answered = answer.is_some(), "inbound command done");
-            let limit = host.transport.as_ref().map_or(0, |t| t.max_payload());
-            answer.map(|reply| {
-                let bytes = reply.encode();
-                if limit == 0 || bytes.len() <= limit {
-                    return bytes;
-                }
-                // The command ran; only its answer cannot cross NATS.
-                RemoteReply::Err(CallError::OutcomeUnknown {
-                    command_id,
-                    reason: format!(
-                        "the answer ({} bytes) exceeds the server's max payload ({limit} bytes); \
-                         the command may have been applied",
-                        bytes.len()
-                    ),
-                })
-                .encode()
-            })
-        }.instrument(span))
+        };
+        let kind = host
+            .kinds
+            .iter()
+            .find(|k| k.name == request.kind)
+            .map(|k| Arc::clone(&k.remote))?;
+        tracing::trace!(shard, command_id = %request.command_id, actor = %key, "inbound command");
+        let pending = kind.run(Arc::clone(&host), key, request, traced, answer)?;
+        drop(_entered);
+        Some(Box::pin(pending.instrument(span)))
     }
 
     fn drain(&self, shards: Vec<u32>) -> Vec<(u32, ShardDrain)> {

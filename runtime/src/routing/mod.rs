@@ -13,7 +13,7 @@ pub(crate) mod remote;
 mod shard;
 
 pub(crate) use placement::{ClientPlacement, LocalPlacement, Owner, Placement};
-pub(crate) use remote::{Dispatch, Inbound, SendError, ShardDrain, Transport};
+pub(crate) use remote::{Answer, Dispatch, Inbound, Pending, SendError, ShardDrain, Transport};
 test_util! {
     pub use remote::OwnedShards;
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -248,19 +249,182 @@ impl OwnedShards {
     }
 }
 
+/// The answers of this node's inbound requests on their way to the connection, shared by every
+/// shard's serving task and the [`Answer`]s they hand out.
+///
+/// Answers are not published where they are sent (an activation's task, as its turn ends) but
+/// queued here for one task that publishes them. That task lets every other ready task run
+/// before it takes the queue (a tokio yield defers it until its worker runs out of work), so
+/// the answers of many activations reach the connection together, and the connection writes
+/// them in one system call. Published one by one, each answer woke the connection's task,
+/// which then ran before the next activation and wrote that answer alone: under load, about
+/// one `writev` per request on each side of NATS instead of one per batch.
+struct Replies {
+    client: async_nats::Client,
+    queue: parking_lot::Mutex<Vec<Queued>>,
+    ready: tokio::sync::Notify,
+    /// Answers handed out and not yet published or dropped.
+    outstanding: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One answer waiting in [`Replies`]: its subject, its frame, and its `reply` span.
+type Queued = (Subject, Bytes, tracing::Span);
+
+impl Replies {
+    fn new(client: async_nats::Client) -> Arc<Replies> {
+        Arc::new(Replies {
+            client,
+            queue: parking_lot::Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+            outstanding: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// One answer fewer to wait for.
+    fn done(&self, answers: usize) {
+        if answers > 0 && self.outstanding.fetch_sub(answers, Ordering::AcqRel) == answers {
+            self.idle.notify_one();
+        }
+    }
+
+    /// Waits until every answer handed out has been published or dropped.
+    async fn answered(&self) {
+        while self.outstanding.load(Ordering::Acquire) > 0 {
+            self.idle.notified().await;
+        }
+    }
+
+    /// Publishes queued answers, in batches, for as long as it runs (see the type's docs).
+    async fn publish(self: Arc<Replies>) {
+        let mut batch = Vec::new();
+        loop {
+            self.ready.notified().await;
+            // Every task that is ready runs first: the answers they send join this batch.
+            tokio::task::yield_now().await;
+            std::mem::swap(&mut batch, &mut *self.queue.lock());
+            let answers = batch.len();
+            for (reply_to, payload, span) in batch.drain(..) {
+                if let Err(e) = self
+                    .client
+                    .publish(reply_to, payload)
+                    .instrument(span)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot send a reply");
+                }
+            }
+            self.done(answers);
+        }
+    }
+}
+
+/// Where the answer to one inbound request goes: its reply subject, on this node's connection.
+///
+/// The actor layer hands it to whoever answers — for an ask, the actor's activation, which
+/// sends the encoded answer as the turn ends. So a remote ask costs the owner no task of its
+/// own: the shard's serving task hands the command to the mailbox, and the activation answers
+/// the caller. Dropping an `Answer` unsent sends nothing; the actor layer wraps it to say why
+/// instead (see `actor::remote`).
+pub struct Answer {
+    replies: Arc<Replies>,
+    shard: u32,
+    reply_to: Subject,
+    /// The request's trace context, when it is sampled (for the `reply` span).
+    trace: Option<TraceParent>,
+    /// Sent: the publishing task counts it done.
+    queued: bool,
+}
+
+impl Answer {
+    fn new(
+        replies: &Arc<Replies>,
+        shard: u32,
+        reply_to: Subject,
+        trace: Option<TraceParent>,
+    ) -> Answer {
+        replies.outstanding.fetch_add(1, Ordering::AcqRel);
+        Answer {
+            replies: Arc::clone(replies),
+            shard,
+            reply_to,
+            trace: trace.filter(|t| t.sampled),
+            queued: false,
+        }
+    }
+
+    /// The largest answer the server accepts (`max_payload` of its INFO).
+    pub fn max_payload(&self) -> usize {
+        self.replies.client.max_payload()
+    }
+
+    /// Queues `frame` for the reply subject; it does not wait (see [`Replies`] for when it
+    /// leaves).
+    pub fn send(mut self, frame: Vec<u8>) {
+        let span = match self.trace {
+            Some(t) => {
+                let span = tracing::debug_span!(
+                    "reply",
+                    shard = self.shard,
+                    bytes = frame.len(),
+                    trace_id = %TraceId(t.trace_id),
+                );
+                crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        let reply_to = std::mem::replace(&mut self.reply_to, Subject::from_static(""));
+        // Still outstanding: the publishing task counts it done once it is published.
+        self.queued = true;
+        self.replies
+            .queue
+            .lock()
+            .push((reply_to, Bytes::from(frame), span));
+        self.replies.ready.notify_one();
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.replies.done(1);
+        }
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("shard", &self.shard)
+            .field("reply_to", &self.reply_to)
+            .finish()
+    }
+}
+
 /// Resolves with the number of actors stopped once a shard's activations all have.
 pub type ShardDrain = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+/// Work a [`Dispatch`] could not finish at once (a full mailbox, a durable effect): the shard's
+/// task runs it beside its subscription.
+pub type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the actor layer does with inbound frames.
 pub trait Dispatch: Send + Sync + 'static {
     /// Handles one frame for `shard`, sent with the trace context `trace` (its `traceparent`
-    /// header); returns the encoded answer (`None` for a tell).
+    /// header). `answer` is where its answer goes (`None`: the sender expects none); whoever
+    /// ends up holding it (the actor's activation, for an ask) sends the answer there.
+    ///
+    /// Called on the shard's serving task, so it must not wait: it returns the work that has
+    /// to (`None` when the frame was handed on or answered at once).
     fn handle(
         &self,
         shard: u32,
         payload: Bytes,
         trace: Option<TraceParent>,
-    ) -> Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
+        answer: Option<Answer>,
+    ) -> Option<Pending>;
 
     /// Stops every activation of `shards`, which this node no longer serves: running turns
     /// finish, queued commands are served, state is snapshotted. Returns, per shard, a future
@@ -307,7 +471,9 @@ pub fn serve(
 ) -> Inbound {
     let (served_tx, served) = watch::channel(0u64);
     let (stop_tx, mut stop) = watch::channel(false);
+    let replies = Replies::new(client.clone());
     let task = tokio::spawn(async move {
+        let publisher = tokio::spawn(Arc::clone(&replies).publish());
         // Per served shard: its task and the signal that makes it drain its subscription.
         let mut serving: HashMap<u32, (JoinHandle<()>, oneshot::Sender<()>)> = HashMap::new();
         let mut draining: Vec<JoinHandle<()>> = Vec::new();
@@ -347,7 +513,7 @@ pub fn serve(
                     Ok(sub) => {
                         let (stop, stopped) = oneshot::channel();
                         let task = tokio::spawn(serve_shard(
-                            client.clone(),
+                            Arc::clone(&replies),
                             shard,
                             sub,
                             stopped,
@@ -383,6 +549,9 @@ pub fn serve(
         for task in draining {
             let _ = task.await;
         }
+        // Every answer to what the subscriptions delivered is published before the flush.
+        replies.answered().await;
+        publisher.abort();
         let _ = client.flush().await;
     });
     Inbound {
@@ -397,14 +566,14 @@ pub fn serve(
 /// (they are answered, typically `NotOwner`, so their senders retry at the new owner at once
 /// instead of waiting out their deadline on a request nobody would ever see).
 async fn serve_shard(
-    client: async_nats::Client,
+    replies: Arc<Replies>,
     shard: u32,
     mut sub: async_nats::Subscriber,
     mut stop: oneshot::Receiver<()>,
     dispatch: Arc<dyn Dispatch>,
 ) {
     let mut draining = false;
-    let mut handlers = tokio::task::JoinSet::new();
+    let mut pending = tokio::task::JoinSet::new();
     loop {
         let msg = if draining {
             sub.next().await
@@ -422,42 +591,21 @@ async fn serve_shard(
             }
         };
         let Some(msg) = msg else { break };
-        let reply_to: Option<Subject> = msg.reply.clone();
         let trace = msg
             .headers
             .as_ref()
             .and_then(|h| h.get(TRACEPARENT_HEADER))
             .and_then(|v| TraceParent::parse(v.as_str()));
-        let handling = dispatch.handle(shard, msg.payload, trace);
-        let client = client.clone();
-        handlers.spawn(async move {
-            if let Some(answer) = handling.await
-                && let Some(reply_to) = reply_to
-            {
-                let span = match trace {
-                    Some(t) if t.sampled => tracing::debug_span!(
-                        "reply",
-                        shard,
-                        bytes = answer.len(),
-                        trace_id = %TraceId(t.trace_id),
-                    ),
-                    _ => tracing::Span::none(),
-                };
-                if let Some(t) = trace {
-                    crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
-                }
-                if let Err(e) = client
-                    .publish(reply_to, Bytes::from(answer))
-                    .instrument(span)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot send a reply");
-                }
-            }
-        });
-        // Reap finished handlers so the set stays as small as the work in flight.
-        while handlers.try_join_next().is_some() {}
+        let answer = msg
+            .reply
+            .map(|reply_to| Answer::new(&replies, shard, reply_to, trace));
+        if let Some(work) = dispatch.handle(shard, msg.payload, trace, answer) {
+            pending.spawn(work);
+        }
+        // Reap finished work so the set stays as small as the work in flight.
+        while pending.try_join_next().is_some() {}
     }
-    // The subscription is drained: wait for the answers of everything it delivered.
-    while handlers.join_next().await.is_some() {}
+    // The subscription is drained: wait for the work it started (its answers are waited for
+    // with every shard's, when the node stops serving: see `serve`).
+    while pending.join_next().await.is_some() {}
 }

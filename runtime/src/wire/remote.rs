@@ -59,6 +59,13 @@ pub struct RemoteRequest {
     /// Set on deadlock-detection frames (no command): see [`Control`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<Control>,
+    /// The sender's sampling decision for the workflow (whether its calls get spans). A traced
+    /// call also carries a W3C `traceparent` header; an untraced one carries only this flag,
+    /// which costs the sender, the server and the receiver far less than a header. `None`
+    /// (raw clients, older nodes): the receiver decides from the header, or else with its own
+    /// sampling rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traced: Option<bool>,
 }
 
 /// Where a durable effect comes from, as it travels to its receiver.
@@ -213,6 +220,7 @@ mod tests {
             command: vec![1, 2, 3],
             effect: None,
             control: None,
+            traced: None,
         };
         let bytes = request.encode().unwrap();
         assert!(bytes.windows(9).any(|w| w == b"namespace"), "named fields");

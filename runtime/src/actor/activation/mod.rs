@@ -393,7 +393,7 @@ impl<A: Behavior> Kit<A> {
                         message: reason.clone(),
                     })
                 };
-                let _ = tx.send(Err(error));
+                tx.send(Err(error));
             }
             if let Some(tx) = ack {
                 let _ = tx.send(Settle::Failed {
@@ -892,7 +892,7 @@ impl<A: Behavior> Activation<A> {
             if waited && Instant::now() >= env.meta.deadline {
                 Stats::bump(&self.host.stats.abandoned);
                 if let Some(tx) = env.reply.take() {
-                    let _ = tx.send(Err(AskError::Failed(CallError::Timeout {
+                    tx.send(Err(AskError::Failed(CallError::Timeout {
                         after: env.meta.timeout,
                     })));
                 }
@@ -965,7 +965,7 @@ impl<A: Behavior> Activation<A> {
         match finished {
             Some(Ok(result)) => {
                 if let Some(tx) = reply.take() {
-                    let _ = tx.send(result);
+                    tx.send(result);
                 }
             }
             Some(Err(settle)) => {
