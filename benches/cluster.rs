@@ -26,7 +26,8 @@ async fn raw(
     responder_client: async_nats::Client,
     concurrency: usize,
 ) -> f64 {
-    // A subject of its own per round: no round's requests meet the last round's unsubscribe.
+    // A subject of its own per round: no round's requests are answered by the last round's
+    // responder while it stops.
     static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let subject: &'static str = format!("rawbench.echo.{round}").leak();
@@ -42,8 +43,23 @@ async fn raw(
             }
         }
     });
-    client.flush().await.expect("flush");
     let payload = bytes::Bytes::from(vec![1u8; 160]);
+    // `flush` only writes the SUB out: the server may still take the other connection's first
+    // request before it. Ask until the responder answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.request(subject, payload.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the raw responder never subscribed"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("request: {e}"),
+        }
+    }
     let ops = throughput(concurrency, measure_time(), move |_| {
         let (client, payload) = (client.clone(), payload.clone());
         async move {

@@ -162,6 +162,15 @@ impl<A: Behavior> ActorRef<A> {
             // it (it is created and moved on every call).
             Fast::Start(cmd, options) => Box::pin(self.ask_wire(cmd, options)).await,
             Fast::Refused(host, env) => Box::pin(ask_on::<A>(&host, &self.key, env)).await,
+            Fast::Remote(host, shard, cmd, meta) => {
+                let meters = host.meters(A::KIND);
+                let asked = ask_remote::<A>(host, &self.key, shard, cmd, meta, meters.is_some());
+                let result = Box::pin(asked).await;
+                if let Some(meters) = meters {
+                    meters.asked(Path::Remote, &result);
+                }
+                result
+            }
         }?;
         typed_reply::<A, C>(reply)
     }
@@ -171,8 +180,10 @@ impl<A: Behavior> ActorRef<A> {
     /// outcome is counted in `ask_with`, as on the general path). Queues the command and hands
     /// back the reply channel, so the ask's future is one `await` on it instead of five
     /// nested state machines that each move the reply on the way up (about a quarter of a
-    /// local ask's CPU on the caller's side, by the B1 profile). Anything else goes the
-    /// general way, which decides and reports exactly as before (`ask_wire`, `ask_on`).
+    /// local ask's CPU on the caller's side, by the B1 profile). The same ask to an actor
+    /// another node serves goes straight to the remote path ([`Fast::Remote`]). Anything else
+    /// goes the general way, which decides and reports exactly as before (`ask_wire`,
+    /// `ask_on`).
     fn ask_fast(&self, cmd: A::Command, options: AskOptions) -> Fast<'_, A> {
         let Some(host) = &self.host else {
             return Fast::Start(cmd, options);
@@ -181,7 +192,6 @@ impl<A: Behavior> ActorRef<A> {
             || CurrentTurn::get().is_some()
             || host.kind_of::<A>().is_none()
             || self.key.namespace != host.namespace
-            || host.remote_shard(A::KIND, &self.key.id).is_some()
             || crate::opentelemetry::current_trace_id().is_some();
         if general {
             return Fast::Start(cmd, options);
@@ -195,6 +205,9 @@ impl<A: Behavior> ActorRef<A> {
             return Fast::Start(cmd, options);
         }
         let timeout = options.timeout.unwrap_or(host.config.ask_timeout);
+        if let Some(shard) = host.remote_shard(A::KIND, &self.key.id) {
+            return Fast::Remote(host, shard, cmd, CallMeta::detached(command_id, timeout));
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
         let meters = host.meters(A::KIND);
         // Built in one piece, so it can be written straight into its box.
@@ -295,6 +308,9 @@ enum Fast<'a, A: Behavior> {
     Start(A::Command, AskOptions),
     /// Built but not queued: the general ask, from the routing on.
     Refused(Arc<Host>, Box<Envelope<A>>),
+    /// For the shard's owner on another node: sent from there, with one boxed future (the
+    /// general path boxes two, of about 2 KiB each).
+    Remote(&'a Arc<Host>, u32, A::Command, CallMeta),
 }
 
 type ReplyRx<A> = oneshot::Receiver<
@@ -412,15 +428,28 @@ async fn route<A: Behavior>(
     span.record("shard", shard);
     let Envelope { cmd, mut meta, .. } = *env;
     meta.asked_at = None;
-    let started = measured.then(crate::metrics::now);
     // Boxed: the remote path's future is large, and a local ask should not carry it.
-    let result = Box::pin(super::remote::ask::<A>(host, key, shard, cmd, meta)).await;
+    let result = Box::pin(ask_remote::<A>(host, key, shard, cmd, meta, measured)).await;
+    (result, Path::Remote)
+}
+
+/// Asks the owner of `shard`, on another node; `measured`: record the ask's latency.
+async fn ask_remote<A: Behavior>(
+    host: &Arc<Host>,
+    key: &ActorKey,
+    shard: u32,
+    cmd: A::Command,
+    meta: CallMeta,
+    measured: bool,
+) -> Result<A::Reply, AskError<A::Error>> {
+    let started = measured.then(crate::metrics::now);
+    let result = super::remote::ask::<A>(host, key, shard, cmd, meta).await;
     if let Some(started) = started
         && let Some(meters) = host.meters(A::KIND)
     {
         meters.remote_latency(started);
     }
-    (result, Path::Remote)
+    result
 }
 
 /// The outcome of a local ask.

@@ -27,8 +27,8 @@ use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey};
 use crate::routing::{Answer, Dispatch, Pending, SendError, ShardDrain, remote::actor_subject};
 use crate::wire::{
-    BASE_FRAME_FORMAT, CommandId, Control, RemoteReply, RemoteRequest, Settle, SpanId, TraceId,
-    TraceParent, codec,
+    BASE_FRAME_FORMAT, CommandId, Control, RemoteReply, RequestOut, RequestView, Settle, SpanId,
+    TraceId, TraceParent, codec,
 };
 use tracing::Instrument;
 
@@ -40,11 +40,13 @@ fn request<A: Behavior>(
     meta: &CallMeta,
     expects_reply: bool,
 ) -> Result<Vec<u8>, codec::CodecError> {
-    RemoteRequest {
+    let mut command = Vec::with_capacity(64);
+    codec::encode_into("command", &mut command, cmd)?;
+    RequestOut {
         format: BASE_FRAME_FORMAT,
-        namespace: key.namespace.to_string(),
-        kind: A::KIND.to_owned(),
-        id: key.id.to_string(),
+        namespace: key.namespace.as_str(),
+        kind: A::KIND,
+        id: key.id.as_str(),
         command_id: meta.command_id,
         correlation_id: meta.correlation_id,
         causation_id: meta.causation_id,
@@ -52,9 +54,9 @@ fn request<A: Behavior>(
             .deadline
             .saturating_duration_since(Instant::now())
             .as_millis() as u64,
-        chain: meta.chain.clone(),
+        chain: &meta.chain,
         expects_reply,
-        command: codec::encode("command", cmd)?,
+        command: &command,
         effect: None,
         control: None,
         traced: Some(meta.traced),
@@ -260,7 +262,7 @@ pub(crate) trait RemoteKind: Send + Sync {
         &self,
         host: Arc<Host>,
         key: ActorKey,
-        request: RemoteRequest,
+        request: RequestView<'_>,
         traced: bool,
         answer: Option<Answer>,
     ) -> Option<Pending>;
@@ -296,7 +298,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
         &self,
         host: Arc<Host>,
         key: ActorKey,
-        request: RemoteRequest,
+        request: RequestView<'_>,
         traced: bool,
         answer: Option<Answer>,
     ) -> Option<Pending> {
@@ -458,7 +460,7 @@ impl HostDispatch {
     fn check(
         host: &Arc<Host>,
         shard: u32,
-        request: &RemoteRequest,
+        request: &RequestView<'_>,
     ) -> Result<ActorKey, RemoteReply> {
         let refuse = |e: CallError| Err(RemoteReply::Err(e));
         if host.shutting_down.load(Ordering::Acquire) {
@@ -467,12 +469,12 @@ impl HostDispatch {
         if request.namespace != host.namespace.as_str() {
             return refuse(CallError::WrongNamespace {
                 expected: host.namespace.to_string(),
-                found: request.namespace.clone(),
+                found: request.namespace.to_string(),
             });
         }
         let Some(info) = host.kinds.iter().find(|k| k.name == request.kind) else {
             return refuse(CallError::UnknownKind {
-                kind: request.kind.clone(),
+                kind: request.kind.to_string(),
             });
         };
         let id = match ActorId::new(&request.id) {
@@ -508,7 +510,7 @@ impl Dispatch for HostDispatch {
             reply(answer, RemoteReply::Err(node_stopping()));
             return None;
         };
-        let request = match RemoteRequest::decode(&payload) {
+        let request = match RequestView::decode(&payload) {
             Ok(request) => request,
             Err(e) => {
                 // Answer even an undecodable frame: its sender may be waiting.

@@ -138,6 +138,8 @@ impl Transport {
         use std::sync::atomic::Ordering::Relaxed;
         self.fits(&payload)?;
         let payload = Bytes::from(payload);
+        // Shared, not copied, by every attempt.
+        let subject = Subject::from(subject);
         let headers = trace.map(|t| {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(TRACEPARENT_HEADER, t.header().as_str());

@@ -22,7 +22,7 @@ pub(crate) use envelope::{
 };
 pub use envelope::{COMMIT_FORMAT, CommitRecord, Delivery, EventData, EventEnvelope, OutboxEntry};
 pub(crate) use event_type::event_type_name;
-pub(crate) use remote::{FRAME_FORMAT, Settle};
+pub(crate) use remote::{FRAME_FORMAT, RequestOut, RequestView, Settle};
 pub(crate) use trace::{Sampler, SpanId, TraceId, span_id};
 pub use trace::{TRACEPARENT_HEADER, TraceParent};
 test_util! {
