@@ -857,3 +857,91 @@ async fn a_remote_ask_at_a_full_mailbox_waits_for_room_or_fails_unapplied() {
     n1.shutdown().await.unwrap();
     n2.shutdown().await.unwrap();
 }
+
+/// A command whose decoder panics on the word "boom" (a user's `Deserialize` with an
+/// `unwrap`, say).
+#[derive(Debug, Clone, Serialize)]
+enum TouchyCmd {
+    Ping,
+    Boom,
+}
+
+impl<'de> Deserialize<'de> for TouchyCmd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "Ping" => Ok(TouchyCmd::Ping),
+            other => panic!("the decoder of {other:?} panics"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, EventSourcedActor)]
+#[actor(kind = "touchy", command = TouchyCmd, event = CounterEvent, reply = u64,
+        error = CounterError)]
+struct Touchy {
+    pings: u64,
+}
+
+impl Handle<TouchyCmd> for Touchy {
+    async fn handle(
+        &self,
+        _cmd: TouchyCmd,
+        _ctx: &mut Ctx<Self>,
+    ) -> Result<Effect<Self>, CounterError> {
+        Ok(Effect::persist(CounterEvent::Added(1)).reply(self.pings + 1))
+    }
+}
+
+impl Behavior for Touchy {
+    fn apply(&mut self, _event: &CounterEvent) {
+        self.pings += 1;
+    }
+}
+
+/// The owner decodes a remote command on its shard's serving task: a decoder that panics
+/// costs that one request (its caller hears a codec error at once), never the shard's
+/// subscription — the next request to the same actor is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_command_decoder_costs_one_request_not_the_shard() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let join = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            Runtime::join_cluster(
+                fast(&url, "touchy", id, 1),
+                Runtime::builder().register::<Touchy>(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (n1, n2) = (join("node-1").await, join("node-2").await);
+    converged(&[&n1, &n2], &["node-1", "node-2"]).await;
+    for rt in [&n1, &n2] {
+        rt.cluster().unwrap().settled_with(2, WAIT).await.unwrap();
+    }
+    let id = id_owned_by(&n1, "touchy", "node-2", "t");
+    let far = n1.actor::<Touchy>(&id).unwrap();
+    assert_eq!(far.ask(TouchyCmd::Ping).await.unwrap(), 1);
+    let started = std::time::Instant::now();
+    let boom = far
+        .ask_with(TouchyCmd::Boom, AskOptions::default().timeout(WAIT))
+        .await;
+    assert!(
+        matches!(
+            &boom,
+            Err(AskError::Failed(aether::CallError::Codec { .. }))
+        ),
+        "{boom:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not at the deadline: {:?}",
+        started.elapsed()
+    );
+    // The shard still serves: the same actor answers the next request.
+    assert_eq!(far.ask(TouchyCmd::Ping).await.unwrap(), 2);
+    n1.shutdown().await.unwrap();
+    n2.shutdown().await.unwrap();
+}

@@ -296,8 +296,8 @@ impl RuntimeConfig {
     /// One workflow in this many is traced: its calls get spans on every node (1: all, 0:
     /// none). The choice is made once per workflow, from its trace id (the correlation id),
     /// and travels with every call (in the request frame, and in the `traceparent` header of a
-    /// traced call), so a workflow is traced on every node or on none. An ask made inside an OpenTelemetry trace is
-    /// always traced (with the `opentelemetry` feature). Default 1 000.
+    /// traced call), so a workflow is traced on every node or on none. An ask made inside an
+    /// OpenTelemetry trace is always traced (with the `opentelemetry` feature). Default 1 000.
     pub fn trace_one_in(&self) -> u32 {
         self.trace_one_in
     }

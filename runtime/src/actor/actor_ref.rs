@@ -566,10 +566,16 @@ thread_local! {
 
 /// Runs `f` (a decode) with `host` as the runtime that decoded refs bind to.
 pub(crate) fn with_decode_host<T>(host: &Arc<Host>, f: impl FnOnce() -> T) -> T {
-    let previous = DECODE_HOST.with(|h| h.replace(Some(Arc::clone(host))));
-    let out = f();
-    DECODE_HOST.with(|h| *h.borrow_mut() = previous);
-    out
+    /// Puts the previous host back, also when `f` panics (a user's `Deserialize`).
+    struct Restore(Option<Arc<Host>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            DECODE_HOST.with(|h| *h.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(DECODE_HOST.with(|h| h.replace(Some(Arc::clone(host)))));
+    f()
 }
 
 impl<A: Behavior> Clone for ActorRef<A> {

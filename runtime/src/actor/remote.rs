@@ -5,9 +5,11 @@
 //! routing [`Transport`](crate::routing::Transport); the [`RemoteReply`] is turned back into the
 //! caller's `Result<A::Reply, AskError<A::Error>>`. Inbound, [`HostDispatch`] checks a frame —
 //! it decodes, names this namespace, a registered kind and a valid id, its shard matches its
-//! subject, and this node owns that shard — then runs it on the local actor exactly as a local
-//! ask. Refs inside the command are decoded bound to this node's runtime, so a handle that
-//! travelled in a message is usable at once.
+//! subject, and this node owns that shard — then queues it for the local actor as a local ask
+//! is queued, with a [`RemoteAnswer`]: the activation answers the caller's reply subject
+//! itself as the turn ends (no task of the owner's waits for it). Refs inside the command are
+//! decoded bound to this node's runtime, so a handle that travelled in a message is usable at
+//! once.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -302,16 +304,26 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
         traced: bool,
         answer: Option<Answer>,
     ) -> Option<Pending> {
-        let cmd: A::Command =
-            match with_decode_host(&host, || codec::decode("command", &request.command)) {
-                Ok(cmd) => cmd,
-                Err(e) => {
-                    if request.expects_reply {
-                        reply(answer, RemoteReply::Err(e.into()));
-                    }
-                    return None;
+        // This runs on the shard's serving task: a user's `Deserialize` that panics must cost
+        // this request only, not the shard's subscription.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_decode_host(&host, || codec::decode("command", &request.command))
+        }))
+        .unwrap_or_else(|_| {
+            Err(codec::CodecError {
+                what: "command",
+                reason: "its decoder panicked".into(),
+            })
+        });
+        let cmd: A::Command = match decoded {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                if request.expects_reply {
+                    reply(answer, RemoteReply::Err(e.into()));
                 }
-            };
+                return None;
+            }
+        };
         let timeout = Duration::from_millis(request.timeout_ms);
         let command_id = request.command_id;
         let meta = CallMeta {
@@ -334,7 +346,10 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
                     },
                     Err((shard, _)) => RemoteReply::NotOwner { shard },
                 };
-                reply(answer, settled);
+                if let Some(to) = answer {
+                    // The effect ran: an answer too large to cross leaves its outcome unknown.
+                    send_fitted(to, settled, Some(command_id));
+                }
             }));
         }
         let mut env = Box::new(Envelope::new(cmd, meta));
@@ -535,8 +550,14 @@ impl Dispatch for HostDispatch {
                 id = %request.id,
                 command_id = %request.command_id,
             );
-            if let Some(t) = trace {
-                crate::opentelemetry::adopt(&span, t.trace_id, t.span_id);
+            match trace {
+                Some(t) => crate::opentelemetry::adopt(&span, t.trace_id, t.span_id),
+                // Traced by the frame's ids alone (a raw client): the same trace all the same.
+                None => crate::opentelemetry::adopt(
+                    &span,
+                    request.correlation_id.as_u128(),
+                    crate::wire::span_id(request.command_id),
+                ),
             }
             span
         } else {

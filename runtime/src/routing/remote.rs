@@ -493,6 +493,14 @@ pub fn serve(
                 }
             }
             draining.retain(|t| !t.is_finished());
+            // A shard task that ended by itself (its subscription closed) is started again.
+            serving.retain(|shard, (task, _)| {
+                let ended = task.is_finished();
+                if ended {
+                    tracing::warn!(shard, "a shard's subscription ended; subscribing again");
+                }
+                !ended
+            });
             if !lost.is_empty() {
                 tracing::debug!(
                     shards = lost.len(),
@@ -551,8 +559,13 @@ pub fn serve(
         for task in draining {
             let _ = task.await;
         }
-        // Every answer to what the subscriptions delivered is published before the flush.
-        replies.answered().await;
+        // Every answer to what the subscriptions delivered is published before the flush
+        // (unless the publishing task itself died: then nothing more will be).
+        let mut publisher = publisher;
+        tokio::select! {
+            () = replies.answered() => {}
+            _ = &mut publisher => tracing::warn!("the reply publisher stopped early"),
+        }
         publisher.abort();
         let _ = client.flush().await;
     });
@@ -601,8 +614,16 @@ async fn serve_shard(
         let answer = msg
             .reply
             .map(|reply_to| Answer::new(&replies, shard, reply_to, trace));
-        if let Some(work) = dispatch.handle(shard, msg.payload, trace, answer) {
-            pending.spawn(work);
+        // Whatever a frame does, it must not end the shard's subscription.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dispatch.handle(shard, msg.payload, trace, answer)
+        }));
+        match handled {
+            Ok(Some(work)) => {
+                pending.spawn(work);
+            }
+            Ok(None) => {}
+            Err(_) => tracing::error!(shard, "handling an inbound frame panicked; dropped it"),
         }
         // Reap finished work so the set stays as small as the work in flight.
         while pending.try_join_next().is_some() {}

@@ -7,8 +7,9 @@
 //! its low 64 bits are the call's **span id**, and the caller's command id (the causation id)
 //! gives the parent span.
 //!
-//! A remote ask sends this context as a `traceparent` header on its NATS request
-//! (`00-<32 hex trace id>-<16 hex span id>-01`), and the spans the runtime emits carry the
+//! A traced remote call sends this context as a `traceparent` header on its NATS request
+//! (`00-<32 hex trace id>-<16 hex span id>-01`; an untraced one says only `traced: false` in
+//! its frame, as a header costs every request), and the spans the runtime emits carry the
 //! same values as fields (`trace_id`, `span_id`, `parent_span_id`), so a collector, or `grep`
 //! over two nodes' logs, joins a remote ask into one trace. To put Aether's calls inside an
 //! existing trace (an HTTP request's), give the ask that trace's id as its correlation id
