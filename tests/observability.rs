@@ -69,6 +69,26 @@ fn id_owned_by(rt: &Runtime, owner: &str, prefix: &str) -> String {
         .expect("some id lands on every node")
 }
 
+/// A plain subscriber on namespace `ns`'s shard subjects: it gets a copy of every request,
+/// headers too. Returns once the subscription is active (with its connection, to keep).
+async fn request_copies(url: &str, ns: &str) -> (async_nats::Client, async_nats::Subscriber) {
+    let raw = async_nats::connect(url).await.unwrap();
+    let mut copies = raw.subscribe(format!("aether.{ns}.shard.>")).await.unwrap();
+    // `flush` only writes the SUB out; the server may still take another connection's request
+    // first. A probe of our own coming back proves the subscription is active (no node serves
+    // `shard.probe`: shard subscriptions need a number and a kind after `shard`).
+    let probe_subject = format!("aether.{ns}.shard.probe");
+    raw.publish(probe_subject.clone(), "probe".into())
+        .await
+        .unwrap();
+    let probe = tokio::time::timeout(WAIT, copies.next())
+        .await
+        .expect("the probe comes back")
+        .unwrap();
+    assert_eq!(probe.subject.as_str(), probe_subject);
+    (raw, copies)
+}
+
 /// `GET path` over plain HTTP/1.1; the status and the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -466,20 +486,7 @@ async fn a_cross_node_ask_is_one_trace_with_its_context_in_the_nats_headers() {
     let b = node(&url, "trace", "node-b").await;
     settled(&a, &b).await;
 
-    // A plain subscriber on the shards' subjects gets a copy of every request, headers too.
-    let raw = async_nats::connect(url.as_str()).await.unwrap();
-    let mut copies = raw.subscribe("aether.trace.shard.>").await.unwrap();
-    // `flush` only writes the SUB out; the server may still take another connection's request
-    // first. A probe of our own coming back proves the subscription is active (no node serves
-    // `shard.probe`: shard subscriptions need a number and a kind after `shard`).
-    raw.publish("aether.trace.shard.probe", "probe".into())
-        .await
-        .unwrap();
-    let probe = tokio::time::timeout(WAIT, copies.next())
-        .await
-        .expect("the probe comes back")
-        .unwrap();
-    assert_eq!(probe.subject.as_str(), "aether.trace.shard.probe");
+    let (_raw, mut copies) = request_copies(&url, "trace").await;
 
     let far_id = id_owned_by(&a, "node-b", "far");
     let far = a.actor::<Counter>(&far_id).unwrap();
@@ -610,16 +617,7 @@ async fn an_untraced_call_says_so_in_its_frame_and_the_receiver_follows_it() {
     let a = node_tracing(&url, "untraced", "node-a", 1).await;
     let b = node_tracing(&url, "untraced", "node-b", 0).await;
     settled(&a, &b).await;
-    let raw = async_nats::connect(url.as_str()).await.unwrap();
-    let mut copies = raw.subscribe("aether.untraced.shard.>").await.unwrap();
-    raw.publish("aether.untraced.shard.probe", "probe".into())
-        .await
-        .unwrap();
-    let probe = tokio::time::timeout(WAIT, copies.next())
-        .await
-        .expect("the probe comes back")
-        .unwrap();
-    assert_eq!(probe.subject.as_str(), "aether.untraced.shard.probe");
+    let (_raw, mut copies) = request_copies(&url, "untraced").await;
 
     // node-b asks an actor on node-a: untraced by node-b's choice.
     let on_a = id_owned_by(&b, "node-a", "on-a");
