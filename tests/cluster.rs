@@ -898,9 +898,9 @@ impl Behavior for Touchy {
     }
 }
 
-/// The owner decodes a remote command on its shard's serving task: a decoder that panics
-/// costs that one request (its caller hears a codec error at once), never the shard's
-/// subscription — the next request to the same actor is served.
+/// The owner decodes a remote command on its reader task (every shard's): a decoder that panics
+/// costs that one request (its caller hears a codec error at once), never the node's
+/// subscriptions — the next request to the same actor is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_command_decoder_costs_one_request_not_the_shard() {
     let server = NatsServer::start();

@@ -300,7 +300,8 @@ fn hex_value(h: u8) -> Option<u8> {
     }
 }
 
-fn encode_into(id: &str, out: &mut String) {
+/// Appends the subject-safe form of `id` (see [`ActorId::encoded`]) to `out`.
+pub(crate) fn encode_into(id: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in id.as_bytes() {
         if is_safe_byte(b) {

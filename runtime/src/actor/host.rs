@@ -58,7 +58,7 @@ pub(crate) use super::residents::{Done, DoneTx, done_channel, wait_done};
 use crate::config::RuntimeConfig;
 use crate::errors::{AskError, CallError};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
-use crate::routing::{Owner, Placement, shard_of};
+use crate::routing::{Placement, shard_of};
 use crate::store::{EventStore, SnapshotStore};
 
 /// Per-kind settings, fixed at registration.
@@ -426,10 +426,7 @@ impl Host {
             return None;
         }
         let shard = self.shard_of(kind, id);
-        match self.placement.owner(shard) {
-            Owner::Local => None,
-            Owner::Remote(_) | Owner::Unassigned => Some(shard),
-        }
+        (!self.placement.is_local(shard)).then_some(shard)
     }
 
     /// The shard of an actor of this namespace.
@@ -444,7 +441,7 @@ impl Host {
 
     /// Whether this node serves `shard` now.
     pub fn owns(&self, shard: u32) -> bool {
-        self.placement.single_node() || self.placement.owner(shard) == Owner::Local
+        self.placement.single_node() || self.placement.is_local(shard)
     }
 
     /// Starts passivating every resident actor whose shard is in `shards` (they moved away)

@@ -304,8 +304,8 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
         traced: bool,
         answer: Option<Answer>,
     ) -> Option<Pending> {
-        // This runs on the shard's serving task: a user's `Deserialize` that panics must cost
-        // this request only, not the shard's subscription.
+        // This runs on the node's reader task: a user's `Deserialize` that panics must cost
+        // this request only, not the node's subscriptions.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             with_decode_host(&host, || codec::decode("command", &request.command))
         }))
@@ -377,7 +377,7 @@ impl<A: Behavior> RemoteKind for KindRemote<A> {
             return None;
         };
         match refusal {
-            // A full mailbox: wait for room (until the deadline) on the shard's task.
+            // A full mailbox: wait for room (until the deadline) on a task of its own.
             Undelivered::Full => Some(Box::pin(async move {
                 to.send_frame(match ask_local::<A>(&host, &key, env).await {
                     LocalAsk::Answered(result) => encode_answer::<A>(result),

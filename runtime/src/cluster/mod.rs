@@ -644,12 +644,22 @@ struct ClusterPlacement {
     inner: Arc<Inner>,
 }
 
+impl ClusterPlacement {
+    /// Cut off: another node may own every shard by now, so this one serves none of them.
+    fn cut_off(&self) -> bool {
+        // The lease is checked here too, not only by the fencing task: a process resumed after
+        // a pause may run a request before that task.
+        *self.inner.fenced.borrow() || self.inner.beat_lease_expired()
+    }
+}
+
 impl Placement for ClusterPlacement {
+    fn is_local(&self, shard: u32) -> bool {
+        !self.cut_off() && self.inner.serving.borrow().shards.contains(&shard)
+    }
+
     fn owner(&self, shard: u32) -> Owner {
-        if *self.inner.fenced.borrow() || self.inner.beat_lease_expired() {
-            // Cut off: another node may own every shard by now; serve none of them here. (The
-            // lease is checked here too, not only by the fencing task: a process resumed after
-            // a pause may run a request before that task.)
+        if self.cut_off() {
             return Owner::Unassigned;
         }
         if self.inner.serving.borrow().shards.contains(&shard) {

@@ -16,6 +16,12 @@ pub trait Placement: Send + Sync + 'static {
     /// The owner of `shard`.
     fn owner(&self, shard: u32) -> Owner;
 
+    /// Whether this node serves `shard` now: `owner(shard) == Owner::Local`, which every call
+    /// asks, so implementations answer it without naming the owner.
+    fn is_local(&self, shard: u32) -> bool {
+        self.owner(shard) == Owner::Local
+    }
+
     /// `true` when every shard is always local (lets delivery skip the shard hash).
     fn single_node(&self) -> bool {
         false

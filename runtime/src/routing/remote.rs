@@ -12,7 +12,7 @@
 //! This module only moves frames; decoding them and running the command is the actor layer's
 //! job, behind [`Dispatch`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use async_nats::connection::State;
 use async_nats::{RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -34,7 +34,36 @@ use tracing::Instrument;
 
 /// The subject of one actor.
 pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId) -> String {
-    format!("aether.{namespace}.shard.{shard}.{kind}.{}", id.encoded())
+    // Built by hand, not with `format!`: every remote call builds one.
+    let (ns, raw_id) = (namespace.as_str(), id.as_str());
+    let mut subject = String::with_capacity(20 + ns.len() + 10 + kind.len() + raw_id.len() + 8);
+    subject.push_str("aether.");
+    subject.push_str(ns);
+    subject.push_str(".shard.");
+    push_decimal(&mut subject, shard);
+    subject.push('.');
+    subject.push_str(kind);
+    subject.push('.');
+    crate::names::encode_into(raw_id, &mut subject);
+    subject
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The subscription subject of one shard.
@@ -251,8 +280,8 @@ impl OwnedShards {
     }
 }
 
-/// The answers of this node's inbound requests on their way to the connection, shared by every
-/// shard's serving task and the [`Answer`]s they hand out.
+/// The answers of this node's inbound requests on their way to the connection, shared by the
+/// node's reader task and the [`Answer`]s it hands out.
 ///
 /// Answers are not published where they are sent (an activation's task, as its turn ends) but
 /// queued here for one task that publishes them. That task lets every other ready task run
@@ -326,7 +355,7 @@ impl Replies {
 ///
 /// The actor layer hands it to whoever answers — for an ask, the actor's activation, which
 /// sends the encoded answer as the turn ends. So a remote ask costs the owner no task of its
-/// own: the shard's serving task hands the command to the mailbox, and the activation answers
+/// own: the node's reader task hands the command to the mailbox, and the activation answers
 /// the caller. Dropping an `Answer` unsent sends nothing; the actor layer wraps it to say why
 /// instead (see `actor::remote`).
 pub struct Answer {
@@ -408,8 +437,8 @@ impl std::fmt::Debug for Answer {
 /// Resolves with the number of actors stopped once a shard's activations all have.
 pub type ShardDrain = Pin<Box<dyn Future<Output = usize> + Send>>;
 
-/// Work a [`Dispatch`] could not finish at once (a full mailbox, a durable effect): the shard's
-/// task runs it beside its subscription.
+/// Work a [`Dispatch`] could not finish at once (a full mailbox, a durable effect): the reader
+/// runs it as a task of its own, beside the subscriptions.
 pub type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the actor layer does with inbound frames.
@@ -418,8 +447,9 @@ pub trait Dispatch: Send + Sync + 'static {
     /// header). `answer` is where its answer goes (`None`: the sender expects none); whoever
     /// ends up holding it (the actor's activation, for an ask) sends the answer there.
     ///
-    /// Called on the shard's serving task, so it must not wait: it returns the work that has
-    /// to (`None` when the frame was handed on or answered at once).
+    /// Called on the node's reader task, which hands on every shard's frames, so it must not
+    /// wait: it returns the work that has to (`None` when the frame was handed on or answered
+    /// at once).
     fn handle(
         &self,
         shard: u32,
@@ -444,8 +474,9 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The epoch whose shards are all subscribed (and flushed to the server): once it reaches
-    /// an epoch, requests for those shards find this node.
+    /// The epoch whose shards are all subscribed, and the shards it no longer has all
+    /// unsubscribed, at the server: once it reaches an epoch, requests for those shards find
+    /// this node, and requests for the others no longer do.
     pub fn served(&self) -> watch::Receiver<u64> {
         self.served.clone()
     }
@@ -464,7 +495,14 @@ impl Inbound {
 /// Keeps one subscription per served shard, following `owned` (the shards the cluster's
 /// handoff says to serve now), and hands every frame to `dispatch`, until [`Inbound::close`]
 /// (or until `owned`'s sender or the [`Inbound`] is dropped). A shard that stops being served
-/// has its subscription drained, not dropped: see `serve_shard` in this file.
+/// has its subscription drained, not dropped: see [`read`] in this file.
+///
+/// Two tasks share the work. This one follows the map: it subscribes, tells the reader, and
+/// flushes before it reports an epoch [`served`](Inbound::served). One reader task polls every
+/// shard's subscription at once and hands each frame on. One task for all shards, not one per
+/// shard, because a request's cost is mostly its task wakes: the connection's task delivers a
+/// whole read from the socket, requests for many shards, and with a task per shard it woke one
+/// task per request; now it wakes the reader once per read.
 pub fn serve(
     client: async_nats::Client,
     namespace: Namespace,
@@ -476,31 +514,51 @@ pub fn serve(
     let replies = Replies::new(client.clone());
     let task = tokio::spawn(async move {
         let publisher = tokio::spawn(Arc::clone(&replies).publish());
-        // Per served shard: its task and the signal that makes it drain its subscription.
-        let mut serving: HashMap<u32, (JoinHandle<()>, oneshot::Sender<()>)> = HashMap::new();
-        let mut draining: Vec<JoinHandle<()>> = Vec::new();
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let start_reader = || {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let reader = tokio::spawn(read(
+                Arc::clone(&replies),
+                rx,
+                ended_tx.clone(),
+                Arc::clone(&dispatch),
+            ));
+            (tx, reader)
+        };
+        let (mut to_reader, mut reader) = start_reader();
+        // Per served shard, the serial number of its subscription (see `ShardSub`).
+        let mut serving: HashMap<u32, u64> = HashMap::new();
+        let mut serial = 0u64;
         loop {
+            if reader.is_finished() {
+                // Only a bug ends it early (a panic): it took every subscription with it.
+                tracing::error!("the inbound reader stopped; subscribing every shard again");
+                (to_reader, reader) = start_reader();
+                serving.clear();
+            }
+            // A subscription that ended by itself (its stream closed) is made again.
+            while let Ok((shard, ended_serial)) = ended.try_recv() {
+                if serving.get(&shard) == Some(&ended_serial) {
+                    tracing::warn!(shard, "a shard's subscription ended; subscribing again");
+                    serving.remove(&shard);
+                }
+            }
             let wanted = Arc::clone(&owned.borrow_and_update());
             let lost: Vec<u32> = serving
                 .keys()
                 .copied()
                 .filter(|s| !wanted.shards.contains(s))
                 .collect();
-            for shard in &lost {
-                if let Some((task, stop)) = serving.remove(shard) {
-                    let _ = stop.send(());
-                    draining.push(task);
+            let lost_subs: HashSet<u64> = lost.iter().filter_map(|s| serving.remove(s)).collect();
+            if !lost_subs.is_empty() {
+                // Waits until the reader has asked the connection to unsubscribe them: the flush
+                // below then covers those unsubscriptions too, so once an epoch is reported
+                // served, its lost shards' requests go to their new owners only.
+                let (done, drained) = oneshot::channel();
+                if to_reader.send(Control::Drain(lost_subs, done)).is_ok() {
+                    let _ = drained.await;
                 }
             }
-            draining.retain(|t| !t.is_finished());
-            // A shard task that ended by itself (its subscription closed) is started again.
-            serving.retain(|shard, (task, _)| {
-                let ended = task.is_finished();
-                if ended {
-                    tracing::warn!(shard, "a shard's subscription ended; subscribing again");
-                }
-                !ended
-            });
             if !lost.is_empty() {
                 tracing::debug!(
                     shards = lost.len(),
@@ -521,15 +579,15 @@ pub fn serve(
                 // gets every request too, and the sender takes the first answer.
                 match client.subscribe(subject.clone()).await {
                     Ok(sub) => {
-                        let (stop, stopped) = oneshot::channel();
-                        let task = tokio::spawn(serve_shard(
-                            Arc::clone(&replies),
+                        serial += 1;
+                        let sub = ShardSub {
                             shard,
-                            sub,
-                            stopped,
-                            Arc::clone(&dispatch),
-                        ));
-                        serving.insert(shard, (task, stop));
+                            serial,
+                            sub: Some(sub),
+                        };
+                        if to_reader.send(Control::Serve(sub)).is_ok() {
+                            serving.insert(shard, serial);
+                        }
                     }
                     Err(e) => tracing::warn!(%subject, error = %e, "cannot subscribe; will retry"),
                 }
@@ -546,18 +604,27 @@ pub fn serve(
             let go_on = tokio::select! {
                 r = owned.changed() => r.is_ok(),
                 r = stop.changed() => r.is_ok() && !*stop.borrow(),
+                Some(end) = ended.recv() => {
+                    // Looked at again at the top of the loop.
+                    let (shard, serial) = end;
+                    if serving.get(&shard) == Some(&serial) {
+                        tracing::warn!(shard, "a shard's subscription ended; subscribing again");
+                        serving.remove(&shard);
+                    }
+                    true
+                }
+                _ = &mut reader => true,
                 () = tokio::time::sleep(pause) => true,
             };
             if !go_on {
                 break;
             }
         }
-        for (_, (task, stop)) in serving {
-            let _ = stop.send(());
-            draining.push(task);
-        }
-        for task in draining {
-            let _ = task.await;
+        // The reader drains every subscription, hands on what they still deliver, and waits
+        // for the work that started.
+        drop(to_reader);
+        if !reader.is_finished() {
+            let _ = reader.await;
         }
         // Every answer to what the subscriptions delivered is published before the flush
         // (unless the publishing task itself died: then nothing more will be).
@@ -576,59 +643,166 @@ pub fn serve(
     }
 }
 
-/// Serves one shard's subscription until `stop` fires, then **drains** it: unsubscribes and
-/// still handles every request the server routed here before the unsubscribe took effect
-/// (they are answered, typically `NotOwner`, so their senders retry at the new owner at once
-/// instead of waiting out their deadline on a request nobody would ever see).
-async fn serve_shard(
-    replies: Arc<Replies>,
+/// What [`serve`] tells the reader.
+enum Control {
+    /// Read this new subscription too.
+    Serve(ShardSub),
+    /// Drain the subscriptions with these serial numbers (their shards are no longer served
+    /// here), then say so.
+    Drain(HashSet<u64>, oneshot::Sender<()>),
+}
+
+/// One shard's subscription, as the reader polls it: a stream of `(shard, frame)` that ends
+/// with one `(shard, None)` when the subscription does (drained, or closed under it).
+///
+/// The serial number tells subscriptions of the same shard apart: a shard lost and won back
+/// quickly has a new one while the old one still drains.
+struct ShardSub {
     shard: u32,
-    mut sub: async_nats::Subscriber,
-    mut stop: oneshot::Receiver<()>,
+    serial: u64,
+    sub: Option<async_nats::Subscriber>,
+}
+
+impl futures_util::Stream for ShardSub {
+    type Item = (u32, u64, Option<async_nats::Message>);
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let (shard, serial) = (self.shard, self.serial);
+        let Some(sub) = self.sub.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match futures_util::ready!(sub.poll_next_unpin(cx)) {
+            Some(msg) => std::task::Poll::Ready(Some((shard, serial, Some(msg)))),
+            None => {
+                self.sub = None;
+                std::task::Poll::Ready(Some((shard, serial, None)))
+            }
+        }
+    }
+}
+
+/// Reads every served shard's subscription and hands each frame to `dispatch`, until `control`
+/// closes; then **drains** them all and returns once the work they started is done.
+///
+/// A shard that stops being served has its subscription drained: unsubscribed, with every
+/// request the server routed here before the unsubscribe took effect still handled (they are
+/// answered, typically `NotOwner`, so their senders retry at the new owner at once instead of
+/// waiting out their deadline on a request nobody would ever see). A subscription that ends
+/// without being drained is reported on `ended`, so [`serve`] makes it again.
+///
+/// The subscriptions are polled as one `SelectAll`: a wake polls only the subscriptions that
+/// have frames, so the cost per wake does not grow with the number of shards served.
+async fn read(
+    replies: Arc<Replies>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    ended: mpsc::UnboundedSender<(u32, u64)>,
     dispatch: Arc<dyn Dispatch>,
 ) {
-    let mut draining = false;
+    let mut subs = futures_util::stream::SelectAll::new();
+    // Serial numbers of the subscriptions being drained.
+    let mut draining: HashSet<u64> = HashSet::new();
+    let mut closing = false;
     let mut pending = tokio::task::JoinSet::new();
     loop {
-        let msg = if draining {
-            sub.next().await
-        } else {
-            tokio::select! {
-                msg = sub.next() => msg,
-                _ = &mut stop => {
-                    draining = true;
-                    if let Err(e) = sub.drain().await {
-                        tracing::debug!(shard, error = %e, "cannot drain a shard subscription");
-                        break;
-                    }
-                    continue;
+        tokio::select! {
+            c = control.recv(), if !closing => match c {
+                Some(Control::Serve(sub)) => subs.push(sub),
+                Some(Control::Drain(serials, done)) => {
+                    drain(&mut subs, &mut draining, |s| serials.contains(&s)).await;
+                    let _ = done.send(());
                 }
-            }
-        };
-        let Some(msg) = msg else { break };
-        let trace = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(TRACEPARENT_HEADER))
-            .and_then(|v| TraceParent::parse(v.as_str()));
-        let answer = msg
-            .reply
-            .map(|reply_to| Answer::new(&replies, shard, reply_to, trace));
-        // Whatever a frame does, it must not end the shard's subscription.
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            dispatch.handle(shard, msg.payload, trace, answer)
-        }));
-        match handled {
-            Ok(Some(work)) => {
-                pending.spawn(work);
-            }
-            Ok(None) => {}
-            Err(_) => tracing::error!(shard, "handling an inbound frame panicked; dropped it"),
+                None => {
+                    closing = true;
+                    drain(&mut subs, &mut draining, |_| true).await;
+                }
+            },
+            Some((shard, serial, msg)) = subs.next(), if !subs.is_empty() => match msg {
+                Some(msg) => hand_on(&replies, &*dispatch, &mut pending, shard, msg),
+                None => {
+                    if !draining.remove(&serial) && !closing {
+                        let _ = ended.send((shard, serial));
+                    }
+                }
+            },
+        }
+        if closing && draining.is_empty() {
+            break;
         }
         // Reap finished work so the set stays as small as the work in flight.
         while pending.try_join_next().is_some() {}
     }
-    // The subscription is drained: wait for the work it started (its answers are waited for
-    // with every shard's, when the node stops serving: see `serve`).
+    // Every subscription is drained: wait for the work it started (its answers are waited for
+    // when the node stops serving: see `serve`).
     while pending.join_next().await.is_some() {}
+}
+
+/// Drains the subscriptions `which` picks (by serial number), noting them in `draining`.
+async fn drain(
+    subs: &mut futures_util::stream::SelectAll<ShardSub>,
+    draining: &mut HashSet<u64>,
+    which: impl Fn(u64) -> bool,
+) {
+    for s in subs.iter_mut() {
+        let Some(sub) = s.sub.as_mut() else { continue };
+        if !which(s.serial) || !draining.insert(s.serial) {
+            continue;
+        }
+        // An error means the connection is gone: its subscriptions end with it, so this one
+        // still reports its end.
+        if let Err(e) = sub.drain().await {
+            tracing::debug!(shard = s.shard, error = %e, "cannot drain a shard subscription");
+        }
+    }
+}
+
+/// Hands one inbound frame of `shard` to `dispatch`, with where its answer goes.
+fn hand_on(
+    replies: &Arc<Replies>,
+    dispatch: &dyn Dispatch,
+    pending: &mut tokio::task::JoinSet<()>,
+    shard: u32,
+    msg: async_nats::Message,
+) {
+    let trace = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(TRACEPARENT_HEADER))
+        .and_then(|v| TraceParent::parse(v.as_str()));
+    let answer = msg
+        .reply
+        .map(|reply_to| Answer::new(replies, shard, reply_to, trace));
+    // Whatever a frame does, it must not end the reader.
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch.handle(shard, msg.payload, trace, answer)
+    }));
+    match handled {
+        Ok(Some(work)) => {
+            pending.spawn(work);
+        }
+        Ok(None) => {}
+        Err(_) => tracing::error!(shard, "handling an inbound frame panicked; dropped it"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_subject_is_the_shard_kind_and_encoded_id() -> Result<(), crate::names::NameError> {
+        let namespace = Namespace::new("bank")?;
+        for shard in [0, 7, 10, 1023, 65_536, u32::MAX] {
+            for id in ["alice", "a.b c*>", "ünï/cödé=1"] {
+                let id = ActorId::new(id)?;
+                assert_eq!(
+                    actor_subject(&namespace, shard, "account", &id),
+                    format!("aether.bank.shard.{shard}.account.{}", id.encoded())
+                );
+            }
+        }
+        Ok(())
+    }
 }
