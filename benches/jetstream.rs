@@ -2,6 +2,8 @@
 //!
 //! - B4: persisted commands per second through the runtime (64 actors in flight) ÷ raw
 //!   JetStream publish-with-ack of the same headers at the same concurrency.
+//! - B4c: the same asked from another cluster node (every ask crosses NATS to the owner, which
+//!   stores its event in JetStream) ÷ the same raw publish-with-ack, measured right after.
 //! - B5a: activation of an actor with a snapshot ÷ activation replaying 10 000 events.
 //! - B5b: activation replaying 10 000 events ÷ a raw batched direct get of the same messages.
 
@@ -25,9 +27,9 @@ use support::{Figure, Probe, ProbeCmd, ProbeEvent, measure_time, median, report,
 const IN_FLIGHT: usize = 64;
 const EVENTS: u64 = 10_000;
 
-/// Raw baseline of B4: each task publishes to its own subject, awaiting every ack, with the
-/// headers an Aether commit carries.
-async fn raw_publish(js: async_nats::jetstream::Context) -> f64 {
+/// Raw baseline of B4: each task publishes to its own subject (under `round`, so every round
+/// starts its subjects afresh), awaiting every ack, with the headers an Aether commit carries.
+async fn raw_publish(js: async_nats::jetstream::Context, round: &'static str) -> f64 {
     let seqs: Arc<Vec<AtomicU64>> = Arc::new((0..IN_FLIGHT).map(|_| AtomicU64::new(0)).collect());
     let payload = Bytes::from(vec![7u8; 120]);
     throughput(IN_FLIGHT, measure_time(), move |w| {
@@ -43,7 +45,7 @@ async fn raw_publish(js: async_nats::jetstream::Context) -> f64 {
             headers.insert("Aether-Version", "1");
             headers.insert("Aether-First-Version", "1");
             let ack = js
-                .publish_with_headers(format!("rawbench.events.probe.p{w}"), headers, payload)
+                .publish_with_headers(format!("rawbench.events.{round}.p{w}"), headers, payload)
                 .await
                 .expect("publish")
                 .await
@@ -77,6 +79,47 @@ async fn runtime_commands(url: &str) -> anyhow::Result<f64> {
     })
     .await;
     rt.shutdown().await?;
+    Ok(ops)
+}
+
+/// B4c: persisted commands per second asked from one cluster node of 64 actors that another
+/// node owns (every ask crosses NATS, then its event is stored in JetStream on the owner).
+async fn cross_node_commands(url: &str) -> anyhow::Result<f64> {
+    let node = |id: &'static str| {
+        Runtime::join_cluster(
+            aether::ClusterConfig::new(url, "b4c").node_id(id),
+            Runtime::builder().register::<Probe>(),
+        )
+    };
+    let (caller, owner) = (node("node-1").await?, node("node-2").await?);
+    for rt in [&caller, &owner] {
+        let cluster = rt.cluster().expect("a cluster node");
+        cluster.settled_with(2, Duration::from_secs(20)).await?;
+    }
+    let cluster = caller.cluster().expect("a cluster node");
+    let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
+        (0..)
+            .map(|i| format!("x{i}"))
+            .filter(|id| cluster.locate::<Probe>(id).owner.as_deref() == Some("node-2"))
+            .take(IN_FLIGHT)
+            .map(|id| caller.actor::<Probe>(id))
+            .collect::<Result<_, _>>()?,
+    );
+    for r in refs.iter() {
+        r.ask(ProbeCmd::Get).await?;
+    }
+    let ops = throughput(IN_FLIGHT, measure_time(), move |w| {
+        let refs = refs.clone();
+        async move {
+            refs[w]
+                .ask(ProbeCmd::Add(1))
+                .await
+                .expect("persisted cross-node ask");
+        }
+    })
+    .await;
+    caller.shutdown().await?;
+    owner.shutdown().await?;
     Ok(ops)
 }
 
@@ -184,8 +227,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
 
-    // B4
-    let raw = raw_publish(js.clone()).await;
+    // B4, and B4c across nodes; each beside a raw round of its own.
+    let raw = raw_publish(js.clone(), "b4").await;
     let ours = runtime_commands(&url).await?;
     report(Figure {
         id: "B4",
@@ -194,6 +237,16 @@ async fn main() -> anyhow::Result<()> {
         baseline: raw,
         unit: "ops/s",
         target: (">=", 0.5),
+    });
+    let ours = cross_node_commands(&url).await?;
+    let raw = raw_publish(js.clone(), "b4c").await;
+    report(Figure {
+        id: "B4c",
+        measure: "persisted cross-node asks (JetStream R1, 64 in flight) / raw publish-with-ack",
+        ours,
+        baseline: raw,
+        unit: "ops/s",
+        target: (">=", 0.6),
     });
 
     // B5: two actors with 10k events; one also has a snapshot at its last version.
