@@ -230,11 +230,17 @@ async fn main() -> anyhow::Result<()> {
     // A knob for profiling one side of B4c: `B4C_SIDE=ours` or `raw` measures only that.
     match std::env::var("B4C_SIDE").as_deref() {
         Ok("ours") => {
-            println!("B4c ours only: {:.0} ops/s", cross_node_commands(&url).await?);
+            println!(
+                "B4c ours only: {:.0} ops/s",
+                cross_node_commands(&url).await?
+            );
             return Ok(());
         }
         Ok(_) => {
-            println!("B4c raw only: {:.0} ops/s", raw_publish(js.clone(), "b4c").await);
+            println!(
+                "B4c raw only: {:.0} ops/s",
+                raw_publish(js.clone(), "b4c").await
+            );
             return Ok(());
         }
         Err(_) => {}

@@ -152,7 +152,11 @@ fn raw_in_own_process(n: usize) -> anyhow::Result<f64> {
         .env(RAW_ONLY, n.to_string())
         .stderr(std::process::Stdio::inherit())
         .output()?;
-    anyhow::ensure!(out.status.success(), "the baseline process failed: {}", out.status);
+    anyhow::ensure!(
+        out.status.success(),
+        "the baseline process failed: {}",
+        out.status
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let rate = stdout
         .lines()
