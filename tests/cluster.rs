@@ -814,14 +814,23 @@ async fn a_remote_ask_at_a_full_mailbox_waits_for_room_or_fails_unapplied() {
     let id = id_owned_by(&n1, "counter", "node-2", "full");
     let far = n1.actor::<Counter>(&id).unwrap();
     assert_eq!(far.ask(CounterCmd::Get).await.unwrap(), 0);
-    // On the owner: a slow turn runs, and one told command fills the mailbox of 1.
+    // On the owner: a slow turn runs, and told commands fill the mailbox of 1. While a turn
+    // waits, the activation also takes as many commands again into its own queue (to answer
+    // them by their deadlines), so the mailbox is full, and stays full until the slow turn
+    // ends, once two told commands are in: one in that queue, one in the mailbox.
     let near = n2.actor::<Counter>(&id).unwrap();
     near.tell(CounterCmd::SlowAdd { n: 1, millis: 1500 })
         .unwrap();
+    let told = std::sync::atomic::AtomicU64::new(0);
     poll_until(
         WAIT,
         "the slow turn to start and the mailbox to fill",
-        || async { near.tell(CounterCmd::Add(10)).is_ok() },
+        || async {
+            if near.tell(CounterCmd::Add(10)).is_ok() {
+                told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            told.load(std::sync::atomic::Ordering::Relaxed) == 2
+        },
     )
     .await;
     assert!(
@@ -851,8 +860,8 @@ async fn a_remote_ask_at_a_full_mailbox_waits_for_room_or_fails_unapplied() {
         .await
         .unwrap();
     assert_eq!(
-        patient, 16,
-        "slow 1 + told 10 + 5; the hurried 100 never ran"
+        patient, 26,
+        "slow 1 + told 2 × 10 + 5; the hurried 100 never ran"
     );
     n1.shutdown().await.unwrap();
     n2.shutdown().await.unwrap();

@@ -537,11 +537,8 @@ pub fn serve(
                 serving.clear();
             }
             // A subscription that ended by itself (its stream closed) is made again.
-            while let Ok((shard, ended_serial)) = ended.try_recv() {
-                if serving.get(&shard) == Some(&ended_serial) {
-                    tracing::warn!(shard, "a shard's subscription ended; subscribing again");
-                    serving.remove(&shard);
-                }
+            while let Ok((shard, serial)) = ended.try_recv() {
+                forget_ended(&mut serving, shard, serial);
             }
             let wanted = Arc::clone(&owned.borrow_and_update());
             let lost: Vec<u32> = serving
@@ -596,25 +593,32 @@ pub fn serve(
             if !retry && client.flush().await.is_ok() {
                 let _ = served_tx.send(wanted.epoch);
             }
+            const RETRY: Duration = Duration::from_millis(200);
             let pause = if retry {
-                Duration::from_millis(200)
+                RETRY
             } else {
                 Duration::from_secs(3600)
             };
-            let go_on = tokio::select! {
-                r = owned.changed() => r.is_ok(),
-                r = stop.changed() => r.is_ok() && !*stop.borrow(),
-                Some(end) = ended.recv() => {
-                    // Looked at again at the top of the loop.
-                    let (shard, serial) = end;
-                    if serving.get(&shard) == Some(&serial) {
-                        tracing::warn!(shard, "a shard's subscription ended; subscribing again");
-                        serving.remove(&shard);
+            let sleep = tokio::time::sleep(pause);
+            tokio::pin!(sleep);
+            let go_on = loop {
+                tokio::select! {
+                    r = owned.changed() => break r.is_ok(),
+                    r = stop.changed() => break r.is_ok() && !*stop.borrow(),
+                    Some((shard, serial)) = ended.recv() => {
+                        if forget_ended(&mut serving, shard, serial) {
+                            // Made again after the retry pause, not at once: subscriptions end
+                            // by themselves together (their connection gone), and a burst of
+                            // ends then costs one pass, not one per shard.
+                            let soon = Instant::now() + RETRY;
+                            if sleep.deadline() > soon {
+                                sleep.as_mut().reset(soon);
+                            }
+                        }
                     }
-                    true
+                    _ = &mut reader => break true,
+                    () = &mut sleep => break true,
                 }
-                _ = &mut reader => true,
-                () = tokio::time::sleep(pause) => true,
             };
             if !go_on {
                 break;
@@ -641,6 +645,17 @@ pub fn serve(
         served,
         stop: stop_tx,
     }
+}
+
+/// Forgets `shard`'s subscription `serial` if it is the one serving the shard (it ended by
+/// itself), so that [`serve`] makes it again; `false` for a stale report.
+fn forget_ended(serving: &mut HashMap<u32, u64>, shard: u32, serial: u64) -> bool {
+    if serving.get(&shard) != Some(&serial) {
+        return false;
+    }
+    tracing::warn!(shard, "a shard's subscription ended; subscribing again");
+    serving.remove(&shard);
+    true
 }
 
 /// What [`serve`] tells the reader.

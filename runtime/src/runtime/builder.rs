@@ -154,7 +154,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Most commands queued per actor.
+    /// Most commands queued per actor's mailbox. While a turn waits, the activation takes up
+    /// to as many again from the mailbox into its own queue, where it answers them by their
+    /// deadlines and sees resends; so up to twice this many may wait behind a waiting turn.
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.config.mailbox_capacity = capacity;
         self
