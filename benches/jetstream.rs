@@ -63,23 +63,28 @@ async fn runtime_commands(url: &str) -> anyhow::Result<f64> {
         .jetstream(url)
         .start()
         .await?;
-    let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
-        (0..IN_FLIGHT)
-            .map(|i| rt.actor::<Probe>(format!("p{i}")))
-            .collect::<Result<_, _>>()?,
-    );
-    for r in refs.iter() {
+    let refs = (0..IN_FLIGHT)
+        .map(|i| rt.actor::<Probe>(format!("p{i}")))
+        .collect::<Result<_, _>>()?;
+    let ops = persisted_asks(refs).await?;
+    rt.shutdown().await?;
+    Ok(ops)
+}
+
+/// Activates every actor of `refs`, then asks each, one caller per actor, to persist an event,
+/// for the measuring time: asks per second.
+async fn persisted_asks(refs: Vec<ActorRef<Probe>>) -> anyhow::Result<f64> {
+    for r in &refs {
         r.ask(ProbeCmd::Get).await?;
     }
-    let ops = throughput(IN_FLIGHT, measure_time(), move |w| {
+    let refs = Arc::new(refs);
+    Ok(throughput(refs.len(), measure_time(), move |w| {
         let refs = refs.clone();
         async move {
             refs[w].ask(ProbeCmd::Add(1)).await.expect("persisted ask");
         }
     })
-    .await;
-    rt.shutdown().await?;
-    Ok(ops)
+    .await)
 }
 
 /// B4c: persisted commands per second asked from one cluster node of 64 actors that another
@@ -97,27 +102,13 @@ async fn cross_node_commands(url: &str) -> anyhow::Result<f64> {
         cluster.settled_with(2, Duration::from_secs(20)).await?;
     }
     let cluster = caller.cluster().expect("a cluster node");
-    let refs: Arc<Vec<ActorRef<Probe>>> = Arc::new(
-        (0..)
-            .map(|i| format!("x{i}"))
-            .filter(|id| cluster.locate::<Probe>(id).owner.as_deref() == Some("node-2"))
-            .take(IN_FLIGHT)
-            .map(|id| caller.actor::<Probe>(id))
-            .collect::<Result<_, _>>()?,
-    );
-    for r in refs.iter() {
-        r.ask(ProbeCmd::Get).await?;
-    }
-    let ops = throughput(IN_FLIGHT, measure_time(), move |w| {
-        let refs = refs.clone();
-        async move {
-            refs[w]
-                .ask(ProbeCmd::Add(1))
-                .await
-                .expect("persisted cross-node ask");
-        }
-    })
-    .await;
+    let refs = (0..)
+        .map(|i| format!("x{i}"))
+        .filter(|id| cluster.locate::<Probe>(id).owner.as_deref() == Some("node-2"))
+        .take(IN_FLIGHT)
+        .map(|id| caller.actor::<Probe>(id))
+        .collect::<Result<_, _>>()?;
+    let ops = persisted_asks(refs).await?;
     caller.shutdown().await?;
     owner.shutdown().await?;
     Ok(ops)

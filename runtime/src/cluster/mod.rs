@@ -78,7 +78,7 @@ pub use view::{ClusterView, LeaderInfo, NodeEntry, RegistryChange};
 use self::membership::{Change, Members};
 use self::view::read_entry;
 use crate::names::{NameKind, Namespace, validate_name};
-use crate::routing::{Dispatch, OwnedShards, Owner, Placement, shard_of};
+use crate::routing::{Dispatch, OwnedShards, Placement, shard_of};
 use crate::wire::codec;
 
 const LEADER_KEY: &str = "leader";
@@ -644,34 +644,16 @@ struct ClusterPlacement {
     inner: Arc<Inner>,
 }
 
-impl ClusterPlacement {
-    /// Cut off: another node may own every shard by now, so this one serves none of them.
-    fn cut_off(&self) -> bool {
-        // The lease is checked here too, not only by the fencing task: a process resumed after
-        // a pause may run a request before that task.
-        *self.inner.fenced.borrow() || self.inner.beat_lease_expired()
-    }
-}
-
 impl Placement for ClusterPlacement {
+    /// Served here once the handoff serves it, and only while this node is not cut off (fenced,
+    /// or its beat lease expired: another node may own every shard by now). The lease is
+    /// checked here too, not only by the fencing task: a process resumed after a pause may run
+    /// a request before that task. A shard the map gives this node but whose handoff is not
+    /// done is not served yet.
     fn is_local(&self, shard: u32) -> bool {
-        !self.cut_off() && self.inner.serving.borrow().shards.contains(&shard)
-    }
-
-    fn owner(&self, shard: u32) -> Owner {
-        if self.cut_off() {
-            return Owner::Unassigned;
-        }
-        if self.inner.serving.borrow().shards.contains(&shard) {
-            return Owner::Local;
-        }
-        let map = self.inner.map.read();
-        match map.as_ref().and_then(|m| m.owner(shard)) {
-            // Ours in the map, but its handoff is not done: nobody serves it yet.
-            Some(node) if node == self.inner.config.node_id => Owner::Unassigned,
-            Some(node) => Owner::Remote(node.to_owned()),
-            None => Owner::Unassigned,
-        }
+        !*self.inner.fenced.borrow()
+            && !self.inner.beat_lease_expired()
+            && self.inner.serving.borrow().shards.contains(&shard)
     }
 }
 

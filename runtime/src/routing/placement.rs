@@ -1,26 +1,12 @@
-//! Placement: who serves a shard.
+//! Placement: whether this node serves a shard.
 
-/// Where a shard is served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// This node: deliver in memory, never through the network.
-    Local,
-    /// Another node, by id.
-    Remote(String),
-    /// Nobody right now (a shard moving between nodes): retry until the deadline.
-    Unassigned,
-}
-
-/// Answers "who owns this shard". The single seam between routing and the actor layer.
+/// Answers "does this node serve this shard now?". The single seam between routing and the
+/// actor layer: a command whose shard is served here is delivered in memory; any other goes to
+/// the shard's subject over NATS, where the owner (if any) answers, so the sender needs no
+/// owner's name at all.
 pub trait Placement: Send + Sync + 'static {
-    /// The owner of `shard`.
-    fn owner(&self, shard: u32) -> Owner;
-
-    /// Whether this node serves `shard` now: `owner(shard) == Owner::Local`, which every call
-    /// asks, so implementations answer it without naming the owner.
-    fn is_local(&self, shard: u32) -> bool {
-        self.owner(shard) == Owner::Local
-    }
+    /// Whether this node serves `shard` now.
+    fn is_local(&self, shard: u32) -> bool;
 
     /// `true` when every shard is always local (lets delivery skip the shard hash).
     fn single_node(&self) -> bool {
@@ -33,8 +19,8 @@ pub trait Placement: Send + Sync + 'static {
 pub struct LocalPlacement;
 
 impl Placement for LocalPlacement {
-    fn owner(&self, _shard: u32) -> Owner {
-        Owner::Local
+    fn is_local(&self, _shard: u32) -> bool {
+        true
     }
 
     fn single_node(&self) -> bool {
@@ -48,7 +34,7 @@ impl Placement for LocalPlacement {
 pub struct ClientPlacement;
 
 impl Placement for ClientPlacement {
-    fn owner(&self, _shard: u32) -> Owner {
-        Owner::Unassigned
+    fn is_local(&self, _shard: u32) -> bool {
+        false
     }
 }
