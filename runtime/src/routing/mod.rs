@@ -10,6 +10,7 @@
 
 mod placement;
 pub(crate) mod remote;
+mod reply_inbox;
 mod shard;
 
 pub(crate) use placement::{ClientPlacement, LocalPlacement, Placement};

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_nats::connection::State;
-use async_nats::{RequestErrorKind, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::reply_inbox::{self, Arrived, ReplyInbox};
 use crate::errors::RetrySafety;
 use crate::names::{ActorId, Namespace};
 use crate::wire::{RemoteReply, TRACEPARENT_HEADER, TraceId, TraceParent};
@@ -49,10 +50,10 @@ pub fn actor_subject(namespace: &Namespace, shard: u32, kind: &str, id: &ActorId
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut String, n: u32) {
-    let mut digits = [0u8; 10];
+pub(super) fn push_decimal(out: &mut String, n: impl Into<u64>) {
+    let mut digits = [0u8; 20];
     let mut at = digits.len();
-    let mut n = n;
+    let mut n: u64 = n.into();
     loop {
         at -= 1;
         digits[at] = b'0' + (n % 10) as u8;
@@ -93,6 +94,8 @@ pub enum SendError {
 /// Sends frames to shard owners.
 pub struct Transport {
     client: async_nats::Client,
+    /// Where answers arrive: opened by the first request (see [`ReplyInbox`]).
+    inbox: tokio::sync::OnceCell<ReplyInbox>,
     first_attempt: Duration,
     retries: std::sync::atomic::AtomicU64,
     resends: std::sync::atomic::AtomicU64,
@@ -103,6 +106,7 @@ impl Transport {
     pub fn new(client: async_nats::Client, first_attempt: Duration) -> Self {
         Transport {
             client,
+            inbox: tokio::sync::OnceCell::new(),
             first_attempt: first_attempt.max(Duration::from_millis(1)),
             retries: std::sync::atomic::AtomicU64::new(0),
             resends: std::sync::atomic::AtomicU64::new(0),
@@ -166,6 +170,7 @@ impl Transport {
     ) -> Result<RemoteReply, SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.fits(&payload)?;
+        let inbox = self.inbox().await?;
         let payload = Bytes::from(payload);
         // Shared, not copied, by every attempt.
         let subject = Subject::from(subject);
@@ -198,14 +203,33 @@ impl Transport {
                 });
             }
             let wait = attempt_timeout.min(deadline - now);
-            let mut request = async_nats::Request::new()
-                .payload(payload.clone())
-                .timeout(Some(wait));
-            if let Some(headers) = &headers {
-                request = request.headers(headers.clone());
+            let (mut expected, reply_to) = inbox.expect();
+            let sent = match &headers {
+                Some(headers) => {
+                    self.client
+                        .publish_with_reply_and_headers(
+                            subject.clone(),
+                            reply_to,
+                            headers.clone(),
+                            payload.clone(),
+                        )
+                        .await
+                }
+                None => {
+                    self.client
+                        .publish_with_reply(subject.clone(), reply_to, payload.clone())
+                        .await
+                }
+            };
+            if let Err(e) = sent {
+                return Err(if maybe_ran {
+                    unknown(e.to_string())
+                } else {
+                    SendError::Unavailable(e.to_string())
+                });
             }
-            match self.client.send_request(subject.clone(), request).await {
-                Ok(msg) => match RemoteReply::decode(&msg.payload) {
+            match tokio::time::timeout(wait, expected.arrival()).await {
+                Ok(Some(Arrived::Frame(frame))) => match RemoteReply::decode(&frame) {
                     Ok(RemoteReply::NotOwner { shard }) => {
                         last_refusal = format!("shard {shard} is moving: its old owner refused");
                     }
@@ -225,28 +249,41 @@ impl Transport {
                         )));
                     }
                 },
-                Err(e) => match e.kind() {
-                    RequestErrorKind::NoResponders => {
-                        last_refusal = "no node serves the shard right now".into();
+                Ok(Some(Arrived::NoResponders)) => {
+                    last_refusal = "no node serves the shard right now".into();
+                }
+                // The reply subscription ended with its connection.
+                Ok(None) => {
+                    let reason = "the connection to NATS closed".to_string();
+                    return Err(if maybe_ran {
+                        unknown(reason)
+                    } else {
+                        SendError::Unavailable(reason)
+                    });
+                }
+                Err(_elapsed) => {
+                    maybe_ran = true;
+                    if Instant::now() < deadline {
+                        tracing::debug!(%subject, ?wait, "no answer in time; sending again");
+                        self.resends.fetch_add(1, Relaxed);
+                        attempt_timeout = attempt_timeout.saturating_mul(2);
                     }
-                    RequestErrorKind::TimedOut => {
-                        maybe_ran = true;
-                        if Instant::now() < deadline {
-                            tracing::debug!(%subject, ?wait, "no answer in time; sending again");
-                            self.resends.fetch_add(1, Relaxed);
-                            attempt_timeout = attempt_timeout.saturating_mul(2);
-                        }
-                        continue;
-                    }
-                    _ if maybe_ran => return Err(unknown(e.to_string())),
-                    _ => return Err(SendError::Unavailable(e.to_string())),
-                },
+                    continue;
+                }
             }
             self.retries.fetch_add(1, Relaxed);
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// This connection's reply inbox, subscribed by the first request.
+    async fn inbox(&self) -> Result<&ReplyInbox, SendError> {
+        self.inbox
+            .get_or_try_init(|| ReplyInbox::open(&self.client))
+            .await
+            .map_err(|e| SendError::Unavailable(format!("cannot subscribe to a reply inbox: {e}")))
     }
 
     /// Publishes `payload` to `subject` without waiting (a tell).
@@ -329,26 +366,120 @@ impl Replies {
 
     /// Publishes queued answers, in batches, for as long as it runs (see the type's docs).
     async fn publish(self: Arc<Replies>) {
-        let mut batch = Vec::new();
+        let mut queued = Vec::new();
+        let mut inboxes = Inboxes::default();
         loop {
             self.ready.notified().await;
             // Every task that is ready runs first: the answers they send join this batch.
             tokio::task::yield_now().await;
-            std::mem::swap(&mut batch, &mut *self.queue.lock());
-            let answers = batch.len();
-            for (reply_to, payload, span) in batch.drain(..) {
-                if let Err(e) = self
-                    .client
-                    .publish(reply_to, payload)
-                    .instrument(span)
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot send a reply");
+            std::mem::swap(&mut queued, &mut *self.queue.lock());
+            let answers = queued.len();
+            for (reply_to, payload, span) in queued.drain(..) {
+                match reply_inbox::batchable(&reply_to) {
+                    Some((inbox, token)) => {
+                        inboxes.add(inbox, token, reply_to.clone(), payload, span)
+                    }
+                    None => self.send(reply_to, payload, span).await,
                 }
             }
+            inboxes.send(&self).await;
             self.done(answers);
         }
     }
+
+    /// Publishes one answer on its own reply subject.
+    async fn send(&self, reply_to: Subject, payload: Bytes, span: tracing::Span) {
+        if let Err(e) = self
+            .client
+            .publish(reply_to, payload)
+            .instrument(span)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot send a reply");
+        }
+    }
+}
+
+/// One answer bound for a batch: its token, its reply subject (should it go alone), its frame
+/// and its `reply` span.
+type Batched = (u64, Subject, Bytes, tracing::Span);
+
+/// The answers of one round of [`Replies::publish`] whose askers accept batches, by inbox
+/// (see [`reply_inbox`]): each inbox gets them in as few messages as its size limit allows.
+#[derive(Default)]
+struct Inboxes {
+    /// Per inbox: its name and its answers.
+    inboxes: Vec<(String, Vec<Batched>)>,
+    frame: Vec<u8>,
+}
+
+impl Inboxes {
+    fn add(
+        &mut self,
+        inbox: &str,
+        token: u64,
+        reply_to: Subject,
+        payload: Bytes,
+        span: tracing::Span,
+    ) {
+        let answer = (token, reply_to, payload, span);
+        // A node's answers go to few inboxes (one per asking node): a scan beats a map.
+        match self.inboxes.iter_mut().find(|(name, _)| name == inbox) {
+            Some((_, answers)) => answers.push(answer),
+            None => self.inboxes.push((inbox.to_owned(), vec![answer])),
+        }
+    }
+
+    /// Publishes every inbox's answers: one alone on its own subject, more as batches.
+    async fn send(&mut self, replies: &Replies) {
+        let limit = match replies.client.max_payload() {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        for (inbox, answers) in &mut self.inboxes {
+            if answers.len() == 1 {
+                if let Some((_, reply_to, payload, span)) = answers.pop() {
+                    replies.send(reply_to, payload, span).await;
+                }
+                continue;
+            }
+            let subject = reply_inbox::batch_subject(inbox);
+            reply_inbox::start_batch(&mut self.frame);
+            let mut spans = Vec::with_capacity(answers.len());
+            for (token, reply_to, payload, span) in answers.drain(..) {
+                let bound = reply_inbox::batch_item_bound(&payload);
+                if 1 + bound > limit {
+                    // Only fits alone (the actor layer sized it for its own message).
+                    replies.send(reply_to, payload, span).await;
+                    continue;
+                }
+                if self.frame.len() + bound > limit {
+                    publish_batch(replies, &subject, &mut self.frame, &mut spans).await;
+                }
+                reply_inbox::push_batch_item(&mut self.frame, token, &payload);
+                spans.push(span);
+            }
+            if !spans.is_empty() {
+                publish_batch(replies, &subject, &mut self.frame, &mut spans).await;
+            }
+        }
+        self.inboxes.clear();
+    }
+}
+
+/// Publishes the batch in `frame` (and starts the next one), then closes its answers' spans.
+async fn publish_batch(
+    replies: &Replies,
+    subject: &Subject,
+    frame: &mut Vec<u8>,
+    spans: &mut Vec<tracing::Span>,
+) {
+    let batch = Bytes::from(std::mem::take(frame));
+    if let Err(e) = replies.client.publish(subject.clone(), batch).await {
+        tracing::warn!(error = %e, "cannot send a batch of replies");
+    }
+    spans.clear();
+    reply_inbox::start_batch(frame);
 }
 
 /// Where the answer to one inbound request goes: its reply subject, on this node's connection.
