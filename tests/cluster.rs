@@ -399,6 +399,136 @@ async fn a_raw_nats_client_calls_an_actor_with_only_the_wire_doc() {
     b.shutdown().await.unwrap();
 }
 
+/// A batch of answers as docs/wire.md describes it: `(token, answer frame)` pairs.
+fn wire_batch(payload: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    fn varint(bytes: &[u8], at: &mut usize) -> u64 {
+        let mut n = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = bytes[*at];
+            *at += 1;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+    assert_eq!(payload[0], 1, "batch format");
+    let (mut at, mut items) = (1, Vec::new());
+    while at < payload.len() {
+        let token = varint(payload, &mut at);
+        let len = varint(payload, &mut at) as usize;
+        items.push((token, payload[at..at + len].to_vec()));
+        at += len;
+    }
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_that_asks_for_batched_answers_gets_them_as_the_wire_doc_says() {
+    use futures_util::StreamExt;
+    let server = NatsServer::start();
+    let a = node(&server.url(), "wire", "node-1", 1).await;
+    let b = node(&server.url(), "wire", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let inbox = format!("{}.ab", client.new_inbox());
+    let mut answers = client.subscribe(format!("{inbox}.*")).await.unwrap();
+    const ASKS: u64 = 64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut batches = 0;
+    let mut round = 0u64;
+    // Rounds of 64 requests sent together, until the owners have batched some answers (the
+    // answers of one round reach the owner's publishing task together unless the machine
+    // interleaves them one by one).
+    while batches == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch in {round} rounds"
+        );
+        round += 1;
+        for token in 0..ASKS {
+            let id = format!("batched-{token}");
+            let request = RawRequest {
+                format: 1,
+                namespace: "wire",
+                kind: "counter",
+                id: &id,
+                command_id: [
+                    round as u8,
+                    token as u8,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                ],
+                correlation_id: [1; 16],
+                causation_id: None,
+                timeout_ms: 5000,
+                chain: Vec::new(),
+                expects_reply: true,
+                command: rmp_serde::to_vec_named(&RawCmd::Add(token)).unwrap(),
+            };
+            let subject = format!(
+                "aether.wire.shard.{}.counter.{}",
+                wire_shard("wire", "counter", &id, 1024),
+                wire_encode(&id)
+            );
+            client
+                .publish_with_reply(
+                    subject,
+                    format!("{inbox}.{token}"),
+                    rmp_serde::to_vec_named(&request).unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut answered = std::collections::BTreeMap::new();
+        while (answered.len() as u64) < ASKS {
+            let msg = tokio::time::timeout_at(deadline, answers.next())
+                .await
+                .expect("every answer before the deadline")
+                .expect("the inbox subscription");
+            let items = match msg.subject.as_str().rsplit('.').next() {
+                Some("b") => {
+                    batches += 1;
+                    wire_batch(&msg.payload)
+                }
+                Some(token) => vec![(token.parse().unwrap(), msg.payload.to_vec())],
+                None => unreachable!(),
+            };
+            for (token, frame) in items {
+                let RawReply::Ok { reply } = rmp_serde::from_slice(&frame).expect("a reply frame")
+                else {
+                    panic!("an error answer for token {token}");
+                };
+                let balance: u64 = rmp_serde::from_slice(&reply).unwrap();
+                assert!(
+                    answered.insert(token, balance).is_none(),
+                    "token {token} answered twice"
+                );
+            }
+        }
+        // Actor `batched-t` got `Add(t)` once per round: each answer is its own balance.
+        for (token, balance) in answered {
+            assert_eq!(balance, token * round, "actor batched-{token}");
+        }
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     use aether::wire::RemoteReply;
