@@ -433,7 +433,8 @@ async fn a_raw_client_that_asks_for_batched_answers_gets_them_as_the_wire_doc_sa
     let b = node(&server.url(), "wire", "node-2", 1).await;
     converged(&[&a, &b], &["node-1", "node-2"]).await;
     let client = async_nats::connect(server.url()).await.unwrap();
-    let inbox = format!("{}.ab", client.new_inbox());
+    // An inbox under the namespace's `reply` subjects, as docs/wire.md says.
+    let inbox = "aether.wire.reply.rawclient";
     let mut answers = client.subscribe(format!("{inbox}.*")).await.unwrap();
     const ASKS: u64 = 64;
     let deadline = tokio::time::Instant::now() + WAIT;

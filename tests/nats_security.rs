@@ -947,3 +947,89 @@ async fn a_node_reconnects_with_its_credentials_after_a_server_restart() {
     );
     rt.shutdown().await.unwrap();
 }
+
+/// Two nodes whose users have the documented permissions answer 64 concurrent cross-node asks
+/// per round, every one of them, also when the owner batches its answers (the batches go to
+/// the asker's inbox under `aether.<ns>.reply`, which those permissions let a node publish to;
+/// an `_INBOX` batch would be refused by `allow_responses`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_answers_pass_the_documented_permissions() {
+    use aether::{ClusterConfig, Runtime};
+    use common::{Counter, CounterCmd};
+    use futures_util::StreamExt;
+
+    let server = NatsServer::start_with_config(&format!(
+        "accounts {{\n\
+           TENANT: {{ jetstream: enabled, users: [\n\
+             {{ user: tp, password: \"pw-tp-secret\", {} }},\n\
+             {{ user: watcher, password: \"pw-watcher\" }}\n\
+           ] }}\n\
+         }}",
+        documented_permissions("tp")
+    ));
+    let node = |id: &'static str| {
+        let nats = NatsConfig::new(server.url())
+            .user_password("tp", "pw-tp-secret")
+            .connect_timeout(Duration::from_secs(2));
+        async move {
+            Runtime::join_cluster(
+                ClusterConfig::new(nats, "tp")
+                    .node_id(id)
+                    .heartbeat(Duration::from_millis(200))
+                    .failure_timeout(Duration::from_secs(1))
+                    .lease(Duration::from_secs(1)),
+                Runtime::builder().register::<Counter>(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{id} joins under the documented permissions: {e}"))
+        }
+    };
+    let (a, b) = (node("tp-1").await, node("tp-2").await);
+    for rt in [&a, &b] {
+        rt.cluster()
+            .expect("a cluster node")
+            .settled_with(2, Duration::from_secs(20))
+            .await
+            .expect("both nodes serve");
+    }
+    // An unrestricted user of the same account sees the batches go by.
+    let watcher =
+        async_nats::ConnectOptions::with_user_and_password("watcher".into(), "pw-watcher".into())
+            .connect(server.url())
+            .await
+            .expect("the watcher connects");
+    let mut batches = watcher
+        .subscribe("aether.tp.reply.*.b")
+        .await
+        .expect("the watcher subscribes");
+    watcher.flush().await.expect("flushed");
+    let cluster = a.cluster().expect("a cluster node");
+    let remote: Vec<_> = (0..)
+        .map(|i| format!("c{i}"))
+        .filter(|id| cluster.locate::<Counter>(id).owner.as_deref() == Some("tp-2"))
+        .take(64)
+        .map(|id| a.actor::<Counter>(id).expect("a ref"))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut round = 0;
+    let mut seen = 0;
+    while seen == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch in {round} rounds"
+        );
+        round += 1;
+        let answers =
+            futures_util::future::join_all(remote.iter().map(|r| r.ask(CounterCmd::Add(1)))).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.expect("every ask is answered"), round, "actor {i}");
+        }
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), batches.next()).await
+        {
+            seen += 1;
+        }
+    }
+    a.shutdown().await.expect("a stops");
+    b.shutdown().await.expect("b stops");
+}

@@ -94,6 +94,7 @@ pub enum SendError {
 /// Sends frames to shard owners.
 pub struct Transport {
     client: async_nats::Client,
+    namespace: Namespace,
     /// Where answers arrive: opened by the first request (see [`ReplyInbox`]).
     inbox: tokio::sync::OnceCell<ReplyInbox>,
     first_attempt: Duration,
@@ -102,10 +103,12 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport on `client` whose first attempt waits `first_attempt` for an answer.
-    pub fn new(client: async_nats::Client, first_attempt: Duration) -> Self {
+    /// A transport on `client` for `namespace` (where its reply inbox is) whose first attempt
+    /// waits `first_attempt` for an answer.
+    pub fn new(client: async_nats::Client, namespace: Namespace, first_attempt: Duration) -> Self {
         Transport {
             client,
+            namespace,
             inbox: tokio::sync::OnceCell::new(),
             first_attempt: first_attempt.max(Duration::from_millis(1)),
             retries: std::sync::atomic::AtomicU64::new(0),
@@ -281,7 +284,7 @@ impl Transport {
     /// This connection's reply inbox, subscribed by the first request.
     async fn inbox(&self) -> Result<&ReplyInbox, SendError> {
         self.inbox
-            .get_or_try_init(|| ReplyInbox::open(&self.client))
+            .get_or_try_init(|| ReplyInbox::open(&self.client, &self.namespace))
             .await
             .map_err(|e| SendError::Unavailable(format!("cannot subscribe to a reply inbox: {e}")))
     }
@@ -329,6 +332,8 @@ impl OwnedShards {
 /// one `writev` per request on each side of NATS instead of one per batch.
 struct Replies {
     client: async_nats::Client,
+    /// Where askers' inboxes are in this namespace ([`reply_inbox::inbox_root`]).
+    inbox_root: String,
     queue: parking_lot::Mutex<Vec<Queued>>,
     ready: tokio::sync::Notify,
     /// Answers handed out and not yet published or dropped.
@@ -340,9 +345,10 @@ struct Replies {
 type Queued = (Subject, Bytes, tracing::Span);
 
 impl Replies {
-    fn new(client: async_nats::Client) -> Arc<Replies> {
+    fn new(client: async_nats::Client, namespace: &Namespace) -> Arc<Replies> {
         Arc::new(Replies {
             client,
+            inbox_root: reply_inbox::inbox_root(namespace),
             queue: parking_lot::Mutex::new(Vec::new()),
             ready: tokio::sync::Notify::new(),
             outstanding: AtomicUsize::new(0),
@@ -375,7 +381,7 @@ impl Replies {
             std::mem::swap(&mut queued, &mut *self.queue.lock());
             let answers = queued.len();
             for (reply_to, payload, span) in queued.drain(..) {
-                match reply_inbox::batchable(&reply_to) {
+                match reply_inbox::batchable(&reply_to, &self.inbox_root) {
                     Some((inbox, token)) => {
                         inboxes.add(inbox, token, reply_to.clone(), payload, span)
                     }
@@ -642,7 +648,7 @@ pub fn serve(
 ) -> Inbound {
     let (served_tx, served) = watch::channel(0u64);
     let (stop_tx, mut stop) = watch::channel(false);
-    let replies = Replies::new(client.clone());
+    let replies = Replies::new(client.clone(), &namespace);
     let task = tokio::spawn(async move {
         let publisher = tokio::spawn(Arc::clone(&replies).publish());
         let (ended_tx, mut ended) = mpsc::unbounded_channel();

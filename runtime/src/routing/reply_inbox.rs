@@ -6,13 +6,18 @@
 //! its own, and the future that waits for one holds async-nats' whole request machinery (over a
 //! KiB, allocated per ask). Here the transport keeps its own inbox instead:
 //!
-//! - [`ReplyInbox::open`] subscribes once to `<inbox>.<unique>.ab.*`.
+//! - [`ReplyInbox::open`] subscribes once to `aether.<ns>.reply.<unique>.*`.
 //! - Each attempt of a request takes a token ([`ReplyInbox::expect`]) and is published with the
-//!   reply subject `<inbox>.<unique>.ab.<token>`; its answer completes the token's slot.
-//! - The owner, seeing the `ab` mark, may put the answers of many requests from this inbox
-//!   into one message on `<inbox>.<unique>.ab.b` ([`encode_batch`]), which the inbox splits
-//!   again ([`decode_batch`]). Under load, the answers of a whole read from the socket then
-//!   cost the server, the owner's connection and ours one message, not one each.
+//!   reply subject `aether.<ns>.reply.<unique>.<token>`; its answer completes the token's slot.
+//! - The owner, seeing a reply subject of that form in its own namespace, may put the answers
+//!   of many requests from this inbox into one message on `aether.<ns>.reply.<unique>.b`
+//!   ([`push_batch_item`]), which the inbox splits again ([`decode_batch`]). Under load, the
+//!   answers of a whole read from the socket then cost the server, the owner's connection and
+//!   ours one message, not one each.
+//!
+//! The inbox is in the namespace's own subjects, not under `_INBOX`, for permissions: a node
+//! limited as docs/security.md shows may publish on `aether.<ns>.>` but, in `_INBOX`, only the
+//! one answer to each request it received (`allow_responses`), which a batch is not.
 //!
 //! An answer nobody waits for any more (its attempt timed out, or another node answered
 //! first) finds no slot and is dropped, as async-nats drops it. Owners of an older version
@@ -31,9 +36,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::remote::push_decimal;
+use crate::names::Namespace;
 
-/// The token before a request's own one in reply subjects that accept batched answers.
-const MARK: &str = "ab";
 /// The last token of a batch's subject (tokens of single answers are decimal).
 const BATCH: &str = "b";
 /// The first byte of a batch frame: its format.
@@ -52,7 +56,7 @@ type Slots = Mutex<HashMap<u64, oneshot::Sender<Arrived>>>;
 
 /// One connection's reply subscription and the requests waiting on it. See the module docs.
 pub(crate) struct ReplyInbox {
-    /// `<inbox>.<unique>.ab.`: a reply subject is this and a token.
+    /// `aether.<ns>.reply.<unique>.`: a reply subject is this and a token.
     prefix: String,
     next: AtomicU64,
     slots: Arc<Slots>,
@@ -60,11 +64,16 @@ pub(crate) struct ReplyInbox {
 }
 
 impl ReplyInbox {
-    /// Subscribes to a fresh inbox of `client` and starts the task that hands out its answers.
+    /// Subscribes to a fresh inbox of `client` in `namespace` and starts the task that hands
+    /// out its answers.
     pub(crate) async fn open(
         client: &async_nats::Client,
+        namespace: &Namespace,
     ) -> Result<ReplyInbox, async_nats::SubscribeError> {
-        let prefix = format!("{}.{MARK}.", client.new_inbox());
+        // The unique part of a client inbox (a NUID: letters and digits).
+        let inbox = client.new_inbox();
+        let unique = inbox.rsplit('.').next().unwrap_or_default();
+        let prefix = format!("{}{unique}.", inbox_root(namespace));
         let subscriber = client.subscribe(format!("{prefix}*")).await?;
         let slots: Arc<Slots> = Arc::default();
         let reader = tokio::spawn(read(subscriber, Arc::clone(&slots)));
@@ -165,17 +174,21 @@ async fn read(mut subscriber: Subscriber, slots: Arc<Slots>) {
     slots.lock().clear();
 }
 
-/// The inbox (`<inbox>.<unique>.ab`) and the token of a reply subject that accepts batched
-/// answers; `None` for any other reply subject (an older asker's, or a plain request's).
-pub(crate) fn batchable(reply_to: &str) -> Option<(&str, u64)> {
-    let (parent, token) = reply_to.rsplit_once('.')?;
-    if !parent.ends_with(MARK) || !parent[..parent.len() - MARK.len()].ends_with('.') {
+/// `aether.<ns>.reply.`: where the inboxes of a namespace's askers are.
+pub(crate) fn inbox_root(namespace: &Namespace) -> String {
+    format!("aether.{namespace}.reply.")
+}
+
+/// The inbox (`aether.<ns>.reply.<unique>`) and the token of a reply subject that accepts
+/// batched answers, `root` being [`inbox_root`]; `None` for any other reply subject (a plain
+/// request's, or another namespace's).
+pub(crate) fn batchable<'a>(reply_to: &'a str, root: &str) -> Option<(&'a str, u64)> {
+    let rest = reply_to.strip_prefix(root)?;
+    let (unique, token) = rest.split_once('.')?;
+    if unique.is_empty() || token.is_empty() || !token.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((parent, token.parse().ok()?))
+    Some((&reply_to[..root.len() + unique.len()], token.parse().ok()?))
 }
 
 /// The subject a batch of answers for `parent` (from [`batchable`]) is published on.
@@ -327,19 +340,31 @@ mod tests {
     }
 
     #[test]
-    fn only_marked_reply_subjects_with_a_decimal_token_are_batchable() {
-        assert_eq!(batchable("_INBOX.abc.ab.42"), Some(("_INBOX.abc.ab", 42)));
-        assert_eq!(batch_subject("_INBOX.abc.ab").as_str(), "_INBOX.abc.ab.b");
+    fn only_inbox_subjects_of_the_namespace_with_a_decimal_token_are_batchable()
+    -> Result<(), crate::names::NameError> {
+        let root = inbox_root(&Namespace::new("bank")?);
+        assert_eq!(root, "aether.bank.reply.");
+        assert_eq!(
+            batchable("aether.bank.reply.abc.42", &root),
+            Some(("aether.bank.reply.abc", 42))
+        );
+        assert_eq!(
+            batch_subject("aether.bank.reply.abc").as_str(),
+            "aether.bank.reply.abc.b"
+        );
         for plain in [
-            "_INBOX.abc.def",
-            "_INBOX.abc.ab.b",
-            "_INBOX.abc.ab.",
-            "_INBOX.abcab.42",
-            "ab.42",
-            "42",
-            "_INBOX.abc.ab.99999999999999999999999",
+            "_INBOX.abc.42",
+            "_INBOX.abc.ab.42",
+            "aether.shop.reply.abc.42",
+            "aether.bank.reply.abc.b",
+            "aether.bank.reply.abc.",
+            "aether.bank.reply..42",
+            "aether.bank.reply.abc.1.2",
+            "aether.bank.reply.42",
+            "aether.bank.reply.abc.99999999999999999999999",
         ] {
-            assert_eq!(batchable(plain), None, "{plain}");
+            assert_eq!(batchable(plain, &root), None, "{plain}");
         }
+        Ok(())
     }
 }

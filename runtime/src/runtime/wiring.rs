@@ -381,6 +381,7 @@ async fn client_backend(
         cluster: None,
         transport: Some(Arc::new(Transport::new(
             client.clone(),
+            namespace.clone(),
             config.remote_attempt_timeout,
         ))),
         nats: Some(client),
@@ -445,6 +446,7 @@ async fn node_backend(
         cluster: Some(joined),
         transport: Some(Arc::new(Transport::new(
             client.clone(),
+            namespace.clone(),
             config.remote_attempt_timeout,
         ))),
         nats: Some(client),
