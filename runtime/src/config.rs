@@ -100,8 +100,8 @@ pub struct RuntimeConfig {
     pub(crate) hibernate_after: Option<Duration>,
     /// Most resident actors; beyond it the least recently used are passivated.
     pub(crate) max_resident: usize,
-    /// Most commands queued per actor's mailbox; senders wait (ask) or fail (tell) when full.
-    /// While a turn waits, the activation takes up to as many again into its own queue (see
+    /// Most commands waiting per actor; senders wait (ask) or fail (tell) when full. Commands
+    /// the activation moved into its own queue while a turn waits still count (see
     /// [`RuntimeBuilder::mailbox_capacity`](crate::RuntimeBuilder::mailbox_capacity)).
     pub(crate) mailbox_capacity: usize,
     /// Recent command ids remembered per actor: a retry within this window is answered with the

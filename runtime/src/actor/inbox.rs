@@ -237,6 +237,8 @@ pub(crate) enum Work<A: Behavior> {
 pub(crate) struct Inbox<A: Behavior> {
     rx: mailbox::Receiver<Msg<A>>,
     queue: VecDeque<Box<Envelope<A>>>,
+    /// How many of `queue` the mailbox counts as held (see [`Inbox::sync_held`]).
+    held: usize,
     capacity: usize,
     /// Passivation was asked for: the mailbox is closed, queued commands are still served.
     closing: bool,
@@ -266,6 +268,7 @@ impl<A: Behavior> Inbox<A> {
         Inbox {
             rx,
             queue: VecDeque::new(),
+            held: 0,
             capacity: host.config.mailbox_capacity,
             closing: false,
             drained: false,
@@ -292,6 +295,15 @@ impl<A: Behavior> Inbox<A> {
 
     fn me(&self) -> &ActorKey {
         &self.turn.me
+    }
+
+    /// Tells the mailbox how many commands wait in `queue`, when that changed since it was
+    /// last told: they still take room there, so `capacity` bounds every command that waits.
+    fn sync_held(&mut self) {
+        if self.held != self.queue.len() {
+            self.held = self.queue.len();
+            self.rx.hold(self.held);
+        }
     }
 
     /// Takes in one message from the channel.
@@ -350,6 +362,7 @@ impl<A: Behavior> Inbox<A> {
                 return Some(Work::Forward);
             }
             if let Some(env) = self.queue.pop_front() {
+                self.sync_held();
                 return Some(Work::Command(env, true));
             }
             if self.drained {
@@ -359,6 +372,9 @@ impl<A: Behavior> Inbox<A> {
             if std::mem::take(&mut self.drowsy) && !self.closing {
                 return Some(Work::Hibernate);
             }
+            // The room of commands served from the queue goes back before waiting (a control
+            // frame may have taken one out, too).
+            self.sync_held();
             match self.rx.recv_queued().await {
                 // It arrived while the actor was idle: served now, it has not waited.
                 (Some(Msg::Command(env)), false) => return Some(Work::Command(env, false)),
@@ -433,23 +449,39 @@ impl<A: Behavior> Inbox<A> {
             tokio::select! {
                 biased;
                 v = work.as_mut() => return Some(v),
-                msg = self.rx.recv(), if room => match (msg, self.current.as_mut()) {
-                    // A resend of the command being handled (same command id): its asker gave
-                    // up on the first attempt and listens here now. Answer it, not twice.
-                    (Some(Msg::Command(mut env)), Some(c)) if env.meta.command_id == c.command_id => {
-                        if let Some(tx) = env.reply.take() {
-                            c.reply = Some(tx);
-                        }
-                        if let Some(tx) = env.ack.take() {
-                            c.ack = Some(tx);
-                        }
+                // Taken out held: a command moved into the queue still takes its room in the
+                // mailbox, so `capacity` bounds every waiting command (the `hold` below gives
+                // back the room of what did not stay).
+                msg = self.rx.recv_held(), if room => {
+                    if msg.is_some() {
+                        self.held += 1;
                     }
-                    (msg, _) => self.accept(msg),
-                },
-                () = self.turn.started.notified() => self.refuse_deadlocked_queue(),
+                    match (msg, self.current.as_mut()) {
+                        // A resend of the command being handled (same command id): its asker
+                        // gave up on the first attempt and listens here now. Answer it, not
+                        // twice.
+                        (Some(Msg::Command(mut env)), Some(c))
+                            if env.meta.command_id == c.command_id =>
+                        {
+                            if let Some(tx) = env.reply.take() {
+                                c.reply = Some(tx);
+                            }
+                            if let Some(tx) = env.ack.take() {
+                                c.ack = Some(tx);
+                            }
+                        }
+                        (msg, _) => self.accept(msg),
+                    }
+                    self.sync_held();
+                }
+                () = self.turn.started.notified() => {
+                    self.refuse_deadlocked_queue();
+                    self.sync_held();
+                }
                 () = sleep.as_mut(), if earliest.is_some() => {
                     let now = Instant::now();
                     self.expire_queued(now);
+                    self.sync_held();
                     self.probe_blocked(now);
                     if let Some(c) = self.current.as_mut()
                         && c.deadline <= now

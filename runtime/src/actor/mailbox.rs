@@ -9,8 +9,8 @@
 //! only when something is queued, and a [`Notify`] for senders waiting for room. An idle
 //! resident actor is mostly its mailbox, so the difference decides how many fit in memory.
 //!
-//! - A message is accepted while the queue holds fewer than `capacity` messages and the
-//!   receiver has not closed it; otherwise `try_send` hands it back as [`TrySendError::Full`] or
+//! - A message is accepted while the queue and the receiver's *held* messages together are
+//!   fewer than `capacity` and the receiver has not closed it; otherwise `try_send` hands it back as [`TrySendError::Full`] or
 //!   [`TrySendError::Closed`], and `send` waits for room (or fails when closed).
 //! - The receiver sees every accepted message, in order. After [`Receiver::close`] or once every
 //!   strong sender is gone, it still receives what was queued, then `None`.
@@ -18,6 +18,10 @@
 //!   are told) and fails every waiting sender.
 //! - A sender can close the mailbox behind a last message ([`Sender::close_with`]): the host
 //!   passivates an actor this way, so nothing sent after the request lands behind it.
+//! - The receiver may take messages out early and still count them against the capacity
+//!   ([`Receiver::recv_held`], [`Receiver::hold`]): an activation whose turn waits moves
+//!   commands into a queue of its own (to answer them by their deadlines), and those still
+//!   wait, so they still take room.
 //! - Each mailbox carries its actor's [`LastUse`], stamped by whoever delivers to it (the
 //!   registry, or an `ActorRef` that kept a [`WeakSender`]): the resident cap's order.
 
@@ -84,6 +88,8 @@ pub(crate) struct UseClock<'a> {
 
 struct State<T> {
     queue: VecDeque<T>,
+    /// Messages the receiver took out and still counts as waiting (see [`Receiver::hold`]).
+    held: usize,
     closed: bool,
     /// The receiver, waiting for a message.
     receiver: Option<Waker>,
@@ -96,6 +102,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
+            held: 0,
             closed: false,
             receiver: None,
             parked: false,
@@ -179,7 +186,7 @@ impl<T> Shared<T> {
         {
             return Err(TrySendError::Closed(msg));
         }
-        if state.queue.len() >= self.capacity {
+        if state.queue.len() + state.held >= self.capacity {
             return Err(TrySendError::Full(msg));
         }
         state.queue.push_back(msg);
@@ -330,13 +337,18 @@ impl<T> Receiver<T> {
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut state = self.shared.state.lock();
-        self.take(&mut state)
+        self.take(&mut state, false)
     }
 
-    /// Takes the next message out (waking a sender waiting for room), or says why there is none.
-    fn take(&self, state: &mut State<T>) -> Result<T, TryRecvError> {
-        let was_full = state.queue.len() >= self.shared.capacity;
+    /// Takes the next message out (waking a sender waiting for room, unless it is `held`:
+    /// then it still takes its room), or says why there is none.
+    fn take(&self, state: &mut State<T>, held: bool) -> Result<T, TryRecvError> {
+        let was_full = state.queue.len() + state.held >= self.shared.capacity;
         match state.queue.pop_front() {
+            Some(msg) if held => {
+                state.held += 1;
+                Ok(msg)
+            }
             Some(msg) => {
                 if was_full {
                     // One slot freed: one waiting sender may take it (a cancelled waiter
@@ -354,6 +366,7 @@ impl<T> Receiver<T> {
 
     /// The next message; `None` once the mailbox is closed (or every sender is gone) and
     /// everything queued was received.
+    #[cfg(test)]
     pub async fn recv(&mut self) -> Option<T> {
         self.recv_queued().await.0
     }
@@ -362,11 +375,42 @@ impl<T> Receiver<T> {
     /// (`false`: it arrived while the receiver waited). One lock when something is queued,
     /// where `try_recv` then `recv` would take two.
     pub async fn recv_queued(&mut self) -> (Option<T>, bool) {
+        self.recv_with(false).await
+    }
+
+    /// Like [`recv`](Self::recv), but the message keeps its room in the mailbox, as one
+    /// *held* by the receiver, until [`hold`](Self::hold) says fewer are.
+    pub async fn recv_held(&mut self) -> Option<T> {
+        self.recv_with(true).await.0
+    }
+
+    /// Says how many messages the receiver holds now (taken out with
+    /// [`recv_held`](Self::recv_held) or otherwise, and still waiting to be served): they
+    /// count against the capacity. Senders waiting for room get the room this frees.
+    pub fn hold(&self, held: usize) {
+        let freed = {
+            let mut state = self.shared.state.lock();
+            let capacity = self.shared.capacity;
+            let was_full = state.queue.len() + state.held >= capacity;
+            state.held = held;
+            if was_full {
+                capacity.saturating_sub(state.queue.len() + state.held)
+            } else {
+                0
+            }
+        };
+        // One waiting sender per freed slot (a cancelled waiter passes its wake-up on).
+        for _ in 0..freed {
+            self.shared.room.notify_one();
+        }
+    }
+
+    async fn recv_with(&mut self, held: bool) -> (Option<T>, bool) {
         let mut first = true;
         poll_fn(|cx| {
             let queued = std::mem::replace(&mut first, false);
             let mut state = self.shared.state.lock();
-            match self.take(&mut state) {
+            match self.take(&mut state, held) {
                 Ok(msg) => Poll::Ready((Some(msg), queued)),
                 Err(TryRecvError::Disconnected) => Poll::Ready((None, queued)),
                 Err(TryRecvError::Empty) => {
@@ -475,6 +519,42 @@ mod tests {
         assert!(matches!(tx.try_send(4), Err(TrySendError::Closed(4))));
         assert!(tx.send(5).await.is_err());
         assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn held_messages_keep_their_room_until_the_receiver_gives_it_back() {
+        let (tx, mut rx) = channel::<u32>(2);
+        tx.try_send(1).expect("room");
+        tx.try_send(2).expect("room");
+        // Taken out held: still two waiting, so still full.
+        assert_eq!(rx.recv_held().await, Some(1));
+        assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        let waiting = sender_task(&tx, 3);
+        let_tasks_run().await;
+        assert!(
+            !waiting.is_finished(),
+            "full with one held: the sender waits"
+        );
+        // A plain receive frees the queued message's slot; the held one keeps its own.
+        assert_eq!(rx.recv().await, Some(2));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the freed slot")
+            .expect("task")
+            .expect("sent");
+        assert!(matches!(tx.try_send(4), Err(TrySendError::Full(4))));
+        // The receiver served the held one: its room comes back, and a waiter gets it.
+        let waiting = sender_task(&tx, 4);
+        let_tasks_run().await;
+        assert!(!waiting.is_finished());
+        rx.hold(0);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the released slot")
+            .expect("task")
+            .expect("sent");
+        assert_eq!(rx.recv().await, Some(3));
+        assert_eq!(rx.recv().await, Some(4));
     }
 
     #[tokio::test]

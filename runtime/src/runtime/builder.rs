@@ -154,9 +154,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Most commands queued per actor's mailbox. While a turn waits, the activation takes up
-    /// to as many again from the mailbox into its own queue, where it answers them by their
-    /// deadlines and sees resends; so up to twice this many may wait behind a waiting turn.
+    /// Most commands waiting per actor: beyond it, an ask waits for room (until its deadline)
+    /// and a tell fails with `MailboxFull`. Exact: while a turn waits, the activation moves
+    /// queued commands into its own queue (to answer them by their deadlines and see
+    /// resends), and they still count.
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.config.mailbox_capacity = capacity;
         self
