@@ -26,7 +26,7 @@
 //!   registry, or an `ActorRef` that kept a [`WeakSender`]): the resident cap's order.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
@@ -342,6 +342,7 @@ impl<T> Receiver<T> {
 
     /// Takes the next message out (waking a sender waiting for room, unless it is `held`:
     /// then it still takes its room), or says why there is none.
+    #[inline(always)]
     fn take(&self, state: &mut State<T>, held: bool) -> Result<T, TryRecvError> {
         let was_full = state.queue.len() + state.held >= self.shared.capacity;
         match state.queue.pop_front() {
@@ -405,9 +406,12 @@ impl<T> Receiver<T> {
         }
     }
 
-    async fn recv_with(&mut self, held: bool) -> (Option<T>, bool) {
+    /// The receiving future of [`recv_queued`](Self::recv_queued) and
+    /// [`recv_held`](Self::recv_held); inlined, so each gets its own with `held` folded in.
+    #[inline(always)]
+    fn recv_with(&mut self, held: bool) -> impl Future<Output = (Option<T>, bool)> + '_ {
         let mut first = true;
-        poll_fn(|cx| {
+        poll_fn(move |cx| {
             let queued = std::mem::replace(&mut first, false);
             let mut state = self.shared.state.lock();
             match self.take(&mut state, held) {
@@ -423,7 +427,6 @@ impl<T> Receiver<T> {
                 }
             }
         })
-        .await
     }
 
     /// Hands the wait for the next message to `waker`, when nothing is queued and the
