@@ -11,6 +11,10 @@
 //! deadline is cancelled and answered [`CallError::OutcomeUnknown`]. A turn that completes
 //! without waiting (a query, an append to a ready store) never touches a timer at all.
 //!
+//! Commands in that local queue still wait, so they still take their room in the mailbox
+//! (taken out with `recv_held`, given back by [`Inbox::sync_held`]): the mailbox capacity
+//! bounds every waiting command, wherever it waits.
+//!
 //! # Deadlocks
 //!
 //! While the running turn waits on other actors (`ctx.ask`), asks from other turns pile up
