@@ -160,8 +160,6 @@ impl Transport {
     /// - No answer within the attempt's timeout (the first waits the configured attempt
     ///   timeout, each further one twice as long): send again at once. The frame carries the
     ///   command id, so an attempt that did run is answered from the actor's stored reply.
-    ///   Every attempt has the same reply subject, so a late answer to an earlier attempt
-    ///   completes the request too.
     /// - The deadline passes: [`SendError::Unreachable`] if no attempt can have run,
     ///   [`SendError::NoReply`] if one might have.
     ///
@@ -188,10 +186,6 @@ impl Transport {
         let mut attempt_timeout = self.first_attempt;
         let mut last_refusal = String::from("no owner answered");
         let mut maybe_ran = false;
-        // One reply subject for every attempt: they carry one command id, so whichever
-        // attempt's answer comes first is the request's answer.
-        let (mut expected, reply_to) = inbox.expect();
-        let mut first = true;
         // Once an attempt may have run, an error that would say "not applied" is only true of
         // the latest attempt: the caller must hear "outcome unknown" instead.
         let unknown = |reason: String| SendError::NoReply(reason);
@@ -212,15 +206,13 @@ impl Transport {
                 });
             }
             let wait = attempt_timeout.min(deadline - now);
-            if !std::mem::take(&mut first) {
-                expected.rearm();
-            }
+            let (mut expected, reply_to) = inbox.expect();
             let sent = match &headers {
                 Some(headers) => {
                     self.client
                         .publish_with_reply_and_headers(
                             subject.clone(),
-                            reply_to.clone(),
+                            reply_to,
                             headers.clone(),
                             payload.clone(),
                         )
@@ -228,7 +220,7 @@ impl Transport {
                 }
                 None => {
                     self.client
-                        .publish_with_reply(subject.clone(), reply_to.clone(), payload.clone())
+                        .publish_with_reply(subject.clone(), reply_to, payload.clone())
                         .await
                 }
             };

@@ -85,9 +85,8 @@ impl ReplyInbox {
         })
     }
 
-    /// A slot for one request's answer, and the reply subject that fills it. Take it before
-    /// publishing the request, so that an answer cannot arrive before its slot; every attempt
-    /// of the request uses the same subject (see [`Expected::rearm`]).
+    /// A slot for one answer, and the reply subject that fills it. Take it before publishing
+    /// the request, so that an answer cannot arrive before its slot.
     pub(crate) fn expect(&self) -> (Expected<'_>, Subject) {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -120,15 +119,6 @@ pub(crate) struct Expected<'a> {
 }
 
 impl Expected<'_> {
-    /// Waits for the next answer on the same reply subject: a request sends every attempt
-    /// with one subject, so a late answer to an earlier attempt (same command, same id) still
-    /// completes it.
-    pub(crate) fn rearm(&mut self) {
-        let (tx, rx) = oneshot::channel();
-        self.slots.lock().insert(self.token, tx);
-        self.rx = rx;
-    }
-
     /// Waits for the answer; `None` when it can no longer come (the subscription ended with
     /// its connection).
     pub(crate) async fn arrival(&mut self) -> Option<Arrived> {
