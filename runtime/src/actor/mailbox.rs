@@ -206,6 +206,21 @@ impl<T> Shared<T> {
     }
 }
 
+impl<T> Shared<T> {
+    /// Wakes one more waiting sender if there is still room: a receiver wakes senders only as
+    /// it frees slots of a full mailbox, so when it freed several before the first woken
+    /// sender came back, the others would wait for a wake-up that never comes.
+    fn pass_room_on(&self) {
+        let room = {
+            let state = self.state.lock();
+            !state.closed && state.queue.len() + state.held < self.capacity
+        };
+        if room {
+            self.room.notify_one();
+        }
+    }
+}
+
 impl<T> Sender<T> {
     /// Queues `msg` if there is room now.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
@@ -244,17 +259,24 @@ impl<T> Sender<T> {
 
     /// Queues `msg`, waiting for room. Fails only when the mailbox is closed.
     pub async fn send(&self, mut msg: T) -> Result<(), SendError<T>> {
+        let mut waited = false;
         loop {
             let room = self.shared.room.notified();
             let mut room = std::pin::pin!(room);
             // Registered before trying, so a message taken out in between wakes us.
             room.as_mut().enable();
             match self.try_send(msg) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if waited {
+                        self.shared.pass_room_on();
+                    }
+                    return Ok(());
+                }
                 Err(TrySendError::Closed(m)) => return Err(SendError(m)),
                 Err(TrySendError::Full(m)) => msg = m,
             }
             room.await;
+            waited = true;
         }
     }
 
@@ -558,6 +580,31 @@ mod tests {
             .expect("sent");
         assert_eq!(rx.recv().await, Some(3));
         assert_eq!(rx.recv().await, Some(4));
+    }
+
+    #[tokio::test]
+    async fn every_waiting_sender_gets_the_room_of_several_slots_freed_at_once() {
+        let (tx, mut rx) = channel::<u32>(2);
+        tx.try_send(1).expect("room");
+        tx.try_send(2).expect("room");
+        let first = sender_task(&tx, 3);
+        let second = sender_task(&tx, 4);
+        let_tasks_run().await;
+        assert!(!first.is_finished() && !second.is_finished(), "both wait");
+        // Two slots freed before either woken sender runs: only the first take found the
+        // mailbox full, so only it wakes a sender; that sender passes the room on.
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Ok(2));
+        for waiter in [first, second] {
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("every waiter gets room")
+                .expect("task")
+                .expect("sent");
+        }
+        let mut got = vec![rx.try_recv().expect("one"), rx.try_recv().expect("two")];
+        got.sort_unstable();
+        assert_eq!(got, vec![3, 4]);
     }
 
     #[tokio::test]
