@@ -1089,3 +1089,47 @@ async fn a_panicking_command_decoder_costs_one_request_not_the_shard() {
     n1.shutdown().await.unwrap();
     n2.shutdown().await.unwrap();
 }
+
+/// A remote ask whose turn outlasts several attempt timeouts gets the turn's real answer: the
+/// resends join the running command on the owner, which answers the newest attempt once, and
+/// nothing said about the abandoned attempts (their answer handles are dropped on the owner)
+/// reaches the asker as its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_slower_than_the_attempt_timeout_answers_the_resent_ask_once() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let asker = Runtime::join_cluster(
+        fast(&url, "slowturn", "node-1", 1),
+        Runtime::builder()
+            .register::<Counter>()
+            .register::<Tally>()
+            .remote_attempt_timeout(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let owner = node(&url, "slowturn", "node-2", 1).await;
+    converged(&[&asker, &owner], &["node-1", "node-2"]).await;
+    for rt in [&asker, &owner] {
+        rt.cluster()
+            .unwrap()
+            .settled_with(2, WAIT)
+            .await
+            .expect("both nodes serve their shards");
+    }
+    let id = id_owned_by(&asker, "counter", "node-2", "slow");
+    let far = asker.actor::<Counter>(&id).unwrap();
+    // 100 ms, then 200 and 400: the turn outlasts two attempts and ends inside the third.
+    let total = far
+        .ask(CounterCmd::SlowAdd { n: 3, millis: 500 })
+        .await
+        .expect("the turn's own answer, not an outcome-unknown for an abandoned attempt");
+    assert_eq!(total, 3);
+    assert_eq!(far.ask(CounterCmd::Get).await.unwrap(), 3, "applied once");
+    assert!(
+        asker.stats().remote_resends >= 2,
+        "the ask was resent while the turn ran: {:?}",
+        asker.stats()
+    );
+    asker.shutdown().await.unwrap();
+    owner.shutdown().await.unwrap();
+}

@@ -95,8 +95,12 @@ pub enum SendError {
 pub struct Transport {
     client: async_nats::Client,
     namespace: Namespace,
-    /// Where answers arrive: opened by the first request (see [`ReplyInbox`]).
-    inbox: tokio::sync::OnceCell<ReplyInbox>,
+    /// Where answers arrive: opened by the first request, and again should its reader end
+    /// (see [`ReplyInbox`]).
+    inbox: parking_lot::RwLock<Option<Arc<ReplyInbox>>>,
+    /// The runtime the inbox's reader runs on: the node's, not whichever runtime a caller
+    /// asks from (a short-lived one would take the reader with it).
+    tokio: tokio::runtime::Handle,
     first_attempt: Duration,
     retries: std::sync::atomic::AtomicU64,
     resends: std::sync::atomic::AtomicU64,
@@ -104,12 +108,18 @@ pub struct Transport {
 
 impl Transport {
     /// A transport on `client` for `namespace` (where its reply inbox is) whose first attempt
-    /// waits `first_attempt` for an answer.
-    pub fn new(client: async_nats::Client, namespace: Namespace, first_attempt: Duration) -> Self {
+    /// waits `first_attempt` for an answer. Its reply inbox's reader runs on `tokio`.
+    pub fn new(
+        client: async_nats::Client,
+        namespace: Namespace,
+        first_attempt: Duration,
+        tokio: tokio::runtime::Handle,
+    ) -> Self {
         Transport {
             client,
             namespace,
-            inbox: tokio::sync::OnceCell::new(),
+            inbox: parking_lot::RwLock::new(None),
+            tokio,
             first_attempt: first_attempt.max(Duration::from_millis(1)),
             retries: std::sync::atomic::AtomicU64::new(0),
             resends: std::sync::atomic::AtomicU64::new(0),
@@ -173,6 +183,7 @@ impl Transport {
     ) -> Result<RemoteReply, SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.fits(&payload)?;
+        self.connected()?;
         let inbox = self.inbox().await?;
         let payload = Bytes::from(payload);
         // Shared, not copied, by every attempt.
@@ -281,12 +292,25 @@ impl Transport {
         }
     }
 
-    /// This connection's reply inbox, subscribed by the first request.
-    async fn inbox(&self) -> Result<&ReplyInbox, SendError> {
-        self.inbox
-            .get_or_try_init(|| ReplyInbox::open(&self.client, &self.namespace))
+    /// This connection's reply inbox: subscribed by the first request, and again if its
+    /// reader ended (it ends only with its runtime or its connection).
+    async fn inbox(&self) -> Result<Arc<ReplyInbox>, SendError> {
+        if let Some(inbox) = self.inbox.read().as_ref()
+            && inbox.open_still()
+        {
+            return Ok(Arc::clone(inbox));
+        }
+        let opened = ReplyInbox::open(&self.client, &self.namespace, &self.tokio)
             .await
-            .map_err(|e| SendError::Unavailable(format!("cannot subscribe to a reply inbox: {e}")))
+            .map_err(|e| {
+                SendError::Unavailable(format!("cannot subscribe to a reply inbox: {e}"))
+            })?;
+        let mut slot = self.inbox.write();
+        // Another request may have opened one meanwhile: the first stays, this one closes.
+        match slot.as_ref() {
+            Some(inbox) if inbox.open_still() => Ok(Arc::clone(inbox)),
+            _ => Ok(Arc::clone(slot.insert(Arc::new(opened)))),
+        }
     }
 
     /// Publishes `payload` to `subject` without waiting (a tell).

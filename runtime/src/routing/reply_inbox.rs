@@ -65,10 +65,11 @@ pub(crate) struct ReplyInbox {
 
 impl ReplyInbox {
     /// Subscribes to a fresh inbox of `client` in `namespace` and starts the task that hands
-    /// out its answers.
+    /// out its answers, on `tokio`.
     pub(crate) async fn open(
         client: &async_nats::Client,
         namespace: &Namespace,
+        tokio: &tokio::runtime::Handle,
     ) -> Result<ReplyInbox, async_nats::SubscribeError> {
         // The unique part of a client inbox (a NUID: letters and digits).
         let inbox = client.new_inbox();
@@ -76,13 +77,18 @@ impl ReplyInbox {
         let prefix = format!("{}{unique}.", inbox_root(namespace));
         let subscriber = client.subscribe(format!("{prefix}*")).await?;
         let slots: Arc<Slots> = Arc::default();
-        let reader = tokio::spawn(read(subscriber, Arc::clone(&slots)));
+        let reader = tokio.spawn(read(subscriber, Arc::clone(&slots)));
         Ok(ReplyInbox {
             prefix,
             next: AtomicU64::new(1),
             slots,
             reader,
         })
+    }
+
+    /// Whether its reader still hands out answers (it ends with its runtime or connection).
+    pub(crate) fn open_still(&self) -> bool {
+        !self.reader.is_finished()
     }
 
     /// A slot for one answer, and the reply subject that fills it. Take it before publishing
