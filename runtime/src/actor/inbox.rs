@@ -242,8 +242,9 @@ pub(crate) struct Inbox<A: Behavior> {
     rx: mailbox::Receiver<Msg<A>>,
     queue: VecDeque<Box<Envelope<A>>>,
     /// How many of `queue` the mailbox counts as held (see [`Inbox::sync_held`]).
-    held: usize,
-    capacity: usize,
+    held: u32,
+    /// The mailbox's capacity (`u32`s: an awake actor's size counts, see B6).
+    capacity: u32,
     /// Passivation was asked for: the mailbox is closed, queued commands are still served.
     closing: bool,
     /// The channel is closed and empty.
@@ -273,7 +274,7 @@ impl<A: Behavior> Inbox<A> {
             rx,
             queue: VecDeque::new(),
             held: 0,
-            capacity: host.config.mailbox_capacity,
+            capacity: u32::try_from(host.config.mailbox_capacity).unwrap_or(u32::MAX),
             closing: false,
             drained: false,
             kicked: false,
@@ -304,9 +305,10 @@ impl<A: Behavior> Inbox<A> {
     /// Tells the mailbox how many commands wait in `queue`, when that changed since it was
     /// last told: they still take room there, so `capacity` bounds every command that waits.
     fn sync_held(&mut self) {
-        if self.held != self.queue.len() {
-            self.held = self.queue.len();
-            self.rx.hold(self.held);
+        if self.held as usize != self.queue.len() {
+            // At most `capacity`, itself a `u32`.
+            self.held = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+            self.rx.hold(self.queue.len());
         }
     }
 
@@ -449,7 +451,7 @@ impl<A: Behavior> Inbox<A> {
             {
                 sleep.as_mut().reset(at);
             }
-            let room = !self.drained && self.queue.len() < self.capacity;
+            let room = !self.drained && self.queue.len() < self.capacity as usize;
             tokio::select! {
                 biased;
                 v = work.as_mut() => return Some(v),
@@ -458,7 +460,7 @@ impl<A: Behavior> Inbox<A> {
                 // back the room of what did not stay).
                 msg = self.rx.recv_held(), if room => {
                     if msg.is_some() {
-                        self.held += 1;
+                        self.held = self.held.saturating_add(1);
                     }
                     match (msg, self.current.as_mut()) {
                         // A resend of the command being handled (same command id): its asker

@@ -89,12 +89,20 @@ pub(crate) struct UseClock<'a> {
 struct State<T> {
     queue: VecDeque<T>,
     /// Messages the receiver took out and still counts as waiting (see [`Receiver::hold`]).
-    held: usize,
+    /// A `u32` beside the flags: an awake actor is mostly this struct (see B6).
+    held: u32,
     closed: bool,
     /// The receiver, waiting for a message.
     receiver: Option<Waker>,
     /// `receiver` is a parked activation's waker (see [`Receiver::park`]).
     parked: bool,
+}
+
+impl<T> State<T> {
+    /// Messages that wait: queued, or held by the receiver.
+    fn waiting(&self) -> usize {
+        self.queue.len() + self.held as usize
+    }
 }
 
 /// Creates a mailbox that holds at most `capacity` messages (at least one).
@@ -186,7 +194,7 @@ impl<T> Shared<T> {
         {
             return Err(TrySendError::Closed(msg));
         }
-        if state.queue.len() + state.held >= self.capacity {
+        if state.waiting() >= self.capacity {
             return Err(TrySendError::Full(msg));
         }
         state.queue.push_back(msg);
@@ -213,7 +221,7 @@ impl<T> Shared<T> {
     fn pass_room_on(&self) {
         let room = {
             let state = self.state.lock();
-            !state.closed && state.queue.len() + state.held < self.capacity
+            !state.closed && state.waiting() < self.capacity
         };
         if room {
             self.room.notify_one();
@@ -366,10 +374,10 @@ impl<T> Receiver<T> {
     /// then it still takes its room), or says why there is none.
     #[inline(always)]
     fn take(&self, state: &mut State<T>, held: bool) -> Result<T, TryRecvError> {
-        let was_full = state.queue.len() + state.held >= self.shared.capacity;
+        let was_full = state.waiting() >= self.shared.capacity;
         match state.queue.pop_front() {
             Some(msg) if held => {
-                state.held += 1;
+                state.held = state.held.saturating_add(1);
                 Ok(msg)
             }
             Some(msg) => {
@@ -414,10 +422,10 @@ impl<T> Receiver<T> {
         let freed = {
             let mut state = self.shared.state.lock();
             let capacity = self.shared.capacity;
-            let was_full = state.queue.len() + state.held >= capacity;
-            state.held = held;
+            let was_full = state.waiting() >= capacity;
+            state.held = u32::try_from(held).unwrap_or(u32::MAX);
             if was_full {
-                capacity.saturating_sub(state.queue.len() + state.held)
+                capacity.saturating_sub(state.waiting())
             } else {
                 0
             }
