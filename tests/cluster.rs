@@ -335,14 +335,16 @@ fn wire_encode(id: &str) -> String {
         .collect()
 }
 
-async fn raw_call(client: &async_nats::Client, id: &str, cmd: RawCmd, seed: u8) -> RawReply {
+/// A request for the test `Counter` `id` in namespace `wire`, as docs/wire.md describes it:
+/// its subject and its frame.
+fn raw_request(id: &str, cmd: RawCmd, command_id: [u8; 16]) -> (String, Vec<u8>) {
     let request = RawRequest {
         format: 1,
         namespace: "wire",
         kind: "counter",
         id,
-        command_id: [seed; 16],
-        correlation_id: [seed; 16],
+        command_id,
+        correlation_id: command_id,
         causation_id: None,
         timeout_ms: 5000,
         chain: Vec::new(),
@@ -354,8 +356,13 @@ async fn raw_call(client: &async_nats::Client, id: &str, cmd: RawCmd, seed: u8) 
         wire_shard("wire", "counter", id, 1024),
         wire_encode(id)
     );
+    (subject, rmp_serde::to_vec_named(&request).unwrap())
+}
+
+async fn raw_call(client: &async_nats::Client, id: &str, cmd: RawCmd, seed: u8) -> RawReply {
+    let (subject, frame) = raw_request(id, cmd, [seed; 16]);
     let answer = client
-        .request(subject, rmp_serde::to_vec_named(&request).unwrap().into())
+        .request(subject, frame.into())
         .await
         .expect("an answer");
     rmp_serde::from_slice(&answer.payload).expect("a reply frame")
@@ -451,47 +458,11 @@ async fn a_raw_client_that_asks_for_batched_answers_gets_them_as_the_wire_doc_sa
         round += 1;
         for token in 0..ASKS {
             let id = format!("batched-{token}");
-            let request = RawRequest {
-                format: 1,
-                namespace: "wire",
-                kind: "counter",
-                id: &id,
-                command_id: [
-                    round as u8,
-                    token as u8,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                    7,
-                ],
-                correlation_id: [1; 16],
-                causation_id: None,
-                timeout_ms: 5000,
-                chain: Vec::new(),
-                expects_reply: true,
-                command: rmp_serde::to_vec_named(&RawCmd::Add(token)).unwrap(),
-            };
-            let subject = format!(
-                "aether.wire.shard.{}.counter.{}",
-                wire_shard("wire", "counter", &id, 1024),
-                wire_encode(&id)
-            );
+            let mut command_id = [7u8; 16];
+            command_id[..2].copy_from_slice(&[round as u8, token as u8]);
+            let (subject, frame) = raw_request(&id, RawCmd::Add(token), command_id);
             client
-                .publish_with_reply(
-                    subject,
-                    format!("{inbox}.{token}"),
-                    rmp_serde::to_vec_named(&request).unwrap().into(),
-                )
+                .publish_with_reply(subject, format!("{inbox}.{token}"), frame.into())
                 .await
                 .unwrap();
         }

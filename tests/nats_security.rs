@@ -675,8 +675,8 @@ fn documented_permissions(ns: &str) -> String {
 /// namespace is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_in_two_accounts_cannot_reach_each_other() {
+    use aether::Runtime;
     use aether::prelude::*;
-    use aether::{ClusterConfig, Runtime};
     use common::{Counter, CounterCmd};
     use futures_util::StreamExt;
 
@@ -702,21 +702,7 @@ async fn tenants_in_two_accounts_cannot_reach_each_other() {
             .user_password(ns, format!("pw-{ns}-secret"))
             .connect_timeout(Duration::from_secs(2))
     };
-    let node = |ns: &'static str| {
-        let nats = creds(ns);
-        async move {
-            Runtime::join_cluster(
-                ClusterConfig::new(nats, ns)
-                    .node_id(format!("{ns}-1"))
-                    .heartbeat(Duration::from_millis(200))
-                    .failure_timeout(Duration::from_secs(1))
-                    .lease(Duration::from_secs(1)),
-                Runtime::builder().register::<Counter>(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("tenant {ns} joins under its permissions: {e}"))
-        }
-    };
+    let node = |ns: &'static str| counter_node(creds(ns), ns, format!("{ns}-1"));
     let a = node("ta").await;
     let b = node("tb").await;
 
@@ -954,7 +940,6 @@ async fn a_node_reconnects_with_its_credentials_after_a_server_restart() {
 /// an `_INBOX` batch would be refused by `allow_responses`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_answers_pass_the_documented_permissions() {
-    use aether::{ClusterConfig, Runtime};
     use common::{Counter, CounterCmd};
     use futures_util::StreamExt;
 
@@ -967,24 +952,13 @@ async fn batched_answers_pass_the_documented_permissions() {
          }}",
         documented_permissions("tp")
     ));
-    let node = |id: &'static str| {
-        let nats = NatsConfig::new(server.url())
+    let creds = || {
+        NatsConfig::new(server.url())
             .user_password("tp", "pw-tp-secret")
-            .connect_timeout(Duration::from_secs(2));
-        async move {
-            Runtime::join_cluster(
-                ClusterConfig::new(nats, "tp")
-                    .node_id(id)
-                    .heartbeat(Duration::from_millis(200))
-                    .failure_timeout(Duration::from_secs(1))
-                    .lease(Duration::from_secs(1)),
-                Runtime::builder().register::<Counter>(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{id} joins under the documented permissions: {e}"))
-        }
+            .connect_timeout(Duration::from_secs(2))
     };
-    let (a, b) = (node("tp-1").await, node("tp-2").await);
+    let a = counter_node(creds(), "tp", "tp-1").await;
+    let b = counter_node(creds(), "tp", "tp-2").await;
     for rt in [&a, &b] {
         rt.cluster()
             .expect("a cluster node")
@@ -1032,4 +1006,20 @@ async fn batched_answers_pass_the_documented_permissions() {
     }
     a.shutdown().await.expect("a stops");
     b.shutdown().await.expect("b stops");
+}
+
+/// A cluster node of namespace `ns` hosting the test `Counter`, connected with `nats`, with
+/// short cluster timings.
+async fn counter_node(nats: NatsConfig, ns: &str, id: impl Into<String>) -> aether::Runtime {
+    let id = id.into();
+    aether::Runtime::join_cluster(
+        aether::ClusterConfig::new(nats, ns)
+            .node_id(id.clone())
+            .heartbeat(Duration::from_millis(200))
+            .failure_timeout(Duration::from_secs(1))
+            .lease(Duration::from_secs(1)),
+        aether::Runtime::builder().register::<common::Counter>(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{id} of {ns} joins under its permissions: {e}"))
 }
