@@ -621,6 +621,10 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
             .await
             .expect("the burst's messages")
             .unwrap();
+        if msg.subject.ends_with(".bus.interest") {
+            // A publisher asking who listens (see `aether::bus::interest`), not an event.
+            continue;
+        }
         messages += 1;
         events += msg
             .headers
@@ -683,4 +687,166 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
     // The missing third, the two bad sizes, the garbage, the cut frame, the extra body.
     assert_eq!(b.stats().malformed, 6);
     assert!(drain(&mut sub).is_empty(), "nothing else was delivered");
+}
+
+/// Publishes events of actor `quiet/counter/x` with versions 1, 2, ... until told to stop,
+/// a few at a time; `published` is the last version `publish` returned for.
+fn publish_until_stopped(
+    bus: Bus,
+    published: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let namespace = ns("quiet");
+        let mut version = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..20 {
+                version += 1;
+                bus.publish(
+                    &namespace,
+                    envelope("quiet", "counter", "x", version, "Added"),
+                )
+                .unwrap();
+                published.store(version, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_sends_only_while_someone_listens_and_a_new_listener_misses_nothing() {
+    // The hard case of `bus::interest`: a publisher that has gone quiet (a probe found no
+    // listener) while a listener subscribes at a random moment. Every event published after
+    // `subscribe` returns must arrive, round after round.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = NatsServer::start();
+    let a = Bus::connect(&server.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let b = Bus::connect(&server.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
+    let mut rng = fastrand::Rng::with_seed(11);
+    for round in 0..6 {
+        // Nobody listens: the publisher goes quiet, and stays quiet while it keeps publishing.
+        poll_until(WAIT, "the publisher to go quiet", || {
+            let (before, at) = (a.stats().remote_unheard, published.load(Ordering::SeqCst));
+            let a = a.clone();
+            let published = published.clone();
+            async move {
+                while published.load(Ordering::SeqCst) < at + 200 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                a.stats().remote_unheard >= before + 150
+            }
+        })
+        .await;
+        let sent_before = a.stats().remote_sent;
+        let at = published.load(Ordering::SeqCst);
+        while published.load(Ordering::SeqCst) < at + 2000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        a.flush().await;
+        let quietly = a.stats().remote_sent - sent_before;
+        assert!(
+            quietly < 1000,
+            "round {round}: {quietly} of 2000 events sent with nobody listening"
+        );
+
+        // A listener subscribes at a random moment, exact or across namespaces.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..150))).await;
+        // A buffer for everything the round publishes: a drop here would be no proof.
+        let (pattern, all_namespaces) = if round % 2 == 0 {
+            ("quiet.events.>", false)
+        } else {
+            ("*.events.counter.*", true)
+        };
+        let options = aether::bus::SubscribeOptions {
+            buffer: Some(1 << 20),
+            all_namespaces,
+        };
+        let mut sub = b
+            .subscribe_with(pattern, Filter::all(), options)
+            .await
+            .unwrap();
+        // Event `after` may have been on its way; everything past it was published after
+        // `subscribe` returned.
+        let after = published.load(Ordering::SeqCst) + 1;
+        let until = after + 1000;
+        while published.load(Ordering::SeqCst) < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut next = after + 1;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while next <= until {
+            let event = match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Ok(Some(event)) => event,
+                other => panic!(
+                    "round {round}: waiting for version {next} (subscribed after {after}): {}",
+                    if other.is_ok() {
+                        "closed"
+                    } else {
+                        "not delivered"
+                    }
+                ),
+            };
+            let version = event.envelope().unwrap().version;
+            if version < next {
+                continue;
+            }
+            assert_eq!(
+                version, next,
+                "round {round}: an event published after subscribe returned was missed"
+            );
+            next += 1;
+        }
+        drop(sub);
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    assert_eq!((b.stats().malformed, b.stats().dropped), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_unheard_sends_every_event_to_plain_nats_subscribers() {
+    let server = NatsServer::start();
+    let config = BusConfig {
+        forward_unheard: true,
+        ..BusConfig::default()
+    };
+    let a = Bus::connect(&server.url(), config).await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut wire = raw.subscribe("aether.plain.bus.events.>").await.unwrap();
+    raw.flush().await.unwrap();
+    let namespace = ns("plain");
+    for version in 1..=300 {
+        a.publish(
+            &namespace,
+            envelope("plain", "counter", "x", version, "Added"),
+        )
+        .unwrap();
+        if version % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    a.flush().await;
+    let mut events = 0;
+    while events < 300 {
+        let msg = tokio::time::timeout(WAIT, wire.next())
+            .await
+            .expect("every event reaches the plain subscriber")
+            .unwrap();
+        events += msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Aether-Bus-Batch"))
+            .map_or(1, |n| n.as_str().parse::<usize>().unwrap());
+    }
+    assert_eq!(a.stats().remote_unheard, 0);
+    assert_eq!(a.stats().remote_sent, 300);
 }

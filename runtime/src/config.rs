@@ -24,6 +24,7 @@
 //! | [`bus_buffer`](RuntimeConfig::bus_buffer) | 1 024 events per subscription | `AETHER_BUS_BUFFER` |
 //! | [`bus_outbound_buffer`](RuntimeConfig::bus_outbound_buffer) | 16 384 events | `AETHER_BUS_OUTBOUND_BUFFER` |
 //! | [`bus_publish_notices`](RuntimeConfig::bus_publish_notices) | off | `AETHER_BUS_PUBLISH_NOTICES_MS` (0 = off) |
+//! | [`bus_forward_unheard`](RuntimeConfig::bus_forward_unheard) | off (events go to NATS only while a bus listens) | `AETHER_BUS_FORWARD_UNHEARD` (0/1) |
 //! | [`metrics_addr`](RuntimeConfig::metrics_addr) | none | `AETHER_METRICS_ADDR` (e.g. `127.0.0.1:9464`) |
 //! | [`metrics`](RuntimeConfig::metrics) | off (on with an address) | `AETHER_METRICS` (0/1) |
 //! | [`trace_one_in`](RuntimeConfig::trace_one_in) | 1 000 (one workflow in 1 000 traced) | `AETHER_TRACE_ONE_IN` (1 = all, 0 = none) |
@@ -137,6 +138,8 @@ pub struct RuntimeConfig {
     pub(crate) bus_outbound_buffer: usize,
     /// Publish an `EventsPublished` notice per namespace this often; `None`: no notices.
     pub(crate) bus_publish_notices: Option<Duration>,
+    /// Send every bus event to NATS even while no bus listens in its namespace.
+    pub(crate) bus_forward_unheard: bool,
     /// Serve Prometheus metrics (`GET /metrics`) on this address; `None`: no endpoint.
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Record metrics into the process's `metrics` recorder (implied by `metrics_addr`).
@@ -165,6 +168,7 @@ impl Default for RuntimeConfig {
             bus_buffer: defaults::BUS_BUFFER,
             bus_outbound_buffer: defaults::BUS_OUTBOUND_BUFFER,
             bus_publish_notices: None,
+            bus_forward_unheard: false,
             metrics_addr: None,
             metrics: false,
             trace_one_in: defaults::TRACE_ONE_IN,
@@ -284,6 +288,12 @@ impl RuntimeConfig {
         self.bus_publish_notices
     }
 
+    /// Whether every bus event goes to NATS even while no bus listens in its namespace (see
+    /// `aether::bus::interest`).
+    pub fn bus_forward_unheard(&self) -> bool {
+        self.bus_forward_unheard
+    }
+
     /// The address of the Prometheus endpoint, if one is served (as configured: with port 0,
     /// `Runtime::metrics_addr` tells the port chosen).
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
@@ -392,6 +402,9 @@ impl RuntimeConfig {
         }
         if let Some(v) = num::<u64>(&lookup, "AETHER_BUS_PUBLISH_NOTICES_MS")? {
             self.bus_publish_notices = (v > 0).then(|| ms(v));
+        }
+        if let Some(v) = num::<u8>(&lookup, "AETHER_BUS_FORWARD_UNHEARD")? {
+            self.bus_forward_unheard = v != 0;
         }
         if let Some(value) = lookup("AETHER_METRICS_ADDR") {
             let value = value.trim().to_owned();

@@ -84,6 +84,7 @@ pub mod durable;
 mod errors;
 mod event;
 pub mod filter;
+pub mod interest;
 pub(crate) mod local;
 mod nats;
 pub mod pattern;
@@ -123,6 +124,10 @@ pub struct BusConfig {
     /// often, for each namespace that published something (needs a tokio runtime when the bus
     /// is made); `None` (the default): no notices.
     pub publish_notices: Option<Duration>,
+    /// Send every event to NATS, even while no bus listens in its namespace (NATS bus only).
+    /// Off by default: a bus probes who listens and stays quiet where nobody does (see
+    /// [`interest`]). Turn it on for plain NATS subscribers that do not answer the probe.
+    pub forward_unheard: bool,
 }
 
 impl Default for BusConfig {
@@ -132,6 +137,7 @@ impl Default for BusConfig {
             outbound_buffer: crate::config::defaults::BUS_OUTBOUND_BUFFER,
             origin: None,
             publish_notices: None,
+            forward_unheard: false,
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct BusStats {
     pub remote_sent: u64,
     /// Events not sent to NATS because the outbound queue was full, or the send failed.
     pub remote_dropped: u64,
+    /// Events not sent to NATS because no bus listened in their namespace (see [`interest`]).
+    pub remote_unheard: u64,
     /// Events received from other nodes (per subscription).
     pub remote_received: u64,
     /// This bus's own events coming back from NATS, ignored.
@@ -187,6 +195,7 @@ pub(crate) struct Counters {
     pub dropped: AtomicU64,
     pub remote_sent: AtomicU64,
     pub remote_dropped: AtomicU64,
+    pub remote_unheard: AtomicU64,
     pub remote_received: AtomicU64,
     pub echoes_ignored: AtomicU64,
     pub malformed: AtomicU64,
@@ -208,6 +217,21 @@ struct Inner {
     nats: Option<nats::NatsSide>,
     /// Per namespace, what was published since the last notice (only with notices on).
     notices: Option<parking_lot::Mutex<HashMap<Namespace, Published>>>,
+}
+
+/// Where an event published now can go.
+#[derive(Clone, Copy)]
+struct Reach {
+    /// Some local live subscription may match.
+    local: bool,
+    /// Some bus may listen on NATS.
+    remote: bool,
+}
+
+impl Reach {
+    fn any(self) -> bool {
+        self.local || self.remote
+    }
 }
 
 /// What one namespace published in the current notice interval.
@@ -328,10 +352,34 @@ impl Bus {
         self.inner.nats.is_some()
     }
 
-    /// Whether publishing an event of `namespace` would reach anyone: a local subscription, or
-    /// NATS. The runtime skips building envelopes when it would not.
+    /// Whether publishing an event of `namespace` might reach anyone: a local subscription, or
+    /// NATS. The runtime skips building envelopes when it would not. Asked before a commit is
+    /// stored, so it does not consult the interest probes: someone may subscribe meanwhile.
     pub(crate) fn wants(&self, namespace: &Namespace) -> bool {
         self.inner.nats.is_some() || self.inner.registry.has_live(namespace)
+    }
+
+    /// Where an event of `namespace` published now goes: to local subscriptions (when any may
+    /// match), and whether to NATS (when some bus may listen there).
+    fn reach(&self, namespace: &Namespace) -> Reach {
+        Reach {
+            local: self.inner.registry.has_live(namespace),
+            remote: self
+                .inner
+                .nats
+                .as_ref()
+                .is_some_and(|nats| nats.heard(namespace)),
+        }
+    }
+
+    /// Counts `n` events that reached nobody: not a local subscription, and no bus listened
+    /// on NATS.
+    fn unheard(&self, n: u64) {
+        let counters = &self.inner.counters;
+        Counters::bump(&counters.published, n);
+        if self.inner.nats.is_some() {
+            Counters::bump(&counters.remote_unheard, n);
+        }
     }
 
     /// Publishes an actor event to its namespace. `namespace` must be the envelope's (and its
@@ -349,52 +397,71 @@ impl Bus {
                 });
             }
         }
-        Ok(self.send(Arc::new(BusEvent::actor(event))))
+        let reach = self.reach(namespace);
+        Ok(self.send(Arc::new(BusEvent::actor(event)), reach.remote))
     }
 
     test_util! {
         /// Publishes a system event on `<ns>.system.<Name>`. Never waits.
         pub fn publish_system(&self, namespace: &Namespace, event: SystemEvent) -> PublishReceipt {
-            if !self.wants(namespace) {
+            let reach = self.reach(namespace);
+            if !reach.any() {
+                self.unheard(1);
                 return PublishReceipt::default();
             }
-            self.send(Arc::new(BusEvent::system(SystemEnvelope {
-                namespace: namespace.clone(),
-                timestamp_ms: now_ms(),
-                origin: self.inner.origin.clone(),
-                event,
-            })))
+            self.send(
+                Arc::new(BusEvent::system(SystemEnvelope {
+                    namespace: namespace.clone(),
+                    timestamp_ms: now_ms(),
+                    origin: self.inner.origin.clone(),
+                    event,
+                })),
+                reach.remote,
+            )
         }
     }
 
     /// Publishes every event of a stored commit, in version order, then `EventStored`.
     pub(crate) fn publish_commit(&self, record: &CommitRecord) {
         let namespace = &record.actor.namespace;
-        if !self.wants(namespace) {
+        let reach = self.reach(namespace);
+        if !reach.any() {
+            self.unheard(record.events.len() as u64 + 1);
             return;
         }
         for envelope in record.envelopes() {
-            self.send(Arc::new(BusEvent::actor(envelope)));
+            self.send(Arc::new(BusEvent::actor(envelope)), reach.remote);
         }
-        self.publish_system(
-            namespace,
-            SystemEvent::EventStored {
-                actor: record.actor.clone(),
-                first_version: record.first_version,
-                last_version: record.last_version(),
-                event_types: record.events.iter().map(|e| e.event_type.clone()).collect(),
-            },
+        let stored = SystemEvent::EventStored {
+            actor: record.actor.clone(),
+            first_version: record.first_version,
+            last_version: record.last_version(),
+            event_types: record.events.iter().map(|e| e.event_type.clone()).collect(),
+        };
+        self.send(
+            Arc::new(BusEvent::system(SystemEnvelope {
+                namespace: namespace.clone(),
+                timestamp_ms: now_ms(),
+                origin: self.inner.origin.clone(),
+                event: stored,
+            })),
+            reach.remote,
         );
     }
 
-    fn send(&self, event: Arc<BusEvent>) -> PublishReceipt {
+    /// Offers `event` to the local subscriptions, and queues it for NATS when `remote`.
+    fn send(&self, event: Arc<BusEvent>, remote: bool) -> PublishReceipt {
         let inner = &self.inner;
         Counters::bump(&inner.counters.published, 1);
         let fanout = inner.registry.fan_out(&event);
         Counters::bump(&inner.counters.delivered, fanout.delivered as u64);
         Counters::bump(&inner.counters.dropped, fanout.dropped as u64);
         let forwarded = match &inner.nats {
-            Some(nats) => nats.enqueue(&event),
+            Some(nats) if remote => nats.enqueue(&event),
+            Some(_) => {
+                Counters::bump(&inner.counters.remote_unheard, 1);
+                false
+            }
             None => false,
         };
         if let Some(notices) = &inner.notices
@@ -596,6 +663,7 @@ impl Bus {
                 .count(),
             remote_sent: get(&c.remote_sent),
             remote_dropped: get(&c.remote_dropped),
+            remote_unheard: get(&c.remote_unheard),
             remote_received: get(&c.remote_received),
             echoes_ignored: get(&c.echoes_ignored),
             malformed: get(&c.malformed),

@@ -52,6 +52,7 @@ use tokio::task::JoinHandle;
 use super::durable::{CommitSource, consumer_name};
 use super::errors::{DurableError, SubscribeError};
 use super::event::{BusEvent, EventBody};
+use super::interest::{self, Gates};
 use super::local::{Offer, Slot};
 use super::pattern::{Pattern, events_topic};
 use super::{Bus, BusConfig, Counters};
@@ -105,6 +106,14 @@ pub(crate) struct NatsSide {
     outbound: mpsc::Sender<Outbound>,
     origin: String,
     counters: Arc<Counters>,
+    /// Which namespaces some bus listens in (see [`interest`]).
+    gates: Arc<Gates>,
+}
+
+impl Drop for NatsSide {
+    fn drop(&mut self) {
+        self.gates.close();
+    }
 }
 
 impl Bus {
@@ -146,16 +155,28 @@ impl NatsSide {
             origin.to_owned(),
             Arc::clone(counters),
         ));
+        let gates = Gates::new(config.forward_unheard);
+        if !config.forward_unheard {
+            tokio::spawn(interest::prober(Arc::downgrade(&gates), client.clone()));
+        }
         NatsSide {
             js: jetstream::new(client.clone()),
             client,
             outbound: tx,
             origin: origin.to_owned(),
             counters: Arc::clone(counters),
+            gates,
         }
     }
 
-    /// Queues `event` for NATS; never waits. `false` when it was dropped (queue full).
+    /// Whether an event of `namespace` published now must go to NATS: some bus may listen
+    /// there (see [`interest`]).
+    pub fn heard(&self, namespace: &Namespace) -> bool {
+        self.gates.open(namespace)
+    }
+
+    /// Queues `event` for NATS; never waits. `false` when it was dropped (queue full). The
+    /// caller has asked [`heard`](NatsSide::heard) first.
     pub fn enqueue(&self, event: &Arc<BusEvent>) -> bool {
         match self.outbound.try_send(Outbound::Event(Arc::clone(event))) {
             Ok(()) => true,
@@ -179,8 +200,10 @@ impl NatsSide {
         }
     }
 
-    /// Subscribes `slot` to its live subject and starts forwarding what other nodes publish.
-    /// The subscription is known to the server when this returns.
+    /// Subscribes `slot` to its live subject and starts forwarding what other nodes publish;
+    /// subscribes it to its namespace's interest subject too, and answers probes there. Returns
+    /// once both are known to the server and the publishers' leases have run out, so nothing
+    /// published after it returns is missed (see [`interest`]).
     pub async fn subscribe_remote(
         &self,
         slot: &Arc<Slot>,
@@ -198,18 +221,31 @@ impl NatsSide {
             .subscribe(subject.clone())
             .await
             .map_err(|e| unavailable(&e))?;
+        let probes = self
+            .client
+            .subscribe(interest::interest_subject(
+                slot.pattern.namespace_name().unwrap_or("*"),
+            ))
+            .await
+            .map_err(|e| unavailable(&e))?;
         // Known to the server when this returns, so nothing published after it is missed.
         match tokio::time::timeout(SERVER_WAIT, self.client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(unavailable(&e)),
             Err(_) => return Err(unavailable(&"the server did not confirm in time")),
         }
-        Ok(tokio::spawn(forward(
+        let forwarding = tokio::spawn(forward(
+            self.client.clone(),
             sub,
+            probes,
             Arc::clone(slot),
             self.origin.clone(),
             Arc::clone(&self.counters),
-        )))
+        ));
+        // A publisher that found no listener before the server knew this one stays quiet
+        // until its lease ends.
+        tokio::time::sleep(interest::LEASE + interest::MARGIN).await;
+        Ok(forwarding)
     }
 
     async fn event_stream(
@@ -512,14 +548,33 @@ fn is_live_subject(topic: &str, subject: &str) -> bool {
     }
 }
 
-/// Delivers what other nodes publish on a subscription's live subject into its buffer.
+/// Delivers what other nodes publish on a subscription's live subject into its buffer, and
+/// answers the interest probes of its namespace (see [`interest`]).
 async fn forward(
+    client: async_nats::Client,
     mut sub: async_nats::Subscriber,
+    mut probes: async_nats::Subscriber,
     slot: Arc<Slot>,
     origin: String,
     counters: Arc<Counters>,
 ) {
-    while let Some(msg) = sub.next().await {
+    loop {
+        let msg = tokio::select! {
+            msg = sub.next() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+            Some(probe) = probes.next() => {
+                if let Some(reply) = probe.reply {
+                    let _ = client.publish(reply, Bytes::new()).await;
+                }
+                continue;
+            }
+        };
+        if interest::is_interest_subject(msg.subject.as_str()) {
+            // A pattern like `bank.>` also covers the probes; they are answered above.
+            continue;
+        }
         let headers = msg.headers.as_ref();
         let count = match headers.and_then(|h| h.get(BATCH_HEADER)) {
             None => 1,

@@ -242,6 +242,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Sends every bus event to NATS, even while no bus listens in its namespace. Off by
+    /// default: the bus probes who listens and stays quiet where nobody does (see
+    /// `aether::bus::interest`). Turn it on for plain NATS clients that follow the live
+    /// subjects without answering the probe.
+    pub fn bus_forward_unheard(mut self, on: bool) -> Self {
+        self.config.bus_forward_unheard = on;
+        self
+    }
+
     /// Serves Prometheus metrics on `addr` (`GET /metrics`; port 0 picks a free port, see
     /// `Runtime::metrics_addr`), and records them. Off by default. See `docs/metrics.md`.
     pub fn metrics_addr(mut self, addr: impl Into<std::net::SocketAddr>) -> Self {

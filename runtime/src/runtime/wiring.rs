@@ -541,6 +541,7 @@ fn bus_of(
         outbound_buffer: config.bus_outbound_buffer,
         origin: cluster.map(|c| c.node_id().to_owned()),
         publish_notices: config.bus_publish_notices,
+        forward_unheard: config.bus_forward_unheard,
     };
     match nats {
         Some(client) => Bus::with_nats(client, bus_config),
