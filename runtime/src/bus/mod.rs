@@ -60,6 +60,8 @@
 //! `aether.<ns>.shard.>`), and each live subscription also subscribes there. Messages carry the
 //! publishing bus's id in the `Aether-Bus-Origin` header; a bus drops its own echoes, so a local
 //! subscriber receives each local event exactly once, and remote subscribers receive it too.
+//! A bus sends a namespace's events to NATS only while some bus listens there, without
+//! weakening what `subscribe` promises: see [`interest`].
 //!
 //! Durable subscriptions are JetStream consumers on the namespace's existing event stream
 //! (`<ns>_events`, filter subject = the pattern): no second copy of the data. See [`durable`].
@@ -373,12 +375,21 @@ impl Bus {
     }
 
     /// Counts `n` events that reached nobody: not a local subscription, and no bus listened
-    /// on NATS.
-    fn unheard(&self, n: u64) {
-        let counters = &self.inner.counters;
-        Counters::bump(&counters.published, n);
+    /// on NATS. A local bus does not count them at all (it never did); a NATS bus counts them
+    /// as published and not sent.
+    /// Notices count them too, except notices themselves (`noticed` false).
+    fn unheard(&self, namespace: &Namespace, n: u64, noticed: bool) {
         if self.inner.nats.is_some() {
+            let counters = &self.inner.counters;
+            Counters::bump(&counters.published, n);
             Counters::bump(&counters.remote_unheard, n);
+            if noticed && let Some(notices) = &self.inner.notices {
+                notices
+                    .lock()
+                    .entry(namespace.clone())
+                    .or_default()
+                    .published += n;
+            }
         }
     }
 
@@ -406,7 +417,8 @@ impl Bus {
         pub fn publish_system(&self, namespace: &Namespace, event: SystemEvent) -> PublishReceipt {
             let reach = self.reach(namespace);
             if !reach.any() {
-                self.unheard(1);
+                let noticed = !matches!(event, SystemEvent::EventsPublished { .. });
+                self.unheard(namespace, 1, noticed);
                 return PublishReceipt::default();
             }
             self.send(
@@ -426,7 +438,7 @@ impl Bus {
         let namespace = &record.actor.namespace;
         let reach = self.reach(namespace);
         if !reach.any() {
-            self.unheard(record.events.len() as u64 + 1);
+            self.unheard(namespace, record.events.len() as u64 + 1, true);
             return;
         }
         for envelope in record.envelopes() {

@@ -350,6 +350,7 @@ catalog! {
     "aether_bus_dropped_total" Counter "Deliveries dropped because a subscriber's buffer was full";
     "aether_bus_remote_sent_total" Counter "Events sent to other nodes over NATS";
     "aether_bus_remote_dropped_total" Counter "Events not sent to NATS (queue full or send failed)";
+    "aether_bus_remote_unheard_total" Counter "Events not sent to NATS because no bus listened in their namespace";
     "aether_bus_remote_received_total" Counter "Events received from other nodes";
     "aether_bus_malformed_total" Counter "Bus messages from NATS that did not decode";
     "aether_bus_subscriptions" Gauge "Live bus subscriptions";
@@ -475,6 +476,7 @@ impl Collector {
         counter("aether_bus_dropped_total", b.dropped);
         counter("aether_bus_remote_sent_total", b.remote_sent);
         counter("aether_bus_remote_dropped_total", b.remote_dropped);
+        counter("aether_bus_remote_unheard_total", b.remote_unheard);
         counter("aether_bus_remote_received_total", b.remote_received);
         counter("aether_bus_malformed_total", b.malformed);
         gauge("aether_bus_subscriptions", b.subscriptions as f64);
