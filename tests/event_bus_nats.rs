@@ -850,3 +850,46 @@ async fn forward_unheard_sends_every_event_to_plain_nats_subscribers() {
     assert_eq!(a.stats().remote_unheard, 0);
     assert_eq!(a.stats().remote_sent, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_given_up_while_it_waits_leaves_nobody_listening() {
+    // `subscribe` waits out the publishers' lease after the server knows it; a caller that
+    // gives up meanwhile leaves no subscription behind that answers probes (and keeps every
+    // publisher sending) with nobody reading it. (The waiting task is aborted; without that,
+    // it would still end at the first event it could not deliver.)
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = NatsServer::start();
+    let a = Bus::connect(&server.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let b = Bus::connect(&server.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        b.subscribe("quiet.events.>", Filter::all()),
+    )
+    .await;
+    assert!(given_up.is_err(), "subscribe waits out the lease");
+    // Past any lease taken before: a subscription left behind would answer every probe now.
+    tokio::time::sleep(3 * aether::bus::interest::LEASE).await;
+    poll_until(
+        WAIT,
+        "the publisher to go quiet after the caller gave up",
+        || {
+            let (unheard, sent) = (a.stats().remote_unheard, a.stats().remote_sent);
+            let a = a.clone();
+            async move {
+                tokio::time::sleep(2 * aether::bus::interest::LEASE).await;
+                let stats = a.stats();
+                stats.remote_unheard > unheard + 100 && stats.remote_sent < sent + 100
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+}

@@ -376,8 +376,8 @@ impl Bus {
 
     /// Counts `n` events that reached nobody: not a local subscription, and no bus listened
     /// on NATS. A local bus does not count them at all (it never did); a NATS bus counts them
-    /// as published and not sent.
-    /// Notices count them too, except notices themselves (`noticed` false).
+    /// as published and not sent, and so do its notices, except for notices themselves
+    /// (`noticed` false).
     fn unheard(&self, namespace: &Namespace, n: u64, noticed: bool) {
         if self.inner.nats.is_some() {
             let counters = &self.inner.counters;

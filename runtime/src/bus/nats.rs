@@ -242,9 +242,12 @@ impl NatsSide {
             self.origin.clone(),
             Arc::clone(&self.counters),
         ));
+        let guard = AbortOnDrop(Some(forwarding.abort_handle()));
         // A publisher that found no listener before the server knew this one stays quiet
-        // until its lease ends.
+        // until its lease ends. (Should the caller give up meanwhile, the guard stops the
+        // forwarding task and with it both subscriptions.)
         tokio::time::sleep(interest::LEASE + interest::MARGIN).await;
+        guard.disarm();
         Ok(forwarding)
     }
 
@@ -311,6 +314,23 @@ impl NatsSide {
             Err(e) => Err(DurableError::Unavailable(format!(
                 "cannot delete consumer {consumer}: {e}"
             ))),
+        }
+    }
+}
+
+/// Aborts a task when dropped, unless [`disarm`](AbortOnDrop::disarm)ed first.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
     }
 }
