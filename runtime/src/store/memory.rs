@@ -48,15 +48,39 @@ struct Inner {
 /// Every actor's stream, and the namespace log: `(actor, last version)` of each commit in the
 /// order they were stored (log position = index + 1). Both change under one lock, so the log
 /// order is the commit order.
+///
+/// The log names actors by number (their place in `actors`), so a commit costs no copy of
+/// its actor's key: the key is kept once per actor.
 #[derive(Default)]
 struct Streams {
-    by_actor: HashMap<ActorKey, Stream>,
-    log: Vec<(ActorKey, u64)>,
+    /// Per actor: its number, and its stream.
+    by_actor: HashMap<ActorKey, (usize, Stream)>,
+    /// Every actor that ever committed, by number.
+    actors: Vec<ActorKey>,
+    /// `(actor number, last version)` per commit, in commit order.
+    log: Vec<(usize, u64)>,
 }
 
 impl Streams {
     fn get(&self, actor: &ActorKey) -> Option<&Stream> {
-        self.by_actor.get(actor)
+        self.by_actor.get(actor).map(|(_, stream)| stream)
+    }
+
+    fn get_mut(&mut self, actor: &ActorKey) -> Option<&mut Stream> {
+        self.by_actor.get_mut(actor).map(|(_, stream)| stream)
+    }
+
+    /// The stream of `actor`, made (and the actor numbered) if it has none yet.
+    fn stream(&mut self, actor: &ActorKey) -> &mut Stream {
+        let next = self.actors.len();
+        let (number, stream) = self
+            .by_actor
+            .entry(actor.clone())
+            .or_insert_with(|| (next, Stream::default()));
+        if *number == next {
+            self.actors.push(actor.clone());
+        }
+        stream
     }
 }
 
@@ -132,10 +156,12 @@ impl EventStore for MemoryStore {
             self.inner.max_commit_bytes,
         )?;
         let mut streams = self.inner.streams.lock();
-        let actual = head(streams.get(actor));
+        let streams = &mut *streams;
+        let found = streams.by_actor.get_mut(actor);
+        let actual = head(found.as_deref().map(|(_, stream)| stream));
         if actual != expected_version {
             // A retry of the commit right after `expected_version` is not a conflict.
-            if let Some(stream) = streams.get(actor) {
+            if let Some((_, stream)) = found.as_deref() {
                 let at = stream.partition_point(|(v, _)| *v <= expected_version);
                 if let Some((last, stored)) = stream.get(at)
                     && let Ok(existing) = decode_commit(actor, *last, stored)
@@ -156,12 +182,22 @@ impl EventStore for MemoryStore {
             });
         }
         let last_version = record.last_version();
-        streams
-            .by_actor
-            .entry(actor.clone())
-            .or_default()
-            .push((last_version, Bytes::from(bytes)));
-        streams.log.push((actor.clone(), last_version));
+        let entry = (last_version, Bytes::from(bytes));
+        let number = match found {
+            Some((number, stream)) => {
+                stream.push(entry);
+                *number
+            }
+            None => {
+                let number = streams.actors.len();
+                streams.actors.push(actor.clone());
+                streams
+                    .by_actor
+                    .insert(actor.clone(), (number, vec![entry]));
+                number
+            }
+        };
+        streams.log.push((number, last_version));
         Ok(Appended {
             first_version: record.first_version,
             last_version,
@@ -245,7 +281,7 @@ impl EventStore for MemoryStore {
     ) -> Result<Truncated, StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
         let mut streams = self.inner.streams.lock();
-        let Some(stream) = streams.by_actor.get_mut(actor) else {
+        let Some(stream) = streams.get_mut(actor) else {
             return Ok(Truncated {
                 starts_at: 1,
                 removed: 0,
@@ -278,7 +314,8 @@ impl EventStore for MemoryStore {
             let records: Vec<(u64, ActorKey, u64, Option<Bytes>)> = streams.log[start..]
                 .iter()
                 .enumerate()
-                .filter_map(|(i, (actor, version))| {
+                .filter_map(|(i, (number, version))| {
+                    let actor = streams.actors.get(*number)?;
                     let stream = streams.get(actor);
                     let bytes = stream.and_then(|s| {
                         s.binary_search_by_key(version, |(v, _)| *v)
@@ -400,7 +437,7 @@ impl FaultInjection for MemoryStore {
     ) -> Result<(), StoreError> {
         check_namespace(&self.inner.namespace, actor)?;
         let mut streams = self.inner.streams.lock();
-        let stream = streams.by_actor.entry(actor.clone()).or_default();
+        let stream = streams.stream(actor);
         match stream.binary_search_by_key(&position, |(v, _)| *v) {
             Ok(i) => stream[i].1 = Bytes::from(bytes),
             Err(i) => stream.insert(i, (position, Bytes::from(bytes))),
