@@ -893,3 +893,67 @@ async fn a_subscribe_given_up_while_it_waits_leaves_nobody_listening() {
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_a_slow_link_misses_nothing_published_after_subscribe_returns() {
+    // `subscribe` must not count on the server having its subscriptions once they left the
+    // socket. The listener's link delays every chunk by 300 ms: its subscriptions reach the
+    // server long after they were written, while a quiet publisher on a fast link keeps
+    // probing. `subscribe` returns only once its own check message came back through the
+    // server, and every later event arrives.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = NatsServer::start();
+    let link = common::proxy::Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
+    let a = Bus::connect(&server.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let b = Bus::connect(&link.url(), BusConfig::default())
+        .await
+        .unwrap();
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
+    poll_until(WAIT, "the publisher to go quiet", || {
+        let unheard = a.stats().remote_unheard;
+        let a = a.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            a.stats().remote_unheard > unheard + 100
+        }
+    })
+    .await;
+    link.set(common::proxy::Mode::Delay(Duration::from_millis(300)));
+    let options = aether::bus::SubscribeOptions {
+        buffer: Some(1 << 20),
+        all_namespaces: false,
+    };
+    let mut sub = b
+        .subscribe_with("quiet.events.>", Filter::all(), options)
+        .await
+        .unwrap();
+    let after = published.load(Ordering::SeqCst) + 1;
+    let until = after + 2000;
+    while published.load(Ordering::SeqCst) < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut next = after + 1;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while next <= until {
+        let event = match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(event)) => event,
+            _ => panic!("version {next} (subscribed after {after}) was not delivered"),
+        };
+        let version = event.envelope().unwrap().version;
+        if version < next {
+            continue;
+        }
+        assert_eq!(
+            version, next,
+            "an event published after subscribe returned was missed"
+        );
+        next += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    assert_eq!((b.stats().malformed, b.stats().dropped), (0, 0));
+}

@@ -16,21 +16,26 @@
 //!   message.
 //! - **Publishers probe.** Before it stops sending events of namespace `ns`, a publishing bus
 //!   sends a request on `aether.<ns>.bus.interest`, noting the time `t` just before. The
-//!   server answers "no responders" (status 503) only when no subscription matches: then no
-//!   bus listened at any moment after `t`, and the publisher keeps quiet for events published
-//!   before `t +` [`LEASE`]. Any other outcome (an answer, a timeout, an error) means send.
-//!   While a namespace keeps publishing, the probe is renewed before the lease runs out; an
-//!   idle namespace simply lets it lapse.
-//! - **A new listener waits out the lease.** A subscription is confirmed by the server (a
-//!   flush) at time `s`, then waits [`LEASE`] and a margin before it counts as made. A
-//!   publisher keeping quiet for an event published after that relies on a probe sent after
+//!   server answers "no responders" (status 503) only when no subscription matched as it
+//!   handled the probe, which was after `t`; the publisher then keeps quiet for events
+//!   published before `t +` [`LEASE`]. Any other outcome (an answer, a timeout, an error)
+//!   means send. While a namespace keeps publishing, the probe is renewed when half the lease
+//!   is left (about 20 probes a second); an answered probe is repeated after a second; an
+//!   idle namespace lets its lease lapse.
+//! - **A new listener waits out the lease.** A new subscription publishes a check message on
+//!   the interest subject after subscribing, on the same connection. When it comes back
+//!   through its own interest subscription (time `s`), the server holds both subscriptions:
+//!   it handles one connection's operations in order (a flush would prove nothing, it only
+//!   hands them to the socket). It then waits [`LEASE`] and a margin before it counts as made.
+//!   A publisher keeping quiet for an event published after that relies on a probe sent after
 //!   `s`, which the server handled after the subscription: it was answered, and the publisher
 //!   sends. So "every event published after `subscribe` returns is delivered" still holds,
 //!   with no assumption on how long a message takes, only that clocks tick at the same rate
-//!   over a tenth of a second.
+//!   over a tenth of a second. A check that does not come back (the user may not subscribe
+//!   or publish there) fails the subscription with an error instead of a silent nothing.
 //!
-//! The price is [`LEASE`] added to every live subscription on a NATS bus, and a probe per
-//! publishing namespace about five times per lease. What it does not change: live delivery
+//! The price is [`LEASE`] and a round trip added to every live subscription on a NATS bus,
+//! and the probes of each publishing namespace. What it does not change: live delivery
 //! still has no promise across a disconnection (a listener whose connection is back misses
 //! up to one lease more), and a cluster of NATS servers propagates subscriptions between
 //! servers asynchronously, as before. A plain NATS client that follows the live subjects must
@@ -60,6 +65,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the prober looks at the namespaces published since it last looked.
 const ROUND: Duration = Duration::from_millis(25);
 
+/// How long a probe that was answered keeps its namespace open before the next probe: sending
+/// is always safe, so there is no hurry to learn that the listener left.
+const OPEN_HOLD: Duration = Duration::from_secs(1);
+
+/// The namespace token a cross-namespace subscription publishes its check message under
+/// (`aether._check.bus.interest`): an exact subscription uses its own namespace.
+pub const CHECK_NAMESPACE: &str = "_check";
+
 /// The interest subject of a namespace token (`*` for every namespace).
 pub fn interest_subject(namespace: &str) -> String {
     format!("aether.{namespace}.bus.interest")
@@ -82,6 +95,9 @@ struct Gate {
     used: AtomicBool,
     /// A probe is on its way.
     probing: AtomicBool,
+    /// Nanoseconds after [`Gates::epoch`] before which no probe is needed: the last one was
+    /// answered (someone listens, so events are sent).
+    recheck_at: AtomicU64,
 }
 
 /// The gates of one bus, one per namespace it published in.
@@ -155,7 +171,8 @@ impl Gates {
                 continue;
             }
             used = true;
-            if gate.quiet_until.load(Ordering::Acquire) <= renew
+            if now >= gate.recheck_at.load(Ordering::Acquire)
+                && gate.quiet_until.load(Ordering::Acquire) <= renew
                 && !gate.probing.swap(true, Ordering::AcqRel)
             {
                 due.push((namespace.clone(), Arc::clone(gate)));
@@ -200,12 +217,15 @@ async fn probe(client: async_nats::Client, namespace: Namespace, gate: Arc<Gate>
     let answer = client
         .send_request(interest_subject(namespace.as_str()), request)
         .await;
-    let quiet_until = match answer {
+    let (quiet_until, recheck_at) = match answer {
         Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            sent.saturating_add(nanos(LEASE))
+            (sent.saturating_add(nanos(LEASE)), 0)
         }
-        _ => 0,
+        Ok(_) => (0, sent.saturating_add(nanos(OPEN_HOLD))),
+        // A timeout or an error: send, and ask again next round.
+        Err(_) => (0, 0),
     };
+    gate.recheck_at.store(recheck_at, Ordering::Release);
     gate.quiet_until.store(quiet_until, Ordering::Release);
     gate.probing.store(false, Ordering::Release);
     tracing::trace!(target: "aether::bus", namespace = %namespace, quiet = quiet_until > 0, "interest probed");

@@ -202,7 +202,8 @@ impl NatsSide {
 
     /// Subscribes `slot` to its live subject and starts forwarding what other nodes publish;
     /// subscribes it to its namespace's interest subject too, and answers probes there. Returns
-    /// once both are known to the server and the publishers' leases have run out, so nothing
+    /// once the server is known to hold both (a check message of its own came back through
+    /// the interest subscription) and the publishers' leases have run out since, so nothing
     /// published after it returns is missed (see [`interest`]).
     pub async fn subscribe_remote(
         &self,
@@ -221,32 +222,53 @@ impl NatsSide {
             .subscribe(subject.clone())
             .await
             .map_err(|e| unavailable(&e))?;
+        let namespace = slot.pattern.namespace_name();
+        let interest_subject = interest::interest_subject(namespace.unwrap_or("*"));
         let probes = self
             .client
-            .subscribe(interest::interest_subject(
-                slot.pattern.namespace_name().unwrap_or("*"),
-            ))
+            .subscribe(interest_subject.clone())
             .await
             .map_err(|e| unavailable(&e))?;
-        // Known to the server when this returns, so nothing published after it is missed.
-        match tokio::time::timeout(SERVER_WAIT, self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(unavailable(&e)),
-            Err(_) => return Err(unavailable(&"the server did not confirm in time")),
-        }
+        let token = Bytes::from(format!(
+            "check-{:032x}",
+            crate::wire::CommandId::random().as_u128()
+        ));
+        let (seen_tx, seen) = oneshot::channel();
         let forwarding = tokio::spawn(forward(
             self.client.clone(),
             sub,
             probes,
+            Some((token.clone(), seen_tx)),
             Arc::clone(slot),
             self.origin.clone(),
             Arc::clone(&self.counters),
         ));
+        // Should the caller give up from here on, the guard stops the forwarding task and
+        // with it both subscriptions.
         let guard = AbortOnDrop(Some(forwarding.abort_handle()));
+        // A flush only hands the subscriptions to the socket. A message published after them
+        // on the same connection, seen coming back through the interest subscription, proves
+        // that the server holds both (it handles a connection's operations in order), and
+        // that this user may subscribe there.
+        let check = interest::interest_subject(namespace.unwrap_or(interest::CHECK_NAMESPACE));
+        self.client
+            .publish(check, token)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !matches!(tokio::time::timeout(SERVER_WAIT, seen).await, Ok(Ok(()))) {
+            return Err(unavailable(&format!(
+                "the server did not confirm the subscription to {interest_subject} in time \
+                 (a live subscriber needs to subscribe and publish there: see docs/security.md)"
+            )));
+        }
         // A publisher that found no listener before the server knew this one stays quiet
-        // until its lease ends. (Should the caller give up meanwhile, the guard stops the
-        // forwarding task and with it both subscriptions.)
-        tokio::time::sleep(interest::LEASE + interest::MARGIN).await;
+        // until its lease ends: wait it out, by the clock the leases use.
+        let until = std::time::Instant::now() + interest::LEASE + interest::MARGIN;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now())
+            && !left.is_zero()
+        {
+            tokio::time::sleep(left).await;
+        }
         guard.disarm();
         Ok(forwarding)
     }
@@ -570,10 +592,14 @@ fn is_live_subject(topic: &str, subject: &str) -> bool {
 
 /// Delivers what other nodes publish on a subscription's live subject into its buffer, and
 /// answers the interest probes of its namespace (see [`interest`]).
+///
+/// `check` is the token of the subscription's own check message (see
+/// [`NatsSide::subscribe_remote`]) and where to say it came back.
 async fn forward(
     client: async_nats::Client,
     mut sub: async_nats::Subscriber,
     mut probes: async_nats::Subscriber,
+    mut check: Option<(Bytes, oneshot::Sender<()>)>,
     slot: Arc<Slot>,
     origin: String,
     counters: Arc<Counters>,
@@ -587,6 +613,10 @@ async fn forward(
             Some(probe) = probes.next() => {
                 if let Some(reply) = probe.reply {
                     let _ = client.publish(reply, Bytes::new()).await;
+                } else if check.as_ref().is_some_and(|(token, _)| probe.payload == *token)
+                    && let Some((_, seen)) = check.take()
+                {
+                    let _ = seen.send(());
                 }
                 continue;
             }
