@@ -182,7 +182,10 @@ impl EventStore for MemoryStore {
             });
         }
         let last_version = record.last_version();
-        let entry = (last_version, Bytes::from(bytes));
+        // Kept for good: trimmed to its length first (the encoder's buffer is sized by an
+        // estimate; shrinking in place is cheap, and `Bytes` of an exact buffer needs no
+        // header allocation of its own).
+        let entry = (last_version, Bytes::from(bytes.into_boxed_slice()));
         let number = match found {
             Some((number, stream)) => {
                 stream.push(entry);
