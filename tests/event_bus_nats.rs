@@ -689,30 +689,125 @@ async fn bursts_cross_in_batches_each_event_once_and_in_order() {
     assert!(drain(&mut sub).is_empty(), "nothing else was delivered");
 }
 
-/// Publishes events of actor `quiet/counter/x` with versions 1, 2, ... until told to stop,
-/// a few at a time; `published` is the last version `publish` returned for.
-fn publish_until_stopped(
+/// A bus publishing events of actor `quiet/counter/x` with versions 1, 2, ... (20 at a time,
+/// then a millisecond's pause) until stopped: the publisher of the `bus::interest` tests.
+struct Steady {
     bus: Bus,
+    /// The last version `publish` returned for.
     published: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    use std::sync::atomic::Ordering;
-    tokio::spawn(async move {
-        let namespace = ns("quiet");
-        let mut version = 0;
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..20 {
-                version += 1;
-                bus.publish(
-                    &namespace,
-                    envelope("quiet", "counter", "x", version, "Added"),
-                )
-                .unwrap();
-                published.store(version, Ordering::SeqCst);
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Steady {
+    async fn start(url: &str) -> Steady {
+        use std::sync::atomic::Ordering;
+        let bus = Bus::connect(url, BusConfig::default()).await.unwrap();
+        let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (bus, published, stop) = (bus.clone(), published.clone(), stop.clone());
+            async move {
+                let namespace = ns("quiet");
+                let mut version = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..20 {
+                        version += 1;
+                        bus.publish(
+                            &namespace,
+                            envelope("quiet", "counter", "x", version, "Added"),
+                        )
+                        .unwrap();
+                        published.store(version, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        });
+        Steady {
+            bus,
+            published,
+            stop,
+            task,
         }
-    })
+    }
+
+    fn last(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until version `version` is published.
+    async fn reach(&self, version: u64) {
+        poll_until(WAIT, &format!("version {version} to be published"), || {
+            let at = self.last();
+            async move {
+                if at < version {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                at >= version
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the bus has gone quiet: of 200 events published, at least 150 not sent.
+    async fn quiet(&self) {
+        poll_until(WAIT, "the publisher to go quiet", || async {
+            let (unheard, at) = (self.bus.stats().remote_unheard, self.last());
+            self.reach(at + 200).await;
+            self.bus.stats().remote_unheard >= unheard + 150
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
+/// A live subscription of `bus` to `pattern` whose buffer holds everything a test publishes
+/// (a drop would prove nothing).
+async fn roomy_subscription(
+    bus: &Bus,
+    pattern: &str,
+    all_namespaces: bool,
+) -> aether::bus::Subscription {
+    let options = aether::bus::SubscribeOptions {
+        buffer: Some(1 << 20),
+        all_namespaces,
+    };
+    bus.subscribe_with(pattern, Filter::all(), options)
+        .await
+        .unwrap()
+}
+
+/// Receives from `sub` until version `until`, checking that every version after `after`
+/// arrives, in order (earlier ones are skipped).
+async fn every_version_after(
+    sub: &mut aether::bus::Subscription,
+    after: u64,
+    until: u64,
+    what: &str,
+) {
+    let mut next = after + 1;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while next <= until {
+        let event = match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("{what}: closed before version {next}"),
+            Err(_) => panic!("{what}: version {next} (subscribed after {after}) not delivered"),
+        };
+        let version = event.envelope().unwrap().version;
+        if version < next {
+            continue;
+        }
+        assert_eq!(
+            version, next,
+            "{what}: an event published after subscribe returned was missed"
+        );
+        next += 1;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,39 +815,19 @@ async fn a_bus_sends_only_while_someone_listens_and_a_new_listener_misses_nothin
     // The hard case of `bus::interest`: a publisher that has gone quiet (a probe found no
     // listener) while a listener subscribes at a random moment. Every event published after
     // `subscribe` returns must arrive, round after round.
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = NatsServer::start();
-    let a = Bus::connect(&server.url(), BusConfig::default())
-        .await
-        .unwrap();
+    let a = Steady::start(&server.url()).await;
     let b = Bus::connect(&server.url(), BusConfig::default())
         .await
         .unwrap();
-    let published = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
     let mut rng = fastrand::Rng::with_seed(11);
     for round in 0..6 {
         // Nobody listens: the publisher goes quiet, and stays quiet while it keeps publishing.
-        poll_until(WAIT, "the publisher to go quiet", || {
-            let (before, at) = (a.stats().remote_unheard, published.load(Ordering::SeqCst));
-            let a = a.clone();
-            let published = published.clone();
-            async move {
-                while published.load(Ordering::SeqCst) < at + 200 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                a.stats().remote_unheard >= before + 150
-            }
-        })
-        .await;
-        let sent_before = a.stats().remote_sent;
-        let at = published.load(Ordering::SeqCst);
-        while published.load(Ordering::SeqCst) < at + 2000 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        a.flush().await;
-        let quietly = a.stats().remote_sent - sent_before;
+        a.quiet().await;
+        let sent_before = a.bus.stats().remote_sent;
+        a.reach(a.last() + 2000).await;
+        a.bus.flush().await;
+        let quietly = a.bus.stats().remote_sent - sent_before;
         assert!(
             quietly < 1000,
             "round {round}: {quietly} of 2000 events sent with nobody listening"
@@ -760,55 +835,18 @@ async fn a_bus_sends_only_while_someone_listens_and_a_new_listener_misses_nothin
 
         // A listener subscribes at a random moment, exact or across namespaces.
         tokio::time::sleep(Duration::from_millis(rng.u64(0..150))).await;
-        // A buffer for everything the round publishes: a drop here would be no proof.
-        let (pattern, all_namespaces) = if round % 2 == 0 {
-            ("quiet.events.>", false)
+        let mut sub = if round % 2 == 0 {
+            roomy_subscription(&b, "quiet.events.>", false).await
         } else {
-            ("*.events.counter.*", true)
+            roomy_subscription(&b, "*.events.counter.*", true).await
         };
-        let options = aether::bus::SubscribeOptions {
-            buffer: Some(1 << 20),
-            all_namespaces,
-        };
-        let mut sub = b
-            .subscribe_with(pattern, Filter::all(), options)
-            .await
-            .unwrap();
         // Event `after` may have been on its way; everything past it was published after
         // `subscribe` returned.
-        let after = published.load(Ordering::SeqCst) + 1;
-        let until = after + 1000;
-        while published.load(Ordering::SeqCst) < until {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let mut next = after + 1;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while next <= until {
-            let event = match tokio::time::timeout_at(deadline, sub.recv()).await {
-                Ok(Some(event)) => event,
-                other => panic!(
-                    "round {round}: waiting for version {next} (subscribed after {after}): {}",
-                    if other.is_ok() {
-                        "closed"
-                    } else {
-                        "not delivered"
-                    }
-                ),
-            };
-            let version = event.envelope().unwrap().version;
-            if version < next {
-                continue;
-            }
-            assert_eq!(
-                version, next,
-                "round {round}: an event published after subscribe returned was missed"
-            );
-            next += 1;
-        }
-        drop(sub);
+        let after = a.last() + 1;
+        a.reach(after + 1000).await;
+        every_version_after(&mut sub, after, after + 1000, &format!("round {round}")).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
+    a.stop().await;
     assert_eq!((b.stats().malformed, b.stats().dropped), (0, 0));
 }
 
@@ -857,41 +895,31 @@ async fn a_subscribe_given_up_while_it_waits_leaves_nobody_listening() {
     // gives up meanwhile leaves no subscription behind that answers probes (and keeps every
     // publisher sending) with nobody reading it. (The waiting task is aborted; without that,
     // it would still end at the first event it could not deliver.)
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = NatsServer::start();
-    let a = Bus::connect(&server.url(), BusConfig::default())
-        .await
-        .unwrap();
+    let a = Steady::start(&server.url()).await;
     let b = Bus::connect(&server.url(), BusConfig::default())
         .await
         .unwrap();
-    let published = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
     let given_up = tokio::time::timeout(
         Duration::from_millis(50),
         b.subscribe("quiet.events.>", Filter::all()),
     )
     .await;
     assert!(given_up.is_err(), "subscribe waits out the lease");
-    // Past any lease taken before: a subscription left behind would answer every probe now.
-    tokio::time::sleep(3 * aether::bus::interest::LEASE).await;
+    // Each check spans two leases: a subscription left behind would answer every probe, and
+    // the publisher would send.
     poll_until(
         WAIT,
         "the publisher to go quiet after the caller gave up",
-        || {
-            let (unheard, sent) = (a.stats().remote_unheard, a.stats().remote_sent);
-            let a = a.clone();
-            async move {
-                tokio::time::sleep(2 * aether::bus::interest::LEASE).await;
-                let stats = a.stats();
-                stats.remote_unheard > unheard + 100 && stats.remote_sent < sent + 100
-            }
+        || async {
+            let (unheard, sent) = (a.bus.stats().remote_unheard, a.bus.stats().remote_sent);
+            tokio::time::sleep(2 * aether::bus::interest::LEASE).await;
+            let stats = a.bus.stats();
+            stats.remote_unheard > unheard + 100 && stats.remote_sent < sent + 100
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -901,59 +929,18 @@ async fn a_subscriber_on_a_slow_link_misses_nothing_published_after_subscribe_re
     // server long after they were written, while a quiet publisher on a fast link keeps
     // probing. `subscribe` returns only once its own check message came back through the
     // server, and every later event arrives.
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let server = NatsServer::start();
     let link = common::proxy::Proxy::start(&format!("127.0.0.1:{}", server.port)).await;
-    let a = Bus::connect(&server.url(), BusConfig::default())
-        .await
-        .unwrap();
+    let a = Steady::start(&server.url()).await;
     let b = Bus::connect(&link.url(), BusConfig::default())
         .await
         .unwrap();
-    let published = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_until_stopped(a.clone(), published.clone(), stop.clone());
-    poll_until(WAIT, "the publisher to go quiet", || {
-        let unheard = a.stats().remote_unheard;
-        let a = a.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            a.stats().remote_unheard > unheard + 100
-        }
-    })
-    .await;
+    a.quiet().await;
     link.set(common::proxy::Mode::Delay(Duration::from_millis(300)));
-    let options = aether::bus::SubscribeOptions {
-        buffer: Some(1 << 20),
-        all_namespaces: false,
-    };
-    let mut sub = b
-        .subscribe_with("quiet.events.>", Filter::all(), options)
-        .await
-        .unwrap();
-    let after = published.load(Ordering::SeqCst) + 1;
-    let until = after + 2000;
-    while published.load(Ordering::SeqCst) < until {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let mut next = after + 1;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while next <= until {
-        let event = match tokio::time::timeout_at(deadline, sub.recv()).await {
-            Ok(Some(event)) => event,
-            _ => panic!("version {next} (subscribed after {after}) was not delivered"),
-        };
-        let version = event.envelope().unwrap().version;
-        if version < next {
-            continue;
-        }
-        assert_eq!(
-            version, next,
-            "an event published after subscribe returned was missed"
-        );
-        next += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
+    let mut sub = roomy_subscription(&b, "quiet.events.>", false).await;
+    let after = a.last() + 1;
+    a.reach(after + 2000).await;
+    every_version_after(&mut sub, after, after + 2000, "on a slow link").await;
+    a.stop().await;
     assert_eq!((b.stats().malformed, b.stats().dropped), (0, 0));
 }
