@@ -148,11 +148,11 @@ impl EventStore for MemoryStore {
         commit: NewCommit,
     ) -> Result<Appended, StoreError> {
         let command_id = commit.command_id;
-        let (record, bytes) = encode_commit(
+        let encoded = encode_commit(
             &self.inner.namespace,
             actor,
             expected_version,
-            commit,
+            &commit,
             self.inner.max_commit_bytes,
         )?;
         let mut streams = self.inner.streams.lock();
@@ -181,11 +181,11 @@ impl EventStore for MemoryStore {
                 actual,
             });
         }
-        let last_version = record.last_version();
+        let last_version = encoded.last_version;
         // Kept for good: trimmed to its length first (the encoder's buffer is sized by an
         // estimate; shrinking in place is cheap, and `Bytes` of an exact buffer needs no
         // header allocation of its own).
-        let entry = (last_version, Bytes::from(bytes.into_boxed_slice()));
+        let entry = (last_version, Bytes::from(encoded.bytes.into_boxed_slice()));
         let number = match found {
             Some((number, stream)) => {
                 stream.push(entry);
@@ -202,7 +202,7 @@ impl EventStore for MemoryStore {
         };
         streams.log.push((number, last_version));
         Ok(Appended {
-            first_version: record.first_version,
+            first_version: encoded.first_version,
             last_version,
             deduplicated: false,
         })

@@ -123,17 +123,8 @@ impl NewCommit {
 
     /// Builds the stored record for `actor` at `expected_version + 1`.
     pub fn into_record(self, actor: &ActorKey, expected_version: u64) -> CommitRecord {
-        let workflow =
-            !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
-        let versioned = self.events.iter().any(|e| e.schema_version != 0);
         CommitRecord {
-            format: if versioned {
-                crate::wire::COMMIT_FORMAT
-            } else if workflow {
-                crate::wire::WORKFLOW_COMMIT_FORMAT
-            } else {
-                crate::wire::BASE_COMMIT_FORMAT
-            },
+            format: self.format(),
             actor: actor.clone(),
             first_version: expected_version + 1,
             command_id: self.command_id,
@@ -146,6 +137,43 @@ impl NewCommit {
             settled: self.settled,
             delivery: self.delivery,
         }
+    }
+
+    /// The record format this commit is stored in: the oldest that holds all of its fields, so
+    /// older nodes read what they can.
+    fn format(&self) -> u16 {
+        let workflow =
+            !self.outbox.is_empty() || !self.settled.is_empty() || self.delivery.is_some();
+        if self.events.iter().any(|e| e.schema_version != 0) {
+            crate::wire::COMMIT_FORMAT
+        } else if workflow {
+            crate::wire::WORKFLOW_COMMIT_FORMAT
+        } else {
+            crate::wire::BASE_COMMIT_FORMAT
+        }
+    }
+
+    /// The bytes of the record [`NewCommit::into_record`] would build, written from the
+    /// commit's parts: the actor's key is borrowed, not cloned into a record.
+    pub(crate) fn encode_for(
+        &self,
+        actor: &ActorKey,
+        expected_version: u64,
+    ) -> Result<Vec<u8>, CodecError> {
+        crate::wire::record_codec::encode(&crate::wire::record_codec::RecordRef {
+            format: self.format(),
+            actor,
+            first_version: expected_version + 1,
+            command_id: self.command_id,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            timestamp_ms: self.timestamp_ms,
+            events: &self.events,
+            reply: self.reply.as_deref(),
+            outbox: &self.outbox,
+            settled: &self.settled,
+            delivery: self.delivery.as_ref(),
+        })
     }
 }
 
@@ -789,24 +817,37 @@ fn encode_commit(
     namespace: &Namespace,
     actor: &ActorKey,
     expected_version: u64,
-    commit: NewCommit,
+    commit: &NewCommit,
     max_bytes: usize,
-) -> Result<(CommitRecord, Vec<u8>), StoreError> {
+) -> Result<Encoded, StoreError> {
     check_namespace(namespace, actor)?;
     if commit.events.is_empty() {
         return Err(StoreError::InvalidCommit(
             "a commit must hold at least one event".into(),
         ));
     }
-    let record = commit.into_record(actor, expected_version);
-    let bytes = record.encode()?;
+    let bytes = commit.encode_for(actor, expected_version)?;
     if bytes.len() > max_bytes {
         return Err(StoreError::TooLarge {
             size: bytes.len(),
             limit: max_bytes,
         });
     }
-    Ok((record, bytes))
+    Ok(Encoded {
+        first_version: expected_version + 1,
+        last_version: expected_version + commit.events.len() as u64,
+        bytes,
+    })
+}
+
+/// A commit encoded for a store (see [`encode_commit`]).
+struct Encoded {
+    /// Version of the commit's first event.
+    first_version: u64,
+    /// Version of its last event.
+    last_version: u64,
+    /// The stored record.
+    bytes: Vec<u8>,
 }
 
 /// The actor of a stream token (`<namespace>.<kind>.<encoded id>`), if it is one.

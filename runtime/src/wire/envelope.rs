@@ -142,7 +142,7 @@ impl CommitRecord {
 
     /// Encodes the record: named MessagePack, the bytes `rmp_serde::to_vec_named` writes.
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        super::record_codec::encode(self)
+        super::record_codec::encode(&self.into())
     }
 
     /// Decodes a record and checks its shape (known format, at least one event, version ≥ 1).

@@ -11,7 +11,7 @@ test_util! {
 mod command_id;
 mod envelope;
 mod event_type;
-mod record_codec;
+pub(crate) mod record_codec;
 mod remote;
 mod trace;
 

@@ -20,7 +20,7 @@
 
 use super::codec::{self, CodecError};
 use super::command_id::CommandId;
-use super::envelope::{CommitRecord, EventData};
+use super::envelope::{CommitRecord, Delivery, EventData, OutboxEntry};
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
 
 const WHAT: &str = "commit record";
@@ -29,8 +29,46 @@ const WHAT: &str = "commit record";
 // Writing
 // ---------------------------------------------------------------------------------------------
 
-/// Encodes `record` as `rmp_serde::to_vec_named` would, byte for byte.
-pub(crate) fn encode(record: &CommitRecord) -> Result<Vec<u8>, CodecError> {
+/// A commit record's fields, borrowed: what [`encode`] writes. A commit on its way into a
+/// store is encoded from its parts, with the actor's key borrowed from the caller, so an
+/// append builds no [`CommitRecord`] (and touches none of the key's shared counters).
+pub(crate) struct RecordRef<'a> {
+    pub(crate) format: u16,
+    pub(crate) actor: &'a ActorKey,
+    pub(crate) first_version: u64,
+    pub(crate) command_id: CommandId,
+    pub(crate) correlation_id: CommandId,
+    pub(crate) causation_id: Option<CommandId>,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) events: &'a [EventData],
+    pub(crate) reply: Option<&'a [u8]>,
+    pub(crate) outbox: &'a [OutboxEntry],
+    pub(crate) settled: &'a [u64],
+    pub(crate) delivery: Option<&'a Delivery>,
+}
+
+impl<'a> From<&'a CommitRecord> for RecordRef<'a> {
+    fn from(record: &'a CommitRecord) -> Self {
+        RecordRef {
+            format: record.format,
+            actor: &record.actor,
+            first_version: record.first_version,
+            command_id: record.command_id,
+            correlation_id: record.correlation_id,
+            causation_id: record.causation_id,
+            timestamp_ms: record.timestamp_ms,
+            events: &record.events,
+            reply: record.reply.as_deref(),
+            outbox: &record.outbox,
+            settled: &record.settled,
+            delivery: record.delivery.as_ref(),
+        }
+    }
+}
+
+/// Encodes `record` as `rmp_serde::to_vec_named` would encode the [`CommitRecord`] with the
+/// same fields, byte for byte.
+pub(crate) fn encode(record: &RecordRef<'_>) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(estimate(record));
     let optional = usize::from(!record.outbox.is_empty())
         + usize::from(!record.settled.is_empty())
@@ -61,7 +99,7 @@ pub(crate) fn encode(record: &CommitRecord) -> Result<Vec<u8>, CodecError> {
     uint(&mut out, record.timestamp_ms);
     key(&mut out, "events");
     array_len(&mut out, record.events.len())?;
-    for event in &record.events {
+    for event in record.events {
         map_len(&mut out, if event.schema_version == 0 { 2 } else { 3 });
         key(&mut out, "event_type");
         str(&mut out, &event.event_type)?;
@@ -73,7 +111,7 @@ pub(crate) fn encode(record: &CommitRecord) -> Result<Vec<u8>, CodecError> {
         }
     }
     key(&mut out, "reply");
-    match &record.reply {
+    match record.reply {
         Some(reply) => bin(&mut out, reply)?,
         None => out.push(NIL),
     }
@@ -87,7 +125,7 @@ pub(crate) fn encode(record: &CommitRecord) -> Result<Vec<u8>, CodecError> {
         key(&mut out, "settled");
         nested(&mut out, &record.settled)?;
     }
-    if let Some(delivery) = &record.delivery {
+    if let Some(delivery) = record.delivery {
         key(&mut out, "delivery");
         nested(&mut out, delivery)?;
     }
@@ -95,7 +133,7 @@ pub(crate) fn encode(record: &CommitRecord) -> Result<Vec<u8>, CodecError> {
 }
 
 /// The encoded size, give or take the headers: one allocation for the whole record.
-fn estimate(record: &CommitRecord) -> usize {
+fn estimate(record: &RecordRef<'_>) -> usize {
     let names = record.actor.namespace.as_str().len()
         + record.actor.kind.as_str().len()
         + record.actor.id.as_str().len();
@@ -104,7 +142,7 @@ fn estimate(record: &CommitRecord) -> usize {
         .iter()
         .map(|e| 40 + e.event_type.len() + e.payload.len())
         .sum();
-    192 + names + events + record.reply.as_ref().map_or(0, Vec::len)
+    192 + names + events + record.reply.map_or(0, <[u8]>::len)
 }
 
 /// Serde for the nested workflow fields, behind one object-safe method.
@@ -636,15 +674,37 @@ mod tests {
         /// Older nodes read what this codec writes: the bytes are serde's.
         #[test]
         fn encodes_the_bytes_serde_writes(record in record_strategy()) {
-            let ours = encode(&record).expect("encodes");
+            let ours = record.encode().expect("encodes");
             let serde = rmp_serde::to_vec_named(&record).expect("serde encodes");
             prop_assert_eq!(ours, serde);
+        }
+
+        /// A commit on its way into a store is written from its parts (the key borrowed) as
+        /// the record it becomes would be written, format included.
+        #[test]
+        fn a_new_commit_encodes_as_its_record(record in record_strategy()) {
+            let commit = crate::store::NewCommit {
+                command_id: record.command_id,
+                correlation_id: record.correlation_id,
+                causation_id: record.causation_id,
+                timestamp_ms: record.timestamp_ms,
+                events: record.events,
+                reply: record.reply,
+                outbox: record.outbox,
+                settled: record.settled,
+                delivery: record.delivery,
+            };
+            let expected = record.first_version.saturating_sub(1);
+            let direct = commit.encode_for(&record.actor, expected).expect("encodes");
+            let built = commit.into_record(&record.actor, expected);
+            prop_assert_eq!(&direct, &built.encode().expect("encodes"));
+            prop_assert_eq!(direct, rmp_serde::to_vec_named(&built).expect("serde encodes"));
         }
 
         /// Every record reads back whole, with its stream's key or without one.
         #[test]
         fn decodes_what_was_written(record in record_strategy(), other in key_strategy()) {
-            let bytes = encode(&record).expect("encodes");
+            let bytes = record.encode().expect("encodes");
             prop_assert_eq!(&decode(&bytes, None).expect("decodes"), &record);
             prop_assert_eq!(&decode(&bytes, Some(&record.actor)).expect("decodes"), &record);
             // A record read from another stream still names its own actor.
@@ -659,14 +719,14 @@ mod tests {
             second in record_strategy(),
             damaged in any::<bool>(),
         ) {
-            let mut scratch = decode(&encode(&first).expect("encodes"), None).expect("decodes");
+            let mut scratch = decode(&first.encode().expect("encodes"), None).expect("decodes");
             if damaged {
                 // A failed decode leaves a mix of fields: the next one must not care.
-                let mut bytes = encode(&second).expect("encodes");
+                let mut bytes = second.encode().expect("encodes");
                 bytes.truncate(bytes.len() / 2);
                 prop_assert!(decode_into(&bytes, Some(&first.actor), &mut scratch).is_err());
             }
-            let bytes = encode(&second).expect("encodes");
+            let bytes = second.encode().expect("encodes");
             decode_into(&bytes, Some(&first.actor), &mut scratch).expect("decodes");
             prop_assert_eq!(&scratch, &second);
         }
@@ -679,7 +739,7 @@ mod tests {
             cut in any::<prop::sample::Index>(),
             truncate in any::<bool>(),
         ) {
-            let mut bytes = encode(&record).expect("encodes");
+            let mut bytes = record.encode().expect("encodes");
             for (at, value) in flips {
                 let i = at.index(bytes.len());
                 bytes[i] = value;
@@ -718,7 +778,7 @@ mod tests {
             settled: Vec::new(),
             delivery: None,
         };
-        let bytes = encode(&record).expect("encodes");
+        let bytes = record.encode().expect("encodes");
         let mut read = blank(ActorKey::placeholder());
         fast(&bytes, Some(&actor), &mut read).expect("the common shape takes the fast path");
         assert_eq!(read, record);
@@ -727,7 +787,7 @@ mod tests {
         // A workflow field hands the record to serde.
         let mut settled = record.clone();
         settled.settled = vec![3];
-        let bytes = encode(&settled).expect("encodes");
+        let bytes = settled.encode().expect("encodes");
         assert!(fast(&bytes, None, &mut blank(ActorKey::placeholder())).is_none());
         assert_eq!(decode(&bytes, None).expect("serde decodes"), settled);
     }

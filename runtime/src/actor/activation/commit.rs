@@ -23,7 +23,7 @@ impl<A: Behavior> Activation<A> {
         folded: bool,
     ) -> Result<Stored, AskError<A::Error>> {
         let now = now_ms();
-        let me = self.key().clone();
+        let me = self.key();
         let mut entries = Vec::with_capacity(plan.sends.len());
         for (i, out) in plan.sends.into_iter().enumerate() {
             let target = out.target.unwrap_or_else(|| me.clone());
@@ -49,7 +49,7 @@ impl<A: Behavior> Activation<A> {
             .cell
             .outbox
             .lock()
-            .stage(&me, entries, &plan.cancels, delivery);
+            .stage(me, entries, &plan.cancels, delivery);
         self.append_staged(events, staged, reply, ids, mark, folded)
             .await
     }
@@ -165,9 +165,8 @@ impl<A: Behavior> Activation<A> {
                         }
                     }
                 }));
-                let me = self.key().clone();
                 let new_work = !staged.entries.is_empty();
-                self.cell.outbox.lock().committed(&me, staged);
+                self.cell.outbox.lock().committed(self.key(), staged);
                 if new_work {
                     self.outbox_changed = true;
                     self.cell.kick.notify_one();

@@ -566,11 +566,11 @@ impl EventStore for EmbeddedStore {
         commit: NewCommit,
     ) -> Result<Appended, StoreError> {
         let command_id = commit.command_id;
-        let (record, bytes) = encode_commit(
+        let encoded = encode_commit(
             &self.namespace,
             actor,
             expected_version,
-            commit,
+            &commit,
             self.options.max_commit_bytes,
         )?;
         let (reply, answer) = oneshot::channel();
@@ -578,9 +578,9 @@ impl EventStore for EmbeddedStore {
             prefix: stream_prefix(actor),
             actor: actor.clone(),
             expected: expected_version,
-            last_version: record.last_version(),
+            last_version: encoded.last_version,
             command_id,
-            bytes,
+            bytes: encoded.bytes,
             reply,
         })?;
         answer

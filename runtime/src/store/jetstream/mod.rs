@@ -542,11 +542,11 @@ impl EventStore for JetStreamStore {
         commit: NewCommit,
     ) -> Result<Appended, StoreError> {
         let command_id = commit.command_id;
-        let (record, bytes) = encode_commit(
+        let encoded = encode_commit(
             &self.namespace,
             actor,
             expected_version,
-            commit,
+            &commit,
             self.options.max_commit_bytes,
         )?;
         self.ensure_connected()?;
@@ -574,19 +574,19 @@ impl EventStore for JetStreamStore {
                 }
             }
         };
-        let last_version = record.last_version();
+        let last_version = encoded.last_version;
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID_HEADER, msg_id.as_str());
         headers.insert(EXPECTED_SEQ_HEADER, expected_seq.to_string().as_str());
         headers.insert(VERSION_HEADER, last_version.to_string().as_str());
         headers.insert(
             FIRST_VERSION_HEADER,
-            record.first_version.to_string().as_str(),
+            encoded.first_version.to_string().as_str(),
         );
-        let size = bytes.len();
+        let size = encoded.bytes.len();
         let sent = self
             .js
-            .publish_with_headers(subject.clone(), headers, Bytes::from(bytes))
+            .publish_with_headers(subject.clone(), headers, Bytes::from(encoded.bytes))
             .await;
         let result = match sent {
             Ok(ack) => ack.await,
@@ -603,7 +603,7 @@ impl EventStore for JetStreamStore {
                     },
                 );
                 Ok(Appended {
-                    first_version: record.first_version,
+                    first_version: encoded.first_version,
                     last_version,
                     deduplicated: ack.duplicate,
                 })
