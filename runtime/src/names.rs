@@ -386,8 +386,18 @@ impl ActorKey {
 
     /// `<namespace>.<kind>.<encoded-id>`: one dot-separated, subject-safe name for the stream.
     pub(crate) fn stream_token(&self) -> String {
+        self.stream_token_with_room(0)
+    }
+
+    /// [`ActorKey::stream_token`] with room for `extra` more bytes (an id that needs escaping
+    /// may still grow it).
+    pub(crate) fn stream_token_with_room(&self, extra: usize) -> String {
         let mut out = String::with_capacity(
-            self.namespace.as_str().len() + self.kind.as_str().len() + self.id.as_str().len() + 2,
+            self.namespace.as_str().len()
+                + self.kind.as_str().len()
+                + self.id.as_str().len()
+                + 2
+                + extra,
         );
         out.push_str(self.namespace.as_str());
         out.push('.');

@@ -46,7 +46,7 @@ mod writer;
 
 use writer::Writer;
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -63,7 +63,6 @@ use super::{
     decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
-use crate::wire::CommandId;
 
 /// Settings of an [`EmbeddedStore`].
 #[derive(Debug, Clone)]
@@ -237,20 +236,34 @@ struct Handles {
     wakeups: Keyspace,
 }
 
+/// The writer's answer to an append.
+enum Landed {
+    /// Durable.
+    Stored(Appended),
+    /// The stream is at `actual`, not at the expected version: a conflict, unless `next` (the
+    /// stored commit right after the expected version, when there is one to read: its
+    /// position and bytes) is this very command's, stored by an earlier attempt.
+    Stale {
+        actual: u64,
+        next: Option<(u64, fjall::Slice)>,
+    },
+}
+
 enum Target {
     Events,
     Snapshots,
 }
 
 enum WriteOp {
+    /// A commit: `key` is its `events` key (the stream's prefix, then `last_version`). The
+    /// writer only checks versions; a stale append is answered with what the caller needs to
+    /// tell a retry from a conflict (see [`Landed::Stale`]), so no actor key crosses threads.
     Append {
-        prefix: Vec<u8>,
-        actor: ActorKey,
+        key: Vec<u8>,
         expected: u64,
         last_version: u64,
-        command_id: CommandId,
         bytes: Vec<u8>,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
+        reply: oneshot::Sender<Result<Landed, StoreError>>,
     },
     Snapshot {
         key: Vec<u8>,
@@ -322,6 +335,14 @@ fn stream_prefix(actor: &ActorKey) -> Vec<u8> {
     let mut prefix = actor.stream_token().into_bytes();
     prefix.push(0);
     prefix
+}
+
+/// `actor`'s `events` key of the commit ending at `version`, built in one allocation.
+fn event_key_of(actor: &ActorKey, version: u64) -> Vec<u8> {
+    let mut key = actor.stream_token_with_room(9).into_bytes();
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
 }
 
 fn event_key(prefix: &[u8], version: u64) -> Vec<u8> {
@@ -575,17 +596,37 @@ impl EventStore for EmbeddedStore {
         )?;
         let (reply, answer) = oneshot::channel();
         self.send(WriteOp::Append {
-            prefix: stream_prefix(actor),
-            actor: actor.clone(),
+            key: event_key_of(actor, encoded.last_version),
             expected: expected_version,
             last_version: encoded.last_version,
-            command_id,
             bytes: encoded.bytes,
             reply,
         })?;
-        answer
+        let landed = answer
             .await
-            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))?
+            .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))??;
+        match landed {
+            Landed::Stored(appended) => Ok(appended),
+            Landed::Stale { actual, next } => {
+                // A retry of the commit right after `expected_version` is not a conflict.
+                if let Some((position, bytes)) = next
+                    && let Ok(existing) = decode_commit(actor, position, &bytes)
+                    && existing.first_version == expected_version + 1
+                    && existing.command_id == command_id
+                {
+                    return Ok(Appended {
+                        first_version: existing.first_version,
+                        last_version: existing.last_version(),
+                        deduplicated: true,
+                    });
+                }
+                Err(StoreError::VersionConflict {
+                    actor: actor.clone(),
+                    expected: expected_version,
+                    actual,
+                })
+            }
+        }
     }
 
     async fn latest_version(&self, actor: &ActorKey) -> Result<u64, StoreError> {
@@ -850,7 +891,7 @@ impl FaultInjection for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::names::{ActorId, Kind};
-    use crate::wire::EventData;
+    use crate::wire::{CommandId, EventData};
 
     fn commit() -> NewCommit {
         NewCommit::new(

@@ -41,7 +41,7 @@ pub(super) struct Writer {
 
 /// An answer to send once the batch is durable.
 enum Pending {
-    Append(oneshot::Sender<Result<Appended, StoreError>>, Appended),
+    Append(oneshot::Sender<Result<Landed, StoreError>>, Appended),
     Unit(oneshot::Sender<Result<(), StoreError>>),
     Revision(oneshot::Sender<Result<u64, StoreError>>, u64),
     Truncated(oneshot::Sender<Result<Truncated, StoreError>>, Truncated),
@@ -93,39 +93,13 @@ impl Writer {
         Ok(v)
     }
 
-    /// When an append finds the stream past `expected`: a retry of the commit right after
-    /// `expected` is deduplicated, anything else is a conflict.
-    pub(super) fn conflict_or_duplicate(
-        &self,
-        actor: &ActorKey,
-        prefix: &[u8],
-        expected: u64,
-        actual: u64,
-        command_id: CommandId,
-    ) -> Result<Appended, StoreError> {
+    /// The stored commit right after `expected` on the stream `prefix` (its position and
+    /// bytes), for the caller to tell a retry of its own commit from a conflict.
+    fn next_commit(&self, prefix: &[u8], expected: u64) -> Option<(u64, fjall::Slice)> {
         let start = event_key(prefix, expected + 1);
         let end = event_key(prefix, u64::MAX);
-        if let Some(Ok((key, value))) = self
-            .events
-            .range(start..=end)
-            .next()
-            .map(|g| g.into_inner())
-            && let Some(position) = key_version(&key)
-            && let Ok(existing) = decode_commit(actor, position, &value)
-            && existing.first_version == expected + 1
-            && existing.command_id == command_id
-        {
-            return Ok(Appended {
-                first_version: existing.first_version,
-                last_version: existing.last_version(),
-                deduplicated: true,
-            });
-        }
-        Err(StoreError::VersionConflict {
-            actor: actor.clone(),
-            expected,
-            actual,
-        })
+        let (key, value) = self.events.range(start..=end).next()?.into_inner().ok()?;
+        Some((key_version(&key)?, value))
     }
 
     /// Stages the removal of `actor`'s commits that end before `before`, never its latest:
@@ -218,43 +192,37 @@ impl Writer {
         for op in ops {
             match op {
                 WriteOp::Append {
-                    prefix,
-                    actor,
+                    key,
                     expected,
                     last_version,
-                    command_id,
                     bytes,
                     reply,
                 } => {
-                    let actual = match staged_heads.get(&prefix) {
-                        Some(v) => Ok(*v),
-                        None => self.head(&prefix),
+                    let prefix = &key[..key.len() - 8];
+                    let staged = staged_heads.get(prefix).copied();
+                    let actual = match staged {
+                        Some(v) => Ok(v),
+                        None => self.head(prefix),
                     };
                     match actual {
                         Err(e) => {
                             let _ = reply.send(Err(e));
                         }
                         Ok(actual) if actual != expected => {
-                            let result = if staged_heads.contains_key(&prefix) {
-                                // The competing commit is in this very batch, not yet readable.
-                                Err(StoreError::VersionConflict {
-                                    actor,
-                                    expected,
-                                    actual,
-                                })
-                            } else {
-                                self.conflict_or_duplicate(
-                                    &actor, &prefix, expected, actual, command_id,
-                                )
+                            // A competing commit in this very batch is not readable yet, and
+                            // is not this command's (its caller is still waiting).
+                            let next = match staged {
+                                Some(_) => None,
+                                None => self.next_commit(prefix, expected),
                             };
-                            let _ = reply.send(result);
+                            let _ = reply.send(Ok(Landed::Stale { actual, next }));
                         }
                         Ok(_) => {
-                            let key = event_key(&prefix, last_version);
-                            batch.insert(&self.log, next_log.to_be_bytes().to_vec(), key.clone());
+                            // The engine copies keys and values: pass slices, keep nothing.
+                            batch.insert(&self.log, &next_log.to_be_bytes()[..], key.as_slice());
                             next_log += 1;
-                            batch.insert(&self.events, key, bytes);
-                            staged_heads.insert(prefix, last_version);
+                            batch.insert(&self.events, key.as_slice(), bytes.as_slice());
+                            staged_heads.insert(prefix.to_vec(), last_version);
                             pending.push(Pending::Append(
                                 reply,
                                 Appended {
@@ -384,7 +352,7 @@ impl Writer {
                 for p in pending {
                     match p {
                         Pending::Append(reply, appended) => {
-                            let _ = reply.send(Ok(appended));
+                            let _ = reply.send(Ok(Landed::Stored(appended)));
                         }
                         Pending::Unit(reply) => {
                             let _ = reply.send(Ok(()));
