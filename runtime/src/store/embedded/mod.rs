@@ -20,6 +20,11 @@
 //! answers all of them. With many actors writing at once, many commits share one sync, so
 //! throughput grows with concurrency instead of stopping at the disk's sync rate.
 //!
+//! The writer does as little as it can, since everything it does is serial: the caller encodes
+//! the record and builds its key, and a stale append is answered with the stream's head and
+//! the commit stored after the expected version, from which the caller tells a retry of its
+//! own commit (deduplicated) from a conflict.
+//!
 //! # Layout
 //!
 //! - keyspace `events`: key `<stream token> 0x00 <last version, u64 big-endian>` → the encoded
