@@ -7,7 +7,8 @@
 //! - runtime: 64 actors in flight, each ask persisting one event.
 //!
 //! Reports runtime ÷ raw engine, runtime ÷ store, and B11 = runtime commits/s ÷ raw fsyncs/s,
-//! each the median of rounds that measure all four back to back.
+//! each the median of rounds that measure all four back to back. `E_SIDE=runtime` or `store`
+//! (for a profiler) measures only that side, ten rounds.
 
 mod support;
 
@@ -143,6 +144,24 @@ async fn main() -> anyhow::Result<()> {
     );
     for r in refs.iter() {
         r.ask(ProbeCmd::Get).await?;
+    }
+    // A knob for profiling one side: `E_SIDE=runtime` or `store` measures only that, 10 rounds.
+    match std::env::var("E_SIDE").as_deref() {
+        Ok("runtime") | Ok("store") => {
+            let runtime_side = std::env::var("E_SIDE").as_deref() == Ok("runtime");
+            let d = support::pairs().1;
+            let mut rates = Vec::new();
+            for _ in 0..10 {
+                rates.push(if runtime_side {
+                    runtime(&refs, d).await
+                } else {
+                    direct.measure(d).await
+                });
+            }
+            println!("E side only: {:.0} commits/s (median)", median(rates));
+            return Ok(());
+        }
+        _ => {}
     }
     // Rounds of all four, back to back, the order alternating: the disk's speed drifts (the
     // raw engine measured 69k-159k records/s on different runs), and each round's ratios
