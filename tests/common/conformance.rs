@@ -323,6 +323,13 @@ pub async fn bad_commits_are_rejected<S: TestStore>(f: Fixture<S>) {
         s.append(&a, 0, empty).await,
         Err(StoreError::InvalidCommit(_))
     ));
+    // Versions past the largest `u64` are refused, not wrapped.
+    match s.append(&a, u64::MAX - 1, commit_of(&[1, 2])).await {
+        Err(e @ StoreError::InvalidCommit(_)) => {
+            assert!(e.to_string().contains("largest version"), "{e}")
+        }
+        other => panic!("a commit past the largest version must be refused, got {other:?}"),
+    }
     let huge = NewCommit::new(
         CommandId::random(),
         vec![EventData {

@@ -812,7 +812,8 @@ fn check_namespace(namespace: &Namespace, actor: &ActorKey) -> Result<(), StoreE
     }
 }
 
-/// Validates and encodes a commit: namespace, non-empty, within `max_bytes`.
+/// Validates and encodes a commit: namespace, non-empty, versions within `u64`, within
+/// `max_bytes`.
 fn encode_commit(
     namespace: &Namespace,
     actor: &ActorKey,
@@ -826,6 +827,12 @@ fn encode_commit(
             "a commit must hold at least one event".into(),
         ));
     }
+    let Some(last_version) = expected_version.checked_add(commit.events.len() as u64) else {
+        return Err(StoreError::InvalidCommit(format!(
+            "{} events after version {expected_version} would pass the largest version",
+            commit.events.len()
+        )));
+    };
     let bytes = commit.encode_for(actor, expected_version)?;
     if bytes.len() > max_bytes {
         return Err(StoreError::TooLarge {
@@ -835,7 +842,7 @@ fn encode_commit(
     }
     Ok(Encoded {
         first_version: expected_version + 1,
-        last_version: expected_version + commit.events.len() as u64,
+        last_version,
         bytes,
     })
 }

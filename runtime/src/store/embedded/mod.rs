@@ -260,7 +260,8 @@ enum Target {
 }
 
 enum WriteOp {
-    /// A commit: `key` is its `events` key (the stream's prefix, then `last_version`). The
+    /// A commit: `key` is its `events` key (the stream's prefix, then `last_version`: always
+    /// built by `event_key_of`, so longer than 8 bytes). The
     /// writer only checks versions; a stale append is answered with what the caller needs to
     /// tell a retry from a conflict (see [`Landed::Stale`]), so no actor key crosses threads.
     Append {
@@ -599,6 +600,8 @@ impl EventStore for EmbeddedStore {
             &commit,
             self.options.max_commit_bytes,
         )?;
+        // Only its id is needed from here on: do not hold its events across the sync.
+        drop(commit);
         let (reply, answer) = oneshot::channel();
         self.send(WriteOp::Append {
             key: event_key_of(actor, encoded.last_version),

@@ -198,9 +198,9 @@ impl Writer {
                     bytes,
                     reply,
                 } => {
+                    debug_assert!(key.len() > 8, "an event key ends in its 8-byte version");
                     let prefix = &key[..key.len() - 8];
-                    let staged = staged_heads.get(prefix).copied();
-                    let actual = match staged {
+                    let actual = match staged_heads.get(prefix).copied() {
                         Some(v) => Ok(v),
                         None => self.head(prefix),
                     };
@@ -209,12 +209,10 @@ impl Writer {
                             let _ = reply.send(Err(e));
                         }
                         Ok(actual) if actual != expected => {
-                            // A competing commit in this very batch is not readable yet, and
-                            // is not this command's (its caller is still waiting).
-                            let next = match staged {
-                                Some(_) => None,
-                                None => self.next_commit(prefix, expected),
-                            };
+                            // Read from what is on disk even when a commit of this stream is
+                            // staged in this batch: the commit after `expected` may be this
+                            // command's, stored by an earlier attempt (a straggler's retry).
+                            let next = self.next_commit(prefix, expected);
                             let _ = reply.send(Ok(Landed::Stale { actual, next }));
                         }
                         Ok(_) => {
