@@ -16,7 +16,7 @@ use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
     NewCommit, ReadReport, ReplayVisitor, Replayed, Replayer, Snapshot, SnapshotStore, StoreError,
     Truncated, Wakeup, WakeupStream, check_horizon, check_namespace, decode_commit,
-    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
+    decode_snapshot, encode_commit, encode_snapshot, retry_or_conflict, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 use crate::wire::CommitRecord;
@@ -160,26 +160,11 @@ impl EventStore for MemoryStore {
         let found = streams.by_actor.get_mut(actor);
         let actual = head(found.as_deref().map(|(_, stream)| stream));
         if actual != expected_version {
-            // A retry of the commit right after `expected_version` is not a conflict.
-            if let Some((_, stream)) = found.as_deref() {
+            let next = found.as_deref().and_then(|(_, stream)| {
                 let at = stream.partition_point(|(v, _)| *v <= expected_version);
-                if let Some((last, stored)) = stream.get(at)
-                    && let Ok(existing) = decode_commit(actor, *last, stored)
-                    && existing.first_version == expected_version + 1
-                    && existing.command_id == command_id
-                {
-                    return Ok(Appended {
-                        first_version: existing.first_version,
-                        last_version: existing.last_version(),
-                        deduplicated: true,
-                    });
-                }
-            }
-            return Err(StoreError::VersionConflict {
-                actor: actor.clone(),
-                expected: expected_version,
-                actual,
+                stream.get(at).map(|(last, stored)| (*last, &stored[..]))
             });
+            return retry_or_conflict(actor, expected_version, actual, command_id, next);
         }
         let last_version = encoded.last_version;
         // Kept for good: trimmed to its length first (the encoder's buffer is sized by an

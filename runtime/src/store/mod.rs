@@ -847,6 +847,35 @@ fn encode_commit(
     })
 }
 
+/// What an append that found `actor`'s stream at `actual`, not at `expected`, answers: the
+/// commit stored right after `expected` (`next`: its position and bytes, when there is one)
+/// is this very command's, stored by an earlier attempt, so the retry is deduplicated; any
+/// other is a conflict.
+fn retry_or_conflict(
+    actor: &ActorKey,
+    expected: u64,
+    actual: u64,
+    command_id: CommandId,
+    next: Option<(u64, &[u8])>,
+) -> Result<Appended, StoreError> {
+    if let Some((position, bytes)) = next
+        && let Ok(existing) = decode_commit(actor, position, bytes)
+        && existing.first_version == expected + 1
+        && existing.command_id == command_id
+    {
+        return Ok(Appended {
+            first_version: existing.first_version,
+            last_version: existing.last_version(),
+            deduplicated: true,
+        });
+    }
+    Err(StoreError::VersionConflict {
+        actor: actor.clone(),
+        expected,
+        actual,
+    })
+}
+
 /// A commit encoded for a store (see [`encode_commit`]).
 struct Encoded {
     /// Version of the commit's first event.

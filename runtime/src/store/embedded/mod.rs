@@ -65,7 +65,7 @@ use super::{
     Appended, CorruptRecord, EventStore, FaultInjection, LocalWakeups, LogEntry, LogPage,
     NewCommit, ReadReport, ReplayVisitor, Replayed, Replayer, Snapshot, SnapshotStore, StoreError,
     Truncated, Wakeup, WakeupStream, actor_of_token, check_horizon, check_namespace, decode_commit,
-    decode_snapshot, encode_commit, encode_snapshot, snapshot_version,
+    decode_snapshot, encode_commit, encode_snapshot, retry_or_conflict, snapshot_version,
 };
 use crate::names::{ActorKey, Namespace};
 
@@ -615,25 +615,14 @@ impl EventStore for EmbeddedStore {
             .map_err(|_| StoreError::OutcomeUnknown("embedded store writer stopped".into()))??;
         match landed {
             Landed::Stored(appended) => Ok(appended),
-            Landed::Stale { actual, next } => {
-                // A retry of the commit right after `expected_version` is not a conflict.
-                if let Some((position, bytes)) = next
-                    && let Ok(existing) = decode_commit(actor, position, &bytes)
-                    && existing.first_version == expected_version + 1
-                    && existing.command_id == command_id
-                {
-                    return Ok(Appended {
-                        first_version: existing.first_version,
-                        last_version: existing.last_version(),
-                        deduplicated: true,
-                    });
-                }
-                Err(StoreError::VersionConflict {
-                    actor: actor.clone(),
-                    expected: expected_version,
-                    actual,
-                })
-            }
+            Landed::Stale { actual, next } => retry_or_conflict(
+                actor,
+                expected_version,
+                actual,
+                command_id,
+                next.as_ref()
+                    .map(|(position, bytes)| (*position, &bytes[..])),
+            ),
         }
     }
 
@@ -945,5 +934,66 @@ mod tests {
             .append(&actor, 1, commit())
             .await
             .expect("writes again");
+    }
+
+    /// A straggler retries a commit that is already on disk while the stream's next commit
+    /// waits in the same batch: the retry is deduplicated, not a conflict. Both ops are queued
+    /// back to back so they often share a batch (the case a staged head used to hide); every
+    /// round must hold either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_beside_a_staged_commit_of_its_stream_is_deduplicated() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ns = Namespace::new("straggler").expect("ns");
+        let store = EmbeddedStore::open(dir.path(), ns.clone()).expect("open");
+        let queue = |actor: &ActorKey, expected: u64, commit: &NewCommit| {
+            let encoded = encode_commit(&ns, actor, expected, commit, usize::MAX).expect("encodes");
+            let (reply, answer) = oneshot::channel();
+            store
+                .send(WriteOp::Append {
+                    key: event_key_of(actor, encoded.last_version),
+                    expected,
+                    last_version: encoded.last_version,
+                    bytes: encoded.bytes,
+                    reply,
+                })
+                .expect("queued");
+            answer
+        };
+        for round in 0..200 {
+            let actor = ActorKey::new(
+                ns.clone(),
+                Kind::new("k").expect("kind"),
+                ActorId::new(format!("a{round}")).expect("id"),
+            );
+            let first = commit();
+            store.append(&actor, 0, first.clone()).await.expect("first");
+            let next = queue(&actor, 1, &commit());
+            let retry = queue(&actor, 0, &first);
+            let next = next.await.expect("answered").expect("stored");
+            assert!(matches!(next, Landed::Stored(_)), "round {round}");
+            let Landed::Stale { actual, next } = retry.await.expect("answered").expect("answered")
+            else {
+                panic!("round {round}: a retry at version 0 cannot be stored again");
+            };
+            let answer = retry_or_conflict(
+                &actor,
+                0,
+                actual,
+                first.command_id,
+                next.as_ref()
+                    .map(|(position, bytes)| (*position, &bytes[..])),
+            );
+            assert!(
+                matches!(
+                    answer,
+                    Ok(Appended {
+                        first_version: 1,
+                        last_version: 1,
+                        deduplicated: true
+                    })
+                ),
+                "round {round}: {answer:?}"
+            );
+        }
     }
 }
