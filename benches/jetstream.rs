@@ -109,6 +109,11 @@ async fn cross_node_commands(url: &str) -> anyhow::Result<f64> {
         .map(|id| caller.actor::<Probe>(id))
         .collect::<Result<_, _>>()?;
     let ops = persisted_asks(refs).await?;
+    let stats = caller.stats();
+    eprintln!(
+        "B4c: {} first attempts went in batches to the owner node ({} retried, {} resent)",
+        stats.remote_batched, stats.remote_retries, stats.remote_resends
+    );
     caller.shutdown().await?;
     owner.shutdown().await?;
     Ok(ops)

@@ -501,6 +501,190 @@ async fn a_raw_client_that_asks_for_batched_answers_gets_them_as_the_wire_doc_sa
     b.shutdown().await.unwrap();
 }
 
+/// A batch of requests as docs/wire.md describes it: `(token, shard, request frame)` triples,
+/// no trace context.
+fn wire_request_batch(items: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut out = vec![1u8];
+    for (token, shard, frame) in items {
+        varint(&mut out, *token);
+        varint(&mut out, *shard);
+        out.push(0);
+        varint(&mut out, frame.len() as u64);
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_client_that_batches_requests_to_a_node_gets_each_checked_and_answered() {
+    use aether::wire::RemoteReply;
+    use futures_util::StreamExt;
+    let server = NatsServer::start();
+    let a = node(&server.url(), "wire", "node-1", 1).await;
+    let b = node(&server.url(), "wire", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    let owned_by = |owner: &'static str, prefix: &'static str| {
+        let cluster = b.cluster().unwrap();
+        (0..)
+            .map(move |i| format!("{prefix}{i}"))
+            .filter(move |id| cluster.locate::<Counter>(id).owner.as_deref() == Some(owner))
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let inbox = "aether.wire.reply.rawbatch";
+    let mut answers = client.subscribe(format!("{inbox}.*")).await.unwrap();
+    // Tokens 1 to 8: actors node-2 owns, each asked to add its token.
+    let mut items: Vec<(u64, u64, Vec<u8>)> = owned_by("node-2", "mine")
+        .take(8)
+        .zip(1u64..)
+        .map(|(id, token)| {
+            let (_, frame) = raw_request(&id, RawCmd::Add(token), [token as u8; 16]);
+            (token, wire_shard("wire", "counter", &id, 1024), frame)
+        })
+        .collect();
+    // Token 9: an actor node-1 owns, sent to node-2 as a stale map would.
+    let theirs = owned_by("node-1", "theirs").next().unwrap();
+    let theirs_shard = wire_shard("wire", "counter", &theirs, 1024);
+    let (_, frame) = raw_request(&theirs, RawCmd::Add(1), [9; 16]);
+    items.push((9, theirs_shard, frame));
+    // Token 10: an actor of node-2 under a shard it is not in.
+    let mine = owned_by("node-2", "lying").next().unwrap();
+    let (_, frame) = raw_request(&mine, RawCmd::Add(1), [10; 16]);
+    let wrong = (wire_shard("wire", "counter", &mine, 1024) + 1) % 1024;
+    items.push((10, wrong, frame));
+    // Then a request cut off in the middle: the ten before it are still served.
+    let mut batch = wire_request_batch(&items);
+    batch.extend_from_slice(&[11, 3, 0, 200, 1, 0x82]);
+    client
+        .publish_with_reply(
+            "aether.wire.node.node-2.asks",
+            format!("{inbox}.g1"),
+            batch.into(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 10 {
+        let msg = tokio::time::timeout_at(deadline, answers.next())
+            .await
+            .expect("every answer before the deadline")
+            .expect("the inbox subscription");
+        let items = match msg.subject.as_str().rsplit('.').next() {
+            Some("b") => wire_batch(&msg.payload),
+            Some(token) => vec![(token.parse().unwrap(), msg.payload.to_vec())],
+            None => unreachable!(),
+        };
+        for (token, frame) in items {
+            let reply = RemoteReply::decode(&frame).expect("a reply frame");
+            assert!(
+                answered.insert(token, reply).is_none(),
+                "token {token} answered twice"
+            );
+        }
+    }
+    for token in 1..=8u64 {
+        match &answered[&token] {
+            RemoteReply::Ok { reply } => {
+                assert_eq!(rmp_serde::from_slice::<u64>(reply).unwrap(), token)
+            }
+            other => panic!("token {token}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        answered[&9],
+        RemoteReply::NotOwner {
+            shard: theirs_shard as u32
+        }
+    );
+    match &answered[&10] {
+        RemoteReply::Err(CallError::Codec { reason, .. }) => {
+            assert!(
+                reason.contains("arrived on the subject of shard"),
+                "{reason}"
+            )
+        }
+        other => panic!("token 10: {other:?}"),
+    }
+    // Token 9 was not applied anywhere; the node still serves; nothing else was answered.
+    assert_eq!(
+        a.actor::<Counter>(&theirs)
+            .unwrap()
+            .ask(CounterCmd::Get)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(!answered.contains_key(&11));
+    // A batch for a node nobody listens for: the server says so on the batch's reply subject.
+    client
+        .publish_with_reply(
+            "aether.wire.node.node-3.asks",
+            format!("{inbox}.g2"),
+            wire_request_batch(&items[..1]).into(),
+        )
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout_at(deadline, answers.next())
+        .await
+        .expect("the server's answer")
+        .expect("the inbox subscription");
+    assert_eq!(refused.subject.as_str(), format!("{inbox}.g2"));
+    assert_eq!(refused.status, Some(async_nats::StatusCode::NO_RESPONDERS));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_asks_to_another_node_go_in_batches_and_each_applies_once() {
+    let server = NatsServer::start();
+    let a = node(&server.url(), "batched", "node-1", 1).await;
+    let b = node(&server.url(), "batched", "node-2", 1).await;
+    converged(&[&a, &b], &["node-1", "node-2"]).await;
+    for rt in [&a, &b] {
+        rt.cluster().unwrap().settled_with(2, WAIT).await.unwrap();
+    }
+    const ACTORS: usize = 48;
+    const ROUNDS: u64 = 20;
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("c{i}"))
+        .filter(|id| a.cluster().unwrap().locate::<Counter>(id).owner.as_deref() == Some("node-2"))
+        .take(ACTORS)
+        .collect();
+    let mut callers = tokio::task::JoinSet::new();
+    for id in &ids {
+        let r = a.actor::<Counter>(id).unwrap();
+        callers.spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..ROUNDS {
+                seen.push(r.ask(CounterCmd::Add(1)).await.expect("a remote ask"));
+            }
+            seen
+        });
+    }
+    while let Some(seen) = callers.join_next().await {
+        assert_eq!(seen.unwrap(), (1..=ROUNDS).collect::<Vec<_>>());
+    }
+    for id in &ids {
+        let total = b.actor::<Counter>(id).unwrap().ask(CounterCmd::Get).await;
+        assert_eq!(total.unwrap(), ROUNDS, "{id} applied each command once");
+    }
+    let stats = a.stats();
+    assert!(
+        stats.remote_batched > 0,
+        "no ask went in a batch: {stats:?}"
+    );
+    assert_eq!(stats.remote_resends, 0, "{stats:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_replies_and_the_node_keeps_serving() {
     use aether::wire::RemoteReply;

@@ -201,7 +201,8 @@ proptest! {
 }
 
 /// Thousands of hostile frames (arbitrary, mutated, truncated, huge claims) on the subject of
-/// a running node's shard, asked and told: the node answers what it can and keeps serving.
+/// a running node's shard, asked and told, and hostile batches on the node's own subject: the
+/// node answers what it can and keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_fed_hostile_frames_keeps_serving() {
     use aether::prelude::*;
@@ -274,6 +275,53 @@ async fn a_node_fed_hostile_frames_keeps_serving() {
         }
     }
     assert!(answered > 900, "only {answered} of 1000 asks were answered");
+    // The same on the node's subject for batched requests: mutations of a valid batch.
+    let batches = decoders::all()
+        .into_iter()
+        .find(|d| d.name == "request batch")
+        .expect("the request batch decoder");
+    let varint = |out: &mut Vec<u8>, mut n: u64| {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    };
+    // docs/wire.md: the format, then token, shard, no trace context, the frame's length.
+    let mut batch = batches.sample[..1].to_vec();
+    varint(&mut batch, 1);
+    varint(&mut batch, u64::from(shard));
+    batch.push(0);
+    varint(&mut batch, request.len() as u64);
+    batch.extend_from_slice(&request);
+    assert_eq!(decode_bounded(&batches, &batch), Ok(()));
+    for i in 0..1000u32 {
+        let mut b = batch.clone();
+        match i % 3 {
+            0 => {
+                for _ in 0..rng.usize(1..4) {
+                    let at = rng.usize(..b.len());
+                    b[at] = rng.u8(..);
+                }
+            }
+            1 => b.truncate(rng.usize(..b.len())),
+            _ => {
+                let at = rng.usize(1..b.len());
+                b.splice(
+                    at..at,
+                    HUGE_CLAIMS[i as usize % HUGE_CLAIMS.len()].iter().copied(),
+                );
+            }
+        }
+        client
+            .publish_with_reply(
+                "aether.hostile.node.node-1.asks",
+                format!("aether.hostile.reply.h.g{i}"),
+                b.into(),
+            )
+            .await
+            .unwrap();
+    }
     // The node still serves, and no hostile frame changed the counter (a mutated frame may
     // carry a valid command for another actor, never a second `Add` for this one).
     assert_eq!(counter.ask(CounterCmd::Get).await.unwrap(), 1);

@@ -11,6 +11,7 @@ use crate::bus::EventBody;
 use crate::cluster::{LeaderRecord, NodeRecord, NodeStatus, ShardMap};
 use crate::errors::CallError;
 use crate::names::{ActorId, ActorKey, Kind, Namespace};
+use crate::routing::batches;
 use crate::wire::{
     CommandId, CommitRecord, Delivery, EventData, EventEnvelope, FRAME_FORMAT, OutboxEntry,
     RemoteReply, RemoteRequest, Settle, codec,
@@ -272,6 +273,42 @@ pub fn all() -> Vec<Decoder> {
                 crate::store::decode_wakeup(b)
                     .map(drop)
                     .ok_or_else(|| "not a wake-up entry".to_owned())
+            },
+        },
+        Decoder {
+            name: "answer batch",
+            sample: {
+                let mut out = Vec::new();
+                batches::start_answers(&mut out);
+                batches::push_answer(&mut out, 7, b"an answer frame");
+                batches::push_answer(&mut out, 300, &[]);
+                out
+            },
+            decode: |b| {
+                batches::decode_answers(&bytes::Bytes::copy_from_slice(b), |_, _| {})
+                    .map_err(|e| e.to_string())
+            },
+        },
+        Decoder {
+            name: "request batch",
+            sample: {
+                let request = request
+                    .encode()
+                    .unwrap_or_else(|e| unreachable!("encodes: {e}"));
+                let mut out = Vec::new();
+                batches::start_requests(&mut out);
+                batches::push_request(&mut out, 1, 5, None, &request);
+                let trace = crate::wire::TraceParent::of(
+                    CommandId::from_u128(9),
+                    CommandId::from_u128(10),
+                    true,
+                );
+                batches::push_request(&mut out, 2, 1023, Some(trace), &request);
+                out
+            },
+            decode: |b| {
+                batches::decode_requests(&bytes::Bytes::copy_from_slice(b), |_| {})
+                    .map_err(|e| e.to_string())
             },
         },
         Decoder {

@@ -897,6 +897,7 @@ impl Host {
             hibernations: get(&s.hibernations),
             remote_retries: self.transport.as_ref().map_or(0, |t| t.retries()),
             remote_resends: self.transport.as_ref().map_or(0, |t| t.resends()),
+            remote_batched: self.transport.as_ref().map_or(0, |t| t.batched()),
             effects_applied: get(&s.effects_applied),
             effects_rejected: get(&s.effects_rejected),
             effects_duplicates: get(&s.effects_duplicates),

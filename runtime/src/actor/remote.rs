@@ -87,8 +87,12 @@ pub(crate) async fn ask<A: Behavior>(
     let trace = meta
         .traced
         .then(|| crate::wire::TraceParent::of(meta.correlation_id, meta.command_id, true));
+    let route = host
+        .placement
+        .route(shard)
+        .map(|node| crate::routing::Route { node, shard });
     match transport
-        .request(subject, frame, trace, meta.deadline)
+        .request(subject, frame, trace, meta.deadline, route)
         .await
     {
         Ok(RemoteReply::Ok { reply }) => {

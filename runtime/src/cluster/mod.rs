@@ -571,6 +571,7 @@ impl Cluster {
     pub(crate) fn placement(&self) -> Arc<dyn Placement> {
         Arc::new(ClusterPlacement {
             inner: Arc::clone(&self.inner),
+            routes: parking_lot::RwLock::new(Routes::default()),
         })
     }
 
@@ -642,6 +643,15 @@ impl std::fmt::Debug for Cluster {
 
 struct ClusterPlacement {
     inner: Arc<Inner>,
+    /// The subjects of the latest map's nodes, built once per map.
+    routes: parking_lot::RwLock<Routes>,
+}
+
+/// Per node of one map (by its index), its subject for batched requests; `None` for this node.
+#[derive(Default)]
+struct Routes {
+    epoch: u64,
+    nodes: Vec<Option<async_nats::Subject>>,
 }
 
 impl Placement for ClusterPlacement {
@@ -654,6 +664,30 @@ impl Placement for ClusterPlacement {
         !*self.inner.fenced.borrow()
             && !self.inner.beat_lease_expired()
             && self.inner.serving.borrow().shards.contains(&shard)
+    }
+
+    /// The map's owner of `shard`, when it is another node.
+    fn route(&self, shard: u32) -> Option<async_nats::Subject> {
+        let map = self.inner.map.read().clone()?;
+        let owner = usize::from(*map.owners.get(shard as usize)?);
+        {
+            let routes = self.routes.read();
+            if routes.epoch == map.epoch && routes.nodes.len() == map.nodes.len() {
+                return routes.nodes.get(owner).cloned().flatten();
+            }
+        }
+        let me = self.inner.config.node_id.as_str();
+        let nodes: Vec<_> = map
+            .nodes
+            .iter()
+            .map(|n| (n != me).then(|| crate::routing::node_subject(&self.inner.namespace, n)))
+            .collect();
+        let route = nodes.get(owner).cloned().flatten();
+        *self.routes.write() = Routes {
+            epoch: map.epoch,
+            nodes,
+        };
+        route
     }
 }
 

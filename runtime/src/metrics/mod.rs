@@ -326,6 +326,7 @@ catalog! {
     "aether_deadlocks_refused_total" Counter "Asks refused with Deadlock";
     "aether_remote_retries_total" Counter "Cross-node asks sent again because their shard was between owners";
     "aether_remote_resends_total" Counter "Cross-node asks sent again with the same command id after no answer";
+    "aether_remote_batched_total" Counter "Cross-node asks whose first attempt went to the owner node in a batch";
     "aether_effects_applied_total" Counter "Durable effects applied by actors of this node";
     "aether_effects_rejected_total" Counter "Durable effects rejected (and recorded) by actors of this node";
     "aether_effects_duplicates_total" Counter "Durable effects delivered again after they were applied";
@@ -423,6 +424,7 @@ impl Collector {
         counter("aether_deadlocks_refused_total", s.deadlocks_refused);
         counter("aether_remote_retries_total", s.remote_retries);
         counter("aether_remote_resends_total", s.remote_resends);
+        counter("aether_remote_batched_total", s.remote_batched);
         counter("aether_effects_applied_total", s.effects_applied);
         counter("aether_effects_rejected_total", s.effects_rejected);
         counter("aether_effects_duplicates_total", s.effects_duplicates);

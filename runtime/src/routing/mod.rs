@@ -11,11 +11,29 @@
 mod placement;
 pub(crate) mod remote;
 mod reply_inbox;
+mod request_batch;
 mod shard;
 
 pub(crate) use placement::{ClientPlacement, LocalPlacement, Placement};
-pub(crate) use remote::{Answer, Dispatch, Inbound, Pending, SendError, ShardDrain, Transport};
+pub(crate) use remote::{Answer, Dispatch, Inbound, Pending, ShardDrain};
+pub(crate) use request_batch::node_subject;
+
+/// The batch frames, for the list of decoders (`crate::decoders`).
+#[cfg_attr(not(feature = "test-util"), allow(dead_code))]
+pub(crate) mod batches {
+    pub(crate) use super::reply_inbox::{
+        decode_batch as decode_answers, push_batch_item as push_answer,
+        start_batch as start_answers,
+    };
+    pub(crate) use super::request_batch::{
+        decode as decode_requests, push as push_request, start as start_requests,
+    };
+}
 test_util! {
     pub use remote::OwnedShards;
+}
+test_util! {
+    /// The sending side of remote asks, for tests of its retries and batches.
+    pub use remote::{Route, SendError, Transport};
 }
 pub use shard::shard_of;

@@ -12,6 +12,13 @@ pub trait Placement: Send + Sync + 'static {
     fn single_node(&self) -> bool {
         false
     }
+
+    /// The subject for batched requests of the node that should serve `shard`, as far as this
+    /// node's map says, when that is another node (see `request_batch.rs`). Only a hint: the
+    /// owner checks every request it takes. `None` when there is no such node or no map.
+    fn route(&self, _shard: u32) -> Option<async_nats::Subject> {
+        None
+    }
 }
 
 /// The placement of a single node: every shard is local.

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::reply_inbox::{self, Arrived, ReplyInbox};
+use super::request_batch;
 use crate::errors::RetrySafety;
 use crate::names::{ActorId, Namespace};
 use crate::wire::{RemoteReply, TRACEPARENT_HEADER, TraceId, TraceParent};
@@ -91,6 +92,19 @@ pub enum SendError {
     },
 }
 
+/// Where a request may go first: the node the caller's shard map says owns its shard (see
+/// [`request_batch`](super::request_batch)).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The owner's subject for batched requests.
+    pub node: Subject,
+    /// The request's shard.
+    pub shard: u32,
+}
+
+/// How long a node that took no batch (nobody on its subject) is not batched to.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
+
 /// Sends frames to shard owners.
 pub struct Transport {
     client: async_nats::Client,
@@ -104,6 +118,11 @@ pub struct Transport {
     first_attempt: Duration,
     retries: std::sync::atomic::AtomicU64,
     resends: std::sync::atomic::AtomicU64,
+    batched: std::sync::atomic::AtomicU64,
+    /// Requests waiting for an answer now: a request goes in a batch only beside others.
+    in_flight: AtomicUsize,
+    /// Nodes whose subject for batched requests nobody listened on, and when.
+    refused: parking_lot::Mutex<Vec<(Subject, Instant)>>,
 }
 
 impl Transport {
@@ -123,7 +142,38 @@ impl Transport {
             first_attempt: first_attempt.max(Duration::from_millis(1)),
             retries: std::sync::atomic::AtomicU64::new(0),
             resends: std::sync::atomic::AtomicU64::new(0),
+            batched: std::sync::atomic::AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            refused: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Requests whose first attempt went to their owner node in a batch (see
+    /// [`request_batch`](super::request_batch)).
+    pub fn batched(&self) -> u64 {
+        self.batched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a request of `size` bytes may go in a batch to `node`: it fits a batch, and
+    /// the node did not refuse one in the last [`REFUSED_FOR`].
+    fn batches_to(&self, node: &Subject, size: usize) -> bool {
+        let limit = self.max_payload();
+        if limit > 0 && 1 + super::request_batch::item_bound_of(size) > limit {
+            return false;
+        }
+        let mut refused = self.refused.lock();
+        if refused.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        refused.retain(|(_, at)| now.duration_since(*at) < REFUSED_FOR);
+        !refused.iter().any(|(n, _)| n == node)
+    }
+
+    /// Remembers that nobody took a batch on `node`'s subject.
+    fn refuse(&self, node: Subject) {
+        tracing::debug!(%node, "nobody takes batched requests there; sending them one by one");
+        self.refused.lock().push((node, Instant::now()));
     }
 
     /// Requests sent again because no node served their shard yet, or its old owner refused
@@ -174,16 +224,24 @@ impl Transport {
     ///   [`SendError::NoReply`] if one might have.
     ///
     /// `trace`, when given, travels as the request's `traceparent` header.
+    ///
+    /// `route`, when given, names the owner node the caller's map knows: while other requests
+    /// are in flight, the first attempt goes there in a batch (see
+    /// [`request_batch`](super::request_batch)); every other attempt goes to `subject`.
     pub async fn request(
         &self,
         subject: String,
         payload: Vec<u8>,
         trace: Option<TraceParent>,
         deadline: Instant,
+        route: Option<Route>,
     ) -> Result<RemoteReply, SendError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.fits(&payload)?;
         self.connected()?;
+        let flight = InFlight::enter(&self.in_flight);
+        let mut first =
+            route.filter(|r| flight.beside_others && self.batches_to(&r.node, payload.len()));
         let inbox = self.inbox().await?;
         let payload = Bytes::from(payload);
         // Shared, not copied, by every attempt.
@@ -217,6 +275,47 @@ impl Transport {
                 });
             }
             let wait = attempt_timeout.min(deadline - now);
+            if let Some(route) = first.take() {
+                self.batched.fetch_add(1, Relaxed);
+                let mut expected =
+                    inbox.expect_batched(route.node.clone(), route.shard, trace, payload.clone());
+                match tokio::time::timeout(wait, expected.arrival()).await {
+                    Ok(Some(Arrived::Frame(frame))) => match RemoteReply::decode(&frame) {
+                        Ok(RemoteReply::NotOwner { shard }) => {
+                            last_refusal =
+                                format!("shard {shard} is moving: its old owner refused");
+                        }
+                        Ok(reply) => return Ok(reply),
+                        Err(e) => {
+                            return Err(SendError::NoReply(format!(
+                                "the owner's answer does not decode: {e}"
+                            )));
+                        }
+                    },
+                    // Nobody took the batch (or it never went out): never run. Sent again at
+                    // once on the actor's subject.
+                    Ok(Some(Arrived::NoResponders)) => {
+                        self.refuse(route.node);
+                        continue;
+                    }
+                    Ok(None) => {
+                        return Err(SendError::Unavailable(
+                            "the connection to NATS closed".into(),
+                        ));
+                    }
+                    Err(_elapsed) => {
+                        maybe_ran = true;
+                        self.resends.fetch_add(1, Relaxed);
+                        attempt_timeout = attempt_timeout.saturating_mul(2);
+                        continue;
+                    }
+                }
+                self.retries.fetch_add(1, Relaxed);
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+                continue;
+            }
             let (mut expected, reply_to) = inbox.expect();
             let sent = match &headers {
                 Some(headers) => {
@@ -321,6 +420,29 @@ impl Transport {
             .publish(subject, Bytes::from(payload))
             .await
             .map_err(|e| SendError::Unavailable(e.to_string()))
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// Other requests were in flight when this one began.
+    beside_others: bool,
+}
+
+impl InFlight<'_> {
+    fn enter(count: &AtomicUsize) -> InFlight<'_> {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            count,
+            beside_others: before > 0,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -664,9 +786,15 @@ impl Inbound {
 /// shard, because a request's cost is mostly its task wakes: the connection's task delivers a
 /// whole read from the socket, requests for many shards, and with a task per shard it woke one
 /// task per request; now it wakes the reader once per read.
+///
+/// Besides the shards, it subscribes to the node's own subject for batched requests,
+/// `requests` (see [`request_batch`](super::request_batch)), for as long as it serves: the
+/// reader checks nothing about a batch itself, it hands each request on with the shard the
+/// caller's map put it in, and the dispatch decides as for a request on the shard's subject.
 pub fn serve(
     client: async_nats::Client,
     namespace: Namespace,
+    requests: Subject,
     mut owned: watch::Receiver<Arc<OwnedShards>>,
     dispatch: Arc<dyn Dispatch>,
 ) -> Inbound {
@@ -705,7 +833,7 @@ pub fn serve(
             let lost: Vec<u32> = serving
                 .keys()
                 .copied()
-                .filter(|s| !wanted.shards.contains(s))
+                .filter(|s| *s != NODE_REQUESTS && !wanted.shards.contains(s))
                 .collect();
             let lost_subs: HashSet<u64> = lost.iter().filter_map(|s| serving.remove(s)).collect();
             if !lost_subs.is_empty() {
@@ -724,11 +852,14 @@ pub fn serve(
                     "stopped serving shards"
                 );
             }
-            for &shard in &wanted.shards {
+            for shard in wanted.shards.iter().copied().chain([NODE_REQUESTS]) {
                 if serving.contains_key(&shard) {
                     continue;
                 }
-                let subject = shard_subject(&namespace, shard);
+                let subject = match shard {
+                    NODE_REQUESTS => requests.to_string(),
+                    shard => shard_subject(&namespace, shard),
+                };
                 // A plain subscription, not a queue group: every node holding the subject gets
                 // a copy. Normally that is one node. A node that was declared failed but whose
                 // connection the server has not dropped yet (cut off, paused) still holds its
@@ -750,7 +881,7 @@ pub fn serve(
                     Err(e) => tracing::warn!(%subject, error = %e, "cannot subscribe; will retry"),
                 }
             }
-            let retry = serving.len() < wanted.shards.len();
+            let retry = serving.len() < wanted.shards.len() + 1;
             if !retry && client.flush().await.is_ok() {
                 let _ = served_tx.send(wanted.epoch);
             }
@@ -807,6 +938,10 @@ pub fn serve(
         stop: stop_tx,
     }
 }
+
+/// The key of the node's own subscription for batched requests among the shards' (no shard
+/// number reaches it: see `MAX_SHARD_COUNT`).
+const NODE_REQUESTS: u32 = u32::MAX;
 
 /// Forgets `shard`'s subscription `serial` if it is the one serving the shard (it ended by
 /// itself), so that [`serve`] makes it again; `false` for a stale report.
@@ -934,7 +1069,8 @@ async fn drain(
     }
 }
 
-/// Hands one inbound frame of `shard` to `dispatch`, with where its answer goes.
+/// Hands one inbound message of `shard`'s subscription to `dispatch`, with where its answer
+/// goes: a request, or a batch of them on the node's own subject.
 fn hand_on(
     replies: &Arc<Replies>,
     dispatch: &dyn Dispatch,
@@ -942,6 +1078,9 @@ fn hand_on(
     shard: u32,
     msg: async_nats::Message,
 ) {
+    if shard == NODE_REQUESTS {
+        return hand_on_batch(replies, dispatch, pending, msg);
+    }
     let trace = msg
         .headers
         .as_ref()
@@ -950,9 +1089,53 @@ fn hand_on(
     let answer = msg
         .reply
         .map(|reply_to| Answer::new(replies, shard, reply_to, trace));
+    run(dispatch, pending, shard, msg.payload, trace, answer);
+}
+
+/// Hands every request of a batch to `dispatch`, each with its own answer (see
+/// [`request_batch`](super::request_batch)). A batch that does not decode is handed on up
+/// to the bad request: the rest get no answer, so their callers send them again, one by one.
+fn hand_on_batch(
+    replies: &Arc<Replies>,
+    dispatch: &dyn Dispatch,
+    pending: &mut tokio::task::JoinSet<()>,
+    msg: async_nats::Message,
+) {
+    let Some(reply) = msg.reply else {
+        tracing::debug!("a batch of requests without a reply subject; dropped");
+        return;
+    };
+    let decoded = request_batch::decode(&msg.payload, |item| {
+        let Some(reply_to) = request_batch::answer_subject(&reply, item.token) else {
+            return;
+        };
+        let answer = Answer::new(replies, item.shard, reply_to, item.trace);
+        run(
+            dispatch,
+            pending,
+            item.shard,
+            item.frame,
+            item.trace,
+            Some(answer),
+        );
+    });
+    if let Err(e) = decoded {
+        tracing::warn!(error = %e, "a batch of requests does not decode past one of them");
+    }
+}
+
+/// Runs `dispatch` on one request, keeping the work it could not finish at once.
+fn run(
+    dispatch: &dyn Dispatch,
+    pending: &mut tokio::task::JoinSet<()>,
+    shard: u32,
+    payload: Bytes,
+    trace: Option<TraceParent>,
+    answer: Option<Answer>,
+) {
     // Whatever a frame does, it must not end the reader.
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch.handle(shard, msg.payload, trace, answer)
+        dispatch.handle(shard, payload, trace, answer)
     }));
     match handled {
         Ok(Some(work)) => {

@@ -14,6 +14,10 @@
 //!   ([`push_batch_item`]), which the inbox splits again ([`decode_batch`]). Under load, the
 //!   answers of a whole read from the socket then cost the server, the owner's connection and
 //!   ours one message, not one each.
+//! - Requests go out in batches too, when the caller knows the owner node
+//!   ([`ReplyInbox::expect_batched`], see [`request_batch`]): a batch's reply subject is
+//!   `aether.<ns>.reply.<unique>.g<n>`, where only the server's "no responders" ever comes,
+//!   which the inbox hands to every request of batch `n`.
 //!
 //! The inbox is in the namespace's own subjects, not under `_INBOX`, for permissions: a node
 //! limited as docs/security.md shows may publish on `aether.<ns>.>` but, in `_INBOX`, only the
@@ -36,7 +40,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::remote::push_decimal;
+use super::request_batch::{self, Outgoing};
 use crate::names::Namespace;
+use crate::wire::TraceParent;
 
 /// The last token of a batch's subject (tokens of single answers are decimal).
 const BATCH: &str = "b";
@@ -52,15 +58,19 @@ pub(crate) enum Arrived {
     NoResponders,
 }
 
-type Slots = Mutex<HashMap<u64, oneshot::Sender<Arrived>>>;
+/// The requests waiting for an answer, by token.
+pub(crate) type Slots = Mutex<HashMap<u64, oneshot::Sender<Arrived>>>;
 
-/// One connection's reply subscription and the requests waiting on it. See the module docs.
+/// One connection's reply subscription, the requests waiting on it, and the task that sends
+/// requests in batches (see [`request_batch`]). See the module docs.
 pub(crate) struct ReplyInbox {
     /// `aether.<ns>.reply.<unique>.`: a reply subject is this and a token.
     prefix: String,
     next: AtomicU64,
     slots: Arc<Slots>,
+    outgoing: Arc<Outgoing>,
     reader: JoinHandle<()>,
+    sender: JoinHandle<()>,
 }
 
 impl ReplyInbox {
@@ -77,43 +87,72 @@ impl ReplyInbox {
         let prefix = format!("{}{unique}.", inbox_root(namespace));
         let subscriber = client.subscribe(format!("{prefix}*")).await?;
         let slots: Arc<Slots> = Arc::default();
-        let reader = tokio.spawn(read(subscriber, Arc::clone(&slots)));
+        let outgoing: Arc<Outgoing> = Arc::default();
+        let reader = tokio.spawn(read(subscriber, Arc::clone(&slots), Arc::clone(&outgoing)));
+        let sender = tokio.spawn(request_batch::send(
+            client.clone(),
+            prefix.clone(),
+            Arc::clone(&outgoing),
+            Arc::clone(&slots),
+        ));
         Ok(ReplyInbox {
             prefix,
             next: AtomicU64::new(1),
             slots,
+            outgoing,
             reader,
+            sender,
         })
     }
 
     /// Whether its reader still hands out answers (it ends with its runtime or connection).
     pub(crate) fn open_still(&self) -> bool {
-        !self.reader.is_finished()
+        !self.reader.is_finished() && !self.sender.is_finished()
     }
 
-    /// A slot for one answer, and the reply subject that fills it. Take it before publishing
-    /// the request, so that an answer cannot arrive before its slot.
-    pub(crate) fn expect(&self) -> (Expected<'_>, Subject) {
+    /// A slot for one answer, its request queued for the next batch to `node` (see
+    /// [`request_batch`]): the request `frame` for `shard`, with its trace context.
+    pub(crate) fn expect_batched(
+        &self,
+        node: Subject,
+        shard: u32,
+        trace: Option<TraceParent>,
+        frame: Bytes,
+    ) -> Expected<'_> {
+        let (expected, token) = self.slot();
+        self.outgoing.queue(node, token, shard, trace, frame);
+        expected
+    }
+
+    fn slot(&self) -> (Expected<'_>, u64) {
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.slots.lock().insert(token, tx);
-        let mut subject = String::with_capacity(self.prefix.len() + 20);
-        subject.push_str(&self.prefix);
-        push_decimal(&mut subject, token);
         (
             Expected {
                 slots: &self.slots,
                 token,
                 rx,
             },
-            Subject::from(subject),
+            token,
         )
+    }
+
+    /// A slot for one answer, and the reply subject that fills it. Take it before publishing
+    /// the request, so that an answer cannot arrive before its slot.
+    pub(crate) fn expect(&self) -> (Expected<'_>, Subject) {
+        let (expected, token) = self.slot();
+        let mut subject = String::with_capacity(self.prefix.len() + 20);
+        subject.push_str(&self.prefix);
+        push_decimal(&mut subject, token);
+        (expected, Subject::from(subject))
     }
 }
 
 impl Drop for ReplyInbox {
     fn drop(&mut self) {
         self.reader.abort();
+        self.sender.abort();
     }
 }
 
@@ -140,10 +179,21 @@ impl Drop for Expected<'_> {
 
 /// Hands every answer the subscription delivers to its slot, until the subscription ends;
 /// then drops every slot, so that their requests learn at once that no answer will come.
-async fn read(mut subscriber: Subscriber, slots: Arc<Slots>) {
+async fn read(mut subscriber: Subscriber, slots: Arc<Slots>, outgoing: Arc<Outgoing>) {
     let mut answers: Vec<(oneshot::Sender<Arrived>, Bytes)> = Vec::new();
     while let Some(msg) = subscriber.next().await {
         let last = msg.subject.rsplit('.').next().unwrap_or_default();
+        if last.starts_with(request_batch::GROUP) {
+            // A batch of requests nobody took: each is sent again the robust way.
+            if msg.status == Some(StatusCode::NO_RESPONDERS) {
+                for token in outgoing.refused(last) {
+                    if let Some(tx) = slots.lock().remove(&token) {
+                        let _ = tx.send(Arrived::NoResponders);
+                    }
+                }
+            }
+            continue;
+        }
         if last == BATCH {
             {
                 let mut slots = slots.lock();
@@ -273,7 +323,8 @@ pub(crate) fn decode_batch(
     Ok(())
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` as a LEB128 varint.
+pub(super) fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -281,7 +332,8 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+/// Reads a LEB128 varint at `at`, moving past it; `None` when it runs past the end or 64 bits.
+pub(super) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut n = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *bytes.get(*at)?;

@@ -90,6 +90,9 @@ pub struct RuntimeStats {
     /// Asks to other nodes sent again with the same command id after an attempt got no
     /// answer in time (the actor deduplicates them).
     pub remote_resends: u64,
+    /// Asks to other nodes whose first attempt went to the owner node in a batch with others
+    /// (the rest go one by one to their actor's subject).
+    pub remote_batched: u64,
     /// Durable effects applied by actors of this node.
     pub effects_applied: u64,
     /// Durable effects rejected (and recorded) by actors of this node.

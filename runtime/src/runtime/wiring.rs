@@ -559,6 +559,7 @@ async fn serve_shards(c: &Cluster, host: &Arc<Host>) -> Result<Inbound, StartErr
     let serving = crate::routing::remote::serve(
         c.client().clone(),
         host.namespace.clone(),
+        crate::routing::node_subject(&host.namespace, c.node_id()),
         c.serving_shards(),
         dispatch,
     );
