@@ -5,8 +5,10 @@
 //! this node serve this shard now?* (`Placement::is_local`, in `placement.rs`) — and delivers
 //! locally when it does. On a single node every shard is local; the cluster supplies a
 //! placement that follows the shards its handoff serves, and remote delivery over NATS (`remote.rs`)
-//! moves commands whose shard lives elsewhere. Only [`shard_of`] is public: the rest is the
-//! runtime's own plumbing.
+//! moves commands whose shard lives elsewhere: on the actor's own subject, where whoever serves
+//! the shard answers, or, for the first attempt of many asks at once, in one message to the
+//! node the map names (`request_batch.rs`); answers come back to one inbox per connection
+//! (`reply_inbox.rs`). Only [`shard_of`] is public: the rest is the runtime's own plumbing.
 
 mod placement;
 pub(crate) mod remote;
