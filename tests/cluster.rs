@@ -530,6 +530,9 @@ async fn a_raw_client_that_batches_requests_to_a_node_gets_each_checked_and_answ
     let a = node(&server.url(), "wire", "node-1", 1).await;
     let b = node(&server.url(), "wire", "node-2", 1).await;
     converged(&[&a, &b], &["node-1", "node-2"]).await;
+    for rt in [&a, &b] {
+        rt.cluster().unwrap().settled_with(2, WAIT).await.unwrap();
+    }
     let owned_by = |owner: &'static str, prefix: &'static str| {
         let cluster = b.cluster().unwrap();
         (0..)
@@ -612,7 +615,7 @@ async fn a_raw_client_that_batches_requests_to_a_node_gets_each_checked_and_answ
         }
         other => panic!("token 10: {other:?}"),
     }
-    // Token 9 was not applied anywhere; the node still serves; nothing else was answered.
+    // Token 9 was not applied anywhere, and the node still serves.
     assert_eq!(
         a.actor::<Counter>(&theirs)
             .unwrap()
@@ -621,7 +624,6 @@ async fn a_raw_client_that_batches_requests_to_a_node_gets_each_checked_and_answ
             .unwrap(),
         0
     );
-    assert!(!answered.contains_key(&11));
     // A batch for a node nobody listens for: the server says so on the batch's reply subject.
     client
         .publish_with_reply(

@@ -295,6 +295,10 @@ async fn a_node_fed_hostile_frames_keeps_serving() {
     varint(&mut batch, request.len() as u64);
     batch.extend_from_slice(&request);
     assert_eq!(decode_bounded(&batches, &batch), Ok(()));
+    let mut last = client
+        .subscribe("aether.hostile.reply.last.*")
+        .await
+        .unwrap();
     for i in 0..1000u32 {
         let mut b = batch.clone();
         match i % 3 {
@@ -321,6 +325,29 @@ async fn a_node_fed_hostile_frames_keeps_serving() {
             )
             .await
             .unwrap();
+    }
+    // Then a valid batch: its answer comes, so the node still reads its batches.
+    client
+        .publish_with_reply(
+            "aether.hostile.node.node-1.asks",
+            "aether.hostile.reply.last.g0",
+            batch.clone().into(),
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::StreamExt::next(&mut last),
+    )
+    .await
+    .expect("the valid batch is answered")
+    .expect("the subscription");
+    assert_eq!(answer.subject.as_str(), "aether.hostile.reply.last.1");
+    match aether::wire::RemoteReply::decode(&answer.payload).expect("a reply frame") {
+        aether::wire::RemoteReply::Ok { reply } => {
+            assert_eq!(rmp_serde::from_slice::<u64>(&reply).unwrap(), 1)
+        }
+        other => panic!("expected the counter, got {other:?}"),
     }
     // The node still serves, and no hostile frame changed the counter (a mutated frame may
     // carry a valid command for another actor, never a second `Add` for this one).

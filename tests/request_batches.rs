@@ -17,7 +17,7 @@ use common::nats::NatsServer;
 use common::poll_until;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -26,9 +26,12 @@ const WAIT: Duration = Duration::from_secs(20);
 const SHARDS: &str = "aether.tb.shard.>";
 
 /// A stand-in owner on the actors' subjects: answers every request with its own frame
-/// (`RemoteReply::Ok`), except the actor `blocker`, answered only once `release` is notified.
-/// Returns the frames it answered, in order.
-async fn owner(client: &async_nats::Client, release: Arc<Notify>) -> Arc<Mutex<Vec<Vec<u8>>>> {
+/// (`RemoteReply::Ok`), except the actor `blocker`, answered only once `release` says `true`.
+/// Returns the frames it took, in order.
+async fn owner(
+    client: &async_nats::Client,
+    release: watch::Receiver<bool>,
+) -> Arc<Mutex<Vec<Vec<u8>>>> {
     let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let mut sub = client.subscribe(SHARDS).await.unwrap();
     let (answering, log) = (client.clone(), Arc::clone(&seen));
@@ -42,9 +45,9 @@ async fn owner(client: &async_nats::Client, release: Arc<Notify>) -> Arc<Mutex<V
             .encode();
             log.lock().push(msg.payload.to_vec());
             if msg.subject.ends_with(".blocker") {
-                let (client, release) = (client.clone(), Arc::clone(&release));
+                let (client, mut release) = (client.clone(), release.clone());
                 tokio::spawn(async move {
-                    release.notified().await;
+                    release.wait_for(|go| *go).await.unwrap();
                     client.publish(reply, frame.into()).await.unwrap();
                 });
             } else {
@@ -143,8 +146,8 @@ fn answered_with(reply: RemoteReply, frame: &[u8]) {
 async fn a_batch_nobody_takes_is_sent_again_on_the_actor_subject_at_once() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let release = Arc::new(Notify::new());
-    let seen = owner(&client, Arc::clone(&release)).await;
+    let (release, held) = watch::channel(false);
+    let seen = owner(&client, held).await;
     let (t, blocker) = transport_beside_a_request(&client, WAIT, &seen).await;
     let ghost = Route {
         node: Subject::from("aether.tb.node.ghost.asks"),
@@ -182,7 +185,7 @@ async fn a_batch_nobody_takes_is_sent_again_on_the_actor_subject_at_once() {
     answered_with(reply, b"second");
     assert_eq!(t.batched(), 1, "no batch to a node that refused one");
     assert_eq!((t.retries(), t.resends()), (0, 0));
-    release.notify_one();
+    release.send(true).unwrap();
     answered_with(blocker.await.unwrap(), b"blocker");
     let frames = seen.lock().clone();
     assert_eq!(
@@ -196,8 +199,8 @@ async fn a_batch_nobody_takes_is_sent_again_on_the_actor_subject_at_once() {
 async fn a_batch_answered_not_owner_is_retried_on_the_actor_subject() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let release = Arc::new(Notify::new());
-    let seen = owner(&client, Arc::clone(&release)).await;
+    let (release, held) = watch::channel(false);
+    let seen = owner(&client, held).await;
     // A node whose map is newer than the caller's: it refuses every request of a batch.
     let mut stale = client.subscribe("aether.tb.node.stale.asks").await.unwrap();
     let refuser = client.clone();
@@ -240,7 +243,7 @@ async fn a_batch_answered_not_owner_is_retried_on_the_actor_subject() {
     assert_eq!(refused.lock().len(), 1, "the stale node saw it once");
     assert_eq!(refused.lock()[0].1, 7, "with its shard");
     assert_eq!((t.batched(), t.retries(), t.resends()), (1, 1, 0));
-    release.notify_one();
+    release.send(true).unwrap();
     answered_with(blocker.await.unwrap(), b"blocker");
     assert_eq!(
         seen.lock()
@@ -255,8 +258,8 @@ async fn a_batch_answered_not_owner_is_retried_on_the_actor_subject() {
 async fn a_batch_a_silent_node_swallows_is_resent_on_the_actor_subject_after_its_timeout() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let release = Arc::new(Notify::new());
-    let seen = owner(&client, Arc::clone(&release)).await;
+    let (release, held) = watch::channel(false);
+    let seen = owner(&client, held).await;
     // A node that is paused, or whose dead connection the server still keeps.
     let mut silent = client
         .subscribe("aether.tb.node.silent.asks")
@@ -301,11 +304,20 @@ async fn a_batch_a_silent_node_swallows_is_resent_on_the_actor_subject_after_its
     })
     .await;
     // The blocker is answered now, before its own attempt times out.
-    release.notify_one();
+    release.send(true).unwrap();
     answered_with(blocker.await.unwrap(), b"blocker");
     answered_with(lost.await.unwrap(), b"lost");
     assert!(started.elapsed() >= attempt, "{:?}", started.elapsed());
-    assert_eq!((t.batched(), t.retries(), t.resends()), (1, 0, 1));
+    // Resent: `lost` once, and the blocker as often as its attempts timed out while held.
+    let blockers = seen
+        .lock()
+        .iter()
+        .filter(|f| f.as_slice() == b"blocker")
+        .count() as u64;
+    assert_eq!(
+        (t.batched(), t.retries(), t.resends()),
+        (1, 0, 1 + (blockers - 1))
+    );
     // What the silent node got is the request as the wire doc says: its shard, its trace
     // context (trace id, span id, sampled), its frame.
     let got = swallowed.lock().clone();
@@ -330,8 +342,8 @@ async fn a_batch_a_silent_node_swallows_is_resent_on_the_actor_subject_after_its
 async fn a_lone_request_goes_straight_to_its_actor_subject() {
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let release = Arc::new(Notify::new());
-    let seen = owner(&client, release).await;
+    let (_release, held) = watch::channel(false);
+    let seen = owner(&client, held).await;
     let t = Transport::new(
         client.clone(),
         Namespace::new("tb").unwrap(),

@@ -172,8 +172,15 @@ impl Transport {
 
     /// Remembers that nobody took a batch on `node`'s subject.
     fn refuse(&self, node: Subject) {
-        tracing::debug!(%node, "nobody takes batched requests there; sending them one by one");
-        self.refused.lock().push((node, Instant::now()));
+        let now = Instant::now();
+        let mut refused = self.refused.lock();
+        match refused.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, at)) => *at = now,
+            None => {
+                tracing::debug!(%node, "nobody takes batched requests there; sending them one by one");
+                refused.push((node, now));
+            }
+        }
     }
 
     /// Requests sent again because no node served their shard yet, or its old owner refused
@@ -298,10 +305,9 @@ impl Transport {
                         self.refuse(route.node);
                         continue;
                     }
+                    // The inbox ended with its connection: the batch may have gone out and run.
                     Ok(None) => {
-                        return Err(SendError::Unavailable(
-                            "the connection to NATS closed".into(),
-                        ));
+                        return Err(unknown("the connection to NATS closed".into()));
                     }
                     Err(_elapsed) => {
                         maybe_ran = true;
@@ -366,13 +372,10 @@ impl Transport {
                     last_refusal = "no node serves the shard right now".into();
                 }
                 // The reply subscription ended with its connection.
+                // The reply subscription ended with its connection, after the request was
+                // handed to it: it may have reached the owner and run.
                 Ok(None) => {
-                    let reason = "the connection to NATS closed".to_string();
-                    return Err(if maybe_ran {
-                        unknown(reason)
-                    } else {
-                        SendError::Unavailable(reason)
-                    });
+                    return Err(unknown("the connection to NATS closed".into()));
                 }
                 Err(_elapsed) => {
                     maybe_ran = true;

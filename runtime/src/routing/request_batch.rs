@@ -268,10 +268,11 @@ impl Outgoing {
     /// Remembers a batch's tokens under a new group, forgetting those older than
     /// [`GROUP_MEMORY`]; returns the group's reply subject.
     fn remember(&self, prefix: &str, tokens: Vec<u64>) -> Subject {
-        let id = self.next_group.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        {
+        let id = {
             let mut groups = self.groups.lock();
+            // Taken under the lock, so the groups stay sorted by id (`refused` searches them).
+            let id = self.next_group.fetch_add(1, Ordering::Relaxed);
             while groups
                 .front()
                 .is_some_and(|g| now.duration_since(g.at) > GROUP_MEMORY)
@@ -283,7 +284,8 @@ impl Outgoing {
                 at: now,
                 tokens,
             });
-        }
+            id
+        };
         let mut subject = String::with_capacity(prefix.len() + 21);
         subject.push_str(prefix);
         subject.push(GROUP);
@@ -309,6 +311,12 @@ pub(crate) async fn send(
         outgoing.ready.notified().await;
         tokio::task::yield_now().await;
         std::mem::swap(&mut queued, &mut *outgoing.queue.lock());
+        // Requests whose asker stopped waiting meanwhile (gave up, or timed out and sent
+        // again the robust way) are not sent.
+        {
+            let waiting = slots.lock();
+            queued.retain(|q| waiting.contains_key(&q.token));
+        }
         // A node's requests go to few nodes: a scan beats a map.
         for q in queued.drain(..) {
             match nodes.iter_mut().find(|(node, _)| *node == q.node) {
