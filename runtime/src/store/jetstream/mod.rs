@@ -61,11 +61,11 @@ use wakeups::wakeup_feed;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::connection::State;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream;
+use async_nats::{HeaderMap, HeaderName, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -88,6 +88,11 @@ const VERSION_HEADER: &str = "Aether-Version";
 const FIRST_VERSION_HEADER: &str = "Aether-First-Version";
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 const EXPECTED_SEQ_HEADER: &str = "Nats-Expected-Last-Subject-Sequence";
+// The same names, made once: a name given as `&str` is checked and copied on every insert.
+const VERSION_NAME: HeaderName = HeaderName::from_static(VERSION_HEADER);
+const FIRST_VERSION_NAME: HeaderName = HeaderName::from_static(FIRST_VERSION_HEADER);
+const MSG_ID_NAME: HeaderName = HeaderName::from_static(MSG_ID_HEADER);
+const EXPECTED_SEQ_NAME: HeaderName = HeaderName::from_static(EXPECTED_SEQ_HEADER);
 
 /// How replays read a subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,7 +183,12 @@ async fn open_bucket(
 
 fn remember(map: &Mutex<HashMap<String, Position>>, subject: &str, position: Position) {
     let mut map = map.lock();
-    if map.len() >= POSITION_CACHE_ENTRIES && !map.contains_key(subject) {
+    // An actor's next append updates its entry in place: no key is built for it.
+    if let Some(known) = map.get_mut(subject) {
+        *known = position;
+        return;
+    }
+    if map.len() >= POSITION_CACHE_ENTRIES {
         map.clear();
     }
     map.insert(subject.to_owned(), position);
@@ -292,12 +302,19 @@ impl JetStreamStore {
 
     /// The subject of an actor's commits.
     pub fn subject(&self, actor: &ActorKey) -> String {
-        format!(
-            "{}.events.{}.{}",
-            actor.namespace,
-            actor.kind,
-            actor.id.encoded()
-        )
+        // Built by hand, not with `format!`: every append builds one.
+        let (ns, kind, id) = (
+            actor.namespace.as_str(),
+            actor.kind.as_str(),
+            actor.id.as_str(),
+        );
+        let mut subject = String::with_capacity(ns.len() + kind.len() + id.len() + 16);
+        subject.push_str(ns);
+        subject.push_str(".events.");
+        subject.push_str(kind);
+        subject.push('.');
+        crate::names::encode_into(id, &mut subject);
+        subject
     }
 
     fn snapshot_key(actor: &ActorKey) -> String {
@@ -550,12 +567,12 @@ impl EventStore for JetStreamStore {
             self.options.max_commit_bytes,
         )?;
         self.ensure_connected()?;
-        let subject = self.subject(actor);
-        let msg_id = Self::msg_id(actor, command_id);
+        // Shared, not copied, by the publish and the bookkeeping after it.
+        let subject = Subject::from(self.subject(actor));
         let expected_seq = if expected_version == 0 {
             0
         } else {
-            let cached = self.heads.lock().get(&subject).copied();
+            let cached = self.heads.lock().get(subject.as_str()).copied();
             match cached {
                 Some(p) if p.version == expected_version => p.seq,
                 _ => {
@@ -567,7 +584,7 @@ impl EventStore for JetStreamStore {
                                 actor,
                                 expected_version,
                                 last.as_ref(),
-                                &msg_id,
+                                &Self::msg_id(actor, command_id),
                             );
                         }
                     }
@@ -575,14 +592,12 @@ impl EventStore for JetStreamStore {
             }
         };
         let last_version = encoded.last_version;
+        // Values given as `String`s move in (as `&str`s they would be copied again).
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, msg_id.as_str());
-        headers.insert(EXPECTED_SEQ_HEADER, expected_seq.to_string().as_str());
-        headers.insert(VERSION_HEADER, last_version.to_string().as_str());
-        headers.insert(
-            FIRST_VERSION_HEADER,
-            encoded.first_version.to_string().as_str(),
-        );
+        headers.insert(MSG_ID_NAME, Self::msg_id(actor, command_id));
+        headers.insert(EXPECTED_SEQ_NAME, expected_seq.to_string());
+        headers.insert(VERSION_NAME, last_version.to_string());
+        headers.insert(FIRST_VERSION_NAME, encoded.first_version.to_string());
         let size = encoded.bytes.len();
         let sent = self
             .js
@@ -614,7 +629,7 @@ impl EventStore for JetStreamStore {
                 kind if kind == PublishErrorKind::WrongLastSequence
                     || e.to_string().contains("wrong last sequence") =>
                 {
-                    self.heads.lock().remove(&subject);
+                    self.heads.lock().remove(subject.as_str());
                     // On a clustered stream the refusal can come from a competing write that is
                     // proposed but not yet applied: the leader's last message may still be the
                     // one we expected. Wait briefly for the competitor to show.
@@ -632,6 +647,7 @@ impl EventStore for JetStreamStore {
                         tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                         last = self.fetch_last(&subject).await?;
                     }
+                    let msg_id = Self::msg_id(actor, command_id);
                     Self::conflict_or_duplicate(actor, expected_version, last.as_ref(), &msg_id)
                 }
                 PublishErrorKind::StreamNotFound => Err(unavailable("stream not found", e)),
@@ -641,7 +657,7 @@ impl EventStore for JetStreamStore {
                 }),
                 _ => {
                     // Sent (or maybe sent) without an answer: the commit may have landed.
-                    self.heads.lock().remove(&subject);
+                    self.heads.lock().remove(subject.as_str());
                     Err(StoreError::OutcomeUnknown(format!(
                         "publish to {subject}: {e}"
                     )))
