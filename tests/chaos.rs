@@ -415,7 +415,7 @@ async fn stop_and_verify(
         "requests {}, acknowledged {acked}, errors {:?}, lost {}, hung {}, duplicates {duplicates}, \
          missing {missing}, unknown {unknown}, gaps {}, commits {commits}, debits {}, credits {}, \
          orphans {}, uncredited {}, total money {total} (expected {expected}), client retries {} \
-         resends {}",
+         resends {} batched {}",
         ledger.requests.load(Ordering::Relaxed),
         ledger.errors.lock(),
         ledger.lost.load(Ordering::Relaxed),
@@ -427,6 +427,7 @@ async fn stop_and_verify(
         uncredited.len(),
         stats.remote_retries,
         stats.remote_resends,
+        stats.remote_batched,
     );
     println!("error samples: {:#?}", ledger.samples.lock());
     assert_eq!(total, expected, "money is conserved");

@@ -39,6 +39,7 @@
 //! read directly.
 
 mod assignment;
+mod client_map;
 mod config;
 mod drain;
 mod errors;
@@ -79,7 +80,9 @@ use self::membership::{Change, Members};
 use self::view::read_entry;
 use crate::names::{NameKind, Namespace, validate_name};
 use crate::routing::{Dispatch, OwnedShards, Placement, shard_of};
+
 use crate::wire::codec;
+pub(crate) use client_map::ClientMap;
 
 const LEADER_KEY: &str = "leader";
 const MAP_KEY: &str = "map";
@@ -571,7 +574,7 @@ impl Cluster {
     pub(crate) fn placement(&self) -> Arc<dyn Placement> {
         Arc::new(ClusterPlacement {
             inner: Arc::clone(&self.inner),
-            routes: parking_lot::RwLock::new(Routes::default()),
+            routes: RwLock::new(client_map::Routes::default()),
         })
     }
 
@@ -644,14 +647,7 @@ impl std::fmt::Debug for Cluster {
 struct ClusterPlacement {
     inner: Arc<Inner>,
     /// The subjects of the latest map's nodes, built once per map.
-    routes: parking_lot::RwLock<Routes>,
-}
-
-/// Per node of one map (by its index), its subject for batched requests; `None` for this node.
-#[derive(Default)]
-struct Routes {
-    epoch: u64,
-    nodes: Vec<Option<async_nats::Subject>>,
+    routes: RwLock<client_map::Routes>,
 }
 
 impl Placement for ClusterPlacement {
@@ -669,25 +665,13 @@ impl Placement for ClusterPlacement {
     /// The map's owner of `shard`, when it is another node.
     fn route(&self, shard: u32) -> Option<async_nats::Subject> {
         let map = self.inner.map.read().clone()?;
-        let owner = usize::from(*map.owners.get(shard as usize)?);
-        {
-            let routes = self.routes.read();
-            if routes.epoch == map.epoch && routes.nodes.len() == map.nodes.len() {
-                return routes.nodes.get(owner).cloned().flatten();
-            }
-        }
-        let me = self.inner.config.node_id.as_str();
-        let nodes: Vec<_> = map
-            .nodes
-            .iter()
-            .map(|n| (n != me).then(|| crate::routing::node_subject(&self.inner.namespace, n)))
-            .collect();
-        let route = nodes.get(owner).cloned().flatten();
-        *self.routes.write() = Routes {
-            epoch: map.epoch,
-            nodes,
-        };
-        route
+        client_map::route(
+            &map,
+            &self.routes,
+            &self.inner.namespace,
+            Some(self.inner.config.node_id.as_str()),
+            shard,
+        )
     }
 }
 

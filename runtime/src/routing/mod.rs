@@ -16,7 +16,7 @@ mod reply_inbox;
 mod request_batch;
 mod shard;
 
-pub(crate) use placement::{ClientPlacement, LocalPlacement, Placement};
+pub(crate) use placement::{LocalPlacement, Placement};
 pub(crate) use remote::{Answer, Dispatch, Inbound, Pending, ShardDrain};
 pub(crate) use request_batch::node_subject;
 

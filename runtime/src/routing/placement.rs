@@ -34,14 +34,3 @@ impl Placement for LocalPlacement {
         true
     }
 }
-
-/// The placement of a cluster *client*: a runtime that calls actors but hosts none. Every
-/// shard is served elsewhere, so every ask goes to the shard's owner over NATS.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientPlacement;
-
-impl Placement for ClientPlacement {
-    fn is_local(&self, _shard: u32) -> bool {
-        false
-    }
-}

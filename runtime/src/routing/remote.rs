@@ -1104,8 +1104,12 @@ fn hand_on_batch(
     pending: &mut tokio::task::JoinSet<()>,
     msg: async_nats::Message,
 ) {
-    let Some(reply) = msg.reply else {
-        tracing::debug!("a batch of requests without a reply subject; dropped");
+    // Its requests are answered on `<inbox>.<token>`, the reply subject being `<inbox>.g<n>`.
+    let Some(reply) = msg
+        .reply
+        .filter(|r| request_batch::answer_subject(r, 0).is_some())
+    else {
+        tracing::debug!("a batch of requests without a reply subject of its form; dropped");
         return;
     };
     let decoded = request_batch::decode(&msg.payload, |item| {

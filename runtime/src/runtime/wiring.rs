@@ -32,7 +32,7 @@ use crate::config::{InvalidConfig, RuntimeConfig, defaults};
 use crate::connection::NatsConfig;
 use crate::errors::StartError;
 use crate::names::{Kind, Namespace};
-use crate::routing::{ClientPlacement, Dispatch, Inbound, LocalPlacement, Placement, Transport};
+use crate::routing::{Dispatch, Inbound, LocalPlacement, Placement, Transport};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, EventStore, JetStreamOptions, JetStreamStore, MemoryStore,
     SnapshotStore, StoreError,
@@ -385,8 +385,12 @@ async fn client_backend(
             config.remote_attempt_timeout,
             tokio::runtime::Handle::current(),
         ))),
+        // The map is only followed to send concurrent asks in batches (`cluster/client_map.rs`).
+        placement: Some(crate::cluster::ClientMap::follow(
+            client.clone(),
+            namespace.clone(),
+        )),
         nats: Some(client),
-        placement: Some(Arc::new(ClientPlacement)),
         events_in_jetstream: true,
     })
 }
