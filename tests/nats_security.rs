@@ -940,7 +940,8 @@ async fn a_node_reconnects_with_its_credentials_after_a_server_restart() {
 /// Two nodes whose users have the documented permissions answer 64 concurrent cross-node asks
 /// per round, every one of them, also when the owner batches its answers (the batches go to
 /// the asker's inbox under `aether.<ns>.reply`, which those permissions let a node publish to;
-/// an `_INBOX` batch would be refused by `allow_responses`).
+/// an `_INBOX` batch would be refused by `allow_responses`) and the asker its requests (on
+/// `aether.<ns>.node.<node>.asks`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_answers_pass_the_documented_permissions() {
     use common::{Counter, CounterCmd};
@@ -1007,6 +1008,11 @@ async fn batched_answers_pass_the_documented_permissions() {
             seen += 1;
         }
     }
+    // The asks went to tp-2 in batches too, on its node subject, and none had to wait out an
+    // attempt (a batch the permissions refused would be dropped and sent again after 1 s).
+    let stats = a.stats();
+    assert!(stats.remote_batched > 0, "no batched request: {stats:?}");
+    assert_eq!(stats.remote_resends, 0, "{stats:?}");
     a.shutdown().await.expect("a stops");
     b.shutdown().await.expect("b stops");
 }
