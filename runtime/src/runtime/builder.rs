@@ -355,6 +355,8 @@ impl RuntimeBuilder {
     /// or a [`NatsConfig`] with credentials and TLS):
     /// it hosts no actor and owns no shard, and every ask goes over NATS to the node that
     /// serves the actor's shard — retried with the same command id while the shard moves.
+    /// It follows the shard map read-only, so that asks made at once go to their owner node in
+    /// batches (one message per node instead of one per ask); the owner still decides.
     /// For services that call actors without hosting them, and for tools and tests. Needs the
     /// namespace (`.namespace(...)`) and the actor types it calls (`.register::<A>()`).
     /// `rt.event_store()` reads the namespace's JetStream history.
