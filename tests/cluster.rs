@@ -8,6 +8,7 @@ use std::time::Duration;
 use aether::prelude::*;
 use aether::{ClusterConfig, ClusterEvent, Runtime};
 use common::nats::{NatsCluster, NatsServer, wait_for_jetstream};
+use common::wire::{put_varint, varint};
 use common::*;
 use serde::{Deserialize, Serialize};
 
@@ -408,19 +409,6 @@ async fn a_raw_nats_client_calls_an_actor_with_only_the_wire_doc() {
 
 /// A batch of answers as docs/wire.md describes it: `(token, answer frame)` pairs.
 fn wire_batch(payload: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    fn varint(bytes: &[u8], at: &mut usize) -> u64 {
-        let mut n = 0u64;
-        let mut shift = 0;
-        loop {
-            let b = bytes[*at];
-            *at += 1;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return n;
-            }
-            shift += 7;
-        }
-    }
     assert_eq!(payload[0], 1, "batch format");
     let (mut at, mut items) = (1, Vec::new());
     while at < payload.len() {
@@ -504,19 +492,12 @@ async fn a_raw_client_that_asks_for_batched_answers_gets_them_as_the_wire_doc_sa
 /// A batch of requests as docs/wire.md describes it: `(token, shard, request frame)` triples,
 /// no trace context.
 fn wire_request_batch(items: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
-    fn varint(out: &mut Vec<u8>, mut n: u64) {
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
     let mut out = vec![1u8];
     for (token, shard, frame) in items {
-        varint(&mut out, *token);
-        varint(&mut out, *shard);
+        put_varint(&mut out, *token);
+        put_varint(&mut out, *shard);
         out.push(0);
-        varint(&mut out, frame.len() as u64);
+        put_varint(&mut out, frame.len() as u64);
         out.extend_from_slice(frame);
     }
     out

@@ -280,13 +280,7 @@ async fn a_node_fed_hostile_frames_keeps_serving() {
         .into_iter()
         .find(|d| d.name == "request batch")
         .expect("the request batch decoder");
-    let varint = |out: &mut Vec<u8>, mut n: u64| {
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    };
+    let varint = common::wire::put_varint;
     // docs/wire.md: the format, then token, shard, no trace context, the frame's length.
     let mut batch = batches.sample[..1].to_vec();
     varint(&mut batch, 1);

@@ -15,6 +15,7 @@ use aether::wire::{RemoteReply, TraceParent};
 use async_nats::Subject;
 use common::nats::NatsServer;
 use common::poll_until;
+use common::wire::varint;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -64,18 +65,6 @@ type Item = (u64, u64, Option<Vec<u8>>, Vec<u8>);
 
 /// A request batch as docs/wire.md describes it.
 fn decode_batch(payload: &[u8]) -> Vec<Item> {
-    fn varint(bytes: &[u8], at: &mut usize) -> u64 {
-        let (mut n, mut shift) = (0u64, 0);
-        loop {
-            let b = bytes[*at];
-            *at += 1;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return n;
-            }
-            shift += 7;
-        }
-    }
     assert_eq!(payload[0], 1, "batch format");
     let (mut at, mut items) = (1, Vec::new());
     while at < payload.len() {

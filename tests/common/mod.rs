@@ -8,6 +8,7 @@ pub mod map_watch;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod wire;
 pub mod workload;
 
 use std::future::Future;

@@ -282,71 +282,43 @@ impl Transport {
                 });
             }
             let wait = attempt_timeout.min(deadline - now);
-            if let Some(route) = first.take() {
-                self.batched.fetch_add(1, Relaxed);
-                let mut expected =
-                    inbox.expect_batched(route.node.clone(), route.shard, trace, payload.clone());
-                match tokio::time::timeout(wait, expected.arrival()).await {
-                    Ok(Some(Arrived::Frame(frame))) => match RemoteReply::decode(&frame) {
-                        Ok(RemoteReply::NotOwner { shard }) => {
-                            last_refusal =
-                                format!("shard {shard} is moving: its old owner refused");
-                        }
-                        Ok(reply) => return Ok(reply),
-                        Err(e) => {
-                            return Err(SendError::NoReply(format!(
-                                "the owner's answer does not decode: {e}"
-                            )));
-                        }
-                    },
-                    // Nobody took the batch (or it never went out): never run. Sent again at
-                    // once on the actor's subject.
-                    Ok(Some(Arrived::NoResponders)) => {
-                        self.refuse(route.node);
-                        continue;
-                    }
-                    // The inbox ended with its connection: the batch may have gone out and run.
-                    Ok(None) => {
-                        return Err(unknown("the connection to NATS closed".into()));
-                    }
-                    Err(_elapsed) => {
-                        maybe_ran = true;
-                        self.resends.fetch_add(1, Relaxed);
-                        attempt_timeout = attempt_timeout.saturating_mul(2);
-                        continue;
-                    }
-                }
-                self.retries.fetch_add(1, Relaxed);
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(Duration::from_millis(50));
-                continue;
-            }
-            let (mut expected, reply_to) = inbox.expect();
-            let sent = match &headers {
-                Some(headers) => {
-                    self.client
-                        .publish_with_reply_and_headers(
-                            subject.clone(),
-                            reply_to,
-                            headers.clone(),
-                            payload.clone(),
-                        )
-                        .await
+            // The first attempt may go in a batch to the node the map names; every other one
+            // goes to the actor's subject.
+            let batched_to = first.take();
+            let mut expected = match &batched_to {
+                Some(route) => {
+                    self.batched.fetch_add(1, Relaxed);
+                    inbox.expect_batched(route.node.clone(), route.shard, trace, payload.clone())
                 }
                 None => {
-                    self.client
-                        .publish_with_reply(subject.clone(), reply_to, payload.clone())
-                        .await
+                    let (expected, reply_to) = inbox.expect();
+                    let sent = match &headers {
+                        Some(headers) => {
+                            self.client
+                                .publish_with_reply_and_headers(
+                                    subject.clone(),
+                                    reply_to,
+                                    headers.clone(),
+                                    payload.clone(),
+                                )
+                                .await
+                        }
+                        None => {
+                            self.client
+                                .publish_with_reply(subject.clone(), reply_to, payload.clone())
+                                .await
+                        }
+                    };
+                    if let Err(e) = sent {
+                        return Err(if maybe_ran {
+                            unknown(e.to_string())
+                        } else {
+                            SendError::Unavailable(e.to_string())
+                        });
+                    }
+                    expected
                 }
             };
-            if let Err(e) = sent {
-                return Err(if maybe_ran {
-                    unknown(e.to_string())
-                } else {
-                    SendError::Unavailable(e.to_string())
-                });
-            }
             match tokio::time::timeout(wait, expected.arrival()).await {
                 Ok(Some(Arrived::Frame(frame))) => match RemoteReply::decode(&frame) {
                     Ok(RemoteReply::NotOwner { shard }) => {
@@ -368,12 +340,20 @@ impl Transport {
                         )));
                     }
                 },
+                // Nobody took the batch (or it never went out): never run. Sent again at once
+                // on the actor's subject.
+                Ok(Some(Arrived::NoResponders)) if batched_to.is_some() => {
+                    if let Some(route) = batched_to {
+                        self.refuse(route.node);
+                    }
+                    continue;
+                }
                 Ok(Some(Arrived::NoResponders)) => {
                     last_refusal = "no node serves the shard right now".into();
                 }
-                // The reply subscription ended with its connection.
                 // The reply subscription ended with its connection, after the request was
-                // handed to it: it may have reached the owner and run.
+                // handed to it (or queued for its batch): it may have reached the owner and
+                // run.
                 Ok(None) => {
                     return Err(unknown("the connection to NATS closed".into()));
                 }

@@ -311,16 +311,23 @@ pub(crate) fn decode_batch(
     while at < batch.len() {
         let item = at;
         let token = get_varint(batch, &mut at).ok_or(BatchError::Truncated(item))?;
-        let len = get_varint(batch, &mut at).ok_or(BatchError::Truncated(item))?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| at.checked_add(len))
-            .filter(|&end| end <= batch.len())
-            .ok_or(BatchError::Truncated(item))?;
-        each(token, batch.slice(at..end));
-        at = end;
+        let frame = take_frame(batch, &mut at).ok_or(BatchError::Truncated(item))?;
+        each(token, frame);
     }
     Ok(())
+}
+
+/// Reads a length-prefixed frame at `at` (sharing `batch`'s buffer) and moves past it; `None`
+/// when it runs past the end.
+pub(super) fn take_frame(batch: &Bytes, at: &mut usize) -> Option<Bytes> {
+    let len = get_varint(batch, at)?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| at.checked_add(len))
+        .filter(|&end| end <= batch.len())?;
+    let frame = batch.slice(*at..end);
+    *at = end;
+    Some(frame)
 }
 
 /// Appends `n` as a LEB128 varint.

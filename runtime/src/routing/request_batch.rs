@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::remote::push_decimal;
-use super::reply_inbox::{Arrived, BatchError, Slots, get_varint, put_varint};
+use super::reply_inbox::{Arrived, BatchError, Slots, get_varint, put_varint, take_frame};
 use crate::names::Namespace;
 use crate::wire::TraceParent;
 
@@ -171,19 +171,13 @@ pub(crate) fn decode(batch: &Bytes, mut each: impl FnMut(Item)) -> Result<(), Ba
             }
             _ => return Err(truncated),
         };
-        let len = get_varint(batch, &mut at).ok_or(truncated.clone())?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| at.checked_add(len))
-            .filter(|&end| end <= batch.len())
-            .ok_or(truncated)?;
+        let frame = take_frame(batch, &mut at).ok_or(truncated)?;
         each(Item {
             token,
             shard,
             trace,
-            frame: batch.slice(at..end),
+            frame,
         });
-        at = end;
     }
     Ok(())
 }
